@@ -1,0 +1,38 @@
+"""Console entry point: the WAL commands take a lean path, everything else loads the full CLI."""
+
+from __future__ import annotations
+
+import sys
+
+_LEAN = ("wal-push", "wal-fetch")
+
+
+def _split_global(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Pull `--config PATH` / `--config=PATH` out of the arguments before the command."""
+    config = None
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv) and not rest:
+            config = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config=") and not rest:
+            config = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return config, rest
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    config, rest = _split_global(argv)
+    if rest and rest[0] in _LEAN:
+        from markship import wal
+
+        sys.exit(wal.main(rest[0], rest[1:], config))
+    from markship.cli import run
+
+    run()

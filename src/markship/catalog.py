@@ -1,0 +1,273 @@
+"""Typed records kept in the repository, and what can be restored from them.
+
+Every record is a JSON envelope carrying the sha256 of its body, so a damaged record is
+detected like any other damaged object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from collections import defaultdict
+from datetime import datetime
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from markship.errors import CorruptObject, ObjectMissing, RepositoryError
+from markship.lsn import DEFAULT_SEGMENT_SIZE, Segment, parse_segment_name, segment_holding_end
+from markship.repository import Repository
+from markship.repository import layout
+
+FORMAT = 1
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ObjectRef(Record):
+    key: str
+    size: int
+    sha256: str
+
+
+class BackupRecord(Record):
+    """One server's base backup inside a set; written only once it finished."""
+
+    set_id: str
+    server: str
+    label: str
+    started_at: datetime
+    finished_at: datetime
+    consistent_at: datetime
+    timeline: int
+    start_lsn: int
+    stop_lsn: int
+    wal_segment_size: int = DEFAULT_SEGMENT_SIZE
+    pg_version: str
+    pg_version_num: int
+    system_identifier: int
+    raw_size: int
+    archive: ObjectRef
+    config_files: dict[str, ObjectRef] = {}
+    markship_version: str
+
+    @property
+    def start_segment(self) -> Segment:
+        return Segment(self.timeline, self.start_lsn // self.wal_segment_size)
+
+    @property
+    def stop_segment(self) -> Segment:
+        return segment_holding_end(self.timeline, self.stop_lsn, self.wal_segment_size)
+
+
+class SetRecord(Record):
+    """One invocation of `markship backup`: one backup per server."""
+
+    id: str
+    group: str
+    servers: list[str]
+    created_at: datetime
+    status: Literal["running", "done", "failed"]
+    finished_at: datetime | None = None
+    pid: int
+    host: str
+    errors: dict[str, str] = {}
+
+
+class RepositoryMarker(Record):
+    group: str
+    created_at: datetime
+    format: int = FORMAT
+
+
+R = TypeVar("R", bound=Record)
+
+
+def _envelope(record: Record) -> bytes:
+    body = record.model_dump(mode="json")
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    envelope = {"kind": type(record).__name__, "format": FORMAT,
+                "sha256": hashlib.sha256(canonical).hexdigest(), "body": body}
+    return json.dumps(envelope, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def decode(data: bytes, cls: type[R], key: str) -> R:
+    """Check a record envelope's checksum and parse its body; raise CorruptObject if bad."""
+    try:
+        envelope = json.loads(data)
+        body = envelope["body"]
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        if hashlib.sha256(canonical).hexdigest() != envelope["sha256"]:
+            raise CorruptObject(f"record {key} fails its checksum",
+                                "the repository object was altered or damaged")
+        return cls.model_validate(body)
+    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        if isinstance(exc, CorruptObject):
+            raise
+        raise CorruptObject(f"record {key} is not a valid {cls.__name__}",
+                            "the repository object was altered or damaged") from None
+
+
+def write_record(repo: Repository, key: str, record: Record, *, overwrite: bool = False) -> None:
+    repo.write_bytes(key, _envelope(record), overwrite=overwrite)
+
+
+def read_record(repo: Repository, key: str, cls: type[R]) -> R:
+    return decode(repo.read_bytes(key), cls, key)
+
+
+def ensure_marker(repo: Repository, group: str, now: datetime) -> None:
+    """Create the repository marker, or check it belongs to this group."""
+    if repo.exists(layout.MARKER_KEY):
+        marker = read_record(repo, layout.MARKER_KEY, RepositoryMarker)
+        if marker.group != group:
+            raise RepositoryError(
+                f"repository {repo.location} belongs to group {marker.group!r}, not {group!r}",
+                "give each group its own repository path",
+            )
+        return
+    write_record(repo, layout.MARKER_KEY, RepositoryMarker(group=group, created_at=now))
+
+
+# -- backup sets ---------------------------------------------------------------------------------
+
+
+def list_sets(repo: Repository) -> list[SetRecord]:
+    sets = []
+    for name in repo.children("sets/"):
+        if name.endswith(".json"):
+            sets.append(read_record(repo, f"sets/{name}", SetRecord))
+    return sorted(sets, key=lambda s: s.id)
+
+
+def backup_of(repo: Repository, server: str, set_id: str) -> BackupRecord | None:
+    key = layout.backup_record_key(server, set_id)
+    try:
+        return read_record(repo, key, BackupRecord)
+    except ObjectMissing:
+        return None
+
+
+def writer_gone(record: SetRecord) -> bool:
+    """True when a 'running' set's writer is known to have died (same host, dead pid)."""
+    if record.status != "running" or record.host != socket.gethostname():
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+# -- the WAL archive ------------------------------------------------------------------------------
+
+
+class WalIndex:
+    """Which WAL files of one server are in the archive (names only, no content read)."""
+
+    def __init__(self, repo: Repository, server: str, segment_size: int = DEFAULT_SEGMENT_SIZE):
+        self.server = server
+        self.segments: dict[int, set[int]] = defaultdict(set)
+        self.histories: set[int] = set()
+        self.backup_files: list[str] = []
+        self.keys: dict[str, str] = {}
+        prefix = layout.wal_prefix(server)
+        for folder in repo.children(prefix):
+            for child in repo.children(f"{prefix}{folder}/"):
+                parsed = layout.split_wal_key(child)
+                if parsed is None:
+                    continue
+                name = parsed[0]
+                self.keys[name] = f"{prefix}{folder}/{child}"
+                if name.endswith(".history"):
+                    self.histories.add(int(name[:8], 16))
+                elif name.endswith(".backup"):
+                    self.backup_files.append(name)
+                elif len(name) == 24:
+                    seg = parse_segment_name(name, segment_size)
+                    self.segments[seg.timeline].add(seg.number)
+
+    def has(self, segment: Segment) -> bool:
+        return segment.number in self.segments.get(segment.timeline, set())
+
+    def newest(self) -> Segment | None:
+        best: Segment | None = None
+        for timeline, numbers in self.segments.items():
+            if numbers:
+                candidate = Segment(timeline, max(numbers))
+                if best is None or candidate > best:
+                    best = candidate
+        return best
+
+    def missing_between(self, first: Segment, last: Segment) -> list[Segment]:
+        """Segments of `first`'s timeline from `first` to `last` (inclusive) not archived."""
+        have = self.segments.get(first.timeline, set())
+        return [Segment(first.timeline, n) for n in range(first.number, last.number + 1)
+                if n not in have]
+
+    def gaps_after(self, start: Segment) -> list[Segment]:
+        """Missing segments between `start` and the newest archived one of its timeline."""
+        have = self.segments.get(start.timeline, set())
+        if not have:
+            return [start]
+        top = max(have)
+        return [Segment(start.timeline, n) for n in range(start.number, top + 1) if n not in have]
+
+
+class SetState(BaseModel):
+    """Whether a backup set can be restored, and why not."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record: SetRecord
+    backups: dict[str, BackupRecord]
+    complete: bool
+    problems: list[str]
+
+    @property
+    def label(self) -> str:
+        if self.complete:
+            return "complete"
+        if self.record.status == "running" and not writer_gone(self.record):
+            return "running"
+        return "incomplete"
+
+
+def set_state(repo: Repository, record: SetRecord,
+              wal: dict[str, WalIndex] | None = None) -> SetState:
+    """Check a set: every server's backup finished and its WAL up to stop LSN is archived."""
+    problems: list[str] = []
+    backups: dict[str, BackupRecord] = {}
+    if record.status == "running":
+        problems.append("abandoned: its backup process died" if writer_gone(record)
+                        else "still running")
+    elif record.status == "failed":
+        problems.append("failed: " + "; ".join(f"{s}: {e}" for s, e in record.errors.items()))
+    for server in record.servers:
+        try:
+            backup = backup_of(repo, server, record.id)
+        except CorruptObject as exc:
+            problems.append(exc.message)
+            continue
+        if backup is None:
+            if record.status == "done":
+                problems.append(f"{server}: backup record missing")
+            continue
+        backups[server] = backup
+        if not repo.exists(backup.archive.key):
+            problems.append(f"{server}: object {backup.archive.key} missing")
+        index = (wal or {}).get(server) or WalIndex(repo, server, backup.wal_segment_size)
+        if wal is not None:
+            wal[server] = index
+        missing = index.missing_between(backup.start_segment, backup.stop_segment)
+        if missing:
+            names = ", ".join(s.name(backup.wal_segment_size) for s in missing[:3])
+            problems.append(f"{server}: WAL needed for consistency not archived: {names}")
+    complete = record.status == "done" and not problems and len(backups) == len(record.servers)
+    return SetState(record=record, backups=backups, complete=complete, problems=problems)

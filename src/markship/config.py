@@ -1,0 +1,124 @@
+"""The group configuration: TOML → a validated, frozen model (pydantic).
+
+Validation errors name the key, the value found and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from markship import configfile
+from markship.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GroupSection(_Section):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class RepositorySection(_Section):
+    path: Path
+    os_user: str = "postgres"
+    compression_level: Annotated[int, Field(ge=1, le=19)] = 1
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class ServerSection(_Section):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    conninfo: Annotated[str, Field(min_length=1)]
+    data_dir: Path | None = None
+    bin_dir: Path | None = None
+
+
+class BackupSection(_Section):
+    compression_level: Annotated[int, Field(ge=1, le=19)] = 1
+    compress_workers: Annotated[int, Field(ge=0, le=64)] = 0
+    archive_wait_seconds: Annotated[int, Field(ge=5)] = 120
+
+
+class Config(_Section):
+    """The whole group: servers, repository and how backups run."""
+
+    group: GroupSection
+    repository: RepositorySection
+    servers: Annotated[list[ServerSection], Field(alias="server", min_length=1)]
+    backup: BackupSection = BackupSection()
+    source: Path | None = Field(default=None, exclude=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for server in self.servers:
+            if server.name in seen:
+                raise ValueError(f"server name {server.name!r} is used twice")
+            seen.add(server.name)
+        return self
+
+    def server(self, name: str) -> ServerSection:
+        """The server called `name`; raise ConfigError listing the known names."""
+        for server in self.servers:
+            if server.name == name:
+                return server
+        known = ", ".join(s.name for s in self.servers)
+        raise ConfigError(f"unknown server {name!r} (configured: {known})",
+                          "use a name from a [[server]] table of the config")
+
+    def select(self, names: tuple[str, ...] | list[str]) -> list[ServerSection]:
+        return [self.server(n) for n in names] if names else list(self.servers)
+
+
+_FIXES = {
+    "missing": "add it",
+    "extra_forbidden": "remove it or check its spelling",
+    "string_pattern_mismatch": "use lower-case letters, digits, '-' and '_'",
+}
+
+
+def _describe(error: Any) -> str:
+    loc = list(error["loc"])
+    if loc and loc[0] == "server":
+        loc[0] = "[[server]]"
+        if len(loc) > 1 and isinstance(loc[1], int):
+            loc[1] = f"#{loc[1] + 1}"
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    message = error["msg"]
+    fix = _FIXES.get(error["type"], "correct the value")
+    if error["type"] == "missing":
+        return f"key {key} is missing: {fix}"
+    shown = error.get("input")
+    value = f" (found {shown!r})" if not isinstance(shown, dict | list) else ""
+    return f"key {key}{value}: {message}: {fix}"
+
+
+def parse(raw: dict[str, Any], source: Path | None = None) -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming the first bad key."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}{_describe(errors[0])}{more}") from None
+    return config.model_copy(update={"source": source})
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Locate, read and validate the configuration file."""
+    path = configfile.locate(explicit)
+    return parse(configfile.read(path), path)

@@ -1,0 +1,48 @@
+"""Find and read the TOML configuration file (stdlib only, for the lean WAL commands)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from markship.errors import ConfigError
+
+ENV_VAR = "MARKSHIP_CONFIG"
+DEFAULT_NAME = "markship.toml"
+
+
+def locate(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`--config PATH`, else `$MARKSHIP_CONFIG`, else `./markship.toml`.
+
+    Raises ConfigError when the chosen file does not exist.
+    """
+    if explicit:
+        path, source = Path(explicit), "--config"
+    elif os.environ.get(ENV_VAR):
+        path, source = Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
+    else:
+        path, source = Path(DEFAULT_NAME), "the default ./markship.toml"
+    path = path.expanduser().absolute()
+    if not path.is_file():
+        raise ConfigError(
+            f"configuration file {path} (from {source}) not found",
+            "pass --config PATH, set $MARKSHIP_CONFIG, or create ./markship.toml",
+        )
+    return path
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Parse the TOML file; raise ConfigError naming the line of a syntax error."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except PermissionError:
+        raise ConfigError(
+            f"configuration file {path} is not readable by this user",
+            "make it readable (the PostgreSQL OS user reads it in archive_command)",
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML ({exc})",
+                          "fix the syntax at the position shown") from None

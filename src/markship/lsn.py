@@ -1,0 +1,101 @@
+"""Pure LSN, timeline and WAL segment-name arithmetic (no I/O)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
+BACKUP_RE = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
+PARTIAL_RE = re.compile(r"^[0-9A-F]{24}\.partial$")
+
+
+def parse_lsn(text: str) -> int:
+    """Turn `16/B374D848` into an integer; raise ValueError when it is not an LSN."""
+    match = _LSN_RE.match(text.strip())
+    if not match:
+        raise ValueError(f"not an LSN: {text!r}")
+    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
+
+
+def format_lsn(lsn: int) -> str:
+    """Turn an integer LSN into PostgreSQL's `X/Y` notation."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    """One WAL segment file: timeline and segment number."""
+
+    timeline: int
+    number: int
+
+    def name(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+        """The 24-hex-digit file name PostgreSQL uses for this segment."""
+        per_log = 0x100000000 // segment_size
+        return f"{self.timeline:08X}{self.number // per_log:08X}{self.number % per_log:08X}"
+
+    def next(self) -> Segment:
+        return Segment(self.timeline, self.number + 1)
+
+    def start_lsn(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+        return self.number * segment_size
+
+
+def segment_of(timeline: int, lsn: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
+    """The segment that holds the byte at `lsn` (like `pg_walfile_name` for mid-segment LSNs)."""
+    return Segment(timeline, lsn // segment_size)
+
+
+def segment_holding_end(
+    timeline: int, end_lsn: int, segment_size: int = DEFAULT_SEGMENT_SIZE
+) -> Segment:
+    """The segment holding the last byte of a record that ends at `end_lsn`.
+
+    A record ending exactly on a segment boundary lives in the previous segment; this is
+    how `pg_walfile_name` treats such LSNs too.
+    """
+    return Segment(timeline, max(end_lsn - 1, 0) // segment_size)
+
+
+def parse_segment_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
+    """Parse a 24-hex-digit WAL file name; raise ValueError otherwise."""
+    if not SEGMENT_RE.match(name):
+        raise ValueError(f"not a WAL segment name: {name!r}")
+    per_log = 0x100000000 // segment_size
+    timeline = int(name[0:8], 16)
+    log = int(name[8:16], 16)
+    seg = int(name[16:24], 16)
+    if seg >= per_log:
+        raise ValueError(f"segment number out of range for {segment_size}-byte segments: {name}")
+    return Segment(timeline, log * per_log + seg)
+
+
+def wal_file_kind(name: str) -> str:
+    """Classify an archived file name: segment, history, backup, partial; or raise ValueError."""
+    if SEGMENT_RE.match(name):
+        return "segment"
+    if HISTORY_RE.match(name):
+        return "history"
+    if BACKUP_RE.match(name):
+        return "backup"
+    if PARTIAL_RE.match(name):
+        return "partial"
+    raise ValueError(f"not a WAL file name PostgreSQL archives: {name!r}")
+
+
+def parse_history(text: str) -> list[tuple[int, int]]:
+    """Parse a timeline history file into (parent timeline, switch LSN) pairs, oldest first."""
+    entries: list[tuple[int, int]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) < 2:
+            raise ValueError(f"malformed timeline history line: {line!r}")
+        entries.append((int(fields[0]), parse_lsn(fields[1])))
+    return entries

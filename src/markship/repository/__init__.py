@@ -1,0 +1,15 @@
+"""Repository access: one interface, one backend per kind of storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from markship.repository.base import ObjectInfo, Repository, StoredObject, TempObject
+from markship.repository.fs import FsRepository
+
+__all__ = ["FsRepository", "ObjectInfo", "Repository", "StoredObject", "TempObject", "open_repository"]
+
+
+def open_repository(path: str | Path) -> FsRepository:
+    """Open the repository at a local or mounted directory."""
+    return FsRepository(Path(path))

@@ -1,0 +1,79 @@
+"""The storage interface every repository backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object as written: its key, stored size and sha256 of the stored bytes."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class TempObject:
+    """A partly written object left behind by a writer; never taken as data."""
+
+    key: str
+    size: int
+    writer_alive: bool | None  # None when the writer ran on another host
+
+
+class Repository(Protocol):
+    """A flat key → bytes store with atomic, checksummed writes."""
+
+    location: str
+
+    def write(self, key: str, source: BinaryIO, *, overwrite: bool = False) -> StoredObject:
+        """Stream `source` into `key` atomically (temp object, then rename).
+
+        Raises ConflictError when `key` exists and `overwrite` is false (the stored object is
+        kept), RepositoryError when the store is full or not writable.
+        """
+        ...
+
+    def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> StoredObject: ...
+
+    def open(self, key: str) -> BinaryIO:
+        """Open `key` for streaming reads; raise ObjectMissing when absent."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every complete object whose key starts with `prefix` (temp objects excluded)."""
+        ...
+
+    def children(self, prefix: str) -> list[str]:
+        """Names directly below `prefix` (a key prefix ending in '/'), sorted."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def temp_objects(self) -> list[TempObject]: ...
+
+    def lock(self, name: str, purpose: str) -> AbstractContextManager[None]:
+        """Hold an exclusive named lock; raise LockedError when someone else holds it."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise RepositoryError naming the problem when objects cannot be written."""
+        ...

@@ -1,0 +1,78 @@
+"""Pure object-key naming for the repository: where each kind of object lives.
+
+```
+markship.json                                repository marker (format, group)
+sets/<set-id>.json                           one backup set (all servers)
+backups/<server>/<set-id>/base.tar.zst       base backup stream of one server
+backups/<server>/<set-id>/config/<file>      postgresql.conf, pg_hba.conf, pg_ident.conf
+backups/<server>/<set-id>/backup.json        written last: its presence means "finished"
+wal/<server>/<timeline+log>/<segment>-<sha256>.zst
+wal/<server>/history/<timeline>.history-<sha256>.zst
+locks/<name>.lock
+```
+The sha256 in a WAL object's name is the digest of the uncompressed file, so a second push of
+the same file can be recognised without reading the stored copy, and a different file under a
+name already archived is detected.
+"""
+
+from __future__ import annotations
+
+from markship.lsn import wal_file_kind
+
+MARKER_KEY = "markship.json"
+WAL_SUFFIX = ".zst"
+
+
+def set_key(set_id: str) -> str:
+    return f"sets/{set_id}.json"
+
+
+def backup_prefix(server: str, set_id: str) -> str:
+    return f"backups/{server}/{set_id}/"
+
+
+def backup_record_key(server: str, set_id: str) -> str:
+    return backup_prefix(server, set_id) + "backup.json"
+
+
+def base_archive_key(server: str, set_id: str) -> str:
+    return backup_prefix(server, set_id) + "base.tar.zst"
+
+
+def config_file_key(server: str, set_id: str, file_name: str) -> str:
+    return backup_prefix(server, set_id) + f"config/{file_name}"
+
+
+def wal_prefix(server: str) -> str:
+    return f"wal/{server}/"
+
+
+def wal_dir(server: str, wal_name: str) -> str:
+    """The folder (key prefix ending in '/') an archived WAL file of this name goes to."""
+    if wal_file_kind(wal_name) == "history":
+        return f"wal/{server}/history/"
+    return f"wal/{server}/{wal_name[:16]}/"
+
+
+def wal_key(server: str, wal_name: str, sha256_hex: str) -> str:
+    return f"{wal_dir(server, wal_name)}{wal_name}-{sha256_hex}{WAL_SUFFIX}"
+
+
+def split_wal_key(key: str) -> tuple[str, str] | None:
+    """(wal file name, sha256) of a WAL object key, or None when the key is not one."""
+    base = key.rsplit("/", 1)[-1]
+    if not base.endswith(WAL_SUFFIX):
+        return None
+    stem = base[: -len(WAL_SUFFIX)]
+    name, sep, digest = stem.rpartition("-")
+    if not sep or len(digest) != 64:
+        return None
+    try:
+        wal_file_kind(name)
+    except ValueError:
+        return None
+    return name, digest
+
+
+def lock_key(name: str) -> str:
+    return f"locks/{name}.lock"

@@ -1,0 +1,289 @@
+"""Restore one server: base backup → new data directory → recovery to a target.
+
+A chain of small steps: choose the backup, stream it out of the repository (checksum while
+reading, decompress, untar), write the recovery settings, optionally start and wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from markship import catalog, pgbin
+from markship.catalog import BackupRecord
+from markship.config import Config
+from markship.errors import CorruptObject, MarkshipError, RestoreError
+from markship.repository import Repository
+from markship.timefmt import show, utcnow
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where recovery stops: the end of the archive, a time, or a named restore point."""
+
+    kind: str  # "latest" | "time" | "name"
+    time: datetime | None = None
+    name: str | None = None
+
+    def settings(self) -> dict[str, str]:
+        if self.kind == "time" and self.time is not None:
+            return {"recovery_target_time": self.time.isoformat(),
+                    "recovery_target_action": "promote"}
+        if self.kind == "name" and self.name is not None:
+            return {"recovery_target_name": self.name, "recovery_target_action": "promote"}
+        return {}
+
+    def describe(self) -> str:
+        if self.kind == "time":
+            return f"time {show(self.time)}"
+        if self.kind == "name":
+            return f"restore point {self.name}"
+        return "the end of the archived WAL"
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    server: str
+    set_id: str
+    target_dir: Path
+    target: Target
+    started: bool
+    port: int | None
+    seconds: float
+
+
+def complete_backups(repo: Repository, server: str) -> list[BackupRecord]:
+    """This server's backups from complete sets, newest first."""
+    found = []
+    wal: dict[str, catalog.WalIndex] = {}
+    for record in catalog.list_sets(repo):
+        if server not in record.servers or record.status != "done":
+            continue
+        state = catalog.set_state(repo, record, wal)
+        if state.complete and server in state.backups:
+            found.append(state.backups[server])
+    return sorted(found, key=lambda b: b.consistent_at, reverse=True)
+
+
+def choose_backup(repo: Repository, server: str, target: Target,
+                  set_id: str | None = None) -> BackupRecord:
+    """The newest complete backup from which `target` can be reached.
+
+    Raises RestoreError when there is none, or the target lies before every backup's
+    consistency point.
+    """
+    backups = complete_backups(repo, server)
+    if set_id is not None:
+        backups = [b for b in backups if b.set_id == set_id]
+        if not backups:
+            raise RestoreError(f"backup set {set_id} has no complete backup of server {server}",
+                               "pick a set that markship list shows as complete")
+    if not backups:
+        raise RestoreError(f"no complete backup of server {server} in the repository",
+                           "run markship backup first (markship list shows what exists)")
+    if target.kind == "time" and target.time is not None:
+        usable = [b for b in backups if b.consistent_at <= target.time]
+        if not usable:
+            oldest = min(backups, key=lambda b: b.consistent_at)
+            raise RestoreError(
+                f"{target.describe()} is before the consistency point of every backup of "
+                f"server {server} (the oldest is consistent from {show(oldest.consistent_at)})",
+                "choose a later time",
+            )
+        return usable[0]
+    return backups[0]
+
+
+def markship_command() -> str:
+    """The markship executable PostgreSQL should call in restore_command."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "markship" and argv0.exists():
+        return str(argv0.absolute())
+    found = shutil.which("markship")
+    if found:
+        return found
+    return str(Path(sys.executable).parent / "markship")
+
+
+class _HashingReader:
+    """Passes reads through while computing sha256 and counting bytes."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.inner.read(size)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+
+def extract(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
+    """Stream the base backup into `target_dir`; remove what was written if it is corrupt."""
+    import zstandard
+
+    source = _HashingReader(repo.open(backup.archive.key))
+    tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(target_dir)],
+                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert tar.stdin is not None
+    problem: str | None = None
+    try:
+        zstandard.ZstdDecompressor().copy_stream(source, tar.stdin, read_size=1 << 20,
+                                                 write_size=1 << 20)
+    except zstandard.ZstdError as exc:
+        problem = f"cannot be decompressed ({exc})"
+    except BrokenPipeError:
+        pass
+    finally:
+        source.inner.close()
+        try:
+            tar.stdin.close()
+        except BrokenPipeError:
+            pass
+    assert tar.stderr is not None
+    tar_error = tar.stderr.read().decode(errors="replace").strip()
+    tar.wait()
+    if problem is None and source.digest.hexdigest() != backup.archive.sha256:
+        problem = "fails its checksum"
+    if problem is None and tar.returncode != 0:
+        problem = f"cannot be unpacked ({tar_error.splitlines()[-1] if tar_error else 'tar failed'})"
+    if problem is not None:
+        _empty(target_dir)
+        raise CorruptObject(
+            f"base backup {backup.archive.key} {problem}; nothing was restored",
+            "run markship verify and restore from another backup set (--set)",
+        )
+
+
+def _empty(directory: Path) -> None:
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def recovery_settings(config: Config, server: str, target: Target,
+                      port: int | None, extra: dict[str, str]) -> dict[str, str]:
+    assert config.source is not None
+    fetch = (f"{shlex.quote(markship_command())} --config {shlex.quote(str(config.source))} "
+             f"wal-fetch --server {shlex.quote(server)} %f %p")
+    settings = {
+        "restore_command": fetch,
+        # The restored server must not archive into production's WAL history.
+        "archive_mode": "off",
+        # A synchronous standby list from production would make every commit hang.
+        "synchronous_standby_names": "",
+    }
+    settings.update(target.settings())
+    if port is not None:
+        settings["port"] = str(port)
+    settings.update(extra)
+    return settings
+
+
+def write_settings(data_dir: Path, settings: dict[str, str], comment: str) -> None:
+    lines = [f"\n# {comment}\n"]
+    for key, value in settings.items():
+        lines.append(f"{key} = '{value.replace(chr(39), chr(39) * 2)}'\n")
+    with (data_dir / "postgresql.auto.conf").open("a") as handle:
+        handle.writelines(lines)
+
+
+def prepare_target_dir(target_dir: Path) -> None:
+    if target_dir.exists():
+        if not target_dir.is_dir():
+            raise RestoreError(f"target {target_dir} exists and is not a directory",
+                               "choose a new or empty directory")
+        if any(target_dir.iterdir()):
+            raise RestoreError(f"target directory {target_dir} is not empty",
+                               "choose a new or empty directory; markship never overwrites data")
+    else:
+        try:
+            target_dir.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            raise RestoreError(f"cannot create target directory {target_dir}: {exc.strerror}",
+                               "choose a directory the repository's OS user can write") from None
+    target_dir.chmod(0o700)
+
+
+def restore_server(config: Config, repo: Repository, server: str, target_dir: Path,
+                   target: Target, *, set_id: str | None = None, start: bool = False,
+                   port: int | None = None, extra_settings: dict[str, str] | None = None,
+                   wait_seconds: float = 600) -> RestoreResult:
+    """Build a new data directory for `server` recovering to `target`; start it if asked."""
+    section = config.server(server)
+    began = time.monotonic()
+    backup = choose_backup(repo, server, target, set_id)
+    prepare_target_dir(target_dir)
+    extract(repo, backup, target_dir)
+    if not (target_dir / "postgresql.conf").exists():
+        _place_captured_config(repo, backup, target_dir)
+    (target_dir / "recovery.signal").touch()
+    write_settings(target_dir, recovery_settings(config, server, target, port,
+                                                 extra_settings or {}),
+                   f"markship restore {show(utcnow())}: backup set {backup.set_id}, "
+                   f"target {target.describe()}")
+    if start:
+        tools = pgbin.bin_dir(section.bin_dir, backup.pg_version_num)
+        start_and_wait(pgbin.tool(tools, "pg_ctl"), target_dir, target, wait_seconds)
+    return RestoreResult(server, backup.set_id, target_dir, target, start, port,
+                         time.monotonic() - began)
+
+
+def _place_captured_config(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
+    """Config files kept outside the data directory (Debian's /etc) come from the backup."""
+    for file_name, ref in backup.config_files.items():
+        (target_dir / file_name).write_bytes(repo.read_bytes(ref.key))
+    if backup.config_files:
+        write_settings(target_dir, {"hba_file": str(target_dir / "pg_hba.conf"),
+                                    "ident_file": str(target_dir / "pg_ident.conf")},
+                       "markship restore: configuration captured with the backup")
+
+
+def start_and_wait(pg_ctl: str, data_dir: Path, target: Target, wait_seconds: float) -> None:
+    """Start the restored server and wait until recovery ended and it accepts writes."""
+    log = data_dir / "markship-restore.log"
+    proc = subprocess.run([pg_ctl, "-D", str(data_dir), "-l", str(log), "-w", "-t",
+                           str(int(wait_seconds)), "start"],
+                          capture_output=True, text=True, check=False)
+    deadline = time.monotonic() + wait_seconds
+    while proc.returncode == 0 and time.monotonic() < deadline:
+        if not (data_dir / "recovery.signal").exists():
+            return  # recovery finished and the server was promoted
+        if not (data_dir / "postmaster.pid").exists():
+            break
+        time.sleep(0.2)
+    reason = _recovery_failure(log)
+    if proc.returncode == 0 and reason is None and time.monotonic() >= deadline:
+        raise RestoreError(f"recovery did not finish within {wait_seconds:.0f} s",
+                           f"the server is still replaying; watch {log}")
+    raise RestoreError(f"restored server did not start: {reason or proc.stderr.strip()[-300:]}",
+                       f"see {log}")
+
+
+def _recovery_failure(log: Path) -> str | None:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "recovery ended before configured recovery target was reached" in line:
+            return ("the recovery target was not reached: it lies beyond the archived WAL or "
+                    "before this backup (try --set with an older backup set)")
+        if "FATAL" in line or "PANIC" in line:
+            return line.split("FATAL:", 1)[-1].split("PANIC:", 1)[-1].strip()
+    return None
+
+
+__all__ = ["MarkshipError", "RestoreResult", "Target", "choose_backup", "restore_server"]

@@ -1,0 +1,176 @@
+"""Throwaway local PostgreSQL servers, for the demo, drills and the test-suite.
+
+PostgreSQL refuses to run as root; when markship runs as root every command here is run as
+the unprivileged `os_user` via runuser, and every directory is owned by that user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from markship.errors import MarkshipError
+
+DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+
+
+def as_user(argv: Sequence[str], os_user: str) -> list[str]:
+    """Prefix a command with runuser when we are root and must act as `os_user`."""
+    if os.geteuid() == 0 and os_user != "root":
+        return ["runuser", "-u", os_user, "--", *argv]
+    return list(argv)
+
+
+def chown_to(path: Path, os_user: str) -> None:
+    """Give `path` to `os_user` when we are root (no-op otherwise)."""
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(os_user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ScratchServer:
+    """One PostgreSQL server in a directory of its own, run as `os_user`."""
+
+    name: str
+    base_dir: Path
+    port: int
+    host: str = "127.0.0.1"
+    os_user: str = "postgres"
+    bin_dir: Path = DEFAULT_BIN_DIR
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.base_dir / "sock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.base_dir / "server.log"
+
+    def conninfo(self, dbname: str = "postgres") -> str:
+        return f"host={self.host} port={self.port} user=postgres dbname={dbname}"
+
+    def run(self, tool: str, *args: str, check: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run a PostgreSQL client or server tool of this installation as `os_user`."""
+        argv = as_user([str(self.bin_dir / tool), *args], self.os_user)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise MarkshipError(
+                f"{tool} failed for scratch server {self.name} (exit {proc.returncode}): "
+                f"{(proc.stderr or proc.stdout).strip()[-500:]}"
+            )
+        return proc
+
+    def initdb(self) -> None:
+        """Create the data directory and write the settings into postgresql.auto.conf."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        for path in (self.base_dir, self.socket_dir):
+            chown_to(path, self.os_user)
+        self.base_dir.chmod(0o755)
+        self.run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
+                 "--encoding=UTF8", "--locale=C", "--no-sync")
+        base = {
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": str(self.socket_dir),
+            "wal_level": "replica",
+            "max_wal_senders": "5",
+            "max_prepared_transactions": "10",
+            "logging_collector": "off",
+        }
+        base.update(self.settings)
+        self.write_settings(base)
+
+    def write_settings(self, settings: dict[str, str]) -> None:
+        """Append `settings` to postgresql.conf (read at the next start or reload)."""
+        lines = "".join(f"{key} = '{_quote(value)}'\n" for key, value in settings.items())
+        conf = self.data_dir / "postgresql.conf"
+        script = f"cat >> {conf}"
+        proc = subprocess.run(as_user(["sh", "-c", script], self.os_user), input=lines,
+                              text=True, capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise MarkshipError(f"cannot write {conf}: {proc.stderr.strip()}")
+
+    def start(self, data_dir: Path | None = None, wait: bool = True) -> None:
+        self.run("pg_ctl", "-D", str(data_dir or self.data_dir), "-l", str(self.log_file),
+                 "-w" if wait else "-W", "-t", "120", "start")
+
+    def stop(self, mode: str = "fast", data_dir: Path | None = None) -> None:
+        target = data_dir or self.data_dir
+        if (target / "postmaster.pid").exists():
+            self.run("pg_ctl", "-D", str(target), "-m", mode, "-w", "-t", "120", "stop",
+                     check=False)
+
+    def kill9(self) -> None:
+        """Crash the server: SIGKILL to the postmaster and every backend."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        pid = int(pid_file.read_text().split()[0])
+        subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        time.sleep(0.2)
+
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        """Run SQL, return unaligned tuples-only output."""
+        proc = self.run("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                        "-d", self.conninfo(dbname), "-c", sql)
+        return proc.stdout.strip()
+
+    def destroy(self) -> None:
+        self.stop(mode="immediate")
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+FINGERPRINT_SQL = """
+SELECT (SELECT count(*) FROM pgbench_accounts) || ' accounts, '
+    || (SELECT count(*) FROM pgbench_history) || ' history rows, balance sum '
+    || (SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts) || ', md5 '
+    || (SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts)
+"""
+
+
+def pgbench_fingerprint(server: ScratchServer, dbname: str = "postgres") -> str:
+    """Counts, balance sum and a digest of pgbench's tables: equal strings, equal data."""
+    return server.psql(FINGERPRINT_SQL, dbname)
+
+
+def wait_archived(server: ScratchServer, timeout: float = 60) -> str:
+    """Switch WAL and wait until the archiver has stored the finished segment; return its name."""
+    segment = server.psql(
+        "SELECT pg_walfile_name(pg_switch_wal()) FROM (SELECT txid_current()) AS force_wal")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = server.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+        if done and done[8:] >= segment[8:] and done[:8] == segment[:8]:
+            return segment
+        time.sleep(0.1)
+    raise MarkshipError(f"scratch server {server.name}: {segment} not archived after {timeout} s")

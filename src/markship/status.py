@@ -1,0 +1,88 @@
+"""Per-server state of the group: last backup, archive position, lag, archiver failures."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+from markship import catalog, postgres
+from markship.config import Config, ServerSection
+from markship.errors import MarkshipError
+from markship.lsn import parse_segment_name
+from markship.repository import Repository
+from markship.timefmt import utcnow
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    server: str
+    reachable: bool
+    error: str | None
+    last_backup_set: str | None
+    last_backup_at: datetime | None
+    last_archived_wal: str | None
+    last_archived_at: datetime | None
+    repository_newest_wal: str | None
+    archive_lag_bytes: int | None
+    archive_lag_seconds: float | None
+    archiver_failed_count: int | None
+    last_failed_wal: str | None
+    last_failed_at: datetime | None
+
+    @property
+    def healthy(self) -> bool:
+        failing = (self.last_failed_at is not None and (
+            self.last_archived_at is None or self.last_failed_at > self.last_archived_at))
+        return self.reachable and self.last_backup_set is not None and not failing
+
+
+def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:
+    newest: dict[str, catalog.BackupRecord] = {}
+    wal: dict[str, catalog.WalIndex] = {}
+    for record in catalog.list_sets(repo):
+        state = catalog.set_state(repo, record, wal)
+        if state.complete:
+            newest.update(state.backups)
+    return newest
+
+
+def server_status(repo: Repository, server: ServerSection,
+                  last_backup: catalog.BackupRecord | None) -> ServerStatus:
+    index = catalog.WalIndex(repo, server.name)
+    newest = index.newest()
+    newest_name = newest.name() if newest else None
+    base = {"server": server.name, "last_backup_set": last_backup.set_id if last_backup else None,
+            "last_backup_at": last_backup.consistent_at if last_backup else None,
+            "repository_newest_wal": newest_name}
+    try:
+        with postgres.connect(server.conninfo, server.name) as conn:
+            stats = postgres.archiver_stats(conn)
+    except MarkshipError as exc:
+        return ServerStatus(reachable=False, error=exc.message, last_archived_wal=None,
+                            last_archived_at=None, archive_lag_bytes=None,
+                            archive_lag_seconds=None, archiver_failed_count=None,
+                            last_failed_wal=None, last_failed_at=None, **base)
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    if newest is not None and newest.timeline == stats.timeline:
+        archived_up_to = newest.next().start_lsn()
+        lag_bytes = max(stats.current_lsn - archived_up_to, 0)
+        current = parse_segment_name(stats.current_wal_file)
+        behind = current.number - newest.number > 1
+        if stats.last_archived_time is not None:
+            lag_seconds = ((utcnow() - stats.last_archived_time).total_seconds()
+                           if behind else 0.0)
+    return ServerStatus(reachable=True, error=None, last_archived_wal=stats.last_archived_wal,
+                        last_archived_at=stats.last_archived_time, archive_lag_bytes=lag_bytes,
+                        archive_lag_seconds=lag_seconds,
+                        archiver_failed_count=stats.failed_count,
+                        last_failed_wal=stats.last_failed_wal,
+                        last_failed_at=stats.last_failed_time, **base)
+
+
+def group_status(config: Config, repo: Repository) -> list[ServerStatus]:
+    """Status of every server, queried in parallel; unreachable servers are reported, not fatal."""
+    last = _last_backups(repo)
+    with ThreadPoolExecutor(max_workers=len(config.servers)) as pool:
+        return list(pool.map(lambda s: server_status(repo, s, last.get(s.name)), config.servers))

@@ -1,0 +1,35 @@
+"""Times as markship shows and accepts them: always with an explicit zone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def show(moment: datetime | None) -> str:
+    """`2026-11-25T19:02:11Z` (UTC, second precision); '-' for None."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_aware(text: str) -> datetime:
+    """Parse an ISO 8601 time that states its zone (`Z` or `+01:00`); raise ValueError else."""
+    cleaned = text.strip()
+    if cleaned.endswith(("Z", "z")):
+        cleaned = cleaned[:-1] + "+00:00"
+    moment = datetime.fromisoformat(cleaned)
+    if moment.tzinfo is None:
+        raise ValueError(
+            f"time {text!r} has no time zone: add one, e.g. {text}Z for UTC or {text}+01:00"
+        )
+    return moment
+
+
+def age_seconds(moment: datetime | None, now: datetime | None = None) -> float | None:
+    if moment is None:
+        return None
+    return ((now or utcnow()) - moment).total_seconds()

@@ -1,0 +1,198 @@
+"""WAL archiving: `wal-push` (archive_command) and `wal-fetch` (restore_command).
+
+PostgreSQL runs these once per 16 MB segment, so this module imports only the standard library,
+zstandard and the repository; it reads the raw TOML instead of the full pydantic model.
+
+Contract with PostgreSQL:
+- wal-push exits 0 only once the file is durably stored; pushing the same content again also
+  exits 0; different content under an archived name exits 1 and keeps the stored object.
+- wal-fetch exits 0 with the file at DEST, 1 quietly when it is not archived (PostgreSQL then
+  looks elsewhere or ends recovery), and 126 when the stored copy is corrupt: an exit status
+  above 125 makes PostgreSQL abort recovery instead of treating corrupt WAL as the end of WAL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from markship.errors import ConfigError, ConflictError, CorruptObject, ObjectMissing
+from markship.lsn import wal_file_kind
+from markship.repository import Repository, open_repository
+from markship.repository import layout
+
+CHUNK = 1024 * 1024
+EXIT_CORRUPT = 126
+
+
+@dataclass(frozen=True)
+class WalSettings:
+    """The few settings the WAL commands need, read without the full config model."""
+
+    repository_path: Path
+    os_user: str
+    compression_level: int
+    servers: frozenset[str]
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> WalSettings:
+        repo = raw.get("repository")
+        if not isinstance(repo, dict) or not isinstance(repo.get("path"), str):
+            raise ConfigError("[repository] path is missing", "add path = \"/dir\" under [repository]")
+        servers = raw.get("server")
+        names = frozenset(
+            s["name"] for s in servers or [] if isinstance(s, dict) and isinstance(s.get("name"), str)
+        )
+        level = repo.get("compression_level", 1)
+        return cls(Path(repo["path"]), str(repo.get("os_user", "postgres")),
+                   int(level) if isinstance(level, int) else 1, names)
+
+    def check_server(self, server: str) -> None:
+        if server not in self.servers:
+            known = ", ".join(sorted(self.servers)) or "none"
+            raise ConfigError(f"unknown server {server!r} (configured: {known})",
+                              "use a name from a [[server]] table of the config")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_archived(repo: Repository, server: str, wal_name: str) -> list[tuple[str, str]]:
+    """(key, sha256) of every stored copy of `wal_name` (normally zero or one)."""
+    folder = layout.wal_dir(server, wal_name)
+    found = []
+    for child in repo.children(folder):
+        if child.startswith(wal_name + "-"):
+            parsed = layout.split_wal_key(child)
+            if parsed and parsed[0] == wal_name:
+                found.append((folder + child, parsed[1]))
+    return found
+
+
+def push(repo: Repository, server: str, path: Path, compression_level: int = 1) -> bool:
+    """Archive one WAL file. True when stored now, False when an identical copy was there.
+
+    Raises ConflictError when a different file is archived under the same name.
+    """
+    import zstandard
+
+    name = path.name
+    wal_file_kind(name)  # ValueError for names PostgreSQL never archives
+    digest = file_sha256(path)
+    for _key, stored_digest in find_archived(repo, server, name):
+        if stored_digest == digest:
+            return False
+        raise ConflictError(
+            f"{name} of server {server} is already archived with different content "
+            f"(stored sha256 {stored_digest[:12]}…, new {digest[:12]}…); the stored copy is kept",
+            "two clusters may be archiving under one server name: check archive_command on "
+            "each server and markship status",
+        )
+    compressor = zstandard.ZstdCompressor(level=compression_level, write_checksum=True)
+    with path.open("rb") as raw, compressor.stream_reader(raw, size=path.stat().st_size) as packed:
+        try:
+            repo.write(layout.wal_key(server, name, digest), packed)
+        except ConflictError:
+            return False  # a concurrent push of the same content won the race
+    return True
+
+
+def open_archived(repo: Repository, server: str, wal_name: str) -> tuple[BinaryIO, str]:
+    """A reader of the uncompressed WAL file and its expected sha256.
+
+    Raises ObjectMissing when it is not archived.
+    """
+    import zstandard
+
+    found = find_archived(repo, server, wal_name)
+    if not found:
+        raise ObjectMissing(f"{wal_name} of server {server} is not archived")
+    if len(found) > 1:
+        raise CorruptObject(f"{wal_name} of server {server} is archived more than once",
+                            "run markship verify and remove the wrong copy")
+    key, digest = found[0]
+    stored = repo.open(key)
+    return zstandard.ZstdDecompressor().stream_reader(stored, closefd=True), digest
+
+
+def fetch(repo: Repository, server: str, wal_name: str, dest: Path) -> None:
+    """Restore one archived WAL file to `dest`, checking its sha256 before it appears there.
+
+    Raises ObjectMissing when not archived, CorruptObject when the stored copy is damaged.
+    """
+    import zstandard
+
+    reader, expected = open_archived(repo, server, wal_name)
+    temp = dest.with_name(f".{dest.name}.markship-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with reader, temp.open("wb") as out:
+            while chunk := reader.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+    except zstandard.ZstdError as exc:
+        temp.unlink(missing_ok=True)
+        raise CorruptObject(f"archived {wal_name} of server {server} cannot be decompressed "
+                            f"({exc})", "run markship verify; restore from another copy") from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    if digest.hexdigest() != expected:
+        temp.unlink(missing_ok=True)
+        raise CorruptObject(f"archived {wal_name} of server {server} fails its checksum",
+                            "run markship verify; this WAL must not be replayed")
+    os.replace(temp, dest)
+
+
+def main(command: str, argv: list[str], config: str | None) -> int:
+    """Entry point of `markship wal-push` / `markship wal-fetch` (lean path)."""
+    import argparse
+    import sys
+
+    from markship import configfile, osuser
+    from markship.errors import MarkshipError
+
+    parser = argparse.ArgumentParser(prog=f"markship {command}")
+    parser.add_argument("--server", required=True)
+    if command == "wal-push":
+        parser.add_argument("path")
+    else:
+        parser.add_argument("segment")
+        parser.add_argument("dest")
+    args = parser.parse_args(argv)
+    try:
+        settings = WalSettings.from_raw(configfile.read(configfile.locate(config)))
+        settings.check_server(args.server)
+        osuser.switch_to(settings.os_user)
+        repo = open_repository(settings.repository_path)
+        if command == "wal-push":
+            path = Path(args.path)
+            if not path.is_file():
+                raise ObjectMissing(f"WAL file {path} does not exist",
+                                    "archive_command must pass %p, the path of the file")
+            push(repo, args.server, path, settings.compression_level)
+        else:
+            fetch(repo, args.server, args.segment, Path(args.dest))
+    except ObjectMissing as exc:
+        if command == "wal-fetch":
+            return 1  # not archived (yet): PostgreSQL expects a quiet failure
+        print(f"markship {command}: error: {exc.one_line()}", file=sys.stderr)
+        return 1
+    except CorruptObject as exc:
+        print(f"markship {command}: error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_CORRUPT if command == "wal-fetch" else 1
+    except MarkshipError as exc:
+        print(f"markship {command}: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except ValueError as exc:
+        print(f"markship {command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
