@@ -246,6 +246,8 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) ->
             click.echo(f"✗ {line}")
         for sid, reasons in report.unrestorable_sets.items():
             click.echo(f"✗ backup set {sid} is not restorable: {'; '.join(reasons)}")
+        for sid, reasons in report.incomplete_sets.items():
+            click.echo(f"- backup set {sid} is incomplete and ignored: {'; '.join(reasons)}")
         for key in report.temp_objects:
             state = "removed" if key in report.removed_temp else "left by a dead writer"
             click.echo(f"! partly written object {key} ({state}; never used as data)")

@@ -20,6 +20,7 @@ class Report:
     bytes_checked: int = 0
     problems: list[str] = field(default_factory=list)
     unrestorable_sets: dict[str, list[str]] = field(default_factory=dict)
+    incomplete_sets: dict[str, list[str]] = field(default_factory=dict)
     temp_objects: list[str] = field(default_factory=list)
     removed_temp: list[str] = field(default_factory=list)
 
@@ -88,6 +89,10 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
     checked_wal: set[tuple[str, str]] = set()
     for record in sets:
         state = catalog.set_state(repo, record, wal)
+        if record.status != "done":
+            # Never restorable and never offered for restore: reported, not a failure.
+            report.incomplete_sets[record.id] = state.problems
+            continue
         reasons = list(state.problems)
         for server, backup in state.backups.items():
             refs = [backup.archive, *backup.config_files.values()]
@@ -113,7 +118,7 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
                         bad_wal.setdefault(server, set()).add(name)
                 if name in bad_wal.get(server, set()):
                     reasons.append(f"{server}: bad WAL {name}")
-        if reasons and (record.status != "running" or catalog.writer_gone(record)):
+        if reasons:
             report.unrestorable_sets[record.id] = sorted(set(reasons))
     if set_id is None:
         _check_remaining_wal(repo, wal, checked_wal, report)

@@ -1,0 +1,88 @@
+"""Configuration mistakes end in one line naming the key and the fix, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_markship
+from markship import config as config_mod
+from markship.errors import ConfigError
+
+GOOD = """
+[group]
+name = "shop"
+[repository]
+path = "/var/lib/markship/repo"
+[[server]]
+name = "orders"
+conninfo = "host=127.0.0.1 port=5432 user=markship dbname=postgres"
+"""
+
+
+def _one_line_error(proc_stderr: str) -> str:
+    lines = proc_stderr.strip().splitlines()
+    assert len(lines) == 1, proc_stderr
+    assert "Traceback" not in proc_stderr
+    return lines[0]
+
+
+def test_good_config_parses() -> None:
+    import tomllib
+
+    config = config_mod.parse(tomllib.loads(GOOD))
+    assert config.servers[0].name == "orders"
+    assert config.repository.os_user == "postgres"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda t: t.replace('name = "shop"\n', ""), "key group.name is missing"),
+        (lambda t: t.replace('"/var/lib/markship/repo"', "42"), "key repository.path (found 42)"),
+        (lambda t: t.replace('"/var/lib/markship/repo"', '"relative/repo"'), "absolute path"),
+        (lambda t: t + "\n[backup]\ncompresion_level = 3\n", "backup.compresion_level"),
+        (lambda t: t + '\n[[server]]\nname = "orders"\nconninfo = "x"\n', "used twice"),
+        (lambda t: t.replace('name = "orders"', 'name = "Orders!"'), "[[server]].#1.name"),
+        (lambda t: t.replace("[group]", "[group"), "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(workdir: Path, edit: object, expected: str) -> None:
+    path = workdir / "markship.toml"
+    path.write_text(edit(GOOD))  # type: ignore[operator]
+    proc = run_markship(path, "list")
+    assert proc.returncode == 2
+    line = _one_line_error(proc.stderr)
+    assert expected in line
+    with pytest.raises(ConfigError):
+        config_mod.load(path)
+
+
+def test_missing_config_file(workdir: Path) -> None:
+    proc = run_markship(None, "list", env={"MARKSHIP_CONFIG": str(workdir / "none.toml")})
+    assert proc.returncode == 2
+    assert "none.toml (from $MARKSHIP_CONFIG) not found" in _one_line_error(proc.stderr)
+
+
+def test_unreachable_server_and_unwritable_repository(workdir: Path) -> None:
+    blocked = workdir / "blocked"
+    blocked.mkdir(mode=0o755)  # owned by root: the postgres user cannot write in it
+    path = workdir / "markship.toml"
+    path.write_text(GOOD.replace("/var/lib/markship/repo", str(blocked / "repo"))
+                    .replace("port=5432", "port=1"))
+    check = run_markship(path, "config", "check")
+    assert check.returncode != 0
+    assert "not writable" in _one_line_error(check.stderr)
+
+    path.write_text(GOOD.replace("/var/lib/markship/repo", str(workdir / "repo"))
+                    .replace("port=5432", "port=1"))
+    check = run_markship(path, "config", "check")
+    assert check.returncode != 0
+    assert "✗ server orders: cannot connect to server orders" in check.stdout
+    assert "config check failed" in _one_line_error(check.stderr)
+
+    backup = run_markship(path, "backup")
+    assert backup.returncode != 0
+    line = _one_line_error(backup.stderr)
+    assert "cannot connect to server orders" in line

@@ -1,0 +1,101 @@
+"""wal-push / wal-fetch: PostgreSQL's archive and restore command contract, no server needed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import OS_USER, run_markship, write_config
+from markship.scratch import chown_to
+
+SEGMENT = "000000010000000000000007"
+
+
+def _setup(workdir: Path) -> tuple[Path, Path]:
+    config = workdir / "markship.toml"
+    write_config(config, workdir / "repo", [])
+    config.write_text(config.read_text() + '\n[[server]]\nname = "orders"\n'
+                      'conninfo = "host=127.0.0.1 port=1 user=postgres dbname=postgres"\n')
+    wal = workdir / "pg_wal"
+    wal.mkdir()
+    chown_to(wal, OS_USER)
+    return config, wal
+
+
+def _segment(wal: Path, content: bytes, name: str = SEGMENT) -> Path:
+    path = wal / name
+    path.write_bytes(content)
+    chown_to(path, OS_USER)
+    return path
+
+
+def _stored(workdir: Path) -> list[Path]:
+    return sorted((workdir / "repo" / "wal" / "orders").rglob(f"{SEGMENT}-*"))
+
+
+def test_push_is_idempotent_and_refuses_different_content(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    original = os.urandom(1 << 20) + bytes(15 << 20)
+    path = _segment(wal, original)
+    first = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert first.returncode == 0, first.stderr
+    again = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert again.returncode == 0, again.stderr
+    stored = _stored(workdir)
+    assert len(stored) == 1
+    before = stored[0].read_bytes()
+
+    _segment(wal, os.urandom(16 << 20))
+    clash = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert clash.returncode != 0
+    assert "already archived with different content" in clash.stderr
+    assert "Traceback" not in clash.stderr
+    assert _stored(workdir) == stored and stored[0].read_bytes() == before
+
+    dest = wal / "RECOVERYXLOG"
+    fetched = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                           user=OS_USER)
+    assert fetched.returncode == 0, fetched.stderr
+    assert dest.read_bytes() == original
+
+
+def test_fetch_of_missing_file_fails_quietly(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    proc = run_markship(config, "wal-fetch", "--server", "orders", "00000002.history",
+                        str(wal / "RECOVERYHISTORY"), user=OS_USER)
+    assert proc.returncode == 1
+    assert proc.stderr == ""
+    assert not (wal / "RECOVERYHISTORY").exists()
+
+
+def test_fetch_of_corrupt_segment_aborts_recovery(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    path = _segment(wal, os.urandom(1 << 16) * 256)
+    assert run_markship(config, "wal-push", "--server", "orders", str(path)).returncode == 0
+    stored = _stored(workdir)[0]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    dest = wal / "RECOVERYXLOG"
+    proc = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                        user=OS_USER)
+    # above 125: PostgreSQL aborts recovery instead of taking the damage for the end of WAL
+    assert proc.returncode == 126
+    assert SEGMENT in proc.stderr and "Traceback" not in proc.stderr
+    assert not dest.exists()
+
+
+def test_push_as_root_keeps_repository_owned_by_postgres(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    path = _segment(wal, bytes(16 << 20))
+    assert run_markship(config, "wal-push", "--server", "orders", str(path)).returncode == 0
+    owner = _stored(workdir)[0].stat().st_uid
+    assert owner == (workdir / "pg_wal").stat().st_uid != 0
+
+
+def test_unknown_server_is_one_clear_line(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    path = _segment(wal, b"x" * 100)
+    proc = run_markship(config, "wal-push", "--server", "nosuch", str(path), user=OS_USER)
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and "unknown server 'nosuch'" in proc.stderr
