@@ -17,8 +17,7 @@ from markship.catalog import BackupRecord, ObjectRef, SetRecord
 from markship.config import Config, ServerSection
 from markship.errors import BackupError, MarkshipError, ObjectMissing
 from markship.lsn import Segment, parse_lsn, segment_holding_end, segment_of
-from markship.repository import Repository
-from markship.repository import layout
+from markship.repository import Repository, layout
 from markship.timefmt import utcnow
 from markship.wal import find_archived, open_archived
 
@@ -134,7 +133,7 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
     return record
 
 
-def capture_config_files(conn: postgres.psycopg.Connection[dict[str, object]] | object,
+def capture_config_files(conn: postgres.Connection,
                          repo: Repository, server: ServerSection, set_id: str,
                          paths: dict[str, str]) -> dict[str, ObjectRef]:
     """Store postgresql.conf, pg_hba.conf and pg_ident.conf with the backup.
@@ -155,7 +154,7 @@ def capture_config_files(conn: postgres.psycopg.Connection[dict[str, object]] | 
             except OSError:
                 continue
         if data is None and setting in paths:
-            data = postgres.read_server_file(conn, paths[setting])  # type: ignore[arg-type]
+            data = postgres.read_server_file(conn, paths[setting])
         if data is None:
             continue
         stored = repo.write_bytes(layout.config_file_key(server.name, set_id, file_name), data)
@@ -193,10 +192,10 @@ def parse_backup_history(text: str) -> BackupHistory:
         if raw_time.endswith(" " + zone):
             stop_time = datetime.strptime(raw_time[: -len(zone) - 1], "%Y-%m-%d %H:%M:%S")
             stop_time = stop_time.replace(tzinfo=UTC)
-    return BackupHistory(label=fields.get("LABEL", ""),
-                         timeline=int(fields.get("STOP TIMELINE", fields.get("START TIMELINE", "1"))),
-                         start_lsn=lsn_of("START WAL LOCATION"), stop_lsn=lsn_of("STOP WAL LOCATION"),
-                         stop_time=stop_time)
+    timeline = fields.get("STOP TIMELINE", fields.get("START TIMELINE", "1"))
+    return BackupHistory(label=fields.get("LABEL", ""), timeline=int(timeline),
+                         start_lsn=lsn_of("START WAL LOCATION"),
+                         stop_lsn=lsn_of("STOP WAL LOCATION"), stop_time=stop_time)
 
 
 def read_wal_text(repo: Repository, server: str, name: str) -> str:

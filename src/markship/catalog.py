@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from markship.errors import CorruptObject, ObjectMissing, RepositoryError
 from markship.lsn import DEFAULT_SEGMENT_SIZE, Segment, parse_segment_name, segment_holding_end
-from markship.repository import Repository
-from markship.repository import layout
+from markship.repository import Repository, layout
 
 FORMAT = 1
 

@@ -8,7 +8,6 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-
 import click
 
 from markship import __version__, osuser

@@ -92,7 +92,7 @@ class BaseBackupProcess:
                 if "still waiting for all required WAL segments" in line:
                     waiting_since = waiting_since or time.monotonic()
                     # PostgreSQL warns after 60 s of waiting; stop once our bound is passed.
-                    if 60 >= self.archive_wait_seconds or (
+                    if self.archive_wait_seconds <= 60 or (
                         time.monotonic() - waiting_since + 60 >= self.archive_wait_seconds
                     ):
                         self.failure = ("the server's archiver did not deliver the backup's "

@@ -12,8 +12,10 @@ from psycopg.rows import dict_row
 from markship.errors import ServerError
 from markship.lsn import parse_lsn
 
+Connection = psycopg.Connection[dict[str, Any]]
 
-def connect(conninfo: str, server: str, timeout: int = 5) -> psycopg.Connection[dict[str, Any]]:
+
+def connect(conninfo: str, server: str, timeout: int = 5) -> Connection:
     """Open an autocommit connection; raise ServerError naming the server when it fails."""
     try:
         return psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True,
@@ -40,7 +42,7 @@ class ServerFacts:
     config_files: dict[str, str]
 
 
-def facts(conn: psycopg.Connection[dict[str, Any]]) -> ServerFacts:
+def facts(conn: Connection) -> ServerFacts:
     row = conn.execute(
         """
         SELECT current_setting('server_version_num')::int AS version_num,
@@ -85,7 +87,7 @@ def _size_setting(text: str) -> int:
     return int(text)
 
 
-def read_server_file(conn: psycopg.Connection[dict[str, Any]], path: str) -> bytes | None:
+def read_server_file(conn: Connection, path: str) -> bytes | None:
     """Read a file on the server host through SQL; None when the role may not."""
     try:
         row = conn.execute("SELECT pg_read_binary_file(%s) AS data", (path,)).fetchone()
@@ -107,7 +109,7 @@ class ArchiverStats:
     timeline: int
 
 
-def archiver_stats(conn: psycopg.Connection[dict[str, Any]]) -> ArchiverStats:
+def archiver_stats(conn: Connection) -> ArchiverStats:
     row = conn.execute(
         """
         SELECT a.archived_count, a.last_archived_wal, a.last_archived_time,
@@ -132,6 +134,6 @@ def archiver_stats(conn: psycopg.Connection[dict[str, Any]]) -> ArchiverStats:
     )
 
 
-def in_recovery(conn: psycopg.Connection[dict[str, Any]]) -> bool:
+def in_recovery(conn: Connection) -> bool:
     row = conn.execute("SELECT pg_is_in_recovery() AS r").fetchone()
     return bool(row and row["r"])

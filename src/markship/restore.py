@@ -6,6 +6,7 @@ reading, decompress, untar), write the recovery settings, optionally start and w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shlex
 import shutil
@@ -138,25 +139,24 @@ def extract(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
     assert tar.stdin is not None
     problem: str | None = None
     try:
-        zstandard.ZstdDecompressor().copy_stream(source, tar.stdin, read_size=1 << 20,
-                                                 write_size=1 << 20)
+        zstandard.ZstdDecompressor().copy_stream(
+            source, tar.stdin, read_size=1 << 20, write_size=1 << 20)  # type: ignore[arg-type]
     except zstandard.ZstdError as exc:
         problem = f"cannot be decompressed ({exc})"
     except BrokenPipeError:
         pass
     finally:
         source.inner.close()
-        try:
+        with contextlib.suppress(BrokenPipeError):
             tar.stdin.close()
-        except BrokenPipeError:
-            pass
     assert tar.stderr is not None
     tar_error = tar.stderr.read().decode(errors="replace").strip()
     tar.wait()
     if problem is None and source.digest.hexdigest() != backup.archive.sha256:
         problem = "fails its checksum"
     if problem is None and tar.returncode != 0:
-        problem = f"cannot be unpacked ({tar_error.splitlines()[-1] if tar_error else 'tar failed'})"
+        detail = tar_error.splitlines()[-1] if tar_error else "tar failed"
+        problem = f"cannot be unpacked ({detail})"
     if problem is not None:
         _empty(target_dir)
         raise CorruptObject(

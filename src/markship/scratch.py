@@ -6,6 +6,7 @@ the unprivileged `os_user` via runuser, and every directory is owned by that use
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -129,10 +130,8 @@ class ScratchServer:
             return
         pid = int(pid_file.read_text().split()[0])
         subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
         time.sleep(0.2)
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from markship import catalog, postgres
@@ -49,36 +49,33 @@ def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:
 
 def server_status(repo: Repository, server: ServerSection,
                   last_backup: catalog.BackupRecord | None) -> ServerStatus:
-    index = catalog.WalIndex(repo, server.name)
-    newest = index.newest()
-    newest_name = newest.name() if newest else None
-    base = {"server": server.name, "last_backup_set": last_backup.set_id if last_backup else None,
-            "last_backup_at": last_backup.consistent_at if last_backup else None,
-            "repository_newest_wal": newest_name}
+    newest = catalog.WalIndex(repo, server.name).newest()
+    status = ServerStatus(
+        server=server.name, reachable=False, error=None,
+        last_backup_set=last_backup.set_id if last_backup else None,
+        last_backup_at=last_backup.consistent_at if last_backup else None,
+        last_archived_wal=None, last_archived_at=None,
+        repository_newest_wal=newest.name() if newest else None,
+        archive_lag_bytes=None, archive_lag_seconds=None, archiver_failed_count=None,
+        last_failed_wal=None, last_failed_at=None,
+    )
     try:
         with postgres.connect(server.conninfo, server.name) as conn:
             stats = postgres.archiver_stats(conn)
     except MarkshipError as exc:
-        return ServerStatus(reachable=False, error=exc.message, last_archived_wal=None,
-                            last_archived_at=None, archive_lag_bytes=None,
-                            archive_lag_seconds=None, archiver_failed_count=None,
-                            last_failed_wal=None, last_failed_at=None, **base)
+        return replace(status, error=exc.message)
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     if newest is not None and newest.timeline == stats.timeline:
-        archived_up_to = newest.next().start_lsn()
-        lag_bytes = max(stats.current_lsn - archived_up_to, 0)
-        current = parse_segment_name(stats.current_wal_file)
-        behind = current.number - newest.number > 1
+        lag_bytes = max(stats.current_lsn - newest.next().start_lsn(), 0)
+        # Lag in seconds counts only when a finished segment is waiting to be archived.
+        behind = parse_segment_name(stats.current_wal_file).number - newest.number > 1
         if stats.last_archived_time is not None:
-            lag_seconds = ((utcnow() - stats.last_archived_time).total_seconds()
-                           if behind else 0.0)
-    return ServerStatus(reachable=True, error=None, last_archived_wal=stats.last_archived_wal,
-                        last_archived_at=stats.last_archived_time, archive_lag_bytes=lag_bytes,
-                        archive_lag_seconds=lag_seconds,
-                        archiver_failed_count=stats.failed_count,
-                        last_failed_wal=stats.last_failed_wal,
-                        last_failed_at=stats.last_failed_time, **base)
+            lag_seconds = (utcnow() - stats.last_archived_time).total_seconds() if behind else 0.0
+    return replace(status, reachable=True, last_archived_wal=stats.last_archived_wal,
+                   last_archived_at=stats.last_archived_time, archive_lag_bytes=lag_bytes,
+                   archive_lag_seconds=lag_seconds, archiver_failed_count=stats.failed_count,
+                   last_failed_wal=stats.last_failed_wal, last_failed_at=stats.last_failed_time)
 
 
 def group_status(config: Config, repo: Repository) -> list[ServerStatus]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from markship import catalog
 from markship.catalog import SetRecord
 from markship.errors import CorruptObject, ObjectMissing
+from markship.lsn import Segment
 from markship.repository import FsRepository, Repository
 from markship.wal import CHUNK, open_archived
 
@@ -111,7 +112,7 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
             first = backup.start_segment
             for number in sorted(n for n in index.segments.get(first.timeline, set())
                                  if n >= first.number):
-                name = catalog.Segment(first.timeline, number).name(backup.wal_segment_size)
+                name = Segment(first.timeline, number).name(backup.wal_segment_size)
                 if (server, name) not in checked_wal:
                     checked_wal.add((server, name))
                     if not check_wal_object(repo, server, name, report):

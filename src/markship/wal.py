@@ -21,8 +21,7 @@ from typing import Any, BinaryIO
 
 from markship.errors import ConfigError, ConflictError, CorruptObject, ObjectMissing
 from markship.lsn import wal_file_kind
-from markship.repository import Repository, open_repository
-from markship.repository import layout
+from markship.repository import Repository, layout, open_repository
 
 CHUNK = 1024 * 1024
 EXIT_CORRUPT = 126
@@ -41,11 +40,11 @@ class WalSettings:
     def from_raw(cls, raw: dict[str, Any]) -> WalSettings:
         repo = raw.get("repository")
         if not isinstance(repo, dict) or not isinstance(repo.get("path"), str):
-            raise ConfigError("[repository] path is missing", "add path = \"/dir\" under [repository]")
+            raise ConfigError("[repository] path is missing",
+                              'add path = "/dir" under [repository]')
         servers = raw.get("server")
-        names = frozenset(
-            s["name"] for s in servers or [] if isinstance(s, dict) and isinstance(s.get("name"), str)
-        )
+        names = frozenset(s["name"] for s in servers or []
+                          if isinstance(s, dict) and isinstance(s.get("name"), str))
         level = repo.get("compression_level", 1)
         return cls(Path(repo["path"]), str(repo.get("os_user", "postgres")),
                    int(level) if isinstance(level, int) else 1, names)

@@ -7,7 +7,8 @@ from pathlib import Path
 from markship.repository.base import ObjectInfo, Repository, StoredObject, TempObject
 from markship.repository.fs import FsRepository
 
-__all__ = ["FsRepository", "ObjectInfo", "Repository", "StoredObject", "TempObject", "open_repository"]
+__all__ = ["FsRepository", "ObjectInfo", "Repository", "StoredObject", "TempObject",
+           "open_repository"]
 
 
 def open_repository(path: str | Path) -> FsRepository:

@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 
+class Readable(Protocol):
+    """Anything with `read(size)`: files, pipes, decompressors."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class StoredObject:
     """An object as written: its key, stored size and sha256 of the stored bytes."""
@@ -38,7 +44,7 @@ class Repository(Protocol):
 
     location: str
 
-    def write(self, key: str, source: BinaryIO, *, overwrite: bool = False) -> StoredObject:
+    def write(self, key: str, source: Readable, *, overwrite: bool = False) -> StoredObject:
         """Stream `source` into `key` atomically (temp object, then rename).
 
         Raises ConflictError when `key` exists and `overwrite` is false (the stored object is
@@ -58,7 +64,7 @@ class Repository(Protocol):
 
     def size(self, key: str) -> int: ...
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every complete object whose key starts with `prefix` (temp objects excluded)."""
         ...
 

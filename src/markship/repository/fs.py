@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from markship.errors import ConflictError, LockedError, ObjectMissing, RepositoryError
-from markship.repository.base import ObjectInfo, StoredObject, TempObject
+from markship.repository.base import ObjectInfo, Readable, StoredObject, TempObject
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp~"
@@ -74,7 +74,7 @@ class FsRepository:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write(self, key: str, source: BinaryIO, *, overwrite: bool = False) -> StoredObject:
+    def write(self, key: str, source: Readable, *, overwrite: bool = False) -> StoredObject:
         final = self._path(key)
         if not overwrite and final.exists():
             raise ConflictError(f"object {key} already exists in the repository")
@@ -144,7 +144,7 @@ class FsRepository:
 
     def open(self, key: str) -> BinaryIO:
         try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self._path(key), "rb")
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from the repository") from None
         except OSError as exc:
@@ -163,7 +163,7 @@ class FsRepository:
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from the repository") from None
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
         start = base if base.is_dir() else base.parent
         if not start.is_dir():
