@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 _LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
@@ -26,9 +26,8 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-@dataclass(frozen=True, order=True)
-class Segment:
-    """One WAL segment file: timeline and segment number."""
+class Segment(NamedTuple):
+    """One WAL segment file: timeline and segment number (ordered by both)."""
 
     timeline: int
     number: int

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from markship.errors import ConfigError, ConflictError, CorruptObject, ObjectMissing
 from markship.lsn import wal_file_kind
@@ -27,8 +26,7 @@ CHUNK = 1024 * 1024
 EXIT_CORRUPT = 126
 
 
-@dataclass(frozen=True)
-class WalSettings:
+class WalSettings(NamedTuple):
     """The few settings the WAL commands need, read without the full config model."""
 
     repository_path: Path

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 
 class Readable(Protocol):
@@ -14,8 +13,7 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-@dataclass(frozen=True)
-class StoredObject:
+class StoredObject(NamedTuple):
     """An object as written: its key, stored size and sha256 of the stored bytes."""
 
     key: str
@@ -23,15 +21,13 @@ class StoredObject:
     sha256: str
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
     key: str
     size: int
     mtime: float
 
 
-@dataclass(frozen=True)
-class TempObject:
+class TempObject(NamedTuple):
     """A partly written object left behind by a writer; never taken as data."""
 
     key: str

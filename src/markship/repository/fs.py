@@ -6,11 +6,8 @@ import errno
 import fcntl
 import hashlib
 import io
-import json
 import os
-import socket
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +21,11 @@ TEMP_PREFIX = ".tmp~"
 
 
 def _temp_name(final_name: str) -> str:
-    host = socket.gethostname().replace("~", "-")
-    return f"{TEMP_PREFIX}{host}~{os.getpid()}~{uuid.uuid4().hex[:12]}~{final_name}"
+    return f"{TEMP_PREFIX}{_host()}~{os.getpid()}~{os.urandom(6).hex()}~{final_name}"
+
+
+def _host() -> str:
+    return os.uname().nodename.replace("~", "-")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -196,7 +196,7 @@ class FsRepository:
         self._path(key).unlink(missing_ok=True)
 
     def temp_objects(self) -> list[TempObject]:
-        here = socket.gethostname().replace("~", "-")
+        here = _host()
         found: list[TempObject] = []
         for dirpath, _dirs, filenames in os.walk(self.root):
             for name in filenames:
@@ -224,6 +224,8 @@ class FsRepository:
 
     @contextmanager
     def lock(self, name: str, purpose: str) -> Iterator[None]:
+        import json
+
         path = self._path(f"locks/{name}.lock")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +247,7 @@ class FsRepository:
                     "wait for it to finish, or stop it, then retry",
                 ) from None
             note = json.dumps(
-                {"purpose": purpose, "pid": os.getpid(), "host": socket.gethostname(),
+                {"purpose": purpose, "pid": os.getpid(), "host": os.uname().nodename,
                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             ).encode()
             os.ftruncate(fd, 0)

@@ -1,0 +1,980 @@
+#!/usr/bin/env python3
+"""Backup, restore and WAL-archiving benchmark: markship against pgBackRest and the bare tools.
+
+Everything is measured in ONE invocation, side by side, on the same data: these machines are
+shared and noisy (absolute seconds move 10-30 % between runs), so the ratios are what counts.
+The page cache cannot be dropped here: every figure is a warm-cache figure.
+
+Run as root with the markship virtualenv's interpreter (``./dev bench`` does this):
+
+    /opt/markship/venv/bin/python bench/backup_bench.py                         # scale 50, 60 s
+    /opt/markship/venv/bin/python bench/backup_bench.py --scale 5 --duration 10  # smoke run
+
+Three source servers are built from ONE ``pgbench -i`` data directory (two are physical copies),
+so each tool archives with its own archive_command and no tool waits for the other's WAL push:
+
+    ms     archive_command = markship wal-push                    (markship backup/restore/WAL)
+    pgbr   archive_command = pgbackrest archive-push (async)      (pgBackRest backup/restore/WAL)
+    plain  archive_command = zstd -1 -q -f %p -o DIR/%f.zst       (bare pg_basebackup anchor)
+
+See bench/README.md for what each phase measures and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from markship.scratch import ScratchServer, as_user, chown_to, free_port, pgbench_fingerprint
+
+MARKSHIP = Path("/opt/markship/venv/bin/markship")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+OS_USER = "postgres"
+SEGMENT = 16 * 1024 * 1024
+MIB = 1024 * 1024
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PHASES = ("backup", "restore", "switch", "sustained", "drain", "walpush")
+WARM_CACHE = ("page cache WARM: it cannot be dropped on this machine, so every figure below is a "
+              "warm-cache figure (data just written or read)")
+
+Conn = psycopg.Connection[TupleRow]
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    elapsed = time.monotonic() - _T0
+    print(f"[{int(elapsed) // 60:02d}:{elapsed % 60:04.1f}] {message}", flush=True)
+
+
+# -- running and timing commands -------------------------------------------------------------------
+
+
+class HwmPoller(threading.Thread):
+    """Polls VmHWM (peak resident set) of ONE process in /proc, children not included."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak_kb = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        path = f"/proc/{self.pid}/status"
+        while not self.done.is_set():
+            try:
+                with open(path) as handle:
+                    for line in handle:
+                        if line.startswith("VmHWM:"):
+                            self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                            break
+            except (OSError, ValueError):
+                pass
+            self.done.wait(self.interval)
+
+
+@dataclass
+class Timed:
+    argv: list[str]
+    seconds: float
+    code: int
+    out: str
+    err: str
+    tree_maxrss_kb: int  # wait4: the largest peak RSS of the child and its waited-for descendants
+    hwm_kb: int | None  # VmHWM of the direct child alone (polled), when asked for
+
+    def check(self, what: str) -> Timed:
+        if self.code != 0:
+            tail = (self.err or self.out).strip()[-1500:]
+            raise RuntimeError(f"{what} failed (exit {self.code}): {' '.join(self.argv)}\n{tail}")
+        return self
+
+
+def run_timed(argv: Sequence[str], *, poll_rss: bool = False, discard_stdout: bool = False,
+              timeout: float = 3600) -> Timed:
+    """Run a command to completion; wall time includes process start (fork/exec) and exit."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        stdout: Any = subprocess.DEVNULL if discard_stdout else out
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(argv), stdout=stdout, stderr=err, stdin=subprocess.DEVNULL)
+        poller = HwmPoller(proc.pid) if poll_rss else None
+        if poller is not None:
+            poller.start()
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _pid, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if poller is not None:
+            poller.done.set()
+            poller.join()
+        out.seek(0)
+        err.seek(0)
+        return Timed(list(argv), seconds, proc.returncode, out.read().decode(errors="replace"),
+                     err.read().decode(errors="replace"), usage.ru_maxrss,
+                     poller.peak_kb if poller is not None else None)
+
+
+def pg(tool: str) -> str:
+    return str(PG_BIN / tool)
+
+
+def as_pg(argv: Sequence[str]) -> list[str]:
+    return as_user([str(a) for a in argv], OS_USER)
+
+
+def sh_as_pg(command: str) -> list[str]:
+    """`runuser -u postgres -- sh -c COMMAND`: how PostgreSQL runs an archive_command."""
+    return as_pg(["sh", "-c", command])
+
+
+def connect(port: int, timeout: int = 5) -> Conn:
+    return psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres "
+                           f"connect_timeout={timeout}", autocommit=True)
+
+
+def scalar(conn: Conn, sql: str) -> Any:
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def wait_promoted(port: int, timeout: float = 600) -> None:
+    """Wait until a server on `port` accepts connections and pg_is_in_recovery() is false."""
+    deadline = time.monotonic() + timeout
+    conn: Conn | None = None
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if conn is None:
+                    conn = connect(port, timeout=2)
+                if not scalar(conn, "SELECT pg_is_in_recovery()"):
+                    return
+            except psycopg.OperationalError:
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(0.02)
+    finally:
+        if conn is not None:
+            conn.close()
+    raise RuntimeError(f"server on port {port} was not promoted within {timeout:.0f} s")
+
+
+def count_ready(data_dir: Path) -> int:
+    """WAL files PostgreSQL has finished but not archived yet (archive_status/*.ready)."""
+    try:
+        names = os.listdir(data_dir / "pg_wal" / "archive_status")
+    except FileNotFoundError:
+        return 0
+    return sum(1 for name in names if name.endswith(".ready"))
+
+
+def segment_index(wal_name: str) -> int:
+    """Position of a 16 MB segment in the WAL stream, from its file name (timeline ignored)."""
+    return int(wal_name[8:16], 16) * 0x100 + int(wal_name[16:24], 16)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def dir_bytes(path: Path, skip: tuple[str, ...] = ()) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in filenames:
+            try:
+                total += (Path(dirpath) / name).lstat().st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def tool_version(argv: Sequence[str]) -> str:
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
+    except OSError as exc:
+        return f"unavailable ({exc})"
+    return (proc.stdout or proc.stderr).strip().splitlines()[0] if proc.returncode == 0 else "?"
+
+
+def ensure_tools() -> None:
+    """Install pgBackRest and zstd with apt when missing; PostgreSQL 15 comes from ./dev setup."""
+    if not (PG_BIN / "postgres").exists() or not MARKSHIP.exists():
+        raise SystemExit(f"PostgreSQL 15 ({PG_BIN}) or markship ({MARKSHIP}) missing: run "
+                         "./dev setup first")
+    missing = [pkg for exe, pkg in (("pgbackrest", "pgbackrest"), ("zstd", "zstd"))
+               if shutil.which(exe) is None]
+    if missing:
+        say(f"installing {', '.join(missing)} with apt")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+
+
+# -- verdicts and the summary table ----------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    metric: str
+    markship: str
+    anchor: str
+    ratio: float | None
+    target: str
+    verdict: str
+
+
+def ratio_verdict(ratio: float, target: float, aim: float | None = None,
+                  goal: float | None = None, higher_is_better: bool = False) -> str:
+    """PASS(goal) / PASS(aim) / PASS(target) / MISS for a ratio against its thresholds."""
+    def ok(limit: float) -> bool:
+        return ratio >= limit if higher_is_better else ratio <= limit
+
+    if ratio != ratio:  # NaN
+        return "n/a"
+    if goal is not None and ok(goal):
+        return "PASS (goal)"
+    if aim is not None and ok(aim):
+        return "PASS (aim)"
+    return "PASS (target)" if ok(target) else "MISS"
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:.3f} s" if seconds < 10 else f"{seconds:.2f} s"
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(line)
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    scale: int
+    duration: int
+    runs: int
+    keep: bool
+    samples: int
+    segments: int
+    drain_segments: int
+    phases: tuple[str, ...]
+    root: Path = field(init=False)
+    tracked: list[ScratchServer] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    used_ports: set[int] = field(default_factory=set)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def port(self) -> int:
+        while True:
+            candidate = free_port()
+            if candidate not in self.used_ports:
+                self.used_ports.add(candidate)
+                return candidate
+
+    def pg_dir(self, path: Path, mode: int = 0o750) -> Path:
+        """A directory owned by the postgres OS user."""
+        path.mkdir(parents=True, exist_ok=True)
+        chown_to(path, OS_USER)
+        path.chmod(mode)
+        return path
+
+    def write_file(self, path: Path, text: str) -> Path:
+        path.write_text(text)
+        path.chmod(0o644)
+        return path
+
+    def pgbench_argv(self, server: ScratchServer, *options: str) -> list[str]:
+        return as_pg([pg("pgbench"), "-h", server.host, "-p", str(server.port), "-U", "postgres",
+                      *options, "postgres"])
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="markship-bench-", dir="/tmp"))
+        chown_to(self.root, OS_USER)
+        self.root.chmod(0o755)
+        os.chdir(self.root)  # every tool, whichever user it runs as, can enter this directory
+        say(f"bench directory {self.root}")
+        say(WARM_CACHE)
+
+        ms = ScratchServer("ms", self.root / "ms", self.port(), settings={"archive_mode": "off"})
+        self.tracked.append(ms)
+        ms.initdb()
+        ms.start()
+        say(f"pgbench -i -s {self.scale} ...")
+        started = time.monotonic()
+        proc = run_timed(self.pgbench_argv(ms, "-i", "-q", "-s", str(self.scale)))
+        proc.check("pgbench -i")
+        say(f"pgbench -i done in {time.monotonic() - started:.1f} s")
+        ms.stop()
+        self.data_bytes = dir_bytes(ms.data_dir, skip=("pg_wal",))
+        say(f"data directory without pg_wal: {self.data_bytes / MIB:.0f} MiB")
+
+        # Two physical copies of the same stopped cluster: identical data for every tool.
+        copies: dict[str, ScratchServer] = {}
+        for name in ("pgbr", "plain"):
+            server = ScratchServer(name, self.root / name, self.port())
+            self.pg_dir(server.base_dir, 0o755)
+            self.pg_dir(server.socket_dir, 0o755)
+            subprocess.run(["cp", "-a", str(ms.data_dir), str(server.data_dir)], check=True)
+            server.write_settings({"port": str(server.port),
+                                   "unix_socket_directories": str(server.socket_dir)})
+            self.tracked.append(server)
+            copies[name] = server
+        self.ms, self.pgbr, self.plain = ms, copies["pgbr"], copies["plain"]
+
+        # markship: repository, config, archive_command.
+        self.ms_repo = self.pg_dir(self.root / "ms-repo")
+        self.ms_cfg = self.write_file(self.root / "markship.toml",
+                                      markship_toml(self.ms_repo, ms.port))
+        self.ms_push = (f"{MARKSHIP} --config {self.ms_cfg} wal-push --server src")
+        ms.write_settings({"archive_mode": "on", "archive_command": f"{self.ms_push} %p"})
+
+        # pgBackRest: its own config, repository, spool, lock and log paths (a second set for
+        # the restores: a restore on the same host wipes the stanza's spool).
+        self.pgbr_conf = self.write_file(
+            self.root / "pgbackrest.conf",
+            pgbackrest_conf(self.pg_dir(self.root / "pgbackrest"), self.root / "pgbackrest",
+                            self.pgbr))
+        self.pgbr_restore_conf = self.write_file(
+            self.root / "pgbackrest-restore.conf",
+            pgbackrest_conf(self.root / "pgbackrest", self.pg_dir(self.root / "pgbackrest-restore"),
+                            self.pgbr))
+        for sub in ("repo", "spool", "lock", "log"):
+            self.pg_dir(self.root / "pgbackrest" / sub)
+        for sub in ("spool", "lock", "log"):
+            self.pg_dir(self.root / "pgbackrest-restore" / sub)
+        self.pgbr_push = f"pgbackrest --config={self.pgbr_conf} --stanza=bench archive-push"
+        self.pgbr.write_settings({"archive_mode": "on", "archive_command": f"{self.pgbr_push} %p"})
+
+        # Bare shell archive_command for the pg_basebackup anchor.
+        self.plain_archive = self.pg_dir(self.root / "plain-archive")
+        self.plain.write_settings({"archive_mode": "on", "archive_command":
+                                   f"zstd -1 -q -f %p -o {self.plain_archive}/%f.zst"})
+
+        self.pg_dir(self.root / "restore", 0o755)
+        for server in (ms, self.pgbr, self.plain):
+            server.start()
+        run_timed(self.pgbackrest(self.pgbr_conf, "stanza-create")).check("stanza-create")
+        run_timed(self.pgbackrest(self.pgbr_conf, "check")).check("pgbackrest check")
+        for server in (ms, self.plain):
+            with connect(server.port) as conn:
+                self.switch_once(conn, timeout=60)
+        say(f"servers up: ms :{ms.port} (markship wal-push), pgbr :{self.pgbr.port} "
+            f"(pgBackRest async archive-push), plain :{self.plain.port} (bare zstd)")
+        self.results["setup"] = {
+            "scale": self.scale, "data_bytes_without_pg_wal": self.data_bytes,
+            "ports": {"ms": ms.port, "pgbr": self.pgbr.port, "plain": self.plain.port},
+        }
+
+    def pgbackrest(self, conf: Path, *args: str) -> list[str]:
+        return as_pg(["pgbackrest", f"--config={conf}", "--stanza=bench", *args])
+
+    # -- 1. full backups -------------------------------------------------------------------------
+
+    def bench_backups(self) -> None:
+        say(f"== full backups: {self.runs} runs, order rotated each run")
+        tools: dict[str, Callable[[], Timed]] = {
+            "markship": lambda: run_timed(
+                [str(MARKSHIP), "--config", str(self.ms_cfg), "backup", "--json"], poll_rss=True),
+            "pgbackrest": lambda: run_timed(self.pgbackrest(self.pgbr_conf, "--type=full",
+                                                            "backup")),
+            "pg_basebackup": lambda: run_timed(self.basebackup_argv(self.plain),
+                                               discard_stdout=True),
+            "pg_basebackup_ms": lambda: run_timed(self.basebackup_argv(self.ms),
+                                                  discard_stdout=True),
+        }
+        names = list(tools)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        rss: list[int] = []
+        sizes: dict[str, Any] = {}
+        for run in range(self.runs):
+            order = names[run % len(names):] + names[:run % len(names)]
+            for name in order:
+                time.sleep(1)  # let the previous run's archiving settle
+                result = tools[name]().check(f"{name} backup")
+                times[name].append(result.seconds)
+                line = f"run {run + 1} {name:<17} {fmt_s(result.seconds)}"
+                if name == "markship":
+                    rss.append(result.hwm_kb or 0)
+                    line += f"  (markship process peak RSS {(result.hwm_kb or 0) / 1024:.0f} MB)"
+                    if "markship" not in sizes:
+                        sizes["markship"] = markship_sizes(result.out)
+                say(line)
+        sizes["pgbackrest"] = self.pgbackrest_sizes()
+        med = {name: median(values) for name, values in times.items()}
+        self.results["backup"] = {"seconds": times, "median_seconds": med,
+                                  "markship_peak_rss_kb": rss, "sizes": sizes}
+        raw = sizes["markship"].get("raw_bytes") or self.data_bytes
+        rate = {name: raw / MIB / value for name, value in med.items() if value}
+        self.results["backup"]["median_mib_per_s"] = rate
+        vs_pgbr = med["markship"] / med["pgbackrest"]
+        vs_bb = med["markship"] / med["pg_basebackup"]
+        self.rows += [
+            Row("full backup, median wall time", fmt_s(med["markship"]),
+                f"pgBackRest {fmt_s(med['pgbackrest'])}", vs_pgbr, "≤1.0, aim 0.8, goal 0.5",
+                ratio_verdict(vs_pgbr, 1.0, 0.8, 0.5)),
+            Row("full backup, median wall time", fmt_s(med["markship"]),
+                f"bare pg_basebackup {fmt_s(med['pg_basebackup'])}", vs_bb, "≤1.3 (goal)",
+                ratio_verdict(vs_bb, 1.3)),
+            Row("  (info) same pg_basebackup, on markship's server", fmt_s(med["markship"]),
+                f"pg_basebackup {fmt_s(med['pg_basebackup_ms'])}",
+                med["markship"] / med["pg_basebackup_ms"], "-", "info"),
+            Row("peak RSS, markship backup process", f"{max(rss) / 1024:.0f} MB", "-", None,
+                "< 150 MB", "PASS" if max(rss) < 150 * 1024 else "MISS"),
+        ]
+
+    def basebackup_argv(self, server: ScratchServer) -> list[str]:
+        return as_pg([pg("pg_basebackup"), "-d", server.conninfo(), "-D", "-", "-Ft", "-X", "none",
+                      "-c", "fast", "--compress=server-zstd:1", "--no-manifest"])
+
+    def pgbackrest_sizes(self) -> dict[str, Any]:
+        proc = run_timed(self.pgbackrest(self.pgbr_conf, "info", "--output=json"))
+        try:
+            info = json.loads(proc.out)[0]["backup"][-1]["info"]
+            return {"raw_bytes": info["size"], "stored_bytes": info["repository"]["size"]}
+        except (ValueError, KeyError, IndexError, TypeError):
+            return {}
+
+    # -- 2. restores -----------------------------------------------------------------------------
+
+    def bench_restores(self) -> None:
+        say(f"== restores to a running, promoted server: {self.runs} runs, alternating")
+        fingerprint = pgbench_fingerprint(self.ms)
+        times: dict[str, list[float]] = {"markship": [], "pgbackrest": []}
+        cli_times: list[float] = []
+        after_return: list[float] = []
+        rss: list[int] = []
+        checks: dict[str, bool] = {}
+        for run in range(self.runs):
+            order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
+            for name in order:
+                time.sleep(1)
+                base = self.pg_dir(self.root / "restore" / f"{name}-{run + 1}", 0o755)
+                server = ScratchServer(f"{name}-restore-{run + 1}", base, self.port())
+                self.pg_dir(server.socket_dir, 0o755)
+                self.tracked.append(server)
+                started = time.perf_counter()
+                if name == "markship":
+                    result = run_timed(
+                        [str(MARKSHIP), "--config", str(self.ms_cfg), "restore", "--server", "src",
+                         "--target-dir", str(server.data_dir), "--latest", "--start",
+                         "--port", str(server.port),
+                         "--setting", f"unix_socket_directories={server.socket_dir}"],
+                        poll_rss=True).check("markship restore")
+                    returned = time.perf_counter()
+                    wait_promoted(server.port)
+                    cli_times.append(result.seconds)
+                    after_return.append(time.perf_counter() - returned)
+                    rss.append(result.hwm_kb or 0)
+                else:
+                    self.restore_pgbackrest(server)
+                total = time.perf_counter() - started
+                times[name].append(total)
+                extra = ""
+                if name == "markship":
+                    extra = (f"  (CLI {fmt_s(cli_times[-1])}, still in recovery after return for "
+                             f"{after_return[-1] * 1000:.0f} ms; markship process peak RSS "
+                             f"{rss[-1] / 1024:.0f} MB)")
+                say(f"run {run + 1} {name:<10} {fmt_s(total)}{extra}")
+                if run == 0:
+                    checks[name] = pgbench_fingerprint(server) == fingerprint
+                    say(f"  {name} restored data {'matches' if checks[name] else 'DIFFERS FROM'}"
+                        " the source (pgbench fingerprint)")
+                server.destroy()
+                self.tracked.remove(server)
+        med = {name: median(values) for name, values in times.items()}
+        self.results["restore"] = {"seconds": times, "median_seconds": med,
+                                   "markship_cli_seconds": cli_times,
+                                   "markship_in_recovery_after_return_seconds": after_return,
+                                   "markship_peak_rss_kb": rss, "data_matches_source": checks}
+        ratio = med["markship"] / med["pgbackrest"]
+        self.rows += [
+            Row("restore to running promoted server, median", fmt_s(med["markship"]),
+                f"pgBackRest {fmt_s(med['pgbackrest'])}", ratio, "≤1.0, goal 0.7",
+                ratio_verdict(ratio, 1.0, None, 0.7)),
+            Row("peak RSS, markship restore process", f"{max(rss) / 1024:.0f} MB", "-", None,
+                "< 150 MB", "PASS" if max(rss) < 150 * 1024 else "MISS"),
+            Row("restored data equals source (fingerprint)",
+                "yes" if checks.get("markship") else "NO",
+                f"pgBackRest {'yes' if checks.get('pgbackrest') else 'NO'}", None, "equal",
+                "PASS" if checks.get("markship") else "MISS"),
+        ]
+
+    def restore_pgbackrest(self, server: ScratchServer) -> None:
+        """pgbackrest restore + pg_ctl start + wait until promoted (the caller times it)."""
+        self.pg_dir(server.data_dir, 0o700)
+        run_timed(self.pgbackrest(self.pgbr_restore_conf, f"--pg1-path={server.data_dir}",
+                                  "--type=default", "--archive-mode=off", "restore")
+                  ).check("pgbackrest restore")
+        with (server.data_dir / "postgresql.auto.conf").open("a") as handle:
+            handle.write(f"\n# backup_bench\nport = '{server.port}'\n"
+                         f"unix_socket_directories = '{server.socket_dir}'\n")
+        server.run("pg_ctl", "-D", str(server.data_dir), "-l", str(server.log_file), "-w",
+                   "-t", "600", "start", timeout=700)
+        wait_promoted(server.port)
+
+    # -- 3. pg_switch_wal() to archived ----------------------------------------------------------
+
+    def switch_once(self, conn: Conn, timeout: float = 30) -> float:
+        """Write a commit record, switch WAL, return seconds until the segment is archived."""
+        scalar(conn, "SELECT txid_current()")
+        started = time.perf_counter()
+        segment = str(scalar(conn, "SELECT pg_walfile_name(pg_switch_wal())"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = str(scalar(conn, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver"))
+            if len(last) >= 24 and last[:8] == segment[:8] and last[8:24] >= segment[8:24]:
+                return time.perf_counter() - started
+            time.sleep(0.005)
+        raise RuntimeError(f"{segment} not archived within {timeout:.0f} s")
+
+    def bench_switch(self) -> None:
+        say(f"== pg_switch_wal() → archived: {self.samples} samples per archiver")
+        found: dict[str, list[float]] = {}
+        for label, server in (("markship", self.ms), ("pgbackrest", self.pgbr),
+                              ("zstd", self.plain)):
+            values = []
+            with connect(server.port) as conn:
+                for _ in range(self.samples):
+                    time.sleep(0.3)
+                    values.append(self.switch_once(conn))
+            found[label] = values
+            say(f"{label:<10} median {median(values) * 1000:.0f} ms  "
+                f"({', '.join(f'{v * 1000:.0f}' for v in values)} ms)")
+        med = {k: median(v) for k, v in found.items()}
+        self.results["switch_to_archived"] = {"seconds": found, "median_seconds": med}
+        ratio = med["markship"] / med["pgbackrest"]
+        self.rows += [
+            Row("pg_switch_wal() → archived, median", f"{med['markship'] * 1000:.0f} ms",
+                f"pgBackRest async {med['pgbackrest'] * 1000:.0f} ms", ratio, "≤1.0 (goal)",
+                ratio_verdict(ratio, 1.0)),
+            Row("  (info) same, bare zstd archive_command", f"{med['markship'] * 1000:.0f} ms",
+                f"zstd {med['zstd'] * 1000:.0f} ms", med["markship"] / med["zstd"], "-", "info"),
+        ]
+
+    # -- 4. sustained archiving under pgbench ----------------------------------------------------
+
+    def bench_sustained(self) -> None:
+        say(f"== sustained archiving: pgbench -c 4 -j 2 -T {self.duration} on the markship server "
+            "(markship wal-push is its only archive_command)")
+        query = ("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, archived_count, "
+                 "failed_count FROM pg_stat_archiver")
+        samples: list[dict[str, float]] = []
+        with connect(self.ms.port) as conn:
+            def sample(t0: float, phase: str) -> dict[str, float]:
+                row = conn.execute(query).fetchone()
+                assert row is not None
+                entry = {"t": time.monotonic() - t0, "lsn": int(row[0]), "archived": int(row[1]),
+                         "failed": int(row[2]), "ready": count_ready(self.ms.data_dir),
+                         "load": 1.0 if phase == "load" else 0.0}
+                samples.append(entry)
+                return entry
+
+            t0 = time.monotonic()
+            first = sample(t0, "load")
+            proc = subprocess.Popen(self.pgbench_argv(self.ms, "-c", "4", "-j", "2", "-T",
+                                                      str(self.duration)),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            tick = t0
+            while proc.poll() is None:
+                tick += 1.0
+                time.sleep(max(0.0, tick - time.monotonic()))
+                sample(t0, "load")
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"pgbench failed: {err.strip()[-500:]}")
+            at_end = sample(t0, "drain")
+            load_seconds = at_end["t"]
+            deadline = time.monotonic() + 120
+            last = at_end
+            while last["ready"] > 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                last = sample(t0, "drain")
+            drained_after = last["t"] - load_seconds if last["ready"] == 0 else float("nan")
+        tps = next((float(line.split()[2]) for line in out.splitlines()
+                    if line.startswith("tps = ")), float("nan"))
+        produced = at_end["lsn"] // SEGMENT - first["lsn"] // SEGMENT
+        pushed_during_load = at_end["archived"] - first["archived"]
+        load = [s for s in samples if s["load"] == 1.0]
+        lags = [int(s["ready"]) for s in load]
+        half = max(1, len(lags) // 2)
+        first_half, second_half = lags[:half], lags[half:] or lags[-1:]
+        bounded = (max(second_half) <= max(2, max(first_half))
+                   and drained_after == drained_after and drained_after < 30)
+        failed = int(last["failed"] - first["failed"])
+        self.results["sustained"] = {
+            "duration_s": self.duration, "pgbench_tps": tps, "load_seconds": load_seconds,
+            "segments_produced": produced, "segments_pushed_during_load": pushed_during_load,
+            "produced_per_s": produced / load_seconds, "pushed_per_s":
+            pushed_during_load / load_seconds, "max_lag_segments": max(lags),
+            "lag_at_load_end": int(at_end["ready"]), "drained_seconds_after_load": drained_after,
+            "archive_failures": failed, "lag_bounded": bounded, "samples": samples,
+        }
+        say(f"tps {tps:.0f}; produced {produced} segments ({produced / load_seconds:.2f}/s), "
+            f"pushed {pushed_during_load} ({pushed_during_load / load_seconds:.2f}/s); "
+            f"lag max {max(lags)}, at end {int(at_end['ready'])}, drained "
+            f"{drained_after:.1f} s after load; archive failures {failed}")
+        say("lag per second (segments .ready): " + " ".join(str(v) for v in lags))
+        self.rows.append(Row(
+            f"sustained pgbench -T {self.duration}: pushed/s vs produced/s",
+            f"{pushed_during_load / load_seconds:.2f}/s",
+            f"produced {produced / load_seconds:.2f}/s",
+            (pushed_during_load / produced) if produced else None,
+            "lag bounded", "PASS" if bounded and failed == 0 else "MISS"))
+        self.rows.append(Row("  max archive lag under load (segments)", str(max(lags)),
+                             f"drained {drained_after:.1f} s after load", None, "-", "info"))
+
+    # -- 5. backlog drain rate -------------------------------------------------------------------
+
+    def bench_drain(self) -> None:
+        say(f"== WAL backlog drain: archive_command paused, ~{self.drain_segments} segments "
+            "queued, then resumed")
+        found: dict[str, dict[str, float]] = {}
+        for label, server in (("markship", self.ms), ("pgbackrest", self.pgbr)):
+            found[label] = self.drain_once(server)
+            say(f"{label:<10} {found[label]['segments']:.0f} segments in "
+                f"{found[label]['seconds']:.2f} s = {found[label]['per_s']:.1f} segments/s")
+        self.results["backlog_drain"] = found
+        ratio = found["markship"]["per_s"] / found["pgbackrest"]["per_s"]
+        self.rows.append(Row("WAL backlog drain rate", f"{found['markship']['per_s']:.1f} seg/s",
+                             f"pgBackRest async {found['pgbackrest']['per_s']:.1f} seg/s", ratio,
+                             "≥1.0 (goal)", ratio_verdict(ratio, 1.0, higher_is_better=True)))
+
+    def drain_once(self, server: ScratchServer) -> dict[str, float]:
+        with connect(server.port) as conn:
+            conn.execute("ALTER SYSTEM SET archive_command = ''")
+            conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.5)
+            conn.execute("DROP TABLE IF EXISTS bench_drain")
+            conn.execute("CREATE TABLE bench_drain (id bigint, payload text)")
+            deadline = time.monotonic() + 300
+            while count_ready(server.data_dir) < self.drain_segments:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("could not build the WAL backlog in 300 s")
+                conn.execute("INSERT INTO bench_drain SELECT g, md5(g::text) || "
+                             "md5(random()::text) FROM generate_series(1, 200000) AS g")
+            queued = count_ready(server.data_dir)
+            conn.execute("ALTER SYSTEM RESET archive_command")
+            started = time.perf_counter()
+            conn.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 600
+            while count_ready(server.data_dir) > 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("backlog not drained in 600 s")
+                time.sleep(0.01)
+            seconds = time.perf_counter() - started
+            conn.execute("DROP TABLE bench_drain")
+        return {"segments": queued, "seconds": seconds, "per_s": queued / seconds}
+
+    # -- 6. wal-push per segment -----------------------------------------------------------------
+
+    def bench_walpush(self) -> None:
+        say(f"== wal-push per 16 MB segment: {self.segments} real pgbench segments, fresh "
+            "repository, each command as `runuser -u postgres -- sh -c CMD` (process start in)")
+        stage = self.real_segments()
+        repo = self.pg_dir(self.root / "wal" / "repo")
+        cfg = self.write_file(self.root / "wal" / "markship.toml",
+                              markship_toml(repo, self.ms.port))
+        zdir = self.pg_dir(self.root / "wal" / "zstd")
+        zsync = self.pg_dir(self.root / "wal" / "zstd-sync")
+        names = sorted(p.name for p in stage.iterdir())
+
+        def markship_cmd(name: str) -> list[str]:
+            return sh_as_pg(f"{MARKSHIP} --config {cfg} wal-push --server src {stage / name}")
+
+        def zstd_cmd(name: str) -> list[str]:
+            return sh_as_pg(f"zstd -1 -q -f {stage / name} -o {zdir / name}.zst")
+
+        def zstd_sync_cmd(name: str) -> list[str]:
+            tmp, final = zsync / f"{name}.tmp", zsync / f"{name}.zst"
+            return sh_as_pg(f"zstd -1 -q -f {stage / name} -o {tmp} && sync {tmp} && "
+                            f"mv {tmp} {final} && sync {zsync}")
+
+        times: dict[str, list[float]] = {"markship": [], "zstd": [], "zstd_durable": [],
+                                         "runuser_sh_true": [], "markship_repush": []}
+        rss: list[int] = []
+        for i, name in enumerate(names):
+            pair: list[tuple[str, Callable[[str], list[str]]]] = [
+                ("markship", markship_cmd), ("zstd", zstd_cmd), ("zstd_durable", zstd_sync_cmd)]
+            if i % 2:
+                pair.reverse()
+            for label, make in pair:
+                result = run_timed(make(name)).check(f"{label} {name}")
+                times[label].append(result.seconds)
+                if label == "markship":
+                    rss.append(result.tree_maxrss_kb)
+            times["runuser_sh_true"].append(run_timed(sh_as_pg("true")).seconds)
+        for name in names:
+            result = run_timed(markship_cmd(name)).check(f"markship re-push {name}")
+            times["markship_repush"].append(result.seconds)
+        stored = sum(p.stat().st_size for p in repo.rglob("*.zst"))
+        zstd_stored = sum(p.stat().st_size for p in zdir.glob("*.zst"))
+        med = {k: median(v) for k, v in times.items()}
+        self.results["wal_push"] = {"segments": names, "seconds": times, "median_seconds": med,
+                                    "markship_peak_rss_kb": rss, "markship_stored_bytes": stored,
+                                    "zstd_stored_bytes": zstd_stored}
+        for label, value in med.items():
+            say(f"{label:<16} median {value * 1000:.0f} ms")
+        say(f"compressed: markship {stored / MIB:.1f} MiB, zstd {zstd_stored / MIB:.1f} MiB for "
+            f"{len(names) * 16} MiB of WAL; serial push rate ≈ {1 / med['markship']:.1f} "
+            "segments/s")
+        ratio = med["markship"] / med["zstd"]
+        self.rows += [
+            Row("wal-push per segment, median (process start in)",
+                f"{med['markship'] * 1000:.0f} ms", f"bare zstd {med['zstd'] * 1000:.0f} ms",
+                ratio, "≤1.5", ratio_verdict(ratio, 1.5)),
+            Row("  (info) vs zstd + fsync + rename", f"{med['markship'] * 1000:.0f} ms",
+                f"zstd durable {med['zstd_durable'] * 1000:.0f} ms",
+                med["markship"] / med["zstd_durable"], "-", "info"),
+            Row("  (info) idempotent re-push of an archived segment",
+                f"{med['markship_repush'] * 1000:.0f} ms",
+                f"runuser+sh alone {med['runuser_sh_true'] * 1000:.0f} ms", None, "-", "info"),
+            Row("peak RSS, markship wal-push process", f"{max(rss) / 1024:.0f} MB", "-", None,
+                "< 150 MB", "PASS" if max(rss) < 150 * 1024 else "MISS"),
+        ]
+
+    def real_segments(self) -> Path:
+        """Full 16 MB segments written by pgbench on the plain server, decompressed."""
+        before = {p.name for p in self.plain_archive.iterdir()}
+
+        def new_segments() -> list[Path]:
+            return sorted(p for p in self.plain_archive.iterdir()
+                          if p.name not in before and len(p.name) == 28 and p.suffix == ".zst")
+
+        deadline = time.monotonic() + 300
+        while len(new_segments()) < self.segments:
+            if time.monotonic() > deadline:
+                raise RuntimeError("pgbench did not produce enough WAL in 300 s")
+            run_timed(self.pgbench_argv(self.plain, "-n", "-c", "4", "-j", "2", "-T", "5")
+                      ).check("pgbench")
+        stage = self.pg_dir(self.root / "wal" / "stage", 0o700)
+        for source in new_segments()[: self.segments]:
+            target = stage / source.stem
+            subprocess.run(["zstd", "-d", "-q", "-f", str(source), "-o", str(target)], check=True)
+            chown_to(target, OS_USER)
+            target.chmod(0o600)
+        return stage
+
+    # -- running it all --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.results["meta"] = {
+            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "page_cache": "warm (cannot be dropped on this machine)",
+            "options": {"scale": self.scale, "duration": self.duration, "runs": self.runs,
+                        "samples": self.samples, "segments": self.segments,
+                        "drain_segments": self.drain_segments, "phases": list(self.phases)},
+            "host": {"cpus": os.cpu_count(), "kernel": platform.release()},
+            "versions": {
+                "markship": tool_version([str(MARKSHIP), "--version"]),
+                "postgres": tool_version([pg("postgres"), "--version"]),
+                "pgbackrest": tool_version(["pgbackrest", "version"]),
+                "zstd": tool_version(["zstd", "--version"]),
+            },
+        }
+        self.setup()
+        steps: dict[str, Callable[[], None]] = {
+            "backup": self.bench_backups, "restore": self.bench_restores,
+            "switch": self.bench_switch, "sustained": self.bench_sustained,
+            "drain": self.bench_drain, "walpush": self.bench_walpush,
+        }
+        for phase in PHASES:
+            if phase in self.phases:
+                steps[phase]()
+
+    def summary(self) -> Path:
+        print()
+        print("=" * 100)
+        print(f"markship benchmark summary — pgbench scale {self.scale}, "
+              f"{self.data_bytes / MIB:.0f} MiB data, {os.cpu_count()} CPUs, runs={self.runs}")
+        print(WARM_CACHE)
+        print("ratio = markship ÷ anchor (for drain rate and pushed/produced: higher is better)")
+        print("=" * 100)
+        backup = self.results.get("backup")
+        if backup:
+            print("\nfull backup, each run (s):")
+            print_table(["tool", "runs", "median", "MiB/s"], [
+                [name, " ".join(f"{v:.2f}" for v in values),
+                 f"{backup['median_seconds'][name]:.2f}",
+                 f"{backup['median_mib_per_s'].get(name, 0):.0f}"]
+                for name, values in backup["seconds"].items()])
+            sizes = backup["sizes"]
+            for name, entry in sizes.items():
+                if entry.get("raw_bytes") and entry.get("stored_bytes"):
+                    print(f"  {name}: {entry['raw_bytes'] / MIB:.0f} MiB → "
+                          f"{entry['stored_bytes'] / MIB:.1f} MiB stored "
+                          f"({entry['raw_bytes'] / entry['stored_bytes']:.1f}×)")
+        restore = self.results.get("restore")
+        if restore:
+            print("\nrestore to a running promoted server, each run (s):")
+            print_table(["tool", "runs", "median"], [
+                [name, " ".join(f"{v:.2f}" for v in values),
+                 f"{restore['median_seconds'][name]:.2f}"]
+                for name, values in restore["seconds"].items()])
+        print()
+        print_table(["metric", "markship", "anchor", "ratio", "target", "verdict"], [
+            [r.metric, r.markship, r.anchor, "-" if r.ratio is None else f"{r.ratio:.2f}",
+             r.target, r.verdict] for r in self.rows])
+        self.results["summary"] = [r.__dict__ for r in self.rows]
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = RESULTS_DIR / f"{stamp}.json"
+        path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        print(f"\nresults written to {path}")
+        return path
+
+    def cleanup(self) -> None:
+        os.chdir("/")
+        for server in reversed(self.tracked):
+            try:
+                server.stop(mode="immediate")
+            except Exception as exc:  # keep cleaning up the others
+                say(f"could not stop {server.name}: {exc}")
+        if not hasattr(self, "root"):
+            return
+        if self.keep:
+            say(f"--keep: servers stopped, directory kept: {self.root}")
+        else:
+            time.sleep(0.5)  # pgBackRest's async archiver exits on its own once idle
+            shutil.rmtree(self.root, ignore_errors=True)
+            say(f"removed {self.root}")
+
+
+def markship_toml(repo: Path, port: int) -> str:
+    return (f'[group]\nname = "bench"\n\n[repository]\npath = {json.dumps(str(repo))}\n'
+            f'os_user = "{OS_USER}"\n\n[[server]]\nname = "src"\n'
+            f'conninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"\n')
+
+
+def pgbackrest_conf(repo_base: Path, own: Path, server: ScratchServer) -> str:
+    return f"""[global]
+repo1-path={repo_base / "repo"}
+repo1-retention-full=99
+spool-path={own / "spool"}
+lock-path={own / "lock"}
+log-path={own / "log"}
+archive-async=y
+process-max=2
+compress-type=zst
+compress-level=1
+start-fast=y
+log-level-console=warn
+log-level-file=info
+
+[bench]
+pg1-path={server.data_dir}
+pg1-port={server.port}
+pg1-socket-path={server.socket_dir}
+pg1-user=postgres
+"""
+
+
+def markship_sizes(output: str) -> dict[str, Any]:
+    try:
+        backup = json.loads(output)["backups"]["src"]
+        return {"raw_bytes": backup["raw_size"], "stored_bytes": backup["archive"]["size"]}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--scale", type=int, default=50, help="pgbench -i scale (default 50)")
+    parser.add_argument("--duration", type=int, default=60,
+                        help="seconds of pgbench load for the sustained-archiving phase")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="timed runs of each backup and restore (at least 2)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the bench directory (servers are stopped anyway)")
+    parser.add_argument("--samples", type=int, default=7,
+                        help="pg_switch_wal() samples per archiver")
+    parser.add_argument("--segments", type=int, default=20,
+                        help="WAL segments for the wal-push timing")
+    parser.add_argument("--drain-segments", type=int, default=40,
+                        help="size of the WAL backlog for the drain-rate phase")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
+    args = parser.parse_args(argv)
+    if args.runs < 2:
+        parser.error("--runs must be at least 2")
+    unknown = set(args.phases.split(",")) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("run as root: servers and tools are started as the postgres OS user via runuser",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    ensure_tools()
+    bench = Bench(scale=args.scale, duration=args.duration, runs=args.runs, keep=args.keep,
+                  samples=args.samples, segments=args.segments,
+                  drain_segments=args.drain_segments,
+                  phases=tuple(p for p in PHASES if p in args.phases.split(",")))
+    failed = False
+    try:
+        bench.run()
+    except BaseException as exc:
+        failed = True
+        say(f"benchmark FAILED: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        try:
+            if hasattr(bench, "data_bytes"):
+                bench.summary()
+        finally:
+            bench.cleanup()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
