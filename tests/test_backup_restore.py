@@ -173,3 +173,27 @@ def test_backup_refuses_server_without_archiving(pg_group: GroupFactory) -> None
     assert proc.returncode != 0
     assert "archive_mode is off on server alpha" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_wal_gap_makes_sets_unrestorable(pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    server = group.servers[0]
+    group.ok("backup")
+    for _ in range(3):
+        server.psql("CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t VALUES (1)")
+        wait_archived(server)
+    segments = sorted(group.repo.glob("wal/alpha/0000000100000000/0000000100000000000000??-*"))
+    missing = segments[-2]
+    missing.unlink()
+    name = missing.name.split("-")[0]
+
+    proc = group.markship("verify")
+    assert proc.returncode != 0
+    assert f"WAL gap on server alpha: {name} missing" in proc.stdout
+    assert "is not restorable" in proc.stdout
+
+    handle = group.restored("alpha")
+    refused = group.markship("restore", "--server", "alpha", "--target-dir", str(handle.data_dir))
+    assert refused.returncode != 0
+    assert f"{name} is missing from the archive" in refused.stderr
+    assert not handle.data_dir.exists()

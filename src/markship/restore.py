@@ -103,6 +103,20 @@ def choose_backup(repo: Repository, server: str, target: Target,
     return backups[0]
 
 
+def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
+    """Recovery to 'latest' stops at the first missing segment without complaint: refuse."""
+    index = catalog.WalIndex(repo, server, backup.wal_segment_size)
+    gaps = index.gaps_after(backup.start_segment)
+    if gaps:
+        missing = gaps[0].name(backup.wal_segment_size)
+        raise RestoreError(
+            f"WAL gap on server {server}: {missing} is missing from the archive, so recovery "
+            "to the latest point would silently stop before it",
+            "restore to a --time before the gap, or take a new backup (markship verify lists "
+            "every gap)",
+        )
+
+
 def markship_command() -> str:
     """The markship executable PostgreSQL should call in restore_command."""
     argv0 = Path(sys.argv[0])
@@ -225,6 +239,8 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
     section = config.server(server)
     began = time.monotonic()
     backup = choose_backup(repo, server, target, set_id)
+    if target.kind == "latest":
+        refuse_gaps(repo, server, backup)
     prepare_target_dir(target_dir)
     extract(repo, backup, target_dir)
     if not (target_dir / "postgresql.conf").exists():
