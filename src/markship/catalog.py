@@ -228,6 +228,8 @@ class SetState(BaseModel):
     backups: dict[str, BackupRecord]
     complete: bool
     problems: list[str]
+    restorable: dict[str, BackupRecord]
+    """Servers whose own backup finished with its WAL archived, even in an incomplete set."""
 
     @property
     def label(self) -> str:
@@ -243,6 +245,7 @@ def set_state(repo: Repository, record: SetRecord,
     """Check a set: every server's backup finished and its WAL up to stop LSN is archived."""
     problems: list[str] = []
     backups: dict[str, BackupRecord] = {}
+    restorable: dict[str, BackupRecord] = {}
     if record.status == "running":
         problems.append("abandoned: its backup process died" if writer_gone(record)
                         else "still running")
@@ -259,8 +262,10 @@ def set_state(repo: Repository, record: SetRecord,
                 problems.append(f"{server}: backup record missing")
             continue
         backups[server] = backup
+        usable = True
         if not repo.exists(backup.archive.key):
             problems.append(f"{server}: object {backup.archive.key} missing")
+            usable = False
         index = (wal or {}).get(server) or WalIndex(repo, server, backup.wal_segment_size)
         if wal is not None:
             wal[server] = index
@@ -268,5 +273,9 @@ def set_state(repo: Repository, record: SetRecord,
         if missing:
             names = ", ".join(s.name(backup.wal_segment_size) for s in missing[:3])
             problems.append(f"{server}: WAL needed for consistency not archived: {names}")
+            usable = False
+        if usable:
+            restorable[server] = backup
     complete = record.status == "done" and not problems and len(backups) == len(record.servers)
-    return SetState(record=record, backups=backups, complete=complete, problems=problems)
+    return SetState(record=record, backups=backups, complete=complete, problems=problems,
+                    restorable=restorable)

@@ -62,15 +62,19 @@ class RestoreResult:
 
 
 def complete_backups(repo: Repository, server: str) -> list[BackupRecord]:
-    """This server's backups from complete sets, newest first."""
+    """This server's finished backups with their WAL archived, newest first.
+
+    A server's backup is usable for restoring that server alone even when another server of
+    its set failed; group restores (later) need complete sets.
+    """
     found = []
     wal: dict[str, catalog.WalIndex] = {}
     for record in catalog.list_sets(repo):
-        if server not in record.servers or record.status != "done":
+        if server not in record.servers:
             continue
         state = catalog.set_state(repo, record, wal)
-        if state.complete and server in state.backups:
-            found.append(state.backups[server])
+        if server in state.restorable:
+            found.append(state.restorable[server])
     return sorted(found, key=lambda b: b.consistent_at, reverse=True)
 
 
@@ -85,10 +89,10 @@ def choose_backup(repo: Repository, server: str, target: Target,
     if set_id is not None:
         backups = [b for b in backups if b.set_id == set_id]
         if not backups:
-            raise RestoreError(f"backup set {set_id} has no complete backup of server {server}",
+            raise RestoreError(f"backup set {set_id} has no usable backup of server {server}",
                                "pick a set that markship list shows as complete")
     if not backups:
-        raise RestoreError(f"no complete backup of server {server} in the repository",
+        raise RestoreError(f"no usable backup of server {server} in the repository",
                            "run markship backup first (markship list shows what exists)")
     if target.kind == "time" and target.time is not None:
         usable = [b for b in backups if b.consistent_at <= target.time]

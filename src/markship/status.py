@@ -42,8 +42,8 @@ def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:
     wal: dict[str, catalog.WalIndex] = {}
     for record in catalog.list_sets(repo):
         state = catalog.set_state(repo, record, wal)
-        if state.complete:
-            newest.update(state.backups)
+        if state.restorable:
+            newest.update(state.restorable)
     return newest
 
 

@@ -90,12 +90,14 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
     checked_wal: set[tuple[str, str]] = set()
     for record in sets:
         state = catalog.set_state(repo, record, wal)
-        if record.status != "done":
-            # Never restorable and never offered for restore: reported, not a failure.
-            report.incomplete_sets[record.id] = state.problems
-            continue
         reasons = list(state.problems)
-        for server, backup in state.backups.items():
+        checked = state.backups
+        if record.status != "done":
+            # Not a complete set: reported, not a failure. Its finished server backups may
+            # still be used to restore those servers alone, so they are checked.
+            report.incomplete_sets[record.id] = state.problems
+            checked = state.restorable
+        for server, backup in checked.items():
             refs = [backup.archive, *backup.config_files.values()]
             for ref in refs:
                 if not check_object(repo, ref, report):
@@ -119,7 +121,11 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
                         bad_wal.setdefault(server, set()).add(name)
                 if name in bad_wal.get(server, set()):
                     reasons.append(f"{server}: bad WAL {name}")
-        if reasons:
+        if record.status != "done":
+            bad = [r for r in reasons if r not in state.problems]
+            if bad:
+                report.problems.extend(f"backup set {record.id}: {r}" for r in bad)
+        elif reasons:
             report.unrestorable_sets[record.id] = sorted(set(reasons))
     if set_id is None:
         _check_remaining_wal(repo, wal, checked_wal, report)

@@ -1,0 +1,77 @@
+"""What users cause around jobs: a second job, a full disk, a server that is down."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import OS_USER, GroupFactory, run_markship, write_config
+from markship.scratch import chown_to
+
+
+def test_second_backup_job_is_refused(pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    group.ok("backup")
+    lock = group.repo / "locks" / "backup.lock"
+    with lock.open("r+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.write(json.dumps({"purpose": "markship backup of group testgroup",
+                                 "pid": os.getpid(), "host": "here"}))
+        handle.flush()
+        proc = group.markship("backup")
+    assert proc.returncode != 0
+    line = proc.stderr.strip()
+    assert "another job is running" in line and f"pid {os.getpid()}" in line
+    assert len(line.splitlines()) == 1
+    assert len(json.loads(group.ok("list", "--json"))) == 1
+
+
+def test_backup_with_a_server_down_keeps_the_others(pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    alpha, bravo = group.servers
+    alpha.psql("CREATE TABLE kept AS SELECT 42 AS answer")
+    bravo.stop()
+    proc = group.markship("backup")
+    assert proc.returncode != 0
+    assert "bravo: cannot connect to server bravo" in proc.stderr
+    sets = json.loads(group.ok("list", "--json"))
+    assert len(sets) == 1 and not sets[0]["complete"]
+    assert list(sets[0]["backups"]) == ["alpha"]
+    restored = group.restore("alpha")
+    assert restored.psql("SELECT answer FROM kept") == "42"
+
+
+@pytest.fixture
+def small_disk(workdir: Path) -> Iterator[Path]:
+    mount = workdir / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+    chown_to(mount, OS_USER)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_repository_disk_is_one_clear_line(workdir: Path, small_disk: Path) -> None:
+    config = workdir / "markship.toml"
+    write_config(config, small_disk / "repo", [])
+    config.write_text(config.read_text() + '\n[[server]]\nname = "orders"\nconninfo = "x"\n')
+    segment = workdir / "000000010000000000000001"
+    segment.write_bytes(os.urandom(16 << 20))  # incompressible: cannot fit in 4 MB
+    chown_to(segment, OS_USER)
+    proc = run_markship(config, "wal-push", "--server", "orders", str(segment), user=OS_USER)
+    assert proc.returncode == 1
+    assert "repository disk full" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    leftovers = [p for p in (small_disk / "repo").rglob("*") if p.is_file()]
+    assert leftovers == [], "a partly written object must not stay behind"
