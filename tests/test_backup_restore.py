@@ -75,6 +75,12 @@ def test_restore_refuses_time_before_backup_and_non_empty_dir(pg_group: GroupFac
     naive = group.markship("restore", "--server", "alpha", "--target-dir", str(target.data_dir),
                            "--time", "2030-01-01T00:00:00")
     assert naive.returncode != 0 and "has no time zone" in naive.stderr
+    unknown = group.markship("restore", "--server", "alpha", "--target-dir", str(target.data_dir),
+                             "--name", "no-such-point", "--start", "--port", str(target.port),
+                             "--setting", f"unix_socket_directories={target.base_dir}")
+    assert unknown.returncode != 0
+    assert "the recovery target was not reached" in unknown.stderr
+    target = group.restored("alpha")
     target.data_dir.mkdir()
     (target.data_dir / "precious").write_text("keep me")
     busy = group.markship("restore", "--server", "alpha", "--target-dir", str(target.data_dir))
@@ -197,3 +203,14 @@ def test_wal_gap_makes_sets_unrestorable(pg_group: GroupFactory) -> None:
     assert refused.returncode != 0
     assert f"{name} is missing from the archive" in refused.stderr
     assert not handle.data_dir.exists()
+
+
+def test_backup_refuses_when_wal_goes_elsewhere(pg_group: GroupFactory) -> None:
+    group = pg_group(1, settings={"archive_command": "true"})
+    proc = group.markship("backup")
+    assert proc.returncode != 0
+    assert "did not reach the repository" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    sets = json.loads(group.ok("list", "--json"))
+    assert [s["complete"] for s in sets] == [False]
+    assert not list(group.repo.glob("backups/alpha/*/base.tar.zst"))

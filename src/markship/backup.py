@@ -114,9 +114,11 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
         repo.delete(key)
         raise
     try:
+        # pg_basebackup returns once PostgreSQL has archived the backup's last segment, so its
+        # WAL is either in the repository within moments or archived somewhere else.
         info = wait_for_backup_history(repo, server.name, label, facts.timeline,
                                        facts.current_lsn, facts.wal_segment_size,
-                                       config.backup.archive_wait_seconds)
+                                       min(config.backup.archive_wait_seconds, 15))
     except BaseException:
         repo.delete(key)
         raise
@@ -222,9 +224,10 @@ def wait_for_backup_history(repo: Repository, server: str, label: str, timeline:
                 return found
         if time.monotonic() > deadline:
             raise BackupError(
-                f"the WAL that ends the backup of server {server} did not reach the repository",
-                f"check that archive_command calls 'markship wal-push --server {server} %p' "
-                "with this config; see markship status",
+                f"the WAL that ends the backup of server {server} did not reach the repository "
+                "although PostgreSQL reports it archived",
+                f"archive_command must call 'markship --config ... wal-push --server {server} %p' "
+                "with this config (check it with SHOW archive_command)",
             )
         time.sleep(0.2)
 
