@@ -35,7 +35,7 @@ def test_backup_then_restore_every_server_to_latest(pg_group: GroupFactory) -> N
         assert pgbench_fingerprint(restored) == expected[server.name]
         assert restored.psql("SELECT pg_is_in_recovery()") == "f"
 
-    status = json.loads(group.ok("status", "--json"))
+    status = json.loads(group.ok("status", "--json"))["servers"]
     assert {s["server"]: s["last_backup_set"] for s in status} == {
         "alpha": sets[0]["id"], "bravo": sets[0]["id"]}
     assert all(s["reachable"] and s["last_archived_wal"] for s in status)

@@ -77,6 +77,30 @@ class SetRecord(Record):
     errors: dict[str, str] = {}
 
 
+class MarkPoint(Record):
+    """Where a mark's restore point lies in one server's WAL."""
+
+    lsn: int
+    timeline: int
+    wal_file: str
+
+
+class MarkRecord(Record):
+    """A group mark: a restore point of the same name on every server, made under the barrier.
+
+    Written only after every server has its restore point, so a mark interrupted half-way
+    leaves no record (its restore point names are never reused).
+    """
+
+    name: str
+    group: str
+    created_at: datetime
+    barrier_server: str
+    barrier_wait_ms: float
+    barrier_hold_ms: float
+    points: dict[str, MarkPoint]
+
+
 class RepositoryMarker(Record):
     group: str
     created_at: datetime
@@ -279,3 +303,33 @@ def set_state(repo: Repository, record: SetRecord,
     complete = record.status == "done" and not problems and len(backups) == len(record.servers)
     return SetState(record=record, backups=backups, complete=complete, problems=problems,
                     restorable=restorable)
+
+
+# -- marks ----------------------------------------------------------------------------------------
+
+
+def list_marks(repo: Repository) -> list[MarkRecord]:
+    """Every mark record, oldest first (names sort by time)."""
+    return [read_record(repo, f"marks/{name}", MarkRecord)
+            for name in repo.children("marks/") if name.endswith(".json")]
+
+
+def read_mark(repo: Repository, name: str) -> MarkRecord | None:
+    try:
+        return read_record(repo, layout.mark_key(name), MarkRecord)
+    except ObjectMissing:
+        return None
+
+
+def mark_missing_wal(record: MarkRecord, wal: dict[str, WalIndex]) -> dict[str, str]:
+    """Servers (of those in `wal`) whose WAL holding the mark is not archived → that file."""
+    missing = {}
+    for server, point in record.points.items():
+        index = wal.get(server)
+        if index is not None and point.wal_file not in index.keys:
+            missing[server] = point.wal_file
+    return missing
+
+
+def wal_indexes(repo: Repository, servers: list[str]) -> dict[str, WalIndex]:
+    return {server: WalIndex(repo, server) for server in servers}

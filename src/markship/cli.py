@@ -202,11 +202,17 @@ def status(ctx: Context, as_json: bool) -> None:
     """Per server: last backup, archived WAL, archive lag and archiver failures."""
     from markship.status import group_status
 
+    from markship.marks import latest_complete, mark_states
+
     config = ctx.config
     repo = ctx.repository()
     result = group_status(config, repo)
+    newest = latest_complete(mark_states(repo, config))
     if as_json:
-        emit_json([asdict(s) | {"healthy": s.healthy} for s in result])
+        emit_json({"servers": [asdict(s) | {"healthy": s.healthy} for s in result],
+                   "latest_complete_mark": None if newest is None else {
+                       "name": newest.record.name, "created_at": newest.record.created_at,
+                       "age_seconds": round(newest.age_seconds, 3)}})
     else:
         rows = []
         for s in result:
@@ -222,6 +228,12 @@ def status(ctx: Context, as_json: bool) -> None:
         _table("group status (times in UTC)", ["server", "state", "last backup",
                                                "last archived WAL", "archive lag", "failures"],
                rows)
+        if newest is None:
+            click.echo("latest complete mark: none (run markship mark)")
+        else:
+            click.echo(f"latest complete mark: {newest.record.name}, made "
+                       f"{show(newest.record.created_at)}, {newest.age_seconds:.0f} s ago "
+                       "(the group's current recovery point)")
     if not all(s.reachable for s in result):
         sys.exit(1)
 
@@ -313,6 +325,109 @@ def restore(ctx: Context, server: str, target_dir: Path, kind: str, at_time: str
     state = "started and promoted" if result.started else "ready to start (pg_ctl start)"
     click.echo(f"✓ {server} restored from backup set {result.set_id} into {result.target_dir}, "
                f"recovering to {target.describe()}; {state} in {result.seconds:.1f} s")
+
+
+# -- marks ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--name", metavar="NAME", help="Mark name (default: ms-GROUP-UTCTIME); never reuse.")
+@click.option("--no-switch", is_flag=True,
+              help="Do not switch WAL after the mark (it completes when the segment fills).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None:
+    """Lay a group mark: the same restore point on every server, under the barrier."""
+    from markship.marks import GroupConnections, take_mark
+
+    config = ctx.config
+    repo = ctx.repository()
+    conns = GroupConnections(config)
+    try:
+        result = take_mark(config, repo, conns, name, switch_wal=not no_switch)
+    finally:
+        conns.close()
+    record = result.record
+    if as_json:
+        emit_json(record.model_dump(mode="json") | {"switch_ms": result.switch_ms})
+        return
+    from markship.lsn import format_lsn
+
+    points = ", ".join(f"{s} {format_lsn(p.lsn)}" for s, p in record.points.items())
+    click.echo(f"✓ mark {record.name} at {show(record.created_at)}: {points}; barrier held "
+               f"{record.barrier_hold_ms:.1f} ms")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def marks(ctx: Context, as_json: bool) -> None:
+    """Group marks with their completeness (WAL archived on every server) and age."""
+    from markship.lsn import format_lsn
+    from markship.marks import mark_states
+
+    config = ctx.config
+    states = mark_states(ctx.repository(), config)
+    if as_json:
+        emit_json([s.record.model_dump(mode="json") | {
+            "complete": s.complete, "waiting_for": s.waiting_for,
+            "age_seconds": round(s.age_seconds, 3)} for s in states])
+        return
+    if not states:
+        click.echo("no marks yet: run markship mark")
+        return
+    rows = [[s.record.name, show(s.record.created_at), f"{s.age_seconds:.0f} s",
+             "complete" if s.complete else "waiting for " + ", ".join(
+                 f"{k}:{v}" for k, v in s.waiting_for.items()),
+             ", ".join(f"{k} {format_lsn(p.lsn)}" for k, p in s.record.points.items()),
+             f"{s.record.barrier_hold_ms:.1f} ms"] for s in states]
+    _table("group marks (times in UTC)", ["mark", "made", "age", "state", "LSN per server",
+                                         "barrier held"], rows)
+
+
+@cli.command()
+@click.option("--server", "servers", multiple=True, required=True, metavar="NAME=CONNINFO",
+              help="A restored server and how to reach it (repeat for every server).")
+@click.option("--decisions", required=True, metavar="NAME",
+              help="Which of them holds the decision table (the barrier server).")
+@click.option("--dry-run", is_flag=True, help="Show what would be done.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def resolve(servers: tuple[str, ...], decisions: str, dry_run: bool, as_json: bool) -> None:
+    """Settle prepared transactions on restored servers from the recorded decisions."""
+    from markship.resolve import resolve_in_doubt
+
+    participants: dict[str, str] = {}
+    for item in servers:
+        name, sep, conninfo = item.partition("=")
+        if not sep or not name or not conninfo:
+            raise click.BadParameter(f"{item!r} is not NAME=CONNINFO", param_hint="--server")
+        participants[name] = conninfo
+    if decisions not in participants:
+        raise click.BadParameter(f"{decisions!r} is not one of the --server names",
+                                 param_hint="--decisions")
+    done = resolve_in_doubt(participants, decisions, dry_run)
+    if as_json:
+        emit_json([asdict(r) for r in done])
+        return
+    for r in done:
+        verb = ("would " if dry_run else "") + ("commit" if r.action == "commit" else "roll back")
+        click.echo(f"{r.server}/{r.database}: {verb} {r.gid}")
+    click.echo(f"{len(done)} prepared transaction(s) {'to settle' if dry_run else 'settled'}")
+
+
+@cli.command("client-sql")
+@pass_context
+def client_sql(ctx: Context) -> None:
+    """Print the SQL of the two-phase commit protocol (decision table, barrier key)."""
+    from markship.client import SETUP_SQL, barrier_key
+
+    key = barrier_key(ctx.config.group.name)
+    click.echo(f"-- on the barrier server ({ctx.config.barrier_server.name}), once:{SETUP_SQL}")
+    click.echo(f"""-- per cross-server commit, after PREPARE TRANSACTION 'gid' on each participant:
+SELECT pg_advisory_lock_shared({key});            -- on the barrier server
+INSERT INTO markship.decisions (gid) VALUES ('gid');  -- committed on its own
+COMMIT PREPARED 'gid';                                -- on every participant
+SELECT pg_advisory_unlock_shared({key});          -- on the barrier server""")
 
 
 # -- WAL commands (lean path in markship._entry; declared here for help and docs) -----------------

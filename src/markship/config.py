@@ -51,6 +51,12 @@ class BackupSection(_Section):
     archive_wait_seconds: Annotated[int, Field(ge=5)] = 120
 
 
+class MarksSection(_Section):
+    barrier_server: str | None = None
+    barrier_timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+    interval: Annotated[float, Field(ge=1)] = 30.0
+
+
 class Config(_Section):
     """The whole group: servers, repository and how backups run."""
 
@@ -58,6 +64,7 @@ class Config(_Section):
     repository: RepositorySection
     servers: Annotated[list[ServerSection], Field(alias="server", min_length=1)]
     backup: BackupSection = BackupSection()
+    marks: MarksSection = MarksSection()
     source: Path | None = Field(default=None, exclude=True)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -68,7 +75,15 @@ class Config(_Section):
             if server.name in seen:
                 raise ValueError(f"server name {server.name!r} is used twice")
             seen.add(server.name)
+        if self.marks.barrier_server is not None and self.marks.barrier_server not in seen:
+            raise ValueError(f"marks.barrier_server {self.marks.barrier_server!r} is not a "
+                             "configured server name")
         return self
+
+    @property
+    def barrier_server(self) -> ServerSection:
+        name = self.marks.barrier_server
+        return self.server(name) if name else self.servers[0]
 
     def server(self, name: str) -> ServerSection:
         """The server called `name`; raise ConfigError listing the known names."""

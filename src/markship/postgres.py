@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from markship.errors import ServerError
@@ -137,3 +138,57 @@ def archiver_stats(conn: Connection) -> ArchiverStats:
 def in_recovery(conn: Connection) -> bool:
     row = conn.execute("SELECT pg_is_in_recovery() AS r").fetchone()
     return bool(row and row["r"])
+
+
+def hold_barrier(conn: Connection, key: int, timeout_ms: int) -> bool:
+    """Open a transaction holding the exclusive barrier lock; False when it timed out.
+
+    The lock is transaction-level: COMMIT or ROLLBACK on `conn` releases it.
+    """
+    conn.execute("BEGIN")
+    conn.execute(f"SET LOCAL lock_timeout = {int(timeout_ms)}")
+    try:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+    except psycopg.errors.LockNotAvailable:
+        conn.execute("ROLLBACK")
+        return False
+    return True
+
+
+def release_barrier(conn: Connection) -> None:
+    conn.execute("COMMIT")
+
+
+def create_restore_point(conn: Connection, name: str) -> tuple[int, str]:
+    """Create a restore point and make sure its WAL is flushed; return (end LSN, WAL file).
+
+    The restore point record alone waits for the WAL writer; committing a transaction that
+    has an xid flushes it at once.
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT lsn::text AS lsn, pg_walfile_name(lsn) AS walfile"
+            " FROM pg_create_restore_point(%s) AS lsn", (name,)
+        ).fetchone()
+        conn.execute("SELECT txid_current()")
+    assert row is not None
+    return parse_lsn(row["lsn"]), row["walfile"]
+
+
+def switch_wal(conn: Connection) -> None:
+    conn.execute("SELECT pg_switch_wal()")
+
+
+def prepared_transactions(conn: Connection) -> list[tuple[str, str]]:
+    """(gid, database) of every prepared transaction on the server."""
+    rows = conn.execute("SELECT gid, database FROM pg_prepared_xacts ORDER BY gid").fetchall()
+    return [(r["gid"], r["database"]) for r in rows]
+
+
+def finish_prepared(conninfo: str, server: str, database: str, gid: str, commit: bool) -> None:
+    """COMMIT PREPARED or ROLLBACK PREPARED, connected to the transaction's own database."""
+    target = psycopg.conninfo.make_conninfo(conninfo, dbname=database)
+    verb = sql.SQL("COMMIT PREPARED" if commit else "ROLLBACK PREPARED")
+    with connect(target, server) as conn:
+        # Utility statements take no bind parameters: quote the gid as a literal.
+        conn.execute(sql.SQL("{} {}").format(verb, sql.Literal(gid)))

@@ -33,6 +33,7 @@ class Target:
     kind: str  # "latest" | "time" | "name"
     time: datetime | None = None
     name: str | None = None
+    mark: catalog.MarkRecord | None = None  # set when `name` is a group mark
 
     def settings(self) -> dict[str, str]:
         if self.kind == "time" and self.time is not None:
@@ -94,6 +95,18 @@ def choose_backup(repo: Repository, server: str, target: Target,
     if not backups:
         raise RestoreError(f"no usable backup of server {server} in the repository",
                            "run markship backup first (markship list shows what exists)")
+    if target.mark is not None:
+        point = target.mark.points.get(server)
+        if point is None:
+            raise RestoreError(f"mark {target.mark.name} has no restore point on server {server}",
+                               "choose a mark made while this server was in the group")
+        usable = [b for b in backups
+                  if b.timeline == point.timeline and b.stop_lsn <= point.lsn]
+        if not usable:
+            raise RestoreError(
+                f"mark {target.mark.name} is older than every backup of server {server}",
+                "choose a newer mark (markship marks)")
+        return usable[0]
     if target.kind == "time" and target.time is not None:
         usable = [b for b in backups if b.consistent_at <= target.time]
         if not usable:
@@ -119,6 +132,14 @@ def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
             "restore to a --time before the gap, or take a new backup (markship verify lists "
             "every gap)",
         )
+
+
+def refuse_incomplete_mark(repo: Repository, server: str, mark: catalog.MarkRecord) -> None:
+    missing = catalog.mark_missing_wal(mark, {server: catalog.WalIndex(repo, server)})
+    if server in missing:
+        raise RestoreError(
+            f"mark {mark.name} is not complete for server {server}: {missing[server]} is not "
+            "archived", "choose a complete mark (markship marks) or wait for archiving")
 
 
 def markship_command() -> str:
@@ -242,6 +263,12 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
     """Build a new data directory for `server` recovering to `target`; start it if asked."""
     section = config.server(server)
     began = time.monotonic()
+    if target.kind == "name" and target.name and target.mark is None:
+        mark = catalog.read_mark(repo, target.name)
+        if mark is not None:
+            target = Target("name", name=target.name, mark=mark)
+    if target.mark is not None:
+        refuse_incomplete_mark(repo, server, target.mark)
     backup = choose_backup(repo, server, target, set_id)
     if target.kind == "latest":
         refuse_gaps(repo, server, backup)

@@ -6,6 +6,7 @@ sets/<set-id>.json                           one backup set (all servers)
 backups/<server>/<set-id>/base.tar.zst       base backup stream of one server
 backups/<server>/<set-id>/config/<file>      postgresql.conf, pg_hba.conf, pg_ident.conf
 backups/<server>/<set-id>/backup.json        written last: its presence means "finished"
+marks/<mark-name>.json                       a group mark: restore point LSN on every server
 wal/<server>/<timeline+log>/<segment>-<sha256>.zst
 wal/<server>/history/<timeline>.history-<sha256>.zst
 locks/<name>.lock
@@ -72,6 +73,10 @@ def split_wal_key(key: str) -> tuple[str, str] | None:
     except ValueError:
         return None
     return name, digest
+
+
+def mark_key(name: str) -> str:
+    return f"marks/{name}.json"
 
 
 def lock_key(name: str) -> str:

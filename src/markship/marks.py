@@ -1,0 +1,187 @@
+"""Group marks: one restore point, same name, on every server, made under the barrier.
+
+Steps of one mark:
+1. take the barrier: the exclusive advisory lock on the barrier server, waiting at most
+   `[marks] barrier_timeout` (a 2PC commit phase in flight holds the shared side);
+2. while holding it, create the restore point on every server in parallel;
+3. release the barrier, switch WAL on every server so the mark's segment is archived now;
+4. write the mark record. A mark is *complete* once every server's segment holding it is in
+   the archive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import TypeVar
+
+from markship import catalog, postgres
+from markship.catalog import MarkPoint, MarkRecord
+from markship.client import barrier_key
+from markship.config import Config
+from markship.errors import MarkshipError, ServerError
+from markship.lsn import parse_segment_name
+from markship.repository import Repository, layout
+from markship.timefmt import age_seconds, utcnow
+
+T = TypeVar("T")
+
+
+class MarkSkipped(MarkshipError):
+    """The barrier could not be taken in time: no mark this round, writes were not blocked."""
+
+    exit_code = 3
+
+
+def mark_name(group: str, now: datetime) -> str:
+    """Sortable, unique per millisecond: `ms-shop-20261125T190211.123Z`."""
+    return f"ms-{group}-{now.strftime('%Y%m%dT%H%M%S')}.{now.microsecond // 1000:03d}Z"
+
+
+class GroupConnections:
+    """One autocommit connection per server plus a second one to the barrier server."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.conns: dict[str, postgres.Connection] = {}
+        self.barrier: postgres.Connection | None = None
+
+    def open(self) -> None:
+        """Connect to every missing server in parallel; raise ServerError naming the failed."""
+        wanted = [s for s in self.config.servers
+                  if s.name not in self.conns or self.conns[s.name].closed]
+        results = parallel({s.name: partial(postgres.connect, s.conninfo, s.name)
+                            for s in wanted})
+        self.conns.update(results)
+        if self.barrier is None or self.barrier.closed:
+            server = self.config.barrier_server
+            self.barrier = postgres.connect(server.conninfo, server.name)
+
+    def close(self) -> None:
+        for conn in [*self.conns.values(), self.barrier]:
+            if conn is not None:
+                conn.close()
+        self.conns.clear()
+        self.barrier = None
+
+    def drop_broken(self) -> None:
+        for name, conn in list(self.conns.items()):
+            if conn.closed or conn.broken:
+                del self.conns[name]
+        if self.barrier is not None and (self.barrier.closed or self.barrier.broken):
+            self.barrier = None
+
+
+def parallel(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
+    """Run one call per server at once; raise ServerError naming every server that failed."""
+    if not calls:
+        return {}
+    results: dict[str, T] = {}
+    failures: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = {name: pool.submit(call) for name, call in calls.items()}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except MarkshipError as exc:
+                failures[name] = exc.message
+            except Exception as exc:  # psycopg errors on a live connection
+                failures[name] = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
+    if failures:
+        names = ", ".join(sorted(failures))
+        detail = "; ".join(f"{n}: {m}" for n, m in sorted(failures.items()))
+        raise ServerError(f"server(s) {names} failed ({detail})",
+                          "bring them back, then retry; markship status shows each server")
+    return results
+
+
+@dataclass(frozen=True)
+class MarkResult:
+    record: MarkRecord
+    switch_ms: float
+
+
+def take_mark(config: Config, repo: Repository, conns: GroupConnections,
+              name: str | None = None, switch_wal: bool = True) -> MarkResult:
+    """Make one group mark. Raises MarkSkipped when the barrier is busy, ServerError when a
+    server fails (the mark is then not recorded anywhere)."""
+    now = utcnow()
+    name = name or mark_name(config.group.name, now)
+    if repo.exists(layout.mark_key(name)):
+        raise MarkshipError(f"mark {name} already exists",
+                            "mark names must never repeat: choose another --name")
+    conns.open()
+    assert conns.barrier is not None
+    barrier_conn = conns.barrier
+    key = barrier_key(config.group.name)
+    timeout_ms = int(config.marks.barrier_timeout * 1000)
+    began = time.perf_counter()
+    try:
+        if not postgres.hold_barrier(barrier_conn, key, timeout_ms):
+            raise MarkSkipped(
+                f"mark skipped: the barrier on {config.barrier_server.name} stayed busy for "
+                f"{config.marks.barrier_timeout:g} s (a two-phase commit held it)",
+                "nothing to do if it is rare; otherwise look for long commit phases",
+            )
+        got = time.perf_counter()
+        try:
+            points = parallel({
+                server: partial(postgres.create_restore_point, conn, name)
+                for server, conn in conns.conns.items()
+            })
+        finally:
+            if not barrier_conn.closed and not barrier_conn.broken:
+                postgres.release_barrier(barrier_conn)
+        released = time.perf_counter()
+    except Exception:
+        conns.drop_broken()
+        raise
+    switch_ms = 0.0
+    if switch_wal:
+        before = time.perf_counter()
+        parallel({server: partial(postgres.switch_wal, conn)
+                  for server, conn in conns.conns.items()})
+        switch_ms = (time.perf_counter() - before) * 1000
+    record = MarkRecord(
+        name=name, group=config.group.name, created_at=now,
+        barrier_server=config.barrier_server.name,
+        barrier_wait_ms=round((got - began) * 1000, 3),
+        barrier_hold_ms=round((released - got) * 1000, 3),
+        points={server: MarkPoint(lsn=lsn, timeline=parse_segment_name(walfile).timeline,
+                                  wal_file=walfile)
+                for server, (lsn, walfile) in points.items()},
+    )
+    catalog.write_record(repo, layout.mark_key(name), record)
+    return MarkResult(record, switch_ms)
+
+
+@dataclass(frozen=True)
+class MarkState:
+    record: MarkRecord
+    complete: bool
+    waiting_for: dict[str, str]
+    age_seconds: float
+
+
+def mark_states(repo: Repository, config: Config) -> list[MarkState]:
+    """Every mark with its completeness, oldest first."""
+    marks = catalog.list_marks(repo)
+    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    states = []
+    for record in marks:
+        for server in record.points:
+            if server not in wal:
+                wal[server] = catalog.WalIndex(repo, server)
+        missing = catalog.mark_missing_wal(record, wal)
+        states.append(MarkState(record, not missing, missing,
+                                age_seconds(record.created_at) or 0.0))
+    return states
+
+
+def latest_complete(states: list[MarkState]) -> MarkState | None:
+    complete = [s for s in states if s.complete]
+    return complete[-1] if complete else None

@@ -1,0 +1,167 @@
+"""Group marks with a two-phase-commit workload: both servers restored to one mark agree."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import Group, GroupFactory
+from markship.client import barrier_key, commit_decided, group_transaction, setup_decisions
+
+ACCOUNTS = 10
+START_BALANCE = 1000
+
+
+def _setup_accounts(group: Group) -> None:
+    for server in group.servers:
+        server.psql(f"""
+            CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+            INSERT INTO accounts SELECT g, {START_BALANCE} FROM generate_series(1, {ACCOUNTS}) g;
+            CREATE TABLE transfers (gid text PRIMARY KEY, amount bigint NOT NULL);
+        """)
+    with psycopg.connect(group.servers[0].conninfo(), autocommit=True) as conn:
+        setup_decisions(conn)
+
+
+def _transfer(barrier: psycopg.Connection[object], a: psycopg.Connection[object],
+              b: psycopg.Connection[object], gid: str, amount: int) -> None:
+    with group_transaction(barrier, "testgroup", gid, [a, b]):
+        a.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s",
+                  (amount, random.randint(1, ACCOUNTS)))
+        a.execute("INSERT INTO transfers VALUES (%s, %s)", (gid, -amount))
+        b.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                  (amount, random.randint(1, ACCOUNTS)))
+        b.execute("INSERT INTO transfers VALUES (%s, %s)", (gid, amount))
+
+
+def _prepare(a: psycopg.Connection[object], b: psycopg.Connection[object], gid: str,
+             account: int) -> None:
+    for conn, amount in ((a, -7), (b, 7)):
+        conn.tpc_begin(gid)
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                     (amount, account))
+        conn.execute("INSERT INTO transfers VALUES (%s, %s)", (gid, amount))
+        conn.tpc_prepare()
+
+
+def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    alpha, bravo = group.servers
+    _setup_accounts(group)
+    group.ok("backup")
+
+    stop = threading.Event()
+    committed: list[str] = []
+    errors: list[BaseException] = []
+
+    def workload() -> None:
+        try:
+            with psycopg.connect(alpha.conninfo(), autocommit=True) as barrier, \
+                    psycopg.connect(alpha.conninfo()) as a, psycopg.connect(bravo.conninfo()) as b:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    gid = f"transfer-{n}"
+                    _transfer(barrier, a, b, gid, random.randint(1, 50))
+                    committed.append(gid)
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=workload)
+    worker.start()
+    marks = []
+    try:
+        for _ in range(6):
+            time.sleep(0.5)
+            marks.append(json.loads(group.ok("mark", "--json"))["name"])
+        # Two in-doubt transactions at the next mark: one whose coordinator died after
+        # recording its decision (must commit), one never decided (must roll back).
+        with psycopg.connect(alpha.conninfo()) as a1, psycopg.connect(bravo.conninfo()) as b1, \
+                psycopg.connect(alpha.conninfo()) as a2, psycopg.connect(bravo.conninfo()) as b2:
+            _prepare(a1, b1, "decided-then-crashed", 1)
+            _prepare(a2, b2, "never-decided", 2)
+            with psycopg.connect(alpha.conninfo(), autocommit=True) as barrier:
+                barrier.execute("SELECT pg_advisory_lock_shared(%s)",
+                                (barrier_key("testgroup"),))
+                barrier.execute("INSERT INTO markship.decisions (gid) "
+                                "VALUES ('decided-then-crashed')")
+            the_mark = json.loads(group.ok("mark", "--json"))["name"]
+            commit_decided_later = (a2, b2)
+            with psycopg.connect(alpha.conninfo(), autocommit=True) as barrier:
+                commit_decided(barrier, "testgroup", "never-decided",
+                               list(commit_decided_later))
+            for conn in (a1, b1):
+                conn.tpc_commit()
+        for _ in range(3):
+            time.sleep(0.5)
+            marks.append(json.loads(group.ok("mark", "--json"))["name"])
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors
+    assert len(committed) > 10, "the workload should have run during the marks"
+
+    states = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
+    assert states[the_mark]["complete"], states[the_mark]
+    assert all(states[m]["complete"] for m in marks)
+
+    restored = {s.name: group.restore(s.name, "--name", the_mark) for s in group.servers}
+    proc = group.markship("resolve", "--decisions", "alpha", "--json",
+                          *[f"--server={n}={s.conninfo()}" for n, s in restored.items()])
+    assert proc.returncode == 0, proc.stderr
+    actions = {(r["server"], r["gid"]): r["action"] for r in json.loads(proc.stdout)}
+    assert actions == {("alpha", "decided-then-crashed"): "commit",
+                       ("bravo", "decided-then-crashed"): "commit",
+                       ("alpha", "never-decided"): "rollback",
+                       ("bravo", "never-decided"): "rollback"}
+
+    ra, rb = restored["alpha"], restored["bravo"]
+    total = sum(int(s.psql("SELECT sum(balance) FROM accounts")) for s in (ra, rb))
+    assert total == 2 * ACCOUNTS * START_BALANCE
+    for server in (ra, rb):
+        assert server.psql("SELECT count(*) FROM pg_prepared_xacts") == "0"
+    decided = set(ra.psql("SELECT gid FROM markship.decisions").split())
+    on_alpha = set(ra.psql("SELECT gid FROM transfers").split())
+    on_bravo = set(rb.psql("SELECT gid FROM transfers").split())
+    assert decided == on_alpha == on_bravo
+    assert "decided-then-crashed" in decided and "never-decided" not in decided
+    assert len(decided) > 3
+
+
+def test_busy_barrier_skips_the_mark_instead_of_blocking(pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    group.config_path.write_text(group.config_path.read_text()
+                                 + "\n[marks]\nbarrier_timeout = 0.5\n")
+    key = barrier_key("testgroup")
+    with psycopg.connect(group.servers[0].conninfo(), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock_shared(%s)", (key,))
+        proc = group.markship("mark", timeout=60)
+        assert proc.returncode == 3
+        assert "mark skipped" in proc.stderr and "Traceback" not in proc.stderr
+        # once the mark gave up, new commit phases are not queued behind it
+        with psycopg.connect(group.servers[0].conninfo(), autocommit=True) as other:
+            row = other.execute("SELECT pg_try_advisory_lock_shared(%s)", (key,)).fetchone()
+            assert row is not None and row[0] is True
+    assert json.loads(group.ok("marks", "--json")) == []
+
+
+def test_mark_with_a_server_down_names_it(pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    group.servers[1].stop()
+    proc = group.markship("mark")
+    assert proc.returncode != 0
+    assert "bravo" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert json.loads(group.ok("marks", "--json")) == []
+
+
+@pytest.mark.parametrize("name", ["ms-custom-1"])
+def test_mark_names_never_repeat(pg_group: GroupFactory, name: str) -> None:
+    group = pg_group(1)
+    group.ok("mark", "--name", name)
+    again = group.markship("mark", "--name", name)
+    assert again.returncode != 0 and "already exists" in again.stderr
