@@ -200,9 +200,8 @@ def list_sets(ctx: Context, as_json: bool) -> None:
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
     """Per server: last backup, archived WAL, archive lag and archiver failures."""
-    from markship.status import group_status
-
     from markship.marks import latest_complete, mark_states
+    from markship.status import group_status
 
     config = ctx.config
     repo = ctx.repository()
