@@ -333,3 +333,37 @@ def mark_missing_wal(record: MarkRecord, wal: dict[str, WalIndex]) -> dict[str, 
 
 def wal_indexes(repo: Repository, servers: list[str]) -> dict[str, WalIndex]:
     return {server: WalIndex(repo, server) for server in servers}
+
+
+# -- holds: a restore in progress protects its backup set from retention --------------------------
+
+
+class Hold(Record):
+    set_id: str
+    server: str
+    pid: int
+    host: str
+    since: datetime
+
+
+def active_holds(repo: Repository) -> set[str]:
+    """Set ids held by restores still running (same host: pid alive; other hosts: < 1 day)."""
+    from markship.timefmt import utcnow
+
+    held: set[str] = set()
+    for name in repo.children("holds/"):
+        try:
+            hold = read_record(repo, f"holds/{name}", Hold)
+        except (CorruptObject, ObjectMissing):
+            continue
+        if hold.host == socket.gethostname():
+            try:
+                os.kill(hold.pid, 0)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass
+        elif (utcnow() - hold.since).total_seconds() > 86400:
+            continue
+        held.add(hold.set_id)
+    return held

@@ -326,6 +326,43 @@ def restore(ctx: Context, server: str, target_dir: Path, kind: str, at_time: str
                f"recovering to {target.describe()}; {state} in {result.seconds:.1f} s")
 
 
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Show the plan, delete nothing.")
+@click.option("--now", "now_text", metavar="TIMESTAMP",
+              help="Plan as if it were this time (with zone), e.g. to preview next week.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def expire(ctx: Context, dry_run: bool, now_text: str | None, as_json: bool) -> None:
+    """Apply retention: delete old backup sets, the WAL only they needed, and old marks."""
+    from markship import retention
+    from markship.timefmt import parse_aware, utcnow
+
+    try:
+        now = parse_aware(now_text) if now_text else utcnow()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--now") from None
+    config = ctx.config
+    repo = ctx.repository()
+    with repo.lock("backup", "markship expire"):
+        result = retention.make_plan(repo, now, config.retention.days, config.retention.min_sets)
+        if not dry_run:
+            retention.execute(repo, result)
+    if as_json:
+        emit_json(asdict(result) | {"dry_run": dry_run})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for sid, why in result.keep_sets.items():
+        click.echo(f"keep   set {sid}: {why}")
+    for sid, why in result.delete_sets.items():
+        click.echo(f"{verb} set {sid}: {why}")
+    for server, count in result.delete_wal.items():
+        click.echo(f"{verb} {count} WAL file(s) of {server} older than its oldest kept backup")
+    if result.delete_marks:
+        click.echo(f"{verb} {len(result.delete_marks)} mark(s) older than "
+                   f"{show(result.cutoff)} or than the oldest kept set")
+    click.echo(f"{verb} {len(result.delete_keys)} object(s), {_size(result.freed_bytes)}")
+
+
 # -- marks ----------------------------------------------------------------------------------------
 
 

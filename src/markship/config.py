@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -57,6 +57,35 @@ class MarksSection(_Section):
     interval: Annotated[float, Field(ge=1)] = 30.0
 
 
+class ScheduleSection(_Section):
+    """Full backups: 'daily at 01:30 Europe/Berlin'. The zone is always explicit (default UTC)."""
+
+    frequency: Literal["hourly", "daily", "weekly"] = "daily"
+    hour: Annotated[int, Field(ge=0, le=23)] = 1
+    minute: Annotated[int, Field(ge=0, le=59)] = 0
+    weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                     "sunday"] = "sunday"
+    timezone: str = "UTC"
+    force_full: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone: use an IANA name such as UTC or "
+                             "Europe/Berlin") from None
+        return value
+
+
+class RetentionSection(_Section):
+    days: Annotated[float, Field(gt=0)] = 14
+    min_sets: Annotated[int, Field(ge=1)] = 2
+
+
 class Config(_Section):
     """The whole group: servers, repository and how backups run."""
 
@@ -65,6 +94,8 @@ class Config(_Section):
     servers: Annotated[list[ServerSection], Field(alias="server", min_length=1)]
     backup: BackupSection = BackupSection()
     marks: MarksSection = MarksSection()
+    schedule: ScheduleSection = ScheduleSection()
+    retention: RetentionSection = RetentionSection()
     source: Path | None = Field(default=None, exclude=True)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -118,6 +122,19 @@ def choose_backup(repo: Repository, server: str, target: Target,
             )
         return usable[0]
     return backups[0]
+
+
+@contextmanager
+def hold(repo: Repository, backup: BackupRecord) -> Iterator[None]:
+    """Protect the backup set (and so its WAL) from retention while the restore runs."""
+    key = f"holds/{backup.set_id}-{backup.server}-{os.getpid()}.json"
+    record = catalog.Hold(set_id=backup.set_id, server=backup.server, pid=os.getpid(),
+                          host=socket.gethostname(), since=utcnow())
+    catalog.write_record(repo, key, record, overwrite=True)
+    try:
+        yield
+    finally:
+        repo.delete(key)
 
 
 def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
@@ -273,17 +290,18 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
     if target.kind == "latest":
         refuse_gaps(repo, server, backup)
     prepare_target_dir(target_dir)
-    extract(repo, backup, target_dir)
-    if not (target_dir / "postgresql.conf").exists():
-        _place_captured_config(repo, backup, target_dir)
-    (target_dir / "recovery.signal").touch()
-    write_settings(target_dir, recovery_settings(config, server, target, port,
-                                                 extra_settings or {}),
-                   f"markship restore {show(utcnow())}: backup set {backup.set_id}, "
-                   f"target {target.describe()}")
-    if start:
-        tools = pgbin.bin_dir(section.bin_dir, backup.pg_version_num)
-        start_and_wait(pgbin.tool(tools, "pg_ctl"), target_dir, target, wait_seconds)
+    with hold(repo, backup):
+        extract(repo, backup, target_dir)
+        if not (target_dir / "postgresql.conf").exists():
+            _place_captured_config(repo, backup, target_dir)
+        (target_dir / "recovery.signal").touch()
+        write_settings(target_dir, recovery_settings(config, server, target, port,
+                                                     extra_settings or {}),
+                       f"markship restore {show(utcnow())}: backup set {backup.set_id}, "
+                       f"target {target.describe()}")
+        if start:
+            tools = pgbin.bin_dir(section.bin_dir, backup.pg_version_num)
+            start_and_wait(pgbin.tool(tools, "pg_ctl"), target_dir, target, wait_seconds)
     return RestoreResult(server, backup.set_id, target_dir, target, start, port,
                          time.monotonic() - began)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -194,6 +195,14 @@ class FsRepository:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def remove_empty_dirs(self, prefix: str) -> None:
+        """Remove empty folders below `prefix` (after deletions), deepest first."""
+        top = self._path(prefix.rstrip("/"))
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            if Path(dirpath) != top:
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
 
     def temp_objects(self) -> list[TempObject]:
         here = _host()

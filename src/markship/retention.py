@@ -1,0 +1,123 @@
+"""Retention: a pure policy (catalog → deletion plan) and a separate step that executes it.
+
+Rules, in order of strength:
+- never delete the newest complete set, nor the newest `min_sets` complete sets;
+- never delete a set a restore in progress holds, nor a set whose backup is still running;
+- delete sets created before the window (`days`), with the WAL only they needed;
+- WAL older than the start of the oldest retained backup of a server is deleted; timeline
+  history files are always kept (they are tiny and recovery needs them to follow timelines);
+- marks older than the window, or older than the oldest retained complete set, are deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from markship import catalog
+from markship.catalog import MarkRecord, SetState
+from markship.lsn import Segment, parse_segment_name, wal_file_kind
+from markship.repository import FsRepository, Repository, layout
+
+
+@dataclass
+class Plan:
+    cutoff: datetime
+    keep_sets: dict[str, str] = field(default_factory=dict)  # set id → why kept
+    delete_sets: dict[str, str] = field(default_factory=dict)  # set id → why deleted
+    delete_keys: list[str] = field(default_factory=list)
+    delete_wal: dict[str, int] = field(default_factory=dict)  # server → WAL files deleted
+    delete_marks: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+def _wal_segment(name: str) -> Segment | None:
+    kind = wal_file_kind(name)
+    if kind == "history":
+        return None
+    return parse_segment_name(name[:24])
+
+
+def plan(states: list[SetState], marks: list[MarkRecord],
+         wal_objects: dict[str, list[tuple[str, str, int]]], sizes: dict[str, int],
+         now: datetime, days: float, min_sets: int, held: set[str]) -> Plan:
+    """Decide what to delete. `wal_objects`: server → (file name, key, size) of each WAL
+    object; `sizes`: object key → size for backup objects (to report freed space)."""
+    cutoff = now - timedelta(days=days)
+    result = Plan(cutoff=cutoff)
+    complete = sorted((s for s in states if s.complete), key=lambda s: s.record.created_at,
+                      reverse=True)
+    for state in complete[:min_sets]:
+        result.keep_sets[state.record.id] = f"one of the newest {min_sets} complete set(s)"
+    for state in states:
+        sid = state.record.id
+        if sid in result.keep_sets:
+            continue
+        if sid in held:
+            result.keep_sets[sid] = "in use by a restore"
+        elif state.label == "running":
+            result.keep_sets[sid] = "backup still running"
+        elif state.record.created_at >= cutoff:
+            result.keep_sets[sid] = "inside the retention window"
+        else:
+            result.delete_sets[sid] = ("older than the window" if state.complete
+                                       else f"older than the window and {state.label}")
+    by_id = {s.record.id: s for s in states}
+    for sid in result.delete_sets:
+        for key in sorted(k for k in sizes if k.startswith("backups/")
+                          and k.split("/")[2] == sid):
+            result.delete_keys.append(key)
+            result.freed_bytes += sizes[key]
+        result.delete_keys.append(layout.set_key(sid))
+
+    # WAL: keep everything from the oldest retained backup of each server onwards.
+    oldest: dict[str, Segment] = {}
+    for sid in result.keep_sets:
+        for server, backup in by_id[sid].restorable.items():
+            start = backup.start_segment
+            if server not in oldest or start < oldest[server]:
+                oldest[server] = start
+    for server, objects in wal_objects.items():
+        if server not in oldest:
+            continue  # no retained backup of this server: nothing can be judged safely
+        for name, key, size in objects:
+            segment = _wal_segment(name)
+            if segment is not None and segment < oldest[server]:
+                result.delete_keys.append(key)
+                result.freed_bytes += size
+                result.delete_wal[server] = result.delete_wal.get(server, 0) + 1
+
+    kept_complete = [by_id[sid] for sid in result.keep_sets if by_id[sid].complete]
+    oldest_kept = min((s.record.created_at for s in kept_complete), default=None)
+    for mark in marks:
+        if mark.created_at < cutoff or (oldest_kept and mark.created_at < oldest_kept):
+            result.delete_marks.append(mark.name)
+            result.delete_keys.append(layout.mark_key(mark.name))
+    return result
+
+
+def make_plan(repo: Repository, now: datetime, days: float, min_sets: int) -> Plan:
+    """Read the catalog and the WAL listing, and plan."""
+    wal: dict[str, catalog.WalIndex] = {}
+    states = [catalog.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
+    sizes = {o.key: o.size for o in repo.iter_objects("backups/")}
+    wal_objects: dict[str, list[tuple[str, str, int]]] = {}
+    for server in repo.children("wal/"):
+        wal_objects[server] = []
+        for info in repo.iter_objects(layout.wal_prefix(server)):
+            parsed = layout.split_wal_key(info.key)
+            if parsed is not None:
+                wal_objects[server].append((parsed[0], info.key, info.size))
+    held = catalog.active_holds(repo)
+    return plan(states, catalog.list_marks(repo), wal_objects, sizes, now, days, min_sets, held)
+
+
+def execute(repo: Repository, result: Plan) -> None:
+    """Delete what the plan lists: backup records first, so a crash mid-way never leaves a set
+    that looks complete without its data."""
+    ordered = sorted(result.delete_keys, key=lambda k: (not k.endswith("/backup.json"),
+                                                         k.startswith("sets/")))
+    for key in ordered:
+        repo.delete(key)
+    if isinstance(repo, FsRepository):
+        repo.remove_empty_dirs("backups/")
