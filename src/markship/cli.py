@@ -363,6 +363,18 @@ def expire(ctx: Context, dry_run: bool, now_text: str | None, as_json: bool) -> 
     click.echo(f"{verb} {len(result.delete_keys)} object(s), {_size(result.freed_bytes)}")
 
 
+@cli.command("run")
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
+@pass_context
+def run_agent(ctx: Context, log_json: bool) -> None:
+    """The agent: marks every interval, full backups on schedule, retention after backups."""
+    from markship.agent import Agent
+    from markship.log import EventLog
+
+    config = ctx.config
+    Agent(config, ctx.repository(), EventLog(as_json=log_json)).run()
+
+
 # -- marks ----------------------------------------------------------------------------------------
 
 

@@ -39,6 +39,16 @@ def tool(directory: Path | None, name: str) -> str:
     return found
 
 
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+def kill_running() -> None:
+    """Kill every pg_basebackup this process started (the agent abandoning a backup)."""
+    for proc in list(_RUNNING):
+        if proc.poll() is None:
+            proc.kill()
+
+
 class BaseBackupProcess:
     """`pg_basebackup` writing one zstd-compressed tar to stdout, watched on stderr.
 
@@ -61,6 +71,7 @@ class BaseBackupProcess:
         self.failure: str | None = None
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL)
+        _RUNNING.add(self.proc)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.stdout: IO[bytes] = self.proc.stdout
         self._watcher = threading.Thread(target=self._watch, args=(self.proc.stderr,),
@@ -102,6 +113,7 @@ class BaseBackupProcess:
     def finish(self) -> None:
         """Wait for pg_basebackup; raise BackupError when it did not succeed."""
         code = self.proc.wait()
+        _RUNNING.discard(self.proc)
         self._watcher.join(timeout=10)
         if self.failure:
             raise BackupError(self.failure,
@@ -114,3 +126,4 @@ class BaseBackupProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        _RUNNING.discard(self.proc)

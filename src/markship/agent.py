@@ -1,0 +1,182 @@
+"""`markship run`: the agent. Marks every `[marks] interval`, full backups on the schedule,
+retention after each backup. One agent per group: it holds the repository's agent lock (an
+flock, released by the kernel when the process dies, so a crashed agent never leaves a stale
+lock behind)."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from types import FrameType
+
+from markship import catalog, pgbin, retention
+from markship.backup import run_backup
+from markship.config import Config
+from markship.errors import MarkshipError
+from markship.log import EventLog
+from markship.marks import GroupConnections, MarkSkipped, take_mark
+from markship.repository import Repository
+from markship.schedule import next_run
+from markship.timefmt import show, utcnow
+
+RETRY_FAILED_SET = timedelta(minutes=5)
+STATE_KEY = "agent/state.json"
+
+
+class AgentState(catalog.Record):
+    """What the agent remembers between runs (in the repository)."""
+
+    force_full_done_for: str | None = None
+
+
+def config_digest(config: Config) -> str:
+    assert config.source is not None
+    return hashlib.sha256(config.source.read_bytes()).hexdigest()
+
+
+def backup_due(config: Config, repo: Repository, now: datetime,
+               state: AgentState) -> str | None:
+    """Why a full backup should start now, or None."""
+    if config.schedule.force_full and state.force_full_done_for != config_digest(config):
+        return "force_full is set"
+    wal: dict[str, catalog.WalIndex] = {}
+    states = [catalog.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
+    if any(s.label == "running" for s in states):
+        return None
+    complete = [s for s in states if s.complete]
+    if not complete:
+        if states and now - states[-1].record.created_at < RETRY_FAILED_SET:
+            return None
+        return "no complete backup set yet"
+    newest = complete[-1]
+    if states[-1].record.id != newest.record.id and \
+            now - states[-1].record.created_at >= RETRY_FAILED_SET:
+        return f"the last backup set {states[-1].record.id} is {states[-1].label}"
+    for server, backup in newest.backups.items():
+        index = wal.get(server) or catalog.WalIndex(repo, server)
+        gaps = index.gaps_after(backup.start_segment)
+        if gaps:
+            return f"WAL gap on server {server} ({gaps[0].name()} missing)"
+    schedule = config.schedule
+    due = next_run(schedule.frequency, schedule.hour, schedule.minute, schedule.weekday,
+                   schedule.timezone, newest.record.created_at)
+    return f"scheduled for {show(due)}" if due <= now else None
+
+
+class Agent:
+    def __init__(self, config: Config, repo: Repository, log: EventLog,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.config = config
+        self.repo = repo
+        self.log = log
+        self.clock = clock
+        self.stop = threading.Event()
+        self.abandon = threading.Event()
+        self.conns = GroupConnections(config)
+        self.backup_thread: threading.Thread | None = None
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            self.log("agent.abandon", level="warning",
+                     detail="second signal: abandoning the backup in flight")
+            self.abandon.set()
+            pgbin.kill_running()
+        else:
+            self.log("agent.stopping", signal=signal.Signals(signum).name,
+                     detail="finishing work in flight; signal again to abandon it")
+            self.stop.set()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        with self.repo.lock("agent", f"markship run for group {self.config.group.name}"):
+            self.log("agent.start", group=self.config.group.name,
+                     interval_s=self.config.marks.interval, servers=len(self.config.servers))
+            try:
+                self._loop()
+            finally:
+                if self.backup_thread is not None:
+                    self.backup_thread.join()
+                self.conns.close()
+            self.log("agent.stop")
+
+    def _loop(self) -> None:
+        interval = self.config.marks.interval
+        next_mark = time.monotonic()
+        next_backup_check = 0.0
+        while not self.stop.is_set():
+            if time.monotonic() >= next_mark:
+                started = time.monotonic()
+                self.mark_once()
+                next_mark = started + interval
+                if next_mark < time.monotonic():
+                    next_mark = time.monotonic()
+            if time.monotonic() >= next_backup_check:
+                next_backup_check = time.monotonic() + 5
+                self.maybe_backup()
+            self.stop.wait(max(0.0, min(next_mark, next_backup_check) - time.monotonic()))
+
+    def mark_once(self) -> None:
+        try:
+            result = take_mark(self.config, self.repo, self.conns)
+        except MarkSkipped as exc:
+            self.log("mark.skipped", level="warning", reason=exc.message)
+        except MarkshipError as exc:
+            self.log("mark.failed", level="error", reason=exc.message)
+        else:
+            self.log("mark.ok", name=result.record.name,
+                     hold_ms=result.record.barrier_hold_ms, switch_ms=round(result.switch_ms, 1))
+
+    def maybe_backup(self) -> None:
+        if self.backup_thread is not None and self.backup_thread.is_alive():
+            return
+        state = self._state()
+        try:
+            reason = backup_due(self.config, self.repo, self.clock(), state)
+        except MarkshipError as exc:
+            self.log("backup.check_failed", level="error", reason=exc.message)
+            return
+        if reason is None:
+            return
+        self.backup_thread = threading.Thread(target=self._backup, args=(reason, state),
+                                              name="backup", daemon=True)
+        self.backup_thread.start()
+
+    def _backup(self, reason: str, state: AgentState) -> None:
+        self.log("backup.start", reason=reason)
+        try:
+            result = run_backup(self.config, self.repo, list(self.config.servers))
+        except MarkshipError as exc:
+            self.log("backup.failed", level="error", reason=exc.message)
+            return
+        self.log("backup.ok", set=result.record.id,
+                 stored_bytes=sum(b.archive.size for b in result.backups.values()))
+        if self.config.schedule.force_full:
+            self._save_state(state.model_copy(
+                update={"force_full_done_for": config_digest(self.config)}))
+        self.expire()
+
+    def expire(self) -> None:
+        try:
+            with self.repo.lock("backup", "markship run: retention"):
+                plan = retention.make_plan(self.repo, self.clock(), self.config.retention.days,
+                                           self.config.retention.min_sets)
+                retention.execute(self.repo, plan)
+        except MarkshipError as exc:
+            self.log("expire.failed", level="error", reason=exc.message)
+            return
+        self.log("expire.ok", deleted_sets=len(plan.delete_sets),
+                 deleted_objects=len(plan.delete_keys), freed_bytes=plan.freed_bytes)
+
+    def _state(self) -> AgentState:
+        try:
+            return catalog.read_record(self.repo, STATE_KEY, AgentState)
+        except MarkshipError:
+            return AgentState()
+
+    def _save_state(self, state: AgentState) -> None:
+        catalog.write_record(self.repo, STATE_KEY, state, overwrite=True)
