@@ -44,6 +44,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
+import markship
 from markship.scratch import ScratchServer, as_user, chown_to, free_port, pgbench_fingerprint
 
 MARKSHIP = Path("/opt/markship/venv/bin/markship")
@@ -141,6 +142,14 @@ def run_timed(argv: Sequence[str], *, poll_rss: bool = False, discard_stdout: bo
                      poller.peak_kb if poller is not None else None)
 
 
+def settle(seconds: float = 1.0) -> None:
+    """Before a timed run: flush the dirty pages earlier steps left (a restore leaves a whole
+    data directory to write back), then let background work calm down, so no run pays for the
+    previous one's writeback."""
+    os.sync()
+    time.sleep(seconds)
+
+
 def pg(tool: str) -> str:
     return str(PG_BIN / tool)
 
@@ -165,21 +174,27 @@ def scalar(conn: Conn, sql: str) -> Any:
     return row[0]
 
 
-def wait_promoted(port: int, timeout: float = 600) -> None:
-    """Wait until a server on `port` accepts connections and pg_is_in_recovery() is false."""
+def wait_promoted(port: int, timeout: float = 600) -> str:
+    """Wait until a server on `port` accepts connections and pg_is_in_recovery() is false.
+
+    Returns what the first look found: "promoted", "in recovery" or "refused: <error>".
+    """
     deadline = time.monotonic() + timeout
     conn: Conn | None = None
+    first: str | None = None
     try:
         while time.monotonic() < deadline:
             try:
                 if conn is None:
                     conn = connect(port, timeout=2)
                 if not scalar(conn, "SELECT pg_is_in_recovery()"):
-                    return
-            except psycopg.OperationalError:
+                    return first or "promoted"
+                first = first or "in recovery"
+            except psycopg.OperationalError as exc:
                 if conn is not None:
                     conn.close()
                 conn = None
+                first = first or f"refused: {str(exc).strip().splitlines()[-1][:120]}"
             time.sleep(0.02)
     finally:
         if conn is not None:
@@ -215,6 +230,19 @@ def dir_bytes(path: Path, skip: tuple[str, ...] = ()) -> int:
             except FileNotFoundError:
                 continue
     return total
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def installed_at() -> str:
+    """When the markship package in the venv was (re)installed: ./dev setup rewrites it."""
+    return datetime.fromtimestamp(Path(markship.__file__).stat().st_mtime, UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
 
 
 def tool_version(argv: Sequence[str]) -> str:
@@ -265,7 +293,9 @@ def ratio_verdict(ratio: float, target: float, aim: float | None = None,
         return "PASS (goal)"
     if aim is not None and ok(aim):
         return "PASS (aim)"
-    return "PASS (target)" if ok(target) else "MISS"
+    if not ok(target):
+        return "MISS"
+    return "PASS (target)" if aim is not None or goal is not None else "PASS"
 
 
 def fmt_s(seconds: float) -> str:
@@ -430,7 +460,7 @@ class Bench:
         for run in range(self.runs):
             order = names[run % len(names):] + names[:run % len(names)]
             for name in order:
-                time.sleep(1)  # let the previous run's archiving settle
+                settle()
                 result = tools[name]().check(f"{name} backup")
                 times[name].append(result.seconds)
                 line = f"run {run + 1} {name:<17} {fmt_s(result.seconds)}"
@@ -483,12 +513,13 @@ class Bench:
         times: dict[str, list[float]] = {"markship": [], "pgbackrest": []}
         cli_times: list[float] = []
         after_return: list[float] = []
+        first_look: list[str] = []
         rss: list[int] = []
         checks: dict[str, bool] = {}
         for run in range(self.runs):
             order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
             for name in order:
-                time.sleep(1)
+                settle()
                 base = self.pg_dir(self.root / "restore" / f"{name}-{run + 1}", 0o755)
                 server = ScratchServer(f"{name}-restore-{run + 1}", base, self.port())
                 self.pg_dir(server.socket_dir, 0o755)
@@ -502,7 +533,7 @@ class Bench:
                          "--setting", f"unix_socket_directories={server.socket_dir}"],
                         poll_rss=True).check("markship restore")
                     returned = time.perf_counter()
-                    wait_promoted(server.port)
+                    first_look.append(wait_promoted(server.port))
                     cli_times.append(result.seconds)
                     after_return.append(time.perf_counter() - returned)
                     rss.append(result.hwm_kb or 0)
@@ -512,9 +543,11 @@ class Bench:
                 times[name].append(total)
                 extra = ""
                 if name == "markship":
-                    extra = (f"  (CLI {fmt_s(cli_times[-1])}, still in recovery after return for "
-                             f"{after_return[-1] * 1000:.0f} ms; markship process peak RSS "
-                             f"{rss[-1] / 1024:.0f} MB)")
+                    state = ("promoted when markship returned" if first_look[-1] == "promoted"
+                             else f"NOT promoted when markship returned ({first_look[-1]}); "
+                             f"writable {after_return[-1] * 1000:.0f} ms later")
+                    extra = (f"  (CLI {fmt_s(cli_times[-1])}; {state}; markship process peak "
+                             f"RSS {rss[-1] / 1024:.0f} MB)")
                 say(f"run {run + 1} {name:<10} {fmt_s(total)}{extra}")
                 if run == 0:
                     checks[name] = pgbench_fingerprint(server) == fingerprint
@@ -525,7 +558,8 @@ class Bench:
         med = {name: median(values) for name, values in times.items()}
         self.results["restore"] = {"seconds": times, "median_seconds": med,
                                    "markship_cli_seconds": cli_times,
-                                   "markship_in_recovery_after_return_seconds": after_return,
+                                   "markship_wait_after_return_seconds": after_return,
+                                   "markship_first_look_after_return": first_look,
                                    "markship_peak_rss_kb": rss, "data_matches_source": checks}
         ratio = med["markship"] / med["pgbackrest"]
         self.rows += [
@@ -534,6 +568,11 @@ class Bench:
                 ratio_verdict(ratio, 1.0, None, 0.7)),
             Row("peak RSS, markship restore process", f"{max(rss) / 1024:.0f} MB", "-", None,
                 "< 150 MB", "PASS" if max(rss) < 150 * 1024 else "MISS"),
+            Row("markship restore --start returns once promoted",
+                f"{first_look.count('promoted')} of {len(first_look)} runs",
+                f"max {max(after_return) * 1000:.0f} ms to writable after return", None,
+                "all runs", "PASS" if first_look.count("promoted") == len(first_look)
+                else "MISS"),
             Row("restored data equals source (fingerprint)",
                 "yes" if checks.get("markship") else "NO",
                 f"pgBackRest {'yes' if checks.get('pgbackrest') else 'NO'}", None, "equal",
@@ -685,14 +724,15 @@ class Bench:
             conn.execute("ALTER SYSTEM SET archive_command = ''")
             conn.execute("SELECT pg_reload_conf()")
             time.sleep(0.5)
+            # Bulk-load WAL like pgbench -i's (what BENCHMARKS.md's anchor drained).
             conn.execute("DROP TABLE IF EXISTS bench_drain")
-            conn.execute("CREATE TABLE bench_drain (id bigint, payload text)")
+            conn.execute("CREATE TABLE bench_drain (LIKE pgbench_accounts)")
             deadline = time.monotonic() + 300
             while count_ready(server.data_dir) < self.drain_segments:
                 if time.monotonic() > deadline:
                     raise RuntimeError("could not build the WAL backlog in 300 s")
-                conn.execute("INSERT INTO bench_drain SELECT g, md5(g::text) || "
-                             "md5(random()::text) FROM generate_series(1, 200000) AS g")
+                conn.execute("INSERT INTO bench_drain SELECT * FROM pgbench_accounts "
+                             "LIMIT 200000")
             queued = count_ready(server.data_dir)
             conn.execute("ALTER SYSTEM RESET archive_command")
             started = time.perf_counter()
@@ -781,10 +821,14 @@ class Bench:
             return sorted(p for p in self.plain_archive.iterdir()
                           if p.name not in before and len(p.name) == 28 and p.suffix == ".zst")
 
+        # A CHECKPOINT before each short pgbench run makes the next page touches write full-page
+        # images, as after every checkpoint in production; without it a small scale writes so
+        # little WAL that collecting the segments would take minutes.
         deadline = time.monotonic() + 300
         while len(new_segments()) < self.segments:
             if time.monotonic() > deadline:
                 raise RuntimeError("pgbench did not produce enough WAL in 300 s")
+            self.plain.psql("CHECKPOINT")
             run_timed(self.pgbench_argv(self.plain, "-n", "-c", "4", "-j", "2", "-T", "5")
                       ).check("pgbench")
         stage = self.pg_dir(self.root / "wal" / "stage", 0o700)
@@ -804,9 +848,13 @@ class Bench:
             "options": {"scale": self.scale, "duration": self.duration, "runs": self.runs,
                         "samples": self.samples, "segments": self.segments,
                         "drain_segments": self.drain_segments, "phases": list(self.phases)},
-            "host": {"cpus": os.cpu_count(), "kernel": platform.release()},
+            "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                     "loadavg_at_start": loadavg()},
             "versions": {
                 "markship": tool_version([str(MARKSHIP), "--version"]),
+                "markship_installed_at": installed_at(),
+                "work_tree_head": tool_version(["git", "-C", str(Path(__file__).resolve().parent),
+                                                "rev-parse", "--short", "HEAD"]),
                 "postgres": tool_version([pg("postgres"), "--version"]),
                 "pgbackrest": tool_version(["pgbackrest", "version"]),
                 "zstd": tool_version(["zstd", "--version"]),
@@ -828,6 +876,17 @@ class Bench:
         print(f"markship benchmark summary — pgbench scale {self.scale}, "
               f"{self.data_bytes / MIB:.0f} MiB data, {os.cpu_count()} CPUs, runs={self.runs}")
         print(WARM_CACHE)
+        versions = self.results["meta"]["versions"]
+        print(f"{versions['markship']} (installed {versions['markship_installed_at']}, work tree "
+              f"HEAD {versions['work_tree_head']}); {versions['postgres']}; "
+              f"{versions['pgbackrest']}")
+        if installed_at() != versions["markship_installed_at"]:
+            print(f"WARNING: markship was reinstalled during this run (at {installed_at()}, was "
+                  f"{versions['markship_installed_at']}): phases may have run different code")
+        host = self.results["meta"]["host"]
+        host["loadavg_at_end"] = loadavg()
+        print(f"load average (1/5/15 min) at start {host['loadavg_at_start']}, at end "
+              f"{host['loadavg_at_end']}: other work on this shared machine adds noise")
         print("ratio = markship ÷ anchor (for drain rate and pushed/produced: higher is better)")
         print("=" * 100)
         backup = self.results.get("backup")
@@ -937,9 +996,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 2:
         parser.error("--runs must be at least 2")
-    unknown = set(args.phases.split(",")) - set(PHASES)
-    if unknown:
-        parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    chosen = set(args.phases.split(","))
+    if chosen - set(PHASES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(chosen - set(PHASES)))}")
+    if "restore" in chosen:
+        chosen.add("backup")  # the restores need the backups
+    args.phases = ",".join(p for p in PHASES if p in chosen)
     return args
 
 
