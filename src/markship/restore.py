@@ -324,17 +324,30 @@ def start_and_wait(pg_ctl: str, data_dir: Path, target: Target, wait_seconds: fl
                           capture_output=True, text=True, check=False)
     deadline = time.monotonic() + wait_seconds
     while proc.returncode == 0 and time.monotonic() < deadline:
-        if not (data_dir / "recovery.signal").exists():
-            return  # recovery finished and the server was promoted
-        if not (data_dir / "postmaster.pid").exists():
+        status = postmaster_status(data_dir)
+        if status is None:
             break
-        time.sleep(0.2)
+        # recovery.signal goes when recovery ends; "ready" once the server runs normally
+        # (in recovery the postmaster reports "standby"), i.e. accepts writes.
+        if status == "ready" and not (data_dir / "recovery.signal").exists():
+            return
+        time.sleep(0.05)
     reason = _recovery_failure(log)
     if proc.returncode == 0 and reason is None and time.monotonic() >= deadline:
         raise RestoreError(f"recovery did not finish within {wait_seconds:.0f} s",
                            f"the server is still replaying; watch {log}")
     raise RestoreError(f"restored server did not start: {reason or proc.stderr.strip()[-300:]}",
                        f"see {log}")
+
+
+def postmaster_status(data_dir: Path) -> str | None:
+    """The status line of postmaster.pid ('starting', 'standby', 'ready', 'stopping'), or
+    None when the postmaster is not running."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    return lines[7].strip() if len(lines) > 7 else "starting"
 
 
 def _recovery_failure(log: Path) -> str | None:
