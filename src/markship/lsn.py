@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
+# No regular expressions here: wal-push imports this module once per segment, and compiling
+# patterns cost more than the checks themselves.
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
-_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
-SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
-HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
-BACKUP_RE = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
-PARTIAL_RE = re.compile(r"^[0-9A-F]{24}\.partial$")
+_UPPER_HEX = frozenset("0123456789ABCDEF")
+_ANY_HEX = frozenset("0123456789ABCDEFabcdef")
+
+
+def _hex(text: str, length: int, alphabet: frozenset[str] = _UPPER_HEX) -> bool:
+    return len(text) == length and all(c in alphabet for c in text)
 
 
 def parse_lsn(text: str) -> int:
     """Turn `16/B374D848` into an integer; raise ValueError when it is not an LSN."""
-    match = _LSN_RE.match(text.strip())
-    if not match:
+    high, sep, low = text.strip().partition("/")
+    if not (sep and 1 <= len(high) <= 8 and 1 <= len(low) <= 8
+            and _hex(high, len(high), _ANY_HEX) and _hex(low, len(low), _ANY_HEX)):
         raise ValueError(f"not an LSN: {text!r}")
-    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 def format_lsn(lsn: int) -> str:
@@ -62,7 +65,7 @@ def segment_holding_end(
 
 def parse_segment_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
     """Parse a 24-hex-digit WAL file name; raise ValueError otherwise."""
-    if not SEGMENT_RE.match(name):
+    if not _hex(name, 24):
         raise ValueError(f"not a WAL segment name: {name!r}")
     per_log = 0x100000000 // segment_size
     timeline = int(name[0:8], 16)
@@ -75,13 +78,14 @@ def parse_segment_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> S
 
 def wal_file_kind(name: str) -> str:
     """Classify an archived file name: segment, history, backup, partial; or raise ValueError."""
-    if SEGMENT_RE.match(name):
+    if _hex(name, 24):
         return "segment"
-    if HISTORY_RE.match(name):
+    if len(name) == 16 and name.endswith(".history") and _hex(name[:8], 8):
         return "history"
-    if BACKUP_RE.match(name):
+    if (len(name) == 40 and name.endswith(".backup") and name[24] == "."
+            and _hex(name[:24], 24) and _hex(name[25:33], 8)):
         return "backup"
-    if PARTIAL_RE.match(name):
+    if len(name) == 32 and name.endswith(".partial") and _hex(name[:24], 24):
         return "partial"
     raise ValueError(f"not a WAL file name PostgreSQL archives: {name!r}")
 
