@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from typing import Any
 
 from conftest import MARKSHIP, Group, GroupFactory
 
@@ -22,8 +23,8 @@ def _wait_for(predicate: object, what: str, timeout: float = 90) -> None:
         time.sleep(0.3)
 
 
-def _marks(group: Group) -> list[dict[str, object]]:
-    result: list[dict[str, object]] = json.loads(group.ok("marks", "--json"))
+def _marks(group: Group) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = json.loads(group.ok("marks", "--json"))
     return result
 
 
