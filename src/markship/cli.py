@@ -478,6 +478,101 @@ COMMIT PREPARED 'gid';                                -- on every participant
 SELECT pg_advisory_unlock_shared({key});          -- on the barrier server""")
 
 
+# -- DR site ---------------------------------------------------------------------------------------
+
+
+@cli.group("standby")
+def standby_group() -> None:
+    """Standbys at the DR site, fed from the repository up to the newest complete mark."""
+
+
+@standby_group.command("create")
+@click.option("--server", "servers", multiple=True, metavar="NAME",
+              help="Only the standby of this server (repeatable). Default: every standby.")
+@pass_context
+def standby_create(ctx: Context, servers: tuple[str, ...]) -> None:
+    """Build each standby from the newest backup and start it in continuous recovery."""
+    from markship.standby import create_standbys
+
+    config = ctx.config
+    names = list(servers) or [s.server for s in (config.dr_site.standbys if config.dr_site
+                                                 else [])]
+    for name in names:
+        config.standby(name)
+    if not names:
+        raise MarkshipError("no [dr_site] standbys configured",
+                            "add [[dr_site.standby]] entries to the config")
+    results = create_standbys(config, ctx.repository(), names)
+    for name, result in results.items():
+        sb = config.standby(name)
+        click.echo(f"✓ standby of {name} on {sb.host}:{sb.port} from backup set "
+                   f"{result.set_id} ({result.seconds:.1f} s), replaying up to the newest "
+                   "complete mark")
+
+
+@standby_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def standby_status_cmd(ctx: Context, as_json: bool) -> None:
+    """Per standby: replayed LSN, the mark it sits at, lag, parity with production."""
+    from markship.lsn import format_lsn
+    from markship.standby import standby_status
+
+    result = standby_status(ctx.config, ctx.repository())
+    if as_json:
+        emit_json([asdict(s) for s in result])
+    else:
+        rows = [[s.server, s.address, ("standby" if s.in_recovery else "PRIMARY")
+                 if s.reachable else f"DOWN: {s.error}",
+                 format_lsn(s.replay_lsn) if s.replay_lsn is not None else "-",
+                 s.at_mark or "-", "-" if s.marks_behind is None else str(s.marks_behind),
+                 _size(s.lag_bytes),
+                 "-" if s.lag_seconds is None else f"{s.lag_seconds:.0f} s",
+                 "ok" if not s.parity else "; ".join(s.parity)] for s in result]
+        _table("DR site", ["server", "standby", "state", "replayed", "at mark", "marks behind",
+                           "lag", "mark age", "parity"], rows)
+    if not all(s.reachable for s in result):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--mark", "mark_name", metavar="NAME",
+              help="Fail over to this mark (default: the newest complete one).")
+@click.option("--dry-run", is_flag=True, help="Say which mark and what would be lost; change "
+              "nothing.")
+@click.option("--force", is_flag=True, help="Go on although a production server still answers.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def failover(ctx: Context, mark_name: str | None, dry_run: bool, force: bool,
+             as_json: bool) -> None:
+    """Bring every standby to one mark, promote, settle 2PC, update references."""
+    from markship.failover import failover as run_failover
+
+    config = ctx.config
+    report = run_failover(config, ctx.repository(), mark_name, dry_run, force)
+    if as_json:
+        emit_json(asdict(report))
+        return
+    head = "would fail over" if dry_run else ("resumed failover" if report.resumed
+                                             else "failed over")
+    click.echo(f"{head} to mark {report.mark} (made {show(report.mark_time)}, "
+               f"{report.rpo_seconds:.0f} s before {'now' if dry_run else 'the failover'})")
+    for server, lsn in report.points.items():
+        lost = report.discarded_wal.get(server)
+        tail = f"; WAL after it up to {lost} is discarded" if lost else ""
+        click.echo(f"  {server}: mark at {lsn}{tail}")
+    if dry_run:
+        return
+    for r in report.resolutions:
+        click.echo(f"  {r.server}/{r.database}: {r.action} prepared transaction {r.gid}")
+    for line in report.references + [f"wrote {f}" for f in report.client_files] + \
+            [f"hook ran: {h}" for h in report.hooks]:
+        click.echo(f"  {line}")
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
+    click.echo(f"✓ group promoted at {report.mark}: RTO {report.rto_seconds:.1f} s ({phases}); "
+               f"RPO {report.rpo_seconds:.1f} s")
+
+
 # -- WAL commands (lean path in markship._entry; declared here for help and docs) -----------------
 
 

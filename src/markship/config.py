@@ -86,6 +86,56 @@ class RetentionSection(_Section):
     min_sets: Annotated[int, Field(ge=1)] = 2
 
 
+class StandbySection(_Section):
+    server: str
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)]
+    socket_dir: Path | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class DrSiteSection(_Section):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "dr"
+    standbys: Annotated[list[StandbySection], Field(alias="standby")] = []
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FailoverSql(_Section):
+    """A statement run after promotion in one database of one restored server."""
+
+    server: str
+    database: str = "postgres"
+    statement: str
+
+
+class FailoverClients(_Section):
+    """Where to write the new connection settings for application hosts."""
+
+    pg_service: Path | None = None
+    env: Path | None = None
+    json_file: Annotated[Path | None, Field(alias="json")] = None
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FailoverHook(_Section):
+    command: list[str]
+    timeout: Annotated[float, Field(gt=0)] = 60
+
+
+class FailoverSection(_Section):
+    sql: list[FailoverSql] = []
+    clients: FailoverClients = FailoverClients()
+    hooks: Annotated[list[FailoverHook], Field(alias="hook")] = []
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class Config(_Section):
     """The whole group: servers, repository and how backups run."""
 
@@ -96,6 +146,8 @@ class Config(_Section):
     marks: MarksSection = MarksSection()
     schedule: ScheduleSection = ScheduleSection()
     retention: RetentionSection = RetentionSection()
+    dr_site: DrSiteSection | None = None
+    failover: FailoverSection = FailoverSection()
     source: Path | None = Field(default=None, exclude=True)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -106,6 +158,18 @@ class Config(_Section):
             if server.name in seen:
                 raise ValueError(f"server name {server.name!r} is used twice")
             seen.add(server.name)
+        if self.dr_site is not None:
+            covered = [s.server for s in self.dr_site.standbys]
+            for name in covered:
+                if name not in seen:
+                    raise ValueError(f"dr_site.standby server {name!r} is not a configured "
+                                     "server name")
+            if len(set(covered)) != len(covered):
+                raise ValueError("two dr_site.standby entries replace the same server")
+        for item in self.failover.sql:
+            if item.server not in seen:
+                raise ValueError(f"failover.sql server {item.server!r} is not a configured "
+                                 "server name")
         if self.marks.barrier_server is not None and self.marks.barrier_server not in seen:
             raise ValueError(f"marks.barrier_server {self.marks.barrier_server!r} is not a "
                              "configured server name")
@@ -124,6 +188,14 @@ class Config(_Section):
         known = ", ".join(s.name for s in self.servers)
         raise ConfigError(f"unknown server {name!r} (configured: {known})",
                           "use a name from a [[server]] table of the config")
+
+    def standby(self, server: str) -> StandbySection:
+        """The DR-site standby replacing `server`; ConfigError when there is none."""
+        for standby in self.dr_site.standbys if self.dr_site else []:
+            if standby.server == server:
+                return standby
+        raise ConfigError(f"no [[dr_site.standby]] for server {server!r}",
+                          "add one with server, data_dir, host and port")
 
     def select(self, names: tuple[str, ...] | list[str]) -> list[ServerSection]:
         return [self.server(n) for n in names] if names else list(self.servers)

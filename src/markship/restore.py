@@ -34,7 +34,7 @@ from markship.timefmt import show, utcnow
 class Target:
     """Where recovery stops: the end of the archive, a time, or a named restore point."""
 
-    kind: str  # "latest" | "time" | "name"
+    kind: str  # "latest" | "time" | "name" | "standby" (continuous recovery, no target)
     time: datetime | None = None
     name: str | None = None
     mark: catalog.MarkRecord | None = None  # set when `name` is a group mark
@@ -52,6 +52,8 @@ class Target:
             return f"time {show(self.time)}"
         if self.kind == "name":
             return f"restore point {self.name}"
+        if self.kind == "standby":
+            return "continuous recovery up to the newest complete mark"
         return "the end of the archived WAL"
 
 
@@ -229,11 +231,18 @@ def _empty(directory: Path) -> None:
             child.unlink()
 
 
-def recovery_settings(config: Config, server: str, target: Target,
-                      port: int | None, extra: dict[str, str]) -> dict[str, str]:
+def fetch_command(config: Config, server: str, standby_floor: str | None = None) -> str:
+    """restore_command calling wal-fetch; with a floor, the mark-gated standby variant."""
     assert config.source is not None
-    fetch = (f"{shlex.quote(markship_command())} --config {shlex.quote(str(config.source))} "
-             f"wal-fetch --server {shlex.quote(server)} %f %p")
+    gate = f"--standby --floor {standby_floor} " if standby_floor else ""
+    return (f"{shlex.quote(markship_command())} --config {shlex.quote(str(config.source))} "
+            f"wal-fetch --server {shlex.quote(server)} {gate}%f %p")
+
+
+def recovery_settings(config: Config, server: str, target: Target,
+                      port: int | None, extra: dict[str, str],
+                      standby_floor: str | None = None) -> dict[str, str]:
+    fetch = fetch_command(config, server, standby_floor)
     settings = {
         "restore_command": fetch,
         # The restored server must not archive into production's WAL history.
@@ -276,8 +285,12 @@ def prepare_target_dir(target_dir: Path) -> None:
 def restore_server(config: Config, repo: Repository, server: str, target_dir: Path,
                    target: Target, *, set_id: str | None = None, start: bool = False,
                    port: int | None = None, extra_settings: dict[str, str] | None = None,
-                   wait_seconds: float = 600) -> RestoreResult:
-    """Build a new data directory for `server` recovering to `target`; start it if asked."""
+                   wait_seconds: float = 600, standby: bool = False) -> RestoreResult:
+    """Build a new data directory for `server` recovering to `target`; start it if asked.
+
+    With `standby`, the server stays in continuous recovery from the repository, fed only up
+    to the newest complete group mark (see wal.standby_ceiling).
+    """
     section = config.server(server)
     began = time.monotonic()
     if target.kind == "name" and target.name and target.mark is None:
@@ -294,14 +307,18 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
         extract(repo, backup, target_dir)
         if not (target_dir / "postgresql.conf").exists():
             _place_captured_config(repo, backup, target_dir)
-        (target_dir / "recovery.signal").touch()
-        write_settings(target_dir, recovery_settings(config, server, target, port,
-                                                     extra_settings or {}),
-                       f"markship restore {show(utcnow())}: backup set {backup.set_id}, "
-                       f"target {target.describe()}")
+        floor = backup.stop_segment.name(backup.wal_segment_size) if standby else None
+        (target_dir / ("standby.signal" if standby else "recovery.signal")).touch()
+        settings = recovery_settings(config, server, target, port, extra_settings or {}, floor)
+        if standby:
+            settings.update(hot_standby="on", wal_retrieve_retry_interval="1s")
+        write_settings(target_dir, settings,
+                       f"markship {'standby' if standby else 'restore'} {show(utcnow())}: "
+                       f"backup set {backup.set_id}, target {target.describe()}")
         if start:
             tools = pgbin.bin_dir(section.bin_dir, backup.pg_version_num)
-            start_and_wait(pgbin.tool(tools, "pg_ctl"), target_dir, target, wait_seconds)
+            start_and_wait(pgbin.tool(tools, "pg_ctl"), target_dir, wait_seconds,
+                           until="standby" if standby else "promoted")
     return RestoreResult(server, backup.set_id, target_dir, target, start, port,
                          time.monotonic() - began)
 
@@ -316,27 +333,42 @@ def _place_captured_config(repo: Repository, backup: BackupRecord, target_dir: P
                        "markship restore: configuration captured with the backup")
 
 
-def start_and_wait(pg_ctl: str, data_dir: Path, target: Target, wait_seconds: float) -> None:
-    """Start the restored server and wait until recovery ended and it accepts writes."""
+def start_and_wait(pg_ctl: str, data_dir: Path, wait_seconds: float,
+                   until: str = "promoted") -> None:
+    """Start the restored server and wait until it is promoted (recovery ended and it accepts
+    writes) or, with until="standby", until it is a consistent hot standby."""
     log = data_dir / "markship-restore.log"
     proc = subprocess.run([pg_ctl, "-D", str(data_dir), "-l", str(log), "-w", "-t",
                            str(int(wait_seconds)), "start"],
                           capture_output=True, text=True, check=False)
+    if not wait_until(data_dir, until, wait_seconds) or proc.returncode != 0:
+        fail_start(data_dir, log, proc.stderr, wait_seconds)
+
+
+def wait_until(data_dir: Path, until: str, wait_seconds: float) -> bool:
+    """Poll postmaster.pid: 'ready' without a recovery/standby signal file means promoted
+    (during recovery the postmaster reports 'standby'). False if it stopped or timed out."""
     deadline = time.monotonic() + wait_seconds
-    while proc.returncode == 0 and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         status = postmaster_status(data_dir)
         if status is None:
-            break
-        # recovery.signal goes when recovery ends; "ready" once the server runs normally
-        # (in recovery the postmaster reports "standby"), i.e. accepts writes.
-        if status == "ready" and not (data_dir / "recovery.signal").exists():
-            return
+            return False
+        if until == "standby" and status in ("standby", "ready"):
+            return True
+        signals = (data_dir / "recovery.signal").exists() or (data_dir / "standby.signal").exists()
+        if until == "promoted" and status == "ready" and not signals:
+            return True
         time.sleep(0.05)
+    return False
+
+
+def fail_start(data_dir: Path, log: Path, stderr: str, wait_seconds: float) -> None:
+    deadline_passed = postmaster_status(data_dir) is not None
     reason = _recovery_failure(log)
-    if proc.returncode == 0 and reason is None and time.monotonic() >= deadline:
+    if reason is None and deadline_passed:
         raise RestoreError(f"recovery did not finish within {wait_seconds:.0f} s",
                            f"the server is still replaying; watch {log}")
-    raise RestoreError(f"restored server did not start: {reason or proc.stderr.strip()[-300:]}",
+    raise RestoreError(f"restored server did not start: {reason or stderr.strip()[-300:]}",
                        f"see {log}")
 
 

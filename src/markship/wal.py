@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from markship.errors import ConfigError, ConflictError, CorruptObject, ObjectMissing
-from markship.lsn import wal_file_kind
+from markship.lsn import Segment, parse_segment_name, wal_file_kind
 from markship.repository import Repository, layout, open_repository
 
 CHUNK = 1024 * 1024
@@ -120,6 +120,46 @@ def open_archived(repo: Repository, server: str, wal_name: str) -> tuple[BinaryI
     return zstandard.ZstdDecompressor().stream_reader(stored, closefd=True), digest
 
 
+def _mark_points(repo: Repository, key: str) -> dict[str, str] | None:
+    """server → WAL file of a mark record, read without pydantic; None if unreadable."""
+    import json
+
+    try:
+        envelope = json.loads(repo.read_bytes(key))
+        body = envelope["body"]
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        if hashlib.sha256(canonical).hexdigest() != envelope["sha256"]:
+            return None
+        return {server: point["wal_file"] for server, point in body["points"].items()}
+    except (ValueError, KeyError, TypeError, ObjectMissing):
+        return None
+
+
+def standby_ceiling(repo: Repository, server: str, floor: str | None) -> Segment | None:
+    """The newest segment a DR-site standby may replay.
+
+    That is the segment *before* the one holding the newest complete group mark: the mark's
+    own segment also holds WAL written after the mark, and a standby that replayed it could no
+    longer stop at the mark. `floor` (the base backup's last segment) always stays allowed so a
+    new standby can reach consistency. None: nothing is allowed beyond the floor.
+    """
+    ceiling: Segment | None = None
+    names = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
+    for name in names[:100]:
+        points = _mark_points(repo, "marks/" + name)
+        if not points or server not in points:
+            continue
+        if all(find_archived(repo, s, wal_file) for s, wal_file in points.items()):
+            holding = parse_segment_name(points[server])
+            ceiling = Segment(holding.timeline, holding.number - 1)
+            break
+    if floor:
+        floor_segment = parse_segment_name(floor)
+        if ceiling is None or floor_segment > ceiling:
+            ceiling = floor_segment
+    return ceiling
+
+
 def fetch(repo: Repository, server: str, wal_name: str, dest: Path) -> None:
     """Restore one archived WAL file to `dest`, checking its sha256 before it appears there.
 
@@ -176,7 +216,14 @@ def main(command: str, argv: list[str], config: str | None) -> int:
 
     # Hand-parsed: argparse alone costs ~20 ms of start-up, paid once per WAL segment.
     usage = (f"usage: markship {command} --server NAME "
-             + ("PATH" if command == "wal-push" else "SEGMENT DEST"))
+             + ("PATH" if command == "wal-push" else "[--standby [--floor SEGMENT]] SEGMENT DEST"))
+    standby = "--standby" in argv
+    floor: str | None = None
+    if "--floor" in argv:
+        at = argv.index("--floor")
+        floor = argv[at + 1] if at + 1 < len(argv) else None
+        argv = argv[:at] + argv[at + 2:]
+    argv = [a for a in argv if a != "--standby"]
     server, positional = _parse_args(argv)
     if argv and argv[0] in ("-h", "--help"):
         print(usage)
@@ -196,7 +243,12 @@ def main(command: str, argv: list[str], config: str | None) -> int:
                                     "archive_command must pass %p, the path of the file")
             push(repo, server, path, settings.compression_level)
         else:
-            fetch(repo, server, positional[0], Path(positional[1]))
+            name = positional[0]
+            if standby and wal_file_kind(name) in ("segment", "partial"):
+                ceiling = standby_ceiling(repo, server, floor)
+                if ceiling is None or parse_segment_name(name[:24]) > ceiling:
+                    return 1  # withheld until the next group mark completes
+            fetch(repo, server, name, Path(positional[1]))
     except ObjectMissing as exc:
         if command == "wal-fetch":
             return 1  # not archived (yet): PostgreSQL expects a quiet failure
