@@ -7,7 +7,6 @@ reading, decompress, untar), write the recovery settings, optionally start and w
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shlex
 import shutil
@@ -20,12 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
 
 from markship import catalog, pgbin
 from markship.catalog import BackupRecord
 from markship.config import Config
 from markship.errors import CorruptObject, MarkshipError, RestoreError
+from markship.hashing import HashingReader
 from markship.repository import Repository
 from markship.timefmt import show, utcnow
 
@@ -172,28 +171,101 @@ def markship_command() -> str:
     return str(Path(sys.executable).parent / "markship")
 
 
-class _HashingReader:
-    """Passes reads through while computing sha256 and counting bytes."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        self.inner = inner
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self.inner.read(size)
-        self.digest.update(chunk)
-        self.size += len(chunk)
-        return chunk
+# 1 MiB tar records: tar's default 10 KiB reads cost a measurable share of a restore.
+_TAR = ["tar", "--blocking-factor=2048", "-x", "-f", "-", "-C"]
 
 
 def extract(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
-    """Stream the base backup into `target_dir`; remove what was written if it is corrupt."""
+    """Stream the base backup into `target_dir`; remove what was written if it is corrupt.
+
+    Reading and hashing happen here; decompression runs in the `zstd` program when it is
+    installed (one more process, so reading, decompressing and unpacking use both cores),
+    else in-process with python-zstandard.
+    """
+    stored = repo.open(backup.archive.key)
+    source = HashingReader(stored)
+    zstd = shutil.which("zstd")
+    problem: str | None = None
+    flusher = _Flusher(target_dir)
+    try:
+        if zstd:
+            problem, tar_error, tar_code = _extract_with_zstd(zstd, source, target_dir)
+        else:
+            problem, tar_error, tar_code = _extract_in_process(source, target_dir)
+    finally:
+        stored.close()
+        flusher.stop()
+    if problem is None and source.hexdigest() != backup.archive.sha256:
+        problem = "fails its checksum"
+    if problem is None and tar_code != 0:
+        detail = tar_error.splitlines()[-1] if tar_error else "tar failed"
+        problem = f"cannot be unpacked ({detail})"
+    if problem is not None:
+        _empty(target_dir)
+        raise CorruptObject(
+            f"base backup {backup.archive.key} {problem}; nothing was restored",
+            "run markship verify and restore from another backup set (--set)",
+        )
+
+
+class _Flusher:
+    """Writes the restored files back to disk while they are still being unpacked.
+
+    PostgreSQL fsyncs the whole data directory before recovery of a directory that was not
+    shut down cleanly; flushing during extraction overlaps that disk work with decompression
+    instead of paying it afterwards (it then finds the pages clean).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import ctypes
+        import threading
+
+        self._stop = threading.Event()
+        self._syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._syncfs is not None and not self._stop.wait(0.25):
+            self._syncfs(self._fd)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self._fd)
+
+
+def _extract_with_zstd(zstd: str, source: HashingReader,
+                       target_dir: Path) -> tuple[str | None, str, int]:
+    unzstd = subprocess.Popen([zstd, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    assert unzstd.stdin is not None and unzstd.stdout is not None
+    tar = subprocess.Popen([*_TAR, str(target_dir)], stdin=unzstd.stdout,
+                           stderr=subprocess.PIPE)
+    unzstd.stdout.close()
+    try:
+        while chunk := source.read(1 << 20):
+            unzstd.stdin.write(chunk)
+    except BrokenPipeError:
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            unzstd.stdin.close()
+    zstd_error = _drain(unzstd)
+    tar_error = _drain(tar)
+    problem = None
+    if unzstd.returncode != 0:
+        detail = zstd_error.splitlines()[-1] if zstd_error else f"exit {unzstd.returncode}"
+        problem = f"cannot be decompressed ({detail})"
+    return problem, tar_error, tar.returncode
+
+
+def _extract_in_process(source: HashingReader, target_dir: Path) -> tuple[str | None, str, int]:
     import zstandard
 
-    source = _HashingReader(repo.open(backup.archive.key))
-    tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(target_dir)],
-                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    tar = subprocess.Popen([*_TAR, str(target_dir)], stdin=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
     assert tar.stdin is not None
     problem: str | None = None
     try:
@@ -204,23 +276,17 @@ def extract(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
     except BrokenPipeError:
         pass
     finally:
-        source.inner.close()
         with contextlib.suppress(BrokenPipeError):
             tar.stdin.close()
-    assert tar.stderr is not None
-    tar_error = tar.stderr.read().decode(errors="replace").strip()
-    tar.wait()
-    if problem is None and source.digest.hexdigest() != backup.archive.sha256:
-        problem = "fails its checksum"
-    if problem is None and tar.returncode != 0:
-        detail = tar_error.splitlines()[-1] if tar_error else "tar failed"
-        problem = f"cannot be unpacked ({detail})"
-    if problem is not None:
-        _empty(target_dir)
-        raise CorruptObject(
-            f"base backup {backup.archive.key} {problem}; nothing was restored",
-            "run markship verify and restore from another backup set (--set)",
-        )
+    return problem, _drain(tar), tar.returncode
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> str:
+    """Wait for a child whose stdin we already closed; its stderr as text."""
+    assert proc.stderr is not None
+    text = proc.stderr.read().decode(errors="replace").strip()
+    proc.wait()
+    return text
 
 
 def _empty(directory: Path) -> None:
@@ -249,6 +315,8 @@ def recovery_settings(config: Config, server: str, target: Target,
         "archive_mode": "off",
         # A synchronous standby list from production would make every commit hang.
         "synchronous_standby_names": "",
+        # One syncfs() call instead of an fsync per file: markship flushed while unpacking.
+        "recovery_init_sync_method": "syncfs",
     }
     settings.update(target.settings())
     if port is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from markship.errors import ConfigError, ConflictError, CorruptObject, ObjectMissing
+from markship.hashing import HashingReader
 from markship.lsn import Segment, parse_segment_name, wal_file_kind
 from markship.repository import Repository, layout, open_repository
 
@@ -83,23 +84,42 @@ def push(repo: Repository, server: str, path: Path, compression_level: int = 1) 
 
     name = path.name
     wal_file_kind(name)  # ValueError for names PostgreSQL never archives
-    digest = file_sha256(path)
-    for _key, stored_digest in find_archived(repo, server, name):
-        if stored_digest == digest:
-            return False
-        raise ConflictError(
-            f"{name} of server {server} is already archived with different content "
-            f"(stored sha256 {stored_digest[:12]}…, new {digest[:12]}…); the stored copy is kept",
-            "two clusters may be archiving under one server name: check archive_command on "
-            "each server and markship status",
-        )
+    existing = find_archived(repo, server, name)
+    if existing:  # a re-push (after a crash) or a clash: compare contents
+        _same_or_conflict(server, name, file_sha256(path), existing)
+        return False
+    # The common path reads the file once: the digest is computed while the data streams
+    # into a temp object, which then gets the name carrying that digest.
     compressor = zstandard.ZstdCompressor(level=compression_level, write_checksum=True)
-    with path.open("rb") as raw, compressor.stream_reader(raw, size=path.stat().st_size) as packed:
+    with path.open("rb") as raw:
+        hashed = HashingReader(raw)
+        with compressor.stream_reader(hashed, size=path.stat().st_size) as packed:  # type: ignore[arg-type]
+            try:
+                stored = repo.write_named(
+                    layout.wal_dir(server, name), packed,
+                    lambda: layout.wal_key(server, name, hashed.hexdigest()).rsplit("/", 1)[1])
+            except ConflictError:
+                return False  # a concurrent push of the same content won the race
+    others = [(k, d) for k, d in find_archived(repo, server, name) if k != stored.key]
+    if others:  # another push of this name landed meanwhile
         try:
-            repo.write(layout.wal_key(server, name, digest), packed)
-        except ConflictError:
-            return False  # a concurrent push of the same content won the race
+            _same_or_conflict(server, name, hashed.hexdigest(), others)
+        finally:
+            repo.delete(stored.key)
     return True
+
+
+def _same_or_conflict(server: str, name: str, digest: str,
+                      existing: list[tuple[str, str]]) -> None:
+    for _key, stored_digest in existing:
+        if stored_digest != digest:
+            raise ConflictError(
+                f"{name} of server {server} is already archived with different content "
+                f"(stored sha256 {stored_digest[:12]}…, new {digest[:12]}…); the stored copy "
+                "is kept",
+                "two clusters may be archiving under one server name: check archive_command "
+                "on each server and markship status",
+            )
 
 
 def open_archived(repo: Repository, server: str, wal_name: str) -> tuple[BinaryIO, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import BinaryIO, NamedTuple, Protocol
 
@@ -46,6 +46,12 @@ class Repository(Protocol):
         Raises ConflictError when `key` exists and `overwrite` is false (the stored object is
         kept), RepositoryError when the store is full or not writable.
         """
+        ...
+
+    def write_named(self, folder: str, source: Readable, name_for: Callable[[], str], *,
+                    overwrite: bool = False) -> StoredObject:
+        """Stream `source` into `folder`, naming the object with `name_for()` once all of it
+        is stored (a partly written object never carries a final name)."""
         ...
 
     def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> StoredObject: ...

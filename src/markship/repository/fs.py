@@ -9,7 +9,7 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -76,20 +76,29 @@ class FsRepository:
     # -- writing -----------------------------------------------------------------------------
 
     def write(self, key: str, source: Readable, *, overwrite: bool = False) -> StoredObject:
-        final = self._path(key)
-        if not overwrite and final.exists():
+        folder, _sep, name = key.rpartition("/")
+        if not overwrite and self._path(key).exists():
             raise ConflictError(f"object {key} already exists in the repository")
+        return self.write_named(folder + "/" if folder else "", source, lambda: name,
+                                overwrite=overwrite)
+
+    def write_named(self, folder: str, source: Readable, name_for: Callable[[], str], *,
+                    overwrite: bool = False) -> StoredObject:
+        """Like write(), but the object's name is decided once all of `source` is stored
+        (e.g. a name carrying the digest of the data, computed while it streamed)."""
+        directory = self._path(folder.rstrip("/")) if folder.rstrip("/") else self.root
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _os_error(exc, final.parent) from exc
-        temp = final.parent / _temp_name(final.name)
+            raise _os_error(exc, directory) from exc
+        temp = directory / _temp_name("pending")
         digest = hashlib.sha256()
         size = 0
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except OSError as exc:
             raise _os_error(exc, temp) from exc
+        final = temp
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
                 while True:
@@ -103,6 +112,8 @@ class FsRepository:
                         written = out.write(view)
                         view = view[written or 0 :]
                 os.fsync(out.fileno())
+            final = directory / name_for()
+            self._path(final.relative_to(self.root).as_posix())  # validates the name
             self._publish(temp, final, overwrite)
         except OSError as exc:
             temp.unlink(missing_ok=True)
@@ -110,7 +121,7 @@ class FsRepository:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        return StoredObject(key, size, digest.hexdigest())
+        return StoredObject(final.relative_to(self.root).as_posix(), size, digest.hexdigest())
 
     def _publish(self, temp: Path, final: Path, overwrite: bool) -> None:
         if overwrite:
