@@ -603,11 +603,11 @@ def wal_fetch(ctx: Context, server: str, segment: str, dest: str) -> None:
 
 
 @cli.command()
-@click.option("--servers", default=2, show_default=True, type=click.IntRange(2, 3),
+@click.option("--servers", default=3, show_default=True, type=click.IntRange(2, 3),
               help="How many throwaway servers.")
 @click.option("--keep", is_flag=True, help="Keep the demo directory and stop servers only.")
 def demo(servers: int, keep: bool) -> None:
-    """Throwaway servers, a workload, a backup set, a disaster and a restore, explained."""
+    """Throwaway servers, 2PC workload, backup, marks, standbys, disaster, group failover."""
     from markship.demo import run_demo
 
     run_demo(servers, keep)

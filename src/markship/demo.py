@@ -1,36 +1,55 @@
-"""`markship demo`: the whole story on throwaway local servers, narrated."""
+"""`markship demo`: the whole story on throwaway local servers, narrated.
+
+Servers and a cross-server workload (two-phase commit through the client helper), a backup set,
+a single-server restore, DR-site standbys, group marks every second, a disaster that takes every
+production server and its disk, a group failover to one mark, and the checks that prove the
+group agrees: the total of all balances is intact and no transfer is half-applied.
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
-import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psycopg
 from rich.console import Console
 
 from markship import config as config_mod
 from markship import osuser
 from markship.backup import run_backup
+from markship.client import group_transaction, setup_decisions
 from markship.errors import MarkshipError
+from markship.failover import failover
+from markship.marks import GroupConnections, mark_states, take_mark
 from markship.repository import open_repository
 from markship.restore import Target, markship_command, restore_server
-from markship.scratch import ScratchServer, free_port, pgbench_fingerprint, wait_archived
-from markship.status import group_status
+from markship.scratch import ScratchServer, free_port, wait_archived
+from markship.standby import create_standbys, standby_status
 from markship.timefmt import show
 
 NAMES = ["orders", "payments", "inventory"]
 OS_USER = "postgres"
+ACCOUNTS = 20
+START_BALANCE = 1000
 
 
-def write_config(path: Path, repo: Path, servers: list[ScratchServer]) -> None:
+def write_config(path: Path, repo: Path, servers: list[ScratchServer],
+                 standbys: dict[str, ScratchServer]) -> None:
     lines = ['[group]\nname = "demo"\n\n[repository]\n',
-             f'path = "{repo}"\nos_user = "{OS_USER}"\n']
+             f'path = "{repo}"\nos_user = "{OS_USER}"\n\n[marks]\ninterval = 1\n']
     for server in servers:
         lines.append(f'\n[[server]]\nname = "{server.name}"\nconninfo = "{server.conninfo()}"\n'
                      f'data_dir = "{server.data_dir}"\n')
+    lines.append('\n[dr_site]\nname = "dr"\n')
+    for name, sb in standbys.items():
+        lines.append(f'\n[[dr_site.standby]]\nserver = "{name}"\ndata_dir = "{sb.data_dir}"\n'
+                     f'host = "127.0.0.1"\nport = {sb.port}\nsocket_dir = "{sb.base_dir}"\n')
+    lines.append(f'\n[failover.clients]\njson = "{path.parent / "clients.json"}"\n')
     path.write_text("".join(lines))
 
 
@@ -43,16 +62,12 @@ def run_demo(count: int, keep: bool) -> None:
                             "install markship in a directory every user can read (./dev demo)")
     workdir = Path(tempfile.mkdtemp(prefix="markship-demo-"))
     workdir.chmod(0o755)
-    servers: list[ScratchServer] = []
+    everything: list[ScratchServer] = []
     try:
-        _story(console, workdir, count, command, servers)
+        _story(console, workdir, count, command, everything)
     finally:
-        for server in servers:
+        for server in everything:
             server.stop(mode="immediate")
-        restored = workdir / "orders-restored"
-        if (restored / "postmaster.pid").exists():
-            subprocess.run(["/usr/lib/postgresql/15/bin/pg_ctl", "-D", str(restored), "-m",
-                            "immediate", "stop"], capture_output=True, check=False)
         if keep:
             console.print(f"[dim]demo files kept in {workdir}[/dim]")
         else:
@@ -60,65 +75,151 @@ def run_demo(count: int, keep: bool) -> None:
             console.print("[dim]demo servers stopped and files removed[/dim]")
 
 
+def _transfers(servers: list[ScratchServer], stop: threading.Event, done: list[str],
+               errors: list[str]) -> None:
+    """Move money between servers, each transfer one two-phase commit under the barrier."""
+    conns = [psycopg.connect(s.conninfo()) for s in servers]
+    try:
+        with psycopg.connect(servers[0].conninfo(), autocommit=True) as barrier:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                a, b = random.sample(range(len(servers)), 2)
+                amount, gid = random.randint(1, 50), f"transfer-{n}"
+                with group_transaction(barrier, "demo", gid, [conns[a], conns[b]]):
+                    conns[a].execute("UPDATE accounts SET balance = balance - %s WHERE id = %s",
+                                     (amount, random.randint(1, ACCOUNTS)))
+                    conns[a].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, -amount))
+                    conns[b].execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                                     (amount, random.randint(1, ACCOUNTS)))
+                    conns[b].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, amount))
+                done.append(gid)
+    except psycopg.Error as exc:
+        if not stop.is_set():
+            errors.append(str(exc).strip().splitlines()[0])
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def _story(console: Console, workdir: Path, count: int, command: str,
-           servers: list[ScratchServer]) -> None:
+           everything: list[ScratchServer]) -> None:
     cfg_path = workdir / "markship.toml"
-    repo_path = workdir / "repo"
-    console.rule("[bold]1. a group of PostgreSQL servers")
+    console.rule("[bold]1. a group of PostgreSQL servers that must agree")
+    servers = []
     for name in NAMES[:count]:
         archive = f"{command} --config {cfg_path} wal-push --server {name} %p"
-        server = ScratchServer(name, workdir / name, free_port(), os_user=OS_USER,
-                               settings={"archive_mode": "on", "archive_command": archive})
-        servers.append(server)
-    write_config(cfg_path, repo_path, servers)
+        servers.append(ScratchServer(name, workdir / name, free_port(), os_user=OS_USER,
+                                     settings={"archive_mode": "on",
+                                               "archive_command": archive}))
+    standbys = {s.name: ScratchServer(s.name, workdir / f"dr-{s.name}", free_port(),
+                                      os_user=OS_USER) for s in servers}
+    write_config(cfg_path, workdir / "repo", servers, standbys)
+    everything.extend(servers)
     for server in servers:
         server.initdb()
         server.start()
-        server.run("pgbench", "-i", "-s", "1", "-q", "-d", server.conninfo())
-        console.print(f"  {server.name}: PostgreSQL on 127.0.0.1:{server.port}, "
-                      f"pgbench data loaded, archive_command → markship wal-push")
-    console.print(f"  config: {cfg_path}")
+        server.psql(f"""
+            CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+            INSERT INTO accounts SELECT g, {START_BALANCE} FROM generate_series(1, {ACCOUNTS}) g;
+            CREATE TABLE transfers (gid text PRIMARY KEY, amount bigint NOT NULL);""")
+        console.print(f"  {server.name}: 127.0.0.1:{server.port}, {ACCOUNTS} accounts of "
+                      f"{START_BALANCE}, archive_command → markship wal-push")
+    with psycopg.connect(servers[0].conninfo(), autocommit=True) as conn:
+        setup_decisions(conn)
+    total = len(servers) * ACCOUNTS * START_BALANCE
+    console.print(f"  invariant: the balances of all servers add up to {total}")
     config = config_mod.load(cfg_path)
-    repo = open_repository(repo_path)
+    repo = open_repository(config.repository.path)
 
     console.rule("[bold]2. markship backup: one backup set for the whole group")
-    began = time.monotonic()
     result = run_backup(config, repo, list(config.servers))
-    for name, rec in result.backups.items():
-        console.print(f"  {name}: {rec.raw_size / 2**20:.1f} MiB → "
-                      f"{rec.archive.size / 2**20:.2f} MiB")
-    console.print(f"  backup set {result.record.id} complete in {time.monotonic() - began:.1f} s")
+    console.print(f"  backup set {result.record.id} complete: " + ", ".join(
+        f"{n} {b.raw_size / 2**20:.0f} MiB → {b.archive.size / 2**20:.1f} MiB"
+        for n, b in result.backups.items()))
 
-    console.rule("[bold]3. the workload goes on after the backup")
-    for server in servers:
-        server.run("pgbench", "-n", "-c", "2", "-t", "300", "-d", server.conninfo())
-        wait_archived(server)
+    console.rule("[bold]3. one server restored on its own, to its latest archived state")
     victim = servers[0]
-    before = pgbench_fingerprint(victim)
-    console.print(f"  {victim.name} now has: {before}")
-    for s in group_status(config, repo):
-        console.print(f"  {s.server}: last archived {s.last_archived_wal} at "
-                      f"{show(s.last_archived_at)}, archive lag {s.archive_lag_bytes} bytes")
+    victim.psql("INSERT INTO accounts VALUES (1000, 0)")
+    wait_archived(victim)
+    scratch = ScratchServer(victim.name, workdir / "scratch", free_port(), os_user=OS_USER)
+    everything.append(scratch)
+    restored = restore_server(config, repo, victim.name, scratch.data_dir, Target("latest"),
+                              start=True, port=scratch.port,
+                              extra_settings={"unix_socket_directories": str(workdir)})
+    same = scratch.psql("SELECT count(*) FROM accounts") == victim.psql(
+        "SELECT count(*) FROM accounts")
+    console.print(f"  {victim.name} restored in {restored.seconds:.1f} s; rows match: "
+                  f"{'yes' if same else 'NO'}")
+    scratch.stop(mode="immediate")
+    victim.psql("DELETE FROM accounts WHERE id = 1000")
 
-    console.rule(f"[bold red]4. disaster: {victim.name} crashes and its disk is lost")
-    victim.kill9()
-    shutil.rmtree(victim.data_dir)
-    console.print(f"  kill -9 {victim.name}; rm -rf {victim.data_dir}")
+    console.rule("[bold]4. the DR site: one standby per server, fed from the repository")
+    create_standbys(config, repo, [s.name for s in servers])
+    everything.extend(standbys.values())
+    for name, sb in standbys.items():
+        console.print(f"  standby of {name} on 127.0.0.1:{sb.port}, replaying only up to the "
+                      "newest complete group mark")
 
-    console.rule(f"[bold]5. markship restore --server {victim.name} --latest --start")
-    target = workdir / "orders-restored"
-    port = free_port()
-    restored = restore_server(config, repo, victim.name, target, Target("latest"), start=True,
-                              port=port, extra_settings={"unix_socket_directories": str(workdir)})
-    console.print(f"  restored from set {restored.set_id} into {target}, running on port "
-                  f"{port}, in {restored.seconds:.1f} s")
-    check = ScratchServer(victim.name, workdir, port, os_user=OS_USER)
-    after = pgbench_fingerprint(check)
-    console.print(f"  restored data: {after}")
-    if after != before:
-        raise MarkshipError("demo failed: the restored rows differ from the source")
-    console.print("[bold green]  ✓ every committed and archived row is back[/bold green]")
+    console.rule("[bold]5. a two-phase-commit workload, and a group mark every second")
+    stop = threading.Event()
+    done: list[str] = []
+    errors: list[str] = []
+    worker = threading.Thread(target=_transfers, args=(servers, stop, done, errors))
+    worker.start()
+    conns = GroupConnections(config)
+    try:
+        for _ in range(6):
+            time.sleep(1)
+            mark = take_mark(config, repo, conns).record
+            console.print(f"  mark {mark.name}: barrier held {mark.barrier_hold_ms:.1f} ms, "
+                          f"{len(done)} transfers so far")
+    finally:
+        conns.close()
+    time.sleep(1.5)
+    for s in standby_status(config, repo):
+        console.print(f"  standby of {s.server} sits at {s.at_mark}, {s.marks_behind} mark(s) "
+                      "behind")
+
+    console.rule("[bold red]6. disaster: every production server dies and its disk is lost")
+    stop.set()
+    for server in servers:
+        server.kill9()
+        shutil.rmtree(server.data_dir)
+    worker.join()
+    if errors:
+        raise MarkshipError(f"demo workload failed: {errors[0]}")
+    console.print(f"  kill -9 and rm -rf on {', '.join(s.name for s in servers)} after "
+                  f"{len(done)} transfers")
+
+    console.rule("[bold]7. markship failover: every standby to the same mark")
+    plan = failover(config, repo, dry_run=True)
+    console.print(f"  dry run: newest complete mark {plan.mark}, made {show(plan.mark_time)}")
+    report = failover(config, repo)
+    for r in report.resolutions:
+        console.print(f"  in-doubt {r.gid} on {r.server}: {r.action}")
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
+    console.print(f"  promoted at {report.mark}: RTO {report.rto_seconds:.1f} s ({phases}), "
+                  f"RPO {report.rpo_seconds:.1f} s")
+
+    console.rule("[bold]8. does the group agree?")
+    balance = sum(int(sb.psql("SELECT sum(balance) FROM accounts")) for sb in standbys.values())
+    decided = set(standbys[servers[0].name].psql("SELECT gid FROM markship.decisions").split())
+    halves: dict[str, int] = {}
+    for sb in standbys.values():
+        for gid in sb.psql("SELECT gid FROM transfers").split():
+            halves[gid] = halves.get(gid, 0) + 1
+    prepared = sum(int(sb.psql("SELECT count(*) FROM pg_prepared_xacts"))
+                   for sb in standbys.values())
+    whole = set(halves) == decided and all(n == 2 for n in halves.values())
+    console.print(f"  balances add up to {balance} (expected {total})")
+    console.print(f"  {len(decided)} transfers survived, each on both of its servers: "
+                  f"{'yes' if whole else 'NO'}; prepared transactions left: {prepared}")
+    if balance != total or not whole or prepared:
+        raise MarkshipError("demo failed: the restored group does not agree")
+    console.print("[bold green]  ✓ the whole group is back at one consistent point[/bold green]")
     console.rule("[bold]report")
-    console.print(f"  servers: {', '.join(s.name for s in servers)}; backup set "
-                  f"{result.record.id}; restored {victim.name} to the end of its archived WAL; "
-                  "rows match.")
+    mark_count = len(mark_states(repo, config))
+    console.print(f"  {len(servers)} servers, backup set {result.record.id}, {mark_count} marks, "
+                  f"failover to {report.mark}: RTO {report.rto_seconds:.1f} s, RPO "
+                  f"{report.rpo_seconds:.1f} s, clients file {workdir / 'clients.json'}")

@@ -413,9 +413,26 @@ def start_and_wait(pg_ctl: str, data_dir: Path, wait_seconds: float,
         fail_start(data_dir, log, proc.stderr, wait_seconds)
 
 
+DB_IN_PRODUCTION = 6  # DBState in pg_control.h, unchanged since PostgreSQL 9.0
+
+
+def in_production(data_dir: Path) -> bool:
+    """pg_control says the cluster is in production: recovery and promotion are finished."""
+    import struct
+
+    try:
+        with (data_dir / "global" / "pg_control").open("rb") as handle:
+            head = handle.read(20)
+    except OSError:
+        return False
+    # system_identifier (8 bytes), pg_control_version (4), catalog_version_no (4), state (4)
+    return len(head) == 20 and struct.unpack_from("=i", head, 16)[0] == DB_IN_PRODUCTION
+
+
 def wait_until(data_dir: Path, until: str, wait_seconds: float) -> bool:
-    """Poll postmaster.pid: 'ready' without a recovery/standby signal file means promoted
-    (during recovery the postmaster reports 'standby'). False if it stopped or timed out."""
+    """Poll until the server is a consistent standby, or promoted: running, no signal file
+    left and pg_control in production (the postmaster's 'ready' alone comes a little early).
+    False if it stopped or timed out."""
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         status = postmaster_status(data_dir)
@@ -424,7 +441,7 @@ def wait_until(data_dir: Path, until: str, wait_seconds: float) -> bool:
         if until == "standby" and status in ("standby", "ready"):
             return True
         signals = (data_dir / "recovery.signal").exists() or (data_dir / "standby.signal").exists()
-        if until == "promoted" and status == "ready" and not signals:
+        if until == "promoted" and status == "ready" and not signals and in_production(data_dir):
             return True
         time.sleep(0.05)
     return False
