@@ -10,8 +10,9 @@ import time
 import psycopg
 import pytest
 
-from conftest import Group, GroupFactory
+from conftest import OS_USER, Group, GroupFactory
 from markship.client import barrier_key, commit_decided, group_transaction, setup_decisions
+from markship.scratch import ScratchServer, chown_to, free_port
 
 ACCOUNTS = 10
 START_BALANCE = 1000
@@ -165,3 +166,58 @@ def test_mark_names_never_repeat(pg_group: GroupFactory, name: str) -> None:
     group.ok("mark", "--name", name)
     again = group.markship("mark", "--name", name)
     assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def _consecutive_ports(count: int) -> int:
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        try:
+            socks = []
+            for offset in range(count):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", base + offset))
+                socks.append(sock)
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise AssertionError("no consecutive free ports")
+
+
+def test_restore_group_to_a_mark_from_backups(pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    alpha, bravo = group.servers
+    _setup_accounts(group)
+    group.ok("backup")
+    with psycopg.connect(alpha.conninfo()) as a, psycopg.connect(bravo.conninfo()) as b:
+        _prepare(a, b, "in-doubt", 3)
+        mark = json.loads(group.ok("mark", "--json"))["name"]
+        a.tpc_rollback()
+        b.tpc_rollback()
+    for server in group.servers:
+        server.psql("UPDATE accounts SET balance = 0")  # after the mark: must not come back
+    group.ok("mark")  # a later mark: the named one must still be used
+
+    base = _consecutive_ports(2)
+    handles = {}
+    for offset, server in enumerate(group.servers):
+        handle = ScratchServer(server.name, group.workdir / f"g-{server.name}", base + offset,
+                               os_user=OS_USER)
+        handle.base_dir.mkdir()
+        chown_to(handle.base_dir, OS_USER)
+        group.extra.append(handle)
+        handles[server.name] = handle
+    proc = group.markship("restore", "--group", "--mark", mark, "--json", "--port-base",
+                          str(base), "--target-dir", str(group.workdir / "g-{server}" / "data"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["mark"] == mark
+    assert {(r["server"], r["gid"], r["action"]) for r in report["resolutions"]} == {
+        ("alpha", "in-doubt", "rollback"), ("bravo", "in-doubt", "rollback")}
+    for handle in handles.values():
+        assert handle.psql("SELECT sum(balance) FROM accounts") == str(ACCOUNTS * START_BALANCE)
+        assert handle.psql("SELECT count(*) FROM pg_prepared_xacts") == "0"

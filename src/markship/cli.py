@@ -273,9 +273,16 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) ->
 
 
 @cli.command()
-@click.option("--server", required=True, metavar="NAME", help="Server to restore.")
+@click.option("--server", metavar="NAME", help="Server to restore.")
+@click.option("--group", "whole_group", is_flag=True,
+              help="Restore every server to one mark (--mark), started and settled.")
+@click.option("--mark", "mark_name", metavar="NAME",
+              help="With --group: the mark (default: the newest complete one).")
+@click.option("--port-base", type=int, help="With --group: first port; servers take the next.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="With --group: address the restored servers listen on.")
 @click.option("--target-dir", required=True, type=click.Path(path_type=Path, resolve_path=True),
-              help="New (or empty) data directory.")
+              help="New (or empty) data directory; with --group a template with {server}.")
 @click.option("--latest", "kind", flag_value="latest", default=True,
               help="Recover to the end of the archived WAL (default).")
 @click.option("--time", "at_time", metavar="TIMESTAMP",
@@ -289,12 +296,23 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) ->
               help="Extra server setting for the restored server (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
-def restore(ctx: Context, server: str, target_dir: Path, kind: str, at_time: str | None,
+def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str | None,
+            port_base: int | None, host: str, target_dir: Path, kind: str, at_time: str | None,
             point_name: str | None, set_id: str | None, start: bool, port: int | None,
             settings: tuple[str, ...], as_json: bool) -> None:
-    """Restore one server into a new data directory, to the latest point, a time or a name."""
+    """Restore one server (to the latest point, a time or a name) or the group (to a mark)."""
     from markship.restore import Target, restore_server
     from markship.timefmt import parse_aware
+
+    if whole_group:
+        if server or at_time or point_name or set_id or port:
+            raise click.UsageError("--group takes --mark, --target-dir, --port-base, --host")
+        if port_base is None:
+            raise click.UsageError("--group needs --port-base")
+        _restore_group(ctx, mark_name, str(target_dir), port_base, host, as_json)
+        return
+    if not server:
+        raise click.UsageError("give --server NAME, or --group")
 
     if at_time and point_name:
         raise click.UsageError("give at most one of --time and --name")
@@ -373,6 +391,23 @@ def run_agent(ctx: Context, log_json: bool) -> None:
 
     config = ctx.config
     Agent(config, ctx.repository(), EventLog(as_json=log_json)).run()
+
+
+def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base: int,
+                   host: str, as_json: bool) -> None:
+    from markship.grouprestore import restore_group
+
+    config = ctx.config
+    report = restore_group(config, ctx.repository(), mark_name, template, port_base, host)
+    if as_json:
+        emit_json(asdict(report))
+        return
+    for name, info in report.servers.items():
+        click.echo(f"  {name}: {info['data_dir']} on {host}:{info['port']}, at "
+                   f"{info['mark_lsn']}")
+    for r in report.resolutions:
+        click.echo(f"  {r.server}/{r.database}: {r.action} prepared transaction {r.gid}")
+    click.echo(f"✓ group restored to mark {report.mark} in {report.seconds:.1f} s")
 
 
 # -- marks ----------------------------------------------------------------------------------------
