@@ -239,4 +239,4 @@ def parse(raw: dict[str, Any], source: Path | None = None) -> Config:
 def load(explicit: str | os.PathLike[str] | None = None) -> Config:
     """Locate, read and validate the configuration file."""
     path = configfile.locate(explicit)
-    return parse(configfile.read(path), path)
+    return parse(configfile.read(path), Path(path))

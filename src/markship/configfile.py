@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tomllib
-from pathlib import Path
 from typing import Any
 
 from markship.errors import ConfigError
@@ -13,19 +12,19 @@ ENV_VAR = "MARKSHIP_CONFIG"
 DEFAULT_NAME = "markship.toml"
 
 
-def locate(explicit: str | os.PathLike[str] | None = None) -> Path:
+def locate(explicit: str | os.PathLike[str] | None = None) -> str:
     """`--config PATH`, else `$MARKSHIP_CONFIG`, else `./markship.toml`.
 
     Raises ConfigError when the chosen file does not exist.
     """
     if explicit:
-        path, source = Path(explicit), "--config"
+        path, source = os.fspath(explicit), "--config"
     elif os.environ.get(ENV_VAR):
-        path, source = Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
+        path, source = os.environ[ENV_VAR], f"${ENV_VAR}"
     else:
-        path, source = Path(DEFAULT_NAME), "the default ./markship.toml"
-    path = path.expanduser().absolute()
-    if not path.is_file():
+        path, source = DEFAULT_NAME, "the default ./markship.toml"
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
         raise ConfigError(
             f"configuration file {path} (from {source}) not found",
             "pass --config PATH, set $MARKSHIP_CONFIG, or create ./markship.toml",
@@ -33,10 +32,10 @@ def locate(explicit: str | os.PathLike[str] | None = None) -> Path:
     return path
 
 
-def read(path: Path) -> dict[str, Any]:
+def read(path: str) -> dict[str, Any]:
     """Parse the TOML file; raise ConfigError naming the line of a syntax error."""
     try:
-        with path.open("rb") as handle:
+        with open(path, "rb") as handle:
             return tomllib.load(handle)
     except PermissionError:
         raise ConfigError(

@@ -13,9 +13,9 @@ Contract with PostgreSQL:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from markship.errors import ConfigError, ConflictError, CorruptObject, ObjectMissing
@@ -30,7 +30,7 @@ EXIT_CORRUPT = 126
 class WalSettings(NamedTuple):
     """The few settings the WAL commands need, read without the full config model."""
 
-    repository_path: Path
+    repository_path: str
     os_user: str
     compression_level: int
     servers: frozenset[str]
@@ -45,7 +45,7 @@ class WalSettings(NamedTuple):
         names = frozenset(s["name"] for s in servers or []
                           if isinstance(s, dict) and isinstance(s.get("name"), str))
         level = repo.get("compression_level", 1)
-        return cls(Path(repo["path"]), str(repo.get("os_user", "postgres")),
+        return cls(repo["path"], str(repo.get("os_user", "postgres")),
                    int(level) if isinstance(level, int) else 1, names)
 
     def check_server(self, server: str) -> None:
@@ -55,9 +55,9 @@ class WalSettings(NamedTuple):
                               "use a name from a [[server]] table of the config")
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -75,14 +75,14 @@ def find_archived(repo: Repository, server: str, wal_name: str) -> list[tuple[st
     return found
 
 
-def push(repo: Repository, server: str, path: Path, compression_level: int = 1) -> bool:
+def push(repo: Repository, server: str, path: str, compression_level: int = 1) -> bool:
     """Archive one WAL file. True when stored now, False when an identical copy was there.
 
     Raises ConflictError when a different file is archived under the same name.
     """
     import zstandard
 
-    name = path.name
+    name = os.path.basename(path)
     wal_file_kind(name)  # ValueError for names PostgreSQL never archives
     existing = find_archived(repo, server, name)
     if existing:  # a re-push (after a crash) or a clash: compare contents
@@ -90,10 +90,12 @@ def push(repo: Repository, server: str, path: Path, compression_level: int = 1) 
         return False
     # The common path reads the file once: the digest is computed while the data streams
     # into a temp object, which then gets the name carrying that digest.
-    compressor = zstandard.ZstdCompressor(level=compression_level, write_checksum=True)
-    with path.open("rb") as raw:
+    # threads=-1: zstd compresses on every core while this thread reads and hashes.
+    compressor = zstandard.ZstdCompressor(level=compression_level, write_checksum=True,
+                                          threads=-1)
+    with open(path, "rb") as raw:
         hashed = HashingReader(raw)
-        with compressor.stream_reader(hashed, size=path.stat().st_size) as packed:  # type: ignore[arg-type]
+        with compressor.stream_reader(hashed, size=os.fstat(raw.fileno()).st_size) as packed:  # type: ignore[arg-type]
             try:
                 stored = repo.write_named(
                     layout.wal_dir(server, name), packed,
@@ -180,7 +182,12 @@ def standby_ceiling(repo: Repository, server: str, floor: str | None) -> Segment
     return ceiling
 
 
-def fetch(repo: Repository, server: str, wal_name: str, dest: Path) -> None:
+def _discard(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def fetch(repo: Repository, server: str, wal_name: str, dest: str) -> None:
     """Restore one archived WAL file to `dest`, checking its sha256 before it appears there.
 
     Raises ObjectMissing when not archived, CorruptObject when the stored copy is damaged.
@@ -188,22 +195,23 @@ def fetch(repo: Repository, server: str, wal_name: str, dest: Path) -> None:
     import zstandard
 
     reader, expected = open_archived(repo, server, wal_name)
-    temp = dest.with_name(f".{dest.name}.markship-{os.getpid()}")
+    folder, name = os.path.split(dest)
+    temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
     digest = hashlib.sha256()
     try:
-        with reader, temp.open("wb") as out:
+        with reader, open(temp, "wb") as out:
             while chunk := reader.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
     except zstandard.ZstdError as exc:
-        temp.unlink(missing_ok=True)
+        _discard(temp)
         raise CorruptObject(f"archived {wal_name} of server {server} cannot be decompressed "
                             f"({exc})", "run markship verify; restore from another copy") from None
     except BaseException:
-        temp.unlink(missing_ok=True)
+        _discard(temp)
         raise
     if digest.hexdigest() != expected:
-        temp.unlink(missing_ok=True)
+        _discard(temp)
         raise CorruptObject(f"archived {wal_name} of server {server} fails its checksum",
                             "run markship verify; this WAL must not be replayed")
     os.replace(temp, dest)
@@ -257,8 +265,8 @@ def main(command: str, argv: list[str], config: str | None) -> int:
         osuser.switch_to(settings.os_user)
         repo = open_repository(settings.repository_path)
         if command == "wal-push":
-            path = Path(positional[0])
-            if not path.is_file():
+            path = positional[0]
+            if not os.path.isfile(path):
                 raise ObjectMissing(f"WAL file {path} does not exist",
                                     "archive_command must pass %p, the path of the file")
             push(repo, server, path, settings.compression_level)
@@ -268,7 +276,7 @@ def main(command: str, argv: list[str], config: str | None) -> int:
                 ceiling = standby_ceiling(repo, server, floor)
                 if ceiling is None or parse_segment_name(name[:24]) > ceiling:
                     return 1  # withheld until the next group mark completes
-            fetch(repo, server, name, Path(positional[1]))
+            fetch(repo, server, name, positional[1])
     except ObjectMissing as exc:
         if command == "wal-fetch":
             return 1  # not archived (yet): PostgreSQL expects a quiet failure

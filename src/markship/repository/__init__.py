@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from markship.repository.base import ObjectInfo, Repository, StoredObject, TempObject
 from markship.repository.fs import FsRepository
@@ -11,6 +11,6 @@ __all__ = ["FsRepository", "ObjectInfo", "Repository", "StoredObject", "TempObje
            "open_repository"]
 
 
-def open_repository(path: str | Path) -> FsRepository:
+def open_repository(path: str | os.PathLike[str]) -> FsRepository:
     """Open the repository at a local or mounted directory."""
-    return FsRepository(Path(path))
+    return FsRepository(path)

@@ -1,4 +1,8 @@
-"""Repository in a local or mounted directory (NFS included)."""
+"""Repository in a local or mounted directory (NFS included).
+
+Plain `os` calls rather than pathlib: wal-push imports this module once per WAL segment, and
+pathlib (with what it pulls in) was a measurable share of that start-up.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import BinaryIO
 
 from markship.errors import ConflictError, LockedError, ObjectMissing, RepositoryError
@@ -19,14 +22,15 @@ from markship.repository.base import ObjectInfo, Readable, StoredObject, TempObj
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp~"
-
-
-def _temp_name(final_name: str) -> str:
-    return f"{TEMP_PREFIX}{_host()}~{os.getpid()}~{os.urandom(6).hex()}~{final_name}"
+join = os.path.join
 
 
 def _host() -> str:
     return os.uname().nodename.replace("~", "-")
+
+
+def _temp_name(final_name: str) -> str:
+    return f"{TEMP_PREFIX}{_host()}~{os.getpid()}~{os.urandom(6).hex()}~{final_name}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -39,7 +43,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -47,7 +51,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _os_error(exc: OSError, path: Path) -> RepositoryError:
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _os_error(exc: OSError, path: str) -> RepositoryError:
     if exc.errno == errno.ENOSPC:
         return RepositoryError(
             f"repository disk full while writing {path}",
@@ -64,20 +73,23 @@ def _os_error(exc: OSError, path: Path) -> RepositoryError:
 class FsRepository:
     """Objects are files below `root`; writes go to a temp file, fsync, then rename."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.location = str(root)
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.location = self.root
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str) -> str:
         if key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"invalid object key {key!r}")
-        return self.root / key
+        return join(self.root, key) if key else self.root
+
+    def _key(self, path: str) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
 
     # -- writing -----------------------------------------------------------------------------
 
     def write(self, key: str, source: Readable, *, overwrite: bool = False) -> StoredObject:
         folder, _sep, name = key.rpartition("/")
-        if not overwrite and self._path(key).exists():
+        if not overwrite and os.path.exists(self._path(key)):
             raise ConflictError(f"object {key} already exists in the repository")
         return self.write_named(folder + "/" if folder else "", source, lambda: name,
                                 overwrite=overwrite)
@@ -86,12 +98,12 @@ class FsRepository:
                     overwrite: bool = False) -> StoredObject:
         """Like write(), but the object's name is decided once all of `source` is stored
         (e.g. a name carrying the digest of the data, computed while it streamed)."""
-        directory = self._path(folder.rstrip("/")) if folder.rstrip("/") else self.root
+        directory = self._path(folder.rstrip("/"))
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise _os_error(exc, directory) from exc
-        temp = directory / _temp_name("pending")
+        temp = join(directory, _temp_name("pending"))
         digest = hashlib.sha256()
         size = 0
         try:
@@ -112,18 +124,17 @@ class FsRepository:
                         written = out.write(view)
                         view = view[written or 0 :]
                 os.fsync(out.fileno())
-            final = directory / name_for()
-            self._path(final.relative_to(self.root).as_posix())  # validates the name
+            final = self._path(self._key(join(directory, name_for())))
             self._publish(temp, final, overwrite)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            _unlink(temp)
             raise _os_error(exc, final) from exc
         except BaseException:
-            temp.unlink(missing_ok=True)
+            _unlink(temp)
             raise
-        return StoredObject(final.relative_to(self.root).as_posix(), size, digest.hexdigest())
+        return StoredObject(self._key(final), size, digest.hexdigest())
 
-    def _publish(self, temp: Path, final: Path, overwrite: bool) -> None:
+    def _publish(self, temp: str, final: str, overwrite: bool) -> None:
         if overwrite:
             os.replace(temp, final)
         else:
@@ -132,22 +143,20 @@ class FsRepository:
             try:
                 os.link(temp, final)
             except FileExistsError:
-                temp.unlink(missing_ok=True)
+                _unlink(temp)
                 raise ConflictError(
-                    f"object {final.relative_to(self.root)} already exists in the repository"
-                ) from None
+                    f"object {self._key(final)} already exists in the repository") from None
             except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
                     raise
-                if final.exists():
-                    temp.unlink(missing_ok=True)
+                if os.path.exists(final):
+                    _unlink(temp)
                     raise ConflictError(
-                        f"object {final.relative_to(self.root)} already exists in the repository"
-                    ) from None
+                        f"object {self._key(final)} already exists in the repository") from None
                 os.replace(temp, final)
             else:
-                temp.unlink()
-        _fsync_dir(final.parent)
+                os.unlink(temp)
+        _fsync_dir(os.path.dirname(final))
 
     def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> StoredObject:
         return self.write(key, io.BytesIO(data), overwrite=overwrite)
@@ -167,36 +176,36 @@ class FsRepository:
             return handle.read()
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return os.path.isfile(self._path(key))
 
     def size(self, key: str) -> int:
         try:
-            return self._path(key).stat().st_size
+            return os.stat(self._path(key)).st_size
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from the repository") from None
 
     def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
-        start = base if base.is_dir() else base.parent
-        if not start.is_dir():
+        base = self._path(prefix.rstrip("/"))
+        start = base if os.path.isdir(base) else os.path.dirname(base)
+        if not os.path.isdir(start):
             return
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames.sort()
             for name in sorted(filenames):
                 if name.startswith(TEMP_PREFIX):
                     continue
-                path = Path(dirpath) / name
-                key = path.relative_to(self.root).as_posix()
+                path = join(dirpath, name)
+                key = self._key(path)
                 if not key.startswith(prefix):
                     continue
                 try:
-                    stat = path.stat()
+                    stat = os.stat(path)
                 except FileNotFoundError:
                     continue
                 yield ObjectInfo(key, stat.st_size, stat.st_mtime)
 
     def children(self, prefix: str) -> list[str]:
-        path = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
+        path = self._path(prefix.rstrip("/"))
         try:
             return sorted(n for n in os.listdir(path) if not n.startswith(TEMP_PREFIX))
         except FileNotFoundError:
@@ -205,13 +214,13 @@ class FsRepository:
             raise _os_error(exc, path) from exc
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        _unlink(self._path(key))
 
     def remove_empty_dirs(self, prefix: str) -> None:
         """Remove empty folders below `prefix` (after deletions), deepest first."""
         top = self._path(prefix.rstrip("/"))
         for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-            if Path(dirpath) != top:
+            if dirpath != top:
                 with contextlib.suppress(OSError):
                     os.rmdir(dirpath)
 
@@ -226,19 +235,19 @@ class FsRepository:
                 alive: bool | None = None
                 if len(parts) == 5 and parts[1] == here and parts[2].isdigit():
                     alive = _pid_alive(int(parts[2]))
-                path = Path(dirpath) / name
+                path = join(dirpath, name)
                 try:
-                    size = path.stat().st_size
+                    size = os.stat(path).st_size
                 except FileNotFoundError:
                     continue
-                found.append(TempObject(path.relative_to(self.root).as_posix(), size, alive))
+                found.append(TempObject(self._key(path), size, alive))
         return sorted(found, key=lambda t: t.key)
 
     def delete_temp(self, key: str) -> None:
         path = self._path(key)
-        if not path.name.startswith(TEMP_PREFIX):
+        if not os.path.basename(path).startswith(TEMP_PREFIX):
             raise ValueError(f"{key} is not a temp object")
-        path.unlink(missing_ok=True)
+        _unlink(path)
 
     # -- locks and checks --------------------------------------------------------------------
 
@@ -248,7 +257,7 @@ class FsRepository:
 
         path = self._path(f"locks/{name}.lock")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
             raise _os_error(exc, path) from exc
@@ -281,20 +290,21 @@ class FsRepository:
             os.close(fd)
 
     def check_writable(self) -> None:
-        if not self.root.exists():
+        if not os.path.exists(self.root):
             try:
-                self.root.mkdir(parents=True, mode=0o750)
+                os.makedirs(self.root, mode=0o750)
             except OSError as exc:
                 raise _os_error(exc, self.root) from exc
-        if not self.root.is_dir():
+        if not os.path.isdir(self.root):
             raise RepositoryError(
                 f"repository path {self.root} is not a directory",
                 "point [repository] path at a directory",
             )
-        probe = self.root / _temp_name("write-probe")
+        probe = join(self.root, _temp_name("write-probe"))
         try:
-            probe.write_bytes(b"probe")
+            with open(probe, "wb") as handle:
+                handle.write(b"probe")
         except OSError as exc:
             raise _os_error(exc, self.root) from exc
         finally:
-            probe.unlink(missing_ok=True)
+            _unlink(probe)
