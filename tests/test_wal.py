@@ -99,3 +99,53 @@ def test_unknown_server_is_one_clear_line(workdir: Path) -> None:
     proc = run_markship(config, "wal-push", "--server", "nosuch", str(path), user=OS_USER)
     assert proc.returncode != 0
     assert proc.stderr.count("\n") == 1 and "unknown server 'nosuch'" in proc.stderr
+
+
+def test_backlog_is_pushed_ahead_and_later_calls_return_at_once(workdir: Path) -> None:
+    import pwd
+    import shutil
+
+    from markship import spool
+
+    config, wal = _setup(workdir)
+    status = wal / "archive_status"
+    status.mkdir()
+    chown_to(status, OS_USER)
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, 6)]
+    contents = {}
+    for name in names:
+        contents[name] = os.urandom(1 << 16) * 256
+        _segment(wal, contents[name], name)
+        (status / f"{name}.ready").touch()
+    uid = pwd.getpwnam(OS_USER).pw_uid
+    top = Path(f"/var/tmp/markship-spool-{uid}")
+    folder = Path(spool.spool_dir(str(config), "orders").replace(
+        f"markship-spool-{os.getuid()}", f"markship-spool-{uid}"))
+    try:
+        first = run_markship(config, "wal-push", "--server", "orders", str(wal / names[0]),
+                             user=OS_USER)
+        assert first.returncode == 0, first.stderr
+        stored = {p.name.split("-")[0]: p for p in (workdir / "repo").rglob("0000000100*-*")}
+        assert set(stored) == set(names), "the backlog was pushed in one call"
+        assert sorted(p.name for p in folder.iterdir()) == names[1:]
+
+        # The next call finds its marker: it returns without reading or storing anything.
+        stored[names[1]].unlink()
+        fast = run_markship(config, "wal-push", "--server", "orders", str(wal / names[1]),
+                            user=OS_USER)
+        assert fast.returncode == 0 and not stored[names[1]].exists()
+
+        # A spool others could write to is never trusted: the file is really pushed.
+        top.chmod(0o777)
+        stored[names[2]].unlink()
+        slow = run_markship(config, "wal-push", "--server", "orders", str(wal / names[2]),
+                            user=OS_USER)
+        assert slow.returncode == 0 and stored[names[2]].exists()
+        dest = wal / "RECOVERYXLOG"
+        fetched = run_markship(config, "wal-fetch", "--server", "orders", names[4], str(dest),
+                               user=OS_USER)
+        assert fetched.returncode == 0 and dest.read_bytes() == contents[names[4]]
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+        if top.exists():
+            top.chmod(0o700)

@@ -26,9 +26,23 @@ def _split_global(argv: list[str]) -> tuple[str | None, list[str]]:
     return config, rest
 
 
+def _pushed_ahead(args: list[str], config: str | None) -> bool:
+    """The fast path of archive_command: this file was already pushed by an earlier call."""
+    import os
+
+    from markship import spool
+
+    if len(args) != 3 or args[0] != "--server":
+        return False
+    path = config or os.environ.get("MARKSHIP_CONFIG") or "markship.toml"
+    return spool.already_pushed(spool.spool_dir(path, args[1]), args[2])
+
+
 def main() -> None:
     argv = sys.argv[1:]
     config, rest = _split_global(argv)
+    if rest and rest[0] == "wal-push" and _pushed_ahead(rest[1:], config):
+        sys.exit(0)
     if rest and rest[0] in _LEAN:
         from markship import wal
 

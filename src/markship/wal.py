@@ -18,7 +18,13 @@ import hashlib
 import os
 from typing import Any, BinaryIO, NamedTuple
 
-from markship.errors import ConfigError, ConflictError, CorruptObject, ObjectMissing
+from markship.errors import (
+    ConfigError,
+    ConflictError,
+    CorruptObject,
+    MarkshipError,
+    ObjectMissing,
+)
 from markship.hashing import HashingReader
 from markship.lsn import Segment, parse_segment_name, wal_file_kind
 from markship.repository import Repository, layout, open_repository
@@ -34,6 +40,7 @@ class WalSettings(NamedTuple):
     os_user: str
     compression_level: int
     servers: frozenset[str]
+    push_ahead: int
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> WalSettings:
@@ -45,8 +52,10 @@ class WalSettings(NamedTuple):
         names = frozenset(s["name"] for s in servers or []
                           if isinstance(s, dict) and isinstance(s.get("name"), str))
         level = repo.get("compression_level", 1)
+        ahead = repo.get("push_ahead", 8)
         return cls(repo["path"], str(repo.get("os_user", "postgres")),
-                   int(level) if isinstance(level, int) else 1, names)
+                   int(level) if isinstance(level, int) else 1, names,
+                   int(ahead) if isinstance(ahead, int) else 8)
 
     def check_server(self, server: str) -> None:
         if server not in self.servers:
@@ -109,6 +118,37 @@ def push(repo: Repository, server: str, path: str, compression_level: int = 1) -
         finally:
             repo.delete(stored.key)
     return True
+
+
+def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
+               spool_for: str) -> int:
+    """Push the next ready WAL files in parallel and leave spool markers for them, so the
+    archiver's following calls return at once. Failures are left for those calls to report.
+    Returns how many files were pushed ahead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from markship import spool
+
+    folder = spool.spool_dir(spool_for, server)
+    name = os.path.basename(path)
+    ready = spool.ready_files(path)
+    spool.forget_except(folder, set(ready))
+    ahead = [n for n in ready if n > name and not spool.already_pushed(
+        folder, os.path.join(os.path.dirname(path), n))][: settings.push_ahead]
+
+    def one(wal_name: str) -> bool:
+        wal_path = os.path.join(os.path.dirname(path), wal_name)
+        try:
+            push(repo, server, wal_path, settings.compression_level)
+            spool.mark_pushed(folder, wal_path)
+        except (MarkshipError, OSError, ValueError):
+            return False
+        return True
+
+    if not ahead:
+        return 0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return sum(pool.map(one, ahead))
 
 
 def _same_or_conflict(server: str, name: str, digest: str,
@@ -270,6 +310,11 @@ def main(command: str, argv: list[str], config: str | None) -> int:
                 raise ObjectMissing(f"WAL file {path} does not exist",
                                     "archive_command must pass %p, the path of the file")
             push(repo, server, path, settings.compression_level)
+            if settings.push_ahead > 0:
+                from markship import configfile as cf
+
+                push_ahead(repo, server, path, settings,
+                           spool_for=cf.locate(config))
         else:
             name = positional[0]
             if standby and wal_file_kind(name) in ("segment", "partial"):
