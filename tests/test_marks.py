@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import OS_USER, Group, GroupFactory
+from conftest import MARKSHIP, OS_USER, Group, GroupFactory
 from markship.client import barrier_key, commit_decided, group_transaction, setup_decisions
 from markship.scratch import ScratchServer, chown_to, free_port
 
@@ -73,13 +75,14 @@ def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)
 
+    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     worker = threading.Thread(target=workload)
     worker.start()
-    marks = []
+    began = time.monotonic()
     try:
-        for _ in range(6):
-            time.sleep(0.5)
-            marks.append(json.loads(group.ok("mark", "--json"))["name"])
+        time.sleep(12)  # the agent marks every second while transfers run
         # Two in-doubt transactions at the next mark: one whose coordinator died after
         # recording its decision (must commit), one never decided (must roll back).
         with psycopg.connect(alpha.conninfo()) as a1, psycopg.connect(bravo.conninfo()) as b1, \
@@ -98,13 +101,17 @@ def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
                                list(commit_decided_later))
             for conn in (a1, b1):
                 conn.tpc_commit()
-        for _ in range(3):
-            time.sleep(0.5)
-            marks.append(json.loads(group.ok("mark", "--json"))["name"])
+        time.sleep(max(0.0, 30 - (time.monotonic() - began)))
     finally:
         stop.set()
         worker.join()
+        agent.send_signal(signal.SIGTERM)
+        _out, log = agent.communicate(timeout=120)
     assert not errors, errors
+    assert agent.returncode == 0, log
+    marks = [line.split("name=")[1].split()[0] for line in log.splitlines() if " mark.ok " in line]
+    assert len(marks) >= 20, f"expected a mark about every second for 30 s: {log}"
+    assert "mark.failed" not in log
     assert len(committed) > 10, "the workload should have run during the marks"
 
     states = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
