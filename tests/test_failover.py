@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from conftest import MARKSHIP, Group, GroupFactory
+from conftest import MARKSHIP, OS_USER, Group, GroupFactory, run_markship
 from markship.client import group_transaction, setup_decisions
 from markship.failover import stopped_at
 from markship.scratch import ScratchServer
@@ -182,3 +182,40 @@ def test_group_failover_to_one_mark(pg_group: GroupFactory) -> None:
     assert again["mark"] >= mark
 
 
+
+def test_failback_switches_roles_back(pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    _setup(group)
+    group.ok("backup")
+    standbys = _dr_config(group)
+    group.ok("standby", "create")
+    group.servers[0].psql("UPDATE accounts SET balance = balance + 5 WHERE id = 1")
+    group.servers[1].psql("UPDATE accounts SET balance = balance - 5 WHERE id = 1")
+    group.ok("mark")
+    deadline = time.monotonic() + 60
+    while not all(m["complete"] for m in json.loads(group.ok("marks", "--json"))):
+        assert time.monotonic() < deadline, "the mark's WAL never reached the repository"
+        time.sleep(0.2)
+    for server in group.servers:
+        server.kill9()
+        shutil.rmtree(server.data_dir)
+    group.ok("failover")
+
+    new_config = group.workdir / "markship-back.toml"
+    proc = group.markship("failback", "prepare", "--new-config", str(new_config), timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    back = json.loads(run_markship(new_config, "standby", "status", "--json").stdout)
+    assert [s["in_recovery"] for s in back] == [True, True]
+    standbys["alpha"].psql("UPDATE accounts SET balance = balance + 7 WHERE id = 2")
+    standbys["bravo"].psql("UPDATE accounts SET balance = balance - 7 WHERE id = 2")
+    back_mark = json.loads(run_markship(new_config, "mark", "--json").stdout)["name"]
+    for sb in standbys.values():
+        sb.stop()
+    proc = run_markship(new_config, "failover", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["mark"] == back_mark
+    old_site = [ScratchServer(s.name, s.base_dir, s.port, os_user=OS_USER) for s in group.servers]
+    assert [s.psql("SELECT balance FROM accounts WHERE id = 2") for s in old_site] == \
+        [str(START + 7), str(START - 7)]
+    assert sum(int(s.psql("SELECT sum(balance) FROM accounts")) for s in old_site) == \
+        2 * ACCOUNTS * START

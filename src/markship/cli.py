@@ -608,6 +608,27 @@ def failover(ctx: Context, mark_name: str | None, dry_run: bool, force: bool,
                f"RPO {report.rpo_seconds:.1f} s")
 
 
+@cli.group("failback")
+def failback_group() -> None:
+    """Switch roles back after a failover."""
+
+
+@failback_group.command("prepare")
+@click.option("--new-config", required=True, type=click.Path(path_type=Path, resolve_path=True),
+              help="Where to write the next generation of the config (roles swapped).")
+@pass_context
+def failback_prepare(ctx: Context, new_config: Path) -> None:
+    """Protect the new primaries (archiving, backup) and rebuild the old site as standbys."""
+    from markship.failback import prepare
+
+    report = prepare(ctx.config, ctx.repository(), new_config)
+    click.echo(f"✓ new primaries archive into the repository; backup set {report.backup_set}")
+    for name, where in report.standbys.items():
+        click.echo(f"  standby of {name}: {where}")
+    click.echo(f"✓ from now on use --config {report.new_config}; `markship failover` with it "
+               "switches back to the old site")
+
+
 # -- WAL commands (lean path in markship._entry; declared here for help and docs) -----------------
 
 

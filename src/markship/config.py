@@ -29,6 +29,7 @@ class RepositorySection(_Section):
     path: Path
     os_user: str = "postgres"
     compression_level: Annotated[int, Field(ge=1, le=19)] = 1
+    push_ahead: Annotated[int, Field(ge=0, le=64)] = 8
 
     @field_validator("path")
     @classmethod
@@ -240,3 +241,48 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Config:
     """Locate, read and validate the configuration file."""
     path = configfile.locate(explicit)
     return parse(configfile.read(path), Path(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        import json
+
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_table(prefix: str, table: dict[str, Any], out: list[str]) -> None:
+    scalars = {k: v for k, v in table.items()
+               if not isinstance(v, dict) and not (isinstance(v, list) and v
+                                                    and isinstance(v[0], dict))}
+    if scalars or not prefix:
+        if prefix:
+            out.append(f"\n[{prefix}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+    for key, value in table.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            _toml_table(name, value, out)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                out.append(f"\n[[{name}]]")
+                out.extend(f"{k} = {_toml_value(v)}" for k, v in item.items()
+                           if not isinstance(v, dict))
+                for k, v in item.items():
+                    if isinstance(v, dict):
+                        _toml_table(f"{name}.{k}", v, out)
+
+
+def to_toml(config: Config) -> str:
+    """The configuration as a TOML document that `load` reads back to an equal model."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_none=True,
+                             exclude={"source"})
+    out: list[str] = ["# written by markship"]
+    _toml_table("", data, out)
+    return "\n".join(out) + "\n"
