@@ -1,0 +1,1248 @@
+#!/usr/bin/env python3
+"""Group-mark benchmark: mark latency, RPO under load, throughput cost, group failover time.
+
+Everything is measured in ONE invocation on one throwaway group of PostgreSQL 15 servers whose
+archive_command is `markship wal-push`. These machines are shared and noisy (2 cores, absolute
+figures move 10-30 % between runs): read the percentiles and the ratios, not single seconds.
+The page cache cannot be dropped here: every figure is a warm-cache figure.
+
+Run as root with the markship virtualenv's interpreter:
+
+    /opt/markship/venv/bin/python bench/marks_bench.py                   # --duration 30
+    /opt/markship/venv/bin/python bench/marks_bench.py --duration 15     # smoke run, ~4 min
+    /opt/markship/venv/bin/python bench/marks_bench.py --phases latency,rpo
+
+Phases (see bench/README.md, "marks_bench.py"):
+
+    latency     take_mark() in-process at 1 s, then `markship mark --json`, under pgbench load
+    rpo         the agent at [marks] interval = 5 under pgbench load: age of the newest
+                complete mark, sampled every second
+    throughput  a 2PC transfer workload (markship.client.group_transaction) and plain pgbench,
+                each without marks, with the agent marking every 1 s, and without again
+    failover    DR standbys, agent marking every 2 s, pgbench + 2PC load, kill -9 of every
+                production server, then `markship failover --json` timed; consistency checked
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from backup_bench import (
+    MARKSHIP,
+    OS_USER,
+    PG_BIN,
+    RESULTS_DIR,
+    WARM_CACHE,
+    count_ready,
+    installed_at,
+    loadavg,
+    pg,
+    print_table,
+    run_timed,
+    say,
+    tool_version,
+)
+from markship import config as config_mod
+from markship.client import group_transaction, setup_decisions
+from markship.errors import MarkshipError
+from markship.failover import stopped_at
+from markship.marks import GroupConnections, MarkSkipped, latest_complete, mark_states, take_mark
+from markship.repository import open_repository
+from markship.scratch import ScratchServer, chown_to, free_port
+
+PHASES = ("latency", "rpo", "throughput", "failover")
+GROUP = "bench"
+SCALE = 5
+ACCOUNTS = 100  # per server, for the 2PC transfer workload
+START_BALANCE = 1000
+TWOPC_WORKERS = 2
+MARK_INTERVAL_LATENCY = 1.0
+RPO_INTERVAL = 5.0
+THROUGHPUT_INTERVAL = 1.0
+FAILOVER_INTERVAL = 2.0
+PYTHON = Path(sys.executable)
+
+Conn = psycopg.Connection[TupleRow]
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """Percentile with linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo = math.floor(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def dist(values: Sequence[float]) -> dict[str, float]:
+    return {"n": float(len(values)), "p50": pct(values, 50), "p95": pct(values, 95),
+            "p99": pct(values, 99), "max": max(values) if values else float("nan"),
+            "min": min(values) if values else float("nan")}
+
+
+def fmt_dist(d: dict[str, float], unit: str = "ms", digits: int = 0) -> str:
+    return (f"p50 {d['p50']:.{digits}f} / p95 {d['p95']:.{digits}f} / p99 {d['p99']:.{digits}f}"
+            f" / max {d['max']:.{digits}f} {unit} (n={int(d['n'])})")
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat (iowait counts as idle)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def cpu_busy_since(start: tuple[int, int]) -> float:
+    """Share of all CPUs busy since `start` (0..1)."""
+    busy, total = cpu_times()
+    return (busy - start[0]) / max(1, total - start[1])
+
+
+def proc_cpu_s(pid: int, children: bool = False) -> float:
+    """CPU seconds of a process from /proc/PID/stat: its own (utime + stime) or, with
+    `children`, that of its waited-for children (cutime + cstime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+
+
+def foreign_activity(root: Path | None) -> dict[str, int]:
+    """Other work on the machine: PostgreSQL clusters and markship/pytest processes that are not
+    this benchmark's (their figures would change ours)."""
+    clusters = tools = 0
+    mine = str(root) if root else "\0"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = " ".join(a.decode(errors="replace") for a in argv)
+        if mine in text or not text:
+            continue
+        if text.startswith(str(PG_BIN / "postgres")) and " -D " in text:
+            clusters += 1
+        elif "markship" in text or "pytest" in text:
+            tools += 1
+    return {"postgres_clusters": clusters, "markship_or_pytest_processes": tools}
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def pgbench_tps(output: str) -> float:
+    for line in output.splitlines():
+        if line.startswith("tps = "):
+            return float(line.split()[2])
+    return float("nan")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace a file in one rename: wal-push processes read the config at any moment."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    temp.chmod(0o644)
+    os.replace(temp, path)
+
+
+def pg_dir(path: Path, mode: int = 0o755) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    chown_to(path, OS_USER)
+    path.chmod(mode)
+    return path
+
+
+# -- the in-process mark loop: a forked child that becomes the repository's OS user ---------------
+
+
+def _mark_loop_child(cfg: str, seconds: float, interval: float,
+                     queue: multiprocessing.Queue[str]) -> None:
+    """take_mark() every `interval` s for `seconds`; the timings go back as one JSON string.
+
+    Runs in a forked child that switches to the repository's OS user first, as the CLI does:
+    mark records written by root would leave root-owned objects in the repository.
+    """
+    try:
+        from markship import osuser
+
+        config = config_mod.load(cfg)
+        osuser.switch_to(config.repository.os_user)
+        repo = open_repository(config.repository.path)
+        conns = GroupConnections(config)
+        conns.open()  # connections are opened once, as in the agent (not timed)
+        samples: list[dict[str, Any]] = []
+        began = time.monotonic()
+        tick = began
+        try:
+            while time.monotonic() - began < seconds:
+                started = time.perf_counter()
+                entry: dict[str, Any] = {"t": round(time.monotonic() - began, 3)}
+                try:
+                    result = take_mark(config, repo, conns)
+                except MarkSkipped as exc:
+                    entry.update(outcome="skipped", reason=exc.message)
+                except MarkshipError as exc:
+                    entry.update(outcome="failed", reason=exc.message)
+                else:
+                    record = result.record
+                    entry.update(outcome="ok", name=record.name,
+                                 barrier_wait_ms=record.barrier_wait_ms,
+                                 barrier_hold_ms=record.barrier_hold_ms,
+                                 switch_ms=round(result.switch_ms, 3))
+                entry["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
+                samples.append(entry)
+                tick += interval
+                time.sleep(max(0.0, tick - time.monotonic()))
+        finally:
+            conns.close()
+        queue.put(json.dumps({"samples": samples}))
+    except BaseException as exc:  # report anything, the parent decides
+        queue.put(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+
+
+# -- the 2PC transfer workload ---------------------------------------------------------------------
+
+
+class TwoPhaseWorkload:
+    """Transfers between two random servers, committed with markship.client.group_transaction.
+
+    Each worker owns a disjoint set of account ids (no row conflicts, so no distributed
+    deadlock between workers); the workers connect before `go()`, and only transactions that
+    finished inside the window count.
+    """
+
+    def __init__(self, servers: list[ScratchServer], prefix: str,
+                 workers: int = TWOPC_WORKERS) -> None:
+        self.servers = servers
+        self.prefix = prefix
+        self.workers = workers
+        self.ready = threading.Barrier(workers + 1)
+        self.go_event = threading.Event()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._worker, args=(w,), daemon=True,
+                                         name=f"2pc-{w}") for w in range(workers)]
+        self.started_at = 0.0
+        self.stopped_at = 0.0
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+        self.ready.wait(timeout=60)
+
+    def go(self) -> None:
+        self.started_at = time.monotonic()
+        self.go_event.set()
+
+    def finish(self) -> dict[str, Any]:
+        self.stopped_at = time.monotonic()
+        self.stop.set()
+        self.go_event.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+        seconds = self.stopped_at - self.started_at if self.started_at else 0.0
+        lat_ms = [v * 1000 for v in self.latencies]
+        return {"transfers": len(self.latencies), "seconds": seconds,
+                "per_s": len(self.latencies) / seconds if seconds else float("nan"),
+                "latency_ms": dist(lat_ms), "errors": self.errors[:5],
+                "error_count": len(self.errors)}
+
+    def _worker(self, w: int) -> None:
+        conns: list[Conn] = []
+        barrier: Conn | None = None
+        ids = [i for i in range(1, ACCOUNTS + 1) if i % self.workers == w]
+        rng = random.Random(w)
+        try:
+            try:
+                opts = "-c statement_timeout=30000"
+                conns = [psycopg.connect(s.conninfo(), options=opts, connect_timeout=5)
+                         for s in self.servers]
+                barrier = psycopg.connect(self.servers[0].conninfo(), autocommit=True,
+                                          options=opts, connect_timeout=5)
+            finally:
+                self.ready.wait(timeout=60)
+            self.go_event.wait()
+            n = 0
+            while not self.stop.is_set():
+                n += 1
+                a, b = sorted(rng.sample(range(len(self.servers)), 2))
+                amount = rng.randint(1, 30)
+                gid = f"{self.prefix}-w{w}-{n}"
+                began = time.perf_counter()
+                with group_transaction(barrier, GROUP, gid, [conns[a], conns[b]]):
+                    conns[a].execute("UPDATE accounts SET balance = balance - %s WHERE id = %s",
+                                     (amount, rng.choice(ids)))
+                    conns[a].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, -amount))
+                    conns[b].execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                                     (amount, rng.choice(ids)))
+                    conns[b].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, amount))
+                if not self.stop.is_set():
+                    with self.lock:
+                        self.latencies.append(time.perf_counter() - began)
+        except BaseException as exc:
+            if not self.stop.is_set():
+                with self.lock:
+                    self.errors.append(f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+        finally:
+            for conn in [*conns, barrier]:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    metric: str
+    value: str
+    detail: str
+    target: str
+    verdict: str
+
+
+@dataclass
+class Agent:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    started: float
+
+
+@dataclass
+class Bench:
+    duration: int
+    n_servers: int
+    clients: int
+    keep: bool
+    phases: tuple[str, ...]
+    root: Path = field(init=False)
+    servers: list[ScratchServer] = field(default_factory=list)
+    standbys: list[ScratchServer] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    used_ports: set[int] = field(default_factory=set)
+    agents: list[Agent] = field(default_factory=list)
+    pgbenches: list[subprocess.Popen[str]] = field(default_factory=list)
+    workloads: list[TwoPhaseWorkload] = field(default_factory=list)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def port(self) -> int:
+        while True:
+            candidate = free_port()
+            if candidate not in self.used_ports:
+                self.used_ports.add(candidate)
+                return candidate
+
+    def ms(self, *args: str) -> list[str]:
+        return [str(MARKSHIP), "--config", str(self.cfg), *args]
+
+    def write_config(self, interval: float, dr_site: bool = False) -> None:
+        text = (f'[group]\nname = "{GROUP}"\n\n[repository]\npath = {json.dumps(str(self.repo))}'
+                f'\nos_user = "{OS_USER}"\n')
+        for server in self.servers:
+            text += (f'\n[[server]]\nname = "{server.name}"\nconninfo = "{server.conninfo()}"\n'
+                     f'data_dir = "{server.data_dir}"\n')
+        text += f"\n[marks]\ninterval = {interval:g}\n"
+        if dr_site:
+            text += '\n[dr_site]\nname = "dr"\n'
+            for server, sb in zip(self.servers, self.standbys, strict=True):
+                text += (f'\n[[dr_site.standby]]\nserver = "{server.name}"\n'
+                         f'data_dir = "{sb.data_dir}"\nhost = "127.0.0.1"\nport = {sb.port}\n'
+                         f'socket_dir = "{sb.socket_dir}"\n')
+            clients = self.root / "clients"
+            peer = self.servers[1].name
+            text += (f'\n[failover.clients]\njson = "{clients}/clients.json"\n'
+                     f'env = "{clients}/clients.env"\npg_service = "{clients}/pg_service.conf"\n'
+                     f'\n[[failover.sql]]\nserver = "{self.servers[0].name}"\n'
+                     f"statement = \"UPDATE peers SET host = '{{{peer}.host}}', port = "
+                     f"{{{peer}.port}} WHERE name = '{peer}'\"\n"
+                     '\n[[failover.hook]]\ncommand = ["/bin/true"]\n')
+        write_atomic(self.cfg, text)
+
+    def pgbench_argv(self, server: ScratchServer, *options: str) -> list[str]:
+        """pgbench runs as root (a TCP client needs no file access): signals reach it."""
+        return [pg("pgbench"), "-h", server.host, "-p", str(server.port), "-U", "postgres",
+                *options, "postgres"]
+
+    def start_pgbench(self, seconds: float) -> list[subprocess.Popen[str]]:
+        jobs = str(min(2, self.clients))
+        procs = [subprocess.Popen(self.pgbench_argv(s, "-n", "-c", str(self.clients), "-j", jobs,
+                                                    "-T", str(max(1, round(seconds)))),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for s in self.servers]
+        self.pgbenches.extend(procs)
+        return procs
+
+    def finish_pgbench(self, procs: list[subprocess.Popen[str]],
+                       check: bool = True) -> list[float]:
+        tps = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            self.pgbenches.remove(proc)
+            if check and proc.returncode != 0:
+                raise RuntimeError(f"pgbench failed: {err.strip()[-500:]}")
+            tps.append(pgbench_tps(out))
+        return tps
+
+    def start_agent(self, interval: float, label: str) -> Agent:
+        self.write_config(interval, dr_site=bool(self.standbys))
+        log = self.root / f"agent-{label}.log"
+        with log.open("wb") as handle:
+            proc = subprocess.Popen(self.ms("run", "--log-json"), stdout=subprocess.DEVNULL,
+                                    stderr=handle, stdin=subprocess.DEVNULL)
+        agent = Agent(proc, log, time.monotonic())
+        self.agents.append(agent)
+        return agent
+
+    def wait_agent_marked(self, agent: Agent, timeout: float = 30) -> float:
+        """Seconds from the agent's start to its first mark.ok in the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(e["event"] == "mark.ok" for e in agent_events(agent.log)):
+                return time.monotonic() - agent.started
+            if agent.proc.poll() is not None:
+                raise RuntimeError(f"the agent exited {agent.proc.returncode}: "
+                                   f"{agent.log.read_text()[-800:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"the agent laid no mark within {timeout:.0f} s: "
+                           f"{agent.log.read_text()[-800:]}")
+
+    def stop_agent(self, agent: Agent) -> dict[str, Any]:
+        """SIGTERM (finish work in flight, exit 0); the log's mark events summarised."""
+        cpu_s = proc_cpu_s(agent.proc.pid)
+        started = time.monotonic()
+        agent.proc.send_signal(signal.SIGTERM)
+        try:
+            code: int | str = agent.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            agent.proc.kill()
+            agent.proc.wait()
+            code = "no exit within 60 s: killed"
+        self.agents.remove(agent)
+        events = agent_events(agent.log)
+        ok = [e for e in events if e["event"] == "mark.ok"]
+        return {
+            "exit_code": code, "stop_seconds": time.monotonic() - started,
+            "ran_seconds": started - agent.started, "marks_ok": len(ok), "cpu_s": cpu_s,
+            "marks_skipped": sum(1 for e in events if e["event"] == "mark.skipped"),
+            "marks_failed": sum(1 for e in events if e["event"] == "mark.failed"),
+            "failures": [e.get("reason") for e in events
+                         if e["event"] in ("mark.failed", "mark.skipped")][:5],
+            "backups_started": [e.get("reason") for e in events if e["event"] == "backup.start"],
+            "hold_ms": dist([float(e["hold_ms"]) for e in ok]),
+            "switch_ms": dist([float(e["switch_ms"]) for e in ok]),
+        }
+
+    def settle(self, timeout: float = 60) -> float:
+        """Wait for the archive backlog of the previous step (no .ready file on any server),
+        flush dirty pages, then let background work calm down. Returns the seconds waited."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if all(count_ready(s.data_dir) == 0 for s in self.servers):
+                break
+            time.sleep(0.2)
+        else:
+            say(f"warning: archive backlog not drained after {timeout:.0f} s: "
+                + ", ".join(f"{s.name} {count_ready(s.data_dir)}" for s in self.servers))
+        os.sync()
+        time.sleep(1.0)
+        return time.monotonic() - started
+
+    def load_config(self) -> config_mod.Config:
+        return config_mod.load(self.cfg)
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="markship-marks-bench-", dir="/tmp"))
+        chown_to(self.root, OS_USER)
+        self.root.chmod(0o755)
+        os.chdir(self.root)  # every tool, whichever user it runs as, can enter this directory
+        say(f"bench directory {self.root}")
+        say(WARM_CACHE)
+        self.repo = pg_dir(self.root / "repo", 0o750)
+        pg_dir(self.root / "clients")
+        self.cfg = self.root / "markship.toml"
+        for i in range(self.n_servers):
+            name = f"pg{i + 1}"
+            push = f"{MARKSHIP} --config {self.cfg} wal-push --server {name} %p"
+            server = ScratchServer(name, self.root / name, self.port(),
+                                   settings={"archive_mode": "on", "archive_command": push,
+                                             "max_prepared_transactions": "20"})
+            self.servers.append(server)
+        self.write_config(30)
+        for server in self.servers:
+            server.initdb()
+            server.start()
+        say(f"pgbench -i -s {SCALE} on {self.n_servers} servers in parallel ...")
+        started = time.monotonic()
+        procs = [subprocess.Popen(self.pgbench_argv(s, "-i", "-q", "-s", str(SCALE)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for s in self.servers]
+        for proc in procs:
+            _out, err = proc.communicate(timeout=900)
+            if proc.returncode != 0:
+                raise RuntimeError(f"pgbench -i failed: {err.strip()[-500:]}")
+        say(f"pgbench -i done in {time.monotonic() - started:.1f} s")
+        for server in self.servers:
+            server.psql(f"""
+                CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+                INSERT INTO accounts SELECT g, {START_BALANCE}
+                    FROM generate_series(1, {ACCOUNTS}) g;
+                CREATE TABLE transfers (gid text PRIMARY KEY, amount bigint NOT NULL);
+            """)
+        first, peer = self.servers[0], self.servers[1]
+        first.psql("CREATE TABLE peers (name text PRIMARY KEY, host text, port int); "
+                   f"INSERT INTO peers VALUES ('{peer.name}', '127.0.0.1', {peer.port})")
+        with psycopg.connect(first.conninfo(), autocommit=True) as conn:
+            setup_decisions(conn)
+        # A complete backup set first: without one the agent would start a backup at once.
+        result = run_timed(self.ms("backup", "--json")).check("markship backup")
+        say(f"servers up: {', '.join(f'{s.name} :{s.port}' for s in self.servers)}; markship "
+            f"backup of all {self.n_servers} in {result.seconds:.1f} s")
+        self.results["setup"] = {"scale": SCALE, "backup_seconds": result.seconds,
+                                 "ports": {s.name: s.port for s in self.servers}}
+
+    # -- 1. mark latency under load --------------------------------------------------------------
+
+    def bench_latency(self) -> None:
+        d = self.duration
+        say(f"== 1. mark latency under load: pgbench -c {self.clients} -j "
+            f"{min(2, self.clients)} on each of {self.n_servers} servers; (a) take_mark() "
+            f"in-process every {MARK_INTERVAL_LATENCY:g} s for {d} s, then (b) `markship mark "
+            f"--json` (process start included) every 1 s for {d} s")
+        self.settle()
+        self.write_config(30)
+        ctx = multiprocessing.get_context("fork")
+        idle = self.mark_loop(ctx, 5.0)
+        idle_ok = [s for s in idle if s["outcome"] == "ok"]
+        idle_total = dist([s["total_ms"] for s in idle_ok])
+        idle_switch = dist([s["switch_ms"] for s in idle_ok])
+        say(f"idle baseline, no load: take_mark() total {fmt_dist(idle_total, digits=1)}; "
+            f"switch {fmt_dist(idle_switch, digits=1)}")
+        self.settle()
+        warmup = 3
+        # pgbench runs until both loops are done and is then stopped; its rate in each window
+        # comes from pg_stat_database.xact_commit.
+        procs = self.start_pgbench(warmup + 5 * d + 60)
+        time.sleep(warmup)
+
+        commits, window = self.commits_total(), time.monotonic()
+        inproc = self.mark_loop(ctx, float(d))
+        tps_a = (self.commits_total() - commits) / (time.monotonic() - window)
+        ok = [s for s in inproc if s["outcome"] == "ok"]
+
+        cli: list[dict[str, Any]] = []
+        floors: dict[str, list[float]] = {"version": [], "imports": []}
+        commits, window = self.commits_total(), time.monotonic()
+        began = time.monotonic()
+        tick = began
+        i = 0
+        # At least 10 CLI marks (a loaded machine can make each take seconds), at most 3 × d.
+        while (time.monotonic() - began < d or len(cli) < 10) and \
+                time.monotonic() - began < 3 * d:
+            result = run_timed(self.ms("mark", "--json"), timeout=120)
+            entry: dict[str, Any] = {"seconds": result.seconds, "code": result.code}
+            if result.code == 0:
+                record = json.loads(result.out)
+                entry.update(barrier_wait_ms=record["barrier_wait_ms"],
+                             barrier_hold_ms=record["barrier_hold_ms"],
+                             switch_ms=record["switch_ms"])
+            else:
+                entry["error"] = (result.err or result.out).strip()[-300:]
+            cli.append(entry)
+            # The floor under any CLI command, same load: interpreter + imports alone.
+            if i % 3 == 0:
+                floors["version"].append(run_timed([str(MARKSHIP), "--version"]).seconds)
+            elif i % 3 == 1:
+                floors["imports"].append(run_timed(
+                    [str(PYTHON), "-c", "import markship.cli, markship.marks"]).seconds)
+            i += 1
+            tick += 1.0
+            time.sleep(max(0.0, tick - time.monotonic()))
+        tps_b = (self.commits_total() - commits) / (time.monotonic() - window)
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        self.finish_pgbench(procs, check=False)
+        cli_ok = [c for c in cli if c["code"] == 0]
+
+        a_total = dist([s["total_ms"] for s in ok])
+        a_hold = dist([s["barrier_hold_ms"] for s in ok])
+        a_wait = dist([s["barrier_wait_ms"] for s in ok])
+        a_switch = dist([s["switch_ms"] for s in ok])
+        b_total = dist([c["seconds"] * 1000 for c in cli_ok])
+        b_hold = dist([c["barrier_hold_ms"] for c in cli_ok])
+        floor_v = dist([v * 1000 for v in floors["version"]])
+        floor_i = dist([v * 1000 for v in floors["imports"]])
+        self.results["latency"] = {
+            "pgbench_clients_per_server": self.clients,
+            "commits_per_s_all_servers": {"inprocess_window": tps_a, "cli_window": tps_b},
+            "idle_inprocess": {"samples": idle, "total_ms": idle_total,
+                               "switch_ms": idle_switch},
+            "inprocess": {"samples": inproc, "total_ms": a_total, "barrier_hold_ms": a_hold,
+                          "barrier_wait_ms": a_wait, "switch_ms": a_switch,
+                          "skipped": sum(1 for s in inproc if s["outcome"] == "skipped"),
+                          "failed": sum(1 for s in inproc if s["outcome"] == "failed")},
+            "cli": {"samples": cli, "total_ms": b_total, "barrier_hold_ms": b_hold,
+                    "failed_or_skipped": len(cli) - len(cli_ok)},
+            "process_floor_ms": {"markship_version": floor_v, "python_imports": floor_i},
+        }
+        say(f"commits/s summed over the servers (pgbench + marks) during (a) {tps_a:.0f}, "
+            f"during (b) {tps_b:.0f}")
+        say(f"(a) in-process total   {fmt_dist(a_total, digits=1)}")
+        say(f"    barrier_hold_ms    {fmt_dist(a_hold, digits=1)}")
+        say(f"    barrier_wait_ms    {fmt_dist(a_wait, digits=1)}")
+        say(f"    switch_ms          {fmt_dist(a_switch, digits=1)}")
+        rest = [s["total_ms"] - s["barrier_hold_ms"] - s["barrier_wait_ms"] - s["switch_ms"]
+                for s in ok]
+        no_switch = dist([s["total_ms"] - s["switch_ms"] for s in ok])
+        say(f"    rest (lock begin/commit, repository check + record write) "
+            f"{fmt_dist(dist(rest), digits=1)}")
+        say(f"(b) CLI `markship mark --json` {fmt_dist(b_total)}; barrier held "
+            f"{fmt_dist(b_hold, digits=1)}")
+        say(f"    floor: `markship --version` {fmt_dist(floor_v)}; `python -c 'import "
+            f"markship.cli, markship.marks'` {fmt_dist(floor_i)}")
+        bad = [s for s in inproc if s["outcome"] != "ok"] + [c for c in cli if c["code"] != 0]
+        if bad:
+            say(f"marks not made: {len(bad)}; first: {bad[0].get('reason') or bad[0].get('error')}")
+        self.rows += [
+            Row("mark latency (a) in-process take_mark(), p50", f"{a_total['p50']:.1f} ms",
+                f"hold p50 {a_hold['p50']:.1f} ms, switch p50 {a_switch['p50']:.1f} ms",
+                "< 50 ms", verdict(a_total["p50"] < 50)),
+            Row("mark latency (a) in-process take_mark(), p99", f"{a_total['p99']:.1f} ms",
+                f"max {a_total['max']:.1f} ms, n={len(ok)}", "< 200 ms",
+                verdict(a_total["p99"] < 200)),
+            Row("mark latency (b) `markship mark --json`, p50", f"{b_total['p50']:.0f} ms",
+                f"process start: --version alone p50 {floor_v['p50']:.0f} ms", "< 50 ms",
+                verdict(b_total["p50"] < 50)),
+            Row("mark latency (b) `markship mark --json`, p99", f"{b_total['p99']:.0f} ms",
+                f"max {b_total['max']:.0f} ms, n={len(cli_ok)}", "< 200 ms",
+                verdict(b_total["p99"] < 200)),
+            Row("  (info) (a) without the WAL switch (total − switch_ms)",
+                f"p50 {no_switch['p50']:.1f} ms", f"p99 {no_switch['p99']:.1f} ms", "-", "info"),
+            Row("  (info) same (a), idle servers (no load), p50", f"{idle_total['p50']:.1f} ms",
+                f"switch p50 {idle_switch['p50']:.1f} ms, n={len(idle_ok)}", "-", "info"),
+            Row("  (info) barrier held per mark (a), p99", f"{a_hold['p99']:.1f} ms",
+                f"wait p99 {a_wait['p99']:.1f} ms", "-", "info"),
+            Row("marks made / attempted under load", f"{len(ok) + len(cli_ok)} / "
+                f"{len(inproc) + len(cli)}", "skipped or failed are listed above", "all",
+                verdict(not bad)),
+        ]
+
+    def mark_loop(self, ctx: multiprocessing.context.ForkContext,
+                  seconds: float) -> list[dict[str, Any]]:
+        """take_mark() every MARK_INTERVAL_LATENCY s in a forked child (see _mark_loop_child)."""
+        queue: multiprocessing.Queue[str] = ctx.Queue()
+        child = ctx.Process(target=_mark_loop_child,
+                            args=(str(self.cfg), seconds, MARK_INTERVAL_LATENCY, queue))
+        child.start()
+        try:
+            payload = json.loads(queue.get(timeout=seconds + 120))
+        finally:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+        if "error" in payload:
+            raise RuntimeError(f"in-process mark loop failed: {payload['error']}")
+        samples: list[dict[str, Any]] = payload["samples"]
+        return samples
+
+    # -- 2. RPO under load, the agent at interval 5 s --------------------------------------------
+
+    def bench_rpo(self) -> None:
+        seconds = 2 * self.duration
+        say(f"== 2. RPO under load: the agent (`markship run`) at [marks] interval = "
+            f"{RPO_INTERVAL:g} s, pgbench on every server, age of the newest complete mark "
+            f"sampled every 1 s for {seconds} s (library: markship.marks.mark_states)")
+        self.settle()
+        procs = self.start_pgbench(seconds + 40)
+        time.sleep(2)
+        agent = self.start_agent(RPO_INTERVAL, "rpo")
+        config = self.load_config()
+        repo = open_repository(config.repository.path)
+        start_wall = datetime.now(UTC)
+        first_complete: float | None = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            newest = latest_complete(mark_states(repo, config))
+            if newest is not None and newest.record.created_at >= start_wall:
+                first_complete = time.monotonic() - agent.started
+                break
+            if agent.proc.poll() is not None:
+                raise RuntimeError(f"the agent exited: {agent.log.read_text()[-800:]}")
+            time.sleep(0.1)
+        if first_complete is None:
+            raise RuntimeError("the agent made no complete mark within 30 s")
+        say(f"first complete mark {first_complete:.2f} s after the agent started")
+        samples: list[dict[str, Any]] = []
+        first_seen_complete: dict[str, float] = {}
+        created: dict[str, datetime] = {}
+        began = time.monotonic()
+        tick = began
+        while time.monotonic() - began < seconds:
+            tick += 1.0
+            time.sleep(max(0.0, tick - time.monotonic()))
+            call = time.perf_counter()
+            states = mark_states(repo, config)
+            now = datetime.now(UTC)
+            call_ms = (time.perf_counter() - call) * 1000
+            newest = latest_complete(states)
+            if newest is None:
+                raise RuntimeError("no complete mark in the repository any more")
+            newest_age = (now - newest.record.created_at).total_seconds()
+            for state in states:
+                created[state.record.name] = state.record.created_at
+                if state.complete and state.record.name not in first_seen_complete:
+                    first_seen_complete[state.record.name] = (
+                        now - state.record.created_at).total_seconds()
+            samples.append({"t": round(time.monotonic() - began, 3),
+                            "age_s": round(newest_age, 3),
+                            "newest_complete": newest.record.name, "marks": len(states),
+                            "incomplete": sum(1 for s in states if not s.complete),
+                            "call_ms": round(call_ms, 1)})
+        agent_stats = self.stop_agent(agent)
+        tps = self.finish_pgbench(procs)
+        cli_marks = run_timed(self.ms("marks", "--json"))
+        ages = [s["age_s"] for s in samples]
+        age = dist(ages)
+        # How long after its creation each of the agent's marks was first seen complete
+        # (1 s sampling resolution: an upper bound).
+        mine = {n: v for n, v in first_seen_complete.items() if created[n] >= start_wall}
+        lag = dist(list(mine.values()))
+        self.results["rpo"] = {
+            "interval_s": RPO_INTERVAL, "sample_seconds": seconds, "samples": samples,
+            "newest_complete_age_s": age, "first_complete_after_agent_start_s": first_complete,
+            "mark_seen_complete_after_s": lag, "agent": agent_stats, "pgbench_tps": tps,
+            "mark_states_call_ms": dist([s["call_ms"] for s in samples]),
+            "cli_marks_json_seconds": cli_marks.seconds, "marks_in_repository":
+            samples[-1]["marks"] if samples else 0,
+        }
+        say("age of the newest complete mark per second (s): "
+            + " ".join(f"{a:.1f}" for a in ages))
+        say(f"age {fmt_dist(age, 's', 2)}; agent marks ok {agent_stats['marks_ok']}, skipped "
+            f"{agent_stats['marks_skipped']}, failed {agent_stats['marks_failed']}; each mark "
+            f"seen complete {fmt_dist(lag, 's', 2)} after its creation (1 s sampling)")
+        say(f"agent exit code after SIGTERM: {agent_stats['exit_code']} (in "
+            f"{agent_stats['stop_seconds']:.2f} s); pgbench tps per server "
+            f"{', '.join(f'{t:.0f}' for t in tps)}")
+        say(f"mark_states() per sample {fmt_dist(dist([s['call_ms'] for s in samples]), digits=1)}"
+            f" with {samples[-1]['marks'] if samples else 0} marks in the repository; "
+            f"`markship marks --json` {cli_marks.seconds * 1000:.0f} ms")
+        limit = RPO_INTERVAL + 5
+        self.rows += [
+            Row(f"RPO: newest complete mark age, max (interval {RPO_INTERVAL:g} s)",
+                f"{age['max']:.2f} s", f"p95 {age['p95']:.2f} s, n={len(ages)}",
+                f"≤ {limit:g} s (goal)", verdict(age["max"] <= limit)),
+            Row("RPO: same, against the issue's bound", f"{age['max']:.2f} s",
+                f"p50 {age['p50']:.2f} s", "≤ 15 s (issue)", verdict(age["max"] <= 15)),
+            Row("  (info) mark creation → seen complete", f"p50 {lag['p50']:.2f} s",
+                f"max {lag['max']:.2f} s (1 s sampling)", "-", "info"),
+            Row("agent exits 0 on SIGTERM", str(agent_stats["exit_code"]),
+                f"after {agent_stats['stop_seconds']:.2f} s", "0",
+                verdict(agent_stats["exit_code"] == 0)),
+        ]
+
+    # -- 3. throughput cost of marks -------------------------------------------------------------
+
+    def commits_total(self) -> int:
+        """Committed transactions so far in database postgres, summed over the servers."""
+        total = 0
+        for server in self.servers:
+            with psycopg.connect(server.conninfo(), autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute("SELECT xact_commit FROM pg_stat_database "
+                                   "WHERE datname = 'postgres'").fetchone()
+                total += int(row[0]) if row else 0
+        return total
+
+    def archive_command_cpu_s(self) -> float:
+        """CPU seconds of every archive_command run so far (markship wal-push and its shell),
+        summed over the servers: the archiver's cutime + cstime (it waits for each one)."""
+        total = 0.0
+        for server in self.servers:
+            with psycopg.connect(server.conninfo(), autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute("SELECT pid FROM pg_stat_activity "
+                                   "WHERE backend_type = 'archiver'").fetchone()
+            if row is not None:
+                total += proc_cpu_s(int(row[0]), children=True)
+        return total
+
+    def archived_total(self) -> int:
+        """WAL files archived so far, summed over the servers (pg_stat_archiver)."""
+        total = 0
+        for server in self.servers:
+            with psycopg.connect(server.conninfo(), autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute("SELECT archived_count FROM pg_stat_archiver").fetchone()
+                total += int(row[0]) if row else 0
+        return total
+
+    def bench_throughput(self) -> None:
+        d = self.duration
+        half = max(5, d // 2)
+        say(f"== 3. throughput cost of marks every {THROUGHPUT_INTERVAL:g} s (the agent): each "
+            f"workload off {half} s, on {d} s, off {half} s (A-B-A cancels drift); "
+            f"the archive backlog drains between segments; CPU busy = all {os.cpu_count()} "
+            "CPUs, from /proc/stat")
+        twopc: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        bench: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        agents: dict[str, dict[str, Any]] = {}
+        plan = (("off", half), ("on", d), ("off", half))
+        for kind in ("2pc", "pgbench"):
+            for seg, (mode, secs) in enumerate(plan):
+                self.settle()
+                agent = (self.start_agent(THROUGHPUT_INTERVAL, f"{kind}-{seg}")
+                         if mode == "on" else None)
+                if agent is not None:
+                    self.wait_agent_marked(agent)
+                archived, archive_cpu = self.archived_total(), self.archive_command_cpu_s()
+                if kind == "2pc":
+                    work = TwoPhaseWorkload(self.servers, f"tp{seg}")
+                    self.workloads.append(work)
+                    work.start()
+                    cpu = cpu_times()
+                    work.go()
+                    time.sleep(secs)
+                    stats = work.finish()
+                    self.workloads.remove(work)
+                else:
+                    procs = self.start_pgbench(secs)
+                    cpu = cpu_times()
+                    tps = self.finish_pgbench(procs)
+                    stats = {"tps": tps, "tps_sum": sum(tps), "seconds": float(secs)}
+                stats["cpu_busy"] = cpu_busy_since(cpu)
+                stats["archived_per_s"] = (self.archived_total() - archived) / stats["seconds"]
+                stats["archive_cpu_share"] = ((self.archive_command_cpu_s() - archive_cpu)
+                                              / stats["seconds"] / (os.cpu_count() or 1))
+                if agent is not None:
+                    agents[kind] = self.stop_agent(agent)
+                tail = (f"; CPU busy {stats['cpu_busy']:.0%}; WAL files archived "
+                        f"{stats['archived_per_s']:.1f}/s, archive_command CPU "
+                        f"{stats['archive_cpu_share']:.0%} of the machine")
+                if kind == "2pc":
+                    twopc[mode].append(stats)
+                    say(f"2PC {mode:<3} {stats['per_s']:.1f} transfers/s ({stats['transfers']} "
+                        f"in {stats['seconds']:.1f} s), latency "
+                        f"{fmt_dist(stats['latency_ms'], digits=1)}{tail}"
+                        + (f"; {stats['error_count']} errors: {stats['errors'][:1]}"
+                           if stats["error_count"] else ""))
+                else:
+                    bench[mode].append(stats)
+                    say(f"pgbench {mode:<3} {stats['tps_sum']:.0f} tps summed over "
+                        f"{self.n_servers} servers ({', '.join(f'{t:.0f}' for t in tps)}){tail}")
+        off_2pc = sum(s["per_s"] for s in twopc["off"]) / len(twopc["off"])
+        on_2pc = twopc["on"][0]["per_s"]
+        off_pgb = sum(s["tps_sum"] for s in bench["off"]) / len(bench["off"])
+        on_pgb = bench["on"][0]["tps_sum"]
+        r_2pc, r_pgb = on_2pc / off_2pc, on_pgb / off_pgb
+        errors = sum(s["error_count"] for segs in twopc.values() for s in segs)
+        self.results["throughput"] = {
+            "mark_interval_s": THROUGHPUT_INTERVAL, "twopc": twopc, "pgbench": bench,
+            "twopc_ratio": r_2pc, "pgbench_ratio": r_pgb, "agents": agents,
+            "twopc_workers": TWOPC_WORKERS, "pgbench_clients_per_server": self.clients,
+        }
+        for label, stats in agents.items():
+            say(f"agent during {label}: marks ok {stats['marks_ok']}, skipped "
+                f"{stats['marks_skipped']}, failed {stats['marks_failed']}; barrier held "
+                f"{fmt_dist(stats['hold_ms'], digits=1)}; switch {fmt_dist(stats['switch_ms'])}; "
+                f"agent process CPU {stats['cpu_s']:.1f} s in {stats['ran_seconds']:.0f} s")
+        on_lat = twopc["on"][0]["latency_ms"]
+        off_lat = twopc["off"][0]["latency_ms"]
+        busy_off = bench["off"][0]["cpu_busy"]
+        on_stats = bench["on"][0]
+        self.rows += [
+            Row("2PC transfers/s, marks every 1 s vs none", f"{on_2pc:.1f}/s",
+                f"without {off_2pc:.1f}/s, ratio {r_2pc:.3f}", "ratio (info)", "info"),
+            Row("  (info) 2PC transfer latency p99 on / off", f"{on_lat['p99']:.1f} ms",
+                f"{off_lat['p99']:.1f} ms", "-", "info"),
+            Row("pgbench tps, marks every 1 s vs none", f"{on_pgb:.0f} tps",
+                f"without {off_pgb:.0f} tps, ratio {r_pgb:.3f}", "ratio ≥ 0.97 (goal)",
+                verdict(r_pgb >= 0.97)),
+            Row("  (info) pgbench: CPU busy off / on",
+                f"{busy_off:.0%} / {on_stats['cpu_busy']:.0%}",
+                f"with marks: {on_stats['archived_per_s']:.1f} WAL files archived/s, "
+                f"archive_command CPU {on_stats['archive_cpu_share']:.0%} of the machine", "-",
+                "info"),
+            Row("2PC workload errors", str(errors), "-", "0", verdict(errors == 0)),
+        ]
+
+    # -- 4. failover -----------------------------------------------------------------------------
+
+    def standby_status(self) -> tuple[list[dict[str, Any]], float]:
+        """markship.standby.standby_status through the library (the CLI's process start under
+        this load exceeds the 1 s sampling period; it is timed separately)."""
+        from dataclasses import asdict
+
+        from markship.standby import standby_status
+
+        config = self.load_config()
+        started = time.perf_counter()
+        try:
+            data = [asdict(s) for s in standby_status(config,
+                                                      open_repository(config.repository.path))]
+        except MarkshipError:
+            data = []
+        return data, time.perf_counter() - started
+
+    def bench_failover(self) -> None:
+        load_s = max(15, self.duration // 2)
+        say(f"== 4. failover: {self.n_servers} DR standbys, agent marking every "
+            f"{FAILOVER_INTERVAL:g} s, pgbench + 2PC load for {load_s} s, kill -9 of every "
+            "production server, then `markship failover --json` timed")
+        self.settle()
+        backup = run_timed(self.ms("backup", "--json")).check("markship backup")
+        for server in self.servers:
+            sb = ScratchServer(f"dr-{server.name}", self.root / f"dr-{server.name}", self.port())
+            pg_dir(sb.base_dir)
+            pg_dir(sb.socket_dir)
+            self.standbys.append(sb)
+        self.write_config(FAILOVER_INTERVAL, dr_site=True)
+        create = run_timed(self.ms("standby", "create"), timeout=900).check("standby create")
+        say(f"fresh backup {backup.seconds:.1f} s; `markship standby create` "
+            f"{create.seconds:.1f} s")
+        agent = self.start_agent(FAILOVER_INTERVAL, "failover")
+        self.wait_agent_marked(agent)
+
+        # Caught up: every standby sits at a mark at most 1 behind the newest complete one.
+        caught: float | None = None
+        began = time.monotonic()
+        status: list[dict[str, Any]] = []
+        while time.monotonic() - began < 90:
+            status, _ = self.standby_status()
+            if status and all(s["at_mark"] and s["marks_behind"] is not None
+                              and s["marks_behind"] <= 1 for s in status):
+                caught = time.monotonic() - began
+                break
+            time.sleep(0.5)
+        say("standbys caught up (≤ 1 mark behind) " + (f"after {caught:.1f} s" if caught
+                                                         is not None else "NOT within 90 s")
+            + ": " + ", ".join(f"{s['server']} {s['marks_behind']}" for s in status))
+
+        procs = self.start_pgbench(load_s + 60)
+        work = TwoPhaseWorkload(self.servers, "fo")
+        self.workloads.append(work)
+        work.start()
+        work.go()
+        samples: list[dict[str, Any]] = []
+        load_began = time.monotonic()
+        tick = load_began
+        while time.monotonic() - load_began < load_s:
+            status, call_s = self.standby_status()
+            samples.append({"t": round(time.monotonic() - load_began, 2),
+                            "call_s": round(call_s, 3),
+                            "marks_behind": {s["server"]: s["marks_behind"] for s in status},
+                            "lag_bytes": {s["server"]: s["lag_bytes"] for s in status},
+                            "in_recovery": {s["server"]: s["in_recovery"] for s in status}})
+            tick += 1.0
+            time.sleep(max(0.0, tick - time.monotonic()))
+        cli_status = run_timed(self.ms("standby", "status", "--json"), timeout=120)
+
+        # The disaster: every production server dies mid-load.
+        work.stop.set()
+        killed_at = time.monotonic()
+        for server in self.servers:
+            server.kill9()
+        stats = work.finish()
+        self.workloads.remove(work)
+        self.finish_pgbench(procs, check=False)
+        agent_stats = self.stop_agent(agent)
+        say(f"production killed; 2PC workload had made {stats['transfers']} transfers; agent "
+            f"marks ok {agent_stats['marks_ok']}, failed {agent_stats['marks_failed']} (after "
+            f"the kill), exit {agent_stats['exit_code']}")
+
+        waited = time.monotonic() - killed_at
+        result = run_timed(self.ms("failover", "--json"), timeout=900)
+        report: dict[str, Any] = json.loads(result.out) if result.code == 0 else {}
+        total = result.seconds
+        if result.code != 0:
+            say(f"FAILOVER FAILED (exit {result.code}): {(result.err or result.out)[-800:]}")
+        checks = self.check_failover(report) if report else {"consistent": False}
+        behind = [float(v) for s in samples for v in s["marks_behind"].values()
+                  if v is not None]
+        worst = [max((v for v in s["marks_behind"].values() if v is not None), default=-1)
+                 for s in samples]
+        lag_bytes = [float(v) for s in samples for v in s["lag_bytes"].values() if v is not None]
+        behind_d = dist(behind)
+        phases: dict[str, float] = report.get("phases", {})
+        self.results["failover"] = {
+            "load_seconds": load_s, "backup_seconds": backup.seconds,
+            "standby_create_seconds": create.seconds, "caught_up_after_s": caught,
+            "standby_samples": samples, "marks_behind": behind_d,
+            "lag_bytes": dist(lag_bytes), "standby_status_call_s":
+            dist([s["call_s"] for s in samples]), "agent": agent_stats,
+            "cli_standby_status_seconds": cli_status.seconds,
+            "twopc_before_kill": stats, "failover_command_seconds": total,
+            "failover_exit_code": result.code, "report": report, "checks": checks,
+            "kill_to_failover_start_s": waited,
+            "stderr": result.err[-2000:],
+        }
+        say("standby marks_behind per second (worst standby): "
+            + " ".join("?" if w < 0 else str(w) for w in worst))
+        say(f"marks_behind over all standbys {fmt_dist(behind_d, 'marks', 1)}; lag "
+            f"{fmt_dist(dist([b / 1024 / 1024 for b in lag_bytes]), 'MiB', 1)}; "
+            f"standby_status() {fmt_dist(dist([s['call_s'] * 1000 for s in samples]))}; one "
+            f"`markship standby status --json` under the same load {cli_status.seconds:.2f} s")
+        if report:
+            split = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+            say(f"failover command {total:.2f} s (exit {result.code}); report: RTO "
+                f"{report['rto_seconds']:.2f} s ({split}); RPO {report['rpo_seconds']:.2f} s; "
+                f"mark {report['mark']}; resolutions {len(report.get('resolutions', []))}")
+            say(f"after failover: {checks}")
+        self.rows += [
+            Row(f"failover, {self.n_servers} servers, command start → done", f"{total:.2f} s",
+                ", ".join(f"{k} {v:.2f}" for k, v in phases.items()) or "failed",
+                "< 30 s (goal)", verdict(result.code == 0 and total < 30)),
+            Row("  (info) failover report RTO / RPO",
+                f"{report.get('rto_seconds', float('nan')):.2f} s",
+                f"RPO {report.get('rpo_seconds', float('nan')):.2f} s", "-", "info"),
+            Row("group consistent at the mark after failover",
+                "yes" if checks.get("consistent") else "NO",
+                f"balances {checks.get('balance_sum')} of {checks.get('expected_sum')}",
+                "consistent", verdict(bool(checks.get("consistent")))),
+            Row("standby lag under load, marks behind", f"p50 {behind_d['p50']:.0f}",
+                f"p95 {behind_d['p95']:.0f}, max {behind_d['max']:.0f} (n={len(behind)})", "-",
+                "info"),
+        ]
+
+    def check_failover(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Every standby promoted at the mark, no prepared transaction left, money conserved,
+        every decided transfer on both of its servers, the reference map applied."""
+        mark = report["mark"]
+        out: dict[str, Any] = {"expected_sum": self.n_servers * ACCOUNTS * START_BALANCE}
+        at_mark, promoted, prepared, total = True, True, 0, 0
+        seen: dict[str, int] = {}
+        for sb in self.standbys:
+            at_mark &= stopped_at(sb.data_dir) == f'at restore point "{mark}"'
+            promoted &= sb.psql("SELECT pg_is_in_recovery()") == "f"
+            prepared += int(sb.psql("SELECT count(*) FROM pg_prepared_xacts"))
+            total += int(sb.psql("SELECT sum(balance) FROM accounts"))
+            for gid in sb.psql("SELECT gid FROM transfers").split():
+                seen[gid] = seen.get(gid, 0) + 1
+        decided = set(self.standbys[0].psql("SELECT gid FROM markship.decisions").split())
+        both = set(seen) == decided and all(c == 2 for c in seen.values())
+        peer = self.servers[1].name
+        ref = self.standbys[0].psql(f"SELECT port FROM peers WHERE name = '{peer}'")
+        out.update(stopped_at_mark=at_mark, promoted=promoted, prepared_left=prepared,
+                   balance_sum=total, transfers_decided=len(decided), transfers_on_both=both,
+                   reference_applied=ref == str(self.standbys[1].port))
+        out["consistent"] = (at_mark and promoted and prepared == 0
+                             and total == out["expected_sum"] and both
+                             and out["reference_applied"])
+        return out
+
+    # -- running it all --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.results["meta"] = {
+            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "page_cache": "warm (cannot be dropped on this machine)",
+            "options": {"duration": self.duration, "servers": self.n_servers,
+                        "clients": self.clients, "phases": list(self.phases)},
+            "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                     "loadavg_at_start": loadavg()},
+            "versions": {
+                "markship": tool_version([str(MARKSHIP), "--version"]),
+                "markship_installed_at": installed_at(),
+                "work_tree_head": tool_version(["git", "-C", str(Path(__file__).resolve().parent),
+                                                "rev-parse", "--short", "HEAD"]),
+                "postgres": tool_version([pg("postgres"), "--version"]),
+            },
+        }
+        say(f"load average (1/5/15 min) at start: {loadavg()} on {os.cpu_count()} CPUs")
+        if self.clients < 4:
+            say(f"pgbench -c {self.clients} per server, not -c 4: with -c 4 on 3 servers the 2 "
+                "CPUs choke (load average ~9, a `markship --version` takes ~3 s instead of "
+                "0.3 s) for barely more commits/s; pass --clients 4 to see it")
+        self.setup()
+        self.results["foreign_activity"] = [{"at": "start", **foreign_activity(self.root)}]
+        steps = {"latency": self.bench_latency, "rpo": self.bench_rpo,
+                 "throughput": self.bench_throughput, "failover": self.bench_failover}
+        for phase in PHASES:
+            if phase in self.phases:
+                steps[phase]()
+                self.results["foreign_activity"].append({"at": f"after {phase}",
+                                                         **foreign_activity(self.root)})
+
+    def summary(self) -> Path:
+        print()
+        print("=" * 100)
+        if "failed" in self.results:
+            print(f"INCOMPLETE RUN, it failed: {self.results['failed']}")
+        print(f"markship group-mark benchmark summary — {self.n_servers} servers, pgbench scale "
+              f"{SCALE}, pgbench -c {self.clients} -j {min(2, self.clients)} per server, "
+              f"--duration {self.duration}, {os.cpu_count()} CPUs")
+        print(WARM_CACHE)
+        versions = self.results["meta"]["versions"]
+        print(f"{versions['markship']} (installed {versions['markship_installed_at']}, work tree "
+              f"HEAD {versions['work_tree_head']}); {versions['postgres']}")
+        if installed_at() != versions["markship_installed_at"]:
+            print(f"WARNING: markship was reinstalled during this run (at {installed_at()}, was "
+                  f"{versions['markship_installed_at']}): phases may have run different code")
+        host = self.results["meta"]["host"]
+        host["loadavg_at_end"] = loadavg()
+        print(f"load average (1/5/15 min) at start {host['loadavg_at_start']}, at end "
+              f"{host['loadavg_at_end']}: other work on this shared machine adds noise")
+        seen = self.results.get("foreign_activity", [])
+        if seen:
+            clusters = max(e["postgres_clusters"] for e in seen)
+            tools = max(e["markship_or_pytest_processes"] for e in seen)
+            print(f"other work seen at phase boundaries: up to {clusters} other PostgreSQL "
+                  f"clusters and {tools} markship/pytest processes" +
+                  (" — the machine was NOT quiet: compare the ratios, distrust the absolutes"
+                   if clusters or tools else " (none)"))
+        print("=" * 100)
+        print_table(["metric", "measured", "detail", "target", "verdict"],
+                    [[r.metric, r.value, r.detail, r.target, r.verdict] for r in self.rows])
+        self.results["summary"] = [r.__dict__ for r in self.rows]
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = RESULTS_DIR / f"marks-{stamp}.json"
+        path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        print(f"\nresults written to {path}")
+        return path
+
+    def cleanup(self) -> None:
+        os.chdir("/")
+        for work in self.workloads:
+            work.stop.set()
+            work.go_event.set()
+        for agent in self.agents:
+            if agent.proc.poll() is None:
+                agent.proc.kill()
+                agent.proc.wait()
+        for proc in self.pgbenches:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for server in [*reversed(self.standbys), *reversed(self.servers)]:
+            try:
+                server.stop(mode="immediate")
+            except Exception as exc:  # keep cleaning up the others
+                say(f"could not stop {server.name}: {exc}")
+        if not hasattr(self, "root"):
+            return
+        if self.keep:
+            say(f"--keep: servers stopped, directory kept: {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+            say(f"removed {self.root}")
+
+
+def agent_events(log: Path) -> list[dict[str, Any]]:
+    """The agent's --log-json lines (anything else on stderr is skipped)."""
+    events = []
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "event" in entry:
+            events.append(entry)
+    return events
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=int, default=30,
+                        help="seconds per measurement (each latency loop, the 'with marks' "
+                             "throughput segment; the RPO phase samples 2x this); default 30")
+    parser.add_argument("--servers", type=int, default=3, help="servers in the group (≥ 2)")
+    parser.add_argument("--clients", type=int, default=2,
+                        help="pgbench -c per server (default 2: -c 4 on 3 servers saturates "
+                             "the 2 CPUs here for no more tps; -j is min(2, clients))")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the bench directory (servers are stopped anyway)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
+    args = parser.parse_args(argv)
+    if args.servers < 2:
+        parser.error("--servers must be at least 2 (the 2PC workload spans two servers)")
+    if args.duration < 5:
+        parser.error("--duration must be at least 5")
+    if args.clients < 1:
+        parser.error("--clients must be at least 1")
+    chosen = set(args.phases.split(","))
+    if chosen - set(PHASES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(chosen - set(PHASES)))}")
+    args.phases = tuple(p for p in PHASES if p in chosen)
+    return args
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("run as root: servers and tools are started as the postgres OS user via runuser",
+              file=sys.stderr)
+        return 2
+    if not (PG_BIN / "postgres").exists() or not MARKSHIP.exists():
+        print(f"PostgreSQL 15 ({PG_BIN}) or markship ({MARKSHIP}) missing: run ./dev setup",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    bench = Bench(duration=args.duration, n_servers=args.servers, clients=args.clients,
+                  keep=args.keep, phases=args.phases)
+    failed = False
+    try:
+        bench.run()
+    except BaseException as exc:
+        failed = True
+        bench.results["failed"] = f"{type(exc).__name__}: {exc}"
+        say(f"benchmark FAILED: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        try:
+            if "meta" in bench.results:
+                bench.summary()
+        finally:
+            bench.cleanup()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
