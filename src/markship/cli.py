@@ -200,13 +200,13 @@ def list_sets(ctx: Context, as_json: bool) -> None:
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
     """Per server: last backup, archived WAL, archive lag and archiver failures."""
-    from markship.marks import latest_complete, mark_states
+    from markship.marks import newest_complete
     from markship.status import group_status
 
     config = ctx.config
     repo = ctx.repository()
     result = group_status(config, repo)
-    newest = latest_complete(mark_states(repo, config))
+    newest = newest_complete(repo, config)
     if as_json:
         emit_json({"servers": [asdict(s) | {"healthy": s.healthy} for s in result],
                    "latest_complete_mark": None if newest is None else {
@@ -442,15 +442,17 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
 
 
 @cli.command()
+@click.option("--limit", default=100, show_default=True,
+              help="Show the newest N marks (0: all of them).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
-def marks(ctx: Context, as_json: bool) -> None:
+def marks(ctx: Context, limit: int, as_json: bool) -> None:
     """Group marks with their completeness (WAL archived on every server) and age."""
     from markship.lsn import format_lsn
     from markship.marks import mark_states
 
     config = ctx.config
-    states = mark_states(ctx.repository(), config)
+    states = mark_states(ctx.repository(), config, newest=limit or None)
     if as_json:
         emit_json([s.record.model_dump(mode="json") | {
             "complete": s.complete, "waiting_for": s.waiting_for,

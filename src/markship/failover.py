@@ -33,7 +33,7 @@ from markship.catalog import MarkRecord
 from markship.config import Config, StandbySection
 from markship.errors import MarkshipError
 from markship.lsn import format_lsn, parse_history
-from markship.marks import MarkState, mark_states, parallel
+from markship.marks import MarkState, mark_state, newest_complete, parallel
 from markship.repository import Repository
 from markship.resolve import Resolution, resolve_in_doubt
 from markship.restore import fetch_command, postmaster_status, start_and_wait, write_settings
@@ -70,21 +70,20 @@ class Report:
 
 def choose_mark(config: Config, repo: Repository, name: str | None) -> MarkState:
     """The named mark or the newest complete one; MarkshipError when unusable."""
-    states = mark_states(repo, config)
-    if name:
-        for state in states:
-            if state.record.name == name:
-                if not state.complete:
-                    raise MarkshipError(f"mark {name} is not complete (waiting for "
-                                        f"{', '.join(state.waiting_for)})",
-                                        "choose a complete mark: markship marks")
-                return state
+    if not name:
+        newest = newest_complete(repo, config)
+        if newest is None:
+            raise MarkshipError("no complete group mark in the repository",
+                                "marks are laid by markship run (or markship mark)")
+        return newest
+    if catalog.read_mark(repo, name) is None:
         raise MarkshipError(f"mark {name} not found", "markship marks lists the marks")
-    complete = [s for s in states if s.complete]
-    if not complete:
-        raise MarkshipError("no complete group mark in the repository",
-                            "marks are laid by markship run (or markship mark)")
-    return complete[-1]
+    state = mark_state(repo, config, name)
+    if not state.complete:
+        raise MarkshipError(f"mark {name} is not complete (waiting for "
+                            f"{', '.join(state.waiting_for)})",
+                            "choose a complete mark: markship marks")
+    return state
 
 
 def production_answering(config: Config) -> list[str]:

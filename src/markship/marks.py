@@ -167,19 +167,39 @@ class MarkState:
     age_seconds: float
 
 
-def mark_states(repo: Repository, config: Config) -> list[MarkState]:
-    """Every mark with its completeness, oldest first."""
-    marks = catalog.list_marks(repo)
+def mark_states(repo: Repository, config: Config, newest: int | None = None) -> list[MarkState]:
+    """Marks with their completeness, oldest first: all of them, or the `newest` N."""
+    names = sorted(n for n in repo.children("marks/") if n.endswith(".json"))
+    if newest is not None:
+        names = names[-newest:] if newest > 0 else []
     wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
-    states = []
-    for record in marks:
-        for server in record.points:
-            if server not in wal:
-                wal[server] = catalog.WalIndex(repo, server)
-        missing = catalog.mark_missing_wal(record, wal)
-        states.append(MarkState(record, not missing, missing,
-                                age_seconds(record.created_at) or 0.0))
-    return states
+    return [_state(repo, name, wal) for name in names]
+
+
+def _state(repo: Repository, file_name: str, wal: dict[str, catalog.WalIndex]) -> MarkState:
+    record = catalog.read_record(repo, f"marks/{file_name}", MarkRecord)
+    for server in record.points:
+        if server not in wal:
+            wal[server] = catalog.WalIndex(repo, server)
+    missing = catalog.mark_missing_wal(record, wal)
+    return MarkState(record, not missing, missing, age_seconds(record.created_at) or 0.0)
+
+
+def mark_state(repo: Repository, config: Config, name: str) -> MarkState:
+    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    return _state(repo, f"{name}.json", wal)
+
+
+def newest_complete(repo: Repository, config: Config) -> MarkState | None:
+    """The newest complete mark, reading records from the newest back (marks complete in
+    order, so this stops after a few records however long the history is)."""
+    names = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
+    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    for name in names:
+        state = _state(repo, name, wal)
+        if state.complete:
+            return state
+    return None
 
 
 def latest_complete(states: list[MarkState]) -> MarkState | None:

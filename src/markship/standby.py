@@ -95,7 +95,8 @@ def parity_problems(production: dict[str, str], standby: dict[str, str]) -> list
 
 
 def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
-    states = mark_states(repo, config)
+    # A standby is at most a few marks behind; the newest 100 are plenty to place it.
+    states = mark_states(repo, config, newest=100)
     complete = [s for s in states if s.complete]
     wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
 
