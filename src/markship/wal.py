@@ -125,8 +125,6 @@ def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
     """Push the next ready WAL files in parallel and leave spool markers for them, so the
     archiver's following calls return at once. Failures are left for those calls to report.
     Returns how many files were pushed ahead."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from markship import spool
 
     folder = spool.spool_dir(spool_for, server)
@@ -147,6 +145,8 @@ def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
 
     if not ahead:
         return 0
+    from concurrent.futures import ThreadPoolExecutor  # only when there is a backlog
+
     with ThreadPoolExecutor(max_workers=2) as pool:
         return sum(pool.map(one, ahead))
 
