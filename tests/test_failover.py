@@ -4,7 +4,6 @@ a disaster, an interrupted failover resumed, and a group that agrees on one mark
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import signal
 import subprocess
@@ -15,9 +14,9 @@ from typing import Any
 import psycopg
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory, run_markship
-from markship.client import group_transaction, setup_decisions
+from markship.client import setup_decisions
 from markship.failover import stopped_at
-from markship.scratch import ScratchServer
+from markship.scratch import ScratchServer, transfer_workload
 
 ACCOUNTS = 10
 START = 1000
@@ -57,31 +56,6 @@ def _setup(group: Group) -> None:
         setup_decisions(conn)
 
 
-def _workload(group: Group, stop: threading.Event, errors: list[BaseException]) -> None:
-    conns = [psycopg.connect(s.conninfo()) for s in group.servers]
-    try:
-        with psycopg.connect(group.servers[0].conninfo(), autocommit=True) as barrier:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                a, b = random.sample(range(3), 2)
-                amount = random.randint(1, 30)
-                gid = f"t{n}"
-                with group_transaction(barrier, "testgroup", gid, [conns[a], conns[b]]):
-                    conns[a].execute("UPDATE accounts SET balance = balance - %s WHERE id = %s",
-                                     (amount, random.randint(1, ACCOUNTS)))
-                    conns[a].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, -amount))
-                    conns[b].execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
-                                     (amount, random.randint(1, ACCOUNTS)))
-                    conns[b].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, amount))
-    except BaseException as exc:
-        if not stop.is_set():
-            errors.append(exc)
-    finally:
-        for conn in conns:
-            conn.close()
-
-
 def _replay_lsn(sb: ScratchServer) -> int:
     text = sb.psql("SELECT pg_last_wal_replay_lsn()")
     high, low = text.split("/")
@@ -100,8 +74,9 @@ def test_group_failover_to_one_mark(pg_group: GroupFactory) -> None:
     agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
-    errors: list[BaseException] = []
-    worker = threading.Thread(target=_workload, args=(group, stop, errors))
+    errors: list[str] = []
+    worker = threading.Thread(target=transfer_workload,
+                              args=(group.servers, "testgroup", ACCOUNTS, stop, [], errors))
     worker.start()
     checks = 0
     try:

@@ -9,7 +9,6 @@ group agrees: the total of all balances is intact and no transfer is half-applie
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import tempfile
 import threading
@@ -22,13 +21,13 @@ from rich.console import Console
 from markship import config as config_mod
 from markship import osuser
 from markship.backup import run_backup
-from markship.client import group_transaction, setup_decisions
+from markship.client import setup_decisions
 from markship.errors import MarkshipError
 from markship.failover import failover
 from markship.marks import GroupConnections, mark_states, take_mark
 from markship.repository import open_repository
 from markship.restore import Target, markship_command, restore_server
-from markship.scratch import ScratchServer, free_port, wait_archived
+from markship.scratch import ScratchServer, free_port, transfer_workload, wait_archived
 from markship.standby import create_standbys, standby_status
 from markship.timefmt import show
 
@@ -73,33 +72,6 @@ def run_demo(count: int, keep: bool) -> None:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
             console.print("[dim]demo servers stopped and files removed[/dim]")
-
-
-def _transfers(servers: list[ScratchServer], stop: threading.Event, done: list[str],
-               errors: list[str]) -> None:
-    """Move money between servers, each transfer one two-phase commit under the barrier."""
-    conns = [psycopg.connect(s.conninfo()) for s in servers]
-    try:
-        with psycopg.connect(servers[0].conninfo(), autocommit=True) as barrier:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                a, b = random.sample(range(len(servers)), 2)
-                amount, gid = random.randint(1, 50), f"transfer-{n}"
-                with group_transaction(barrier, "demo", gid, [conns[a], conns[b]]):
-                    conns[a].execute("UPDATE accounts SET balance = balance - %s WHERE id = %s",
-                                     (amount, random.randint(1, ACCOUNTS)))
-                    conns[a].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, -amount))
-                    conns[b].execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
-                                     (amount, random.randint(1, ACCOUNTS)))
-                    conns[b].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, amount))
-                done.append(gid)
-    except psycopg.Error as exc:
-        if not stop.is_set():
-            errors.append(str(exc).strip().splitlines()[0])
-    finally:
-        for conn in conns:
-            conn.close()
 
 
 def _story(console: Console, workdir: Path, count: int, command: str,
@@ -165,7 +137,8 @@ def _story(console: Console, workdir: Path, count: int, command: str,
     stop = threading.Event()
     done: list[str] = []
     errors: list[str] = []
-    worker = threading.Thread(target=_transfers, args=(servers, stop, done, errors))
+    worker = threading.Thread(target=transfer_workload,
+                              args=(servers, "demo", ACCOUNTS, stop, done, errors))
     worker.start()
     conns = GroupConnections(config)
     try:

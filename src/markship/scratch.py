@@ -12,6 +12,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -173,3 +174,39 @@ def wait_archived(server: ScratchServer, timeout: float = 60) -> str:
             return segment
         time.sleep(0.1)
     raise MarkshipError(f"scratch server {server.name}: {segment} not archived after {timeout} s")
+
+
+def transfer_workload(servers: list[ScratchServer], group: str, accounts: int,
+                      stop: threading.Event, done: list[str], errors: list[str]) -> None:
+    """Move money between random pairs of servers until `stop` is set, each transfer one
+    two-phase commit under the group barrier (the first server holds it). Tables:
+    `accounts(id, balance)` and `transfers(gid, amount)` on every server. Errors after `stop`
+    (servers killed on purpose) are not reported."""
+    import random
+
+    import psycopg
+
+    from markship.client import group_transaction
+
+    conns = [psycopg.connect(s.conninfo()) for s in servers]
+    try:
+        with psycopg.connect(servers[0].conninfo(), autocommit=True) as barrier:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                a, b = random.sample(range(len(servers)), 2)
+                amount, gid = random.randint(1, 50), f"transfer-{n}"
+                with group_transaction(barrier, group, gid, [conns[a], conns[b]]):
+                    conns[a].execute("UPDATE accounts SET balance = balance - %s WHERE id = %s",
+                                     (amount, random.randint(1, accounts)))
+                    conns[a].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, -amount))
+                    conns[b].execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                                     (amount, random.randint(1, accounts)))
+                    conns[b].execute("INSERT INTO transfers VALUES (%s, %s)", (gid, amount))
+                done.append(gid)
+    except Exception as exc:
+        if not stop.is_set():
+            errors.append(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
+    finally:
+        for conn in conns:
+            conn.close()
