@@ -107,7 +107,8 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
                                   timeout=3) as conn:
                 row = conn.execute("SELECT pg_is_in_recovery() AS r, CASE WHEN "
                                    "pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE "
-                                   "pg_current_wal_lsn() END::text AS lsn").fetchone()
+                                   "pg_current_wal_lsn() END::text AS lsn, (SELECT timeline_id "
+                                   "FROM pg_control_checkpoint()) AS tli").fetchone()
             assert row is not None
             mine = _settings(standby_conninfo(config, standby.server), standby.server)
         except MarkshipError as exc:
@@ -116,9 +117,12 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
         from markship.lsn import parse_lsn
 
         replayed = parse_lsn(row["lsn"])
-        reached = [s for s in complete if s.record.points[standby.server].lsn <= replayed]
+        # Marks of this standby's timeline only: LSNs of other timelines do not compare.
+        same_tl = [s for s in complete
+                   if s.record.points[standby.server].timeline == row["tli"]]
+        reached = [s for s in same_tl if s.record.points[standby.server].lsn <= replayed]
         at = reached[-1] if reached else None
-        behind = len(complete) - len(reached)
+        behind = len(same_tl) - len(reached)
         newest = wal[standby.server].newest()
         lag_bytes = max(newest.next().start_lsn() - replayed, 0) if newest else None
         try:
