@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 
@@ -80,12 +82,32 @@ def _settings(conninfo: str, server: str) -> dict[str, str]:
     with postgres.connect(conninfo, server, timeout=3) as conn:
         rows = conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
                             (["server_version_num", *PARITY_SETTINGS],)).fetchall()
-    return {r["name"]: r["setting"] for r in rows}
+        size = conn.execute("SELECT sum(pg_database_size(oid))::bigint AS b "
+                            "FROM pg_database").fetchone()
+    found = {r["name"]: r["setting"] for r in rows}
+    if size and size["b"] is not None:
+        found["data_bytes"] = str(size["b"])
+    return found
 
 
-def parity_problems(production: dict[str, str], standby: dict[str, str]) -> list[str]:
-    """Settings where the standby is below production (recovery or promotion would fail)."""
+def free_bytes(directory: Path) -> int | None:
+    """Free space for the standby's data directory (the DR host's own disk)."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def parity_problems(production: dict[str, str], standby: dict[str, str],
+                    free: int | None = None) -> list[str]:
+    """Where the standby falls short of production: settings below production's (recovery
+    or promotion would fail), and free disk smaller than production's data size (no room to
+    take over production's growth after a failover)."""
     problems = []
+    data = int(production.get("data_bytes", "0"))
+    if free is not None and free < data:
+        problems.append(f"free disk {free // 2**20} MiB < production data {data // 2**20} MiB")
     if production.get("server_version_num", "")[:2] != standby.get("server_version_num", "")[:2]:
         problems.append("PostgreSQL major version differs")
     for name in PARITY_SETTINGS:
@@ -127,7 +149,8 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
         lag_bytes = max(newest.next().start_lsn() - replayed, 0) if newest else None
         try:
             parity = parity_problems(_settings(config.server(standby.server).conninfo,
-                                               standby.server), mine)
+                                               standby.server), mine,
+                                     free_bytes(standby.data_dir))
         except MarkshipError:
             parity = ["production unreachable: parity not checked"]
         return StandbyStatus(standby.server, address, True, None, bool(row["r"]), replayed,
