@@ -166,14 +166,21 @@ def test_failback_switches_roles_back(pg_group: GroupFactory) -> None:
     group.ok("standby", "create")
     group.servers[0].psql("UPDATE accounts SET balance = balance + 5 WHERE id = 1")
     group.servers[1].psql("UPDATE accounts SET balance = balance - 5 WHERE id = 1")
+    first = json.loads(group.ok("mark", "--json"))["name"]
+    group.servers[0].psql("UPDATE accounts SET balance = balance + 1 WHERE id = 5")
+    group.servers[1].psql("UPDATE accounts SET balance = balance - 1 WHERE id = 5")
     group.ok("mark")
-    deadline = time.monotonic() + 60
-    while not all(m["complete"] for m in json.loads(group.ok("marks", "--json"))):
-        assert time.monotonic() < deadline, "the mark's WAL never reached the repository"
-        time.sleep(0.2)
+    deadline = time.monotonic() + 90
+    while not all(m["complete"] for m in json.loads(group.ok("marks", "--json"))) or any(
+            s["at_mark"] != first for s in json.loads(group.ok("standby", "status", "--json"))):
+        assert time.monotonic() < deadline, "marks incomplete or standbys not past the first"
+        time.sleep(0.3)
     for server in group.servers:
         server.kill9()
         shutil.rmtree(server.data_dir)
+    older = group.markship("failover", "--mark", first)
+    assert older.returncode != 0 and "already replayed past mark" in older.stderr
+    assert all((sb.data_dir / "standby.signal").exists() for sb in standbys.values())
     group.ok("failover")
 
     new_config = group.workdir / "markship-back.toml"

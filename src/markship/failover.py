@@ -32,7 +32,7 @@ from markship import catalog, pgbin, postgres
 from markship.catalog import MarkRecord
 from markship.config import Config, StandbySection
 from markship.errors import MarkshipError
-from markship.lsn import format_lsn, parse_history
+from markship.lsn import format_lsn, parse_history, parse_lsn
 from markship.marks import MarkState, mark_state, newest_complete, parallel
 from markship.repository import Repository
 from markship.resolve import Resolution, resolve_in_doubt
@@ -145,6 +145,33 @@ def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
         raise MarkshipError(f"standby of {standby.server} stopped {where or 'nowhere'}, "
                             f"not at mark {mark.name}", "inspect its log and rebuild it")
     return "promoted"
+
+
+def refuse_standbys_past(config: Config, mark: MarkRecord) -> None:
+    """A standby that already replayed past the mark can never stop at it (PostgreSQL would
+    fail or wait forever): refuse before touching anything. Only an older --mark can cause it."""
+    assert config.dr_site is not None
+    past = []
+    for standby in config.dr_site.standbys:
+        if not (standby.data_dir / "standby.signal").exists():
+            continue  # promoted already (a resumed failover): checked by promote_to_mark
+        point = mark.points[standby.server]
+        try:
+            with postgres.connect(standby_conninfo(config, standby.server), standby.server,
+                                  timeout=3) as conn:
+                row = conn.execute("SELECT pg_last_wal_replay_lsn()::text AS lsn, (SELECT "
+                                   "timeline_id FROM pg_control_checkpoint()) AS tli").fetchone()
+        except MarkshipError:
+            continue  # not running: its restart will tell
+        if row and row["lsn"] and row["tli"] == point.timeline and \
+                parse_lsn(row["lsn"]) > point.lsn:
+            past.append(standby.server)
+    if past:
+        raise MarkshipError(
+            f"the standby of {', '.join(past)} already replayed past mark {mark.name}",
+            f"fail over to a newer mark, or rebuild the group at this mark from backups: "
+            f"markship restore --group --mark {mark.name}",
+        )
 
 
 def _pg_ctl(config: Config, standby: StandbySection) -> str:
@@ -282,6 +309,7 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
         raise MarkshipError(f"production server(s) {', '.join(answering)} still answer: "
                             "failing over now would leave two primaries (split brain)",
                             "stop them first, or pass --force if they are fenced off")
+    refuse_standbys_past(config, mark)
     started = utcnow()
     record = resumed or FailoverRecord(id=started.strftime("%Y%m%dT%H%M%SZ"), mark=mark.name,
                                        started_at=started, status="running")
