@@ -16,7 +16,7 @@ import psycopg
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory, run_markship
 from markship.client import setup_decisions
 from markship.failover import stopped_at
-from markship.scratch import ScratchServer, transfer_workload
+from markship.scratch import ScratchServer, create_ledger, transfer_workload
 
 ACCOUNTS = 10
 START = 1000
@@ -44,11 +44,7 @@ def _dr_config(group: Group) -> dict[str, ScratchServer]:
 
 def _setup(group: Group) -> None:
     for server in group.servers:
-        server.psql(f"""
-            CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
-            INSERT INTO accounts SELECT g, {START} FROM generate_series(1, {ACCOUNTS}) g;
-            CREATE TABLE transfers (gid text PRIMARY KEY, amount bigint NOT NULL);
-        """)
+        create_ledger(server, ACCOUNTS, START)
     alpha = group.servers[0]
     alpha.psql("CREATE TABLE peers (name text PRIMARY KEY, host text, port int); "
                f"INSERT INTO peers VALUES ('bravo', '127.0.0.1', {group.servers[1].port})")

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory
 from markship.client import barrier_key, commit_decided, group_transaction, setup_decisions
-from markship.scratch import ScratchServer, chown_to, free_port
+from markship.scratch import ScratchServer, chown_to, create_ledger, free_port
 
 ACCOUNTS = 10
 START_BALANCE = 1000
@@ -22,11 +22,7 @@ START_BALANCE = 1000
 
 def _setup_accounts(group: Group) -> None:
     for server in group.servers:
-        server.psql(f"""
-            CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
-            INSERT INTO accounts SELECT g, {START_BALANCE} FROM generate_series(1, {ACCOUNTS}) g;
-            CREATE TABLE transfers (gid text PRIMARY KEY, amount bigint NOT NULL);
-        """)
+        create_ledger(server, ACCOUNTS, START_BALANCE)
     with psycopg.connect(group.servers[0].conninfo(), autocommit=True) as conn:
         setup_decisions(conn)
 

@@ -27,7 +27,13 @@ from markship.failover import failover
 from markship.marks import GroupConnections, mark_states, take_mark
 from markship.repository import open_repository
 from markship.restore import Target, markship_command, restore_server
-from markship.scratch import ScratchServer, free_port, transfer_workload, wait_archived
+from markship.scratch import (
+    ScratchServer,
+    create_ledger,
+    free_port,
+    transfer_workload,
+    wait_archived,
+)
 from markship.standby import create_standbys, standby_status
 from markship.timefmt import show
 
@@ -91,10 +97,7 @@ def _story(console: Console, workdir: Path, count: int, command: str,
     for server in servers:
         server.initdb()
         server.start()
-        server.psql(f"""
-            CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
-            INSERT INTO accounts SELECT g, {START_BALANCE} FROM generate_series(1, {ACCOUNTS}) g;
-            CREATE TABLE transfers (gid text PRIMARY KEY, amount bigint NOT NULL);""")
+        create_ledger(server, ACCOUNTS, START_BALANCE)
         console.print(f"  {server.name}: 127.0.0.1:{server.port}, {ACCOUNTS} accounts of "
                       f"{START_BALANCE}, archive_command → markship wal-push")
     with psycopg.connect(servers[0].conninfo(), autocommit=True) as conn:

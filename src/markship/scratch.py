@@ -176,6 +176,14 @@ def wait_archived(server: ScratchServer, timeout: float = 60) -> str:
     raise MarkshipError(f"scratch server {server.name}: {segment} not archived after {timeout} s")
 
 
+def create_ledger(server: ScratchServer, accounts: int, balance: int) -> None:
+    """The tables `transfer_workload` moves money between."""
+    server.psql(f"""
+        CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+        INSERT INTO accounts SELECT g, {int(balance)} FROM generate_series(1, {int(accounts)}) g;
+        CREATE TABLE transfers (gid text PRIMARY KEY, amount bigint NOT NULL);""")
+
+
 def transfer_workload(servers: list[ScratchServer], group: str, accounts: int,
                       stop: threading.Event, done: list[str], errors: list[str]) -> None:
     """Move money between random pairs of servers until `stop` is set, each transfer one
