@@ -40,6 +40,10 @@ def workdir() -> Iterator[Path]:
     chown_to(path, OS_USER)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+    # wal-push's spool markers for configs that lived in this directory
+    escaped = str(path).replace("%", "%25").replace("/", "%2F")
+    for spool in Path("/var/tmp").glob(f"markship-spool-*/{escaped}*"):
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def run_markship(config: Path | None, *args: str, user: str | None = None,

@@ -34,6 +34,7 @@ from markship.scratch import (
     transfer_workload,
     wait_archived,
 )
+from markship.spool import spool_dir
 from markship.standby import create_standbys, standby_status
 from markship.timefmt import show
 
@@ -77,6 +78,9 @@ def run_demo(count: int, keep: bool) -> None:
             console.print(f"[dim]demo files kept in {workdir}[/dim]")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            # wal-push's spool for this config: <spool>/<config>/<server>
+            spool = os.path.dirname(spool_dir(str(workdir / "markship.toml"), NAMES[0]))
+            shutil.rmtree(spool, ignore_errors=True)
             console.print("[dim]demo servers stopped and files removed[/dim]")
 
 
