@@ -198,7 +198,6 @@ class WalIndex:
         self.server = server
         self.segments: dict[int, set[int]] = defaultdict(set)
         self.histories: set[int] = set()
-        self.backup_files: list[str] = []
         self.keys: dict[str, str] = {}
         prefix = layout.wal_prefix(server)
         for folder in repo.children(prefix):
@@ -210,8 +209,6 @@ class WalIndex:
                 self.keys[name] = f"{prefix}{folder}/{child}"
                 if name.endswith(".history"):
                     self.histories.add(int(name[:8], 16))
-                elif name.endswith(".backup"):
-                    self.backup_files.append(name)
                 elif len(name) == 24:
                     seg = parse_segment_name(name, segment_size)
                     self.segments[seg.timeline].add(seg.number)

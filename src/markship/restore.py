@@ -23,7 +23,7 @@ from pathlib import Path
 from markship import catalog, pgbin
 from markship.catalog import BackupRecord
 from markship.config import Config
-from markship.errors import CorruptObject, MarkshipError, RestoreError
+from markship.errors import CorruptObject, RestoreError
 from markship.hashing import HashingReader
 from markship.repository import Repository
 from markship.timefmt import show, utcnow
@@ -480,5 +480,3 @@ def _recovery_failure(log: Path) -> str | None:
             return line.split("FATAL:", 1)[-1].split("PANIC:", 1)[-1].strip()
     return None
 
-
-__all__ = ["MarkshipError", "RestoreResult", "Target", "choose_backup", "restore_server"]
