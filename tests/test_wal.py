@@ -149,3 +149,35 @@ def test_backlog_is_pushed_ahead_and_later_calls_return_at_once(workdir: Path) -
         shutil.rmtree(folder.parent, ignore_errors=True)
         if top.exists():
             top.chmod(0o700)
+
+
+def test_cached_settings_follow_config_edits(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    path = _segment(wal, os.urandom(1 << 16) * 256)
+    first = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert first.returncode == 0, first.stderr
+    # Renaming the server must be seen at once, not hidden by the parsed-settings cache.
+    config.write_text(config.read_text().replace('name = "orders"', 'name = "billing"'))
+    renamed = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert renamed.returncode == 2
+    assert "unknown server 'orders' (configured: billing)" in renamed.stderr
+
+
+def test_wal_path_stays_lean_and_its_zstd_is_standard(tmp_path: Path) -> None:
+    """The per-segment start-up loads no typing/re/pydantic, and the zstd backend it loads
+    directly writes frames the regular zstandard package (and so the zstd CLI) reads."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom markship import _zstd, wal, spool\nz = _zstd.load()\n"
+            "data = bytes(range(256)) * 4096\n"
+            "sys.stdout.buffer.write(z.ZstdCompressor(level=1, write_checksum=True)"
+            ".compress(data))\n"
+            "heavy = sorted(m for m in ('typing', 're', 'pydantic', 'click', 'tomllib', "
+            "'zstandard', 'contextlib') if m in sys.modules)\n"
+            "print(heavy, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert proc.stderr.decode().strip() == "[]"
+    import zstandard
+
+    assert zstandard.ZstdDecompressor().decompress(proc.stdout) == bytes(range(256)) * 4096

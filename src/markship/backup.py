@@ -128,7 +128,8 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
         start_lsn=info.start_lsn, stop_lsn=info.stop_lsn,
         wal_segment_size=facts.wal_segment_size, pg_version=facts.version,
         pg_version_num=facts.version_num, system_identifier=facts.system_identifier,
-        raw_size=proc.total_kb * 1024, archive=ObjectRef(**stored._asdict()),
+        raw_size=proc.total_kb * 1024,
+        archive=ObjectRef(key=stored.key, size=stored.size, sha256=stored.sha256),
         config_files=config_refs, markship_version=__version__,
     )
     catalog.write_record(repo, layout.backup_record_key(server.name, set_id), record)
@@ -160,7 +161,7 @@ def capture_config_files(conn: postgres.Connection,
         if data is None:
             continue
         stored = repo.write_bytes(layout.config_file_key(server.name, set_id, file_name), data)
-        refs[file_name] = ObjectRef(**stored._asdict())
+        refs[file_name] = ObjectRef(key=stored.key, size=stored.size, sha256=stored.sha256)
     return refs
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-import tomllib
-from typing import Any
 
 from markship.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 ENV_VAR = "MARKSHIP_CONFIG"
 DEFAULT_NAME = "markship.toml"
@@ -34,6 +36,8 @@ def locate(explicit: str | os.PathLike[str] | None = None) -> str:
 
 def read(path: str) -> dict[str, Any]:
     """Parse the TOML file; raise ConfigError naming the line of a syntax error."""
+    import tomllib
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

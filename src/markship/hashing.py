@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
 
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from markship.repository.base import Readable as _Readable
 
 
 class HashingReader:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 # No regular expressions here: wal-push imports this module once per segment, and compiling
 # patterns cost more than the checks themselves.
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
@@ -29,11 +27,28 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-class Segment(NamedTuple):
-    """One WAL segment file: timeline and segment number (ordered by both)."""
+class Segment(tuple[int, int]):
+    """One WAL segment file: timeline and segment number (ordered by both).
 
-    timeline: int
-    number: int
+    A plain tuple subclass rather than typing.NamedTuple: wal-push imports this module once
+    per segment, and building a NamedTuple class (with typing itself) cost milliseconds.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, timeline: int, number: int) -> Segment:
+        return tuple.__new__(cls, (timeline, number))
+
+    @property
+    def timeline(self) -> int:
+        return self[0]
+
+    @property
+    def number(self) -> int:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Segment(timeline={self[0]}, number={self[1]})"
 
     def name(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
         """The 24-hex-digit file name PostgreSQL uses for this segment."""

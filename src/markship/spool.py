@@ -74,6 +74,53 @@ def forget_except(spool: str, keep: set[str]) -> None:
                 pass
 
 
+_Field = str | int | frozenset[str]
+
+
+def _settings_file(config_path: str) -> str:
+    return os.path.join(os.path.dirname(spool_dir(config_path, "x")), "wal-settings.marshal")
+
+
+def _config_signature(config_path: str) -> tuple[int, int, int, int]:
+    stat = os.stat(config_path)
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+def cached_settings(config_path: str) -> tuple[_Field, ...] | None:
+    """The WAL settings parsed from this config file by an earlier call, if the file has not
+    changed since (size, mtime, ctime and inode all equal). Saves the TOML parser's start-up."""
+    import marshal
+
+    try:
+        with open(_settings_file(config_path), "rb") as handle:
+            signature, fields = marshal.load(handle)
+        if signature == _config_signature(config_path) and _trusted():
+            return tuple(fields)
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    return None
+
+
+def cache_settings(config_path: str, fields: tuple[_Field, ...]) -> None:
+    """Remember parsed WAL settings for cached_settings(); failures only cost speed."""
+    import marshal
+
+    try:
+        signature = _config_signature(config_path)
+        if not os.path.isdir(_top()):
+            os.makedirs(_top(), mode=0o700, exist_ok=True)
+        if not _trusted():
+            return
+        target = _settings_file(config_path)
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        temp = f"{target}.{os.getpid()}"
+        with open(temp, "wb") as handle:
+            marshal.dump((signature, fields), handle)
+        os.replace(temp, target)
+    except (OSError, ValueError):
+        pass
+
+
 def ready_files(wal_path: str) -> list[str]:
     """Names PostgreSQL still has to archive, oldest first (from pg_wal/archive_status)."""
     status = os.path.join(os.path.dirname(wal_path), "archive_status")

@@ -13,10 +13,8 @@ Contract with PostgreSQL:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from typing import Any, BinaryIO, NamedTuple
 
 from markship.errors import (
     ConfigError,
@@ -25,22 +23,38 @@ from markship.errors import (
     MarkshipError,
     ObjectMissing,
 )
-from markship.hashing import HashingReader
 from markship.lsn import Segment, parse_segment_name, wal_file_kind
-from markship.repository import Repository, layout, open_repository
+from markship.repository import layout, open_repository
 
-CHUNK = 1024 * 1024
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the per-segment start-up
+    from typing import Any, BinaryIO
+
+    from markship.repository import Repository
+    from markship.repository.base import Writable
+
+# 256 KiB: a fresh process reading 1 MiB chunks spent twice as long faulting in new heap
+# pages as reading; smaller chunks reuse the same memory.
+CHUNK = 256 * 1024
 EXIT_CORRUPT = 126
 
 
-class WalSettings(NamedTuple):
+class WalSettings:
     """The few settings the WAL commands need, read without the full config model."""
 
-    repository_path: str
-    os_user: str
-    compression_level: int
-    servers: frozenset[str]
-    push_ahead: int
+    __slots__ = ("compression_level", "os_user", "push_ahead", "repository_path", "servers")
+
+    def __init__(self, repository_path: str, os_user: str, compression_level: int,
+                 servers: frozenset[str], push_ahead: int) -> None:
+        self.repository_path = repository_path
+        self.os_user = os_user
+        self.compression_level = compression_level
+        self.servers = servers
+        self.push_ahead = push_ahead
+
+    def fields(self) -> tuple[str, str, int, frozenset[str], int]:
+        return (self.repository_path, self.os_user, self.compression_level, self.servers,
+                self.push_ahead)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> WalSettings:
@@ -62,6 +76,23 @@ class WalSettings(NamedTuple):
             known = ", ".join(sorted(self.servers)) or "none"
             raise ConfigError(f"unknown server {server!r} (configured: {known})",
                               "use a name from a [[server]] table of the config")
+
+
+def load_settings(config_path: str) -> WalSettings:
+    """WalSettings of this config file: from the spool's cache when the file is unchanged."""
+    from markship import spool
+
+    cached = spool.cached_settings(config_path)
+    if cached is not None:
+        try:
+            return WalSettings(*cached)  # type: ignore[arg-type]
+        except TypeError:
+            pass  # written by another markship version
+    from markship import configfile
+
+    settings = WalSettings.from_raw(configfile.read(config_path))
+    spool.cache_settings(config_path, settings.fields())
+    return settings
 
 
 def file_sha256(path: str) -> str:
@@ -89,8 +120,9 @@ def push(repo: Repository, server: str, path: str, compression_level: int = 1) -
 
     Raises ConflictError when a different file is archived under the same name.
     """
-    import zstandard
+    from markship import _zstd
 
+    zstandard = _zstd.load()
     name = os.path.basename(path)
     wal_file_kind(name)  # ValueError for names PostgreSQL never archives
     existing = find_archived(repo, server, name)
@@ -98,23 +130,48 @@ def push(repo: Repository, server: str, path: str, compression_level: int = 1) -
         _same_or_conflict(server, name, file_sha256(path), existing)
         return False
     # The common path reads the file once: the digest is computed while the data streams
-    # into a temp object, which then gets the name carrying that digest.
-    # threads=-1: zstd compresses on every core while this thread reads and hashes.
+    # into a temp object, which then gets the name carrying that digest. zstd compresses on
+    # every core (threads=-1) while a second thread hashes the same chunks (hashlib releases
+    # the GIL). _thread and _queue, not threading: they cost nothing to import.
+    import _queue
+    import _thread
+
     compressor = zstandard.ZstdCompressor(level=compression_level, write_checksum=True,
                                           threads=-1)
-    with open(path, "rb") as raw:
-        hashed = HashingReader(raw)
-        with compressor.stream_reader(hashed, size=os.fstat(raw.fileno()).st_size) as packed:  # type: ignore[arg-type]
-            try:
-                stored = repo.write_named(
-                    layout.wal_dir(server, name), packed,
-                    lambda: layout.wal_key(server, name, hashed.hexdigest()).rsplit("/", 1)[1])
-            except ConflictError:
-                return False  # a concurrent push of the same content won the race
+    digest = hashlib.sha256()
+    chunks: _queue.SimpleQueue[bytes | None] = _queue.SimpleQueue()
+    hashed = _thread.allocate_lock()
+
+    def hash_chunks() -> None:
+        try:
+            while (chunk := chunks.get()) is not None:
+                digest.update(chunk)
+        finally:
+            hashed.release()
+
+    def fill(sink: Writable) -> None:
+        hashed.acquire()
+        _thread.start_new_thread(hash_chunks, ())
+        try:
+            with open(path, "rb", buffering=0) as raw, compressor.stream_writer(
+                    sink, size=os.fstat(raw.fileno()).st_size, closefd=False) as packer:
+                while chunk := raw.read(CHUNK):
+                    chunks.put(chunk)
+                    packer.write(chunk)
+        finally:
+            chunks.put(None)
+            hashed.acquire()  # the digest is complete
+
+    try:
+        stored = repo.write_named_by(
+            layout.wal_dir(server, name), fill,
+            lambda: layout.wal_key(server, name, digest.hexdigest()).rsplit("/", 1)[1])
+    except ConflictError:
+        return False  # a concurrent push of the same content won the race
     others = [(k, d) for k, d in find_archived(repo, server, name) if k != stored.key]
     if others:  # another push of this name landed meanwhile
         try:
-            _same_or_conflict(server, name, hashed.hexdigest(), others)
+            _same_or_conflict(server, name, digest.hexdigest(), others)
         finally:
             repo.delete(stored.key)
     return True
@@ -169,8 +226,9 @@ def open_archived(repo: Repository, server: str, wal_name: str) -> tuple[BinaryI
 
     Raises ObjectMissing when it is not archived.
     """
-    import zstandard
+    from markship import _zstd
 
+    zstandard = _zstd.load()
     found = find_archived(repo, server, wal_name)
     if not found:
         raise ObjectMissing(f"{wal_name} of server {server} is not archived")
@@ -223,8 +281,10 @@ def standby_ceiling(repo: Repository, server: str, floor: str | None) -> Segment
 
 
 def _discard(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    try:  # noqa: SIM105 - contextlib is one import too many on this path
         os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def fetch(repo: Repository, server: str, wal_name: str, dest: str) -> None:
@@ -232,8 +292,9 @@ def fetch(repo: Repository, server: str, wal_name: str, dest: str) -> None:
 
     Raises ObjectMissing when not archived, CorruptObject when the stored copy is damaged.
     """
-    import zstandard
+    from markship import _zstd
 
+    zstandard = _zstd.load()
     reader, expected = open_archived(repo, server, wal_name)
     folder, name = os.path.split(dest)
     temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
@@ -300,7 +361,7 @@ def main(command: str, argv: list[str], config: str | None) -> int:
         print(f"{usage}\nmarkship {command}: error: wrong arguments {argv!r}", file=sys.stderr)
         return 2
     try:
-        settings = WalSettings.from_raw(configfile.read(configfile.locate(config)))
+        settings = load_settings(configfile.locate(config))
         settings.check_server(server)
         osuser.switch_to(settings.os_user)
         repo = open_repository(settings.repository_path)

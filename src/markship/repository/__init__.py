@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import os
 
-from markship.repository.base import ObjectInfo, Repository, StoredObject, TempObject
 from markship.repository.fs import FsRepository
+from markship.repository.objects import ObjectInfo, StoredObject, TempObject
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from markship.repository.base import Repository
 
 __all__ = ["FsRepository", "ObjectInfo", "Repository", "StoredObject", "TempObject",
            "open_repository"]
+
+
+def __getattr__(name: str) -> object:
+    # The Protocol (and typing with it) loads only when a module asks for it: the WAL
+    # commands never do.
+    if name == "Repository":
+        from markship.repository import base
+
+        return base.Repository
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_repository(path: str | os.PathLike[str]) -> FsRepository:

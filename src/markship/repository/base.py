@@ -1,10 +1,13 @@
-"""The storage interface every repository backend implements."""
+"""The storage interface every repository backend implements (for type checking and the full
+CLI; the lean WAL path imports only `objects` and a backend)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import BinaryIO, NamedTuple, Protocol
+from typing import BinaryIO, Protocol
+
+from markship.repository.objects import ObjectInfo, StoredObject, TempObject
 
 
 class Readable(Protocol):
@@ -13,26 +16,12 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-class StoredObject(NamedTuple):
-    """An object as written: its key, stored size and sha256 of the stored bytes."""
+class Writable(Protocol):
+    """Where a producer writes an object's bytes (see Repository.write_named_by)."""
 
-    key: str
-    size: int
-    sha256: str
+    def write(self, data: bytes | memoryview, /) -> int: ...
 
-
-class ObjectInfo(NamedTuple):
-    key: str
-    size: int
-    mtime: float
-
-
-class TempObject(NamedTuple):
-    """A partly written object left behind by a writer; never taken as data."""
-
-    key: str
-    size: int
-    writer_alive: bool | None  # None when the writer ran on another host
+    def flush(self) -> None: ...
 
 
 class Repository(Protocol):
@@ -52,6 +41,11 @@ class Repository(Protocol):
                     overwrite: bool = False) -> StoredObject:
         """Stream `source` into `folder`, naming the object with `name_for()` once all of it
         is stored (a partly written object never carries a final name)."""
+        ...
+
+    def write_named_by(self, folder: str, fill: Callable[[Writable], None],
+                       name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
+        """Like write_named(), for producers that push: `fill(sink)` writes the bytes."""
         ...
 
     def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> StoredObject: ...
@@ -85,3 +79,6 @@ class Repository(Protocol):
     def check_writable(self) -> None:
         """Raise RepositoryError naming the problem when objects cannot be written."""
         ...
+
+
+__all__ = ["ObjectInfo", "Readable", "Repository", "StoredObject", "TempObject", "Writable"]

@@ -6,19 +6,23 @@ pathlib (with what it pulls in) was a measurable share of that start-up.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
 import io
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import BinaryIO
 
 from markship.errors import ConflictError, LockedError, ObjectMissing, RepositoryError
-from markship.repository.base import ObjectInfo, Readable, StoredObject, TempObject
+from markship.repository.objects import ObjectInfo, StoredObject, TempObject
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing, collections and contextlib stay off the wal-push path
+    from collections.abc import Callable, Iterator
+    from types import TracebackType
+    from typing import BinaryIO
+
+    from markship.repository.base import Readable, Writable
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp~"
@@ -52,8 +56,10 @@ def _fsync_dir(path: str) -> None:
 
 
 def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    try:  # noqa: SIM105 - contextlib is one import too many on the wal-push path
         os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _os_error(exc: OSError, path: str) -> RepositoryError:
@@ -98,14 +104,23 @@ class FsRepository:
                     overwrite: bool = False) -> StoredObject:
         """Like write(), but the object's name is decided once all of `source` is stored
         (e.g. a name carrying the digest of the data, computed while it streamed)."""
+
+        def copy(sink: Writable) -> None:
+            while chunk := source.read(CHUNK):
+                sink.write(chunk)
+
+        return self.write_named_by(folder, copy, name_for, overwrite=overwrite)
+
+    def write_named_by(self, folder: str, fill: Callable[[Writable], None],
+                       name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
+        """Like write_named(), for producers that push data: `fill(sink)` writes the object's
+        bytes into `sink` (e.g. a compressor's stream_writer)."""
         directory = self._path(folder.rstrip("/"))
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise _os_error(exc, directory) from exc
         temp = join(directory, _temp_name("pending"))
-        digest = hashlib.sha256()
-        size = 0
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except OSError as exc:
@@ -113,16 +128,8 @@ class FsRepository:
         final = temp
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
-                while True:
-                    chunk = source.read(CHUNK)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    size += len(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        written = out.write(view)
-                        view = view[written or 0 :]
+                sink = Sink(out)
+                fill(sink)
                 os.fsync(out.fileno())
             final = self._path(self._key(join(directory, name_for())))
             self._publish(temp, final, overwrite)
@@ -132,7 +139,7 @@ class FsRepository:
         except BaseException:
             _unlink(temp)
             raise
-        return StoredObject(self._key(final), size, digest.hexdigest())
+        return StoredObject(self._key(final), sink.size, sink.digest.hexdigest())
 
     def _publish(self, temp: str, final: str, overwrite: bool) -> None:
         if overwrite:
@@ -221,8 +228,10 @@ class FsRepository:
         top = self._path(prefix.rstrip("/"))
         for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
             if dirpath != top:
-                with contextlib.suppress(OSError):
+                try:  # noqa: SIM105
                     os.rmdir(dirpath)
+                except OSError:
+                    pass
 
     def temp_objects(self) -> list[TempObject]:
         here = _host()
@@ -251,43 +260,8 @@ class FsRepository:
 
     # -- locks and checks --------------------------------------------------------------------
 
-    @contextmanager
-    def lock(self, name: str, purpose: str) -> Iterator[None]:
-        import json
-
-        path = self._path(f"locks/{name}.lock")
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
-        except OSError as exc:
-            raise _os_error(exc, path) from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-                try:
-                    info = json.loads(holder)
-                    who = f"{info['purpose']} (pid {info['pid']} on {info['host']})"
-                except (ValueError, KeyError, TypeError):
-                    who = "another markship process"
-                raise LockedError(
-                    f"another job is running: {who} holds the {name} lock",
-                    "wait for it to finish, or stop it, then retry",
-                ) from None
-            note = json.dumps(
-                {"purpose": purpose, "pid": os.getpid(), "host": os.uname().nodename,
-                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            ).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, note, 0)
-            try:
-                yield
-            finally:
-                os.ftruncate(fd, 0)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    def lock(self, name: str, purpose: str) -> _FileLock:
+        return _FileLock(self._path(f"locks/{name}.lock"), name, purpose)
 
     def check_writable(self) -> None:
         if not os.path.exists(self.root):
@@ -308,3 +282,83 @@ class FsRepository:
             raise _os_error(exc, self.root) from exc
         finally:
             _unlink(probe)
+
+
+class Sink:
+    """Where a producer writes an object's bytes: counts and hashes them on the way to the
+    temp file, and writes each chunk whole."""
+
+    def __init__(self, out: io.FileIO | BinaryIO) -> None:
+        self.out = out
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        self.digest.update(data)
+        view = memoryview(data)
+        while view:
+            written = self.out.write(view)
+            view = view[written or 0 :]
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _FileLock:
+    """flock() on a file in the repository, holding a note of who holds it (a context
+    manager written out, as contextlib is not loaded on the wal-push path)."""
+
+    def __init__(self, path: str, name: str, purpose: str) -> None:
+        self.path, self.name, self.purpose = path, name, purpose
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        import json
+
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise _os_error(exc, self.path) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            try:
+                info = json.loads(holder)
+                who = f"{info['purpose']} (pid {info['pid']} on {info['host']})"
+            except (ValueError, KeyError, TypeError):
+                who = "another markship process"
+            raise LockedError(
+                f"another job is running: {who} holds the {self.name} lock",
+                "wait for it to finish, or stop it, then retry",
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        note = json.dumps(
+            {"purpose": self.purpose, "pid": os.getpid(), "host": os.uname().nodename,
+             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        ).encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note, 0)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        fd, self.fd = self.fd, -1
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._release()
