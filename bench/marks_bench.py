@@ -586,7 +586,7 @@ class Bench:
                 record = json.loads(result.out)
                 entry.update(barrier_wait_ms=record["barrier_wait_ms"],
                              barrier_hold_ms=record["barrier_hold_ms"],
-                             switch_ms=record["switch_ms"])
+                             switch_ms=record["delivery_ms"])
             else:
                 entry["error"] = (result.err or result.out).strip()[-300:]
             cli.append(entry)

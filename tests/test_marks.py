@@ -113,6 +113,13 @@ def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
     states = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
     assert states[the_mark]["complete"], states[the_mark]
     assert all(states[m]["complete"] for m in marks)
+    # The agent's WAL receivers delivered the marks: no 16 MB WAL switch per mark.
+    delivery = [json.loads((group.repo / "marks" / f"{m}.json").read_text())["body"]["delivery"]
+                for m in marks]
+    streamed = [d for d in delivery if set(d.values()) == {"stream"}]
+    assert len(streamed) >= len(marks) - 3, delivery
+    archived = list((group.repo / "wal" / "alpha").rglob("00000001*-*.zst"))
+    assert len(archived) < len(marks) / 2, f"{len(archived)} segments for {len(marks)} marks"
 
     restored = {s.name: group.restore(s.name, "--name", the_mark) for s in group.servers}
     proc = group.markship("resolve", "--decisions", "alpha", "--json",
@@ -224,3 +231,40 @@ def test_restore_group_to_a_mark_from_backups(pg_group: GroupFactory) -> None:
     for handle in handles.values():
         assert handle.psql("SELECT sum(balance) FROM accounts") == str(ACCOUNTS * START_BALANCE)
         assert handle.psql("SELECT count(*) FROM pg_prepared_xacts") == "0"
+
+
+def test_streamed_mark_restores_before_its_segment_is_archived(pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    alpha = group.servers[0]
+    alpha.psql("CREATE TABLE notes (id int)")
+    group.ok("backup")
+    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((group.repo / "stream" / "alpha").glob("*.partial")):
+            assert time.monotonic() < deadline, "the WAL receiver never started"
+            assert agent.poll() is None
+            time.sleep(0.2)
+        alpha.psql("INSERT INTO notes VALUES (1)")
+        mark = json.loads(group.ok("mark", "--json"))
+        alpha.psql("INSERT INTO notes VALUES (2)")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _out, log = agent.communicate(timeout=120)
+    assert agent.returncode == 0, log
+    assert mark["delivery"] == {"alpha": "stream"}, log
+    segment = mark["points"]["alpha"]["wal_file"]
+    assert not list((group.repo / "wal" / "alpha").rglob(f"{segment}-*")), \
+        "the mark's segment should not be archived yet (no WAL switch)"
+    assert (group.repo / "stream" / "alpha" / f"{segment}.partial").exists()
+    states = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
+    assert states[mark["name"]]["complete"]
+
+    # A standby never gets a partial segment; a restore to the mark does.
+    dest = group.workdir / "fetched"
+    standby = group.markship("wal-fetch", "--server", "alpha", "--standby", segment, str(dest))
+    assert standby.returncode == 1 and not dest.exists()
+    restored = group.restore("alpha", "--name", mark["name"])
+    assert restored.psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1}"

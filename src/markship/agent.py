@@ -13,17 +13,18 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import FrameType
 
-from markship import catalog, pgbin, retention
+from markship import catalog, pgbin, retention, stream
 from markship.backup import run_backup
 from markship.config import Config
 from markship.errors import MarkshipError
 from markship.log import EventLog
 from markship.marks import GroupConnections, MarkSkipped, take_mark
-from markship.repository import Repository
+from markship.repository import FsRepository, Repository
 from markship.schedule import next_run
 from markship.timefmt import show, utcnow
 
 RETRY_FAILED_SET = timedelta(minutes=5)
+PRUNE_EVERY = 10.0  # seconds between clean-ups of streamed WAL that is archived
 STATE_KEY = "agent/state.json"
 
 
@@ -78,6 +79,8 @@ class Agent:
         self.abandon = threading.Event()
         self.conns = GroupConnections(config)
         self.backup_thread: threading.Thread | None = None
+        self.receivers: dict[str, stream.Receiver] = {}
+        self.receiver_problems: set[str] = set()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
@@ -99,6 +102,8 @@ class Agent:
             try:
                 self._loop()
             finally:
+                for receiver in self.receivers.values():
+                    receiver.stop()
                 if self.backup_thread is not None:
                     self.backup_thread.join()
                 self.conns.close()
@@ -108,7 +113,12 @@ class Agent:
         interval = self.config.marks.interval
         next_mark = time.monotonic()
         next_backup_check = 0.0
+        next_prune = time.monotonic() + PRUNE_EVERY
         while not self.stop.is_set():
+            self.poll_receivers()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY
+                self.prune_stream()
             if time.monotonic() >= next_mark:
                 started = time.monotonic()
                 self.mark_once()
@@ -118,7 +128,40 @@ class Agent:
             if time.monotonic() >= next_backup_check:
                 next_backup_check = time.monotonic() + 5
                 self.maybe_backup()
-            self.stop.wait(max(0.0, min(next_mark, next_backup_check) - time.monotonic()))
+            wake = min(next_mark, next_backup_check, next_prune, time.monotonic() + 1.0)
+            self.stop.wait(max(0.0, wake - time.monotonic()))
+
+    def poll_receivers(self) -> None:
+        """Keep one WAL receiver per reachable server running (marks use it; see stream)."""
+        if self.config.marks.delivery != "stream" or not isinstance(self.repo, FsRepository):
+            return
+        for server in self.config.servers:
+            receiver = self.receivers.get(server.name)
+            if receiver is None:
+                conn = self.conns.conns.get(server.name)
+                if conn is None or conn.closed:
+                    continue  # connected by the next mark
+                try:
+                    tools = pgbin.bin_dir(server.bin_dir, conn.info.server_version)
+                    program = pgbin.tool(tools, "pg_receivewal")
+                except MarkshipError as exc:
+                    if server.name not in self.receiver_problems:
+                        self.receiver_problems.add(server.name)
+                        self.log("stream.unavailable", level="warning", server=server.name,
+                                 reason=exc.message, detail="marks switch WAL instead")
+                    continue
+                receiver = stream.Receiver(self.repo, server.name, server.conninfo, program,
+                                           self.log)
+                self.receivers[server.name] = receiver
+            receiver.poll()
+
+    def prune_stream(self) -> None:
+        for server in self.receivers:
+            try:
+                stream.prune(self.repo, server)
+            except MarkshipError as exc:
+                self.log("stream.prune_failed", level="warning", server=server,
+                         reason=exc.message)
 
     def mark_once(self) -> None:
         try:
@@ -129,7 +172,9 @@ class Agent:
             self.log("mark.failed", level="error", reason=exc.message)
         else:
             self.log("mark.ok", name=result.record.name,
-                     hold_ms=result.record.barrier_hold_ms, switch_ms=round(result.switch_ms, 1))
+                     hold_ms=result.record.barrier_hold_ms,
+                     delivery_ms=round(result.switch_ms, 1),
+                     delivery=",".join(sorted(set(result.record.delivery.values()))))
 
     def maybe_backup(self) -> None:
         if self.backup_thread is not None and self.backup_thread.is_alive():

@@ -99,6 +99,9 @@ class MarkRecord(Record):
     barrier_wait_ms: float
     barrier_hold_ms: float
     points: dict[str, MarkPoint]
+    # server → "stream" (its receiver had flushed past the point when the record was
+    # written) or "switch" (pg_switch_wal: complete once the segment is archived).
+    delivery: dict[str, Literal["stream", "switch"]] = {}
 
 
 class RepositoryMarker(Record):
@@ -212,6 +215,11 @@ class WalIndex:
                 elif len(name) == 24:
                     seg = parse_segment_name(name, segment_size)
                     self.segments[seg.timeline].add(seg.number)
+        # Segments the agent's receiver holds, whole or partial, not archived yet.
+        self.streamed: set[str] = {
+            name.removesuffix(layout.STREAM_PARTIAL)
+            for name in repo.children(layout.stream_prefix(server))
+            if len(name.removesuffix(layout.STREAM_PARTIAL)) == 24}
 
     def has(self, segment: Segment) -> bool:
         return segment.number in self.segments.get(segment.timeline, set())
@@ -319,12 +327,16 @@ def read_mark(repo: Repository, name: str) -> MarkRecord | None:
 
 
 def mark_missing_wal(record: MarkRecord, wal: dict[str, WalIndex]) -> dict[str, str]:
-    """Servers (of those in `wal`) whose WAL holding the mark is not archived → that file."""
+    """Servers (of those in `wal`) whose WAL holding the mark is not in the repository → that
+    file. A point delivered by stream also counts while its segment is in the stream folder."""
     missing = {}
     for server, point in record.points.items():
         index = wal.get(server)
-        if index is not None and point.wal_file not in index.keys:
-            missing[server] = point.wal_file
+        if index is None or point.wal_file in index.keys:
+            continue
+        if record.delivery.get(server) == "stream" and point.wal_file in index.streamed:
+            continue
+        missing[server] = point.wal_file
     return missing
 
 

@@ -416,7 +416,8 @@ def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base
 @cli.command()
 @click.option("--name", metavar="NAME", help="Mark name (default: ms-GROUP-UTCTIME); never reuse.")
 @click.option("--no-switch", is_flag=True,
-              help="Do not switch WAL after the mark (it completes when the segment fills).")
+              help="Neither wait for the WAL receiver nor switch WAL after the mark (it "
+                   "completes when its segment is archived).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None:
@@ -432,13 +433,14 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
         conns.close()
     record = result.record
     if as_json:
-        emit_json(record.model_dump(mode="json") | {"switch_ms": result.switch_ms})
+        emit_json(record.model_dump(mode="json") | {"delivery_ms": result.switch_ms})
         return
     from markship.lsn import format_lsn
 
     points = ", ".join(f"{s} {format_lsn(p.lsn)}" for s, p in record.points.items())
+    how = ", ".join(sorted(set(record.delivery.values()))) or "none"
     click.echo(f"✓ mark {record.name} at {show(record.created_at)}: {points}; barrier held "
-               f"{record.barrier_hold_ms:.1f} ms")
+               f"{record.barrier_hold_ms:.1f} ms; WAL delivered by {how}")
 
 
 @cli.command()

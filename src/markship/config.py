@@ -56,6 +56,10 @@ class MarksSection(_Section):
     barrier_server: str | None = None
     barrier_timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
     interval: Annotated[float, Field(ge=1)] = 30.0
+    # How a mark's WAL reaches the repository: "stream" (the agent's pg_receivewal; falls
+    # back to a WAL switch for a server without a receiver) or "switch" (always switch).
+    delivery: Literal["stream", "switch"] = "stream"
+    stream_wait: Annotated[float, Field(gt=0, le=30)] = 1.0
 
 
 class ScheduleSection(_Section):

@@ -4,9 +4,11 @@ Steps of one mark:
 1. take the barrier: the exclusive advisory lock on the barrier server, waiting at most
    `[marks] barrier_timeout` (a 2PC commit phase in flight holds the shared side);
 2. while holding it, create the restore point on every server in parallel;
-3. release the barrier, switch WAL on every server so the mark's segment is archived now;
-4. write the mark record. A mark is *complete* once every server's segment holding it is in
-   the archive.
+3. release the barrier, then get the mark's WAL into the repository: wait (briefly) for the
+   agent's WAL receiver to flush past the restore point, or switch WAL on a server without
+   one so its segment is archived now (see markship.stream);
+4. write the mark record. A mark is *complete* once every server's WAL holding it is in the
+   repository: the archived segment, or for a streamed point the stream folder's copy.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from markship import catalog, postgres
+from markship import catalog, postgres, stream
 from markship.catalog import MarkPoint, MarkRecord
 from markship.client import barrier_key
 from markship.config import Config
@@ -102,7 +104,15 @@ def parallel(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
 @dataclass(frozen=True)
 class MarkResult:
     record: MarkRecord
-    switch_ms: float
+    switch_ms: float  # time from releasing the barrier until the WAL was delivered
+
+
+def _deliver(conn: postgres.Connection, lsn: int, delivery: str,
+             stream_wait: float) -> Literal["stream", "switch"]:
+    if delivery == "stream" and stream.wait_flushed(conn, lsn, stream_wait):
+        return "stream"
+    postgres.switch_wal(conn)
+    return "switch"
 
 
 def take_mark(config: Config, repo: Repository, conns: GroupConnections,
@@ -141,10 +151,13 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
         conns.drop_broken()
         raise
     switch_ms = 0.0
+    delivered: dict[str, Literal["stream", "switch"]] = {}
     if switch_wal:
         before = time.perf_counter()
-        parallel({server: partial(postgres.switch_wal, conn)
-                  for server, conn in conns.conns.items()})
+        delivered = parallel({
+            server: partial(_deliver, conn, points[server][0], config.marks.delivery,
+                            config.marks.stream_wait)
+            for server, conn in conns.conns.items()})
         switch_ms = (time.perf_counter() - before) * 1000
     record = MarkRecord(
         name=name, group=config.group.name, created_at=now,
@@ -154,6 +167,7 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
         points={server: MarkPoint(lsn=lsn, timeline=parse_segment_name(walfile).timeline,
                                   wal_file=walfile)
                 for server, (lsn, walfile) in points.items()},
+        delivery=delivered,
     )
     catalog.write_record(repo, layout.mark_key(name), record)
     return MarkResult(record, switch_ms)

@@ -240,8 +240,9 @@ def open_archived(repo: Repository, server: str, wal_name: str) -> tuple[BinaryI
     return zstandard.ZstdDecompressor().stream_reader(stored, closefd=True), digest
 
 
-def _mark_points(repo: Repository, key: str) -> dict[str, str] | None:
-    """server → WAL file of a mark record, read without pydantic; None if unreadable."""
+def _mark_points(repo: Repository, key: str) -> dict[str, tuple[str, str]] | None:
+    """server → (WAL file, delivery) of a mark record, read without pydantic; None if
+    unreadable."""
     import json
 
     try:
@@ -250,7 +251,9 @@ def _mark_points(repo: Repository, key: str) -> dict[str, str] | None:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         if hashlib.sha256(canonical).hexdigest() != envelope["sha256"]:
             return None
-        return {server: point["wal_file"] for server, point in body["points"].items()}
+        delivery = body.get("delivery") or {}
+        return {server: (point["wal_file"], delivery.get(server, "switch"))
+                for server, point in body["points"].items()}
     except (ValueError, KeyError, TypeError, ObjectMissing):
         return None
 
@@ -269,8 +272,8 @@ def standby_ceiling(repo: Repository, server: str, floor: str | None) -> Segment
         points = _mark_points(repo, "marks/" + name)
         if not points or server not in points:
             continue
-        if all(find_archived(repo, s, wal_file) for s, wal_file in points.items()):
-            holding = parse_segment_name(points[server])
+        if all(_delivered(repo, s, wal_file, how) for s, (wal_file, how) in points.items()):
+            holding = parse_segment_name(points[server][0])
             ceiling = Segment(holding.timeline, holding.number - 1)
             break
     if floor:
@@ -278,6 +281,51 @@ def standby_ceiling(repo: Repository, server: str, floor: str | None) -> Segment
         if ceiling is None or floor_segment > ceiling:
             ceiling = floor_segment
     return ceiling
+
+
+def _delivered(repo: Repository, server: str, wal_file: str, delivery: str) -> bool:
+    if find_archived(repo, server, wal_file):
+        return True
+    return delivery == "stream" and streamed_key(repo, server, wal_file, True) is not None
+
+
+def streamed_key(repo: Repository, server: str, wal_name: str,
+                 allow_partial: bool) -> str | None:
+    """The stream-folder key holding `wal_name` (see markship.stream): the whole file, else
+    (if allowed) the partial one; None when neither exists."""
+    if len(wal_name) != 24:
+        return None
+    whole = layout.stream_prefix(server) + wal_name
+    if repo.exists(whole):
+        return whole
+    if allow_partial and repo.exists(whole + layout.STREAM_PARTIAL):
+        return whole + layout.STREAM_PARTIAL
+    return None
+
+
+def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
+                   allow_partial: bool) -> None:
+    """Copy a segment that is not archived yet from the stream folder to `dest`.
+
+    A partial segment is zero-padded to full size: recovery reads what was received and
+    treats the padding as the end of WAL. Raises ObjectMissing when there is no copy.
+    """
+    key = streamed_key(repo, server, wal_name, allow_partial)
+    if key is None:
+        raise ObjectMissing(f"{wal_name} of server {server} is not archived")
+    folder, name = os.path.split(dest)
+    temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
+    try:
+        with repo.open(key) as source, open(temp, "wb") as out:
+            while chunk := source.read(CHUNK):
+                out.write(chunk)
+    except ObjectMissing:
+        _discard(temp)  # archived and pruned meanwhile: the caller looks again
+        raise
+    except BaseException:
+        _discard(temp)
+        raise
+    os.replace(temp, dest)
 
 
 def _discard(path: str) -> None:
@@ -382,7 +430,15 @@ def main(command: str, argv: list[str], config: str | None) -> int:
                 ceiling = standby_ceiling(repo, server, floor)
                 if ceiling is None or parse_segment_name(name[:24]) > ceiling:
                     return 1  # withheld until the next group mark completes
-            fetch(repo, server, name, positional[1])
+            try:
+                fetch(repo, server, name, positional[1])
+            except ObjectMissing:
+                # Not archived yet: the agent's WAL receiver may hold it. A standby gets
+                # whole segments only (a partial one would end its replay early).
+                try:
+                    fetch_streamed(repo, server, name, positional[1], allow_partial=not standby)
+                except ObjectMissing:
+                    fetch(repo, server, name, positional[1])  # archived while we looked
     except ObjectMissing as exc:
         if command == "wal-fetch":
             return 1  # not archived (yet): PostgreSQL expects a quiet failure

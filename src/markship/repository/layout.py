@@ -75,6 +75,14 @@ def split_wal_key(key: str) -> tuple[str, str] | None:
     return name, digest
 
 
+def stream_prefix(server: str) -> str:
+    """Where the agent's pg_receivewal writes this server's WAL (see markship.stream)."""
+    return f"stream/{server}/"
+
+
+STREAM_PARTIAL = ".partial"
+
+
 def mark_key(name: str) -> str:
     return f"marks/{name}.json"
 

@@ -1,0 +1,198 @@
+"""WAL streaming into the repository: how a mark reaches the repository in milliseconds
+without a 16 MB WAL switch per mark.
+
+The agent runs one `pg_receivewal --synchronous` per server into `stream/<server>/` of the
+repository. The receiver writes the current segment as `SEG.partial` (padded to 16 MB) and
+renames it `SEG` when it is full; it flushes what it received before acknowledging it, so
+the server's `pg_stat_replication.flush_lsn` for the receiver says what is durably there.
+
+- A mark waits (briefly) until each server's receiver has flushed past the mark's restore
+  point, and records `delivery = "stream"` for that server. A server without a receiver gets
+  the old treatment: `pg_switch_wal()`, delivery `"switch"`.
+- A mark point delivered by stream counts as in the repository while the segment holding it
+  is archived *or* present in the stream folder (whole or partial).
+- `wal-fetch` serves a segment that is not archived yet from the stream folder (a partial one
+  under the segment's name: recovery stops at the mark before the zero padding). Standbys
+  only ever get whole segments.
+- The archive stays the record of truth: archive_command still archives every segment, and
+  the agent deletes streamed files once their segment is archived. No replication slot is
+  used, so a receiver that is down never makes a production server keep WAL; after a long
+  outage the receiver starts again from the server's current segment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Protocol
+
+from markship import pgbin, postgres
+from markship.config import Config
+from markship.repository import FsRepository, Repository, layout
+
+APPLICATION_NAME = "markship-stream"
+PARTIAL = layout.STREAM_PARTIAL
+stream_prefix = layout.stream_prefix
+PID_FILE = "receiver.pid"
+RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def flushed_lsn(conn: postgres.Connection) -> int | None:
+    """How far this server's markship receiver has flushed WAL, or None with no receiver."""
+    row = conn.execute(
+        "SELECT max(flush_lsn - '0/0'::pg_lsn)::bigint AS flushed FROM pg_stat_replication"
+        " WHERE application_name = %s AND state = 'streaming'", (APPLICATION_NAME,)
+    ).fetchone()
+    return None if row is None or row["flushed"] is None else int(row["flushed"])
+
+
+def wait_flushed(conn: postgres.Connection, lsn: int, timeout: float) -> bool:
+    """Wait until the receiver has flushed WAL up to `lsn`; False when there is no receiver
+    or it did not get there within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        flushed = flushed_lsn(conn)
+        if flushed is None:
+            return False
+        if flushed >= lsn:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def prune(repo: Repository, server: str) -> int:
+    """Delete streamed files whose segment is archived, keeping the newest file (the one the
+    receiver may be writing). Returns how many were deleted."""
+    from markship.wal import find_archived
+
+    names = repo.children(stream_prefix(server))
+    segments = sorted(n for n in names if len(n.removesuffix(PARTIAL)) == 24)
+    deleted = 0
+    for name in segments[:-1]:
+        base = name.removesuffix(PARTIAL)
+        if find_archived(repo, server, base):
+            repo.delete(stream_prefix(server) + name)
+            deleted += 1
+    return deleted
+
+
+class ReceiverLog(Protocol):
+    """The event-log call the receivers use (`EventLog` is one)."""
+
+    def __call__(self, event: str, level: str = "info", **fields: object) -> None: ...
+
+
+class Receiver:
+    """One supervised pg_receivewal for one server (the agent calls `poll()` often)."""
+
+    def __init__(self, repo: FsRepository, server: str, conninfo: str, pg_receivewal: str,
+                 log: ReceiverLog) -> None:
+        self.repo = repo
+        self.server = server
+        self.conninfo = f"{conninfo} application_name={APPLICATION_NAME}"
+        self.pg_receivewal = pg_receivewal
+        self.log = log
+        self.folder = Path(repo.root) / stream_prefix(server)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.errors: deque[str] = deque(maxlen=5)
+        self.failures = 0
+        self.next_start = 0.0
+        self.started_at = 0.0
+
+    def poll(self) -> None:
+        """Start the receiver when it is not running (with a growing delay after failures)."""
+        if self.proc is not None:
+            code = self.proc.poll()
+            if code is None:
+                if time.monotonic() - self.started_at > 60:
+                    self.failures = 0
+                return
+            self._exited(code)
+        if time.monotonic() >= self.next_start:
+            self._start()
+
+    def _start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._stop_orphan()
+        self.errors.clear()
+        self.proc = subprocess.Popen(
+            [self.pg_receivewal, "--dbname", self.conninfo, "--directory", str(self.folder),
+             "--synchronous", "--no-loop", "--no-password", "--status-interval", "1"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        (self.folder / PID_FILE).write_text(f"{self.proc.pid}\n")
+        self.started_at = time.monotonic()
+        threading.Thread(target=self._read_errors, args=(self.proc,), daemon=True,
+                         name=f"receiver-{self.server}").start()
+        self.log("stream.start", server=self.server, pid=self.proc.pid)
+
+    def _stop_orphan(self) -> None:
+        """A receiver left running by an agent that was killed (this agent holds the agent
+        lock, so no live agent owns it) must not write into the folder beside a new one."""
+        try:
+            pid = int((self.folder / PID_FILE).read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if os.fsencode(str(self.folder)) in cmdline and \
+                os.path.basename(cmdline[0]) == b"pg_receivewal":
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+
+    def _read_errors(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").strip()
+            if line:
+                self.errors.append(line)
+
+    def _exited(self, code: int) -> None:
+        self.proc = None
+        detail = self.errors[-1] if self.errors else f"exit status {code}"
+        if any("has already been removed" in e for e in self.errors):
+            # The folder resumes from WAL the server no longer has (a long outage): start
+            # over from the server's current segment. The archive holds everything older.
+            for child in self.folder.iterdir():
+                if child.name != PID_FILE:
+                    child.unlink(missing_ok=True)
+            detail += "; restarting from the server's current segment"
+        delay = RESTART_DELAYS[min(self.failures, len(RESTART_DELAYS) - 1)]
+        self.failures += 1
+        self.next_start = time.monotonic() + delay
+        self.log("stream.exited", level="warning", server=self.server, reason=detail,
+                 retry_in_s=delay)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # pg_receivewal flushes and exits cleanly
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def receivers(config: Config, repo: Repository, versions: dict[str, int],
+              log: ReceiverLog) -> list[Receiver]:
+    """One receiver per server (`versions`: server → PostgreSQL version number, to pick the
+    matching pg_receivewal). Streaming needs a repository on a file system."""
+    if not isinstance(repo, FsRepository):
+        return []
+    found = []
+    for server in config.servers:
+        tools = pgbin.bin_dir(server.bin_dir, versions[server.name])
+        found.append(Receiver(repo, server.name, server.conninfo,
+                              pgbin.tool(tools, "pg_receivewal"), log))
+    return found
