@@ -2,8 +2,11 @@
 """Group-mark benchmark: mark latency, RPO under load, throughput cost, group failover time.
 
 Everything is measured in ONE invocation on one throwaway group of PostgreSQL 15 servers whose
-archive_command is `markship wal-push`. These machines are shared and noisy (2 cores, absolute
-figures move 10-30 % between runs): read the percentiles and the ratios, not single seconds.
+archive_command is `markship wal-push`. Marks are delivered by stream (markship's pg_receivewal
+per server has flushed past the restore point, see markship.stream), the default; the old
+delivery (pg_switch_wal() on every server after each mark) is measured in the same run for
+comparison. These machines are shared and noisy (2 cores, absolute figures move 10-30 % between
+runs): read the percentiles and the ratios, not single seconds.
 The page cache cannot be dropped here: every figure is a warm-cache figure.
 
 Run as root with the markship virtualenv's interpreter:
@@ -14,11 +17,13 @@ Run as root with the markship virtualenv's interpreter:
 
 Phases (see bench/README.md, "marks_bench.py"):
 
-    latency     take_mark() in-process at 1 s, then `markship mark --json`, under pgbench load
-    rpo         the agent at [marks] interval = 5 under pgbench load: age of the newest
-                complete mark, sampled every second
+    latency     WAL receivers up; take_mark() in-process at 1 s, then `markship mark --json`,
+                under pgbench load; then receivers down and take_mark() with delivery "switch"
+    rpo         the agent (which runs the receivers) at [marks] interval = 5 under pgbench
+                load: age of the newest complete mark, sampled every second
     throughput  a 2PC transfer workload (markship.client.group_transaction) and plain pgbench,
-                each without marks, with the agent marking every 1 s, and without again
+                each without marks, with the agent marking every 1 s (delivery "stream", then
+                "switch"), and without again
     failover    DR standbys, agent marking every 2 s, pgbench + 2PC load, kill -9 of every
                 production server, then `markship failover --json` timed; consistency checked
 """
@@ -30,6 +35,7 @@ import contextlib
 import json
 import math
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import platform
 import random
@@ -66,6 +72,7 @@ from backup_bench import (
     tool_version,
 )
 from markship import config as config_mod
+from markship import stream
 from markship.client import group_transaction, setup_decisions
 from markship.errors import MarkshipError
 from markship.failover import stopped_at
@@ -189,9 +196,11 @@ def pg_dir(path: Path, mode: int = 0o755) -> Path:
 # -- the in-process mark loop: a forked child that becomes the repository's OS user ---------------
 
 
-def _mark_loop_child(cfg: str, seconds: float, interval: float,
+def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
                      queue: multiprocessing.Queue[str]) -> None:
-    """take_mark() every `interval` s for `seconds`; the timings go back as one JSON string.
+    """take_mark() every `interval` s for `seconds` with `[marks] delivery` set to `delivery`
+    ("stream": wait for the receivers, "switch": pg_switch_wal()); the timings go back as one
+    JSON string.
 
     Runs in a forked child that switches to the repository's OS user first, as the CLI does:
     mark records written by root would leave root-owned objects in the repository.
@@ -200,6 +209,8 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float,
         from markship import osuser
 
         config = config_mod.load(cfg)
+        config = config.model_copy(
+            update={"marks": config.marks.model_copy(update={"delivery": delivery})})
         osuser.switch_to(config.repository.os_user)
         repo = open_repository(config.repository.path)
         conns = GroupConnections(config)
@@ -222,7 +233,8 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float,
                     entry.update(outcome="ok", name=record.name,
                                  barrier_wait_ms=record.barrier_wait_ms,
                                  barrier_hold_ms=record.barrier_hold_ms,
-                                 switch_ms=round(result.switch_ms, 3))
+                                 delivery_ms=round(result.switch_ms, 3),
+                                 delivery=dict(record.delivery))
                 entry["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
                 samples.append(entry)
                 tick += interval
@@ -232,6 +244,72 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float,
         queue.put(json.dumps({"samples": samples}))
     except BaseException as exc:  # report anything, the parent decides
         queue.put(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def _receivers_child(cfg: str, stop: multiprocessing.synchronize.Event,
+                     queue: multiprocessing.Queue[str]) -> None:
+    """Run markship's WAL receivers (one `pg_receivewal --synchronous` per server, application
+    name markship-stream, into `stream/<server>/` of the repository) until `stop` is set,
+    polled as the agent polls them (a receiver that exits is started again).
+
+    A forked child that becomes the repository's OS user first, like the agent: the receivers
+    write into the repository. Messages on `queue`, as JSON: first {"ready_s": ...} once every
+    server has a `.partial` segment and a streaming entry in pg_stat_replication (or
+    {"error": ...}), then {"events": [...]} (the receivers' log) after they stopped.
+    """
+    began = time.monotonic()
+    events: list[dict[str, Any]] = []
+    receivers: list[stream.Receiver] = []
+
+    def log(event: str, level: str = "info", **fields: object) -> None:
+        events.append({"t": round(time.monotonic() - began, 3), "event": event, "level": level,
+                       **{k: str(v) for k, v in fields.items()}})
+
+    try:
+        from markship import osuser
+
+        config = config_mod.load(cfg)
+        osuser.switch_to(config.repository.os_user)
+        repo = open_repository(config.repository.path)
+        conns = GroupConnections(config)
+        conns.open()
+        try:
+            versions = {name: conn.info.server_version for name, conn in conns.conns.items()}
+            receivers = stream.receivers(config, repo, versions, log)
+            waiting = {r.server for r in receivers}
+            nudged = time.monotonic()
+            while waiting:
+                if time.monotonic() - nudged > 1.0:
+                    # pg_receivewal creates its .partial file with the first WAL it receives;
+                    # an idle server may write none for 15 s (the next running-xacts record).
+                    nudged = time.monotonic()
+                    for server in waiting:
+                        conns.conns[server].execute(
+                            "SELECT pg_logical_emit_message(false, 'markship-bench', 'nudge')")
+                for receiver in receivers:
+                    receiver.poll()
+                    if receiver.server in waiting and \
+                            any(receiver.folder.glob(f"*{stream.PARTIAL}")) and \
+                            stream.flushed_lsn(conns.conns[receiver.server]) is not None:
+                        waiting.discard(receiver.server)
+                if waiting and time.monotonic() - began > 60:
+                    problems = {r.server: list(r.errors) for r in receivers}
+                    raise RuntimeError(f"no streaming receiver after 60 s for "
+                                       f"{', '.join(sorted(waiting))}: {problems}")
+                time.sleep(0.05)
+        finally:
+            conns.close()
+        queue.put(json.dumps({"ready_s": time.monotonic() - began,
+                              "pids": {r.server: r.proc.pid for r in receivers if r.proc}}))
+        while not stop.wait(0.5):
+            for receiver in receivers:
+                receiver.poll()
+    except BaseException as exc:  # report anything, the parent decides
+        queue.put(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+    finally:
+        for receiver in receivers:
+            receiver.stop()
+        queue.put(json.dumps({"events": events}))
 
 
 # -- the 2PC transfer workload ---------------------------------------------------------------------
@@ -346,6 +424,16 @@ class Agent:
 
 
 @dataclass
+class ReceiverHost:
+    """The forked child running the WAL receivers (see _receivers_child)."""
+
+    proc: multiprocessing.process.BaseProcess
+    stop: multiprocessing.synchronize.Event
+    queue: multiprocessing.Queue[str]
+    ready_s: float = float("nan")
+
+
+@dataclass
 class Bench:
     duration: int
     n_servers: int
@@ -361,6 +449,7 @@ class Bench:
     agents: list[Agent] = field(default_factory=list)
     pgbenches: list[subprocess.Popen[str]] = field(default_factory=list)
     workloads: list[TwoPhaseWorkload] = field(default_factory=list)
+    receiver_hosts: list[ReceiverHost] = field(default_factory=list)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -374,13 +463,14 @@ class Bench:
     def ms(self, *args: str) -> list[str]:
         return [str(MARKSHIP), "--config", str(self.cfg), *args]
 
-    def write_config(self, interval: float, dr_site: bool = False) -> None:
+    def write_config(self, interval: float, dr_site: bool = False,
+                     delivery: str = "stream") -> None:
         text = (f'[group]\nname = "{GROUP}"\n\n[repository]\npath = {json.dumps(str(self.repo))}'
                 f'\nos_user = "{OS_USER}"\n')
         for server in self.servers:
             text += (f'\n[[server]]\nname = "{server.name}"\nconninfo = "{server.conninfo()}"\n'
                      f'data_dir = "{server.data_dir}"\n')
-        text += f"\n[marks]\ninterval = {interval:g}\n"
+        text += f'\n[marks]\ninterval = {interval:g}\ndelivery = "{delivery}"\n'
         if dr_site:
             text += '\n[dr_site]\nname = "dr"\n'
             for server, sb in zip(self.servers, self.standbys, strict=True):
@@ -422,8 +512,10 @@ class Bench:
             tps.append(pgbench_tps(out))
         return tps
 
-    def start_agent(self, interval: float, label: str) -> Agent:
-        self.write_config(interval, dr_site=bool(self.standbys))
+    def start_agent(self, interval: float, label: str, delivery: str = "stream") -> Agent:
+        """`markship run --log-json`; with delivery "stream" it runs the WAL receivers itself
+        (they start once its first mark has connected to the servers)."""
+        self.write_config(interval, dr_site=bool(self.standbys), delivery=delivery)
         log = self.root / f"agent-{label}.log"
         with log.open("wb") as handle:
             proc = subprocess.Popen(self.ms("run", "--log-json"), stdout=subprocess.DEVNULL,
@@ -432,17 +524,22 @@ class Bench:
         self.agents.append(agent)
         return agent
 
-    def wait_agent_marked(self, agent: Agent, timeout: float = 30) -> float:
-        """Seconds from the agent's start to its first mark.ok in the log."""
+    def wait_agent_marked(self, agent: Agent, timeout: float = 60,
+                          delivery: str | None = None) -> float:
+        """Seconds from the agent's start to its first mark.ok in the log (with `delivery`:
+        the first one delivered that way on every server; the agent's first mark is switched,
+        its receivers start after it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(e["event"] == "mark.ok" for e in agent_events(agent.log)):
+            if any(e["event"] == "mark.ok" and delivery in (None, e.get("delivery"))
+                   for e in agent_events(agent.log)):
                 return time.monotonic() - agent.started
             if agent.proc.poll() is not None:
                 raise RuntimeError(f"the agent exited {agent.proc.returncode}: "
                                    f"{agent.log.read_text()[-800:]}")
             time.sleep(0.05)
-        raise RuntimeError(f"the agent laid no mark within {timeout:.0f} s: "
+        what = f"mark delivered by {delivery}" if delivery else "mark"
+        raise RuntimeError(f"the agent laid no {what} within {timeout:.0f} s: "
                            f"{agent.log.read_text()[-800:]}")
 
     def stop_agent(self, agent: Agent) -> dict[str, Any]:
@@ -459,6 +556,8 @@ class Bench:
         self.agents.remove(agent)
         events = agent_events(agent.log)
         ok = [e for e in events if e["event"] == "mark.ok"]
+        first_stream = next((i for i, e in enumerate(ok) if e.get("delivery") == "stream"),
+                            len(ok))
         return {
             "exit_code": code, "stop_seconds": time.monotonic() - started,
             "ran_seconds": started - agent.started, "marks_ok": len(ok), "cpu_s": cpu_s,
@@ -468,7 +567,15 @@ class Bench:
                          if e["event"] in ("mark.failed", "mark.skipped")][:5],
             "backups_started": [e.get("reason") for e in events if e["event"] == "backup.start"],
             "hold_ms": dist([float(e["hold_ms"]) for e in ok]),
-            "switch_ms": dist([float(e["switch_ms"]) for e in ok]),
+            "delivery_ms": dist([float(e["delivery_ms"]) for e in ok]),
+            # "stream" / "switch" / "stream,switch" (mixed: some server had no receiver)
+            "delivery": {how: sum(1 for e in ok if e.get("delivery") == how)
+                         for how in sorted({str(e.get("delivery")) for e in ok})},
+            # Marks not (only) streamed once the receivers were up: should be none.
+            "not_stream_after_first_stream": sum(1 for e in ok[first_stream:]
+                                                 if e.get("delivery") != "stream"),
+            "stream_events": [{k: e.get(k) for k in ("event", "server", "reason")}
+                              for e in events if str(e["event"]).startswith("stream.")][:20],
         }
 
     def settle(self, timeout: float = 60) -> float:
@@ -547,27 +654,37 @@ class Bench:
     def bench_latency(self) -> None:
         d = self.duration
         say(f"== 1. mark latency under load: pgbench -c {self.clients} -j "
-            f"{min(2, self.clients)} on each of {self.n_servers} servers; (a) take_mark() "
-            f"in-process every {MARK_INTERVAL_LATENCY:g} s for {d} s, then (b) `markship mark "
-            f"--json` (process start included) every 1 s for {d} s")
+            f"{min(2, self.clients)} on each of {self.n_servers} servers; WAL receivers up, "
+            f"(a) take_mark() in-process every {MARK_INTERVAL_LATENCY:g} s for {d} s (delivery "
+            f"stream), (b) `markship mark --json` (process start included) every 1 s for {d} s; "
+            f"then receivers down, (c) as (a) with delivery \"switch\" (the old way) for {d} s")
         self.settle()
         self.write_config(30)
         ctx = multiprocessing.get_context("fork")
-        idle = self.mark_loop(ctx, 5.0)
+        idle_sw = self.mark_loop(ctx, 5.0, "switch")
+        host = self.start_receivers(ctx)
+        say(f"WAL receivers streaming from all {self.n_servers} servers after "
+            f"{host.ready_s:.2f} s")
+        idle = self.mark_loop(ctx, 5.0, "stream")
         idle_ok = [s for s in idle if s["outcome"] == "ok"]
+        idle_sw_ok = [s for s in idle_sw if s["outcome"] == "ok"]
         idle_total = dist([s["total_ms"] for s in idle_ok])
-        idle_switch = dist([s["switch_ms"] for s in idle_ok])
-        say(f"idle baseline, no load: take_mark() total {fmt_dist(idle_total, digits=1)}; "
-            f"switch {fmt_dist(idle_switch, digits=1)}")
+        idle_delivery = dist([s["delivery_ms"] for s in idle_ok])
+        idle_sw_total = dist([s["total_ms"] for s in idle_sw_ok])
+        idle_sw_delivery = dist([s["delivery_ms"] for s in idle_sw_ok])
+        say(f"idle baseline, no load: take_mark() stream total {fmt_dist(idle_total, digits=1)}"
+            f" (delivery {fmt_dist(idle_delivery, digits=1)}); switch total "
+            f"{fmt_dist(idle_sw_total, digits=1)} (delivery "
+            f"{fmt_dist(idle_sw_delivery, digits=1)})")
         self.settle()
         warmup = 3
-        # pgbench runs until both loops are done and is then stopped; its rate in each window
-        # comes from pg_stat_database.xact_commit.
-        procs = self.start_pgbench(warmup + 5 * d + 60)
+        # pgbench runs until all three loops are done and is then stopped; its rate in each
+        # window comes from pg_stat_database.xact_commit.
+        procs = self.start_pgbench(warmup + 6 * d + 120)
         time.sleep(warmup)
 
         commits, window = self.commits_total(), time.monotonic()
-        inproc = self.mark_loop(ctx, float(d))
+        inproc = self.mark_loop(ctx, float(d), "stream")
         tps_a = (self.commits_total() - commits) / (time.monotonic() - window)
         ok = [s for s in inproc if s["outcome"] == "ok"]
 
@@ -586,7 +703,8 @@ class Bench:
                 record = json.loads(result.out)
                 entry.update(barrier_wait_ms=record["barrier_wait_ms"],
                              barrier_hold_ms=record["barrier_hold_ms"],
-                             switch_ms=record["delivery_ms"])
+                             delivery_ms=record["delivery_ms"],
+                             delivery=record.get("delivery", {}))
             else:
                 entry["error"] = (result.err or result.out).strip()[-300:]
             cli.append(entry)
@@ -600,80 +718,133 @@ class Bench:
             tick += 1.0
             time.sleep(max(0.0, tick - time.monotonic()))
         tps_b = (self.commits_total() - commits) / (time.monotonic() - window)
+        receiver_log = self.stop_receivers(host)
+
+        # (c) the old delivery, same load, no receivers (as before streaming existed).
+        commits, window = self.commits_total(), time.monotonic()
+        inproc_sw = self.mark_loop(ctx, float(d), "switch")
+        tps_c = (self.commits_total() - commits) / (time.monotonic() - window)
+        ok_sw = [s for s in inproc_sw if s["outcome"] == "ok"]
         for proc in procs:
             proc.send_signal(signal.SIGINT)
         self.finish_pgbench(procs, check=False)
         cli_ok = [c for c in cli if c["code"] == 0]
 
+        def by_stream(samples: list[dict[str, Any]]) -> int:
+            """Marks whose WAL went by stream on every server."""
+            return sum(1 for s in samples if s.get("delivery")
+                       and all(v == "stream" for v in s["delivery"].values()))
+
+        streamed_a, streamed_b = by_stream(ok), by_stream(cli_ok)
+        streamed_idle = by_stream(idle_ok)
+        restarts = sum(1 for e in receiver_log if e["event"] == "stream.exited")
         a_total = dist([s["total_ms"] for s in ok])
         a_hold = dist([s["barrier_hold_ms"] for s in ok])
         a_wait = dist([s["barrier_wait_ms"] for s in ok])
-        a_switch = dist([s["switch_ms"] for s in ok])
+        a_delivery = dist([s["delivery_ms"] for s in ok])
+        c_total = dist([s["total_ms"] for s in ok_sw])
+        c_hold = dist([s["barrier_hold_ms"] for s in ok_sw])
+        c_delivery = dist([s["delivery_ms"] for s in ok_sw])
         b_total = dist([c["seconds"] * 1000 for c in cli_ok])
         b_hold = dist([c["barrier_hold_ms"] for c in cli_ok])
+        b_delivery = dist([c["delivery_ms"] for c in cli_ok])
         floor_v = dist([v * 1000 for v in floors["version"]])
         floor_i = dist([v * 1000 for v in floors["imports"]])
         self.results["latency"] = {
             "pgbench_clients_per_server": self.clients,
-            "commits_per_s_all_servers": {"inprocess_window": tps_a, "cli_window": tps_b},
-            "idle_inprocess": {"samples": idle, "total_ms": idle_total,
-                               "switch_ms": idle_switch},
-            "inprocess": {"samples": inproc, "total_ms": a_total, "barrier_hold_ms": a_hold,
-                          "barrier_wait_ms": a_wait, "switch_ms": a_switch,
-                          "skipped": sum(1 for s in inproc if s["outcome"] == "skipped"),
-                          "failed": sum(1 for s in inproc if s["outcome"] == "failed")},
-            "cli": {"samples": cli, "total_ms": b_total, "barrier_hold_ms": b_hold,
-                    "failed_or_skipped": len(cli) - len(cli_ok)},
+            "commits_per_s_all_servers": {"inprocess_stream_window": tps_a, "cli_window": tps_b,
+                                          "inprocess_switch_window": tps_c},
+            "receivers": {"ready_s": host.ready_s, "events": receiver_log,
+                          "restarts": restarts},
+            "idle_inprocess_stream": {"samples": idle, "total_ms": idle_total,
+                                      "delivery_ms": idle_delivery,
+                                      "delivered_by_stream": streamed_idle},
+            "idle_inprocess_switch": {"samples": idle_sw, "total_ms": idle_sw_total,
+                                      "delivery_ms": idle_sw_delivery},
+            "inprocess_stream": {"samples": inproc, "total_ms": a_total,
+                                 "barrier_hold_ms": a_hold, "barrier_wait_ms": a_wait,
+                                 "delivery_ms": a_delivery, "delivered_by_stream": streamed_a,
+                                 "skipped": sum(1 for s in inproc if s["outcome"] == "skipped"),
+                                 "failed": sum(1 for s in inproc if s["outcome"] == "failed")},
+            "cli_stream": {"samples": cli, "total_ms": b_total, "barrier_hold_ms": b_hold,
+                           "delivery_ms": b_delivery, "delivered_by_stream": streamed_b,
+                           "failed_or_skipped": len(cli) - len(cli_ok)},
+            "inprocess_switch": {"samples": inproc_sw, "total_ms": c_total,
+                                 "barrier_hold_ms": c_hold, "delivery_ms": c_delivery,
+                                 "skipped": sum(1 for s in inproc_sw
+                                                if s["outcome"] == "skipped"),
+                                 "failed": sum(1 for s in inproc_sw
+                                               if s["outcome"] == "failed")},
             "process_floor_ms": {"markship_version": floor_v, "python_imports": floor_i},
         }
         say(f"commits/s summed over the servers (pgbench + marks) during (a) {tps_a:.0f}, "
-            f"during (b) {tps_b:.0f}")
-        say(f"(a) in-process total   {fmt_dist(a_total, digits=1)}")
+            f"during (b) {tps_b:.0f}, during (c) {tps_c:.0f}")
+        say(f"(a) in-process, stream total {fmt_dist(a_total, digits=1)}")
         say(f"    barrier_hold_ms    {fmt_dist(a_hold, digits=1)}")
         say(f"    barrier_wait_ms    {fmt_dist(a_wait, digits=1)}")
-        say(f"    switch_ms          {fmt_dist(a_switch, digits=1)}")
-        rest = [s["total_ms"] - s["barrier_hold_ms"] - s["barrier_wait_ms"] - s["switch_ms"]
+        say(f"    delivery_ms        {fmt_dist(a_delivery, digits=1)} (wait for the receivers' "
+            f"flush)")
+        say(f"    delivered by stream on every server: {streamed_a} of {len(ok)} marks; "
+            f"receiver restarts {restarts}")
+        rest = [s["total_ms"] - s["barrier_hold_ms"] - s["barrier_wait_ms"] - s["delivery_ms"]
                 for s in ok]
-        no_switch = dist([s["total_ms"] - s["switch_ms"] for s in ok])
+        no_delivery = dist([s["total_ms"] - s["delivery_ms"] for s in ok])
         say(f"    rest (lock begin/commit, repository check + record write) "
             f"{fmt_dist(dist(rest), digits=1)}")
         say(f"(b) CLI `markship mark --json` {fmt_dist(b_total)}; barrier held "
-            f"{fmt_dist(b_hold, digits=1)}")
+            f"{fmt_dist(b_hold, digits=1)}; delivery {fmt_dist(b_delivery, digits=1)}; by "
+            f"stream on every server {streamed_b} of {len(cli_ok)}")
         say(f"    floor: `markship --version` {fmt_dist(floor_v)}; `python -c 'import "
             f"markship.cli, markship.marks'` {fmt_dist(floor_i)}")
-        bad = [s for s in inproc if s["outcome"] != "ok"] + [c for c in cli if c["code"] != 0]
+        say(f"(c) in-process, switch total {fmt_dist(c_total, digits=1)}")
+        say(f"    barrier_hold_ms    {fmt_dist(c_hold, digits=1)}")
+        say(f"    delivery_ms        {fmt_dist(c_delivery, digits=1)} (pg_switch_wal())")
+        bad = ([s for s in [*inproc, *inproc_sw] if s["outcome"] != "ok"]
+               + [c for c in cli if c["code"] != 0])
         if bad:
             say(f"marks not made: {len(bad)}; first: {bad[0].get('reason') or bad[0].get('error')}")
         self.rows += [
-            Row("mark latency (a) in-process take_mark(), p50", f"{a_total['p50']:.1f} ms",
-                f"hold p50 {a_hold['p50']:.1f} ms, switch p50 {a_switch['p50']:.1f} ms",
+            Row("mark latency (a) in-process take_mark(), stream, p50", f"{a_total['p50']:.1f} ms",
+                f"hold p50 {a_hold['p50']:.1f} ms, delivery p50 {a_delivery['p50']:.1f} ms",
                 "< 50 ms", verdict(a_total["p50"] < 50)),
-            Row("mark latency (a) in-process take_mark(), p99", f"{a_total['p99']:.1f} ms",
-                f"max {a_total['max']:.1f} ms, n={len(ok)}", "< 200 ms",
-                verdict(a_total["p99"] < 200)),
+            Row("mark latency (a) in-process take_mark(), stream, p99", f"{a_total['p99']:.1f} ms",
+                f"max {a_total['max']:.1f} ms, delivery p99 {a_delivery['p99']:.1f} ms, "
+                f"n={len(ok)}", "< 200 ms", verdict(a_total["p99"] < 200)),
+            Row("  (info) (c) same, delivery \"switch\" (old), p50 / p99",
+                f"{c_total['p50']:.1f} / {c_total['p99']:.1f} ms",
+                f"switch p50 {c_delivery['p50']:.1f} / p99 {c_delivery['p99']:.1f} ms, "
+                f"hold p50 {c_hold['p50']:.1f} ms, n={len(ok_sw)}", "-", "info"),
+            Row("marks (a) delivered by stream on every server", f"{streamed_a} / {len(ok)}",
+                f"(b) {streamed_b} / {len(cli_ok)}; receiver restarts {restarts}", "all",
+                verdict(streamed_a == len(ok) > 0 and streamed_b == len(cli_ok))),
             Row("mark latency (b) `markship mark --json`, p50", f"{b_total['p50']:.0f} ms",
                 f"process start: --version alone p50 {floor_v['p50']:.0f} ms", "< 50 ms",
                 verdict(b_total["p50"] < 50)),
             Row("mark latency (b) `markship mark --json`, p99", f"{b_total['p99']:.0f} ms",
                 f"max {b_total['max']:.0f} ms, n={len(cli_ok)}", "< 200 ms",
                 verdict(b_total["p99"] < 200)),
-            Row("  (info) (a) without the WAL switch (total − switch_ms)",
-                f"p50 {no_switch['p50']:.1f} ms", f"p99 {no_switch['p99']:.1f} ms", "-", "info"),
-            Row("  (info) same (a), idle servers (no load), p50", f"{idle_total['p50']:.1f} ms",
-                f"switch p50 {idle_switch['p50']:.1f} ms, n={len(idle_ok)}", "-", "info"),
-            Row("  (info) barrier held per mark (a), p99", f"{a_hold['p99']:.1f} ms",
-                f"wait p99 {a_wait['p99']:.1f} ms", "-", "info"),
-            Row("marks made / attempted under load", f"{len(ok) + len(cli_ok)} / "
-                f"{len(inproc) + len(cli)}", "skipped or failed are listed above", "all",
-                verdict(not bad)),
+            Row("  (info) (a) without delivery (total − delivery_ms)",
+                f"p50 {no_delivery['p50']:.1f} ms", f"p99 {no_delivery['p99']:.1f} ms", "-",
+                "info"),
+            Row("  (info) idle servers (no load), p50 stream / switch",
+                f"{idle_total['p50']:.1f} / {idle_sw_total['p50']:.1f} ms",
+                f"delivery p50 {idle_delivery['p50']:.1f} / {idle_sw_delivery['p50']:.1f} ms, "
+                f"by stream {streamed_idle} / {len(idle_ok)}", "-", "info"),
+            Row("  (info) barrier held per mark (a), p50 / p99",
+                f"{a_hold['p50']:.1f} / {a_hold['p99']:.1f} ms",
+                f"wait p99 {a_wait['p99']:.1f} ms; (c) p99 {c_hold['p99']:.1f} ms", "-",
+                "info"),
+            Row("marks made / attempted under load", f"{len(ok) + len(cli_ok) + len(ok_sw)} / "
+                f"{len(inproc) + len(cli) + len(inproc_sw)}",
+                "skipped or failed are listed above", "all", verdict(not bad)),
         ]
 
-    def mark_loop(self, ctx: multiprocessing.context.ForkContext,
-                  seconds: float) -> list[dict[str, Any]]:
+    def mark_loop(self, ctx: multiprocessing.context.ForkContext, seconds: float,
+                  delivery: str) -> list[dict[str, Any]]:
         """take_mark() every MARK_INTERVAL_LATENCY s in a forked child (see _mark_loop_child)."""
         queue: multiprocessing.Queue[str] = ctx.Queue()
         child = ctx.Process(target=_mark_loop_child,
-                            args=(str(self.cfg), seconds, MARK_INTERVAL_LATENCY, queue))
+                            args=(str(self.cfg), seconds, MARK_INTERVAL_LATENCY, delivery, queue))
         child.start()
         try:
             payload = json.loads(queue.get(timeout=seconds + 120))
@@ -686,13 +857,54 @@ class Bench:
         samples: list[dict[str, Any]] = payload["samples"]
         return samples
 
+    def start_receivers(self, ctx: multiprocessing.context.ForkContext) -> ReceiverHost:
+        """markship's WAL receivers in a forked child (see _receivers_child); returns once
+        every server streams into the repository."""
+        queue: multiprocessing.Queue[str] = ctx.Queue()
+        stop = ctx.Event()
+        child = ctx.Process(target=_receivers_child, args=(str(self.cfg), stop, queue))
+        child.start()
+        host = ReceiverHost(child, stop, queue)
+        self.receiver_hosts.append(host)
+        payload = json.loads(queue.get(timeout=120))
+        if "error" in payload:
+            self.stop_receivers(host)
+            raise RuntimeError(f"WAL receivers did not start: {payload['error']}")
+        host.ready_s = float(payload["ready_s"])
+        return host
+
+    def stop_receivers(self, host: ReceiverHost) -> list[dict[str, Any]]:
+        """Stop the receivers (SIGTERM: pg_receivewal flushes and exits); their event log."""
+        host.stop.set()
+        events: list[dict[str, Any]] = []
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                payload = json.loads(host.queue.get(timeout=max(0.1, deadline - time.monotonic())))
+                if "error" in payload:
+                    say(f"WAL receivers: {payload['error']}")
+                if "events" in payload:
+                    events = payload["events"]
+                    break
+        except Exception as exc:  # queue.Empty, a broken child: clean up regardless
+            say(f"WAL receivers did not report back: {type(exc).__name__}: {exc}")
+        finally:
+            host.proc.join(timeout=30)
+            if host.proc.is_alive():
+                host.proc.kill()
+                host.proc.join()
+            if host in self.receiver_hosts:
+                self.receiver_hosts.remove(host)
+        return events
+
     # -- 2. RPO under load, the agent at interval 5 s --------------------------------------------
 
     def bench_rpo(self) -> None:
         seconds = 2 * self.duration
-        say(f"== 2. RPO under load: the agent (`markship run`) at [marks] interval = "
-            f"{RPO_INTERVAL:g} s, pgbench on every server, age of the newest complete mark "
-            f"sampled every 1 s for {seconds} s (library: markship.marks.mark_states)")
+        say(f"== 2. RPO under load: the agent (`markship run`, delivery stream: it runs the WAL "
+            f"receivers) at [marks] interval = {RPO_INTERVAL:g} s, pgbench on every server, age "
+            f"of the newest complete mark sampled every 1 s for {seconds} s, from its first "
+            f"mark delivered by stream (library: markship.marks.mark_states)")
         self.settle()
         procs = self.start_pgbench(seconds + 40)
         time.sleep(2)
@@ -712,10 +924,16 @@ class Bench:
             time.sleep(0.1)
         if first_complete is None:
             raise RuntimeError("the agent made no complete mark within 30 s")
-        say(f"first complete mark {first_complete:.2f} s after the agent started")
+        # The agent's first mark is switched (its receivers start once it has connected):
+        # the sampling starts from its first mark delivered by stream.
+        first_streamed = self.wait_agent_marked(agent, timeout=3 * RPO_INTERVAL + 30,
+                                                delivery="stream")
+        say(f"first complete mark {first_complete:.2f} s after the agent started, first mark "
+            f"delivered by stream after {first_streamed:.2f} s")
         samples: list[dict[str, Any]] = []
         first_seen_complete: dict[str, float] = {}
         created: dict[str, datetime] = {}
+        sampling_wall = datetime.now(UTC)
         began = time.monotonic()
         tick = began
         while time.monotonic() - began < seconds:
@@ -744,13 +962,14 @@ class Bench:
         cli_marks = run_timed(self.ms("marks", "--json"))
         ages = [s["age_s"] for s in samples]
         age = dist(ages)
-        # How long after its creation each of the agent's marks was first seen complete
-        # (1 s sampling resolution: an upper bound).
-        mine = {n: v for n, v in first_seen_complete.items() if created[n] >= start_wall}
+        # How long after its creation each mark made during the sampling was first seen
+        # complete (1 s sampling resolution: an upper bound).
+        mine = {n: v for n, v in first_seen_complete.items() if created[n] >= sampling_wall}
         lag = dist(list(mine.values()))
         self.results["rpo"] = {
             "interval_s": RPO_INTERVAL, "sample_seconds": seconds, "samples": samples,
             "newest_complete_age_s": age, "first_complete_after_agent_start_s": first_complete,
+            "first_stream_mark_after_agent_start_s": first_streamed,
             "mark_seen_complete_after_s": lag, "agent": agent_stats, "pgbench_tps": tps,
             "mark_states_call_ms": dist([s["call_ms"] for s in samples]),
             "cli_marks_json_seconds": cli_marks.seconds, "marks_in_repository":
@@ -759,8 +978,10 @@ class Bench:
         say("age of the newest complete mark per second (s): "
             + " ".join(f"{a:.1f}" for a in ages))
         say(f"age {fmt_dist(age, 's', 2)}; agent marks ok {agent_stats['marks_ok']}, skipped "
-            f"{agent_stats['marks_skipped']}, failed {agent_stats['marks_failed']}; each mark "
-            f"seen complete {fmt_dist(lag, 's', 2)} after its creation (1 s sampling)")
+            f"{agent_stats['marks_skipped']}, failed {agent_stats['marks_failed']}; delivered "
+            f"{agent_stats['delivery']}, delivery {fmt_dist(agent_stats['delivery_ms'], digits=1)}"
+            f"; each mark seen complete {fmt_dist(lag, 's', 2)} after its creation (1 s "
+            "sampling)")
         say(f"agent exit code after SIGTERM: {agent_stats['exit_code']} (in "
             f"{agent_stats['stop_seconds']:.2f} s); pgbench tps per server "
             f"{', '.join(f'{t:.0f}' for t in tps)}")
@@ -776,6 +997,12 @@ class Bench:
                 f"p50 {age['p50']:.2f} s", "≤ 15 s (issue)", verdict(age["max"] <= 15)),
             Row("  (info) mark creation → seen complete", f"p50 {lag['p50']:.2f} s",
                 f"max {lag['max']:.2f} s (1 s sampling)", "-", "info"),
+            Row("RPO agent marks by stream / all",
+                f"{agent_stats['delivery'].get('stream', 0)} / {agent_stats['marks_ok']}",
+                f"first by stream {first_streamed:.1f} s after the agent started (receivers "
+                "catch up first; marks before are switched)",
+                "all after the first", verdict(agent_stats["not_stream_after_first_stream"] == 0
+                                               and bool(agent_stats["delivery"].get("stream")))),
             Row("agent exits 0 on SIGTERM", str(agent_stats["exit_code"]),
                 f"after {agent_stats['stop_seconds']:.2f} s", "0",
                 verdict(agent_stats["exit_code"] == 0)),
@@ -818,20 +1045,31 @@ class Bench:
         d = self.duration
         half = max(5, d // 2)
         say(f"== 3. throughput cost of marks every {THROUGHPUT_INTERVAL:g} s (the agent): each "
-            f"workload off {half} s, on {d} s, off {half} s (A-B-A cancels drift); "
+            f"workload off {half} s; {d} s each of: the agent with delivery stream, the agent "
+            f"with delivery switch (old), WAL receivers alone without marks (2PC in that order,"
+            f" pgbench in reverse); off {half} s (the off halves average out a linear drift); "
             f"the archive backlog drains between segments; CPU busy = all {os.cpu_count()} "
             "CPUs, from /proc/stat")
-        twopc: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-        bench: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        modes = ("stream", "switch")
+        kinds = ("off", *modes, "receivers")
+        twopc: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        bench: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         agents: dict[str, dict[str, Any]] = {}
-        plan = (("off", half), ("on", d), ("off", half))
-        for kind in ("2pc", "pgbench"):
+        receiver_logs: dict[str, list[dict[str, Any]]] = {}
+        ctx = multiprocessing.get_context("fork")
+        middle = [("stream", d), ("switch", d), ("receivers", d)]
+        plans = {"2pc": [("off", half), *middle, ("off", half)],
+                 "pgbench": [("off", half), *reversed(middle), ("off", half)]}
+        for kind, plan in plans.items():
             for seg, (mode, secs) in enumerate(plan):
                 self.settle()
-                agent = (self.start_agent(THROUGHPUT_INTERVAL, f"{kind}-{seg}")
-                         if mode == "on" else None)
+                agent = (self.start_agent(THROUGHPUT_INTERVAL, f"{kind}-{seg}", delivery=mode)
+                         if mode in modes else None)
                 if agent is not None:
-                    self.wait_agent_marked(agent)
+                    # With delivery stream: wait until the agent's receivers deliver its marks
+                    # (after a catch-up on the WAL written since they last ran).
+                    self.wait_agent_marked(agent, delivery=mode)
+                host = self.start_receivers(ctx) if mode == "receivers" else None
                 archived, archive_cpu = self.archived_total(), self.archive_command_cpu_s()
                 if kind == "2pc":
                     work = TwoPhaseWorkload(self.servers, f"tp{seg}")
@@ -852,54 +1090,76 @@ class Bench:
                 stats["archive_cpu_share"] = ((self.archive_command_cpu_s() - archive_cpu)
                                               / stats["seconds"] / (os.cpu_count() or 1))
                 if agent is not None:
-                    agents[kind] = self.stop_agent(agent)
+                    agents[f"{kind} {mode}"] = self.stop_agent(agent)
+                if host is not None:
+                    receiver_logs[kind] = self.stop_receivers(host)
                 tail = (f"; CPU busy {stats['cpu_busy']:.0%}; WAL files archived "
                         f"{stats['archived_per_s']:.1f}/s, archive_command CPU "
                         f"{stats['archive_cpu_share']:.0%} of the machine")
                 if kind == "2pc":
                     twopc[mode].append(stats)
-                    say(f"2PC {mode:<3} {stats['per_s']:.1f} transfers/s ({stats['transfers']} "
+                    say(f"2PC {mode:<9} {stats['per_s']:.1f} transfers/s ({stats['transfers']} "
                         f"in {stats['seconds']:.1f} s), latency "
                         f"{fmt_dist(stats['latency_ms'], digits=1)}{tail}"
                         + (f"; {stats['error_count']} errors: {stats['errors'][:1]}"
                            if stats["error_count"] else ""))
                 else:
                     bench[mode].append(stats)
-                    say(f"pgbench {mode:<3} {stats['tps_sum']:.0f} tps summed over "
+                    say(f"pgbench {mode:<9} {stats['tps_sum']:.0f} tps summed over "
                         f"{self.n_servers} servers ({', '.join(f'{t:.0f}' for t in tps)}){tail}")
         off_2pc = sum(s["per_s"] for s in twopc["off"]) / len(twopc["off"])
-        on_2pc = twopc["on"][0]["per_s"]
         off_pgb = sum(s["tps_sum"] for s in bench["off"]) / len(bench["off"])
-        on_pgb = bench["on"][0]["tps_sum"]
-        r_2pc, r_pgb = on_2pc / off_2pc, on_pgb / off_pgb
+        on_2pc = {m: twopc[m][0]["per_s"] for m in kinds[1:]}
+        on_pgb = {m: bench[m][0]["tps_sum"] for m in kinds[1:]}
+        r_2pc = {m: on_2pc[m] / off_2pc for m in kinds[1:]}
+        r_pgb = {m: on_pgb[m] / off_pgb for m in kinds[1:]}
         errors = sum(s["error_count"] for segs in twopc.values() for s in segs)
         self.results["throughput"] = {
             "mark_interval_s": THROUGHPUT_INTERVAL, "twopc": twopc, "pgbench": bench,
             "twopc_ratio": r_2pc, "pgbench_ratio": r_pgb, "agents": agents,
+            "receivers_alone_log": receiver_logs,
             "twopc_workers": TWOPC_WORKERS, "pgbench_clients_per_server": self.clients,
         }
         for label, stats in agents.items():
             say(f"agent during {label}: marks ok {stats['marks_ok']}, skipped "
-                f"{stats['marks_skipped']}, failed {stats['marks_failed']}; barrier held "
-                f"{fmt_dist(stats['hold_ms'], digits=1)}; switch {fmt_dist(stats['switch_ms'])}; "
-                f"agent process CPU {stats['cpu_s']:.1f} s in {stats['ran_seconds']:.0f} s")
-        on_lat = twopc["on"][0]["latency_ms"]
-        off_lat = twopc["off"][0]["latency_ms"]
-        busy_off = bench["off"][0]["cpu_busy"]
-        on_stats = bench["on"][0]
+                f"{stats['marks_skipped']}, failed {stats['marks_failed']}; delivered "
+                f"{stats['delivery']}; barrier held {fmt_dist(stats['hold_ms'], digits=1)}; "
+                f"delivery {fmt_dist(stats['delivery_ms'])}; agent process CPU "
+                f"{stats['cpu_s']:.1f} s in {stats['ran_seconds']:.0f} s")
+        lat = {m: twopc[m][0]["latency_ms"] for m in kinds}
+        busy = {m: bench[m][0]["cpu_busy"] for m in kinds}
+        archived_s = {m: bench[m][0]["archived_per_s"] for m in modes}
+        archive_share = {m: bench[m][0]["archive_cpu_share"] for m in modes}
+        streamed = {k: f"{v['delivery'].get('stream', 0)} / {v['marks_ok']}"
+                    for k, v in agents.items() if k.endswith("stream")}
         self.rows += [
-            Row("2PC transfers/s, marks every 1 s vs none", f"{on_2pc:.1f}/s",
-                f"without {off_2pc:.1f}/s, ratio {r_2pc:.3f}", "ratio (info)", "info"),
-            Row("  (info) 2PC transfer latency p99 on / off", f"{on_lat['p99']:.1f} ms",
-                f"{off_lat['p99']:.1f} ms", "-", "info"),
-            Row("pgbench tps, marks every 1 s vs none", f"{on_pgb:.0f} tps",
-                f"without {off_pgb:.0f} tps, ratio {r_pgb:.3f}", "ratio ≥ 0.97 (goal)",
-                verdict(r_pgb >= 0.97)),
-            Row("  (info) pgbench: CPU busy off / on",
-                f"{busy_off:.0%} / {on_stats['cpu_busy']:.0%}",
-                f"with marks: {on_stats['archived_per_s']:.1f} WAL files archived/s, "
-                f"archive_command CPU {on_stats['archive_cpu_share']:.0%} of the machine", "-",
-                "info"),
+            Row("2PC transfers/s, marks every 1 s (stream) vs none", f"{on_2pc['stream']:.1f}/s",
+                f"without {off_2pc:.1f}/s, ratio {r_2pc['stream']:.3f}", "ratio (info)", "info"),
+            Row("  (info) same, delivery \"switch\" (old)", f"{on_2pc['switch']:.1f}/s",
+                f"ratio {r_2pc['switch']:.3f}", "-", "info"),
+            Row("  (info) same, WAL receivers alone, no marks", f"{on_2pc['receivers']:.1f}/s",
+                f"ratio {r_2pc['receivers']:.3f}", "-", "info"),
+            Row("  (info) 2PC transfer latency p99 stream / switch / off",
+                f"{lat['stream']['p99']:.1f} ms",
+                f"{lat['switch']['p99']:.1f} ms / {lat['off']['p99']:.1f} ms", "-", "info"),
+            Row("pgbench tps, marks every 1 s (stream) vs none", f"{on_pgb['stream']:.0f} tps",
+                f"without {off_pgb:.0f} tps, ratio {r_pgb['stream']:.3f}",
+                "ratio ≥ 0.97 (goal)", verdict(r_pgb["stream"] >= 0.97)),
+            Row("  (info) same, delivery \"switch\" (old)", f"{on_pgb['switch']:.0f} tps",
+                f"ratio {r_pgb['switch']:.3f}", "-", "info"),
+            Row("  (info) same, WAL receivers alone, no marks", f"{on_pgb['receivers']:.0f} tps",
+                f"ratio {r_pgb['receivers']:.3f}", "-", "info"),
+            Row("  (info) pgbench: CPU busy off / stream / switch / receivers",
+                f"{busy['off']:.0%} / {busy['stream']:.0%} / {busy['switch']:.0%} / "
+                f"{busy['receivers']:.0%}",
+                f"WAL files archived/s stream {archived_s['stream']:.1f}, switch "
+                f"{archived_s['switch']:.1f}; archive_command CPU {archive_share['stream']:.0%} /"
+                f" {archive_share['switch']:.0%} of the machine", "-", "info"),
+            Row("throughput agent marks by stream / all", ", ".join(streamed.values()),
+                "2pc, pgbench; the first marks, before the receivers stream, are switched",
+                "all after the first", verdict(all(
+                    v["not_stream_after_first_stream"] == 0 and v["delivery"].get("stream")
+                    for k, v in agents.items() if k.endswith("stream")))),
             Row("2PC workload errors", str(errors), "-", "0", verdict(errors == 0)),
         ]
 
@@ -938,7 +1198,7 @@ class Bench:
         say(f"fresh backup {backup.seconds:.1f} s; `markship standby create` "
             f"{create.seconds:.1f} s")
         agent = self.start_agent(FAILOVER_INTERVAL, "failover")
-        self.wait_agent_marked(agent)
+        self.wait_agent_marked(agent, delivery="stream")
 
         # Caught up: every standby sits at a mark at most 1 behind the newest complete one.
         caught: float | None = None
@@ -984,8 +1244,8 @@ class Bench:
         self.finish_pgbench(procs, check=False)
         agent_stats = self.stop_agent(agent)
         say(f"production killed; 2PC workload had made {stats['transfers']} transfers; agent "
-            f"marks ok {agent_stats['marks_ok']}, failed {agent_stats['marks_failed']} (after "
-            f"the kill), exit {agent_stats['exit_code']}")
+            f"marks ok {agent_stats['marks_ok']} (delivered {agent_stats['delivery']}), failed "
+            f"{agent_stats['marks_failed']} (after the kill), exit {agent_stats['exit_code']}")
 
         waited = time.monotonic() - killed_at
         result = run_timed(self.ms("failover", "--json"), timeout=900)
@@ -1143,6 +1403,8 @@ class Bench:
         for work in self.workloads:
             work.stop.set()
             work.go_event.set()
+        for host in list(self.receiver_hosts):
+            self.stop_receivers(host)
         for agent in self.agents:
             if agent.proc.poll() is None:
                 agent.proc.kill()

@@ -135,6 +135,8 @@ class Agent:
         """Keep one WAL receiver per reachable server running (marks use it; see stream)."""
         if self.config.marks.delivery != "stream" or not isinstance(self.repo, FsRepository):
             return
+        if self.config.encryption is not None:
+            return  # pg_receivewal writes plain WAL: with encryption on, marks switch WAL
         for server in self.config.servers:
             receiver = self.receivers.get(server.name)
             if receiver is None:

@@ -67,7 +67,11 @@ class Context:
     def repository(self) -> FsRepository:
         """Load the config, become the repository's OS user, open the repository."""
         osuser.switch_to(self.config.repository.os_user)
-        return open_repository(self.config.repository.path)
+        encryption = self.config.encryption
+        if encryption is None:
+            return open_repository(self.config.repository.path)
+        return open_repository(self.config.repository.path, [encryption.recipient],
+                               encryption.identity_file)
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -518,6 +522,51 @@ SELECT pg_advisory_unlock_shared({key});          -- on the barrier server""")
 
 
 # -- DR site ---------------------------------------------------------------------------------------
+
+
+@cli.group("key")
+def key_group() -> None:
+    """The repository encryption key (age): create it, see its state."""
+
+
+@key_group.command("create")
+@click.option("--identity-file", "path", required=True, type=click.Path(path_type=Path),
+              help="Where to write the new identity (mode 0600; never overwritten).")
+def key_create(path: Path) -> None:
+    """Create a new key: writes the identity file, prints the recipient for [encryption]."""
+    from markship.keys import create_identity
+
+    created = create_identity(path)
+    click.echo(f"✓ key {created.fingerprint} written to {created.path} (mode 0600)\n"
+               f"  put this in the config:\n\n[encryption]\n"
+               f'recipient = "{created.recipient}"\n'
+               f'identity_file = "{created.path}"   # only where restores run\n\n'
+               "  keep a copy of the identity file off this host: without it no backup can "
+               "be read")
+
+
+@key_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def key_status_cmd(ctx: Context, as_json: bool) -> None:
+    """Fingerprint of the repository key and whether its identity file opens it."""
+    from dataclasses import asdict
+
+    from markship.keys import key_status
+
+    status = key_status(ctx.config)
+    if as_json:
+        emit_json(asdict(status))
+    elif not status.encrypted:
+        click.echo("— the repository is not encrypted (no [encryption] in the config)")
+    else:
+        click.echo(f"key fingerprint {status.fingerprint}")
+        if status.identity_file is None:
+            click.echo("  no identity_file here: this host can write but not read backups")
+        elif status.problem is None:
+            click.echo(f"✓ identity file {status.identity_file} opens it (mode 0600)")
+    if status.encrypted and status.problem:
+        raise MarkshipError(status.problem, "fix the identity file named above")
 
 
 @cli.group("standby")

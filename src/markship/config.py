@@ -39,6 +39,21 @@ class RepositorySection(_Section):
         return value
 
 
+class EncryptionSection(_Section):
+    """Every object is encrypted to `recipient` (age); `identity_file` is needed to read."""
+
+    recipient: str
+    identity_file: Path | None = None
+
+    @field_validator("recipient")
+    @classmethod
+    def _age_recipient(cls, value: str) -> str:
+        if not value.startswith("age1"):
+            raise ValueError("must be an age public key (age1…), as printed by "
+                             "`markship key create`")
+        return value
+
+
 class ServerSection(_Section):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     conninfo: Annotated[str, Field(min_length=1)]
@@ -153,6 +168,7 @@ class Config(_Section):
     retention: RetentionSection = RetentionSection()
     dr_site: DrSiteSection | None = None
     failover: FailoverSection = FailoverSection()
+    encryption: EncryptionSection | None = None
     source: Path | None = Field(default=None, exclude=True)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -55,3 +55,9 @@ class BackupError(MarkshipError):
 
 class RestoreError(MarkshipError):
     """A restore cannot be done or failed."""
+
+
+class KeyProblem(MarkshipError):
+    """An encryption key is missing, unreadable, or does not open an object."""
+
+    exit_code = 2

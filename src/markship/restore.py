@@ -26,6 +26,7 @@ from markship.config import Config
 from markship.errors import CorruptObject, RestoreError
 from markship.hashing import HashingReader
 from markship.repository import Repository
+from markship.repository.base import Readable
 from markship.timefmt import show, utcnow
 
 
@@ -182,8 +183,9 @@ def extract(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
     installed (one more process, so reading, decompressing and unpacking use both cores),
     else in-process with python-zstandard.
     """
-    stored = repo.open(backup.archive.key)
-    source = HashingReader(stored)
+    stored = repo.open_stored(backup.archive.key)
+    hashed = HashingReader(stored)  # the checksum covers the stored (maybe encrypted) bytes
+    source = repo.plaintext(hashed, backup.archive.key)
     zstd = shutil.which("zstd")
     problem: str | None = None
     flusher = _Flusher(target_dir)
@@ -195,7 +197,7 @@ def extract(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
     finally:
         stored.close()
         flusher.stop()
-    if problem is None and source.hexdigest() != backup.archive.sha256:
+    if problem is None and hashed.hexdigest() != backup.archive.sha256:
         problem = "fails its checksum"
     if problem is None and tar_code != 0:
         detail = tar_error.splitlines()[-1] if tar_error else "tar failed"
@@ -236,7 +238,7 @@ class _Flusher:
         os.close(self._fd)
 
 
-def _extract_with_zstd(zstd: str, source: HashingReader,
+def _extract_with_zstd(zstd: str, source: Readable,
                        target_dir: Path) -> tuple[str | None, str, int]:
     unzstd = subprocess.Popen([zstd, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
@@ -261,7 +263,7 @@ def _extract_with_zstd(zstd: str, source: HashingReader,
     return problem, tar_error, tar.returncode
 
 
-def _extract_in_process(source: HashingReader, target_dir: Path) -> tuple[str | None, str, int]:
+def _extract_in_process(source: Readable, target_dir: Path) -> tuple[str | None, str, int]:
     import zstandard
 
     tar = subprocess.Popen([*_TAR, str(target_dir)], stdin=subprocess.PIPE,

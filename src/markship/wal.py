@@ -30,7 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the per-segment start-up
     from typing import Any, BinaryIO
 
-    from markship.repository import Repository
+    from markship.repository import FsRepository, Repository
     from markship.repository.base import Writable
 
 # 256 KiB: a fresh process reading 1 MiB chunks spent twice as long faulting in new heap
@@ -42,19 +42,29 @@ EXIT_CORRUPT = 126
 class WalSettings:
     """The few settings the WAL commands need, read without the full config model."""
 
-    __slots__ = ("compression_level", "os_user", "push_ahead", "repository_path", "servers")
+    __slots__ = ("compression_level", "identity_file", "os_user", "push_ahead", "recipient",
+                 "repository_path", "servers")
 
     def __init__(self, repository_path: str, os_user: str, compression_level: int,
-                 servers: frozenset[str], push_ahead: int) -> None:
+                 servers: frozenset[str], push_ahead: int, recipient: str = "",
+                 identity_file: str = "") -> None:
         self.repository_path = repository_path
         self.os_user = os_user
         self.compression_level = compression_level
         self.servers = servers
         self.push_ahead = push_ahead
+        self.recipient = recipient  # "" when the repository is not encrypted
+        self.identity_file = identity_file
 
-    def fields(self) -> tuple[str, str, int, frozenset[str], int]:
+    def fields(self) -> tuple[str, str, int, frozenset[str], int, str, str]:
         return (self.repository_path, self.os_user, self.compression_level, self.servers,
-                self.push_ahead)
+                self.push_ahead, self.recipient, self.identity_file)
+
+    def open_repository(self) -> FsRepository:
+        if self.recipient:
+            return open_repository(self.repository_path, [self.recipient],
+                                   self.identity_file or None)
+        return open_repository(self.repository_path)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> WalSettings:
@@ -67,9 +77,17 @@ class WalSettings:
                           if isinstance(s, dict) and isinstance(s.get("name"), str))
         level = repo.get("compression_level", 1)
         ahead = repo.get("push_ahead", 8)
+        encryption = raw.get("encryption")
+        recipient = identity = ""
+        if isinstance(encryption, dict):
+            recipient = str(encryption.get("recipient", ""))
+            identity = str(encryption.get("identity_file", ""))
+            if not recipient.startswith("age1"):
+                raise ConfigError("[encryption] recipient is missing or not an age public key",
+                                  "use the age1… line printed by `markship key create`")
         return cls(repo["path"], str(repo.get("os_user", "postgres")),
                    int(level) if isinstance(level, int) else 1, names,
-                   int(ahead) if isinstance(ahead, int) else 8)
+                   int(ahead) if isinstance(ahead, int) else 8, recipient, identity)
 
     def check_server(self, server: str) -> None:
         if server not in self.servers:
@@ -316,7 +334,8 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
     folder, name = os.path.split(dest)
     temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
     try:
-        with repo.open(key) as source, open(temp, "wb") as out:
+        # Streamed files are pg_receivewal's own (never encrypted: streaming is off then).
+        with repo.open_stored(key) as source, open(temp, "wb") as out:
             while chunk := source.read(CHUNK):
                 out.write(chunk)
     except ObjectMissing:
@@ -412,7 +431,7 @@ def main(command: str, argv: list[str], config: str | None) -> int:
         settings = load_settings(configfile.locate(config))
         settings.check_server(server)
         osuser.switch_to(settings.os_user)
-        repo = open_repository(settings.repository_path)
+        repo = settings.open_repository()
         if command == "wal-push":
             path = positional[0]
             if not os.path.isfile(path):

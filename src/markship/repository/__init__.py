@@ -25,6 +25,15 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_repository(path: str | os.PathLike[str]) -> FsRepository:
-    """Open the repository at a local or mounted directory."""
+def open_repository(path: str | os.PathLike[str], recipients: list[str] | None = None,
+                    identity_file: str | os.PathLike[str] | None = None) -> FsRepository:
+    """Open the repository at a local or mounted directory; with recipients, every object
+    is encrypted to them (and read with the identity file)."""
+    if recipients:
+        from pathlib import Path
+
+        from markship.repository.encrypted import EncryptedFsRepository
+
+        return EncryptedFsRepository(path, recipients,
+                                     Path(identity_file) if identity_file else None)
     return FsRepository(path)

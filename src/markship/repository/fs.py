@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # typing, collections and contextlib stay off the wal-push pa
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp~"
+AGE_MAGIC = b"age-encryption.org/v1\n"  # first line of every age file
 join = os.path.join
 
 
@@ -171,6 +172,21 @@ class FsRepository:
     # -- reading -----------------------------------------------------------------------------
 
     def open(self, key: str) -> BinaryIO:
+        handle = self.open_stored(key)
+        if handle.read(len(AGE_MAGIC)) == AGE_MAGIC:
+            handle.close()
+            raise RepositoryError(
+                f"object {key} is encrypted, but the config has no [encryption] section",
+                "add [encryption] with the repository's recipient and identity_file")
+        handle.seek(0)
+        return handle
+
+    def plaintext(self, stored: Readable, key: str) -> Readable:
+        """The content of an object from a reader of its stored bytes (here: the same)."""
+        return stored
+
+    def open_stored(self, key: str) -> BinaryIO:
+        """The stored bytes of `key`, as they are on disk (no decryption, no checks)."""
         try:
             return open(self._path(key), "rb")
         except FileNotFoundError:
