@@ -127,6 +127,35 @@ class DrSiteSection(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class FilesetSection(_Section):
+    """Files captured with every backup set and whenever their content changes."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    paths: Annotated[list[Path], Field(min_length=1)]
+    exclude: list[str] = []  # glob patterns matched against paths relative to each root
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{path} must be an absolute path")
+        return value
+
+
+class DumpSection(_Section):
+    """A database saved with pg_dump (a store that WAL shipping does not cover)."""
+
+    name: Annotated[str | None, Field(pattern=NAME_PATTERN)] = None  # default SERVER-DATABASE
+    server: str
+    database: str
+    schedule: str = "daily 03:00 UTC"  # "hourly :MM", "daily HH:MM ZONE", "weekly DAY HH:MM ZONE"
+
+    @property
+    def dump_name(self) -> str:
+        return self.name or f"{self.server}-{self.database}"
+
+
 class FailoverSql(_Section):
     """A statement run after promotion in one database of one restored server."""
 
@@ -169,6 +198,8 @@ class Config(_Section):
     dr_site: DrSiteSection | None = None
     failover: FailoverSection = FailoverSection()
     encryption: EncryptionSection | None = None
+    filesets: Annotated[list[FilesetSection], Field(alias="fileset")] = []
+    dumps: Annotated[list[DumpSection], Field(alias="dump")] = []
     source: Path | None = Field(default=None, exclude=True)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -194,6 +225,15 @@ class Config(_Section):
         if self.marks.barrier_server is not None and self.marks.barrier_server not in seen:
             raise ValueError(f"marks.barrier_server {self.marks.barrier_server!r} is not a "
                              "configured server name")
+        fileset_names = [f.name for f in self.filesets]
+        if len(set(fileset_names)) != len(fileset_names):
+            raise ValueError("two [[fileset]] tables have the same name")
+        for dump in self.dumps:
+            if dump.server not in seen:
+                raise ValueError(f"dump server {dump.server!r} is not a configured server name")
+        dump_names = [d.dump_name for d in self.dumps]
+        if len(set(dump_names)) != len(dump_names):
+            raise ValueError("two [[dump]] tables have the same name (set name = \"…\")")
         return self
 
     @property
