@@ -12,7 +12,7 @@ The page cache cannot be dropped here: every figure is a warm-cache figure.
 Run as root with the markship virtualenv's interpreter:
 
     /opt/markship/venv/bin/python bench/marks_bench.py                   # --duration 30
-    /opt/markship/venv/bin/python bench/marks_bench.py --duration 15     # smoke run, ~4 min
+    /opt/markship/venv/bin/python bench/marks_bench.py --duration 15     # smoke run, ~6 min
     /opt/markship/venv/bin/python bench/marks_bench.py --phases latency,rpo
 
 Phases (see bench/README.md, "marks_bench.py"):

@@ -80,3 +80,69 @@ def test_encrypted_backup_wal_and_marks_round_trip(pg_group: GroupFactory) -> No
     group.config_path.write_text(plain_config)
     plain = group.markship("list")
     assert plain.returncode != 0 and "encrypted, but the config has no [encryption]" in plain.stderr
+
+
+def test_key_export_import_and_rotation(pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    alpha = group.servers[0]
+    identity, recipient = _create_key(group.workdir, "repo-key.txt")
+    base_config = group.config_path.read_text()
+
+    def use(recipient_: str) -> None:
+        group.config_path.write_text(base_config + f'\n[encryption]\nrecipient = "{recipient_}"'
+                                     f'\nidentity_file = "{identity}"\n')
+
+    use(recipient)
+    alpha.psql("CREATE TABLE notes (id int); INSERT INTO notes VALUES (1)")
+    backup = group.markship("backup")
+    assert backup.returncode == 0 and "has no recorded backup" in backup.stderr
+    assert "AGE-SECRET-KEY" not in backup.stderr + backup.stdout
+
+    passphrase = group.workdir / "passphrase"
+    passphrase.write_text("correct horse battery\n")
+    export = group.workdir / "key-export.age"
+    group.ok("key", "export", "--to", str(export), "--hint", "the stable horse",
+             "--passphrase-file", str(passphrase))
+    assert export.read_bytes().startswith(b"age-encryption.org/v1\n-> scrypt")
+    assert "the stable horse" in (group.workdir / "key-export.age.hint").read_text()
+    status = json.loads(group.ok("key", "status", "--json"))
+    assert status["backup_recorded_at"] and status["identity_ok"]
+    assert "AGE-SECRET-KEY" not in json.dumps(status)
+    assert "has no recorded backup" not in group.markship("status").stderr
+
+    # The DR site has lost the identity: wrong passphrase first, then the right one.
+    identity.unlink()
+    wrong = group.workdir / "wrong"
+    wrong.write_text("not the passphrase\n")
+    failed = group.markship("key", "import", "--from", str(export), "--passphrase-file",
+                            str(wrong))
+    assert failed.returncode != 0 and "wrong passphrase" in failed.stderr
+    assert "hint: the stable horse" in failed.stderr and not identity.exists()
+    group.ok("key", "import", "--from", str(export), "--passphrase-file", str(passphrase))
+    assert stat.S_IMODE(identity.stat().st_mode) == 0o600
+    mark = json.loads(group.ok("mark", "--json"))["name"]
+    group.ok("mark")
+
+    # An export of another key is refused by fingerprint.
+    other, _ = _create_key(group.workdir, "other-key.txt")
+    other_export = group.workdir / "other-export.age"
+    group.ok("key", "export", "--to", str(other_export), "--hint", "h", "--identity-file",
+             str(other), "--passphrase-file", str(passphrase))
+    mismatch = group.markship("key", "import", "--from", str(other_export), "--identity-file",
+                              str(group.workdir / "imported.txt"), "--passphrase-file",
+                              str(passphrase))
+    assert mismatch.returncode != 0 and "fingerprint" in mismatch.stderr
+    assert not (group.workdir / "imported.txt").exists()
+
+    # Rotation: new objects use the new key, old ones still open from the identity list.
+    rotated = group.ok("key", "rotate")
+    new_recipient = next(line.split('"')[1] for line in rotated.splitlines()
+                         if "recipient =" in line)
+    assert new_recipient != recipient
+    use(new_recipient)
+    alpha.psql("INSERT INTO notes VALUES (2)")
+    group.ok("backup")
+    restored_old = group.restore("alpha", "--name", mark)
+    assert restored_old.psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1}"
+    restored_new = group.restore("alpha", "--latest")
+    assert restored_new.psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1,2}"

@@ -99,6 +99,7 @@ class Agent:
         with self.repo.lock("agent", f"markship run for group {self.config.group.name}"):
             self.log("agent.start", group=self.config.group.name,
                      interval_s=self.config.marks.interval, servers=len(self.config.servers))
+            self.warn_key_backup()
             try:
                 self._loop()
             finally:
@@ -202,10 +203,18 @@ class Agent:
             return
         self.log("backup.ok", set=result.record.id,
                  stored_bytes=sum(b.archive.size for b in result.backups.values()))
+        self.warn_key_backup()
         if self.config.schedule.force_full:
             self._save_state(state.model_copy(
                 update={"force_full_done_for": config_digest(self.config)}))
         self.expire()
+
+    def warn_key_backup(self) -> None:
+        from markship.keys import backup_warning
+
+        warning = backup_warning(self.config, self.repo)
+        if warning:
+            self.log("key.no_backup", level="warning", detail=warning)
 
     def expire(self) -> None:
         try:

@@ -10,7 +10,9 @@ import click
 
 from markship import __version__
 from markship.clictx import Context, _size, _table, emit_json, pass_context
+from markship.config import Config
 from markship.errors import MarkshipError
+from markship.repository import FsRepository
 from markship.timefmt import show
 
 
@@ -100,6 +102,16 @@ def backup(ctx: Context, servers: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"✓ {name}: {_size(rec.raw_size)} → {_size(rec.archive.size)} "
                    f"({ratio:.1f}×) in {(rec.finished_at - rec.started_at).total_seconds():.1f} s")
     click.echo(f"backup set {result.record.id} complete")
+    _warn_key_backup(config, repo)
+
+
+def _warn_key_backup(config: Config, repo: FsRepository) -> None:
+    """Say it every time while the encryption key has no recorded backup."""
+    from markship.keys import backup_warning
+
+    warning = backup_warning(config, repo)
+    if warning:
+        click.echo(f"markship: warning: {warning}", err=True)
 
 
 @cli.command("list")
@@ -148,11 +160,15 @@ def status(ctx: Context, as_json: bool) -> None:
     repo = ctx.repository()
     result = group_status(config, repo)
     newest = newest_complete(repo, config)
+    from markship.keys import backup_warning
+
+    key_warning = backup_warning(config, repo)
     if as_json:
         emit_json({"servers": [asdict(s) | {"healthy": s.healthy} for s in result],
                    "latest_complete_mark": None if newest is None else {
                        "name": newest.record.name, "created_at": newest.record.created_at,
-                       "age_seconds": round(newest.age_seconds, 3)}})
+                       "age_seconds": round(newest.age_seconds, 3)},
+                   "warnings": [key_warning] if key_warning else []})
     else:
         rows = []
         for s in result:
@@ -174,6 +190,8 @@ def status(ctx: Context, as_json: bool) -> None:
             click.echo(f"latest complete mark: {newest.record.name}, made "
                        f"{show(newest.record.created_at)}, {newest.age_seconds:.0f} s ago "
                        "(the group's current recovery point)")
+        if key_warning:
+            click.echo(f"markship: warning: {key_warning}", err=True)
     if not all(s.reachable for s in result):
         sys.exit(1)
 
@@ -486,12 +504,13 @@ def key_create(path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def key_status_cmd(ctx: Context, as_json: bool) -> None:
-    """Fingerprint of the repository key and whether its identity file opens it."""
+    """Fingerprint of the repository key, whether the identity file opens it, and whether a
+    backup of the key (key export) was recorded."""
     from dataclasses import asdict
 
     from markship.keys import key_status
 
-    status = key_status(ctx.config)
+    status = key_status(ctx.config, ctx.repository())
     if as_json:
         emit_json(asdict(status))
     elif not status.encrypted:
@@ -502,8 +521,102 @@ def key_status_cmd(ctx: Context, as_json: bool) -> None:
             click.echo("  no identity_file here: this host can write but not read backups")
         elif status.problem is None:
             click.echo(f"✓ identity file {status.identity_file} opens it (mode 0600)")
+        if status.backup_recorded_at is not None:
+            click.echo(f"✓ key backup (export) recorded {show(status.backup_recorded_at)}")
+        else:
+            click.echo("✗ no backup of this key recorded: run markship key export --to FILE")
     if status.encrypted and status.problem:
         raise MarkshipError(status.problem, "fix the identity file named above")
+
+
+def _passphrase(path: Path | None, confirm: bool) -> str:
+    """From --passphrase-file (first line), else asked on the terminal; never an argument."""
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise MarkshipError(f"cannot read the passphrase file {path} ({exc.strerror})",
+                                "give a readable file holding the passphrase") from None
+        return text.splitlines()[0] if text else ""
+    if not sys.stdin.isatty():
+        raise MarkshipError("no terminal to ask for the passphrase",
+                            "pass --passphrase-file FILE")
+    return str(click.prompt("passphrase", hide_input=True, confirmation_prompt=confirm))
+
+
+@key_group.command("export")
+@click.option("--to", "target", required=True, type=click.Path(path_type=Path),
+              help="The export file to write (age, passphrase-protected); FILE.hint is "
+                   "written beside it.")
+@click.option("--hint", required=True, help="A reminder of the passphrase, stored in clear.")
+@click.option("--passphrase-file", type=click.Path(path_type=Path),
+              help="Read the passphrase from this file instead of asking.")
+@click.option("--identity-file", type=click.Path(path_type=Path),
+              help="The identity to export (default: [encryption] identity_file).")
+@pass_context
+def key_export(ctx: Context, target: Path, hint: str, passphrase_file: Path | None,
+               identity_file: Path | None) -> None:
+    """Back up the repository key: a passphrase-protected copy plus a hint; the repository
+    records (by fingerprint) that the backup exists."""
+    from markship.keys import export_key
+
+    encryption = ctx.config.encryption
+    path = identity_file or (encryption.identity_file if encryption else None)
+    if path is None:
+        raise MarkshipError("no identity file to export",
+                            "pass --identity-file, or set [encryption] identity_file")
+    secret = _passphrase(passphrase_file, confirm=True)
+    record = export_key(ctx.repository(), path, target, secret, hint)
+    click.echo(f"✓ key {', '.join(record.fingerprints)} exported to {target} (hint in "
+               f"{target.name}.hint); keep both off this host, apart from the passphrase")
+
+
+@key_group.command("import")
+@click.option("--from", "source", required=True, type=click.Path(path_type=Path),
+              help="The file `markship key export` wrote.")
+@click.option("--passphrase-file", type=click.Path(path_type=Path),
+              help="Read the passphrase from this file instead of asking.")
+@click.option("--identity-file", type=click.Path(path_type=Path),
+              help="Where to write the identity (default: [encryption] identity_file).")
+@pass_context
+def key_import(ctx: Context, source: Path, passphrase_file: Path | None,
+               identity_file: Path | None) -> None:
+    """Restore the repository key from an export (on the DR site, before anything else):
+    shows the hint, asks for the passphrase, checks the key's fingerprint."""
+    from markship.keys import import_key, read_hint
+
+    encryption = ctx.config.encryption
+    target = identity_file or (encryption.identity_file if encryption else None)
+    if target is None:
+        raise MarkshipError("no place to write the identity",
+                            "pass --identity-file, or set [encryption] identity_file")
+    hint = read_hint(source)
+    click.echo(f"hint: {hint}" if hint else "no hint file beside the export", err=True)
+    secret = _passphrase(passphrase_file, confirm=False)
+    fingerprints = import_key(encryption.recipient if encryption else None, source, secret,
+                              target, owner=ctx.config.repository.os_user)
+    click.echo(f"✓ key {', '.join(fingerprints)} written to {target} (mode 0600)")
+
+
+@key_group.command("rotate")
+@click.option("--identity-file", type=click.Path(path_type=Path),
+              help="The identity file (default: [encryption] identity_file).")
+@pass_context
+def key_rotate(ctx: Context, identity_file: Path | None) -> None:
+    """New key for new objects: adds a new identity at the top of the identity file and keeps
+    the old ones, so everything written before stays readable. Prints the new recipient."""
+    from markship.keys import rotate
+
+    encryption = ctx.config.encryption
+    path = identity_file or (encryption.identity_file if encryption else None)
+    if path is None:
+        raise MarkshipError("no identity file to rotate",
+                            "pass --identity-file, or set [encryption] identity_file")
+    created = rotate(path)
+    click.echo(f"✓ new key {created.fingerprint} added to {path}; the old keys stay in it\n"
+               f"  now set in the config of every host:\n\n"
+               f'  recipient = "{created.recipient}"\n\n'
+               "  then run markship key export again: older exports lack the new key")
 
 
 @cli.group("standby")
