@@ -67,6 +67,10 @@ def test_restore_to_named_point_and_to_time(pg_group: GroupFactory) -> None:
 def test_restore_refuses_time_before_backup_and_non_empty_dir(pg_group: GroupFactory) -> None:
     group = pg_group(1)
     group.ok("backup")
+    # The markship config file itself travels with the set.
+    (set_id,) = [s["id"] for s in json.loads(group.ok("list", "--json"))]
+    stored = group.repo / "backups" / "_group" / set_id / "markship.toml"
+    assert stored.read_bytes() == group.config_path.read_bytes()
     target = group.restored("alpha")
     early = group.markship("restore", "--server", "alpha", "--target-dir", str(target.data_dir),
                            "--time", "2001-01-01T00:00:00Z")

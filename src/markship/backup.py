@@ -57,6 +57,7 @@ def run_backup(config: Config, repo: Repository, servers: list[ServerSection],
                            servers=[s.name for s in servers], created_at=started,
                            status="running", pid=os.getpid(), host=socket.gethostname())
         catalog.write_record(repo, layout.set_key(set_id), record)
+        config_ref = capture_config_file(config, repo, set_id)
         backups: dict[str, BackupRecord] = {}
         errors: dict[str, str] = {}
         with ThreadPoolExecutor(max_workers=len(servers)) as pool:
@@ -68,13 +69,28 @@ def run_backup(config: Config, repo: Repository, servers: list[ServerSection],
                 except MarkshipError as exc:
                     errors[name] = exc.one_line()
         final = record.model_copy(update={"status": "failed" if errors else "done",
-                                          "finished_at": utcnow(), "errors": errors})
+                                          "finished_at": utcnow(), "errors": errors,
+                                          "config_file": config_ref})
         catalog.write_record(repo, layout.set_key(set_id), final, overwrite=True)
     if errors:
         detail = "; ".join(f"{name}: {text}" for name, text in errors.items())
         raise BackupError(f"backup set {set_id} failed ({detail})",
                           "fix the cause and run markship backup again")
     return SetResult(final, backups)
+
+
+def capture_config_file(config: Config, repo: Repository, set_id: str) -> ObjectRef | None:
+    """The markship config file itself goes with every set (the "configuration file" step
+    of a DR plan): stored beside the set's backups, deleted with them."""
+    if config.source is None:
+        return None
+    try:
+        with config.source.open("rb") as handle:
+            stored = repo.write(layout.group_config_key(set_id), handle)
+    except OSError as exc:
+        raise BackupError(f"cannot read the config file {config.source} ({exc.strerror})",
+                          "make it readable by the repository's OS user") from None
+    return ObjectRef(key=stored.key, size=stored.size, sha256=stored.sha256)
 
 
 def backup_server(config: Config, repo: Repository, server: ServerSection, set_id: str,

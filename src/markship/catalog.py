@@ -75,6 +75,7 @@ class SetRecord(Record):
     pid: int
     host: str
     errors: dict[str, str] = {}
+    config_file: ObjectRef | None = None  # the markship config file at backup time
 
 
 class MarkPoint(Record):

@@ -97,6 +97,8 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
             # still be used to restore those servers alone, so they are checked.
             report.incomplete_sets[record.id] = state.problems
             checked = state.restorable
+        if record.config_file is not None and not check_object(repo, record.config_file, report):
+            reasons.append(f"bad object {record.config_file.key}")
         for server, backup in checked.items():
             refs = [backup.archive, *backup.config_files.values()]
             for ref in refs:

@@ -40,6 +40,11 @@ def base_archive_key(server: str, set_id: str) -> str:
     return backup_prefix(server, set_id) + "base.tar.zst"
 
 
+def group_config_key(set_id: str) -> str:
+    """The markship config file of a set (`_group` cannot be a server name)."""
+    return f"backups/_group/{set_id}/markship.toml"
+
+
 def config_file_key(server: str, set_id: str, file_name: str) -> str:
     return backup_prefix(server, set_id) + f"config/{file_name}"
 
