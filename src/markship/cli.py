@@ -792,11 +792,16 @@ def run(argv: list[str] | None = None) -> None:
 
 
 def _register_groups() -> None:
+    """Commands kept in their own modules (each a click command or group named *_COMMANDS)."""
+    from markship import drill_cli, preflight_cli
     from markship.dumps_cli import dumps_group
     from markship.files_cli import files_group
 
     cli.add_command(files_group)
     cli.add_command(dumps_group)
+    for module in (preflight_cli, drill_cli):
+        for command in getattr(module, "COMMANDS", []):
+            cli.add_command(command)
 
 
 _register_groups()

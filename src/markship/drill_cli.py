@@ -1,0 +1,3 @@
+"""`markship drill` command (see markship.drill)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""`markship preflight` command (see markship.preflight)."""
+
+from __future__ import annotations
