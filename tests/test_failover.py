@@ -152,6 +152,17 @@ def test_group_failover_to_one_mark(pg_group: GroupFactory) -> None:
     again = json.loads(group.ok("failover", "--dry-run", "--json"))
     assert again["mark"] >= mark
 
+    # The written record of the whole run: each mutating command, in order, chain intact.
+    entries = json.loads(group.ok("journal", "--json"))
+    done = [(e["command"], e["outcome"].split(":")[0]) for e in entries]
+    assert ("backup", "ok") in done and ("standby create", "ok") in done
+    assert ("failover", "ok") in done and ("agent start", "ok") in done
+    assert any(c == "config change" for c, _ in done)
+    assert [e["objects"]["mark"] for e in entries if e["command"] == "failover"
+            and e["outcome"] == "ok"] == [mark]
+    assert "dry" not in " ".join(e["command"] for e in entries)
+    assert json.loads(group.ok("journal", "verify", "--json"))["ok"]
+
 
 
 def test_failback_switches_roles_back(pg_group: GroupFactory) -> None:

@@ -81,6 +81,7 @@ class Agent:
         self.backup_thread: threading.Thread | None = None
         self.receivers: dict[str, stream.Receiver] = {}
         self.receiver_problems: set[str] = set()
+        self.config_text: str | None = None  # the config as last journaled (redacted)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
@@ -100,6 +101,8 @@ class Agent:
             self.log("agent.start", group=self.config.group.name,
                      interval_s=self.config.marks.interval, servers=len(self.config.servers))
             self.warn_key_backup()
+            self.journal("agent start", "ok")
+            self.check_config_change()
             try:
                 self._loop()
             finally:
@@ -108,6 +111,7 @@ class Agent:
                 if self.backup_thread is not None:
                     self.backup_thread.join()
                 self.conns.close()
+            self.journal("agent stop", "ok")
             self.log("agent.stop")
 
     def _loop(self) -> None:
@@ -120,6 +124,7 @@ class Agent:
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune_stream()
+                self.check_config_change()
             if time.monotonic() >= next_mark:
                 started = time.monotonic()
                 self.mark_once()
@@ -200,14 +205,49 @@ class Agent:
             result = run_backup(self.config, self.repo, list(self.config.servers))
         except MarkshipError as exc:
             self.log("backup.failed", level="error", reason=exc.message)
+            self.journal("backup", f"failed: {exc.message}")
             return
         self.log("backup.ok", set=result.record.id,
                  stored_bytes=sum(b.archive.size for b in result.backups.values()))
+        self.journal("backup", "ok", set=result.record.id, reason=reason)
         self.warn_key_backup()
         if self.config.schedule.force_full:
             self._save_state(state.model_copy(
                 update={"force_full_done_for": config_digest(self.config)}))
         self.expire()
+
+    def journal(self, command: str, outcome: str, diff: str | None = None,
+                config_text: str | None = None, **objects: str) -> None:
+        from markship import journal
+
+        try:
+            journal.append(self.repo, command, outcome, objects=objects, diff=diff,
+                           config_text=config_text,
+                           user=f"markship run ({journal.invoking_user()})")
+        except MarkshipError as exc:
+            self.log("journal.failed", level="warning", reason=exc.message)
+
+    def check_config_change(self) -> None:
+        """Journal the config file's changes (a diff, secrets redacted) as the agent sees
+        them. The running agent keeps the config it started with."""
+        from markship import journal
+
+        assert self.config.source is not None
+        try:
+            text = journal.redact(self.config.source.read_text())
+            before = self.config_text
+            if before is None:
+                before = journal.last_config_text(self.repo)
+        except (OSError, MarkshipError) as exc:
+            self.log("journal.config_unreadable", level="warning", reason=str(exc))
+            return
+        self.config_text = text
+        if text == before:
+            return
+        self.journal("config change", "seen by the agent" + (
+            "" if before is None else "; restart the agent to apply it"),
+                     diff=journal.config_diff(before, text), config_text=text,
+                     file=str(self.config.source))
 
     def warn_key_backup(self) -> None:
         from markship.keys import backup_warning
@@ -227,6 +267,9 @@ class Agent:
             return
         self.log("expire.ok", deleted_sets=len(plan.delete_sets),
                  deleted_objects=len(plan.delete_keys), freed_bytes=plan.freed_bytes)
+        if plan.delete_keys:
+            self.journal("expire", "ok", deleted_sets=",".join(plan.delete_sets) or "none",
+                         deleted_objects=str(len(plan.delete_keys)))
 
     def _state(self) -> AgentState:
         try:

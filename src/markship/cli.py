@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from markship import __version__
-from markship.clictx import Context, _size, _table, emit_json, pass_context
+from markship.clictx import Context, _size, _table, emit_json, journaled, pass_context
 from markship.config import Config
 from markship.errors import MarkshipError
 from markship.repository import FsRepository
@@ -73,6 +73,7 @@ def config_check(ctx: Context) -> None:
               help="Back up only this server (repeatable). Default: every server.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@journaled("backup")
 def backup(ctx: Context, servers: tuple[str, ...], as_json: bool) -> None:
     """Full base backup of every server of the group, in parallel, as one backup set."""
     from markship.backup import run_backup
@@ -93,6 +94,7 @@ def backup(ctx: Context, servers: tuple[str, ...], as_json: bool) -> None:
                 bar.update(tasks[name], completed=done, total=total)
 
             result = run_backup(config, repo, chosen, progress)
+    ctx.note(set=result.record.id)
     if as_json:
         emit_json({"set": result.record.model_dump(mode="json"),
                    "backups": {k: v.model_dump(mode="json") for k, v in result.backups.items()}})
@@ -255,6 +257,7 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) ->
               help="Extra server setting for the restored server (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@journaled("restore")
 def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str | None,
             port_base: int | None, host: str, target_dir: Path, kind: str, at_time: str | None,
             point_name: str | None, set_id: str | None, start: bool, port: int | None,
@@ -269,6 +272,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
         if port_base is None:
             raise click.UsageError("--group needs --port-base")
         _restore_group(ctx, mark_name, str(target_dir), port_base, host, as_json)
+        ctx.note(group="all servers", into=target_dir)
         return
     if not server:
         raise click.UsageError("give --server NAME, or --group")
@@ -295,6 +299,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
     repo = ctx.repository()
     result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
                             start=start, port=port, extra_settings=extra)
+    ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir)
     if as_json:
         emit_json(asdict(result))
         return
@@ -324,6 +329,10 @@ def expire(ctx: Context, dry_run: bool, now_text: str | None, as_json: bool) -> 
         result = retention.make_plan(repo, now, config.retention.days, config.retention.min_sets)
         if not dry_run:
             retention.execute(repo, result)
+    if not dry_run:
+        ctx.note(deleted_sets=",".join(result.delete_sets) or "none",
+                 deleted_objects=len(result.delete_keys))
+        ctx.journal("expire", "ok")
     if as_json:
         emit_json(asdict(result) | {"dry_run": dry_run})
         return
@@ -379,6 +388,7 @@ def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base
                    "completes when its segment is archived).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@journaled("mark")
 def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None:
     """Lay a group mark: the same restore point on every server, under the barrier."""
     from markship.marks import GroupConnections, take_mark
@@ -390,6 +400,7 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
         result = take_mark(config, repo, conns, name, switch_wal=not no_switch)
     finally:
         conns.close()
+    ctx.note(mark=result.record.name)
     record = result.record
     if as_json:
         emit_json(record.model_dump(mode="json") | {"delivery_ms": result.switch_ms})
@@ -554,6 +565,7 @@ def _passphrase(path: Path | None, confirm: bool) -> str:
 @click.option("--identity-file", type=click.Path(path_type=Path),
               help="The identity to export (default: [encryption] identity_file).")
 @pass_context
+@journaled("key export")
 def key_export(ctx: Context, target: Path, hint: str, passphrase_file: Path | None,
                identity_file: Path | None) -> None:
     """Back up the repository key: a passphrase-protected copy plus a hint; the repository
@@ -567,6 +579,7 @@ def key_export(ctx: Context, target: Path, hint: str, passphrase_file: Path | No
                             "pass --identity-file, or set [encryption] identity_file")
     secret = _passphrase(passphrase_file, confirm=True)
     record = export_key(ctx.repository(), path, target, secret, hint)
+    ctx.note(fingerprints=",".join(record.fingerprints), to=target)
     click.echo(f"✓ key {', '.join(record.fingerprints)} exported to {target} (hint in "
                f"{target.name}.hint); keep both off this host, apart from the passphrase")
 
@@ -579,6 +592,7 @@ def key_export(ctx: Context, target: Path, hint: str, passphrase_file: Path | No
 @click.option("--identity-file", type=click.Path(path_type=Path),
               help="Where to write the identity (default: [encryption] identity_file).")
 @pass_context
+@journaled("key import")
 def key_import(ctx: Context, source: Path, passphrase_file: Path | None,
                identity_file: Path | None) -> None:
     """Restore the repository key from an export (on the DR site, before anything else):
@@ -595,6 +609,7 @@ def key_import(ctx: Context, source: Path, passphrase_file: Path | None,
     secret = _passphrase(passphrase_file, confirm=False)
     fingerprints = import_key(encryption.recipient if encryption else None, source, secret,
                               target, owner=ctx.config.repository.os_user)
+    ctx.note(fingerprints=",".join(fingerprints), identity_file=target)
     click.echo(f"✓ key {', '.join(fingerprints)} written to {target} (mode 0600)")
 
 
@@ -602,6 +617,7 @@ def key_import(ctx: Context, source: Path, passphrase_file: Path | None,
 @click.option("--identity-file", type=click.Path(path_type=Path),
               help="The identity file (default: [encryption] identity_file).")
 @pass_context
+@journaled("key rotate")
 def key_rotate(ctx: Context, identity_file: Path | None) -> None:
     """New key for new objects: adds a new identity at the top of the identity file and keeps
     the old ones, so everything written before stays readable. Prints the new recipient."""
@@ -613,10 +629,59 @@ def key_rotate(ctx: Context, identity_file: Path | None) -> None:
         raise MarkshipError("no identity file to rotate",
                             "pass --identity-file, or set [encryption] identity_file")
     created = rotate(path)
+    ctx.note(new_fingerprint=created.fingerprint)
     click.echo(f"✓ new key {created.fingerprint} added to {path}; the old keys stay in it\n"
                f"  now set in the config of every host:\n\n"
                f'  recipient = "{created.recipient}"\n\n'
                "  then run markship key export again: older exports lack the new key")
+
+
+@cli.group("journal", invoke_without_command=True)
+@click.option("--since", metavar="TIME", help="Only entries from TIME on (with a zone).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def journal_group(click_ctx: click.Context, since: str | None, as_json: bool) -> None:
+    """The written record: every change markship made, hash-chained in the repository."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from markship import journal
+    from markship.timefmt import parse_aware
+
+    try:
+        start = parse_aware(since) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    ctx = click_ctx.find_object(Context)
+    assert ctx is not None
+    found = journal.entries(ctx.repository(), start)
+    if as_json:
+        emit_json([e.model_dump(mode="json") for e in found])
+        return
+    for entry in found:
+        objects = " ".join(f"{k}={v}" for k, v in entry.objects.items())
+        click.echo(f"{entry.seq:>6} {show(entry.time)} {entry.user}@{entry.host} "
+                   f"{entry.command}: {entry.outcome}{'  ' + objects if objects else ''}")
+        if entry.diff:
+            for line in entry.diff.splitlines():
+                click.echo(f"         {line}")
+
+
+@journal_group.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def journal_verify(ctx: Context, as_json: bool) -> None:
+    """Check the journal's hash chain; name the first removed, reordered or altered entry."""
+    from markship import journal
+
+    result = journal.verify(ctx.repository())
+    if as_json:
+        emit_json({"entries": result.entries, "ok": result.ok, "problem": result.problem})
+    elif result.ok:
+        click.echo(f"✓ journal intact: {result.entries} entries, chain unbroken")
+    if not result.ok:
+        raise MarkshipError(f"journal broken: {result.problem}",
+                            "compare with the DR site's copy of the repository; the entries "
+                            "before it are intact")
 
 
 @cli.group("standby")
@@ -628,6 +693,7 @@ def standby_group() -> None:
 @click.option("--server", "servers", multiple=True, metavar="NAME",
               help="Only the standby of this server (repeatable). Default: every standby.")
 @pass_context
+@journaled("standby create")
 def standby_create(ctx: Context, servers: tuple[str, ...]) -> None:
     """Build each standby from the newest backup and start it in continuous recovery."""
     from markship.standby import create_standbys
@@ -641,6 +707,7 @@ def standby_create(ctx: Context, servers: tuple[str, ...]) -> None:
         raise MarkshipError("no [dr_site] standbys configured",
                             "add [[dr_site.standby]] entries to the config")
     results = create_standbys(config, ctx.repository(), names)
+    ctx.note(servers=",".join(results))
     for name, result in results.items():
         sb = config.standby(name)
         click.echo(f"✓ standby of {name} on {sb.host}:{sb.port} from backup set "
@@ -687,7 +754,16 @@ def failover(ctx: Context, mark_name: str | None, dry_run: bool, force: bool,
     from markship.failover import failover as run_failover
 
     config = ctx.config
-    report = run_failover(config, ctx.repository(), mark_name, dry_run, force)
+    try:
+        report = run_failover(config, ctx.repository(), mark_name, dry_run, force)
+    except MarkshipError as exc:
+        if not dry_run:
+            ctx.journal("failover", f"failed: {exc.message}")
+        raise
+    if not dry_run:
+        ctx.note(mark=report.mark, rto_s=f"{report.rto_seconds:.1f}",
+                 rpo_s=f"{report.rpo_seconds:.1f}")
+        ctx.journal("failover", "ok")
     if as_json:
         emit_json(asdict(report))
         return
@@ -720,6 +796,7 @@ def failback_group() -> None:
 @click.option("--new-config", required=True, type=click.Path(path_type=Path, resolve_path=True),
               help="Where to write the next generation of the config (roles swapped).")
 @pass_context
+@journaled("failback prepare")
 def failback_prepare(ctx: Context, new_config: Path) -> None:
     """Protect the new primaries (archiving, backup) and rebuild the old site as standbys."""
     from markship.failback import prepare

@@ -3,9 +3,12 @@ and tables. (Command modules: cli.py, files_cli.py, dumps_cli.py.)"""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -53,8 +56,28 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 class Context:
     def __init__(self, config_path: str | None) -> None:
+        from markship.journal import invoking_user
+
         self.config_path = config_path
         self._config: Config | None = None
+        self.user = invoking_user()  # before markship switches to the repository's OS user
+        self.journal_objects: dict[str, str] = {}
+
+    def note(self, **objects: object) -> None:
+        """Object ids for this command's journal entry (set=…, mark=…)."""
+        self.journal_objects.update({k: str(v) for k, v in objects.items()})
+
+    def journal(self, command: str, outcome: str) -> None:
+        """Append this command's entry; a journal that cannot be written is a warning."""
+        from markship import journal
+        from markship.errors import MarkshipError
+
+        try:
+            journal.append(self.repository(), command, outcome, user=self.user,
+                           objects=self.journal_objects)
+        except MarkshipError as exc:
+            click.echo(f"markship: warning: not recorded in the journal: {exc.one_line()}",
+                       err=True)
 
     @property
     def config(self) -> Config:
@@ -73,3 +96,30 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def journaled(name: str) -> Callable[[_F], _F]:
+    """Record the command in the journal with its outcome (the function takes Context first).
+
+    Put it below @pass_context. A failure is recorded and then raised as before."""
+    from markship.errors import MarkshipError
+
+    def wrap(func: _F) -> _F:
+        @functools.wraps(func)
+        def inner(ctx: Context, *args: Any, **kwargs: Any) -> Any:
+            try:
+                result = func(ctx, *args, **kwargs)
+            except MarkshipError as exc:
+                ctx.journal(name, f"failed: {exc.message}")
+                raise
+            except SystemExit as exc:
+                ctx.journal(name, "ok" if not exc.code else f"failed: exit status {exc.code}")
+                raise
+            ctx.journal(name, "ok")
+            return result
+
+        return inner  # type: ignore[return-value]
+
+    return wrap

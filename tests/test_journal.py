@@ -1,0 +1,62 @@
+"""The journal: every change recorded, hash-chained, tampering named by `journal verify`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import OS_USER, GroupFactory
+
+
+def _append_many(config: Path, count: int) -> subprocess.Popen[bytes]:
+    code = ("import sys\nfrom markship import journal, config\n"
+            "from markship.repository import open_repository\n"
+            "cfg = config.load(sys.argv[1])\nrepo = open_repository(cfg.repository.path)\n"
+            f"for i in range({count}):\n"
+            "    journal.append(repo, 'test append', 'ok', objects={'i': str(i)})\n")
+    return subprocess.Popen(["runuser", "-u", OS_USER, "--", sys.executable, "-c", code,
+                             str(config)])
+
+
+def test_journal_records_changes_and_names_tampering(pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    group.config_path.write_text(group.config_path.read_text().replace(
+        'user=postgres', 'user=postgres password=hunter2'))
+    group.ok("backup")
+    mark = json.loads(group.ok("mark", "--json"))["name"]
+    group.ok("expire")
+    failed = group.markship("restore", "--server", "alpha", "--target-dir", "/nonexistent/x",
+                            "--name", "no-such-mark")
+    assert failed.returncode != 0
+
+    entries = json.loads(group.ok("journal", "--json"))
+    assert [e["command"] for e in entries] == ["backup", "mark", "expire", "restore"]
+    assert entries[1]["objects"]["mark"] == mark
+    assert entries[3]["outcome"].startswith("failed: ")
+    assert all(e["user"] == "root" and e["host"] for e in entries)
+    assert "hunter2" not in json.dumps(entries)
+
+    # Two writers at once never fork the chain: every entry gets its own number.
+    writers = [_append_many(group.config_path, 15) for _ in range(2)]
+    assert all(w.wait(timeout=120) == 0 for w in writers)
+    entries = json.loads(group.ok("journal", "--json"))
+    assert [e["seq"] for e in entries] == list(range(1, 35))
+    report = json.loads(group.ok("journal", "verify", "--json"))
+    assert report == {"entries": 34, "ok": True, "problem": None}
+    assert "journal intact: 34 entries" in group.ok("journal", "verify")
+
+    folder = group.repo / "journal"
+    # An edited entry is named.
+    third = folder / f"{3:012d}.json"
+    original = third.read_text()
+    third.write_text(original.replace('"expire"', '"expired"'))
+    edited = group.markship("journal", "verify")
+    assert edited.returncode != 0 and "entry 3 was altered" in edited.stderr
+    assert edited.stderr.count("\n") == 1 and "Traceback" not in edited.stderr
+    third.write_text(original)
+    # A removed entry is named.
+    (folder / f"{10:012d}.json").unlink()
+    removed = group.markship("journal", "verify")
+    assert removed.returncode != 0 and "entry 10 is missing" in removed.stderr
