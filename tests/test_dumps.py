@@ -14,8 +14,15 @@ import pytest
 from conftest import OS_USER, Group, GroupFactory, run_markship
 from markship import catalog, config
 from markship.catalog import ObjectRef
-from markship.dumps import DumpRecord, dump_due, parse_schedule, record_key
-from markship.errors import ConfigError
+from markship.dumps import (
+    DumpRecord,
+    check_name,
+    dump_due,
+    parse_schedule,
+    record_key,
+    split_password,
+)
+from markship.errors import ConfigError, MarkshipError
 from markship.repository import FsRepository
 from markship.scratch import chown_to
 
@@ -199,7 +206,7 @@ def test_an_encrypted_dump_of_several_chunks_round_trips_and_refuses_damage(
     again = group.markship("dumps", "restore", "--dump", NAME, "--conninfo",
                            alpha.conninfo("fresh"))
     assert again.returncode != 0 and "Traceback" not in again.stderr
-    assert 'relation "visits" already exists' in again.stderr
+    assert 'relation "readings" already exists' in again.stderr
     assert "nothing was applied" in again.stderr
     assert alpha.psql("SELECT count(*) FROM readings", dbname="fresh") == "60000"
 
@@ -213,6 +220,21 @@ def test_an_encrypted_dump_of_several_chunks_round_trips_and_refuses_damage(
     assert "fails its checksum; nothing was restored" in damaged.stderr
     assert alpha.psql("SELECT count(*) FROM pg_class WHERE relname IN ('visits', 'readings')",
                       dbname="fresh2") == "0"
+
+
+def test_passwords_go_to_the_environment_not_the_command_line() -> None:
+    argv, env = split_password("host=db.example port=5433 user=app password=s3cret dbname=x")
+    assert "s3cret" not in argv and "dbname=x" in argv and "port=5433" in argv
+    assert env["PGPASSWORD"] == "s3cret"
+    argv, env = split_password("postgresql://app:s3cret@db.example:5433/x", dbname="y")
+    assert "s3cret" not in argv and "dbname=y" in argv and env["PGPASSWORD"] == "s3cret"
+
+
+def test_dump_names_that_cannot_name_objects_are_refused() -> None:
+    for bad in ("../etc", "a/b", "", "sales db"):
+        with pytest.raises(MarkshipError, match="not a usable dump name"):
+            check_name(bad)
+    assert check_name("reports-Analytics_2") == "reports-Analytics_2"
 
 
 # -- schedules ------------------------------------------------------------------------------------

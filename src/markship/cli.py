@@ -787,6 +787,26 @@ def failover(ctx: Context, mark_name: str | None, dry_run: bool, force: bool,
                f"RPO {report.rpo_seconds:.1f} s")
 
 
+@cli.command("parity")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def parity_cmd(ctx: Context, as_json: bool) -> None:
+    """Production against the DR site, server by server: standby count, version, settings a
+    standby needs at least as high, free disk, CPUs and memory. Mismatches explained."""
+    from markship.parity import parity
+
+    report = parity(ctx.config)
+    if as_json:
+        emit_json({"ok": report.ok, "checks": [asdict(c) for c in report.checks]})
+    else:
+        for c in report.checks:
+            sign = "✓" if c.ok else ("!" if c.warning else "✗")
+            tail = f" — {c.fix}" if not c.ok and c.fix else ""
+            click.echo(f"{sign} {c.server}: {c.what}: {c.detail}{tail}")
+    if not report.ok:
+        sys.exit(1)
+
+
 @cli.group("failback")
 def failback_group() -> None:
     """Switch roles back after a failover."""

@@ -75,8 +75,20 @@ class DumpRecord(Record):
 # -- repository keys ------------------------------------------------------------------------------
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def check_name(name: str) -> str:
+    """`name` if it can name repository objects; MarkshipError otherwise (the default name
+    SERVER-DATABASE carries the database name, which may hold any character)."""
+    if not _NAME_RE.fullmatch(name):
+        raise MarkshipError(f"{name!r} is not a usable dump name (letters, digits, '-', '_')",
+                            'give the [[dump]] a name = "…" of those characters')
+    return name
+
+
 def dump_prefix(name: str) -> str:
-    return f"{PREFIX}{name}/"
+    return f"{PREFIX}{check_name(name)}/"
 
 
 def archive_key(name: str, dump_id: str) -> str:
@@ -148,9 +160,14 @@ class _Program:
         return self.lines[-1] if self.lines else f"{self.name} exited with status {code}"
 
     def kill(self) -> None:
+        """Kill it if it still runs, and close our ends of its pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
         self._reader.join(timeout=10)
 
 
@@ -172,6 +189,7 @@ def run_dump(config: Config, repo: Repository, dump: DumpSection) -> DumpRecord:
     cannot be reached, DumpError (with pg_dump's error line) when pg_dump fails, LockedError
     while another run of the same dump holds its lock.
     """
+    name = check_name(dump.dump_name)
     server = config.server(dump.server)
     conninfo = psycopg.conninfo.make_conninfo(server.conninfo, dbname=dump.database)
     with postgres.connect(conninfo, f"{server.name} (database {dump.database})") as conn:
@@ -179,7 +197,6 @@ def run_dump(config: Config, repo: Repository, dump: DumpSection) -> DumpRecord:
         version = conn.info.parameter_status("server_version") or str(version_num)
     pg_dump = pgbin.tool(pgbin.bin_dir(server.bin_dir, version_num), "pg_dump")
     argv_conninfo, env = split_password(conninfo)
-    name = dump.dump_name
     catalog.ensure_marker(repo, config.group.name, utcnow())
     with repo.lock(f"dump-{name}", f"markship dumps run --dump {name}"):
         mark = _newest_mark(config, repo)
@@ -203,8 +220,8 @@ def run_dump(config: Config, repo: Repository, dump: DumpSection) -> DumpRecord:
             if code != 0:
                 # Raised inside fill: the repository discards the temp object, never named.
                 raise DumpError(f"pg_dump of {name} failed: {program.error_line(code)}",
-                                f"check that the database {dump.database} on server "
-                                f"{server.name} can be dumped by the configured user")
+                                "fix what pg_dump names (the configured user must be able to "
+                                "read every object), then run markship dumps run again")
 
         try:
             stored = repo.write_named_by(dump_prefix(name), fill,

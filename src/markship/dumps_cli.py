@@ -33,7 +33,8 @@ def dumps_run(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
     if unknown:
         raise MarkshipError(f"unknown dump {unknown[0]!r} (configured: "
                             f"{', '.join(configured)})",
-                            "use a name markship dumps list shows, or set name = in [[dump]]")
+                            "use the name of a [[dump]] table (name = …, default "
+                            "SERVER-DATABASE)")
     chosen = [configured[n] for n in dict.fromkeys(names)] if names else list(config.dumps)
     repo = ctx.repository()
     done: list[dict[str, object]] = []
