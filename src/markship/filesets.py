@@ -24,7 +24,7 @@ import socket
 import stat
 import tarfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
@@ -136,8 +136,9 @@ def take(fileset: FilesetSection, *, hold_open: bool = False) -> Snapshot:
     """
     if hold_open:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        if soft != hard and hard != resource.RLIM_INFINITY:
+            with suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     snapshot = Snapshot(fileset)
     found: dict[str, _Entry] = {}
     try:
@@ -555,8 +556,8 @@ def _extract(repo: Repository, record: FilesetRecord, placer: safetar.Placer) ->
             close()
         stored.close()
     if hashed.hexdigest() != record.archive.sha256 or hashed.size != record.archive.size:
-        raise CorruptObject(f"file set archive {key} fails its checksum; the restore is "
-                            "incomplete, so what was written has been removed",
+        raise CorruptObject(f"file set archive {key} fails its checksum; nothing was "
+                            "restored (what had been written was removed)",
                             "run markship verify, and restore another capture (--id; "
                             "markship files list shows them)")
 
