@@ -230,7 +230,9 @@ def _plant(workdir: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> str:
 
 
 def _listing(directory: Path) -> list[str]:
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+    """Everything below `directory`, except the journal (a refused restore is recorded)."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                  if "journal" not in p.relative_to(directory).parts)
 
 
 REG, LINK = tarfile.REGTYPE, tarfile.SYMTYPE

@@ -22,9 +22,17 @@ def _append_many(config: Path, count: int) -> subprocess.Popen[bytes]:
 
 def test_journal_records_changes_and_names_tampering(pg_group: GroupFactory) -> None:
     group = pg_group(1)
+    portal = group.workdir / "portal"
+    portal.mkdir()
+    (portal / "site.conf").write_text("listen 8080\n")
     group.config_path.write_text(group.config_path.read_text().replace(
-        'user=postgres', 'user=postgres password=hunter2'))
+        'user=postgres', 'user=postgres password=hunter2')
+        + f'\n[[fileset]]\nname = "portal"\npaths = ["{portal}"]\n')
     group.ok("backup")
+    # File sets go with every backup set.
+    (set_id,) = [s["id"] for s in json.loads(group.ok("list", "--json"))]
+    captures = json.loads(group.ok("files", "list", "--json"))
+    assert [c["reason"] for c in captures] == [f"backup set {set_id}"]
     mark = json.loads(group.ok("mark", "--json"))["name"]
     group.ok("expire")
     failed = group.markship("restore", "--server", "alpha", "--target-dir", "/nonexistent/x",

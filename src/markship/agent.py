@@ -25,6 +25,8 @@ from markship.timefmt import show, utcnow
 
 RETRY_FAILED_SET = timedelta(minutes=5)
 PRUNE_EVERY = 10.0  # seconds between clean-ups of streamed WAL that is archived
+CONTENT_CHECK_EVERY = 60.0  # seconds between file-set change checks and dump schedule checks
+RETRY_FAILED_DUMP = timedelta(minutes=5)
 STATE_KEY = "agent/state.json"
 
 
@@ -82,6 +84,8 @@ class Agent:
         self.receivers: dict[str, stream.Receiver] = {}
         self.receiver_problems: set[str] = set()
         self.config_text: str | None = None  # the config as last journaled (redacted)
+        self.dump_failed_at: dict[str, datetime] = {}
+        self.dump_thread: threading.Thread | None = None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
@@ -108,8 +112,9 @@ class Agent:
             finally:
                 for receiver in self.receivers.values():
                     receiver.stop()
-                if self.backup_thread is not None:
-                    self.backup_thread.join()
+                for thread in (self.backup_thread, self.dump_thread):
+                    if thread is not None:
+                        thread.join()
                 self.conns.close()
             self.journal("agent stop", "ok")
             self.log("agent.stop")
@@ -119,7 +124,12 @@ class Agent:
         next_mark = time.monotonic()
         next_backup_check = 0.0
         next_prune = time.monotonic() + PRUNE_EVERY
+        next_content_check = time.monotonic() + 5
         while not self.stop.is_set():
+            if time.monotonic() >= next_content_check:
+                next_content_check = time.monotonic() + CONTENT_CHECK_EVERY
+                self.capture_changed_filesets()
+                self.maybe_dump()
             self.poll_receivers()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
@@ -215,6 +225,65 @@ class Agent:
             self._save_state(state.model_copy(
                 update={"force_full_done_for": config_digest(self.config)}))
         self.expire()
+
+    def capture_changed_filesets(self) -> None:
+        """File sets are captured again whenever their content changed."""
+        if not self.config.filesets:
+            return
+        from markship import filesets
+
+        for fileset in self.config.filesets:
+            try:
+                record = filesets.capture(self.config, self.repo, fileset,
+                                          reason="content changed", only_if_changed=True)
+            except MarkshipError as exc:
+                self.log("fileset.failed", level="error", fileset=fileset.name,
+                         reason=exc.message)
+                continue
+            if record is not None:
+                self.log("fileset.captured", fileset=fileset.name, id=record.id,
+                         mark=record.mark or "none")
+                self.journal("files capture", "ok", fileset=fileset.name, id=record.id)
+
+    def maybe_dump(self) -> None:
+        """Run the logical dumps whose schedule came round (in the background)."""
+        if not self.config.dumps or (self.dump_thread is not None
+                                     and self.dump_thread.is_alive()):
+            return
+        from markship import dumps
+
+        now = self.clock()
+        due = []
+        for dump in self.config.dumps:
+            failed = self.dump_failed_at.get(dump.dump_name)
+            if failed is not None and now - failed < RETRY_FAILED_DUMP:
+                continue
+            try:
+                if dumps.dump_due(self.config, self.repo, dump, now):
+                    due.append(dump)
+            except MarkshipError as exc:
+                self.log("dump.check_failed", level="error", dump=dump.dump_name,
+                         reason=exc.message)
+        if not due:
+            return
+
+        def work() -> None:
+            for dump in due:
+                self.log("dump.start", dump=dump.dump_name)
+                try:
+                    record = dumps.run_dump(self.config, self.repo, dump)
+                except MarkshipError as exc:
+                    self.dump_failed_at[dump.dump_name] = self.clock()
+                    self.log("dump.failed", level="error", dump=dump.dump_name,
+                             reason=exc.message)
+                    self.journal("dumps run", f"failed: {exc.message}", dump=dump.dump_name)
+                    continue
+                self.dump_failed_at.pop(dump.dump_name, None)
+                self.log("dump.ok", dump=dump.dump_name, id=record.id, bytes=record.archive.size)
+                self.journal("dumps run", "ok", dump=dump.dump_name, id=record.id)
+
+        self.dump_thread = threading.Thread(target=work, name="dumps", daemon=True)
+        self.dump_thread.start()
 
     def journal(self, command: str, outcome: str, diff: str | None = None,
                 config_text: str | None = None, **objects: str) -> None:

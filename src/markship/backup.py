@@ -68,8 +68,21 @@ def run_backup(config: Config, repo: Repository, servers: list[ServerSection],
                     backups[name] = future.result()
                 except MarkshipError as exc:
                     errors[name] = exc.one_line()
+        # File sets (application and web configuration) go with every set. Their failure is
+        # recorded with the set but does not make the databases' backups unusable.
+        fileset_errors: dict[str, str] = {}
+        if config.filesets and not errors:
+            from markship import filesets
+
+            for fileset in config.filesets:
+                try:
+                    filesets.capture(config, repo, fileset, reason=f"backup set {set_id}",
+                                     set_id=set_id)
+                except MarkshipError as exc:
+                    fileset_errors[f"fileset {fileset.name}"] = exc.one_line()
         final = record.model_copy(update={"status": "failed" if errors else "done",
-                                          "finished_at": utcnow(), "errors": errors,
+                                          "finished_at": utcnow(),
+                                          "errors": errors | fileset_errors,
                                           "config_file": config_ref})
         catalog.write_record(repo, layout.set_key(set_id), final, overwrite=True)
     if errors:

@@ -104,6 +104,8 @@ def backup(ctx: Context, servers: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"✓ {name}: {_size(rec.raw_size)} → {_size(rec.archive.size)} "
                    f"({ratio:.1f}×) in {(rec.finished_at - rec.started_at).total_seconds():.1f} s")
     click.echo(f"backup set {result.record.id} complete")
+    for what, problem in result.record.errors.items():  # file sets; the databases are fine
+        click.echo(f"markship: warning: {what} not captured: {problem}", err=True)
     _warn_key_backup(config, repo)
 
 

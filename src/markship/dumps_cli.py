@@ -6,7 +6,7 @@ import time
 
 import click
 
-from markship.clictx import Context, _size, _table, emit_json, pass_context
+from markship.clictx import Context, _size, _table, emit_json, journaled, pass_context
 from markship.errors import MarkshipError
 
 
@@ -20,6 +20,7 @@ def dumps_group() -> None:
               help="Dump only this [[dump]] (repeatable; default: every one).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@journaled("dumps run")
 def dumps_run(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
     """Dump the configured databases now (pg_dump -Fc into the repository)."""
     from markship.dumps import run_dump
@@ -93,6 +94,7 @@ def dumps_list(ctx: Context, name: str | None, as_json: bool) -> None:
                    "'host=… port=… dbname=analytics_restored'.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@journaled("dumps restore")
 def dumps_restore(ctx: Context, name: str, at_text: str | None, conninfo: str,
                   as_json: bool) -> None:
     """Restore a dump into an existing database with pg_restore (all or nothing)."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from markship.clictx import Context, _size, _table, emit_json, pass_context
+from markship.clictx import Context, _size, _table, emit_json, journaled, pass_context
 from markship.errors import MarkshipError
 from markship.timefmt import show
 
@@ -46,6 +46,7 @@ def _mark_text(record: FilesetRecord) -> str:
               help="Skip a file set whose content equals its newest capture.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@journaled("files capture")
 def files_capture(ctx: Context, names: tuple[str, ...], if_changed: bool,
                   as_json: bool) -> None:
     """Capture file sets now (reason "manual"), tied to the newest complete mark.
@@ -128,6 +129,7 @@ def _reading_repository(ctx: Context) -> FsRepository:
               type=click.Path(file_okay=False, path_type=Path),
               help="A new or empty directory; /etc/app/x.conf is restored as DIR/etc/app/x.conf.")
 @pass_context
+@journaled("files restore")
 def files_restore(ctx: Context, name: str, mark: str | None, capture_id: str | None,
                   target_dir: Path) -> None:
     """Restore a capture of a file set below a new or empty directory: modes, mtimes, links as
