@@ -46,6 +46,14 @@ def test_good_config_parses() -> None:
         (lambda t: t + '\n[[server]]\nname = "orders"\nconninfo = "x"\n', "used twice"),
         (lambda t: t.replace('name = "orders"', 'name = "Orders!"'), "[[server]].#1.name"),
         (lambda t: t.replace("[group]", "[group"), "not valid TOML"),
+        (lambda t: t + '\n[[dump]]\nserver = "orders"\ndatabase = "bi"\n'
+                       'schedule = "daily 25:00 UTC"\n', "[[dump]].#1.schedule"),
+        (lambda t: t + '\n[[dump]]\nserver = "orders"\ndatabase = "my.db"\n',
+         "set name ="),
+        (lambda t: t + '\n[encryption]\nrecipient = "ssh-ed25519 AAAA"\n',
+         "encryption.recipient"),
+        (lambda t: t + '\n[[fileset]]\nname = "portal"\npaths = ["etc/nginx"]\n',
+         "[[fileset]].#1.paths"),
     ],
 )
 def test_bad_config_names_the_key(workdir: Path, edit: object, expected: str) -> None:

@@ -21,8 +21,12 @@ def _du(path: os.PathLike[str]) -> int:
 
 def test_expire_keeps_the_window_and_the_newest_complete_set(pg_group: GroupFactory) -> None:
     group = pg_group(2)
+    portal = group.workdir / "portal"
+    portal.mkdir()
+    (portal / "app.conf").write_text("debug = false\n")
     group.config_path.write_text(group.config_path.read_text()
-                                 + "\n[retention]\ndays = 14\nmin_sets = 1\n")
+                                 + "\n[retention]\ndays = 14\nmin_sets = 1\n"
+                                 + f'\n[[fileset]]\nname = "portal"\npaths = ["{portal}"]\n')
     for server in group.servers:
         server.run("pgbench", "-i", "-s", "1", "-q", "-d", server.conninfo())
     for _ in range(3):
@@ -69,6 +73,9 @@ def test_expire_keeps_the_window_and_the_newest_complete_set(pg_group: GroupFact
     assert _du(group.repo) < before - done["freed_bytes"] * 0.9
     assert all(n > 0 for n in done["delete_wal"].values()) and len(done["delete_wal"]) == 2
     assert json.loads(group.ok("marks", "--json")) == []
+    # File set history is pruned too, but the newest capture stays.
+    assert len(done["delete_captures"]) == 2
+    assert len(json.loads(group.ok("files", "list", "--json"))) == 1
     assert [s["id"] for s in json.loads(group.ok("list", "--json"))] == [sets[2]]
     assert group.markship("verify").returncode == 0
 

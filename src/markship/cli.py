@@ -345,6 +345,9 @@ def expire(ctx: Context, dry_run: bool, now_text: str | None, as_json: bool) -> 
         click.echo(f"{verb} set {sid}: {why}")
     for server, count in result.delete_wal.items():
         click.echo(f"{verb} {count} WAL file(s) of {server} older than its oldest kept backup")
+    if result.delete_captures or result.delete_dumps:
+        click.echo(f"{verb} {len(result.delete_captures)} file set capture(s) and "
+                   f"{len(result.delete_dumps)} dump(s) older than the window")
     if result.delete_marks:
         click.echo(f"{verb} {len(result.delete_marks)} mark(s) older than "
                    f"{show(result.cutoff)} or than the oldest kept set")

@@ -155,6 +155,27 @@ class DumpSection(_Section):
     def dump_name(self) -> str:
         return self.name or f"{self.server}-{self.database}"
 
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        from markship.dumps import parse_schedule
+        from markship.errors import MarkshipError
+
+        try:
+            parse_schedule(value, "schedule")
+        except MarkshipError as exc:
+            raise ValueError(exc.one_line()) from None
+        return value
+
+    @model_validator(mode="after")
+    def _usable_name(self) -> DumpSection:
+        import re
+
+        if not re.match(NAME_PATTERN, self.dump_name):
+            raise ValueError(f"the dump name {self.dump_name!r} (from server and database) "
+                             'cannot name repository objects: set name = "…" (a-z, 0-9, _, -)')
+        return self
+
 
 class FailoverSql(_Section):
     """A statement run after promotion in one database of one restored server."""
@@ -271,8 +292,8 @@ _FIXES = {
 
 def _describe(error: Any) -> str:
     loc = list(error["loc"])
-    if loc and loc[0] == "server":
-        loc[0] = "[[server]]"
+    if loc and loc[0] in ("server", "dump", "fileset"):  # arrays of tables
+        loc[0] = f"[[{loc[0]}]]"
         if len(loc) > 1 and isinstance(loc[1], int):
             loc[1] = f"#{loc[1] + 1}"
     key = ".".join(str(part) for part in loc) or "(top level)"

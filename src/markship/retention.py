@@ -6,7 +6,9 @@ Rules, in order of strength:
 - delete sets created before the window (`days`), with the WAL only they needed;
 - WAL older than the start of the oldest retained backup of a server is deleted; timeline
   history files are always kept (they are tiny and recovery needs them to follow timelines);
-- marks older than the window, or older than the oldest retained complete set, are deleted.
+- marks older than the window, or older than the oldest retained complete set, are deleted;
+- file set captures and logical dumps older than the window are deleted, but never the
+  newest of each.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Plan:
     delete_keys: list[str] = field(default_factory=list)
     delete_wal: dict[str, int] = field(default_factory=dict)  # server → WAL files deleted
     delete_marks: list[str] = field(default_factory=list)
+    delete_captures: list[str] = field(default_factory=list)  # file set captures, "name/id"
+    delete_dumps: list[str] = field(default_factory=list)  # logical dumps, "name/id"
     freed_bytes: int = 0
 
 
@@ -109,7 +113,36 @@ def make_plan(repo: Repository, now: datetime, days: float, min_sets: int) -> Pl
             if parsed is not None:
                 wal_objects[server].append((parsed[0], info.key, info.size))
     held = catalog.active_holds(repo)
-    return plan(states, catalog.list_marks(repo), wal_objects, sizes, now, days, min_sets, held)
+    result = plan(states, catalog.list_marks(repo), wal_objects, sizes, now, days, min_sets,
+                  held)
+    _plan_side_objects(repo, result)
+    return result
+
+
+def _plan_side_objects(repo: Repository, result: Plan) -> None:
+    """File set captures and logical dumps older than the window go too, except the newest
+    of each (a config tree that never changes keeps its one capture)."""
+    from markship import dumps, filesets
+
+    by_set: dict[str, list[filesets.FilesetRecord]] = {}
+    for capture in filesets.list_records(repo):
+        by_set.setdefault(capture.name, []).append(capture)
+    for records in by_set.values():
+        for capture in sorted(records, key=lambda r: r.created_at)[:-1]:
+            if capture.created_at < result.cutoff:
+                result.delete_captures.append(f"{capture.name}/{capture.id}")
+                result.delete_keys += [filesets.record_key(capture.name, capture.id),
+                                       capture.archive.key]
+                result.freed_bytes += capture.archive.size
+    by_dump: dict[str, list[dumps.DumpRecord]] = {}
+    for dump in dumps.list_dumps(repo):
+        by_dump.setdefault(dump.name, []).append(dump)
+    for dump_records in by_dump.values():
+        for dump in sorted(dump_records, key=lambda r: r.created_at)[:-1]:
+            if dump.created_at < result.cutoff:
+                result.delete_dumps.append(f"{dump.name}/{dump.id}")
+                result.delete_keys += [dumps.record_key(dump.name, dump.id), dump.archive.key]
+                result.freed_bytes += dump.archive.size
 
 
 def execute(repo: Repository, result: Plan) -> None:
