@@ -150,15 +150,22 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
     except Exception:
         conns.drop_broken()
         raise
-    switch_ms = 0.0
     delivered: dict[str, Literal["stream", "switch"]] = {}
-    if switch_wal:
-        before = time.perf_counter()
-        delivered = parallel({
-            server: partial(_deliver, conn, points[server][0], config.marks.delivery,
-                            config.marks.stream_wait)
-            for server, conn in conns.conns.items()})
-        switch_ms = (time.perf_counter() - before) * 1000
+    before = time.perf_counter()
+    try:
+        # The restore points were made without a disk flush (the barrier stays short): make
+        # them durable before a record names the mark, and visible to the WAL receivers.
+        parallel({server: partial(postgres.flush_wal, conn)
+                  for server, conn in conns.conns.items()})
+        if switch_wal:
+            delivered = parallel({
+                server: partial(_deliver, conn, points[server][0], config.marks.delivery,
+                                config.marks.stream_wait)
+                for server, conn in conns.conns.items()})
+    except Exception:
+        conns.drop_broken()
+        raise
+    switch_ms = (time.perf_counter() - before) * 1000
     record = MarkRecord(
         name=name, group=config.group.name, created_at=now,
         barrier_server=config.barrier_server.name,

@@ -160,19 +160,22 @@ def release_barrier(conn: Connection) -> None:
 
 
 def create_restore_point(conn: Connection, name: str) -> tuple[int, str]:
-    """Create a restore point and make sure its WAL is flushed; return (end LSN, WAL file).
-
-    The restore point record alone waits for the WAL writer; committing a transaction that
-    has an xid flushes it at once.
-    """
-    with conn.transaction():
-        row = conn.execute(
-            "SELECT lsn::text AS lsn, pg_walfile_name(lsn) AS walfile"
-            " FROM pg_create_restore_point(%s) AS lsn", (name,)
-        ).fetchone()
-        conn.execute("SELECT txid_current()")
+    """Create a restore point; return (end LSN, WAL file). One round trip, no disk flush:
+    this runs under the barrier. Its position in the WAL is fixed here; flush_wal() makes it
+    durable (and visible to WAL receivers) afterwards."""
+    row = conn.execute(
+        "SELECT lsn::text AS lsn, pg_walfile_name(lsn) AS walfile"
+        " FROM pg_create_restore_point(%s) AS lsn", (name,)
+    ).fetchone()
     assert row is not None
     return parse_lsn(row["lsn"]), row["walfile"]
+
+
+def flush_wal(conn: Connection) -> None:
+    """Flush the WAL written so far to disk now. A restore point record alone waits for the
+    WAL writer; committing a transaction that has an xid flushes everything before it.
+    `synchronous_commit = local`: flush here, without waiting for synchronous standbys."""
+    conn.execute("SELECT set_config('synchronous_commit', 'local', true), txid_current()")
 
 
 def switch_wal(conn: Connection) -> None:
