@@ -792,6 +792,29 @@ def failover(ctx: Context, mark_name: str | None, dry_run: bool, force: bool,
                f"RPO {report.rpo_seconds:.1f} s")
 
 
+@cli.command("checklist")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def checklist_cmd(ctx: Context, as_json: bool) -> None:
+    """Every step of the disaster-recovery checklist, checked live: ✓ with the evidence,
+    ✗ with the command that fixes it, — when not used. Non-zero exit on any ✗."""
+    from markship.checklist import MISSING, checklist
+
+    steps = checklist(ctx.config, ctx.repository())
+    if as_json:
+        emit_json([asdict(s) for s in steps])
+    else:
+        phase = ""
+        for step in steps:
+            if step.phase != phase:
+                phase = step.phase
+                click.echo("Backing up" if phase == "backup" else "\nRestoring")
+            fix = f"  → {step.fix}" if step.state == MISSING and step.fix else ""
+            click.echo(f"  {step.state} {step.title}: {step.evidence}{fix}")
+    if any(s.state == MISSING for s in steps):
+        sys.exit(1)
+
+
 @cli.command("parity")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
