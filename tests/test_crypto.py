@@ -76,6 +76,23 @@ def test_encrypted_backup_wal_and_marks_round_trip(pg_group: GroupFactory) -> No
     status = group.markship("key", "status")
     assert status.returncode != 0 and "does not hold the key with fingerprint" in status.stderr
 
+    # A missing identity file, where reading is needed: one line naming it.
+    group.config_path.write_text(plain_config + f'\n[encryption]\nrecipient = "{recipient}"\n'
+                                 f'identity_file = "{group.workdir}/gone.txt"\n')
+    missing = group.markship("marks")
+    assert missing.returncode != 0 and "gone.txt not found" in missing.stderr
+    assert missing.stderr.count("\n") == 1
+    # An object that is not encrypted where encryption is on is refused, not read.
+    group.config_path.write_text(plain_config + f'\n[encryption]\nrecipient = "{recipient}"\n'
+                                 f'identity_file = "{identity}"\n')
+    planted = group.repo / "marks" / f"{mark}.json"
+    saved = planted.read_bytes()
+    planted.write_bytes(b'{"not": "encrypted"}\n')
+    refused = group.markship("marks")
+    assert refused.returncode != 0 and "is not encrypted, but encryption is on" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    planted.write_bytes(saved)
+
     # No [encryption] at all: the objects are recognised as encrypted.
     group.config_path.write_text(plain_config)
     plain = group.markship("list")
