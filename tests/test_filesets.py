@@ -22,7 +22,7 @@ from markship import catalog, filesets
 from markship.catalog import MarkPoint, MarkRecord, ObjectRef
 from markship.config import load
 from markship.repository import FsRepository
-from markship.safetar import link_escapes, member_parts
+from markship.safetar import link_escapes, member_parts, relative_target
 from markship.scratch import chown_to
 from markship.timefmt import utcnow
 
@@ -41,7 +41,7 @@ def _setup(workdir: Path) -> tuple[Path, Path]:
     secret.chmod(0o600)
     chown_to(tree / "portal.conf", OS_USER)  # restored as root, owners come back
     (tree / "current").symlink_to("conf.d/sites/shop.conf")
-    (tree / "hostname").symlink_to("/etc/hostname")  # absolute: kept as it is
+    (tree / "hostname").symlink_to("/etc/hostname")  # absolute: made relative inside the target
     (tree / "portal.conf.bak").write_text("old\n")
     (tree / "conf.d" / "cache").mkdir()
     (tree / "conf.d" / "cache" / "blob").write_text("excluded with its directory\n")
@@ -102,7 +102,9 @@ def test_round_trip_keeps_content_modes_owners_and_links(workdir: Path) -> None:
     assert (restored / "conf.d" / "sites").is_dir()
     assert os.readlink(restored / "current") == "conf.d/sites/shop.conf"
     assert (restored / "current").read_text() == "server_name shop.example\n"
-    assert os.readlink(restored / "hostname") == "/etc/hostname"
+    link = os.readlink(restored / "hostname")
+    assert not link.startswith("/")
+    assert os.path.normpath(restored / link) == str(target / "etc" / "hostname")
     assert not (restored / "portal.conf.bak").exists()
     assert not (restored / "conf.d" / "cache").exists()
 
@@ -243,7 +245,7 @@ REG, LINK = tarfile.REGTYPE, tarfile.SYMTYPE
     ([("WORKDIR/outside/evil", REG, "")], "WORKDIR/outside/evil"),
     ([("link", LINK, "../outside"), ("link/evil", REG, "")], "link"),
     ([("etc/link", LINK, "../../outside"), ("etc/link/evil", REG, "")], "etc/link"),
-    # an absolute link is kept, but nothing is ever written through it
+    # an absolute link is made relative inside the target; nothing is written through it
     ([("link", LINK, "WORKDIR/outside"), ("link/evil", REG, "")], "link/evil"),
     # each link alone looks harmless; together y would lead to the target's parent
     ([("x", LINK, "."), ("y", LINK, "x/../outside"), ("y/evil", REG, "")], "y"),
@@ -309,7 +311,8 @@ def test_a_damaged_archive_leaves_nothing_behind(workdir: Path, damage: str,
     ("etc/a", "../../b", True),
     ("a", "sub/../../b", True),
     ("y", "x/..", True),  # x may be a link to "."
-    ("etc/app/a", "/etc/hostname", False),  # absolute: kept verbatim, never written through
+    ("etc/app/a", "/etc/hostname", True),  # absolute: rewritten before this check
+    ("etc/app/a", relative_target(["etc", "app", "a"], "/etc/hostname"), False),
 ])
 def test_link_escapes(name: str, target: str, escapes: bool) -> None:
     assert link_escapes(member_parts(name), target) is escapes

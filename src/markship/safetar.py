@@ -4,8 +4,10 @@ Each member is checked before anything is written for it: absolute names, `..` c
 hard links, devices, FIFOs, a path through a symlink and a relative link leading out of the
 target directory are refused. Directories are entered with O_NOFOLLOW relative to their
 parent's descriptor and files created with O_EXCL, so nothing is ever written through a link,
-whatever the archive holds. Absolute link targets are kept verbatim: markship's archives name
-the files of a host by their absolute paths, and their links name paths on that host.
+whatever the archive holds. markship's archives name a host's files by their absolute paths
+(without the leading "/"), so an absolute link target is rewritten as the relative link to the
+same path inside the target directory: restored into `/` it means what it meant, restored
+anywhere else it stays inside.
 
 (Python 3.11's `tarfile.data_filter` checks links with realpath() one member at a time, which
 an archive can defeat by ordering its links; these rules do not depend on the order.)
@@ -57,15 +59,30 @@ def link_escapes(parts: list[str], target: str) -> bool:
     Only leading `..` components are accepted, at most as many as the link's directory is
     deep: that directory is a real one (nothing is placed through a link), so climbing from it
     stays inside. A `..` after a descent is refused, since the descent may pass through another
-    link and climb from wherever that leads. Absolute targets are kept verbatim (see above).
+    link and climb from wherever that leads. An absolute target always escapes (Placer
+    rewrites them first, see relative_target()).
     """
     if target.startswith("/"):
-        return False
+        return True
     steps = [p for p in target.split("/") if p not in ("", ".")]
     ups = 0
     while ups < len(steps) and steps[ups] == "..":
         ups += 1
     return ".." in steps[ups:] or ups > len(parts) - 1
+
+
+def relative_target(parts: list[str], target: str) -> str:
+    """The link target for a link at `parts`: an absolute target becomes the relative path to
+    the same place inside the target directory; a relative one is left as it is."""
+    if not target.startswith("/"):
+        return target
+    inside = [p for p in target.split("/") if p not in ("", ".")]
+    start = parts[:-1]
+    common = 0
+    while common < min(len(start), len(inside)) and start[common] == inside[common]:
+        common += 1
+    steps = [".."] * (len(start) - common) + inside[common:]
+    return "/".join(steps) or "."
 
 
 def open_target(target_dir: Path) -> int:
@@ -142,6 +159,10 @@ class Placer:
         if member.issym():
             if not member.linkname:
                 raise self._unsafe(name, "a link with an empty target")
+            if ".." in member.linkname.split("/") and member.linkname.startswith("/"):
+                raise self._unsafe(name, f"a link to {member.linkname} ('..' in an absolute "
+                                         "target)")
+            member.linkname = relative_target(parts, member.linkname)
             if link_escapes(parts, member.linkname):
                 raise self._unsafe(name, f"a link to {member.linkname}, outside the target "
                                          "directory")
