@@ -268,3 +268,31 @@ def test_streamed_mark_restores_before_its_segment_is_archived(pg_group: GroupFa
     assert standby.returncode == 1 and not dest.exists()
     restored = group.restore("alpha", "--name", mark["name"])
     assert restored.psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1}"
+
+
+def test_receiver_starts_over_when_its_folder_cannot_be_resumed(pg_group: GroupFactory) -> None:
+    """A stream folder left from elsewhere (another timeline, a long outage) is cleared and
+    the receiver streams again from the server's current segment."""
+    group = pg_group(1)
+    group.ok("backup")
+    folder = group.repo / "stream" / "alpha"
+    folder.mkdir(parents=True)
+    stale = folder / "0000000100000000000000F0.partial"
+    stale.write_bytes(bytes(16 << 20))
+    for path in (group.repo / "stream", folder, stale):
+        chown_to(path, OS_USER)
+    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while stale.exists() or not list(folder.glob("*.partial")):
+            assert time.monotonic() < deadline, "the stale folder was never cleared"
+            assert agent.poll() is None, agent.communicate()
+            time.sleep(0.2)
+        mark = json.loads(group.ok("mark", "--json"))
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _out, log = agent.communicate(timeout=120)
+    assert "stream.exited" in log and "restarting from the server's current segment" in log
+    assert mark["delivery"] == {"alpha": "stream"}, log

@@ -171,7 +171,13 @@ class Agent:
                 receiver = stream.Receiver(self.repo, server.name, server.conninfo, program,
                                            self.log)
                 self.receivers[server.name] = receiver
-            receiver.poll()
+            try:
+                receiver.poll()
+            except OSError as exc:  # e.g. the stream folder is not writable
+                if server.name not in self.receiver_problems:
+                    self.receiver_problems.add(server.name)
+                    self.log("stream.unavailable", level="warning", server=server.name,
+                             reason=str(exc), detail="marks switch WAL instead")
 
     def prune_stream(self) -> None:
         for server in self.receivers:

@@ -39,6 +39,8 @@ APPLICATION_NAME = "markship-stream"
 PARTIAL = layout.STREAM_PARTIAL
 stream_prefix = layout.stream_prefix
 PID_FILE = "receiver.pid"
+# pg_receivewal's complaints that mean the folder cannot be resumed from.
+RESTART_FRESH = ("has already been removed", "timeline", "ahead of the WAL flush position")
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -161,9 +163,10 @@ class Receiver:
     def _exited(self, code: int) -> None:
         self.proc = None
         detail = self.errors[-1] if self.errors else f"exit status {code}"
-        if any("has already been removed" in e for e in self.errors):
-            # The folder resumes from WAL the server no longer has (a long outage): start
-            # over from the server's current segment. The archive holds everything older.
+        if any(sign in e for e in self.errors for sign in RESTART_FRESH):
+            # The folder resumes from WAL the server no longer has (a long outage), or from
+            # another timeline (after a failover or failback): start over from the server's
+            # current segment. The archive holds everything older.
             for child in self.folder.iterdir():
                 if child.name != PID_FILE:
                     child.unlink(missing_ok=True)
