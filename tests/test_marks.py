@@ -14,7 +14,8 @@ import pytest
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory
 from markship.client import barrier_key, commit_decided, group_transaction, setup_decisions
-from markship.scratch import ScratchServer, chown_to, create_ledger, free_port
+from markship.drill import free_port_range
+from markship.scratch import ScratchServer, chown_to, create_ledger
 
 ACCOUNTS = 10
 START_BALANCE = 1000
@@ -178,26 +179,6 @@ def test_mark_names_never_repeat(pg_group: GroupFactory, name: str) -> None:
     assert again.returncode != 0 and "already exists" in again.stderr
 
 
-def _consecutive_ports(count: int) -> int:
-    import socket
-
-    for _ in range(50):
-        base = free_port()
-        try:
-            socks = []
-            for offset in range(count):
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", base + offset))
-                socks.append(sock)
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise AssertionError("no consecutive free ports")
-
-
 def test_restore_group_to_a_mark_from_backups(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     alpha, bravo = group.servers
@@ -212,7 +193,7 @@ def test_restore_group_to_a_mark_from_backups(pg_group: GroupFactory) -> None:
         server.psql("UPDATE accounts SET balance = 0")  # after the mark: must not come back
     group.ok("mark")  # a later mark: the named one must still be used
 
-    base = _consecutive_ports(2)
+    base = free_port_range(2)
     handles = {}
     for offset, server in enumerate(group.servers):
         handle = ScratchServer(server.name, group.workdir / f"g-{server.name}", base + offset,

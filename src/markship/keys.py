@@ -29,19 +29,9 @@ def create_identity(path: Path) -> CreatedKey:
 
     identity = x25519.Identity.generate()
     recipient = str(identity.to_public())
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise MarkshipError(f"{path} already exists; a key file is never overwritten",
-                            "choose another path, or keep using the key in it") from None
-    except OSError as exc:
-        raise MarkshipError(f"cannot create {path} ({exc.strerror})",
-                            "pick a writable directory") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(f"# markship repository key, fingerprint {crypto.fingerprint(recipient)}\n"
-                     f"# public recipient: {recipient}\n{identity}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    _write_private(path, (f"# markship repository key, fingerprint "
+                          f"{crypto.fingerprint(recipient)}\n# public recipient: {recipient}\n"
+                          f"{identity}\n").encode())
     return CreatedKey(path, recipient, crypto.fingerprint(recipient))
 
 
