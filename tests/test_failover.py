@@ -157,6 +157,7 @@ def test_group_failover_to_one_mark(pg_group: GroupFactory) -> None:
     done = [(e["command"], e["outcome"].split(":")[0]) for e in entries]
     assert ("backup", "ok") in done and ("standby create", "ok") in done
     assert ("failover", "ok") in done and ("agent start", "ok") in done
+    assert any(e["command"] == "marks" and int(e["objects"]["made"]) > 0 for e in entries)
     assert any(c == "config change" for c, _ in done)
     assert [e["objects"]["mark"] for e in entries if e["command"] == "failover"
             and e["outcome"] == "ok"] == [mark]

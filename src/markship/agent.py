@@ -25,6 +25,7 @@ from markship.timefmt import show, utcnow
 
 RETRY_FAILED_SET = timedelta(minutes=5)
 PRUNE_EVERY = 10.0  # seconds between clean-ups of streamed WAL that is archived
+MARKS_JOURNAL_EVERY = 600.0  # seconds between journal summaries of the agent's marks
 CONTENT_CHECK_EVERY = 60.0  # seconds between file-set change checks and dump schedule checks
 RETRY_FAILED_DUMP = timedelta(minutes=5)
 STATE_KEY = "agent/state.json"
@@ -84,6 +85,10 @@ class Agent:
         self.receivers: dict[str, stream.Receiver] = {}
         self.receiver_problems: set[str] = set()
         self.config_text: str | None = None  # the config as last journaled (redacted)
+        # Marks are journaled as a summary (every MARKS_JOURNAL_EVERY and at stop), not one
+        # entry per mark: each mark is its own record in marks/ already.
+        self.mark_counts = {"made": 0, "skipped": 0, "failed": 0}
+        self.newest_mark: str | None = None
         self.dump_failed_at: dict[str, datetime] = {}
         self.dump_thread: threading.Thread | None = None
 
@@ -116,6 +121,7 @@ class Agent:
                     if thread is not None:
                         thread.join()
                 self.conns.close()
+            self.journal_marks()
             self.journal("agent stop", "ok")
             self.log("agent.stop")
 
@@ -125,7 +131,11 @@ class Agent:
         next_backup_check = 0.0
         next_prune = time.monotonic() + PRUNE_EVERY
         next_content_check = time.monotonic() + 5
+        next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY
         while not self.stop.is_set():
+            if time.monotonic() >= next_marks_summary:
+                next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY
+                self.journal_marks()
             if time.monotonic() >= next_content_check:
                 next_content_check = time.monotonic() + CONTENT_CHECK_EVERY
                 self.capture_changed_filesets()
@@ -191,10 +201,14 @@ class Agent:
         try:
             result = take_mark(self.config, self.repo, self.conns)
         except MarkSkipped as exc:
+            self.mark_counts["skipped"] += 1
             self.log("mark.skipped", level="warning", reason=exc.message)
         except MarkshipError as exc:
+            self.mark_counts["failed"] += 1
             self.log("mark.failed", level="error", reason=exc.message)
         else:
+            self.mark_counts["made"] += 1
+            self.newest_mark = result.record.name
             self.log("mark.ok", name=result.record.name,
                      hold_ms=result.record.barrier_hold_ms,
                      delivery_ms=round(result.switch_ms, 1),
@@ -231,6 +245,17 @@ class Agent:
             self._save_state(state.model_copy(
                 update={"force_full_done_for": config_digest(self.config)}))
         self.expire()
+
+    def journal_marks(self) -> None:
+        """One journal entry for the marks made since the last one."""
+        counts = self.mark_counts
+        if not any(counts.values()):
+            return
+        self.journal("marks", "ok" if not counts["failed"] else
+                     f"failed: {counts['failed']} of {sum(counts.values())} marks failed",
+                     **{k: str(v) for k, v in counts.items()},
+                     newest=self.newest_mark or "none")
+        self.mark_counts = {"made": 0, "skipped": 0, "failed": 0}
 
     def capture_changed_filesets(self) -> None:
         """File sets are captured again whenever their content changed."""
