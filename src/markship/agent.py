@@ -13,6 +13,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import FrameType
 
+import psycopg
+
 from markship import catalog, pgbin, retention, stream
 from markship.backup import run_backup
 from markship.config import Config
@@ -206,6 +208,10 @@ class Agent:
         except MarkshipError as exc:
             self.mark_counts["failed"] += 1
             self.log("mark.failed", level="error", reason=exc.message)
+        except psycopg.Error as exc:  # a connection that broke in a way not yet translated
+            self.mark_counts["failed"] += 1
+            self.conns.drop_broken()
+            self.log("mark.failed", level="error", reason=str(exc).strip() or repr(exc))
         else:
             self.mark_counts["made"] += 1
             self.newest_mark = result.record.name

@@ -13,6 +13,7 @@ Steps of one mark:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Literal, TypeVar
+
+import psycopg
 
 from markship import catalog, postgres, stream
 from markship.catalog import MarkPoint, MarkRecord
@@ -131,7 +134,14 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
     timeout_ms = int(config.marks.barrier_timeout * 1000)
     began = time.perf_counter()
     try:
-        if not postgres.hold_barrier(barrier_conn, key, timeout_ms):
+        try:
+            held = postgres.hold_barrier(barrier_conn, key, timeout_ms)
+        except psycopg.Error as exc:
+            raise ServerError(f"server(s) {config.barrier_server.name} failed (the barrier: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc) else exc!r})",
+                              "bring it back, then retry; markship status shows each server"
+                              ) from None
+        if not held:
             raise MarkSkipped(
                 f"mark skipped: the barrier on {config.barrier_server.name} stayed busy for "
                 f"{config.marks.barrier_timeout:g} s (a two-phase commit held it)",
@@ -145,7 +155,8 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
             })
         finally:
             if not barrier_conn.closed and not barrier_conn.broken:
-                postgres.release_barrier(barrier_conn)
+                with contextlib.suppress(psycopg.Error):  # a dead barrier server releases it
+                    postgres.release_barrier(barrier_conn)
         released = time.perf_counter()
     except Exception:
         conns.drop_broken()
