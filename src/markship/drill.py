@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -31,11 +30,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
 
 import psycopg
 from pydantic import Field
@@ -43,6 +40,8 @@ from pydantic import Field
 from markship import catalog, pgbin, postgres
 from markship.catalog import Record
 from markship.config import Config
+from markship.drillchecks import Check
+from markship.drillchecks import label as target_label
 from markship.errors import MarkshipError
 from markship.lsn import format_lsn
 from markship.repository import Repository
@@ -53,114 +52,6 @@ HOST = "127.0.0.1"
 _SOCKET_PATH_MAX = 107  # sun_path, less the terminating NUL
 
 Progress = Callable[[str], None]
-
-
-class CheckFileError(MarkshipError):
-    """A check file cannot be read or parsed."""
-
-    exit_code = 2
-
-
-# -- check files ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    """One check of a check file: where it runs, what it runs, what it must give."""
-
-    file: str
-    line: int
-    text: str  # as written (continuation lines joined)
-    kind: Literal["true", "sum"]
-    targets: tuple[tuple[str, str | None], ...]  # (server, database or None: the conninfo's)
-    sql: str
-    expected: Decimal | None = None
-
-
-_SUM = re.compile(r"sum\s*\((?P<targets>[^)]*)\)\s*:(?P<rest>.*)", re.DOTALL)
-_NUMBER = re.compile(r"-?\d+(\.\d+)?")
-
-
-def parse_checks(text: str, file: str, servers: list[str]) -> list[Check]:
-    """The checks of one check file; CheckFileError naming the file and line if malformed."""
-    logical: list[tuple[int, str]] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if raw[0].isspace():
-            if not logical:
-                raise CheckFileError(f"{file} line {number}: an indented line continues the "
-                                     "check above it, and there is none",
-                                     "remove the indentation")
-            first, joined = logical[-1]
-            logical[-1] = (first, f"{joined} {stripped}")
-        else:
-            logical.append((number, stripped))
-    return [_parse_check(entry, number, file, servers) for number, entry in logical]
-
-
-def _parse_check(entry: str, number: int, file: str, servers: list[str]) -> Check:
-    def problem(message: str, hint: str = "see the check-file format: markship drill --help"
-                ) -> CheckFileError:
-        return CheckFileError(f"{file} line {number}: {message}", hint)
-
-    summed = _SUM.fullmatch(entry)
-    if summed is None and re.match(r"sum\s*\(", entry):
-        raise problem("a sum check reads sum(SERVERS): SQL == NUMBER")
-    if summed is not None:
-        sql, sep, value = summed.group("rest").rpartition("==")
-        sql, value = sql.strip(), value.strip()
-        if not sep:
-            raise problem("a sum check ends with == NUMBER (the expected total)")
-        if not _NUMBER.fullmatch(value):
-            raise problem(f"{value!r} after == is not a number")
-        if not sql:
-            raise problem("the sum check has no SQL")
-        targets = _parse_targets(summed.group("targets"), servers, problem)
-        return Check(file, number, entry, "sum", targets, sql, Decimal(value))
-    if entry.startswith("["):
-        head, sep, sql = entry[1:].partition("]")
-        if not sep:
-            raise problem("'[' without a closing ']'")
-        targets = _parse_targets(head, servers, problem)
-        sql = sql.strip()
-    else:
-        targets, sql = _parse_targets("*", servers, problem), entry
-    if not sql:
-        raise problem("the check has no SQL")
-    if re.search(r"==\s*-?[\d.]+\s*$", sql):
-        raise problem("'== NUMBER' belongs to sum(SERVERS): checks; a plain check is SQL that "
-                      "returns true", "write sum(…): SQL == NUMBER, or compare inside the SQL")
-    return Check(file, number, entry, "true", targets, sql)
-
-
-def _parse_targets(text: str, servers: list[str],
-                   problem: Callable[[str], CheckFileError]) -> tuple[tuple[str, str | None], ...]:
-    found: list[tuple[str, str | None]] = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            raise problem("empty server name in the list (write NAME, NAME/DATABASE or *)")
-        name, slash, database = (part.strip() for part in item.partition("/"))
-        if slash and not database:
-            raise problem(f"{item!r} names no database after '/'")
-        names = servers if name == "*" else [name]
-        if name != "*" and name not in servers:
-            raise problem(f"unknown server {name!r} (configured: {', '.join(servers)})")
-        for server in names:
-            target = (server, database or None)
-            if target in found:
-                raise problem(f"{_label(target)} is named twice")
-            found.append(target)
-    return tuple(found)
-
-
-def _label(target: tuple[str, str | None]) -> str:
-    server, database = target
-    return f"{server}/{database}" if database else server
-
-
-# -- records --------------------------------------------------------------------------------------
 
 
 class DrillServer(Record):
@@ -400,7 +291,7 @@ def run_check(check: Check, conninfos: dict[str, str]) -> DrillCheck:
     errors: list[str] = []
     falses: list[str] = []
     for target in check.targets:
-        label = _label(target)
+        label = target_label(target)
         try:
             value = _query_one(conninfos[target[0]], target, check.sql)
             if check.kind == "true":
@@ -439,7 +330,7 @@ def _query_one(conninfo: str, target: tuple[str, str | None], sql: str) -> objec
     database = target[1]
     if database:
         conninfo = psycopg.conninfo.make_conninfo(conninfo, dbname=database)
-    with postgres.connect(conninfo, _label(target)) as conn:
+    with postgres.connect(conninfo, target_label(target)) as conn:
         # Checks look, they do not change: a later check must see what the mark restored.
         conn.execute("SET default_transaction_read_only = on")
         conn.execute("SET statement_timeout = '10min'")

@@ -42,7 +42,8 @@ def drill(ctx: Context, mark_name: str | None, check_files: tuple[Path, ...],
       sum(*): SELECT sum(balance) FROM accounts == 20000
       [alpha/shop] SELECT count(*) = 0 FROM orders WHERE paid IS NULL
     """
-    from markship.drill import CheckFileError, parse_checks, run_drill
+    from markship.drill import run_drill
+    from markship.drillchecks import CheckFileError, parse_checks
 
     config = ctx.config
     servers = [s.name for s in config.servers]
