@@ -545,6 +545,16 @@ def key_status_cmd(ctx: Context, as_json: bool) -> None:
         raise MarkshipError(status.problem, "fix the identity file named above")
 
 
+def _identity_path(ctx: Context, given: Path | None, what: str) -> Path:
+    """--identity-file, else [encryption] identity_file; `what` names the use in the error."""
+    encryption = ctx.config.encryption
+    path = given or (encryption.identity_file if encryption else None)
+    if path is None:
+        raise MarkshipError(f"no identity file {what}",
+                            "pass --identity-file, or set [encryption] identity_file")
+    return path
+
+
 def _passphrase(path: Path | None, confirm: bool) -> str:
     """From --passphrase-file (first line), else asked on the terminal; never an argument."""
     if path is not None:
@@ -577,11 +587,7 @@ def key_export(ctx: Context, target: Path, hint: str, passphrase_file: Path | No
     records (by fingerprint) that the backup exists."""
     from markship.keys import export_key
 
-    encryption = ctx.config.encryption
-    path = identity_file or (encryption.identity_file if encryption else None)
-    if path is None:
-        raise MarkshipError("no identity file to export",
-                            "pass --identity-file, or set [encryption] identity_file")
+    path = _identity_path(ctx, identity_file, "to export")
     secret = _passphrase(passphrase_file, confirm=True)
     record = export_key(ctx.repository(), path, target, secret, hint)
     ctx.note(fingerprints=",".join(record.fingerprints), to=target)
@@ -605,10 +611,7 @@ def key_import(ctx: Context, source: Path, passphrase_file: Path | None,
     from markship.keys import import_key, read_hint
 
     encryption = ctx.config.encryption
-    target = identity_file or (encryption.identity_file if encryption else None)
-    if target is None:
-        raise MarkshipError("no place to write the identity",
-                            "pass --identity-file, or set [encryption] identity_file")
+    target = _identity_path(ctx, identity_file, "to write")
     hint = read_hint(source)
     click.echo(f"hint: {hint}" if hint else "no hint file beside the export", err=True)
     secret = _passphrase(passphrase_file, confirm=False)
@@ -628,14 +631,9 @@ def key_rotate(ctx: Context, identity_file: Path | None) -> None:
     the old ones, so everything written before stays readable. Prints the new recipient."""
     from markship.keys import rotate
 
-    encryption = ctx.config.encryption
-    path = identity_file or (encryption.identity_file if encryption else None)
-    if path is None:
-        raise MarkshipError("no identity file to rotate",
-                            "pass --identity-file, or set [encryption] identity_file")
-    created = rotate(path)
+    created = rotate(_identity_path(ctx, identity_file, "to rotate"))
     ctx.note(new_fingerprint=created.fingerprint)
-    click.echo(f"✓ new key {created.fingerprint} added to {path}; the old keys stay in it\n"
+    click.echo(f"✓ new key {created.fingerprint} added to {created.path}; the old keys stay in it\n"
                f"  now set in the config of every host:\n\n"
                f'  recipient = "{created.recipient}"\n\n'
                "  then run markship key export again: older exports lack the new key")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
 
 from markship import catalog
 from markship.catalog import MarkRecord, SetState
@@ -124,25 +125,34 @@ def _plan_side_objects(repo: Repository, result: Plan) -> None:
     of each (a config tree that never changes keeps its one capture)."""
     from markship import dumps, filesets
 
-    by_set: dict[str, list[filesets.FilesetRecord]] = {}
-    for capture in filesets.list_records(repo):
-        by_set.setdefault(capture.name, []).append(capture)
-    for records in by_set.values():
-        for capture in sorted(records, key=lambda r: r.created_at)[:-1]:
-            if capture.created_at < result.cutoff:
-                result.delete_captures.append(f"{capture.name}/{capture.id}")
-                result.delete_keys += [filesets.record_key(capture.name, capture.id),
-                                       capture.archive.key]
-                result.freed_bytes += capture.archive.size
-    by_dump: dict[str, list[dumps.DumpRecord]] = {}
-    for dump in dumps.list_dumps(repo):
-        by_dump.setdefault(dump.name, []).append(dump)
-    for dump_records in by_dump.values():
-        for dump in sorted(dump_records, key=lambda r: r.created_at)[:-1]:
-            if dump.created_at < result.cutoff:
-                result.delete_dumps.append(f"{dump.name}/{dump.id}")
-                result.delete_keys += [dumps.record_key(dump.name, dump.id), dump.archive.key]
-                result.freed_bytes += dump.archive.size
+    captures = filesets.list_records(repo)
+    for capture in _expired_but_newest(captures, result.cutoff):
+        result.delete_captures.append(f"{capture.name}/{capture.id}")
+        result.delete_keys += [filesets.record_key(capture.name, capture.id),
+                               capture.archive.key]
+        result.freed_bytes += capture.archive.size
+    for dump in _expired_but_newest(dumps.list_dumps(repo), result.cutoff):
+        result.delete_dumps.append(f"{dump.name}/{dump.id}")
+        result.delete_keys += [dumps.record_key(dump.name, dump.id), dump.archive.key]
+        result.freed_bytes += dump.archive.size
+
+
+class _Dated(Protocol):
+    name: str
+    created_at: datetime
+
+
+_D = TypeVar("_D", bound=_Dated)
+
+
+def _expired_but_newest(records: list[_D], cutoff: datetime) -> list[_D]:
+    """Records made before `cutoff`, except the newest of each name."""
+    by_name: dict[str, list[_D]] = {}
+    for record in records:
+        by_name.setdefault(record.name, []).append(record)
+    return [record for same in by_name.values()
+            for record in sorted(same, key=lambda r: r.created_at)[:-1]
+            if record.created_at < cutoff]
 
 
 def execute(repo: Repository, result: Plan) -> None:
