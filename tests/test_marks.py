@@ -277,3 +277,35 @@ def test_receiver_starts_over_when_its_folder_cannot_be_resumed(pg_group: GroupF
         _out, log = agent.communicate(timeout=120)
     assert "stream.exited" in log and "restarting from the server's current segment" in log
     assert mark["delivery"] == {"alpha": "stream"}, log
+
+
+def test_fan_out_names_failing_and_silent_servers(pg_group: GroupFactory) -> None:
+    """One round on several servers from one thread: answers per server, an error or a
+    server that does not answer in time is named, and its connection is dropped."""
+    from markship.errors import ServerError
+    from markship.fanout import fan_out
+
+    group = pg_group(2)
+    a, b = (psycopg.connect(s.conninfo(), autocommit=True) for s in group.servers)
+    try:
+        rows = fan_out({"a": (a, "SELECT $1::int + 1, NULL", ("41",)),
+                        "b": (b, "SELECT pg_backend_pid()::text", ())})
+        assert rows["a"] == [("42", None)]
+        assert rows["b"] == [(str(b.info.backend_pid),)]
+
+        with pytest.raises(ServerError) as failed:
+            fan_out({"a": (a, "SELECT 1/0", ()), "b": (b, "SELECT 1", ())})
+        assert "server(s) a failed" in failed.value.message
+        assert "division by zero" in failed.value.message
+        assert a.execute("SELECT 7").fetchone() == (7,), "a failed statement leaves it usable"
+
+        began = time.monotonic()
+        with pytest.raises(ServerError) as silent:
+            fan_out({"a": (a, "SELECT 1", ()), "b": (b, "SELECT pg_sleep(30)", ())},
+                    timeout=0.5)
+        assert time.monotonic() - began < 10
+        assert "server(s) b failed (b: no answer within 0.5 s)" in silent.value.message
+        assert b.closed and not a.closed
+    finally:
+        a.close()
+        b.close()

@@ -24,12 +24,12 @@ from typing import Literal, TypeVar
 
 import psycopg
 
-from markship import catalog, postgres, stream
+from markship import catalog, fanout, postgres, stream
 from markship.catalog import MarkPoint, MarkRecord
 from markship.client import barrier_key
 from markship.config import Config
 from markship.errors import MarkshipError, ServerError
-from markship.lsn import parse_segment_name
+from markship.lsn import parse_lsn, parse_segment_name
 from markship.repository import Repository, layout
 from markship.timefmt import age_seconds, utcnow
 
@@ -95,12 +95,9 @@ def parallel(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
             except MarkshipError as exc:
                 failures[name] = exc.message
             except Exception as exc:  # psycopg errors on a live connection
-                failures[name] = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
+                failures[name] = fanout.first_line(exc)
     if failures:
-        names = ", ".join(sorted(failures))
-        detail = "; ".join(f"{n}: {m}" for n, m in sorted(failures.items()))
-        raise ServerError(f"server(s) {names} failed ({detail})",
-                          "bring them back, then retry; markship status shows each server")
+        raise fanout.servers_failed(failures)
     return results
 
 
@@ -108,14 +105,6 @@ def parallel(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
 class MarkResult:
     record: MarkRecord
     switch_ms: float  # time from releasing the barrier until the WAL was delivered
-
-
-def _deliver(conn: postgres.Connection, lsn: int, delivery: str,
-             stream_wait: float) -> Literal["stream", "switch"]:
-    if delivery == "stream" and stream.wait_flushed(conn, lsn, stream_wait):
-        return "stream"
-    postgres.switch_wal(conn)
-    return "switch"
 
 
 def take_mark(config: Config, repo: Repository, conns: GroupConnections,
@@ -138,7 +127,7 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
             held = postgres.hold_barrier(barrier_conn, key, timeout_ms)
         except psycopg.Error as exc:
             raise ServerError(f"server(s) {config.barrier_server.name} failed (the barrier: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc) else exc!r})",
+                              f"{fanout.first_line(exc)})",
                               "bring it back, then retry; markship status shows each server"
                               ) from None
         if not held:
@@ -149,30 +138,39 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
             )
         got = time.perf_counter()
         try:
-            points = parallel({
-                server: partial(postgres.create_restore_point, conn, name)
-                for server, conn in conns.conns.items()
-            })
-        finally:
+            answers = fanout.fan_out({server: (conn, postgres.RESTORE_POINT, (name,))
+                                      for server, conn in conns.conns.items()})
+        except ServerError:
             if not barrier_conn.closed and not barrier_conn.broken:
                 with contextlib.suppress(psycopg.Error):  # a dead barrier server releases it
                     postgres.release_barrier(barrier_conn)
-        released = time.perf_counter()
+            raise
+        points = {server: (parse_lsn(str(rows[0][0])), str(rows[0][1]))
+                  for server, rows in answers.items()}
+        # Release the barrier and flush every server's WAL in one round: the restore points
+        # were made without a disk flush (the barrier stays short); the flush makes them
+        # durable before a record names the mark, and visible to the WAL receivers.
+        release = f"{config.barrier_server.name} (barrier)"
+        answered: dict[str, float] = {}
+        fanout.fan_out({release: (barrier_conn, "COMMIT", ()),
+                        **{server: (conn, postgres.FLUSH_WAL, ())
+                           for server, conn in conns.conns.items()}}, finished=answered)
+        released = answered[release]
     except Exception:
         conns.drop_broken()
         raise
     delivered: dict[str, Literal["stream", "switch"]] = {}
     before = time.perf_counter()
     try:
-        # The restore points were made without a disk flush (the barrier stays short): make
-        # them durable before a record names the mark, and visible to the WAL receivers.
-        parallel({server: partial(postgres.flush_wal, conn)
-                  for server, conn in conns.conns.items()})
         if switch_wal:
-            delivered = parallel({
-                server: partial(_deliver, conn, points[server][0], config.marks.delivery,
-                                config.marks.stream_wait)
-                for server, conn in conns.conns.items()})
+            lsns = {server: lsn for server, (lsn, _file) in points.items()}
+            streamed = (stream.wait_flushed(conns.conns, lsns, config.marks.stream_wait)
+                        if config.marks.delivery == "stream" else set())
+            delivered = {server: "stream" for server in streamed}
+            rest = [server for server in conns.conns if server not in streamed]
+            fanout.fan_out({server: (conns.conns[server], postgres.SWITCH_WAL, ())
+                            for server in rest})
+            delivered.update({server: "switch" for server in rest})
     except Exception:
         conns.drop_broken()
         raise

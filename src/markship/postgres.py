@@ -143,12 +143,12 @@ def in_recovery(conn: Connection) -> bool:
 def hold_barrier(conn: Connection, key: int, timeout_ms: int) -> bool:
     """Open a transaction holding the exclusive barrier lock; False when it timed out.
 
-    The lock is transaction-level: COMMIT or ROLLBACK on `conn` releases it.
+    One round trip (the statements go as one simple query). The lock is transaction-level:
+    COMMIT or ROLLBACK on `conn` releases it.
     """
-    conn.execute("BEGIN")
-    conn.execute(f"SET LOCAL lock_timeout = {int(timeout_ms)}")
     try:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        conn.execute(f"BEGIN; SET LOCAL lock_timeout = {int(timeout_ms)};"
+                     f" SELECT pg_advisory_xact_lock({int(key)})")
     except psycopg.errors.LockNotAvailable:
         conn.execute("ROLLBACK")
         return False
@@ -159,27 +159,22 @@ def release_barrier(conn: Connection) -> None:
     conn.execute("COMMIT")
 
 
-def create_restore_point(conn: Connection, name: str) -> tuple[int, str]:
-    """Create a restore point; return (end LSN, WAL file). One round trip, no disk flush:
-    this runs under the barrier. Its position in the WAL is fixed here; flush_wal() makes it
-    durable (and visible to WAL receivers) afterwards."""
-    row = conn.execute(
-        "SELECT lsn::text AS lsn, pg_walfile_name(lsn) AS walfile"
-        " FROM pg_create_restore_point(%s) AS lsn", (name,)
-    ).fetchone()
-    assert row is not None
-    return parse_lsn(row["lsn"]), row["walfile"]
+# The mark's statements, run on every server at once by markship.fanout.
+RESTORE_POINT = ("SELECT lsn::text, pg_walfile_name(lsn) FROM pg_create_restore_point($1) AS lsn")
+"""Create a restore point; (end LSN, WAL file). No disk flush: this runs under the barrier.
+Its position in the WAL is fixed here; FLUSH_WAL makes it durable (and visible to WAL
+receivers) afterwards."""
 
+FLUSH_WAL = "SELECT set_config('synchronous_commit', 'local', true), txid_current()"
+"""Flush the WAL written so far to disk now. A restore point record alone waits for the WAL
+writer; committing a transaction that has an xid flushes everything before it.
+`synchronous_commit = local`: flush here, without waiting for synchronous standbys."""
 
-def flush_wal(conn: Connection) -> None:
-    """Flush the WAL written so far to disk now. A restore point record alone waits for the
-    WAL writer; committing a transaction that has an xid flushes everything before it.
-    `synchronous_commit = local`: flush here, without waiting for synchronous standbys."""
-    conn.execute("SELECT set_config('synchronous_commit', 'local', true), txid_current()")
+SWITCH_WAL = "SELECT pg_switch_wal()"
 
 
 def switch_wal(conn: Connection) -> None:
-    conn.execute("SELECT pg_switch_wal()")
+    conn.execute(SWITCH_WAL)
 
 
 def prepared_transactions(conn: Connection) -> list[tuple[str, str]]:

@@ -31,7 +31,7 @@ from collections import deque
 from pathlib import Path
 from typing import Protocol
 
-from markship import pgbin, postgres
+from markship import fanout, pgbin, postgres
 from markship.config import Config
 from markship.repository import FsRepository, Repository, layout
 
@@ -44,32 +44,42 @@ RESTART_FRESH = ("has already been removed", "timeline", "ahead of the WAL flush
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
+FLUSHED = ("SELECT max(flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_stat_replication"
+           f" WHERE application_name = '{APPLICATION_NAME}' AND state = 'streaming'")
+"""How far this server's markship receiver has flushed WAL (NULL with no receiver)."""
+
+
 def flushed_lsn(conn: postgres.Connection) -> int | None:
-    """How far this server's markship receiver has flushed WAL, or None with no receiver."""
-    row = conn.execute(
-        "SELECT max(flush_lsn - '0/0'::pg_lsn)::bigint AS flushed FROM pg_stat_replication"
-        " WHERE application_name = %s AND state = 'streaming'", (APPLICATION_NAME,)
-    ).fetchone()
-    return None if row is None or row["flushed"] is None else int(row["flushed"])
+    row = conn.execute(FLUSHED).fetchone()
+    value = None if row is None else next(iter(row.values()))
+    return None if value is None else int(value)
 
 
-def wait_flushed(conn: postgres.Connection, lsn: int, timeout: float) -> bool:
-    """Wait until the receiver has flushed WAL up to `lsn`; False when there is no receiver
-    or it did not get there within `timeout` seconds."""
+def wait_flushed(conns: dict[str, postgres.Connection], lsns: dict[str, int],
+                 timeout: float) -> set[str]:
+    """Wait until each server's receiver has flushed WAL up to its `lsns` entry; return the
+    servers where it did. A server without a receiver, or whose receiver did not get there
+    within `timeout` seconds, is left out. Every round asks all waiting servers at once."""
     began = time.monotonic()
     deadline = began + timeout
-    while True:
-        flushed = flushed_lsn(conn)
-        if flushed is None:
-            return False
-        if flushed >= lsn:
-            return True
+    waiting = dict(lsns)
+    done: set[str] = set()
+    while waiting:
+        answers = fanout.fan_out({server: (conns[server], FLUSHED, ()) for server in waiting})
+        for server, rows in answers.items():
+            flushed = rows[0][0] if rows else None
+            if flushed is None:
+                del waiting[server]  # no receiver
+            elif int(flushed) >= waiting[server]:
+                del waiting[server]
+                done.add(server)
         now = time.monotonic()
-        if now >= deadline:
-            return False
+        if not waiting or now >= deadline:
+            return done
         # The receiver usually reports within milliseconds: poll closely at first (each poll
-        # is one small query), then back off.
+        # is one small query per server), then back off.
         time.sleep(0.002 if now - began < 0.2 else 0.02)
+    return done
 
 
 def prune(repo: Repository, server: str) -> int:
