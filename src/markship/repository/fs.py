@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import io
 import os
 import time
@@ -20,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing, collections and contextlib stay off the wal-push path
     from collections.abc import Callable, Iterator
     from types import TracebackType
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
     from markship.repository.base import Readable, Writable
 
@@ -306,8 +305,18 @@ class Sink:
 
     def __init__(self, out: io.FileIO | BinaryIO) -> None:
         self.out = out
-        self.digest = hashlib.sha256()
         self.size = 0
+        self._digest: Any = None
+
+    @property
+    def digest(self) -> Any:
+        """sha256 of the bytes written so far. hashlib loads OpenSSL (~4 ms): it is imported
+        at the first write, so wal-push can load it on its hashing thread meanwhile."""
+        if self._digest is None:
+            import hashlib
+
+            self._digest = hashlib.sha256()
+        return self._digest
 
     def write(self, data: bytes | memoryview, /) -> int:
         self.digest.update(data)
