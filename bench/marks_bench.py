@@ -234,6 +234,8 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
                                  barrier_wait_ms=record.barrier_wait_ms,
                                  barrier_hold_ms=record.barrier_hold_ms,
                                  delivery_ms=round(result.switch_ms, 3),
+                                 prepare_ms=round(result.prepare_ms, 3),
+                                 record_ms=round(result.record_ms, 3),
                                  delivery=dict(record.delivery))
                 entry["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
                 samples.append(entry)
@@ -826,6 +828,10 @@ class Bench:
             Row("  (info) (a) without delivery (total − delivery_ms)",
                 f"p50 {no_delivery['p50']:.1f} ms", f"p99 {no_delivery['p99']:.1f} ms", "-",
                 "info"),
+            Row("  (info) (a) mark record write / before the barrier",
+                f"p50 {dist([s['record_ms'] for s in ok])['p50']:.1f} ms",
+                f"before the barrier p50 {dist([s['prepare_ms'] for s in ok])['p50']:.1f} ms",
+                "-", "info"),
             Row("  (info) idle servers (no load), p50 stream / switch",
                 f"{idle_total['p50']:.1f} / {idle_sw_total['p50']:.1f} ms",
                 f"delivery p50 {idle_delivery['p50']:.1f} / {idle_sw_delivery['p50']:.1f} ms, "

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from markship.errors import CorruptObject, ObjectMissing, RepositoryError
 from markship.lsn import DEFAULT_SEGMENT_SIZE, Segment, parse_segment_name, segment_holding_end
 from markship.repository import Repository, layout
+from markship.repository.base import StagedObject, Writable
 
 FORMAT = 1
 
@@ -141,6 +142,17 @@ def decode(data: bytes, cls: type[R], key: str) -> R:
 
 def write_record(repo: Repository, key: str, record: Record, *, overwrite: bool = False) -> None:
     repo.write_bytes(key, _envelope(record), overwrite=overwrite)
+
+
+def stage_record(repo: Repository, key: str, record: Record) -> StagedObject:
+    """Store `record` under a temp name, flushed to disk; publish(lambda: name) names it."""
+    data = _envelope(record)
+    folder = key.rpartition("/")[0]
+    return repo.stage(folder + "/" if folder else "", lambda sink: _write_all(sink, data))
+
+
+def _write_all(sink: Writable, data: bytes) -> None:
+    sink.write(data)
 
 
 def read_record(repo: Repository, key: str, cls: type[R]) -> R:

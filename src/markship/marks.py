@@ -14,6 +14,7 @@ Steps of one mark:
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from markship.config import Config
 from markship.errors import MarkshipError, ServerError
 from markship.lsn import parse_lsn, parse_segment_name
 from markship.repository import Repository, layout
+from markship.repository.base import StagedObject
 from markship.timefmt import age_seconds, utcnow
 
 T = TypeVar("T")
@@ -105,12 +107,15 @@ def parallel(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
 class MarkResult:
     record: MarkRecord
     switch_ms: float  # time from releasing the barrier until the WAL was delivered
+    prepare_ms: float = 0.0  # before the barrier: name check, connections
+    record_ms: float = 0.0  # writing the mark record (durably) into the repository
 
 
 def take_mark(config: Config, repo: Repository, conns: GroupConnections,
               name: str | None = None, switch_wal: bool = True) -> MarkResult:
     """Make one group mark. Raises MarkSkipped when the barrier is busy, ServerError when a
     server fails (the mark is then not recorded anywhere)."""
+    start = time.perf_counter()
     now = utcnow()
     name = name or mark_name(config.group.name, now)
     if repo.exists(layout.mark_key(name)):
@@ -159,6 +164,26 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
     except Exception:
         conns.drop_broken()
         raise
+    def record_with(delivered: dict[str, Literal["stream", "switch"]]) -> MarkRecord:
+        return MarkRecord(
+            name=name, group=config.group.name, created_at=now,
+            barrier_server=config.barrier_server.name,
+            barrier_wait_ms=round((got - began) * 1000, 3),
+            barrier_hold_ms=round((released - got) * 1000, 3),
+            points={server: MarkPoint(lsn=lsn, timeline=parse_segment_name(walfile).timeline,
+                                      wal_file=walfile)
+                    for server, (lsn, walfile) in points.items()},
+            delivery=delivered,
+        )
+
+    record_key = layout.mark_key(name)
+    expected: dict[str, Literal["stream", "switch"]] = (
+        dict.fromkeys(conns.conns, "stream")
+        if switch_wal and config.marks.delivery == "stream" else {})
+    # Nearly every mark is delivered by stream on every server: the record saying so is
+    # stored (and flushed to disk) while the receivers are waited for, and only named once
+    # they did deliver. Otherwise it is dropped and the true record written.
+    staging = _Staging(repo, record_key, record_with(expected)) if expected else None
     delivered: dict[str, Literal["stream", "switch"]] = {}
     before = time.perf_counter()
     try:
@@ -172,21 +197,46 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
                             for server in rest})
             delivered.update({server: "switch" for server in rest})
     except Exception:
+        if staging is not None:
+            staging.drop()
         conns.drop_broken()
         raise
     switch_ms = (time.perf_counter() - before) * 1000
-    record = MarkRecord(
-        name=name, group=config.group.name, created_at=now,
-        barrier_server=config.barrier_server.name,
-        barrier_wait_ms=round((got - began) * 1000, 3),
-        barrier_hold_ms=round((released - got) * 1000, 3),
-        points={server: MarkPoint(lsn=lsn, timeline=parse_segment_name(walfile).timeline,
-                                  wal_file=walfile)
-                for server, (lsn, walfile) in points.items()},
-        delivery=delivered,
-    )
-    catalog.write_record(repo, layout.mark_key(name), record)
-    return MarkResult(record, switch_ms)
+    writing = time.perf_counter()
+    record = record_with(delivered)
+    staged = staging.take() if staging is not None else None
+    if staged is not None and delivered == expected:
+        staged.publish(lambda: record_key.rpartition("/")[2])
+    else:
+        if staged is not None:
+            staged.discard()
+        catalog.write_record(repo, record_key, record)
+    return MarkResult(record, switch_ms, prepare_ms=(began - start) * 1000,
+                      record_ms=(time.perf_counter() - writing) * 1000)
+
+
+class _Staging(threading.Thread):
+    """Stores a mark record under a temp name in the background (catalog.stage_record)."""
+
+    def __init__(self, repo: Repository, key: str, record: MarkRecord) -> None:
+        super().__init__(name="markship-mark-record", daemon=True)
+        self.repo, self.key, self.record = repo, key, record
+        self.staged: StagedObject | None = None
+        self.start()
+
+    def run(self) -> None:
+        # A failure (e.g. a full disk) is not lost: the record is then written the normal
+        # way, which raises it.
+        with contextlib.suppress(Exception):
+            self.staged = catalog.stage_record(self.repo, self.key, self.record)
+
+    def take(self) -> StagedObject | None:
+        self.join()
+        return self.staged
+
+    def drop(self) -> None:
+        if (staged := self.take()) is not None:
+            staged.discard()
 
 
 @dataclass(frozen=True)

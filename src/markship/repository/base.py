@@ -24,6 +24,13 @@ class Writable(Protocol):
     def flush(self) -> None: ...
 
 
+class StagedObject(Protocol):
+    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False
+                ) -> StoredObject: ...
+
+    def discard(self) -> None: ...
+
+
 class Repository(Protocol):
     """A flat key → bytes store with atomic, checksummed writes."""
 
@@ -46,6 +53,12 @@ class Repository(Protocol):
     def write_named_by(self, folder: str, fill: Callable[[Writable], None],
                        name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
         """Like write_named(), for producers that push: `fill(sink)` writes the bytes."""
+        ...
+
+    def stage(self, folder: str, fill: Callable[[Writable], None]) -> StagedObject:
+        """The first half of write_named_by(): the bytes are stored and flushed to disk under
+        a temp name; the result's publish() names the object, discard() drops it. Lets a
+        caller store an object while it still waits for what decides whether it is valid."""
         ...
 
     def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> StoredObject: ...

@@ -14,8 +14,7 @@ from typing import BinaryIO
 from markship import crypto
 from markship.errors import CorruptObject, KeyProblem
 from markship.repository.base import Readable, Writable
-from markship.repository.fs import FsRepository
-from markship.repository.objects import StoredObject
+from markship.repository.fs import FsRepository, Staged
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,13 +40,13 @@ class EncryptedFsRepository(FsRepository):
             self._identities = crypto.read_identities(self.identity_file)
         return self._identities
 
-    def write_named_by(self, folder: str, fill: Callable[[Writable], None],
-                       name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
+    def stage(self, folder: str, fill: Callable[[Writable], None]) -> Staged:
+        """Every write passes here (FsRepository.write_named_by stages first): encrypted."""
         def encrypt(sink: Writable) -> None:
             with crypto.EncryptingWriter(sink, self.recipients) as writer:
                 fill(writer)
 
-        return super().write_named_by(folder, encrypt, name_for, overwrite=overwrite)
+        return super().stage(folder, encrypt)
 
     def open(self, key: str) -> BinaryIO:
         raw = self.open_stored(key)

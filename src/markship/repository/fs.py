@@ -115,6 +115,12 @@ class FsRepository:
                        name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
         """Like write_named(), for producers that push data: `fill(sink)` writes the object's
         bytes into `sink` (e.g. a compressor's stream_writer)."""
+        staged = self.stage(folder, fill)
+        return staged.publish(name_for, overwrite=overwrite)
+
+    def stage(self, folder: str, fill: Callable[[Writable], None]) -> Staged:
+        """The first half of a write: `fill(sink)` goes into a temp object in `folder`,
+        flushed to disk; `publish()` on the result gives it its name (or `discard()`)."""
         directory = self._path(folder.rstrip("/"))
         try:
             os.makedirs(directory, exist_ok=True)
@@ -125,21 +131,18 @@ class FsRepository:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except OSError as exc:
             raise _os_error(exc, temp) from exc
-        final = temp
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
                 sink = Sink(out)
                 fill(sink)
                 os.fsync(out.fileno())
-            final = self._path(self._key(join(directory, name_for())))
-            self._publish(temp, final, overwrite)
         except OSError as exc:
             _unlink(temp)
-            raise _os_error(exc, final) from exc
+            raise _os_error(exc, temp) from exc
         except BaseException:
             _unlink(temp)
             raise
-        return StoredObject(self._key(final), sink.size, sink.digest.hexdigest())
+        return Staged(self, temp, sink)
 
     def _publish(self, temp: str, final: str, overwrite: bool) -> None:
         if overwrite:
@@ -297,6 +300,32 @@ class FsRepository:
             raise _os_error(exc, self.root) from exc
         finally:
             _unlink(probe)
+
+
+class Staged:
+    """A temp object written and flushed to disk, waiting for its name (FsRepository.stage)."""
+
+    def __init__(self, repo: FsRepository, temp: str, sink: Sink) -> None:
+        self.repo, self.temp, self.sink = repo, temp, sink
+
+    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
+        """Give the object its name, `name_for()`, next to the temp object. Raises
+        ConflictError when that name exists and `overwrite` is false (the temp goes)."""
+        final = self.temp
+        try:
+            final = self.repo._path(self.repo._key(join(os.path.dirname(self.temp),
+                                                        name_for())))
+            self.repo._publish(self.temp, final, overwrite)
+        except OSError as exc:
+            _unlink(self.temp)
+            raise _os_error(exc, final) from exc
+        except BaseException:
+            _unlink(self.temp)
+            raise
+        return StoredObject(self.repo._key(final), self.sink.size, self.sink.digest.hexdigest())
+
+    def discard(self) -> None:
+        _unlink(self.temp)
 
 
 class Sink:
