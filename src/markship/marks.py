@@ -152,18 +152,20 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
             raise
         points = {server: (parse_lsn(str(rows[0][0])), str(rows[0][1]))
                   for server, rows in answers.items()}
-        # Release the barrier and flush every server's WAL in one round: the restore points
-        # were made without a disk flush (the barrier stays short); the flush makes them
-        # durable before a record names the mark, and visible to the WAL receivers.
+        # Release the barrier; the receivers are asked how far they got in the same round.
         release = f"{config.barrier_server.name} (barrier)"
         answered: dict[str, float] = {}
-        fanout.fan_out({release: (barrier_conn, "COMMIT", ()),
-                        **{server: (conn, postgres.FLUSH_WAL, ())
-                           for server, conn in conns.conns.items()}}, finished=answered)
+        streaming = switch_wal and config.marks.delivery == "stream"
+        first_poll = fanout.fan_out(
+            {release: (barrier_conn, "COMMIT", ()),
+             **({server: (conn, stream.FLUSHED, ()) for server, conn in conns.conns.items()}
+                if streaming else {})}, finished=answered)
+        first_poll.pop(release, None)
         released = answered[release]
     except Exception:
         conns.drop_broken()
         raise
+
     def record_with(delivered: dict[str, Literal["stream", "switch"]]) -> MarkRecord:
         return MarkRecord(
             name=name, group=config.group.name, created_at=now,
@@ -179,7 +181,7 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
     record_key = layout.mark_key(name)
     expected: dict[str, Literal["stream", "switch"]] = (
         dict.fromkeys(conns.conns, "stream")
-        if switch_wal and config.marks.delivery == "stream" else {})
+        if streaming else {})
     # Nearly every mark is delivered by stream on every server: the record saying so is
     # stored (and flushed to disk) while the receivers are waited for, and only named once
     # they did deliver. Otherwise it is dropped and the true record written.
@@ -189,8 +191,9 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
     try:
         if switch_wal:
             lsns = {server: lsn for server, (lsn, _file) in points.items()}
-            streamed = (stream.wait_flushed(conns.conns, lsns, config.marks.stream_wait)
-                        if config.marks.delivery == "stream" else set())
+            streamed = (stream.wait_flushed(conns.conns, lsns, config.marks.stream_wait,
+                                            first_poll)
+                        if streaming else set())
             delivered = {server: "stream" for server in streamed}
             rest = [server for server in conns.conns if server not in streamed]
             fanout.fan_out({server: (conns.conns[server], postgres.SWITCH_WAL, ())

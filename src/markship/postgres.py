@@ -160,15 +160,15 @@ def release_barrier(conn: Connection) -> None:
 
 
 # The mark's statements, run on every server at once by markship.fanout.
-RESTORE_POINT = ("SELECT lsn::text, pg_walfile_name(lsn) FROM pg_create_restore_point($1) AS lsn")
-"""Create a restore point; (end LSN, WAL file). No disk flush: this runs under the barrier.
-Its position in the WAL is fixed here; FLUSH_WAL makes it durable (and visible to WAL
-receivers) afterwards."""
-
-FLUSH_WAL = "SELECT set_config('synchronous_commit', 'local', true), txid_current()"
-"""Flush the WAL written so far to disk now. A restore point record alone waits for the WAL
-writer; committing a transaction that has an xid flushes everything before it.
-`synchronous_commit = local`: flush here, without waiting for synchronous standbys."""
+RESTORE_POINT = (
+    "SELECT lsn::text, pg_walfile_name(lsn),"
+    " set_config('synchronous_commit', 'local', true), txid_current()"
+    " FROM pg_create_restore_point($1) AS lsn")
+"""Create a restore point and flush it to disk: (end LSN, WAL file, ...). A restore point
+record alone waits for the WAL writer (up to wal_writer_delay); taking an xid makes the
+statement's commit flush everything before it, so the answer comes once the point is durable
+and WAL receivers can get it. `synchronous_commit = local`: without waiting for synchronous
+standbys."""
 
 SWITCH_WAL = "SELECT pg_switch_wal()"
 

@@ -56,16 +56,19 @@ def flushed_lsn(conn: postgres.Connection) -> int | None:
 
 
 def wait_flushed(conns: dict[str, postgres.Connection], lsns: dict[str, int],
-                 timeout: float) -> set[str]:
+                 timeout: float, first: dict[str, fanout.Rows] | None = None) -> set[str]:
     """Wait until each server's receiver has flushed WAL up to its `lsns` entry; return the
     servers where it did. A server without a receiver, or whose receiver did not get there
-    within `timeout` seconds, is left out. Every round asks all waiting servers at once."""
+    within `timeout` seconds, is left out. Every round asks all waiting servers at once;
+    `first` holds answers to FLUSHED already asked (the first round is then skipped)."""
     began = time.monotonic()
     deadline = began + timeout
     waiting = dict(lsns)
     done: set[str] = set()
     while waiting:
-        answers = fanout.fan_out({server: (conns[server], FLUSHED, ()) for server in waiting})
+        answers = first or fanout.fan_out(
+            {server: (conns[server], FLUSHED, ()) for server in waiting})
+        first = None
         for server, rows in answers.items():
             flushed = rows[0][0] if rows else None
             if flushed is None:
