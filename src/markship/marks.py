@@ -3,12 +3,14 @@
 Steps of one mark:
 1. take the barrier: the exclusive advisory lock on the barrier server, waiting at most
    `[marks] barrier_timeout` (a 2PC commit phase in flight holds the shared side);
-2. while holding it, create the restore point on every server in parallel;
+2. while holding it, create the restore point on every server at once (markship.fanout);
+   the same statement flushes it to disk;
 3. release the barrier, then get the mark's WAL into the repository: wait (briefly) for the
    agent's WAL receiver to flush past the restore point, or switch WAL on a server without
    one so its segment is archived now (see markship.stream);
-4. write the mark record. A mark is *complete* once every server's WAL holding it is in the
-   repository: the archived segment, or for a streamed point the stream folder's copy.
+4. write the mark record (stored during step 3, named once the WAL is delivered). A mark
+   is *complete* once every server's WAL holding it is in the repository: the archived
+   segment, or for a streamed point the stream folder's copy.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from markship.repository.base import StagedObject
 from markship.timefmt import age_seconds, utcnow
 
 T = TypeVar("T")
+Delivery = Literal["stream", "switch"]
 
 
 class MarkSkipped(MarkshipError):
@@ -118,93 +121,42 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
     start = time.perf_counter()
     now = utcnow()
     name = name or mark_name(config.group.name, now)
-    if repo.exists(layout.mark_key(name)):
+    record_key = layout.mark_key(name)
+    if repo.exists(record_key):
         raise MarkshipError(f"mark {name} already exists",
                             "mark names must never repeat: choose another --name")
     conns.open()
-    assert conns.barrier is not None
-    barrier_conn = conns.barrier
-    key = barrier_key(config.group.name)
-    timeout_ms = int(config.marks.barrier_timeout * 1000)
-    began = time.perf_counter()
+    streaming = switch_wal and config.marks.delivery == "stream"
     try:
-        try:
-            held = postgres.hold_barrier(barrier_conn, key, timeout_ms)
-        except psycopg.Error as exc:
-            raise ServerError(f"server(s) {config.barrier_server.name} failed (the barrier: "
-                              f"{fanout.first_line(exc)})",
-                              "bring it back, then retry; markship status shows each server"
-                              ) from None
-        if not held:
-            raise MarkSkipped(
-                f"mark skipped: the barrier on {config.barrier_server.name} stayed busy for "
-                f"{config.marks.barrier_timeout:g} s (a two-phase commit held it)",
-                "nothing to do if it is rare; otherwise look for long commit phases",
-            )
-        got = time.perf_counter()
-        try:
-            answers = fanout.fan_out({server: (conn, postgres.RESTORE_POINT, (name,))
-                                      for server, conn in conns.conns.items()})
-        except ServerError:
-            if not barrier_conn.closed and not barrier_conn.broken:
-                with contextlib.suppress(psycopg.Error):  # a dead barrier server releases it
-                    postgres.release_barrier(barrier_conn)
-            raise
-        points = {server: (parse_lsn(str(rows[0][0])), str(rows[0][1]))
-                  for server, rows in answers.items()}
-        # Release the barrier; the receivers are asked how far they got in the same round.
-        release = f"{config.barrier_server.name} (barrier)"
-        answered: dict[str, float] = {}
-        streaming = switch_wal and config.marks.delivery == "stream"
-        first_poll = fanout.fan_out(
-            {release: (barrier_conn, "COMMIT", ()),
-             **({server: (conn, stream.FLUSHED, ()) for server, conn in conns.conns.items()}
-                if streaming else {})}, finished=answered)
-        first_poll.pop(release, None)
-        released = answered[release]
+        taken = _under_barrier(config, conns, name, streaming)
     except Exception:
         conns.drop_broken()
         raise
 
-    def record_with(delivered: dict[str, Literal["stream", "switch"]]) -> MarkRecord:
+    def record_with(delivered: dict[str, Delivery]) -> MarkRecord:
         return MarkRecord(
             name=name, group=config.group.name, created_at=now,
             barrier_server=config.barrier_server.name,
-            barrier_wait_ms=round((got - began) * 1000, 3),
-            barrier_hold_ms=round((released - got) * 1000, 3),
+            barrier_wait_ms=round(taken.wait_ms, 3), barrier_hold_ms=round(taken.hold_ms, 3),
             points={server: MarkPoint(lsn=lsn, timeline=parse_segment_name(walfile).timeline,
                                       wal_file=walfile)
-                    for server, (lsn, walfile) in points.items()},
+                    for server, (lsn, walfile) in taken.points.items()},
             delivery=delivered,
         )
 
-    record_key = layout.mark_key(name)
-    expected: dict[str, Literal["stream", "switch"]] = (
-        dict.fromkeys(conns.conns, "stream")
-        if streaming else {})
     # Nearly every mark is delivered by stream on every server: the record saying so is
     # stored (and flushed to disk) while the receivers are waited for, and only named once
     # they did deliver. Otherwise it is dropped and the true record written.
+    expected: dict[str, Delivery] = dict.fromkeys(conns.conns, "stream") if streaming else {}
     staging = _Staging(repo, record_key, record_with(expected)) if expected else None
-    delivered: dict[str, Literal["stream", "switch"]] = {}
     before = time.perf_counter()
     try:
-        if switch_wal:
-            lsns = {server: lsn for server, (lsn, _file) in points.items()}
-            streamed = (stream.wait_flushed(conns.conns, lsns, config.marks.stream_wait,
-                                            first_poll)
-                        if streaming else set())
-            delivered = {server: "stream" for server in streamed}
-            rest = [server for server in conns.conns if server not in streamed]
-            fanout.fan_out({server: (conns.conns[server], postgres.SWITCH_WAL, ())
-                            for server in rest})
-            delivered.update({server: "switch" for server in rest})
+        delivered = _deliver(config, conns, taken, streaming) if switch_wal else {}
     except Exception:
         if staging is not None:
             staging.drop()
         conns.drop_broken()
         raise
-    switch_ms = (time.perf_counter() - before) * 1000
     writing = time.perf_counter()
     record = record_with(delivered)
     staged = staging.take() if staging is not None else None
@@ -214,8 +166,75 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
         if staged is not None:
             staged.discard()
         catalog.write_record(repo, record_key, record)
-    return MarkResult(record, switch_ms, prepare_ms=(began - start) * 1000,
+    return MarkResult(record, (writing - before) * 1000,
+                      prepare_ms=(taken.began - start) * 1000,
                       record_ms=(time.perf_counter() - writing) * 1000)
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """What a mark did under the barrier."""
+
+    points: dict[str, tuple[int, str]]  # server → (restore point LSN, WAL file)
+    began: float  # time.perf_counter() when the barrier was asked for
+    wait_ms: float
+    hold_ms: float
+    first_poll: dict[str, fanout.Rows]  # the receivers' positions (stream.FLUSHED)
+
+
+def _under_barrier(config: Config, conns: GroupConnections, name: str,
+                   streaming: bool) -> _Taken:
+    """Steps 1 and 2: take the barrier, make (and flush) the restore point everywhere,
+    release the barrier. Raises MarkSkipped or ServerError."""
+    assert conns.barrier is not None
+    barrier_conn = conns.barrier
+    began = time.perf_counter()
+    try:
+        held = postgres.hold_barrier(barrier_conn, barrier_key(config.group.name),
+                                     int(config.marks.barrier_timeout * 1000))
+    except psycopg.Error as exc:
+        raise ServerError(f"server(s) {config.barrier_server.name} failed (the barrier: "
+                          f"{fanout.first_line(exc)})",
+                          "bring it back, then retry; markship status shows each server"
+                          ) from None
+    if not held:
+        raise MarkSkipped(
+            f"mark skipped: the barrier on {config.barrier_server.name} stayed busy for "
+            f"{config.marks.barrier_timeout:g} s (a two-phase commit held it)",
+            "nothing to do if it is rare; otherwise look for long commit phases",
+        )
+    got = time.perf_counter()
+    try:
+        answers = fanout.fan_out({server: (conn, postgres.RESTORE_POINT, (name,))
+                                  for server, conn in conns.conns.items()})
+    except ServerError:
+        if not barrier_conn.closed and not barrier_conn.broken:
+            with contextlib.suppress(psycopg.Error):  # a dead barrier server releases it
+                postgres.release_barrier(barrier_conn)
+        raise
+    # Release the barrier; the receivers are asked how far they got in the same round.
+    release = f"{config.barrier_server.name} (barrier)"
+    answered: dict[str, float] = {}
+    polls = {server: (conn, stream.FLUSHED, ()) for server, conn in conns.conns.items()}
+    first_poll = fanout.fan_out({release: (barrier_conn, "COMMIT", ()),
+                                 **(polls if streaming else {})}, finished=answered)
+    first_poll.pop(release, None)
+    return _Taken(points={server: (parse_lsn(str(rows[0][0])), str(rows[0][1]))
+                          for server, rows in answers.items()},
+                  began=began, wait_ms=(got - began) * 1000,
+                  hold_ms=(answered[release] - got) * 1000, first_poll=first_poll)
+
+
+def _deliver(config: Config, conns: GroupConnections, taken: _Taken,
+             streaming: bool) -> dict[str, Delivery]:
+    """Step 3: the mark's WAL into the repository, by stream where the receiver gets there
+    within `[marks] stream_wait`, else by a WAL switch."""
+    lsns = {server: lsn for server, (lsn, _file) in taken.points.items()}
+    streamed = (stream.wait_flushed(conns.conns, lsns, config.marks.stream_wait,
+                                    taken.first_poll) if streaming else set())
+    rest = [server for server in conns.conns if server not in streamed]
+    fanout.fan_out({server: (conns.conns[server], postgres.SWITCH_WAL, ()) for server in rest})
+    return {**dict.fromkeys(streamed, "stream"), **dict.fromkeys(rest, "switch")}
 
 
 class _Staging(threading.Thread):
