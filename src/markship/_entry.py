@@ -38,15 +38,25 @@ def _pushed_ahead(args: list[str], config: str | None) -> bool:
     return spool.already_pushed(spool.spool_dir(path, args[1]), args[2])
 
 
+def _exit_now(code: int) -> None:
+    """End a WAL command without the interpreter's teardown (module cleanup, OpenSSL's exit
+    handlers): ~5 ms of a ~60 ms wal-push. Everything was written and closed before."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
     argv = sys.argv[1:]
     config, rest = _split_global(argv)
     if rest and rest[0] == "wal-push" and _pushed_ahead(rest[1:], config):
-        sys.exit(0)
+        _exit_now(0)
     if rest and rest[0] in _LEAN:
         from markship import wal
 
-        sys.exit(wal.main(rest[0], rest[1:], config))
+        _exit_now(wal.main(rest[0], rest[1:], config))
     from markship.cli import run
 
     run()
