@@ -155,7 +155,8 @@ def push(repo: Repository, server: str, path: str, compression_level: int = 1) -
         def fill(sink: Writable) -> None:
             with compressor.stream_writer(sink, size=segment.size, closefd=False) as packer:
                 for piece in segment.pieces():
-                    packer.write(piece)
+                    with piece:  # released at once, also when the write fails
+                        packer.write(piece)
 
         try:
             stored = repo.write_named_by(
@@ -206,7 +207,8 @@ class _MappedSegment:
 
             digest = hashlib.sha256()
             for piece in self.pieces():
-                digest.update(piece)
+                with piece:
+                    digest.update(piece)
             self._hex = digest.hexdigest()
         except BaseException as exc:  # handed to the caller of sha256()
             self._failure = exc
@@ -229,10 +231,17 @@ class _MappedSegment:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.sha256()  # the thread must be done with the mapping before it goes
+        try:
+            self.sha256()  # the thread must be done with the mapping before it goes
+        except BaseException:
+            if exc[0] is None:
+                raise
         self._view.release()
         if self._map is not None:
-            self._map.close()
+            try:  # noqa: SIM105 - contextlib is one import too many on this path
+                self._map.close()
+            except BufferError:
+                pass  # a slice is still referenced (by a traceback): unmapped when freed
 
 
 def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
