@@ -963,9 +963,19 @@ class Bench:
                             "newest_complete": newest.record.name, "marks": len(states),
                             "incomplete": sum(1 for s in states if not s.complete),
                             "call_ms": round(call_ms, 1)})
+        # `markship mark` while the agent runs, same load: the agent makes the mark and the
+        # command only asks it (markship.agentsock).
+        via_agent: list[dict[str, Any]] = []
+        for _ in range(5):
+            asked = run_timed(self.ms("mark", "--json"))
+            taken_by = json.loads(asked.out).get("taken_by") if asked.code == 0 else None
+            via_agent.append({"seconds": asked.seconds, "code": asked.code,
+                              "taken_by": taken_by})
+            time.sleep(0.5)
         agent_stats = self.stop_agent(agent)
         tps = self.finish_pgbench(procs)
         cli_marks = run_timed(self.ms("marks", "--json"))
+        via_ms = dist([v["seconds"] * 1000 for v in via_agent if v["taken_by"] == "agent"])
         ages = [s["age_s"] for s in samples]
         age = dist(ages)
         # How long after its creation each mark made during the sampling was first seen
@@ -978,6 +988,7 @@ class Bench:
             "first_stream_mark_after_agent_start_s": first_streamed,
             "mark_seen_complete_after_s": lag, "agent": agent_stats, "pgbench_tps": tps,
             "mark_states_call_ms": dist([s["call_ms"] for s in samples]),
+            "mark_command_via_agent": via_agent, "mark_command_via_agent_ms": via_ms,
             "cli_marks_json_seconds": cli_marks.seconds, "marks_in_repository":
             samples[-1]["marks"] if samples else 0,
         }
@@ -1001,6 +1012,11 @@ class Bench:
                 f"≤ {limit:g} s (goal)", verdict(age["max"] <= limit)),
             Row("RPO: same, against the issue's bound", f"{age['max']:.2f} s",
                 f"p50 {age['p50']:.2f} s", "≤ 15 s (issue)", verdict(age["max"] <= 15)),
+            Row("mark latency (b') `markship mark --json` with the agent running, p50",
+                f"{via_ms['p50']:.0f} ms" if via_agent and via_ms.get("n") else "-",
+                f"answered by the agent {sum(v['taken_by'] == 'agent' for v in via_agent)} / "
+                f"{len(via_agent)}, max {via_ms.get('max', 0):.0f} ms", "< 50 ms",
+                verdict(bool(via_ms.get("n")) and via_ms["p50"] < 50)),
             Row("  (info) mark creation → seen complete", f"p50 {lag['p50']:.2f} s",
                 f"max {lag['max']:.2f} s (1 s sampling)", "-", "info"),
             Row("RPO agent marks by stream / all",

@@ -76,3 +76,53 @@ def test_agent_marks_backs_up_and_survives_kill_9(pg_group: GroupFactory) -> Non
     assert "agent.stopping signal=SIGTERM" in err and "agent.stop" in err
     lines = [line for line in err.splitlines() if " mark.ok " in line]
     assert lines and all(line.split()[0].endswith("Z") for line in lines)
+
+
+def test_mark_command_is_made_by_the_running_agent(pg_group: GroupFactory) -> None:
+    """While the agent runs, `markship mark` asks it (warm connections, no Python start with
+    psycopg and pydantic); errors come back as one line; without the agent the command makes
+    the mark itself."""
+    from conftest import run_markship
+
+    group = pg_group(2)
+    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 3600\n")
+    agent = _start_agent(group)
+    try:
+        _wait_for(lambda: len(_marks(group)) >= 1, "the agent's first mark")
+        made = json.loads(group.ok("mark", "--json", "--name", "before-deploy"))
+        assert made["taken_by"] == "agent"
+        assert made["name"] == "before-deploy" and set(made["points"]) == {"alpha", "bravo"}
+        text = group.ok("mark")
+        assert text.startswith("✓ mark ms-") and "barrier held" in text
+
+        again = group.markship("mark", "--name", "before-deploy")
+        assert again.returncode == 1 and not again.stdout
+        assert again.stderr.startswith("markship: error: mark before-deploy already exists")
+        assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+
+        direct = run_markship(group.config_path, "mark", "--json",
+                              env={"MARKSHIP_NO_AGENT": "1"})
+        assert direct.returncode == 0, direct.stderr
+        assert json.loads(direct.stdout)["taken_by"] == "command"
+
+        agent.send_signal(signal.SIGTERM)
+        _out, err = agent.communicate(timeout=60)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert agent.returncode == 0, err
+    assert "mark.ok name=before-deploy" in err and "requested_by=" in err
+    names = {m["name"]: m["complete"] for m in _marks(group)}
+    assert "before-deploy" in names
+    entries = json.loads(group.ok("journal", "--json"))
+    by_agent = [e for e in entries
+                if e["command"] == "mark" and "through markship run" in e["user"]]
+    assert [e["outcome"] for e in by_agent][:1] == ["ok"]
+    assert by_agent[0]["objects"] == {"mark": "before-deploy"}
+    assert any(e["outcome"].startswith("failed: mark before-deploy already exists")
+               for e in by_agent)
+
+    # The agent is gone (its socket with it): the command makes the mark itself again.
+    after = json.loads(group.ok("mark", "--json"))
+    assert after["taken_by"] == "command"

@@ -1,4 +1,5 @@
-"""Console entry point: the WAL commands take a lean path, everything else loads the full CLI."""
+"""Console entry point: the WAL commands, and `mark` while the agent runs (it makes the mark),
+take a lean path; everything else loads the full CLI."""
 
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ def main() -> None:
     config, rest = _split_global(argv)
     if rest and rest[0] == "wal-push" and _pushed_ahead(rest[1:], config):
         _exit_now(0)
+    if rest and rest[0] == "mark":
+        from markship import agentsock
+
+        code = agentsock.mark_via_agent(rest[1:], config)
+        if code is not None:  # the running agent made (or refused) the mark
+            _exit_now(code)
     if rest and rest[0] in _LEAN:
         from markship import wal
 

@@ -6,6 +6,9 @@ lock behind)."""
 from __future__ import annotations
 
 import hashlib
+import json
+import pwd
+import queue
 import signal
 import threading
 import time
@@ -15,7 +18,7 @@ from types import FrameType
 
 import psycopg
 
-from markship import catalog, pgbin, retention, stream
+from markship import agentsock, catalog, pgbin, retention, stream
 from markship.backup import run_backup
 from markship.config import Config
 from markship.errors import MarkshipError
@@ -75,8 +78,12 @@ def backup_due(config: Config, repo: Repository, now: datetime,
 
 class Agent:
     def __init__(self, config: Config, repo: Repository, log: EventLog,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, config_path: str | None = None
+                 ) -> None:
         self.config = config
+        self.config_path = config_path  # where `markship mark` finds this agent's socket
+        self.wakeup = threading.Event()  # ends the loop's nap: a signal or a request
+        self.requests: queue.SimpleQueue[agentsock.Request] = queue.SimpleQueue()
         self.repo = repo
         self.log = log
         self.clock = clock
@@ -104,6 +111,7 @@ class Agent:
             self.log("agent.stopping", signal=signal.Signals(signum).name,
                      detail="finishing work in flight; signal again to abandon it")
             self.stop.set()
+            self.wakeup.set()
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -114,9 +122,13 @@ class Agent:
             self.warn_key_backup()
             self.journal("agent start", "ok")
             self.check_config_change()
+            listener = self.listen()
             try:
                 self._loop()
             finally:
+                if listener is not None:
+                    listener.close()
+                self.serve_requests()  # taken before the socket closed
                 for receiver in self.receivers.values():
                     receiver.stop()
                 for thread in (self.backup_thread, self.dump_thread):
@@ -135,6 +147,7 @@ class Agent:
         next_content_check = time.monotonic() + 5
         next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY
         while not self.stop.is_set():
+            self.serve_requests()
             if time.monotonic() >= next_marks_summary:
                 next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY
                 self.journal_marks()
@@ -157,7 +170,79 @@ class Agent:
                 next_backup_check = time.monotonic() + 5
                 self.maybe_backup()
             wake = min(next_mark, next_backup_check, next_prune, time.monotonic() + 1.0)
-            self.stop.wait(max(0.0, wake - time.monotonic()))
+            self.wakeup.wait(max(0.0, wake - time.monotonic()))
+            self.wakeup.clear()
+
+    def listen(self) -> agentsock.Listener | None:
+        """Take `markship mark` requests on the agent's socket (see markship.agentsock)."""
+        if self.config_path is None:
+            return None
+        listener = agentsock.Listener(self.config_path, self._take_request)
+        try:
+            listener.start()
+        except OSError as exc:
+            self.log("agent.socket_unavailable", level="warning", path=listener.path,
+                     reason=str(exc), detail="markship mark makes marks itself meanwhile")
+            return None
+        return listener
+
+    def _take_request(self, request: agentsock.Request) -> None:
+        self.requests.put(request)
+        self.wakeup.set()
+
+    def serve_requests(self) -> None:
+        while True:
+            try:
+                request = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            self.mark_for(request)
+
+    def mark_for(self, request: agentsock.Request) -> None:
+        """A mark asked for by `markship mark`; journaled in the requester's name."""
+        from markship import journal
+        from markship.marks import result_json, result_line
+
+        body = request.body
+        name = body.get("name")
+        if body.get("op") != "mark" or not (name is None or isinstance(name, str)):
+            request.answer(2, stderr="markship: error: the agent got a request it does not "
+                                     "know: use the same markship version for both\n")
+            return
+        try:
+            user = pwd.getpwuid(request.uid).pw_name
+        except KeyError:
+            user = f"uid {request.uid}"
+        as_user = f"{user} (through markship run, {journal.invoking_user()})"
+        try:
+            result = take_mark(self.config, self.repo, self.conns, name,
+                               switch_wal=bool(body.get("switch_wal", True)))
+        except MarkshipError as exc:
+            skipped = isinstance(exc, MarkSkipped)
+            self.mark_counts["skipped" if skipped else "failed"] += 1
+            self.log("mark.skipped" if skipped else "mark.failed",
+                     level="warning" if skipped else "error", reason=exc.message,
+                     requested_by=user)
+            self.journal("mark", f"failed: {exc.message}", as_user=as_user)
+            request.answer(exc.exit_code, stderr=f"markship: error: {exc.one_line()}\n")
+            return
+        except psycopg.Error as exc:
+            self.conns.drop_broken()
+            reason = str(exc).strip() or repr(exc)
+            self.log("mark.failed", level="error", reason=reason, requested_by=user)
+            self.journal("mark", f"failed: {reason}", as_user=as_user)
+            request.answer(1, stderr=f"markship: error: mark failed: {reason}\n")
+            return
+        self.mark_counts["made"] += 1
+        self.newest_mark = result.record.name
+        self.log("mark.ok", name=result.record.name, hold_ms=result.record.barrier_hold_ms,
+                 delivery_ms=round(result.switch_ms, 1), requested_by=user)
+        self.journal("mark", "ok", as_user=as_user, mark=result.record.name)
+        if body.get("json"):
+            out = json.dumps(result_json(result, "agent"), indent=2, sort_keys=True)
+        else:
+            out = result_line(result)
+        request.answer(0, stdout=out + "\n")
 
     def poll_receivers(self) -> None:
         """Keep one WAL receiver per reachable server running (marks use it; see stream)."""
@@ -323,13 +408,14 @@ class Agent:
         self.dump_thread.start()
 
     def journal(self, command: str, outcome: str, diff: str | None = None,
-                config_text: str | None = None, **objects: str) -> None:
+                config_text: str | None = None, as_user: str | None = None,
+                **objects: str) -> None:
         from markship import journal
 
         try:
             journal.append(self.repo, command, outcome, objects=objects, diff=diff,
                            config_text=config_text,
-                           user=f"markship run ({journal.invoking_user()})")
+                           user=as_user or f"markship run ({journal.invoking_user()})")
         except MarkshipError as exc:
             self.log("journal.failed", level="warning", reason=exc.message)
 

@@ -363,7 +363,8 @@ def run_agent(ctx: Context, log_json: bool) -> None:
     from markship.log import EventLog
 
     config = ctx.config
-    Agent(config, ctx.repository(), EventLog(as_json=log_json)).run()
+    Agent(config, ctx.repository(), EventLog(as_json=log_json),
+          config_path=str(ctx.config_path)).run()
 
 
 def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base: int,
@@ -395,8 +396,10 @@ def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base
 @pass_context
 @journaled("mark")
 def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None:
-    """Lay a group mark: the same restore point on every server, under the barrier."""
-    from markship.marks import GroupConnections, take_mark
+    """Lay a group mark: the same restore point on every server, under the barrier.
+
+    When the agent (markship run) is running, it makes the mark: the command only asks."""
+    from markship.marks import GroupConnections, result_json, result_line, take_mark
 
     config = ctx.config
     repo = ctx.repository()
@@ -406,16 +409,10 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
     finally:
         conns.close()
     ctx.note(mark=result.record.name)
-    record = result.record
     if as_json:
-        emit_json(record.model_dump(mode="json") | {"delivery_ms": result.switch_ms})
-        return
-    from markship.lsn import format_lsn
-
-    points = ", ".join(f"{s} {format_lsn(p.lsn)}" for s, p in record.points.items())
-    how = ", ".join(sorted(set(record.delivery.values()))) or "none"
-    click.echo(f"✓ mark {record.name} at {show(record.created_at)}: {points}; barrier held "
-               f"{record.barrier_hold_ms:.1f} ms; WAL delivered by {how}")
+        emit_json(result_json(result, "command"))
+    else:
+        click.echo(result_line(result))
 
 
 @cli.command()

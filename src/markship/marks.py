@@ -171,6 +171,24 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
                       record_ms=(time.perf_counter() - writing) * 1000)
 
 
+def result_line(result: MarkResult) -> str:
+    """What `markship mark` prints."""
+    from markship.lsn import format_lsn
+    from markship.timefmt import show
+
+    record = result.record
+    points = ", ".join(f"{s} {format_lsn(p.lsn)}" for s, p in record.points.items())
+    how = ", ".join(sorted(set(record.delivery.values()))) or "none"
+    return (f"✓ mark {record.name} at {show(record.created_at)}: {points}; barrier held "
+            f"{record.barrier_hold_ms:.1f} ms; WAL delivered by {how}")
+
+
+def result_json(result: MarkResult, taken_by: str) -> dict[str, object]:
+    """What `markship mark --json` prints; `taken_by`: "command" or "agent"."""
+    return result.record.model_dump(mode="json") | {"delivery_ms": result.switch_ms,
+                                                      "taken_by": taken_by}
+
+
 @dataclass(frozen=True)
 class _Taken:
     """What a mark did under the barrier."""
