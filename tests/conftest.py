@@ -4,6 +4,7 @@ run through its command line exactly as an operator (or PostgreSQL's archiver) r
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from markship import agentsock
 from markship.scratch import ScratchServer, as_user, chown_to, free_port
 
 OS_USER = "postgres"
@@ -44,6 +46,9 @@ def workdir() -> Iterator[Path]:
     escaped = str(path).replace("%", "%25").replace("/", "%2F")
     for spool in Path("/var/tmp").glob(f"markship-spool-*/{escaped}*"):
         shutil.rmtree(spool, ignore_errors=True)
+    # an agent socket left by a test that killed its agent (the group config's name)
+    for uid in {os.getuid(), pwd.getpwnam(OS_USER).pw_uid}:
+        Path(agentsock.socket_path(str(path / "markship.toml"), uid)).unlink(missing_ok=True)
 
 
 def run_markship(config: Path | None, *args: str, user: str | None = None,

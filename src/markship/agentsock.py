@@ -5,12 +5,14 @@ makes costs a few round trips. A `markship mark` that made the mark itself would
 Python with psycopg, pydantic and click: 0.3-0.5 s on an idle host, seconds on a loaded one.
 So the command asks the agent when one runs, and makes the mark itself otherwise.
 
-The agent listens on a Unix socket in its spool (markship.spool): a folder of the agent's OS
-user, mode 0700, named after the config file. The client, on the lean start-up path, finds it
-from the config path and the repository's OS user, and trusts it only if the spool folder and
-the socket belong to that user and the peer process runs as that user. One request per
-connection, one JSON line each way: `{"op": "mark", "name": ..., "switch_wal": ...}` and
-`{"exit": N, "stdout": ..., "stderr": ...}`. This module imports only the standard library.
+The agent listens on a Unix socket in its spool folder (markship.spool; the agent's OS user's,
+mode 0700), named after a digest of the config file's real path (short: socket paths are
+limited to 108 bytes). The client, on the lean start-up path, finds it from the config path
+and the repository's OS user, and trusts it only if the folder and the socket belong to that
+user and the peer process runs as that user. One request per connection, one JSON line each
+way: `{"op": "mark", "config": PATH, "name": ..., "switch_wal": ...}` and
+`{"exit": N, "stdout": ..., "stderr": ...}`; an agent of another config file answers
+`{"not_mine": true}` and the command does the work itself. Standard library only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-SOCKET_NAME = "agent.sock"
 MAX_LINE = 1 << 20
 ANSWER_TIMEOUT = 120.0  # a mark waits at most barrier_timeout + stream_wait + a WAL switch
 NO_AGENT_ENV = "MARKSHIP_NO_AGENT"  # set (to anything) to make marks in the command itself
@@ -37,8 +38,12 @@ def spool_top(uid: int) -> str:
 
 
 def socket_path(config_path: str, uid: int) -> str:
-    escaped = os.path.realpath(config_path).replace("%", "%25").replace("/", "%2F")
-    return os.path.join(spool_top(uid), escaped, SOCKET_NAME)
+    try:
+        from _blake2 import blake2b  # hashlib would load OpenSSL (~5 ms)
+    except ImportError:
+        from hashlib import blake2b
+    digest = blake2b(os.path.realpath(config_path).encode(), digest_size=8).hexdigest()
+    return os.path.join(spool_top(uid), f"agent-{digest}.sock")
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -80,7 +85,6 @@ def ask(config_path: str, os_user: str, request: dict[str, Any]) -> dict[str, An
         return None
     path = socket_path(config_path, uid)
     if not (_owned_private(spool_top(uid), uid, stat.S_IFDIR)
-            and _owned_private(os.path.dirname(path), uid, stat.S_IFDIR)
             and _owned_private(path, uid, stat.S_IFSOCK)):
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -100,7 +104,7 @@ def ask(config_path: str, os_user: str, request: dict[str, Any]) -> dict[str, An
     if not answer:
         raise OSError("the agent closed the connection without an answer")
     reply: dict[str, Any] = json.loads(answer)
-    return reply
+    return None if reply.get("not_mine") else reply
 
 
 def mark_via_agent(args: list[str], config: str | None) -> int | None:
@@ -134,7 +138,8 @@ def mark_via_agent(args: list[str], config: str | None) -> int | None:
         os_user = wal.load_settings(path).os_user
     except (MarkshipError, OSError, ValueError):
         return None
-    request = {"op": "mark", "name": name, "switch_wal": not no_switch, "json": as_json}
+    request = {"op": "mark", "config": os.path.realpath(path), "name": name,
+               "switch_wal": not no_switch, "json": as_json}
     try:
         reply = ask(path, os_user, request)
     except (OSError, ValueError) as exc:
@@ -155,8 +160,8 @@ class Request:
     def __init__(self, body: dict[str, Any], conn: socket.socket, uid: int) -> None:
         self.body, self.conn, self.uid = body, conn, uid
 
-    def answer(self, code: int, stdout: str = "", stderr: str = "") -> None:
-        reply = {"exit": code, "stdout": stdout, "stderr": stderr}
+    def answer(self, code: int, stdout: str = "", stderr: str = "", **extra: object) -> None:
+        reply = {"exit": code, "stdout": stdout, "stderr": stderr, **extra}
         try:
             self.conn.sendall(json.dumps(reply).encode() + b"\n")
         except OSError:
@@ -170,6 +175,7 @@ class Listener:
     root) and hands them to `deliver`; the agent's loop answers them."""
 
     def __init__(self, config_path: str, deliver: Callable[[Request], None]) -> None:
+        self.config = os.path.realpath(config_path)
         self.path = socket_path(config_path, os.getuid())
         self.deliver = deliver
         self.sock: socket.socket | None = None
@@ -179,11 +185,13 @@ class Listener:
         import threading
 
         uid = os.getuid()
-        top, folder = spool_top(uid), os.path.dirname(self.path)
-        for path in (top, folder):
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            if not _owned_private(path, uid, stat.S_IFDIR):
-                raise OSError(f"{path} is not a folder of this user with mode 0700")
+        top = spool_top(uid)
+        os.makedirs(top, mode=0o700, exist_ok=True)
+        info = os.lstat(top)
+        if info.st_uid != uid or not stat.S_ISDIR(info.st_mode):
+            raise OSError(f"{top} is not a folder of this OS user")
+        if info.st_mode & 0o077:
+            os.chmod(top, 0o700)  # ours: made private
         # One agent per repository (its lock), so a socket here is a dead agent's leftover.
         if os.path.lexists(self.path):
             os.unlink(self.path)
@@ -214,7 +222,11 @@ class Listener:
             except (OSError, ValueError):
                 conn.close()
                 continue
-            self.deliver(Request(body, conn, uid))
+            request = Request(body, conn, uid)
+            if body.get("config") != self.config:
+                request.answer(2, not_mine=True)  # another group's command: it marks itself
+                continue
+            self.deliver(request)
 
     def close(self) -> None:
         if self.sock is not None:
