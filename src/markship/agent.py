@@ -23,7 +23,7 @@ from markship.backup import run_backup
 from markship.config import Config
 from markship.errors import MarkshipError
 from markship.log import EventLog
-from markship.marks import GroupConnections, MarkSkipped, take_mark
+from markship.marks import GroupConnections, MarkResult, MarkSkipped, take_mark
 from markship.repository import FsRepository, Repository
 from markship.schedule import next_run
 from markship.timefmt import show, utcnow
@@ -233,10 +233,7 @@ class Agent:
             self.journal("mark", f"failed: {reason}", as_user=as_user)
             request.answer(1, stderr=f"markship: error: mark failed: {reason}\n")
             return
-        self.mark_counts["made"] += 1
-        self.newest_mark = result.record.name
-        self.log("mark.ok", name=result.record.name, hold_ms=result.record.barrier_hold_ms,
-                 delivery_ms=round(result.switch_ms, 1), requested_by=user)
+        self.mark_made(result, requested_by=user)
         self.journal("mark", "ok", as_user=as_user, mark=result.record.name)
         if body.get("json"):
             out = json.dumps(result_json(result, "agent"), indent=2, sort_keys=True)
@@ -298,12 +295,14 @@ class Agent:
             self.conns.drop_broken()
             self.log("mark.failed", level="error", reason=str(exc).strip() or repr(exc))
         else:
-            self.mark_counts["made"] += 1
-            self.newest_mark = result.record.name
-            self.log("mark.ok", name=result.record.name,
-                     hold_ms=result.record.barrier_hold_ms,
-                     delivery_ms=round(result.switch_ms, 1),
-                     delivery=",".join(sorted(set(result.record.delivery.values()))))
+            self.mark_made(result)
+
+    def mark_made(self, result: MarkResult, **extra: str) -> None:
+        self.mark_counts["made"] += 1
+        self.newest_mark = result.record.name
+        self.log("mark.ok", name=result.record.name, hold_ms=result.record.barrier_hold_ms,
+                 delivery_ms=round(result.switch_ms, 1),
+                 delivery=",".join(sorted(set(result.record.delivery.values()))), **extra)
 
     def maybe_backup(self) -> None:
         if self.backup_thread is not None and self.backup_thread.is_alive():
