@@ -181,3 +181,41 @@ def test_wal_path_stays_lean_and_its_zstd_is_standard(tmp_path: Path) -> None:
     import zstandard
 
     assert zstandard.ZstdDecompressor().decompress(proc.stdout) == bytes(range(256)) * 4096
+
+
+def test_objects_named_by_sha256_before_blake3_stay_valid(workdir: Path) -> None:
+    """Repositories written before WAL objects were named by BLAKE3 carry sha256 names: they
+    are fetched and checked by sha256, and a re-push compares in that algorithm."""
+    import hashlib
+
+    import zstandard
+
+    config, wal = _setup(workdir)
+    original = os.urandom(1 << 20) + bytes(15 << 20)
+    folder = workdir / "repo" / "wal" / "orders" / SEGMENT[:16]
+    folder.mkdir(parents=True)
+    legacy = folder / f"{SEGMENT}-{hashlib.sha256(original).hexdigest()}.zst"
+    legacy.write_bytes(zstandard.ZstdCompressor(level=1).compress(original))
+    for made in (workdir / "repo", folder.parent.parent, folder.parent, folder, legacy):
+        chown_to(made, OS_USER)
+
+    path = _segment(wal, original)
+    again = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert again.returncode == 0, again.stderr
+    assert _stored(workdir) == [legacy], "an identical re-push writes nothing new"
+    _segment(wal, os.urandom(16 << 20))
+    clash = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert clash.returncode == 1 and "already archived with different content" in clash.stderr
+
+    dest = wal / "RECOVERYXLOG"
+    fetched = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                           user=OS_USER)
+    assert fetched.returncode == 0, fetched.stderr
+    assert dest.read_bytes() == original
+
+    # Damaged content under the old name is caught by its sha256 too.
+    legacy.write_bytes(zstandard.ZstdCompressor(level=1).compress(original[:-1] + b"x"))
+    dest.unlink()
+    bad = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                       user=OS_USER)
+    assert bad.returncode == 126 and not dest.exists()

@@ -11,6 +11,7 @@ from markship.errors import CorruptObject, ObjectMissing
 from markship.lsn import Segment
 from markship.repository import FsRepository, Repository
 from markship.wal import CHUNK, open_archived
+from markship.walsum import ContentHash
 
 
 @dataclass
@@ -59,7 +60,7 @@ def check_wal_object(repo: Repository, server: str, name: str, report: Report) -
 
     try:
         reader, expected = open_archived(repo, server, name)
-        digest = hashlib.sha256()
+        digest = ContentHash(expected)
         with reader:
             while chunk := reader.read(CHUNK):
                 digest.update(chunk)
@@ -71,7 +72,7 @@ def check_wal_object(repo: Repository, server: str, name: str, report: Report) -
         report.problems.append(f"corrupt WAL object of server {server}: {name} (cannot decompress)")
         return False
     report.objects_checked += 1
-    if digest.hexdigest() != expected:
+    if digest.result() != expected:
         report.problems.append(f"corrupt WAL object of server {server}: {name} (checksum mismatch)")
         return False
     return True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from markship import walsum
 from markship.errors import (
     ConfigError,
     ConflictError,
@@ -113,18 +114,8 @@ def load_settings(config_path: str) -> WalSettings:
     return settings
 
 
-def file_sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def find_archived(repo: Repository, server: str, wal_name: str) -> list[tuple[str, str]]:
-    """(key, sha256) of every stored copy of `wal_name` (normally zero or one)."""
+    """(key, content digest) of every stored copy of `wal_name` (normally zero or one)."""
     folder = layout.wal_dir(server, wal_name)
     found = []
     for child in repo.children(folder):
@@ -147,7 +138,7 @@ def push(repo: Repository, server: str, path: str, compression_level: int = 1) -
     wal_file_kind(name)  # ValueError for names PostgreSQL never archives
     existing = find_archived(repo, server, name)
     if existing:  # a re-push (after a crash) or a clash: compare contents
-        _same_or_conflict(server, name, file_sha256(path), existing)
+        _same_or_conflict(server, name, path, "", existing)
         return False
     compressor = zstandard.ZstdCompressor(level=compression_level, write_checksum=True,
                                           threads=-1)
@@ -161,14 +152,15 @@ def push(repo: Repository, server: str, path: str, compression_level: int = 1) -
         try:
             stored = repo.write_named_by(
                 layout.wal_dir(server, name), fill,
-                lambda: layout.wal_key(server, name, segment.sha256()).rsplit("/", 1)[1])
+                lambda: layout.wal_key(server, name, segment.digest()).rsplit("/", 1)[1],
+                hashed=False)  # the name carries the content's digest
         except ConflictError:
             return False  # a concurrent push of the same content won the race
-        digest = segment.sha256()
+        digest = segment.digest()
     others = [(k, d) for k, d in find_archived(repo, server, name) if k != stored.key]
     if others:  # another push of this name landed meanwhile
         try:
-            _same_or_conflict(server, name, digest, others)
+            _same_or_conflict(server, name, path, digest, others)
         finally:
             repo.delete(stored.key)
     return True
@@ -178,9 +170,9 @@ class _MappedSegment:
     """A WAL file mapped into memory and hashed by a second thread while it is compressed.
 
     The file is read once, with no copy: zstd compresses straight from the mapping on every
-    core (threads=-1) while the other thread hashes the same pages (hashlib releases the
-    GIL). That thread also imports hashlib (OpenSSL, ~4 ms of a ~60 ms push) while the first
-    chunks compress. _thread and mmap, not threading: they cost nothing to import.
+    core (threads=-1) while the other thread hashes the same pages (markship.walsum; BLAKE3
+    releases the GIL). That thread also loads the hash module while the first chunks
+    compress. _thread and mmap, not threading: they cost nothing to import.
     """
 
     PIECE = 1 << 20  # zstd's worker threads take 1 MiB slices better than 256 KiB ones
@@ -203,14 +195,12 @@ class _MappedSegment:
 
     def _hash(self) -> None:
         try:
-            import hashlib
-
-            digest = hashlib.sha256()
+            digest = walsum.ContentHash()
             for piece in self.pieces():
                 with piece:
                     digest.update(piece)
-            self._hex = digest.hexdigest()
-        except BaseException as exc:  # handed to the caller of sha256()
+            self._hex = digest.result()
+        except BaseException as exc:  # handed to the caller of digest()
             self._failure = exc
         finally:
             self._done.release()
@@ -219,8 +209,8 @@ class _MappedSegment:
         for start in range(0, self.size, self.PIECE):
             yield self._view[start:start + self.PIECE]
 
-    def sha256(self) -> str:
-        """The file's sha256, once the hashing thread is done."""
+    def digest(self) -> str:
+        """The file's content digest (markship.walsum), once the hashing thread is done."""
         if self._done.acquire():
             self._done.release()
         if self._failure is not None:
@@ -232,7 +222,7 @@ class _MappedSegment:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self.sha256()  # the thread must be done with the mapping before it goes
+            self.digest()  # the thread must be done with the mapping before it goes
         except BaseException:
             if exc[0] is None:
                 raise
@@ -275,21 +265,28 @@ def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
         return sum(pool.map(one, ahead))
 
 
-def _same_or_conflict(server: str, name: str, digest: str,
+def _same_or_conflict(server: str, name: str, path: str, digest: str,
                       existing: list[tuple[str, str]]) -> None:
+    """Raise ConflictError unless every stored copy holds the content of `path` (whose
+    digest is `digest`, or "" when not computed); each is compared in its own algorithm."""
     for _key, stored_digest in existing:
-        if stored_digest != digest:
+        mine = digest if _same_kind(digest, stored_digest) else walsum.of_file(path, stored_digest)
+        if stored_digest != mine:
             raise ConflictError(
                 f"{name} of server {server} is already archived with different content "
-                f"(stored sha256 {stored_digest[:12]}…, new {digest[:12]}…); the stored copy "
+                f"(stored digest {stored_digest[:15]}…, new {mine[:15]}…); the stored copy "
                 "is kept",
                 "two clusters may be archiving under one server name: check archive_command "
                 "on each server and markship status",
             )
 
 
+def _same_kind(digest: str, other: str) -> bool:
+    return bool(digest) and digest.startswith(walsum.BLAKE3) == other.startswith(walsum.BLAKE3)
+
+
 def open_archived(repo: Repository, server: str, wal_name: str) -> tuple[BinaryIO, str]:
-    """A reader of the uncompressed WAL file and its expected sha256.
+    """A reader of the uncompressed WAL file and its expected digest (markship.walsum).
 
     Raises ObjectMissing when it is not archived.
     """
@@ -405,19 +402,17 @@ def _discard(path: str) -> None:
 
 
 def fetch(repo: Repository, server: str, wal_name: str, dest: str) -> None:
-    """Restore one archived WAL file to `dest`, checking its sha256 before it appears there.
+    """Restore one archived WAL file to `dest`, checking its digest before it appears there.
 
     Raises ObjectMissing when not archived, CorruptObject when the stored copy is damaged.
     """
-    import hashlib
-
     from markship import _zstd
 
     zstandard = _zstd.load()
     reader, expected = open_archived(repo, server, wal_name)
     folder, name = os.path.split(dest)
     temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
-    digest = hashlib.sha256()
+    digest = walsum.ContentHash(expected)
     try:
         with reader, open(temp, "wb") as out:
             while chunk := reader.read(CHUNK):
@@ -430,7 +425,7 @@ def fetch(repo: Repository, server: str, wal_name: str, dest: str) -> None:
     except BaseException:
         _discard(temp)
         raise
-    if digest.hexdigest() != expected:
+    if digest.result() != expected:
         _discard(temp)
         raise CorruptObject(f"archived {wal_name} of server {server} fails its checksum",
                             "run markship verify; this WAL must not be replayed")

@@ -40,13 +40,14 @@ class EncryptedFsRepository(FsRepository):
             self._identities = crypto.read_identities(self.identity_file)
         return self._identities
 
-    def stage(self, folder: str, fill: Callable[[Writable], None]) -> Staged:
+    def stage(self, folder: str, fill: Callable[[Writable], None], *,
+              hashed: bool = True) -> Staged:
         """Every write passes here (FsRepository.write_named_by stages first): encrypted."""
         def encrypt(sink: Writable) -> None:
             with crypto.EncryptingWriter(sink, self.recipients) as writer:
                 fill(writer)
 
-        return super().stage(folder, encrypt)
+        return super().stage(folder, encrypt, hashed=hashed)
 
     def open(self, key: str) -> BinaryIO:
         raw = self.open_stored(key)

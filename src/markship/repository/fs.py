@@ -112,13 +112,16 @@ class FsRepository:
         return self.write_named_by(folder, copy, name_for, overwrite=overwrite)
 
     def write_named_by(self, folder: str, fill: Callable[[Writable], None],
-                       name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
+                       name_for: Callable[[], str], *, overwrite: bool = False,
+                       hashed: bool = True) -> StoredObject:
         """Like write_named(), for producers that push data: `fill(sink)` writes the object's
-        bytes into `sink` (e.g. a compressor's stream_writer)."""
-        staged = self.stage(folder, fill)
+        bytes into `sink` (e.g. a compressor's stream_writer). `hashed=False`: no sha256 of
+        the stored bytes (the result's is ""), for objects named by their content's digest."""
+        staged = self.stage(folder, fill, hashed=hashed)
         return staged.publish(name_for, overwrite=overwrite)
 
-    def stage(self, folder: str, fill: Callable[[Writable], None]) -> Staged:
+    def stage(self, folder: str, fill: Callable[[Writable], None], *,
+              hashed: bool = True) -> Staged:
         """The first half of a write: `fill(sink)` goes into a temp object in `folder`,
         flushed to disk; `publish()` on the result gives it its name (or `discard()`)."""
         directory = self._path(folder.rstrip("/"))
@@ -133,7 +136,7 @@ class FsRepository:
             raise _os_error(exc, temp) from exc
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
-                sink = Sink(out)
+                sink = Sink(out, hashed)
                 fill(sink)
                 os.fsync(out.fileno())
         except OSError as exc:
@@ -322,7 +325,8 @@ class Staged:
         except BaseException:
             _unlink(self.temp)
             raise
-        return StoredObject(self.repo._key(final), self.sink.size, self.sink.digest.hexdigest())
+        digest = self.sink.digest.hexdigest() if self.sink.hashed else ""
+        return StoredObject(self.repo._key(final), self.sink.size, digest)
 
     def discard(self) -> None:
         _unlink(self.temp)
@@ -332,8 +336,9 @@ class Sink:
     """Where a producer writes an object's bytes: counts and hashes them on the way to the
     temp file, and writes each chunk whole."""
 
-    def __init__(self, out: io.FileIO | BinaryIO) -> None:
+    def __init__(self, out: io.FileIO | BinaryIO, hashed: bool = True) -> None:
         self.out = out
+        self.hashed = hashed
         self.size = 0
         self._digest: Any = None
 
@@ -348,7 +353,8 @@ class Sink:
         return self._digest
 
     def write(self, data: bytes | memoryview, /) -> int:
-        self.digest.update(data)
+        if self.hashed:
+            self.digest.update(data)
         view = memoryview(data)
         while view:
             written = self.out.write(view)

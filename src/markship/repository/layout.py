@@ -7,18 +7,20 @@ backups/<server>/<set-id>/base.tar.zst       base backup stream of one server
 backups/<server>/<set-id>/config/<file>      postgresql.conf, pg_hba.conf, pg_ident.conf
 backups/<server>/<set-id>/backup.json        written last: its presence means "finished"
 marks/<mark-name>.json                       a group mark: restore point LSN on every server
-wal/<server>/<timeline+log>/<segment>-<sha256>.zst
-wal/<server>/history/<timeline>.history-<sha256>.zst
+wal/<server>/<timeline+log>/<segment>-b3.<blake3>.zst
+wal/<server>/history/<timeline>.history-b3.<blake3>.zst
 locks/<name>.lock
 ```
-The sha256 in a WAL object's name is the digest of the uncompressed file, so a second push of
-the same file can be recognised without reading the stored copy, and a different file under a
-name already archived is detected.
+The digest in a WAL object's name is the BLAKE3 of the uncompressed file (objects archived
+before carry a bare sha256 instead; see markship.walsum), so a second push of the same file can
+be recognised without reading the stored copy, and a different file under a name already
+archived is detected.
 """
 
 from __future__ import annotations
 
 from markship.lsn import wal_file_kind
+from markship.walsum import is_digest
 
 MARKER_KEY = "markship.json"
 WAL_SUFFIX = ".zst"
@@ -60,18 +62,19 @@ def wal_dir(server: str, wal_name: str) -> str:
     return f"wal/{server}/{wal_name[:16]}/"
 
 
-def wal_key(server: str, wal_name: str, sha256_hex: str) -> str:
-    return f"{wal_dir(server, wal_name)}{wal_name}-{sha256_hex}{WAL_SUFFIX}"
+def wal_key(server: str, wal_name: str, digest: str) -> str:
+    """`digest`: the content's, as markship.walsum writes it (BLAKE3, or sha256 before)."""
+    return f"{wal_dir(server, wal_name)}{wal_name}-{digest}{WAL_SUFFIX}"
 
 
 def split_wal_key(key: str) -> tuple[str, str] | None:
-    """(wal file name, sha256) of a WAL object key, or None when the key is not one."""
+    """(wal file name, content digest) of a WAL object key, or None when the key is not one."""
     base = key.rsplit("/", 1)[-1]
     if not base.endswith(WAL_SUFFIX):
         return None
     stem = base[: -len(WAL_SUFFIX)]
     name, sep, digest = stem.rpartition("-")
-    if not sep or len(digest) != 64:
+    if not sep or not is_digest(digest):
         return None
     try:
         wal_file_kind(name)
