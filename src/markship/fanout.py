@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import select
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import psycopg
 from psycopg import pq
@@ -39,14 +39,15 @@ def servers_failed(failures: Mapping[str, str]) -> ServerError:
 
 
 def fan_out(calls: Mapping[str, tuple[psycopg.Connection[object], str, Sequence[str]]],
-            timeout: float = 30.0, finished: dict[str, float] | None = None
-            ) -> dict[str, Rows]:
+            timeout: float = 30.0, finished: dict[str, float] | None = None,
+            on_answer: Callable[[str], None] | None = None) -> dict[str, Rows]:
     """Run `(connection, statement, text parameters)` per server, all at once.
 
     Returns the rows (as text) of each server's last result. Raises ServerError naming every
     server that failed or did not answer within `timeout` seconds; such a connection is
     closed (its statement may still be running), so the caller reconnects it.
-    `finished`, when given, gets each server's time.perf_counter() at its answer.
+    `finished`, when given, gets each server's time.perf_counter() at its answer;
+    `on_answer(server)` is called at each successful answer, while others may still run.
     """
     failures: dict[str, str] = {}
     waiting: dict[int, str] = {}
@@ -76,6 +77,8 @@ def fan_out(calls: Mapping[str, tuple[psycopg.Connection[object], str, Sequence[
                     del waiting[sock]
                     if finished is not None:
                         finished[name] = time.perf_counter()
+                    if on_answer is not None and name not in failures:
+                        on_answer(name)
             except psycopg.Error as exc:
                 failures[name] = first_line(exc)
                 del waiting[sock]

@@ -127,13 +127,8 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
                             "mark names must never repeat: choose another --name")
     conns.open()
     streaming = switch_wal and config.marks.delivery == "stream"
-    try:
-        taken = _under_barrier(config, conns, name, streaming)
-    except Exception:
-        conns.drop_broken()
-        raise
 
-    def record_with(delivered: dict[str, Delivery]) -> MarkRecord:
+    def record_with(taken: _Taken, delivered: dict[str, Delivery]) -> MarkRecord:
         return MarkRecord(
             name=name, group=config.group.name, created_at=now,
             barrier_server=config.barrier_server.name,
@@ -145,10 +140,24 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
         )
 
     # Nearly every mark is delivered by stream on every server: the record saying so is
-    # stored (and flushed to disk) while the receivers are waited for, and only named once
-    # they did deliver. Otherwise it is dropped and the true record written.
+    # stored (and flushed to disk) from the moment the barrier is released, while the
+    # receivers are asked, and only named once they did deliver. Otherwise it is dropped and
+    # the true record written.
     expected: dict[str, Delivery] = dict.fromkeys(conns.conns, "stream") if streaming else {}
-    staging = _Staging(repo, record_key, record_with(expected)) if expected else None
+    staging: _Staging | None = None
+
+    def released(taken: _Taken) -> None:
+        nonlocal staging
+        if expected:
+            staging = _Staging(repo, record_key, record_with(taken, expected))
+
+    try:
+        taken = _under_barrier(config, conns, name, streaming, released)
+    except Exception:
+        if staging is not None:
+            staging.drop()
+        conns.drop_broken()
+        raise
     before = time.perf_counter()
     try:
         delivered = _deliver(config, conns, taken, streaming) if switch_wal else {}
@@ -158,7 +167,7 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
         conns.drop_broken()
         raise
     writing = time.perf_counter()
-    record = record_with(delivered)
+    record = record_with(taken, delivered)
     staged = staging.take() if staging is not None else None
     if staged is not None and delivered == expected:
         staged.publish(lambda: record_key.rpartition("/")[2])
@@ -200,10 +209,12 @@ class _Taken:
     first_poll: dict[str, fanout.Rows]  # the receivers' positions (stream.FLUSHED)
 
 
-def _under_barrier(config: Config, conns: GroupConnections, name: str,
-                   streaming: bool) -> _Taken:
+def _under_barrier(config: Config, conns: GroupConnections, name: str, streaming: bool,
+                   released: Callable[[_Taken], None]) -> _Taken:
     """Steps 1 and 2: take the barrier, make (and flush) the restore point everywhere,
-    release the barrier. Raises MarkSkipped or ServerError."""
+    release the barrier; `released` is called as soon as the release is confirmed (while
+    the receivers' first answers may still be on their way). Raises MarkSkipped or
+    ServerError."""
     assert conns.barrier is not None
     barrier_conn = conns.barrier
     began = time.perf_counter()
@@ -230,17 +241,26 @@ def _under_barrier(config: Config, conns: GroupConnections, name: str,
             with contextlib.suppress(psycopg.Error):  # a dead barrier server releases it
                 postgres.release_barrier(barrier_conn)
         raise
+    points = {server: (parse_lsn(str(rows[0][0])), str(rows[0][1]))
+              for server, rows in answers.items()}
     # Release the barrier; the receivers are asked how far they got in the same round.
     release = f"{config.barrier_server.name} (barrier)"
     answered: dict[str, float] = {}
+
+    def taken(first_poll: dict[str, fanout.Rows]) -> _Taken:
+        return _Taken(points=points, began=began, wait_ms=(got - began) * 1000,
+                      hold_ms=(answered[release] - got) * 1000, first_poll=first_poll)
+
+    def on_answer(key: str) -> None:
+        if key == release:
+            released(taken({}))
+
     polls = {server: (conn, stream.FLUSHED, ()) for server, conn in conns.conns.items()}
     first_poll = fanout.fan_out({release: (barrier_conn, "COMMIT", ()),
-                                 **(polls if streaming else {})}, finished=answered)
+                                 **(polls if streaming else {})},
+                                finished=answered, on_answer=on_answer)
     first_poll.pop(release, None)
-    return _Taken(points={server: (parse_lsn(str(rows[0][0])), str(rows[0][1]))
-                          for server, rows in answers.items()},
-                  began=began, wait_ms=(got - began) * 1000,
-                  hold_ms=(answered[release] - got) * 1000, first_poll=first_poll)
+    return taken(first_poll)
 
 
 def _deliver(config: Config, conns: GroupConnections, taken: _Taken,
