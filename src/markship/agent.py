@@ -162,7 +162,7 @@ class Agent:
                 self.check_config_change()
             if time.monotonic() >= next_mark:
                 started = time.monotonic()
-                self.mark_once()
+                self.mark()
                 next_mark = started + interval
                 if next_mark < time.monotonic():
                     next_mark = time.monotonic()
@@ -214,26 +214,11 @@ class Agent:
         except KeyError:
             user = f"uid {request.uid}"
         as_user = f"{user} (through markship run, {journal.invoking_user()})"
-        try:
-            result = take_mark(self.config, self.repo, self.conns, name,
-                               switch_wal=bool(body.get("switch_wal", True)))
-        except MarkshipError as exc:
-            skipped = isinstance(exc, MarkSkipped)
-            self.mark_counts["skipped" if skipped else "failed"] += 1
-            self.log("mark.skipped" if skipped else "mark.failed",
-                     level="warning" if skipped else "error", reason=exc.message,
-                     requested_by=user)
-            self.journal("mark", f"failed: {exc.message}", as_user=as_user)
-            request.answer(exc.exit_code, stderr=f"markship: error: {exc.one_line()}\n")
+        result = self.mark(name, bool(body.get("switch_wal", True)), requested_by=user)
+        if isinstance(result, MarkshipError):
+            self.journal("mark", f"failed: {result.message}", as_user=as_user)
+            request.answer(result.exit_code, stderr=f"markship: error: {result.one_line()}\n")
             return
-        except psycopg.Error as exc:
-            self.conns.drop_broken()
-            reason = str(exc).strip() or repr(exc)
-            self.log("mark.failed", level="error", reason=reason, requested_by=user)
-            self.journal("mark", f"failed: {reason}", as_user=as_user)
-            request.answer(1, stderr=f"markship: error: mark failed: {reason}\n")
-            return
-        self.mark_made(result, requested_by=user)
         self.journal("mark", "ok", as_user=as_user, mark=result.record.name)
         if body.get("json"):
             out = json.dumps(result_json(result, "agent"), indent=2, sort_keys=True)
@@ -281,28 +266,29 @@ class Agent:
                 self.log("stream.prune_failed", level="warning", server=server,
                          reason=exc.message)
 
-    def mark_once(self) -> None:
+    def mark(self, name: str | None = None, switch_wal: bool = True,
+             **extra: str) -> MarkResult | MarkshipError:
+        """One mark (the agent's own or a requested one), counted and logged; a failure is
+        returned, not raised."""
         try:
-            result = take_mark(self.config, self.repo, self.conns)
-        except MarkSkipped as exc:
-            self.mark_counts["skipped"] += 1
-            self.log("mark.skipped", level="warning", reason=exc.message)
+            result = take_mark(self.config, self.repo, self.conns, name, switch_wal=switch_wal)
         except MarkshipError as exc:
-            self.mark_counts["failed"] += 1
-            self.log("mark.failed", level="error", reason=exc.message)
+            error = exc
         except psycopg.Error as exc:  # a connection that broke in a way not yet translated
-            self.mark_counts["failed"] += 1
             self.conns.drop_broken()
-            self.log("mark.failed", level="error", reason=str(exc).strip() or repr(exc))
+            error = MarkshipError(f"mark failed: {str(exc).strip() or repr(exc)}")
         else:
-            self.mark_made(result)
-
-    def mark_made(self, result: MarkResult, **extra: str) -> None:
-        self.mark_counts["made"] += 1
-        self.newest_mark = result.record.name
-        self.log("mark.ok", name=result.record.name, hold_ms=result.record.barrier_hold_ms,
-                 delivery_ms=round(result.switch_ms, 1),
-                 delivery=",".join(sorted(set(result.record.delivery.values()))), **extra)
+            self.mark_counts["made"] += 1
+            self.newest_mark = result.record.name
+            self.log("mark.ok", name=result.record.name, hold_ms=result.record.barrier_hold_ms,
+                     delivery_ms=round(result.switch_ms, 1),
+                     delivery=",".join(sorted(set(result.record.delivery.values()))), **extra)
+            return result
+        skipped = isinstance(error, MarkSkipped)
+        self.mark_counts["skipped" if skipped else "failed"] += 1
+        self.log("mark.skipped" if skipped else "mark.failed",
+                 level="warning" if skipped else "error", reason=error.message, **extra)
+        return error
 
     def maybe_backup(self) -> None:
         if self.backup_thread is not None and self.backup_thread.is_alive():

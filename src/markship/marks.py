@@ -153,13 +153,7 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
 
     try:
         taken = _under_barrier(config, conns, name, streaming, released)
-    except Exception:
-        if staging is not None:
-            staging.drop()
-        conns.drop_broken()
-        raise
-    before = time.perf_counter()
-    try:
+        before = time.perf_counter()
         delivered = _deliver(config, conns, taken, streaming) if switch_wal else {}
     except Exception:
         if staging is not None:

@@ -173,10 +173,6 @@ standbys."""
 SWITCH_WAL = "SELECT pg_switch_wal()"
 
 
-def switch_wal(conn: Connection) -> None:
-    conn.execute(SWITCH_WAL)
-
-
 def prepared_transactions(conn: Connection) -> list[tuple[str, str]]:
     """(gid, database) of every prepared transaction on the server."""
     rows = conn.execute("SELECT gid, database FROM pg_prepared_xacts ORDER BY gid").fetchall()
