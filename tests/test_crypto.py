@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import blake3
 
-from conftest import OS_USER, GroupFactory, run_markship
+from conftest import MARKSHIP, OS_USER, GroupFactory, run_markship
 from markship.scratch import chown_to
 
 
-def _create_key(workdir: Path, name: str) -> tuple[Path, str]:
+def _create_key(workdir: Path, name: str, config: Path | None = None) -> tuple[Path, str]:
     path = workdir / name
-    proc = run_markship(None, "key", "create", "--identity-file", str(path))
+    proc = run_markship(config, "key", "create", "--identity-file", str(path))
     assert proc.returncode == 0, proc.stderr
     recipient = next(line.split('"')[1] for line in proc.stdout.splitlines()
                      if line.startswith("recipient"))
@@ -142,7 +144,7 @@ def test_key_export_import_and_rotation(pg_group: GroupFactory) -> None:
     group.ok("mark")
 
     # An export of another key is refused by fingerprint.
-    other, _ = _create_key(group.workdir, "other-key.txt")
+    other, _ = _create_key(group.workdir, "other-key.txt", group.config_path)
     other_export = group.workdir / "other-export.age"
     group.ok("key", "export", "--to", str(other_export), "--hint", "h", "--identity-file",
              str(other), "--passphrase-file", str(passphrase))
@@ -164,3 +166,98 @@ def test_key_export_import_and_rotation(pg_group: GroupFactory) -> None:
     assert restored_old.psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1}"
     restored_new = group.restore("alpha", "--latest")
     assert restored_new.psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1,2}"
+
+    # The written record: every key change, with fingerprints and never key material.
+    entries = json.loads(group.ok("journal", "--json"))
+    keyed = [e["command"] for e in entries if e["command"].startswith("key ")]
+    assert keyed == ["key export", "key import", "key import", "key create", "key export",
+                     "key import", "key rotate"], keyed
+    assert [e["outcome"].split(":")[0] for e in entries if e["command"] == "key import"] == [
+        "failed", "ok", "failed"]
+    (created,) = [e for e in entries if e["command"] == "key create"]
+    assert created["objects"]["fingerprint"] in other.read_text().splitlines()[0]
+    assert "AGE-SECRET-KEY" not in json.dumps(entries)
+
+
+def test_production_reads_the_catalog_with_its_key_but_never_a_backup(
+        pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    alpha = group.servers[0]
+    identity, recipient = _create_key(group.workdir, "repo-key.txt")
+    catalog_key = group.workdir / "catalog-key.txt"
+    base_config = group.config_path.read_text()
+    # Production: the recipient and the catalog key, never the identity.
+    group.config_path.write_text(base_config + f'\n[encryption]\nrecipient = "{recipient}"\n'
+                                 f'catalog_key_file = "{catalog_key}"\n')
+    # The DR site: the identity, no catalog key file.
+    dr_config = group.workdir / "dr.toml"
+    dr_config.write_text(base_config + f'\n[encryption]\nrecipient = "{recipient}"\n'
+                         f'identity_file = "{identity}"\n')
+
+    created = group.markship("key", "catalog", "--to", str(catalog_key))
+    assert created.returncode == 0 and "new catalog key" in created.stdout, created.stderr
+    assert stat.S_IMODE(catalog_key.stat().st_mode) == 0o600
+    assert "AGE-SECRET-KEY" not in created.stdout + created.stderr
+
+    alpha.psql("CREATE TABLE notes (id int); INSERT INTO notes VALUES (1)")
+    for command in (["backup"], ["mark", "--json"], ["status"], ["list"], ["marks"],
+                    ["journal"], ["expire"], ["key", "status"]):
+        proc = group.markship(*command)
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert "not recorded in the journal" not in proc.stderr, (command, proc.stderr)
+    assert f"catalog key {catalog_key.read_text().split()[5].rstrip(':')}" in \
+        group.ok("key", "status")
+
+    # The agent checks schedules and journals on production: nothing it needs is closed to it.
+    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(5)
+    agent.send_signal(signal.SIGTERM)
+    _out, log = agent.communicate(timeout=120)
+    assert agent.returncode == 0, log
+    assert " mark.ok " in log and " error " not in log and "journal.failed" not in log, log
+
+    # Reading a backup or WAL needs the identity: one line saying so, nothing restored.
+    target = group.workdir / "restore-here"
+    refused = group.markship("restore", "--server", "alpha", "--target-dir", str(target),
+                             "--latest")
+    assert refused.returncode != 0 and "opens only with the repository identity" in \
+        refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
+    assert not target.exists() or not any(target.iterdir())
+
+    # With the standard age tool: the catalog key opens a mark record, not a WAL segment.
+    mark_record = next((group.repo / "marks").glob("ms-*.json"))
+    assert subprocess.run(["age", "-d", "-i", str(catalog_key), str(mark_record)],
+                          capture_output=True).returncode == 0
+    segment = next(p for p in (group.repo / "wal" / "alpha").rglob("0000*.zst")
+                   if p.name[24] == "-")  # a segment, not a .backup file (a catalog fact)
+    assert subprocess.run(["age", "-d", "-i", str(catalog_key), str(segment)],
+                          capture_output=True).returncode != 0
+
+    # The DR site writes records production can read (it finds the catalog key in the
+    # repository with the identity), and restores.
+    dr_mark = run_markship(dr_config, "mark", "--json")
+    assert dr_mark.returncode == 0, dr_mark.stderr
+    name = json.loads(dr_mark.stdout)["name"]
+    assert name in {m["name"] for m in json.loads(group.ok("marks", "--json"))}
+    assert json.loads(group.ok("journal", "verify", "--json"))["ok"]
+    restored = group.restored("alpha")
+    proc = run_markship(dr_config, "restore", "--server", "alpha", "--target-dir",
+                        str(restored.data_dir), "--start", "--port", str(restored.port),
+                        "--setting", f"unix_socket_directories={restored.base_dir}", "--name",
+                        name)
+    assert proc.returncode == 0, proc.stderr
+    assert restored.psql("SELECT array_agg(id) FROM notes") == "{1}"
+    # ... and gives a lost catalog key file back.
+    again = group.workdir / "catalog-again.txt"
+    recovered = run_markship(dr_config, "key", "catalog", "--to", str(again))
+    assert recovered.returncode == 0 and "the group's catalog key" in recovered.stdout
+    assert (again.read_text().splitlines()[-1] == catalog_key.read_text().splitlines()[-1])
+
+    # Production without its catalog key file: one line naming it and the fix.
+    catalog_key.unlink()
+    lost = group.markship("status")
+    assert lost.returncode != 0 and f"catalog key file {catalog_key} not found" in lost.stderr
+    assert "markship key catalog" in lost.stderr and lost.stderr.count("\n") == 1

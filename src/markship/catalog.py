@@ -141,14 +141,15 @@ def decode(data: bytes, cls: type[R], key: str) -> R:
 
 
 def write_record(repo: Repository, key: str, record: Record, *, overwrite: bool = False) -> None:
-    repo.write_bytes(key, _envelope(record), overwrite=overwrite)
+    repo.write_bytes(key, _envelope(record), overwrite=overwrite, metadata=True)
 
 
 def stage_record(repo: Repository, key: str, record: Record) -> StagedObject:
     """Store `record` under a temp name, flushed to disk; publish(lambda: name) names it."""
     data = _envelope(record)
     folder = key.rpartition("/")[0]
-    return repo.stage(folder + "/" if folder else "", lambda sink: _write_all(sink, data))
+    return repo.stage(folder + "/" if folder else "", lambda sink: _write_all(sink, data),
+                      metadata=True)
 
 
 def _write_all(sink: Writable, data: bytes) -> None:

@@ -500,17 +500,28 @@ def key_group() -> None:
 @key_group.command("create")
 @click.option("--identity-file", "path", required=True, type=click.Path(path_type=Path),
               help="Where to write the new identity (mode 0600; never overwritten).")
-def key_create(path: Path) -> None:
+@pass_context
+def key_create(ctx: Context, path: Path) -> None:
     """Create a new key: writes the identity file, prints the recipient for [encryption]."""
+    from markship.configfile import locate
+    from markship.errors import ConfigError
     from markship.keys import create_identity
 
     created = create_identity(path)
+    try:
+        locate(ctx.config_path)  # a group to record it for (the first key may come before)
+    except ConfigError:
+        pass
+    else:
+        ctx.note(fingerprint=created.fingerprint, identity_file=created.path)
+        ctx.journal("key create", "ok")
     click.echo(f"✓ key {created.fingerprint} written to {created.path} (mode 0600)\n"
                f"  put this in the config:\n\n[encryption]\n"
                f'recipient = "{created.recipient}"\n'
                f'identity_file = "{created.path}"   # only where restores run\n\n'
                "  keep a copy of the identity file off this host: without it no backup can "
-               "be read")
+               "be read\n  production hosts read the catalog with a catalog key: "
+               "markship key catalog --to FILE")
 
 
 @key_group.command("status")
@@ -538,8 +549,16 @@ def key_status_cmd(ctx: Context, as_json: bool) -> None:
             click.echo(f"✓ key backup (export) recorded {show(status.backup_recorded_at)}")
         else:
             click.echo("✗ no backup of this key recorded: run markship key export --to FILE")
+        if status.catalog_fingerprint is not None:
+            where = (f"file {status.catalog_key_file}" if status.catalog_key_file
+                     else "the repository's copy")
+            click.echo(f"✓ catalog key {status.catalog_fingerprint} ({where}): records are "
+                       "encrypted to it too, so production hosts can read the catalog")
+        elif status.problem is None:
+            click.echo("— no catalog key: only hosts with the identity can read the catalog; "
+                       "for production hosts run markship key catalog --to FILE")
     if status.encrypted and status.problem:
-        raise MarkshipError(status.problem, "fix the identity file named above")
+        raise MarkshipError(status.problem, "fix the key file named above")
 
 
 def _identity_path(ctx: Context, given: Path | None, what: str) -> Path:
@@ -565,6 +584,35 @@ def _passphrase(path: Path | None, confirm: bool) -> str:
         raise MarkshipError("no terminal to ask for the passphrase",
                             "pass --passphrase-file FILE")
     return str(click.prompt("passphrase", hide_input=True, confirmation_prompt=confirm))
+
+
+@key_group.command("catalog")
+@click.option("--to", "target", required=True, type=click.Path(path_type=Path),
+              help="The catalog key file to write (mode 0600; never overwritten).")
+@pass_context
+@journaled("key catalog")
+def key_catalog(ctx: Context, target: Path) -> None:
+    """Write the catalog key file production hosts read the catalog with (status, list, marks,
+    journal, the agent's checks; never backups): the group's key, from the repository's copy
+    where the identity is, or a new key when the group has none."""
+    from markship.keys import catalog_key_file
+    from markship.repository.encrypted import EncryptedFsRepository
+
+    reading = ctx.reading_repository()  # as root: the file gets the repository user's name
+    if not isinstance(reading, EncryptedFsRepository):
+        raise MarkshipError("the repository is not encrypted (no [encryption] in the config)",
+                            "a catalog key belongs to an encrypted repository")
+    created, new = catalog_key_file(reading, target, owner=ctx.config.repository.os_user)
+    if new:
+        repo = ctx.repository()
+        assert isinstance(repo, EncryptedFsRepository)
+        repo.store_catalog_key(target.read_text())
+    ctx.note(catalog_fingerprint=created.fingerprint, to=target, new=new)
+    made = "new catalog key" if new else "the group's catalog key"
+    click.echo(f"✓ {made} {created.fingerprint} written to {target} (mode 0600)\n"
+               "  on every production host, copy it and set in [encryption]:\n\n"
+               f'  catalog_key_file = "{target}"\n\n'
+               "  records written from now on open with it; backups and WAL never do")
 
 
 @key_group.command("export")

@@ -88,11 +88,17 @@ class Context:
     def repository(self) -> FsRepository:
         """Load the config, become the repository's OS user, open the repository."""
         osuser.switch_to(self.config.repository.os_user)
+        return self.reading_repository()
+
+    def reading_repository(self) -> FsRepository:
+        """The repository, opened as the user markship runs as: for commands that only read
+        it (so no object gets another owner) and still need root afterwards (e.g. to give
+        restored files their owners back)."""
         encryption = self.config.encryption
         if encryption is None:
             return open_repository(self.config.repository.path)
         return open_repository(self.config.repository.path, [encryption.recipient],
-                               encryption.identity_file)
+                               encryption.identity_file, encryption.catalog_key_file)
 
 
 pass_context = click.make_pass_decorator(Context)

@@ -40,10 +40,14 @@ class RepositorySection(_Section):
 
 
 class EncryptionSection(_Section):
-    """Every object is encrypted to `recipient` (age); `identity_file` is needed to read."""
+    """Every object is encrypted to `recipient` (age); `identity_file` is needed to read.
+
+    `catalog_key_file` (production hosts): an age identity that opens the catalog records
+    only, never backups, WAL, file sets or dumps."""
 
     recipient: str
     identity_file: Path | None = None
+    catalog_key_file: Path | None = None
 
     @field_validator("recipient")
     @classmethod

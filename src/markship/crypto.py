@@ -45,22 +45,29 @@ def parse_recipient(text: str) -> Recipient:
                           "use the age1… line printed by `markship key create`") from None
 
 
-def read_identities(path: Path) -> list[Identity]:
+def read_identities(path: Path, what: str = "identity file",
+                    fix_missing: str = "restore it, or run `markship key import` from the key "
+                                       "export") -> list[Identity]:
     """Every identity in an identity file (one per line; # comments, blank lines allowed).
 
     Several lines make an identity list: after `markship key rotate` the old identity stays
-    in the file so that objects written before the rotation stay readable.
+    in the file so that objects written before the rotation stay readable. `what` names the
+    file in errors (the catalog key file is one too).
     """
-    from pyrage import x25519
-
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise KeyProblem(f"identity file {path} not found",
-                        "restore it, or run `markship key import` from the key export") from None
+        raise KeyProblem(f"{what} {path} not found", fix_missing) from None
     except PermissionError:
-        raise KeyProblem(f"identity file {path} is not readable by this user",
+        raise KeyProblem(f"{what} {path} is not readable by this user",
                         "run as the user that owns it (it must stay mode 0600)") from None
+    return parse_identities(text, f"{what} {path}")
+
+
+def parse_identities(text: str, source: str) -> list[Identity]:
+    """The AGE-SECRET-KEY-1… lines of `text`; `source` names it in errors."""
+    from pyrage import x25519
+
     identities: list[Identity] = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -69,11 +76,11 @@ def read_identities(path: Path) -> list[Identity]:
         try:
             identities.append(x25519.Identity.from_str(line))
         except Exception:
-            raise KeyProblem(f"identity file {path}, line {number}, is not an age identity",
+            raise KeyProblem(f"{source}, line {number}, is not an age identity",
                             "the file holds AGE-SECRET-KEY-1… lines; restore it from the "
                             "key export") from None
     if not identities:
-        raise KeyProblem(f"identity file {path} holds no identity",
+        raise KeyProblem(f"{source} holds no identity",
                         "restore it from the key export (markship key import)")
     return identities
 
@@ -137,13 +144,17 @@ class EncryptingWriter:
 class DecryptingReader:
     """A readable stream of the plaintext of an age file read from `source`."""
 
-    def __init__(self, source: BinaryIO, identities: list[Identity], what: str) -> None:
+    def __init__(self, source: BinaryIO, identities: list[Identity], what: str,
+                 no_key: KeyProblem | None = None) -> None:
+        """`no_key`: the error when none of `identities` opens the file (default: "encrypted
+        for another key")."""
         import pyrage
 
         read_fd, write_fd = os.pipe()
         self._pipe = os.fdopen(read_fd, "rb", buffering=CHUNK)
         self._error: BaseException | None = None
         self.what = what
+        self.no_key = no_key
         self._source = source
         sink = os.fdopen(write_fd, "wb", buffering=CHUNK)
 
@@ -173,6 +184,8 @@ class DecryptingReader:
     def _failure(self) -> MarkshipError:
         text = str(self._error)
         if "no matching keys" in text.lower() or "NoMatchingKeys" in text:
+            if self.no_key is not None:
+                return self.no_key
             return KeyProblem(f"{self.what} was encrypted for another key",
                              "use the identity file of the key this repository was written "
                              "with (markship key status shows its fingerprint)")

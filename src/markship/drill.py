@@ -180,7 +180,7 @@ def run_drill(config: Config, repo: Repository, checks: list[Check], *,
                          rto_seconds=None if rto is None else round(rto, 3), work_dir=str(temp),
                          servers=servers, resolved=resolved, checks=results, error=error,
                          cleanup_problems=problems, ok=ok)
-    repo.write_bytes(report_key(record.id), render_markdown(record).encode())
+    repo.write_bytes(report_key(record.id), render_markdown(record).encode(), metadata=True)
     catalog.write_record(repo, record_key(record.id), record)
     return record
 

@@ -15,7 +15,6 @@ from markship.timefmt import show
 if TYPE_CHECKING:
     from markship.config import Config, FilesetSection
     from markship.filesets import FilesetRecord
-    from markship.repository import FsRepository
 
 
 @click.group("files")
@@ -107,19 +106,6 @@ def files_list(ctx: Context, name: str | None, as_json: bool) -> None:
            ["file set", "capture", "created", "mark", "files", "size", "content"], rows)
 
 
-def _reading_repository(ctx: Context) -> FsRepository:
-    """The repository, opened as the user markship runs as: a restore only reads it (so no
-    object gets another owner), and giving restored files their owners back needs root."""
-    from markship.repository import open_repository
-
-    config = ctx.config
-    encryption = config.encryption
-    if encryption is None:
-        return open_repository(config.repository.path)
-    return open_repository(config.repository.path, [encryption.recipient],
-                           encryption.identity_file)
-
-
 @files_group.command("restore")
 @click.option("--set", "name", required=True, metavar="NAME", help="The file set.")
 @click.option("--mark", metavar="NAME",
@@ -139,7 +125,7 @@ def files_restore(ctx: Context, name: str, mark: str | None, capture_id: str | N
 
     if mark is not None and capture_id is not None:
         raise MarkshipError("--mark and --id exclude each other", "give one of them")
-    repo = _reading_repository(ctx)
+    repo = ctx.reading_repository()
     record = filesets.choose(repo, name, mark, capture_id)
     result = filesets.restore(repo, record, target_dir.absolute())
     click.echo(f"✓ file set {name}: capture {record.id} ({show(record.created_at)}, mark "

@@ -1,10 +1,12 @@
 """The written record: an append-only, hash-chained journal of everything markship changes.
 
 Each entry is its own repository object `journal/<seq>.json` (a checksummed record) carrying the
-sha256 of the previous entry. Appending writes the next sequence number with the repository's
-no-clobber publish (link() refuses an existing name), so two concurrent writers can never both
-get a number: the loser re-reads the chain and appends after the winner. `journal/HEAD` names
-the newest entry, so removing entries from the end is noticed too.
+sha256 of the previous entry's bytes as stored (in an encrypted repository: the age file), so
+appending needs no key: a host that may only write still keeps the record. Appending writes the
+next sequence number with the repository's no-clobber publish (link() refuses an existing
+name), so two concurrent writers can never both get a number: the loser re-reads the chain and
+appends after the winner. `journal/HEAD` names the newest entry, so removing entries from the
+end is noticed too.
 
 What it proves: that no entry was removed, reordered or altered since it was written, by
 anyone who did not also rewrite every later entry and HEAD. The journal travels with the
@@ -47,7 +49,7 @@ class JournalEntry(Record):
     objects: dict[str, str] = Field(default_factory=dict)
     diff: str | None = None  # config changes: a unified diff, secrets redacted
     config_text: str | None = None  # the (redacted) config this entry's diff leads to
-    prev: str  # entry_hash of the previous entry; "" for the first
+    prev: str  # stored_hash of the previous entry ("" for the first); older: entry_hash
 
 
 class JournalHead(Record):
@@ -55,9 +57,24 @@ class JournalHead(Record):
     hash: str
 
 
+STORED = "stored-sha256:"
+
+
 def entry_hash(entry: JournalEntry) -> str:
+    """The chain link of journals written before links hashed the stored bytes."""
     body = json.dumps(entry.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def stored_hash(repo: Repository, seq: int) -> str:
+    """The chain link to entry `seq`: the sha256 of its bytes as stored."""
+    with repo.open_stored(entry_key(seq)) as handle:
+        return STORED + hashlib.sha256(handle.read()).hexdigest()
+
+
+def _link_to(repo: Repository, entry: JournalEntry, link: str) -> str:
+    """What `link` (a prev or HEAD hash) should be for `entry`, in the link's own format."""
+    return stored_hash(repo, entry.seq) if link.startswith(STORED) else entry_hash(entry)
 
 
 def entry_key(seq: int) -> str:
@@ -98,17 +115,19 @@ def append(repo: Repository, command: str, outcome: str, *, user: str | None = N
            config_text: str | None = None) -> JournalEntry:
     """Add one entry after the newest one (retrying after a concurrent writer)."""
     for _attempt in range(100):
-        last = last_entry(repo)
+        names = _entry_names(repo)
+        last = int(names[-1][:-5]) if names else 0
         entry = JournalEntry(
-            seq=last.seq + 1 if last else 1, time=utcnow(), user=user or invoking_user(),
+            seq=last + 1, time=utcnow(), user=user or invoking_user(),
             host=socket.gethostname(), command=command, outcome=outcome,
             objects=objects or {}, diff=diff, config_text=config_text,
-            prev=entry_hash(last) if last else "")
+            prev=stored_hash(repo, last) if last else "")
         try:
             catalog.write_record(repo, entry_key(entry.seq), entry)
         except ConflictError:
             continue  # another writer took this number: chain after its entry
-        catalog.write_record(repo, HEAD_KEY, JournalHead(seq=entry.seq, hash=entry_hash(entry)),
+        catalog.write_record(repo, HEAD_KEY,
+                             JournalHead(seq=entry.seq, hash=stored_hash(repo, entry.seq)),
                              overwrite=True)
         return entry
     raise MarkshipError("the journal is too busy: 100 concurrent appends in a row failed",
@@ -156,7 +175,7 @@ def verify(repo: Repository) -> Verification:
         if entry.seq != seq:
             return Verification(index, f"entry {seq} holds entry {entry.seq}'s content "
                                        "(reordered)")
-        if entry.prev != (entry_hash(previous) if previous else ""):
+        if entry.prev != (_link_to(repo, previous, entry.prev) if previous else ""):
             return Verification(index - 1, f"entry {seq - 1} was altered after it was written "
                                            f"(entry {seq} no longer matches it)")
         previous = entry
@@ -171,6 +190,7 @@ def verify(repo: Repository) -> Verification:
         if head.seq > newest:
             return Verification(len(names), f"entries {newest + 1}–{head.seq} are missing "
                                             "(removed from the end)")
-        if previous is not None and head.seq == newest and head.hash != entry_hash(previous):
+        if (previous is not None and head.seq == newest
+                and head.hash != _link_to(repo, previous, head.hash)):
             return Verification(len(names), f"entry {newest} was altered after it was written")
     return Verification(len(names), None)

@@ -15,6 +15,10 @@ from markship.errors import KeyProblem, MarkshipError
 from markship.repository import Repository
 from markship.timefmt import show, utcnow
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from markship.repository.encrypted import EncryptedFsRepository
+
 
 @dataclass(frozen=True)
 class CreatedKey:
@@ -35,6 +39,35 @@ def create_identity(path: Path) -> CreatedKey:
     return CreatedKey(path, recipient, crypto.fingerprint(recipient))
 
 
+def catalog_key_file(repo: EncryptedFsRepository, target: Path,
+                     owner: str | None = None) -> tuple[CreatedKey, bool]:
+    """Write the group's catalog key to `target` (0600, never over an existing file; owned by
+    `owner` when run as root): the repository's copy when it has one (opened with the
+    identity), else a new key. Returns the key and whether it is new; a new key still has to
+    be stored in the repository (repo.store_catalog_key, as the repository's OS user)."""
+    from pyrage import x25519
+
+    try:
+        stored = repo.stored_catalog_keys()
+    except KeyProblem as exc:
+        raise KeyProblem(f"this group already has a catalog key; its copy in the repository "
+                         f"opens only with the identity ({exc.message})",
+                         "run this where the identity file is, or copy the catalog key file "
+                         "from a production host") from None
+    created = not stored
+    identities = stored or [x25519.Identity.generate()]
+    recipient = str(identities[0].to_public())
+    lines = [f"# markship catalog key, fingerprint {crypto.fingerprint(recipient)}: opens the "
+             "catalog records, never backups", f"# public recipient: {recipient}"]
+    _write_private(target, ("\n".join(lines + [str(i) for i in identities]) + "\n").encode())
+    if owner is not None and os.geteuid() == 0:  # markship reads it as the repository user
+        import pwd
+
+        entry = pwd.getpwnam(owner)
+        os.chown(target, entry.pw_uid, entry.pw_gid)
+    return CreatedKey(target, recipient, crypto.fingerprint(recipient)), created
+
+
 @dataclass(frozen=True)
 class KeyStatus:
     encrypted: bool
@@ -44,9 +77,34 @@ class KeyStatus:
     identity_mode_ok: bool | None
     backup_recorded_at: datetime | None
     problem: str | None
+    catalog_fingerprint: str | None = None  # the catalog key new records are encrypted to
+    catalog_key_file: str | None = None
 
 
 def key_status(config: Config, repo: Repository) -> KeyStatus:
+    from dataclasses import replace
+
+    from markship.repository.encrypted import EncryptedFsRepository
+
+    status = _master_status(config, repo)
+    encryption = config.encryption
+    if encryption is None or not isinstance(repo, EncryptedFsRepository):
+        return status
+    path = encryption.catalog_key_file
+    try:
+        catalog = repo.catalog_identities()
+    except KeyProblem as exc:
+        return replace(status, catalog_key_file=str(path) if path else None,
+                       problem=status.problem or exc.one_line())
+    fingerprint = (crypto.fingerprint(str(catalog[0].to_public())) if catalog else None)
+    problem = status.problem
+    if path is not None and path.exists() and path.stat().st_mode & 0o077:
+        problem = problem or f"catalog key file {path} is readable by others: chmod 600 {path}"
+    return replace(status, catalog_fingerprint=fingerprint,
+                   catalog_key_file=str(path) if path else None, problem=problem)
+
+
+def _master_status(config: Config, repo: Repository) -> KeyStatus:
     encryption = config.encryption
     if encryption is None:
         return KeyStatus(False, None, None, None, None, None, "the repository is not encrypted")

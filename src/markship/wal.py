@@ -43,12 +43,12 @@ EXIT_CORRUPT = 126
 class WalSettings:
     """The few settings the WAL commands need, read without the full config model."""
 
-    __slots__ = ("compression_level", "identity_file", "os_user", "push_ahead", "recipient",
-                 "repository_path", "servers")
+    __slots__ = ("catalog_key_file", "compression_level", "identity_file", "os_user",
+                 "push_ahead", "recipient", "repository_path", "servers")
 
     def __init__(self, repository_path: str, os_user: str, compression_level: int,
                  servers: frozenset[str], push_ahead: int, recipient: str = "",
-                 identity_file: str = "") -> None:
+                 identity_file: str = "", catalog_key_file: str = "") -> None:
         self.repository_path = repository_path
         self.os_user = os_user
         self.compression_level = compression_level
@@ -56,15 +56,16 @@ class WalSettings:
         self.push_ahead = push_ahead
         self.recipient = recipient  # "" when the repository is not encrypted
         self.identity_file = identity_file
+        self.catalog_key_file = catalog_key_file
 
-    def fields(self) -> tuple[str, str, int, frozenset[str], int, str, str]:
+    def fields(self) -> tuple[str, str, int, frozenset[str], int, str, str, str]:
         return (self.repository_path, self.os_user, self.compression_level, self.servers,
-                self.push_ahead, self.recipient, self.identity_file)
+                self.push_ahead, self.recipient, self.identity_file, self.catalog_key_file)
 
     def open_repository(self) -> FsRepository:
         if self.recipient:
             return open_repository(self.repository_path, [self.recipient],
-                                   self.identity_file or None)
+                                   self.identity_file or None, self.catalog_key_file or None)
         return open_repository(self.repository_path)
 
     @classmethod
@@ -79,16 +80,18 @@ class WalSettings:
         level = repo.get("compression_level", 1)
         ahead = repo.get("push_ahead", 8)
         encryption = raw.get("encryption")
-        recipient = identity = ""
+        recipient = identity = catalog_key = ""
         if isinstance(encryption, dict):
             recipient = str(encryption.get("recipient", ""))
             identity = str(encryption.get("identity_file", ""))
+            catalog_key = str(encryption.get("catalog_key_file", ""))
             if not recipient.startswith("age1"):
                 raise ConfigError("[encryption] recipient is missing or not an age public key",
                                   "use the age1… line printed by `markship key create`")
         return cls(repo["path"], str(repo.get("os_user", "postgres")),
                    int(level) if isinstance(level, int) else 1, names,
-                   int(ahead) if isinstance(ahead, int) else 8, recipient, identity)
+                   int(ahead) if isinstance(ahead, int) else 8, recipient, identity,
+                   catalog_key)
 
     def check_server(self, server: str) -> None:
         if server not in self.servers:
@@ -135,7 +138,7 @@ def push(repo: Repository, server: str, path: str, compression_level: int = 1) -
 
     zstandard = _zstd.load()
     name = os.path.basename(path)
-    wal_file_kind(name)  # ValueError for names PostgreSQL never archives
+    kind = wal_file_kind(name)  # ValueError for names PostgreSQL never archives
     existing = find_archived(repo, server, name)
     if existing:  # a re-push (after a crash) or a clash: compare contents
         _same_or_conflict(server, name, path, "", existing)
@@ -153,7 +156,10 @@ def push(repo: Repository, server: str, path: str, compression_level: int = 1) -
             stored = repo.write_named_by(
                 layout.wal_dir(server, name), fill,
                 lambda: layout.wal_key(server, name, segment.digest()).rsplit("/", 1)[1],
-                hashed=False)  # the name carries the content's digest
+                hashed=False,  # the name carries the content's digest
+                # .backup and .history files are small facts the catalog needs (backup stop
+                # points, timeline switches): production hosts read them with the catalog key
+                metadata=kind in ("backup", "history"))
         except ConflictError:
             return False  # a concurrent push of the same content won the race
         digest = segment.digest()

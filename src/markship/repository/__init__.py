@@ -26,14 +26,17 @@ def __getattr__(name: str) -> object:
 
 
 def open_repository(path: str | os.PathLike[str], recipients: list[str] | None = None,
-                    identity_file: str | os.PathLike[str] | None = None) -> FsRepository:
+                    identity_file: str | os.PathLike[str] | None = None,
+                    catalog_key_file: str | os.PathLike[str] | None = None) -> FsRepository:
     """Open the repository at a local or mounted directory; with recipients, every object
-    is encrypted to them (and read with the identity file)."""
+    is encrypted to them (and read with the identity file; records also with the catalog
+    key file)."""
     if recipients:
         from pathlib import Path
 
         from markship.repository.encrypted import EncryptedFsRepository
 
         return EncryptedFsRepository(path, recipients,
-                                     Path(identity_file) if identity_file else None)
+                                     Path(identity_file) if identity_file else None,
+                                     Path(catalog_key_file) if catalog_key_file else None)
     return FsRepository(path)

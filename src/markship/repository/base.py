@@ -52,19 +52,22 @@ class Repository(Protocol):
 
     def write_named_by(self, folder: str, fill: Callable[[Writable], None],
                        name_for: Callable[[], str], *, overwrite: bool = False,
-                       hashed: bool = True) -> StoredObject:
+                       hashed: bool = True, metadata: bool = False) -> StoredObject:
         """Like write_named(), for producers that push: `fill(sink)` writes the bytes.
         `hashed=False` skips the sha256 of the stored bytes (the result's is then "")."""
         ...
 
     def stage(self, folder: str, fill: Callable[[Writable], None], *,
-              hashed: bool = True) -> StagedObject:
+              hashed: bool = True, metadata: bool = False) -> StagedObject:
         """The first half of write_named_by(): the bytes are stored and flushed to disk under
         a temp name; the result's publish() names the object, discard() drops it. Lets a
-        caller store an object while it still waits for what decides whether it is valid."""
+        caller store an object while it still waits for what decides whether it is valid.
+        `metadata`: a catalog record, not data (an encrypted repository lets the hosts that
+        hold the catalog key read it)."""
         ...
 
-    def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> StoredObject: ...
+    def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False,
+                    metadata: bool = False) -> StoredObject: ...
 
     def open(self, key: str) -> BinaryIO:
         """Open `key` for streaming reads; raise ObjectMissing when absent."""

@@ -1,50 +1,175 @@
 """A file-system repository whose every object is an age file (see markship.crypto).
 
-Writing needs only the recipients; reading needs the identity file, loaded on first read, so
-commands that only write (wal-push, backups on a production host) work without it.
+Two keys open it:
+
+- the repository key (`recipient`, read with `identity_file`) opens every object; its
+  identity is kept where restores run (the DR site), never on production hosts;
+- the *catalog key* (`catalog_key_file`, an age identity too) opens the catalog only: backup
+  set, mark, journal, file set and dump records, never backups, WAL, file contents or dumps.
+  Production hosts hold it, so status, list, marks, the journal, expiry and the agent's
+  schedule checks work there, while a compromised production host still cannot read a backup.
+
+Records are encrypted to both keys, data to the repository key alone. A copy of the catalog
+key is kept in the repository (`keys/catalog/`), encrypted to the repository key, so a host
+holding the identity finds it (and keeps writing records production can read) without the
+file; `markship key catalog --to FILE` writes the file from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from markship import crypto
-from markship.errors import CorruptObject, KeyProblem
+from markship.errors import ConflictError, CorruptObject, KeyProblem
 from markship.repository.base import Readable, Writable
 from markship.repository.fs import FsRepository, Staged
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pyrage.x25519 import Identity
+    from pyrage.x25519 import Identity, Recipient
+
+CATALOG_COPIES = "keys/catalog/"
+CATALOG_FILE_FIX = ("copy it from another host of the group, or run `markship key catalog "
+                    "--to FILE` where the identity file is")
 
 
 class EncryptedFsRepository(FsRepository):
     def __init__(self, root: str | os.PathLike[str], recipients: list[str],
-                 identity_file: Path | None) -> None:
+                 identity_file: Path | None, catalog_key_file: Path | None = None) -> None:
         super().__init__(root)
         self.recipients = [crypto.parse_recipient(r) for r in recipients]
         self.identity_file = identity_file
+        self.catalog_key_file = catalog_key_file
         self._identities: list[Identity] | None = None
+        self._catalog: list[Identity] | None = None
+        self._catalog_from_file: list[Identity] | None = None
+        self._catalog_copied = False
+
+    # -- keys ----------------------------------------------------------------------------------
 
     def identities(self) -> list[Identity]:
+        """The repository key's identities (identity_file): they open every object."""
         if self._identities is None:
             if self.identity_file is None:
                 raise KeyProblem(
-                    "reading this encrypted repository needs the identity, and the config "
+                    "reading this object needs the repository identity, and the config "
                     "names no [encryption] identity_file",
                     "set identity_file where restores run (the DR site); production hosts "
-                    "only write and need just the recipient")
+                    "read the catalog with [encryption] catalog_key_file")
             self._identities = crypto.read_identities(self.identity_file)
         return self._identities
 
+    def _catalog_file(self) -> list[Identity]:
+        """The identities of catalog_key_file ([] when none is configured)."""
+        if self._catalog_from_file is None:
+            self._catalog_from_file = [] if self.catalog_key_file is None else \
+                crypto.read_identities(self.catalog_key_file, "catalog key file",
+                                       CATALOG_FILE_FIX)
+        return self._catalog_from_file
+
+    def catalog_identities(self) -> list[Identity]:
+        """The catalog key for new records (newest first): from catalog_key_file, else from
+        the repository's copy opened with the identity; [] when the group has none. Raises
+        when the group has one and this host cannot get it: records written without it would
+        be unreadable on the hosts that read with it."""
+        if self._catalog is None:
+            try:
+                self._catalog = self._catalog_file()
+            except KeyProblem as exc:
+                problem: KeyProblem | None = exc
+            else:
+                problem = None
+            if not self._catalog:
+                try:
+                    self._catalog = self.stored_catalog_keys()
+                except KeyProblem:
+                    raise problem or KeyProblem(
+                        "this repository's records are also encrypted to a catalog key, "
+                        "and the config names no [encryption] catalog_key_file",
+                        "set catalog_key_file on this host: " + CATALOG_FILE_FIX) from None
+                if problem is not None and not self._catalog:
+                    raise problem
+        return self._catalog
+
+    def stored_catalog_keys(self) -> list[Identity]:
+        """The catalog keys kept in the repository, newest first (needs the identity)."""
+        found: list[Identity] = []
+        names = sorted(self.children(CATALOG_COPIES), reverse=True)
+        if not names:
+            return found
+        identities = self.identities()
+        for name in names:
+            key = CATALOG_COPIES + name
+            with crypto.DecryptingReader(self.open_stored(key), identities,
+                                         f"object {key}") as reader:
+                text = b"".join(iter(lambda: reader.read(crypto.CHUNK), b"")).decode()
+            found.extend(crypto.parse_identities(text, f"object {key}"))
+        return found
+
+    def store_catalog_key(self, text: str) -> None:
+        """Keep a copy of a catalog key file in the repository (encrypted to the repository
+        key only), once per key: named by UTC time and the key's fingerprint."""
+        from markship.timefmt import utcnow
+
+        first = crypto.parse_identities(text, "the catalog key")[0]
+        fingerprint = crypto.fingerprint(str(first.to_public()))
+        if any(n.endswith(f"-{fingerprint}.age") for n in self.children(CATALOG_COPIES)):
+            return
+        name = f"{utcnow().strftime('%Y%m%dT%H%M%S.%fZ')}-{fingerprint}.age"
+        with contextlib.suppress(ConflictError):  # another writer stored it at this instant
+            self.write_bytes(CATALOG_COPIES + name, text.encode())
+
+    def _reading_identities(self) -> tuple[list[Identity], KeyProblem | None]:
+        """Every identity at hand, and why the repository identity is not (if it is not)."""
+        missing: KeyProblem | None = None
+        try:
+            found = list(self.identities())
+        except KeyProblem as exc:
+            found, missing = [], exc
+        try:
+            found = self._catalog_file() + found
+        except KeyProblem:
+            if not found:
+                raise
+        if not found:
+            assert missing is not None
+            raise missing
+        return found, missing
+
+    def _open_with_keys(self, stored: Readable, key: str) -> crypto.DecryptingReader:
+        identities, missing = self._reading_identities()
+        no_key = None
+        if missing is not None:  # the catalog key alone: it opens records, never data
+            no_key = KeyProblem(f"object {key} opens only with the repository identity: "
+                                f"{missing.message}",
+                                "read backups, WAL, file sets and dumps where the identity "
+                                "file is (the DR site)")
+        return crypto.DecryptingReader(stored, identities, f"object {key}",  # type: ignore[arg-type]
+                                       no_key)
+
+    def _metadata_recipients(self) -> list[Recipient]:
+        catalog = self.catalog_identities()
+        if not catalog:
+            return self.recipients
+        if self.catalog_key_file is not None and not self._catalog_copied:
+            self.store_catalog_key(self.catalog_key_file.read_text())
+            self._catalog_copied = True
+        return [*self.recipients, catalog[0].to_public()]
+
+    # -- objects -------------------------------------------------------------------------------
+
     def stage(self, folder: str, fill: Callable[[Writable], None], *,
-              hashed: bool = True) -> Staged:
-        """Every write passes here (FsRepository.write_named_by stages first): encrypted."""
+              hashed: bool = True, metadata: bool = False) -> Staged:
+        """Every write passes here (FsRepository.write_named_by stages first): encrypted, to
+        the catalog key as well when the object is a record."""
+        recipients = self._metadata_recipients() if metadata else self.recipients
+
         def encrypt(sink: Writable) -> None:
-            with crypto.EncryptingWriter(sink, self.recipients) as writer:
+            with crypto.EncryptingWriter(sink, recipients) as writer:
                 fill(writer)
 
         return super().stage(folder, encrypt, hashed=hashed)
@@ -58,11 +183,14 @@ class EncryptedFsRepository(FsRepository):
             raise CorruptObject(f"object {key} is not encrypted, but encryption is on",
                                 "it was not written through this repository's key: run "
                                 "markship verify and remove or re-create it")
-        identities = self.identities()
-        return crypto.DecryptingReader(raw, identities, f"object {key}")  # type: ignore[return-value]
+        try:
+            return self._open_with_keys(raw, key)  # type: ignore[return-value]
+        except BaseException:
+            raw.close()
+            raise
 
     def plaintext(self, stored: Readable, key: str) -> Readable:
-        return crypto.DecryptingReader(stored, self.identities(), f"object {key}")  # type: ignore[arg-type]
+        return self._open_with_keys(stored, key)
 
     def read_bytes(self, key: str) -> bytes:
         chunks = []

@@ -113,17 +113,19 @@ class FsRepository:
 
     def write_named_by(self, folder: str, fill: Callable[[Writable], None],
                        name_for: Callable[[], str], *, overwrite: bool = False,
-                       hashed: bool = True) -> StoredObject:
+                       hashed: bool = True, metadata: bool = False) -> StoredObject:
         """Like write_named(), for producers that push data: `fill(sink)` writes the object's
         bytes into `sink` (e.g. a compressor's stream_writer). `hashed=False`: no sha256 of
-        the stored bytes (the result's is ""), for objects named by their content's digest."""
-        staged = self.stage(folder, fill, hashed=hashed)
+        the stored bytes (the result's is ""), for objects named by their content's digest.
+        `metadata`: see stage()."""
+        staged = self.stage(folder, fill, hashed=hashed, metadata=metadata)
         return staged.publish(name_for, overwrite=overwrite)
 
     def stage(self, folder: str, fill: Callable[[Writable], None], *,
-              hashed: bool = True) -> Staged:
+              hashed: bool = True, metadata: bool = False) -> Staged:
         """The first half of a write: `fill(sink)` goes into a temp object in `folder`,
-        flushed to disk; `publish()` on the result gives it its name (or `discard()`)."""
+        flushed to disk; `publish()` on the result gives it its name (or `discard()`).
+        `metadata` matters only to an encrypted repository."""
         directory = self._path(folder.rstrip("/"))
         try:
             os.makedirs(directory, exist_ok=True)
@@ -171,8 +173,14 @@ class FsRepository:
                 os.unlink(temp)
         _fsync_dir(os.path.dirname(final))
 
-    def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> StoredObject:
-        return self.write(key, io.BytesIO(data), overwrite=overwrite)
+    def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False,
+                    metadata: bool = False) -> StoredObject:
+        folder, _sep, name = key.rpartition("/")
+        if not overwrite and os.path.exists(self._path(key)):
+            raise ConflictError(f"object {key} already exists in the repository")
+        staged = self.stage(folder + "/" if folder else "", lambda sink: _write_all(sink, data),
+                            metadata=metadata)
+        return staged.publish(lambda: name, overwrite=overwrite)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -422,3 +430,7 @@ class _FileLock:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._release()
+
+
+def _write_all(sink: Writable, data: bytes) -> None:
+    sink.write(data)
