@@ -152,6 +152,7 @@ def test_repository_key_file_and_unreachable_server(workdir: Path) -> None:
     down = ScratchServer("alpha", workdir / "alpha", free_port())
     write_config(config, repo, [down], extra=(
         f'\n[encryption]\nrecipient = "age1example"\nidentity_file = "{key}"\n'
+        f'catalog_key_file = "{workdir}/catalog.txt"\n'
         '\n[[dump]]\nserver = "alpha"\ndatabase = "postgres"\n'))
     config.write_text(config.read_text().replace("user=postgres", "user=postgres password=x"))
     config.chmod(0o644)
@@ -164,6 +165,9 @@ def test_repository_key_file_and_unreachable_server(workdir: Path) -> None:
     assert f"✗ config: {config} holds passwords and is readable by everyone (mode 0644): " \
         f"chmod o-rwx {config}" in proc.stdout
     assert "✗ alpha: cannot connect to server alpha" in proc.stdout
+    assert f"✗ key: catalog key file {workdir}/catalog.txt cannot be read by postgres (No such " \
+        "file or directory): put it where postgres can read it (mode 0600, owner postgres), " \
+        "or create it with markship key catalog" in proc.stdout
 
     key.chmod(0o600)  # still root's: the repository's OS user cannot load it
     proc = run_markship(config, "preflight")

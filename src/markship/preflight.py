@@ -98,8 +98,13 @@ def local_checks(config: Config) -> list[Check]:
     checks = [_repository_check(config.repository.path, entry)]
     if config.source is not None:
         checks.extend(_config_file_checks(config, entry))
-    if config.encryption is not None and config.encryption.identity_file is not None:
-        checks.append(_identity_check(config.encryption.identity_file, entry))
+    encryption = config.encryption
+    if encryption is not None and encryption.identity_file is not None:
+        checks.append(_key_file_check(encryption.identity_file, entry, "identity_file",
+                                      "markship key create/import"))
+    if encryption is not None and encryption.catalog_key_file is not None:
+        checks.append(_key_file_check(encryption.catalog_key_file, entry, "catalog_key_file",
+                                      "markship key catalog"))
     return checks
 
 
@@ -182,28 +187,29 @@ def _config_file_checks(config: Config, entry: pwd.struct_passwd) -> list[Check]
     return checks
 
 
-def _identity_check(path: Path, entry: pwd.struct_passwd) -> Check:
-    """The age identity must be 0600 and readable by the repository's OS user: markship
-    switches to that user before it reads the repository, and loads the key then."""
+def _key_file_check(path: Path, entry: pwd.struct_passwd, name: str, creator: str) -> Check:
+    """An age key file (the identity, the catalog key) must be 0600 and readable by the
+    repository's OS user: markship switches to that user before it reads the repository, and
+    loads the key then."""
     user = entry.pw_name
+    what = name.replace("_", " ").removesuffix(" file") + " file"
     try:
         info = path.stat()
     except OSError as exc:
-        return Check("key", "identity_file", "fail",
-                     f"identity file {path} cannot be read by {user} ({exc.strerror})",
+        return Check("key", name, "fail",
+                     f"{what} {path} cannot be read by {user} ({exc.strerror})",
                      f"put it where {user} can read it (mode 0600, owner {user}), "
-                     "or create it with markship key create/import")
+                     f"or create it with {creator}")
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
-        return Check("key", "identity_file", "fail",
-                     f"identity file {path} has mode {mode:04o}: others may read the key",
+        return Check("key", name, "fail",
+                     f"{what} {path} has mode {mode:04o}: others may read the key",
                      f"chmod 600 {path}")
     if not os.access(path, os.R_OK):
-        return Check("key", "identity_file", "fail",
-                     f"identity file {path} is mode 0600 but not readable by {user}, who "
+        return Check("key", name, "fail",
+                     f"{what} {path} is mode 0600 but not readable by {user}, who "
                      "reads the repository", f"chown {user} {path}")
-    return Check("key", "identity_file", "ok",
-                 f"identity file {path} is mode {mode:04o}, readable by {user} only")
+    return Check("key", name, "ok", f"{what} {path} is mode {mode:04o}, readable by {user} only")
 
 
 # -- one server -----------------------------------------------------------------------------------
