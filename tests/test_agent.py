@@ -126,3 +126,66 @@ def test_mark_command_is_made_by_the_running_agent(pg_group: GroupFactory) -> No
     # The agent is gone (its socket with it): the command makes the mark itself again.
     after = json.loads(group.ok("mark", "--json"))
     assert after["taken_by"] == "command"
+
+
+def test_receiver_finds_its_next_segment_laid_out(pg_group: GroupFactory) -> None:
+    """The agent writes the receiver's next segment file ahead of time; pg_receivewal takes it
+    as it is, and a restarted agent drops one never written to."""
+    group = pg_group(1)
+    alpha = group.servers[0]
+    alpha.psql("CREATE TABLE ticks (n int)")
+    folder = group.repo / "stream" / "alpha"
+    group.config_path.write_text(group.config_path.read_text()
+                                 + "\n[marks]\ninterval = 3600\n")
+
+    def laid_out() -> list[str]:
+        """`.partial` files whose first page is still zero: written by the agent, unused."""
+        found = []
+        for path in sorted(folder.glob("*.partial")):
+            with path.open("rb") as handle:
+                if not any(handle.read(8192)):
+                    found.append(path.name)
+        return found
+
+    def streamed_mark() -> str:
+        mark = json.loads(group.ok("mark", "--json"))["name"]
+        record = json.loads((group.repo / "marks" / f"{mark}.json").read_text())
+        assert record["body"]["delivery"] == {"alpha": "stream"}, record
+        return str(mark)
+
+    agent = _start_agent(group)
+    try:
+        _wait_for(lambda: len(laid_out()) == 1, "the next segment laid out")
+        (following,) = laid_out()
+        inode = (folder / following).stat().st_ino
+        alpha.psql("INSERT INTO ticks VALUES (1); SELECT pg_switch_wal()")
+        alpha.psql("INSERT INTO ticks VALUES (2)")
+        # The receiver moved on into the file laid out for it: same file, now holding WAL.
+        _wait_for(lambda: (folder / following).exists() and following not in laid_out(),
+                  "the receiver in the laid-out segment")
+        assert (folder / following).stat().st_ino == inode
+        streamed_mark()
+        _wait_for(lambda: len(laid_out()) == 1 and laid_out()[0] > following,
+                  "the segment after it laid out")
+        agent.send_signal(signal.SIGTERM)
+        _out, log = agent.communicate(timeout=60)
+        assert agent.returncode == 0, log
+        assert laid_out(), "an unused laid-out segment is left for the restart to handle"
+
+        # A restarted agent resumes the receiver in the segment it was writing, not in the
+        # unused one after it (which would skip the rest of that segment).
+        agent = _start_agent(group)
+        alpha.psql("INSERT INTO ticks VALUES (3)")
+        _wait_for(lambda: alpha.psql("SELECT count(*) FROM pg_stat_replication WHERE "
+                                     "state = 'streaming'") == "1", "the receiver streaming")
+        mark = streamed_mark()
+        agent.send_signal(signal.SIGTERM)
+        _out, log = agent.communicate(timeout=60)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert agent.returncode == 0, log
+    assert "stream.exited" not in log and "stream.pad_failed" not in log, log
+    restored = group.restore("alpha", "--name", mark)
+    assert restored.psql("SELECT array_agg(n ORDER BY n) FROM ticks") == "{1,2,3}"

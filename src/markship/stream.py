@@ -14,6 +14,10 @@ the server's `pg_stat_replication.flush_lsn` for the receiver says what is durab
 - `wal-fetch` serves a segment that is not archived yet from the stream folder (a partial one
   under the segment's name: recovery stops at the mark before the zero padding). Standbys
   only ever get whole segments.
+- The agent lays out the receiver's *next* segment file ahead of time (zeros, flushed, then
+  renamed to `SEG.partial`): pg_receivewal opens a full-size file as it is, so its switch to a
+  new segment no longer stalls the stream for a 16 MB write and fsync (marks waited on that).
+  An unused one (its first page still zero) is removed before a receiver starts.
 - The archive stays the record of truth: archive_command still archives every segment, and
   the agent deletes streamed files once their segment is archived. No replication slot is
   used, so a receiver that is down never makes a production server keep WAL; after a long
@@ -22,6 +26,7 @@ the server's `pg_stat_replication.flush_lsn` for the receiver says what is durab
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,12 +38,14 @@ from typing import Protocol
 
 from markship import fanout, pgbin, postgres
 from markship.config import Config
+from markship.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
 from markship.repository import FsRepository, Repository, layout
 
 APPLICATION_NAME = "markship-stream"
 PARTIAL = layout.STREAM_PARTIAL
 stream_prefix = layout.stream_prefix
 PID_FILE = "receiver.pid"
+PAD_PREFIX = ".pad-"  # a next segment being laid out (pg_receivewal ignores other names)
 # pg_receivewal's complaints that mean the folder cannot be resumed from.
 RESTART_FRESH = ("has already been removed", "timeline", "ahead of the WAL flush position")
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -86,14 +93,15 @@ def wait_flushed(conns: dict[str, postgres.Connection], lsns: dict[str, int],
 
 
 def prune(repo: Repository, server: str) -> int:
-    """Delete streamed files whose segment is archived, keeping the newest file (the one the
-    receiver may be writing). Returns how many were deleted."""
+    """Delete streamed files whose segment is archived, keeping the newest two (the one the
+    receiver may be writing, and the next one laid out for it). Returns how many were
+    deleted."""
     from markship.wal import find_archived
 
     names = repo.children(stream_prefix(server))
     segments = sorted(n for n in names if len(n.removesuffix(PARTIAL)) == 24)
     deleted = 0
-    for name in segments[:-1]:
+    for name in segments[:-2]:  # the newest may be the next segment, laid out ahead
         base = name.removesuffix(PARTIAL)
         if find_archived(repo, server, base):
             repo.delete(stream_prefix(server) + name)
@@ -123,6 +131,7 @@ class Receiver:
         self.failures = 0
         self.next_start = 0.0
         self.started_at = 0.0
+        self.padding: threading.Thread | None = None
 
     def poll(self) -> None:
         """Start the receiver when it is not running (with a growing delay after failures)."""
@@ -131,14 +140,77 @@ class Receiver:
             if code is None:
                 if time.monotonic() - self.started_at > 60:
                     self.failures = 0
+                self._lay_out_next()
                 return
             self._exited(code)
         if time.monotonic() >= self.next_start:
             self._start()
 
+    def _lay_out_next(self) -> None:
+        """Start laying out the segment after the one being written, unless that is done or
+        under way (a thread: writing and flushing 16 MB takes tens of milliseconds)."""
+        if self.padding is not None and self.padding.is_alive():
+            return
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        partials = sorted(n for n in names if n.endswith(PARTIAL)
+                          and len(n.removesuffix(PARTIAL)) == 24)
+        if not partials:
+            return
+        current = partials[-1]
+        try:
+            segment = parse_segment_name(current.removesuffix(PARTIAL))
+            size = os.stat(self.folder / current).st_size
+        except (ValueError, OSError):
+            return
+        if size != DEFAULT_SEGMENT_SIZE or _first_page_zero(self.folder / current):
+            return  # being padded by pg_receivewal, or itself a laid-out file not yet used
+        following = segment.next().name()
+        if following in names or following + PARTIAL in names:
+            return
+        self.padding = threading.Thread(target=self._pad, args=(following, size),
+                                        name=f"pad-{self.server}", daemon=True)
+        self.padding.start()
+
+    def _pad(self, name: str, size: int) -> None:
+        temp = self.folder / f"{PAD_PREFIX}{name}"
+        try:
+            with open(temp, "wb") as handle:
+                zeros = bytes(1 << 20)
+                for _ in range(size >> 20):
+                    handle.write(zeros)
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):  # never over the receiver's own file
+                os.link(temp, self.folder / (name + PARTIAL))
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.log("stream.pad_failed", level="warning", server=self.server,
+                     reason=exc.strerror or str(exc))
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+    def _drop_unused(self) -> None:
+        """Before a receiver starts: remove laid-out segments it never wrote to (it would
+        resume from the newest `.partial` and skip the rest of the one before)."""
+        if self.padding is not None:
+            self.padding.join()
+        for child in self.folder.iterdir():
+            if child.name.startswith(PAD_PREFIX) or (
+                    child.name.endswith(PARTIAL) and _first_page_zero(child)):
+                child.unlink(missing_ok=True)
+
     def _start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._stop_orphan()
+        self._drop_unused()
         self.errors.clear()
         self.proc = subprocess.Popen(
             [self.pg_receivewal, "--dbname", self.conninfo, "--directory", str(self.folder),
@@ -200,6 +272,16 @@ class Receiver:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _first_page_zero(path: Path) -> bool:
+    """True when a WAL file's first page holds nothing: pg_receivewal writes every segment
+    from its start, so such a file has received no WAL."""
+    try:
+        with open(path, "rb") as handle:
+            return not any(handle.read(8192))
+    except OSError:
+        return False
 
 
 def receivers(config: Config, repo: Repository, versions: dict[str, int],
