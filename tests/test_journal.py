@@ -68,3 +68,48 @@ def test_journal_records_changes_and_names_tampering(pg_group: GroupFactory) -> 
     (folder / f"{10:012d}.json").unlink()
     removed = group.markship("journal", "verify")
     assert removed.returncode != 0 and "entry 10 is missing" in removed.stderr
+
+
+def test_a_journal_begun_with_content_links_continues_and_still_names_tampering(
+        tmp_path: Path) -> None:
+    """Entries linked by the hash of their content (the first format) stay verifiable, and
+    new entries (linked by the hash of the stored bytes) chain after them."""
+    from datetime import UTC, datetime
+
+    from markship import catalog, journal
+    from markship.repository import open_repository
+
+    repo = open_repository(tmp_path / "repo")
+    previous = None
+    for seq in (1, 2):
+        entry = journal.JournalEntry(
+            seq=seq, time=datetime(2026, 11, 20, 10, seq, tzinfo=UTC), user="root", host="h",
+            command="backup", outcome="ok",
+            prev=journal.entry_hash(previous) if previous else "")
+        catalog.write_record(repo, journal.entry_key(seq), entry)
+        previous = entry
+    assert previous is not None
+    catalog.write_record(repo, journal.HEAD_KEY,
+                         journal.JournalHead(seq=2, hash=journal.entry_hash(previous)),
+                         overwrite=True)
+    assert journal.verify(repo).ok
+
+    journal.append(repo, "mark", "ok")
+    journal.append(repo, "expire", "ok")
+    result = journal.verify(repo)
+    assert result.ok and result.entries == 4
+    assert journal.entries(repo)[2].prev.startswith("stored-sha256:")
+
+    # Rewriting an entry with a valid checksum is caught by the link after it, in either
+    # format.
+    third = journal.entries(repo)[2]
+    catalog.write_record(repo, journal.entry_key(3),
+                         third.model_copy(update={"outcome": "failed: hidden"}), overwrite=True)
+    assert journal.verify(repo).problem == "entry 3 was altered after it was written " \
+                                           "(entry 4 no longer matches it)"
+    catalog.write_record(repo, journal.entry_key(3), third, overwrite=True)
+    assert journal.verify(repo).ok  # the same bytes again
+    forged = journal.entries(repo)[0].model_copy(update={"command": "restore"})
+    catalog.write_record(repo, journal.entry_key(1), forged, overwrite=True)
+    assert journal.verify(repo).problem == "entry 1 was altered after it was written " \
+                                           "(entry 2 no longer matches it)"
