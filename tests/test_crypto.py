@@ -261,3 +261,9 @@ def test_production_reads_the_catalog_with_its_key_but_never_a_backup(
     lost = group.markship("status")
     assert lost.returncode != 0 and f"catalog key file {catalog_key} not found" in lost.stderr
     assert "markship key catalog" in lost.stderr and lost.stderr.count("\n") == 1
+    # ... but archiving never stops over it: a .backup file is stored for the identity alone.
+    label = group.workdir / "000000010000000000000099.00000028.backup"
+    label.write_text("START WAL LOCATION: 0/99000028 (file 000000010000000000000099)\n")
+    chown_to(label, OS_USER)
+    pushed = group.markship("wal-push", "--server", "alpha", str(label), user=OS_USER)
+    assert pushed.returncode == 0 and "written for the repository key only" in pushed.stderr

@@ -64,8 +64,10 @@ class WalSettings:
 
     def open_repository(self) -> FsRepository:
         if self.recipient:
+            # The archiver never stops over the catalog key (see EncryptedFsRepository).
             return open_repository(self.repository_path, [self.recipient],
-                                   self.identity_file or None, self.catalog_key_file or None)
+                                   self.identity_file or None, self.catalog_key_file or None,
+                                   strict_catalog=False)
         return open_repository(self.repository_path)
 
     @classmethod

@@ -27,7 +27,8 @@ def __getattr__(name: str) -> object:
 
 def open_repository(path: str | os.PathLike[str], recipients: list[str] | None = None,
                     identity_file: str | os.PathLike[str] | None = None,
-                    catalog_key_file: str | os.PathLike[str] | None = None) -> FsRepository:
+                    catalog_key_file: str | os.PathLike[str] | None = None, *,
+                    strict_catalog: bool = True) -> FsRepository:
     """Open the repository at a local or mounted directory; with recipients, every object
     is encrypted to them (and read with the identity file; records also with the catalog
     key file)."""
@@ -38,5 +39,6 @@ def open_repository(path: str | os.PathLike[str], recipients: list[str] | None =
 
         return EncryptedFsRepository(path, recipients,
                                      Path(identity_file) if identity_file else None,
-                                     Path(catalog_key_file) if catalog_key_file else None)
+                                     Path(catalog_key_file) if catalog_key_file else None,
+                                     strict_catalog=strict_catalog)
     return FsRepository(path)

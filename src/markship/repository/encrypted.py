@@ -39,7 +39,8 @@ CATALOG_FILE_FIX = ("copy it from another host of the group, or run `markship ke
 
 class EncryptedFsRepository(FsRepository):
     def __init__(self, root: str | os.PathLike[str], recipients: list[str],
-                 identity_file: Path | None, catalog_key_file: Path | None = None) -> None:
+                 identity_file: Path | None, catalog_key_file: Path | None = None, *,
+                 strict_catalog: bool = True) -> None:
         super().__init__(root)
         self.recipients = [crypto.parse_recipient(r) for r in recipients]
         self.identity_file = identity_file
@@ -48,6 +49,9 @@ class EncryptedFsRepository(FsRepository):
         self._catalog: list[Identity] | None = None
         self._catalog_from_file: list[Identity] | None = None
         self._catalog_copied = False
+        # False where failing would be worse than a record production cannot read: the
+        # archive_command (WAL .backup/.history files).
+        self.strict_catalog = strict_catalog
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -152,7 +156,18 @@ class EncryptedFsRepository(FsRepository):
                                        no_key)
 
     def _metadata_recipients(self) -> list[Recipient]:
-        catalog = self.catalog_identities()
+        try:
+            catalog = self.catalog_identities()
+        except KeyProblem as exc:
+            if self.strict_catalog:
+                raise
+            # The archiver's path: archiving must never stop over the catalog key. The
+            # record is readable with the identity; production cannot read this one.
+            import sys
+
+            print(f"markship: warning: {exc.one_line()} (written for the repository key only)",
+                  file=sys.stderr)
+            return self.recipients
         if not catalog:
             return self.recipients
         if self.catalog_key_file is not None and not self._catalog_copied:
