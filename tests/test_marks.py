@@ -271,7 +271,9 @@ def test_receiver_starts_over_when_its_folder_cannot_be_resumed(pg_group: GroupF
     folder = group.repo / "stream" / "alpha"
     folder.mkdir(parents=True)
     stale = folder / "0000000100000000000000F0.partial"
-    stale.write_bytes(bytes(16 << 20))
+    # Received WAL starts with a page header: a first page of zeros would be a segment the
+    # agent laid out in advance and never used, which it simply removes.
+    stale.write_bytes(b"\x10\xd1\x06\x00" + bytes((16 << 20) - 4))
     for path in (group.repo / "stream", folder, stale):
         chown_to(path, OS_USER)
     group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
