@@ -98,12 +98,14 @@ def backup(ctx: Context, servers: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         emit_json({"set": result.record.model_dump(mode="json"),
                    "backups": {k: v.model_dump(mode="json") for k, v in result.backups.items()}})
-        return
-    for name, rec in result.backups.items():
-        ratio = rec.raw_size / rec.archive.size if rec.archive.size else 0
-        click.echo(f"✓ {name}: {_size(rec.raw_size)} → {_size(rec.archive.size)} "
-                   f"({ratio:.1f}×) in {(rec.finished_at - rec.started_at).total_seconds():.1f} s")
-    click.echo(f"backup set {result.record.id} complete")
+    else:
+        for name, rec in result.backups.items():
+            ratio = rec.raw_size / rec.archive.size if rec.archive.size else 0
+            seconds = (rec.finished_at - rec.started_at).total_seconds()
+            click.echo(f"✓ {name}: {_size(rec.raw_size)} → {_size(rec.archive.size)} "
+                       f"({ratio:.1f}×) in {seconds:.1f} s")
+        click.echo(f"backup set {result.record.id} complete")
+    # Warnings go to stderr with --json too: they must not be missed by scripts' logs.
     for what, problem in result.record.errors.items():  # file sets; the databases are fine
         click.echo(f"markship: warning: {what} not captured: {problem}", err=True)
     _warn_key_backup(config, repo)
