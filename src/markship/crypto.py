@@ -10,18 +10,18 @@ key by its fingerprint (the first 16 hex digits of the sha256 of its public reci
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import threading
-from collections.abc import Iterable
-from pathlib import Path
-from typing import BinaryIO
 
 from markship.errors import ConfigError, CorruptObject, KeyProblem, MarkshipError
 
+# wal-fetch loads this module for every WAL file recovery asks for: no pathlib, hashlib,
+# typing, contextlib or threading at import time, and pyrage only once something is really
+# encrypted or decrypted.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import BinaryIO
+
     from pyrage.x25519 import Identity, Recipient
 
     from markship.repository.base import Writable
@@ -32,6 +32,8 @@ CHUNK = 256 * 1024
 
 def fingerprint(recipient: str) -> str:
     """A short, stable name for a key that reveals nothing of it."""
+    import hashlib
+
     return hashlib.sha256(recipient.strip().encode()).hexdigest()[:16]
 
 
@@ -45,7 +47,7 @@ def parse_recipient(text: str) -> Recipient:
                           "use the age1… line printed by `markship key create`") from None
 
 
-def read_identities(path: Path, what: str = "identity file",
+def read_identities(path: str | os.PathLike[str], what: str = "identity file",
                     fix_missing: str = "restore it, or run `markship key import` from the key "
                                        "export") -> list[Identity]:
     """Every identity in an identity file (one per line; # comments, blank lines allowed).
@@ -54,8 +56,10 @@ def read_identities(path: Path, what: str = "identity file",
     in the file so that objects written before the rotation stay readable. `what` names the
     file in errors (the catalog key file is one too).
     """
+    path = os.fspath(path)
     try:
-        text = path.read_text()
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except FileNotFoundError:
         raise KeyProblem(f"{what} {path} not found", fix_missing) from None
     except PermissionError:
@@ -113,6 +117,8 @@ class EncryptingWriter:
             except BaseException as exc:  # reported by close()
                 self._error = exc
 
+        import threading
+
         self._thread = threading.Thread(target=pump, name="age-encrypt", daemon=True)
         self._thread.start()
 
@@ -167,8 +173,12 @@ class DecryptingReader:
                 self._error = exc
             finally:
                 # The end of the pipe: read() sees EOF, then the error if any.
-                with contextlib.suppress(BrokenPipeError):
+                try:  # noqa: SIM105 (contextlib would load on every wal-fetch)
                     sink.close()
+                except BrokenPipeError:
+                    pass
+
+        import threading
 
         self._thread = threading.Thread(target=pump, name="age-decrypt", daemon=True)
         self._thread.start()

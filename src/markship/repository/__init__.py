@@ -33,12 +33,8 @@ def open_repository(path: str | os.PathLike[str], recipients: list[str] | None =
     is encrypted to them (and read with the identity file; records also with the catalog
     key file)."""
     if recipients:
-        from pathlib import Path
-
         from markship.repository.encrypted import EncryptedFsRepository
 
-        return EncryptedFsRepository(path, recipients,
-                                     Path(identity_file) if identity_file else None,
-                                     Path(catalog_key_file) if catalog_key_file else None,
-                                     strict_catalog=strict_catalog)
+        return EncryptedFsRepository(path, recipients, identity_file or None,
+                                     catalog_key_file or None, strict_catalog=strict_catalog)
     return FsRepository(path)

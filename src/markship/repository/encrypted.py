@@ -17,20 +17,24 @@ file; `markship key catalog --to FILE` writes the file from it.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import BinaryIO
 
 from markship import crypto
 from markship.errors import ConflictError, CorruptObject, KeyProblem
-from markship.repository.base import Readable, Writable
 from markship.repository.fs import FsRepository, Staged
 
+# wal-fetch opens this backend once per WAL file recovery asks for: no pathlib or typing
+# here, and pyrage loads only when an object is encrypted or decrypted.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import BinaryIO
+
     from pyrage.x25519 import Identity, Recipient
+
+    from markship.repository.base import Readable, Writable
+
+    KeyPath = str | os.PathLike[str]
 
 CATALOG_COPIES = "keys/catalog/"
 CATALOG_FILE_FIX = ("copy it from another host of the group, or run `markship key catalog "
@@ -39,10 +43,11 @@ CATALOG_FILE_FIX = ("copy it from another host of the group, or run `markship ke
 
 class EncryptedFsRepository(FsRepository):
     def __init__(self, root: str | os.PathLike[str], recipients: list[str],
-                 identity_file: Path | None, catalog_key_file: Path | None = None, *,
+                 identity_file: KeyPath | None, catalog_key_file: KeyPath | None = None, *,
                  strict_catalog: bool = True) -> None:
         super().__init__(root)
-        self.recipients = [crypto.parse_recipient(r) for r in recipients]
+        self._recipient_texts = recipients
+        self._recipients: list[Recipient] | None = None
         self.identity_file = identity_file
         self.catalog_key_file = catalog_key_file
         self._identities: list[Identity] | None = None
@@ -54,6 +59,13 @@ class EncryptedFsRepository(FsRepository):
         self.strict_catalog = strict_catalog
 
     # -- keys ----------------------------------------------------------------------------------
+
+    @property
+    def recipients(self) -> list[Recipient]:
+        """The repository key's recipients (parsed on first use: a WAL lookup needs none)."""
+        if self._recipients is None:
+            self._recipients = [crypto.parse_recipient(r) for r in self._recipient_texts]
+        return self._recipients
 
     def identities(self) -> list[Identity]:
         """The repository key's identities (identity_file): they open every object."""
@@ -124,8 +136,10 @@ class EncryptedFsRepository(FsRepository):
         if any(n.endswith(f"-{fingerprint}.age") for n in self.children(CATALOG_COPIES)):
             return
         name = f"{utcnow().strftime('%Y%m%dT%H%M%S.%fZ')}-{fingerprint}.age"
-        with contextlib.suppress(ConflictError):  # another writer stored it at this instant
+        try:  # noqa: SIM105 (contextlib would load on every wal-fetch)
             self.write_bytes(CATALOG_COPIES + name, text.encode())
+        except ConflictError:
+            pass  # another writer stored it at this instant
 
     def _reading_identities(self) -> tuple[list[Identity], KeyProblem | None]:
         """Every identity at hand, and why the repository identity is not (if it is not)."""
@@ -171,7 +185,8 @@ class EncryptedFsRepository(FsRepository):
         if not catalog:
             return self.recipients
         if self.catalog_key_file is not None and not self._catalog_copied:
-            self.store_catalog_key(self.catalog_key_file.read_text())
+            with open(self.catalog_key_file, encoding="utf-8") as handle:
+                self.store_catalog_key(handle.read())
             self._catalog_copied = True
         return [*self.recipients, catalog[0].to_public()]
 
