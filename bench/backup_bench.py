@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -310,6 +310,91 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def save_results(results: dict[str, Any], prefix: str = "") -> Path:
+    """Write a run's results to bench/results/<prefix><UTC time>.json and say where."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"{prefix}{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nresults written to {path}")
+    return path
+
+
+def stop_servers(servers: Sequence[ScratchServer]) -> None:
+    """Stop every server (immediate), reporting the ones that would not stop."""
+    for server in servers:
+        try:
+            server.stop(mode="immediate")
+        except Exception as exc:  # keep cleaning up the others
+            say(f"could not stop {server.name}: {exc}")
+
+
+def remove_root(root: Path | None, keep: bool, settle: float = 0.0) -> None:
+    """Delete the bench directory (after `settle` seconds), unless --keep."""
+    if root is None:
+        return
+    if keep:
+        say(f"--keep: servers stopped, directory kept: {root}")
+        return
+    time.sleep(settle)
+    shutil.rmtree(root, ignore_errors=True)
+    say(f"removed {root}")
+
+
+class Guarded(Protocol):
+    results: dict[str, Any]
+
+    def run(self) -> None: ...
+
+    def summary(self) -> Path: ...
+
+    def cleanup(self) -> None: ...
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def running_as_root() -> bool:
+    if os.geteuid() == 0:
+        return True
+    print("run as root: servers and tools are started as the postgres OS user via runuser",
+          file=sys.stderr)
+    return False
+
+
+def run_guarded(bench: Guarded, has_figures: Callable[[], bool]) -> int:
+    """Run a bench; whatever happens, print the summary (when `has_figures()`) and clean up.
+    SIGTERM/SIGHUP end the run like Ctrl-C; a second signal cannot cut the clean-up short.
+    Returns the exit status (1 when the run failed)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
+    failed = False
+    try:
+        bench.run()
+    except BaseException as exc:
+        failed = True
+        bench.results["failed"] = f"{type(exc).__name__}: {exc}"
+        say(f"benchmark FAILED: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        previous: dict[int, Any] = {
+            signum: signal.signal(signum, signal.SIG_IGN)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            if has_figures():
+                try:
+                    bench.summary()
+                except Exception as exc:  # the clean-up still runs
+                    say(f"summary failed: {type(exc).__name__}: {exc}")
+        finally:
+            bench.cleanup()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+    return 1 if failed else 0
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -923,28 +1008,13 @@ class Bench:
             [r.metric, r.markship, r.anchor, "-" if r.ratio is None else f"{r.ratio:.2f}",
              r.target, r.verdict] for r in self.rows])
         self.results["summary"] = [r.__dict__ for r in self.rows]
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = RESULTS_DIR / f"{stamp}.json"
-        path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
-        print(f"\nresults written to {path}")
-        return path
+        return save_results(self.results)
 
     def cleanup(self) -> None:
         os.chdir("/")
-        for server in reversed(self.tracked):
-            try:
-                server.stop(mode="immediate")
-            except Exception as exc:  # keep cleaning up the others
-                say(f"could not stop {server.name}: {exc}")
-        if not hasattr(self, "root"):
-            return
-        if self.keep:
-            say(f"--keep: servers stopped, directory kept: {self.root}")
-        else:
-            time.sleep(0.5)  # pgBackRest's async archiver exits on its own once idle
-            shutil.rmtree(self.root, ignore_errors=True)
-            say(f"removed {self.root}")
+        stop_servers(list(reversed(self.tracked)))
+        # pgBackRest's async archiver exits on its own once idle
+        remove_root(getattr(self, "root", None), self.keep, settle=0.5)
 
 
 def markship_toml(repo: Path, port: int) -> str:
@@ -1024,38 +1094,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("run as root: servers and tools are started as the postgres OS user via runuser",
-              file=sys.stderr)
+    if not running_as_root():
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
     ensure_tools()
     bench = Bench(scale=args.scale, duration=args.duration, runs=args.runs, keep=args.keep,
                   samples=args.samples, segments=args.segments,
                   drain_segments=args.drain_segments,
                   phases=tuple(p for p in PHASES if p in args.phases.split(",")))
-    failed = False
-    try:
-        bench.run()
-    except BaseException as exc:
-        failed = True
-        bench.results["failed"] = f"{type(exc).__name__}: {exc}"
-        say(f"benchmark FAILED: {type(exc).__name__}: {exc}")
-        if not isinstance(exc, Exception):
-            raise
-    finally:
-        try:
-            if hasattr(bench, "data_bytes"):
-                bench.summary()
-        finally:
-            bench.cleanup()
-    return 1 if failed else 0
+    return run_guarded(bench, lambda: hasattr(bench, "data_bytes"))
 
 
 if __name__ == "__main__":

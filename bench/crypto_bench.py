@@ -34,8 +34,6 @@ import json
 import os
 import platform
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,7 +43,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import backup_bench
@@ -54,7 +51,6 @@ from backup_bench import (
     MARKSHIP,
     MIB,
     OS_USER,
-    RESULTS_DIR,
     WARM_CACHE,
     Row,
     Timed,
@@ -69,9 +65,14 @@ from backup_bench import (
     pg,
     print_table,
     ratio_verdict,
+    remove_root,
+    run_guarded,
     run_timed,
+    running_as_root,
+    save_results,
     say,
     settle,
+    stop_servers,
     tool_version,
     wait_promoted,
 )
@@ -735,27 +736,12 @@ class CryptoBench:
              r.target, r.verdict] for r in self.rows])
         self.results["summary"] = [r.__dict__ for r in self.rows]
         self.results["markship_stderr"] = self.notes
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = RESULTS_DIR / f"crypto-{stamp}.json"
-        path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
-        print(f"\nresults written to {path}")
-        return path
+        return save_results(self.results, "crypto-")
 
     def cleanup(self) -> None:
         os.chdir("/")
-        for server in reversed(self.tracked):
-            try:
-                server.stop(mode="immediate")
-            except Exception as exc:  # keep cleaning up the others
-                say(f"could not stop {server.name}: {exc}")
-        if not hasattr(self, "root"):
-            return
-        if self.keep:
-            say(f"--keep: servers stopped, directory kept: {self.root}")
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
-            say(f"removed {self.root}")
+        stop_servers(list(reversed(self.tracked)))
+        remove_root(getattr(self, "root", None), self.keep)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -777,48 +763,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("run as root: servers and tools are started as the postgres OS user via runuser",
-              file=sys.stderr)
+    if not running_as_root():
         return 2
     if not (Path(pg("postgres")).exists() and MARKSHIP.exists()):
         print(f"PostgreSQL 15 or {MARKSHIP} missing: run ./dev setup first", file=sys.stderr)
         return 2
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _terminate)
     bench = CryptoBench(scale=args.scale, rss_scale=args.rss_scale, runs=args.runs,
                         keep=args.keep)
-    failed = False
-    try:
-        bench.run()
-    except BaseException as exc:
-        failed = True
-        bench.results["failed"] = f"{type(exc).__name__}: {exc}"
-        say(f"benchmark FAILED: {type(exc).__name__}: {exc}")
-        if not isinstance(exc, Exception):
-            raise
-    finally:
-        # A second Ctrl-C or SIGTERM must not cut the clean-up short.
-        previous: dict[int, Any] = {
-            signum: signal.signal(signum, signal.SIG_IGN)
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        try:
-            if bench.data_bytes:
-                try:
-                    bench.summary()
-                except Exception as exc:  # the clean-up still runs
-                    say(f"summary failed: {type(exc).__name__}: {exc}")
-        finally:
-            bench.cleanup()
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-    return 1 if failed else 0
+    return run_guarded(bench, lambda: bool(bench.data_bytes))
 
 
 if __name__ == "__main__":

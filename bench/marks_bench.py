@@ -39,7 +39,6 @@ import multiprocessing.synchronize
 import os
 import platform
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -50,7 +49,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
@@ -60,15 +58,19 @@ from backup_bench import (
     MARKSHIP,
     OS_USER,
     PG_BIN,
-    RESULTS_DIR,
     WARM_CACHE,
     count_ready,
     installed_at,
     loadavg,
     pg,
     print_table,
+    remove_root,
+    run_guarded,
     run_timed,
+    running_as_root,
+    save_results,
     say,
+    stop_servers,
     tool_version,
 )
 from markship import config as config_mod
@@ -1413,12 +1415,7 @@ class Bench:
         print_table(["metric", "measured", "detail", "target", "verdict"],
                     [[r.metric, r.value, r.detail, r.target, r.verdict] for r in self.rows])
         self.results["summary"] = [r.__dict__ for r in self.rows]
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = RESULTS_DIR / f"marks-{stamp}.json"
-        path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
-        print(f"\nresults written to {path}")
-        return path
+        return save_results(self.results, "marks-")
 
     def cleanup(self) -> None:
         os.chdir("/")
@@ -1435,18 +1432,8 @@ class Bench:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        for server in [*reversed(self.standbys), *reversed(self.servers)]:
-            try:
-                server.stop(mode="immediate")
-            except Exception as exc:  # keep cleaning up the others
-                say(f"could not stop {server.name}: {exc}")
-        if not hasattr(self, "root"):
-            return
-        if self.keep:
-            say(f"--keep: servers stopped, directory kept: {self.root}")
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
-            say(f"removed {self.root}")
+        stop_servers([*reversed(self.standbys), *reversed(self.servers)])
+        remove_root(getattr(self, "root", None), self.keep)
 
 
 def agent_events(log: Path) -> list[dict[str, Any]]:
@@ -1493,39 +1480,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("run as root: servers and tools are started as the postgres OS user via runuser",
-              file=sys.stderr)
+    if not running_as_root():
         return 2
     if not (PG_BIN / "postgres").exists() or not MARKSHIP.exists():
         print(f"PostgreSQL 15 ({PG_BIN}) or markship ({MARKSHIP}) missing: run ./dev setup",
               file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
     bench = Bench(duration=args.duration, n_servers=args.servers, clients=args.clients,
                   keep=args.keep, phases=args.phases)
-    failed = False
-    try:
-        bench.run()
-    except BaseException as exc:
-        failed = True
-        bench.results["failed"] = f"{type(exc).__name__}: {exc}"
-        say(f"benchmark FAILED: {type(exc).__name__}: {exc}")
-        if not isinstance(exc, Exception):
-            raise
-    finally:
-        try:
-            if "meta" in bench.results:
-                bench.summary()
-        finally:
-            bench.cleanup()
-    return 1 if failed else 0
+    return run_guarded(bench, lambda: "meta" in bench.results)
 
 
 if __name__ == "__main__":
