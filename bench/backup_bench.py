@@ -343,6 +343,44 @@ def remove_root(root: Path | None, keep: bool, settle: float = 0.0) -> None:
     say(f"removed {root}")
 
 
+def report_install_and_load(results: dict[str, Any]) -> None:
+    """Say if markship was reinstalled during the run, and the load average at its end."""
+    versions = results["meta"]["versions"]
+    if installed_at() != versions["markship_installed_at"]:
+        print(f"WARNING: markship was reinstalled during this run (at {installed_at()}, was "
+              f"{versions['markship_installed_at']}): phases may have run different code")
+    host = results["meta"]["host"]
+    host["loadavg_at_end"] = loadavg()
+    print(f"load average (1/5/15 min) at start {host['loadavg_at_start']}, at end "
+          f"{host['loadavg_at_end']}: other work on this shared machine adds noise")
+
+
+class ScratchFiles:
+    """Ports, directories and files for a bench's scratch servers (a mixin for the benches'
+    dataclasses, which hold `used_ports`)."""
+
+    used_ports: set[int]
+
+    def port(self) -> int:
+        while True:
+            candidate = free_port()
+            if candidate not in self.used_ports:
+                self.used_ports.add(candidate)
+                return candidate
+
+    def pg_dir(self, path: Path, mode: int = 0o750) -> Path:
+        """A directory owned by the postgres OS user."""
+        path.mkdir(parents=True, exist_ok=True)
+        chown_to(path, OS_USER)
+        path.chmod(mode)
+        return path
+
+    def write_file(self, path: Path, text: str) -> Path:
+        path.write_text(text)
+        path.chmod(0o644)
+        return path
+
+
 class Guarded(Protocol):
     results: dict[str, Any]
 
@@ -401,7 +439,7 @@ def run_guarded(bench: Guarded, has_figures: Callable[[], bool]) -> int:
 
 
 @dataclass
-class Bench:
+class Bench(ScratchFiles):
     scale: int
     duration: int
     runs: int
@@ -417,25 +455,6 @@ class Bench:
     used_ports: set[int] = field(default_factory=set)
 
     # -- helpers ---------------------------------------------------------------------------------
-
-    def port(self) -> int:
-        while True:
-            candidate = free_port()
-            if candidate not in self.used_ports:
-                self.used_ports.add(candidate)
-                return candidate
-
-    def pg_dir(self, path: Path, mode: int = 0o750) -> Path:
-        """A directory owned by the postgres OS user."""
-        path.mkdir(parents=True, exist_ok=True)
-        chown_to(path, OS_USER)
-        path.chmod(mode)
-        return path
-
-    def write_file(self, path: Path, text: str) -> Path:
-        path.write_text(text)
-        path.chmod(0o644)
-        return path
 
     def pgbench_argv(self, server: ScratchServer, *options: str) -> list[str]:
         return as_pg([pg("pgbench"), "-h", server.host, "-p", str(server.port), "-U", "postgres",
@@ -973,13 +992,7 @@ class Bench:
         print(f"{versions['markship']} (installed {versions['markship_installed_at']}, work tree "
               f"HEAD {versions['work_tree_head']}); {versions['postgres']}; "
               f"{versions['pgbackrest']}")
-        if installed_at() != versions["markship_installed_at"]:
-            print(f"WARNING: markship was reinstalled during this run (at {installed_at()}, was "
-                  f"{versions['markship_installed_at']}): phases may have run different code")
-        host = self.results["meta"]["host"]
-        host["loadavg_at_end"] = loadavg()
-        print(f"load average (1/5/15 min) at start {host['loadavg_at_start']}, at end "
-              f"{host['loadavg_at_end']}: other work on this shared machine adds noise")
+        report_install_and_load(self.results)
         print("ratio = markship ÷ anchor (for drain rate and pushed/produced: higher is better)")
         print("=" * 100)
         backup = self.results.get("backup")

@@ -53,6 +53,7 @@ from backup_bench import (
     OS_USER,
     WARM_CACHE,
     Row,
+    ScratchFiles,
     Timed,
     as_pg,
     dir_bytes,
@@ -66,6 +67,7 @@ from backup_bench import (
     print_table,
     ratio_verdict,
     remove_root,
+    report_install_and_load,
     run_guarded,
     run_timed,
     running_as_root,
@@ -76,7 +78,7 @@ from backup_bench import (
     tool_version,
     wait_promoted,
 )
-from markship.scratch import ScratchServer, chown_to, free_port, pgbench_fingerprint, wait_archived
+from markship.scratch import ScratchServer, chown_to, pgbench_fingerprint, wait_archived
 
 VARIANTS = ("plain", "enc")
 LABEL = {"plain": "encryption off", "enc": "encryption on (age)"}
@@ -324,7 +326,7 @@ def package_version(name: str) -> str:
 
 
 @dataclass
-class CryptoBench:
+class CryptoBench(ScratchFiles):
     scale: int
     rss_scale: int
     runs: int
@@ -341,25 +343,6 @@ class CryptoBench:
     data_bytes: int = 0
 
     # -- helpers ---------------------------------------------------------------------------------
-
-    def port(self) -> int:
-        while True:
-            candidate = free_port()
-            if candidate not in self.used_ports:
-                self.used_ports.add(candidate)
-                return candidate
-
-    def pg_dir(self, path: Path, mode: int = 0o750) -> Path:
-        """A directory owned by the postgres OS user."""
-        path.mkdir(parents=True, exist_ok=True)
-        chown_to(path, OS_USER)
-        path.chmod(mode)
-        return path
-
-    def write_file(self, path: Path, text: str) -> Path:
-        path.write_text(text)
-        path.chmod(0o644)
-        return path
 
     def note(self, result: Timed) -> None:
         """Remember what markship printed on stderr and the warnings in its JSON output; each
@@ -701,13 +684,7 @@ class CryptoBench:
               f"digest {versions['markship_installed_digest']}; work tree HEAD "
               f"{versions['work_tree_head']}, which need not be what is installed); "
               f"{versions['postgres']}; pyrage {versions['pyrage']}")
-        if installed_at() != versions["markship_installed_at"]:
-            print(f"WARNING: markship was reinstalled during this run (at {installed_at()}, was "
-                  f"{versions['markship_installed_at']}): phases may have run different code")
-        host = self.results["meta"]["host"]
-        host["loadavg_at_end"] = loadavg()
-        print(f"load average (1/5/15 min) at start {host['loadavg_at_start']}, at end "
-              f"{host['loadavg_at_end']}: other work on this shared machine adds noise")
+        report_install_and_load(self.results)
         print("ratio = encryption on ÷ encryption off, same data, same run")
         print("=" * 100)
         for phase, title in (("backup", "markship backup"),

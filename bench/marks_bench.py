@@ -65,6 +65,7 @@ from backup_bench import (
     pg,
     print_table,
     remove_root,
+    report_install_and_load,
     run_guarded,
     run_timed,
     running_as_root,
@@ -1396,13 +1397,7 @@ class Bench:
         versions = self.results["meta"]["versions"]
         print(f"{versions['markship']} (installed {versions['markship_installed_at']}, work tree "
               f"HEAD {versions['work_tree_head']}); {versions['postgres']}")
-        if installed_at() != versions["markship_installed_at"]:
-            print(f"WARNING: markship was reinstalled during this run (at {installed_at()}, was "
-                  f"{versions['markship_installed_at']}): phases may have run different code")
-        host = self.results["meta"]["host"]
-        host["loadavg_at_end"] = loadavg()
-        print(f"load average (1/5/15 min) at start {host['loadavg_at_start']}, at end "
-              f"{host['loadavg_at_end']}: other work on this shared machine adds noise")
+        report_install_and_load(self.results)
         seen = self.results.get("foreign_activity", [])
         if seen:
             clusters = max(e["postgres_clusters"] for e in seen)
