@@ -27,12 +27,14 @@ def preflight(ctx: Context, servers: tuple[str, ...], as_json: bool,
     from markship import preflight as checks_mod
 
     if print_role_sql:
+        from markship.rolesql import role_sql
+
         try:
             configfile.locate(ctx.config_path)
         except ConfigError:
-            click.echo(checks_mod.role_sql(None), nl=False)  # no config: the generic role
+            click.echo(role_sql(None), nl=False)  # no config: the generic role
             return
-        click.echo(checks_mod.role_sql(ctx.config), nl=False)
+        click.echo(role_sql(ctx.config), nl=False)
         return
     config = ctx.config
     chosen = config.select(servers)
