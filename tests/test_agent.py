@@ -6,6 +6,8 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from conftest import MARKSHIP, Group, GroupFactory
@@ -14,6 +16,25 @@ from conftest import MARKSHIP, Group, GroupFactory
 def _start_agent(group: Group) -> subprocess.Popen[str]:
     return subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextmanager
+def _running_agent(group: Group) -> Iterator[subprocess.Popen[str]]:
+    """The agent, killed on the way out if the test did not stop it."""
+    agent = _start_agent(group)
+    try:
+        yield agent
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+
+
+def _stop(agent: subprocess.Popen[str]) -> str:
+    """SIGTERM, as an operator stops it; returns its log (stderr)."""
+    agent.send_signal(signal.SIGTERM)
+    _out, err = agent.communicate(timeout=60)
+    return err
 
 
 def _wait_for(predicate: object, what: str, timeout: float = 90) -> None:
@@ -86,8 +107,7 @@ def test_mark_command_is_made_by_the_running_agent(pg_group: GroupFactory) -> No
 
     group = pg_group(2)
     group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 3600\n")
-    agent = _start_agent(group)
-    try:
+    with _running_agent(group) as agent:
         _wait_for(lambda: len(_marks(group)) >= 1, "the agent's first mark")
         made = json.loads(group.ok("mark", "--json", "--name", "before-deploy"))
         assert made["taken_by"] == "agent"
@@ -105,12 +125,7 @@ def test_mark_command_is_made_by_the_running_agent(pg_group: GroupFactory) -> No
         assert direct.returncode == 0, direct.stderr
         assert json.loads(direct.stdout)["taken_by"] == "command"
 
-        agent.send_signal(signal.SIGTERM)
-        _out, err = agent.communicate(timeout=60)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait()
+        err = _stop(agent)
     assert agent.returncode == 0, err
     assert "mark.ok name=before-deploy" in err and "requested_by=" in err
     names = {m["name"]: m["complete"] for m in _marks(group)}
@@ -153,8 +168,7 @@ def test_receiver_finds_its_next_segment_laid_out(pg_group: GroupFactory) -> Non
         assert record["body"]["delivery"] == {"alpha": "stream"}, record
         return str(mark)
 
-    agent = _start_agent(group)
-    try:
+    with _running_agent(group) as agent:
         _wait_for(lambda: len(laid_out()) == 1, "the next segment laid out")
         (following,) = laid_out()
         inode = (folder / following).stat().st_ino
@@ -167,24 +181,18 @@ def test_receiver_finds_its_next_segment_laid_out(pg_group: GroupFactory) -> Non
         streamed_mark()
         _wait_for(lambda: len(laid_out()) == 1 and laid_out()[0] > following,
                   "the segment after it laid out")
-        agent.send_signal(signal.SIGTERM)
-        _out, log = agent.communicate(timeout=60)
-        assert agent.returncode == 0, log
-        assert laid_out(), "an unused laid-out segment is left for the restart to handle"
+        log = _stop(agent)
+    assert agent.returncode == 0, log
+    assert laid_out(), "an unused laid-out segment is left for the restart to handle"
 
-        # A restarted agent resumes the receiver in the segment it was writing, not in the
-        # unused one after it (which would skip the rest of that segment).
-        agent = _start_agent(group)
+    # A restarted agent resumes the receiver in the segment it was writing, not in the unused
+    # one after it (which would skip the rest of that segment).
+    with _running_agent(group) as agent:
         alpha.psql("INSERT INTO ticks VALUES (3)")
         _wait_for(lambda: alpha.psql("SELECT count(*) FROM pg_stat_replication WHERE "
                                      "state = 'streaming'") == "1", "the receiver streaming")
         mark = streamed_mark()
-        agent.send_signal(signal.SIGTERM)
-        _out, log = agent.communicate(timeout=60)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait()
+        log = _stop(agent)
     assert agent.returncode == 0, log
     assert "stream.exited" not in log and "stream.pad_failed" not in log, log
     restored = group.restore("alpha", "--name", mark)
