@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from markship.errors import CorruptObject, ObjectMissing, RepositoryError
 from markship.lsn import DEFAULT_SEGMENT_SIZE, Segment, parse_segment_name, segment_holding_end
-from markship.repository import Repository, layout
+from markship.repository import Repository, StoredObject, layout
 from markship.repository.base import StagedObject, Writable
 
 FORMAT = 1
@@ -140,8 +140,9 @@ def decode(data: bytes, cls: type[R], key: str) -> R:
                             "the repository object was altered or damaged") from None
 
 
-def write_record(repo: Repository, key: str, record: Record, *, overwrite: bool = False) -> None:
-    repo.write_bytes(key, _envelope(record), overwrite=overwrite, metadata=True)
+def write_record(repo: Repository, key: str, record: Record, *,
+                 overwrite: bool = False) -> StoredObject:
+    return repo.write_bytes(key, _envelope(record), overwrite=overwrite, metadata=True)
 
 
 def stage_record(repo: Repository, key: str, record: Record) -> StagedObject:

@@ -56,16 +56,21 @@ def read_identities(path: str | os.PathLike[str], what: str = "identity file",
     in the file so that objects written before the rotation stay readable. `what` names the
     file in errors (the catalog key file is one too).
     """
+    text = read_key_file(path, what, fix_missing)
+    return parse_identities(text, f"{what} {os.fspath(path)}")
+
+
+def read_key_file(path: str | os.PathLike[str], what: str, fix_missing: str) -> str:
+    """The text of a key file; a missing or unreadable one is a KeyProblem naming `what`."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            return handle.read()
     except FileNotFoundError:
         raise KeyProblem(f"{what} {path} not found", fix_missing) from None
     except PermissionError:
         raise KeyProblem(f"{what} {path} is not readable by this user",
                         "run as the user that owns it (it must stay mode 0600)") from None
-    return parse_identities(text, f"{what} {path}")
 
 
 def parse_identities(text: str, source: str) -> list[Identity]:

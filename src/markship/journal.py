@@ -123,11 +123,11 @@ def append(repo: Repository, command: str, outcome: str, *, user: str | None = N
             objects=objects or {}, diff=diff, config_text=config_text,
             prev=stored_hash(repo, last) if last else "")
         try:
-            catalog.write_record(repo, entry_key(entry.seq), entry)
+            stored = catalog.write_record(repo, entry_key(entry.seq), entry)
         except ConflictError:
             continue  # another writer took this number: chain after its entry
         catalog.write_record(repo, HEAD_KEY,
-                             JournalHead(seq=entry.seq, hash=stored_hash(repo, entry.seq)),
+                             JournalHead(seq=entry.seq, hash=STORED + stored.sha256),
                              overwrite=True)
         return entry
     raise MarkshipError("the journal is too busy: 100 concurrent appends in a row failed",

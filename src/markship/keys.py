@@ -60,11 +60,7 @@ def catalog_key_file(repo: EncryptedFsRepository, target: Path,
     lines = [f"# markship catalog key, fingerprint {crypto.fingerprint(recipient)}: opens the "
              "catalog records, never backups", f"# public recipient: {recipient}"]
     _write_private(target, ("\n".join(lines + [str(i) for i in identities]) + "\n").encode())
-    if owner is not None and os.geteuid() == 0:  # markship reads it as the repository user
-        import pwd
-
-        entry = pwd.getpwnam(owner)
-        os.chown(target, entry.pw_uid, entry.pw_gid)
+    _give_to(target, owner)
     return CreatedKey(target, recipient, crypto.fingerprint(recipient)), created
 
 
@@ -158,6 +154,15 @@ def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(handle.fileno())
 
 
+def _give_to(path: Path, owner: str | None) -> None:
+    """When run as root, hand a key file to `owner`: markship reads it as the repository user."""
+    if owner is not None and os.geteuid() == 0:
+        import pwd
+
+        entry = pwd.getpwnam(owner)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
 def hint_path(export: Path) -> Path:
     return export.with_name(export.name + ".hint")
 
@@ -222,11 +227,7 @@ def import_key(repo_recipient: str | None, export: Path, passphrase: str,
                          "try again; the hint is in " + hint_path(export).name) from None
     staging = target.with_name(f".{target.name}.import-{os.getpid()}")
     _write_private(staging, plain)
-    if owner is not None and os.geteuid() == 0:  # markship reads it as the repository user
-        import pwd
-
-        entry = pwd.getpwnam(owner)
-        os.chown(staging, entry.pw_uid, entry.pw_gid)
+    _give_to(staging, owner)
     try:
         recipients = crypto.identity_recipients(crypto.read_identities(staging))
         fingerprints = [crypto.fingerprint(r) for r in recipients]

@@ -107,6 +107,10 @@ def _passphrase(path: Path | None, confirm: bool) -> str:
     return str(click.prompt("passphrase", hide_input=True, confirmation_prompt=confirm))
 
 
+PASSPHRASE_FILE = click.option("--passphrase-file", type=click.Path(path_type=Path),
+                               help="Read the passphrase from this file instead of asking.")
+
+
 @key_group.command("catalog")
 @click.option("--to", "target", required=True, type=click.Path(path_type=Path),
               help="The catalog key file to write (mode 0600; never overwritten).")
@@ -141,8 +145,7 @@ def key_catalog(ctx: Context, target: Path) -> None:
               help="The export file to write (age, passphrase-protected); FILE.hint is "
                    "written beside it.")
 @click.option("--hint", required=True, help="A reminder of the passphrase, stored in clear.")
-@click.option("--passphrase-file", type=click.Path(path_type=Path),
-              help="Read the passphrase from this file instead of asking.")
+@PASSPHRASE_FILE
 @click.option("--identity-file", type=click.Path(path_type=Path),
               help="The identity to export (default: [encryption] identity_file).")
 @pass_context
@@ -164,8 +167,7 @@ def key_export(ctx: Context, target: Path, hint: str, passphrase_file: Path | No
 @key_group.command("import")
 @click.option("--from", "source", required=True, type=click.Path(path_type=Path),
               help="The file `markship key export` wrote.")
-@click.option("--passphrase-file", type=click.Path(path_type=Path),
-              help="Read the passphrase from this file instead of asking.")
+@PASSPHRASE_FILE
 @click.option("--identity-file", type=click.Path(path_type=Path),
               help="Where to write the identity (default: [encryption] identity_file).")
 @pass_context

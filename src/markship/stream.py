@@ -161,15 +161,14 @@ class Receiver:
             return
         current = partials[-1]
         try:
-            segment = parse_segment_name(current.removesuffix(PARTIAL))
+            following = parse_segment_name(current.removesuffix(PARTIAL)).next().name()
+            if following in names or following + PARTIAL in names:
+                return  # laid out already (the usual case: nothing more to read)
             size = os.stat(self.folder / current).st_size
         except (ValueError, OSError):
             return
         if size != DEFAULT_SEGMENT_SIZE or _first_page_zero(self.folder / current):
             return  # being padded by pg_receivewal, or itself a laid-out file not yet used
-        following = segment.next().name()
-        if following in names or following + PARTIAL in names:
-            return
         self.padding = threading.Thread(target=self._pad, args=(following, size),
                                         name=f"pad-{self.server}", daemon=True)
         self.padding.start()

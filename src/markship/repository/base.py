@@ -36,7 +36,8 @@ class Repository(Protocol):
 
     location: str
 
-    def write(self, key: str, source: Readable, *, overwrite: bool = False) -> StoredObject:
+    def write(self, key: str, source: Readable, *, overwrite: bool = False,
+              metadata: bool = False) -> StoredObject:
         """Stream `source` into `key` atomically (temp object, then rename).
 
         Raises ConflictError when `key` exists and `overwrite` is false (the stored object is
@@ -45,7 +46,7 @@ class Repository(Protocol):
         ...
 
     def write_named(self, folder: str, source: Readable, name_for: Callable[[], str], *,
-                    overwrite: bool = False) -> StoredObject:
+                    overwrite: bool = False, metadata: bool = False) -> StoredObject:
         """Stream `source` into `folder`, naming the object with `name_for()` once all of it
         is stored (a partly written object never carries a final name)."""
         ...

@@ -53,7 +53,8 @@ class EncryptedFsRepository(FsRepository):
         self._identities: list[Identity] | None = None
         self._catalog: list[Identity] | None = None
         self._catalog_from_file: list[Identity] | None = None
-        self._catalog_copied = False
+        self._catalog_text: str | None = None  # catalog_key_file as read, until copied
+
         # False where failing would be worse than a record production cannot read: the
         # archive_command (WAL .backup/.history files).
         self.strict_catalog = strict_catalog
@@ -82,9 +83,13 @@ class EncryptedFsRepository(FsRepository):
     def _catalog_file(self) -> list[Identity]:
         """The identities of catalog_key_file ([] when none is configured)."""
         if self._catalog_from_file is None:
-            self._catalog_from_file = [] if self.catalog_key_file is None else \
-                crypto.read_identities(self.catalog_key_file, "catalog key file",
-                                       CATALOG_FILE_FIX)
+            if self.catalog_key_file is None:
+                self._catalog_from_file = []
+            else:
+                self._catalog_text = crypto.read_key_file(
+                    self.catalog_key_file, "catalog key file", CATALOG_FILE_FIX)
+                self._catalog_from_file = crypto.parse_identities(
+                    self._catalog_text, f"catalog key file {os.fspath(self.catalog_key_file)}")
         return self._catalog_from_file
 
     def catalog_identities(self) -> list[Identity]:
@@ -93,22 +98,22 @@ class EncryptedFsRepository(FsRepository):
         when the group has one and this host cannot get it: records written without it would
         be unreadable on the hosts that read with it."""
         if self._catalog is None:
+            problem: KeyProblem | None = None
             try:
-                self._catalog = self._catalog_file()
+                found = self._catalog_file()
             except KeyProblem as exc:
-                problem: KeyProblem | None = exc
-            else:
-                problem = None
-            if not self._catalog:
+                found, problem = [], exc
+            if not found:  # the DR site: the repository's copy, with the identity
                 try:
-                    self._catalog = self.stored_catalog_keys()
+                    found = self.stored_catalog_keys()
                 except KeyProblem:
                     raise problem or KeyProblem(
                         "this repository's records are also encrypted to a catalog key, "
                         "and the config names no [encryption] catalog_key_file",
                         "set catalog_key_file on this host: " + CATALOG_FILE_FIX) from None
-                if problem is not None and not self._catalog:
-                    raise problem
+            if not found and problem is not None:
+                raise problem
+            self._catalog = found
         return self._catalog
 
     def stored_catalog_keys(self) -> list[Identity]:
@@ -117,13 +122,10 @@ class EncryptedFsRepository(FsRepository):
         names = sorted(self.children(CATALOG_COPIES), reverse=True)
         if not names:
             return found
-        identities = self.identities()
+        self.identities()  # the copies open with it alone: say so when it is not here
         for name in names:
             key = CATALOG_COPIES + name
-            with crypto.DecryptingReader(self.open_stored(key), identities,
-                                         f"object {key}") as reader:
-                text = b"".join(iter(lambda: reader.read(crypto.CHUNK), b"")).decode()
-            found.extend(crypto.parse_identities(text, f"object {key}"))
+            found.extend(crypto.parse_identities(self.read_bytes(key).decode(), f"object {key}"))
         return found
 
     def store_catalog_key(self, text: str) -> None:
@@ -184,10 +186,9 @@ class EncryptedFsRepository(FsRepository):
             return self.recipients
         if not catalog:
             return self.recipients
-        if self.catalog_key_file is not None and not self._catalog_copied:
-            with open(self.catalog_key_file, encoding="utf-8") as handle:
-                self.store_catalog_key(handle.read())
-            self._catalog_copied = True
+        if self._catalog_text is not None:  # read from catalog_key_file: keep a copy
+            self.store_catalog_key(self._catalog_text)
+            self._catalog_text = None
         return [*self.recipients, catalog[0].to_public()]
 
     # -- objects -------------------------------------------------------------------------------

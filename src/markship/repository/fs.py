@@ -93,15 +93,16 @@ class FsRepository:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write(self, key: str, source: Readable, *, overwrite: bool = False) -> StoredObject:
+    def write(self, key: str, source: Readable, *, overwrite: bool = False,
+              metadata: bool = False) -> StoredObject:
         folder, _sep, name = key.rpartition("/")
         if not overwrite and os.path.exists(self._path(key)):
             raise ConflictError(f"object {key} already exists in the repository")
         return self.write_named(folder + "/" if folder else "", source, lambda: name,
-                                overwrite=overwrite)
+                                overwrite=overwrite, metadata=metadata)
 
     def write_named(self, folder: str, source: Readable, name_for: Callable[[], str], *,
-                    overwrite: bool = False) -> StoredObject:
+                    overwrite: bool = False, metadata: bool = False) -> StoredObject:
         """Like write(), but the object's name is decided once all of `source` is stored
         (e.g. a name carrying the digest of the data, computed while it streamed)."""
 
@@ -109,7 +110,8 @@ class FsRepository:
             while chunk := source.read(CHUNK):
                 sink.write(chunk)
 
-        return self.write_named_by(folder, copy, name_for, overwrite=overwrite)
+        return self.write_named_by(folder, copy, name_for, overwrite=overwrite,
+                                   metadata=metadata)
 
     def write_named_by(self, folder: str, fill: Callable[[Writable], None],
                        name_for: Callable[[], str], *, overwrite: bool = False,
@@ -175,12 +177,7 @@ class FsRepository:
 
     def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False,
                     metadata: bool = False) -> StoredObject:
-        folder, _sep, name = key.rpartition("/")
-        if not overwrite and os.path.exists(self._path(key)):
-            raise ConflictError(f"object {key} already exists in the repository")
-        staged = self.stage(folder + "/" if folder else "", lambda sink: _write_all(sink, data),
-                            metadata=metadata)
-        return staged.publish(lambda: name, overwrite=overwrite)
+        return self.write(key, io.BytesIO(data), overwrite=overwrite, metadata=metadata)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -430,7 +427,3 @@ class _FileLock:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._release()
-
-
-def _write_all(sink: Writable, data: bytes) -> None:
-    sink.write(data)
