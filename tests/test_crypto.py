@@ -270,3 +270,11 @@ def test_production_reads_the_catalog_with_its_key_but_never_a_backup(
     chown_to(label, OS_USER)
     pushed = group.markship("wal-push", "--server", "alpha", str(label), user=OS_USER)
     assert pushed.returncode == 0 and "written for the repository key only" in pushed.stderr
+    # A DR config copied from production names the lost file too: the identity finds the
+    # group's catalog key in the repository, and records stay readable with the key.
+    dr_config.write_text(dr_config.read_text() + f'catalog_key_file = "{catalog_key}"\n')
+    late = run_markship(dr_config, "mark", "--json")
+    assert late.returncode == 0, late.stderr
+    late_record = group.repo / "marks" / f"{json.loads(late.stdout)['name']}.json"
+    assert subprocess.run(["age", "-d", "-i", str(again), str(late_record)],
+                          capture_output=True).returncode == 0
