@@ -79,7 +79,14 @@ from markship import stream
 from markship.client import group_transaction, setup_decisions
 from markship.errors import MarkshipError
 from markship.failover import stopped_at
-from markship.marks import GroupConnections, MarkSkipped, latest_complete, mark_states, take_mark
+from markship.marks import (
+    GroupConnections,
+    MarkResult,
+    MarkSkipped,
+    latest_complete,
+    mark_states,
+    take_mark,
+)
 from markship.repository import open_repository
 from markship.scratch import ScratchServer, chown_to, free_port
 
@@ -200,20 +207,29 @@ def pg_dir(path: Path, mode: int = 0o755) -> Path:
 
 
 def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
-                     queue: multiprocessing.Queue[str]) -> None:
+                     nices: list[int] | None, queue: multiprocessing.Queue[str]) -> None:
     """take_mark() every `interval` s for `seconds` with `[marks] delivery` set to `delivery`
     ("stream": wait for the receivers, "switch": pg_switch_wal()); the timings go back as one
     JSON string.
 
     Runs in a forked child that switches to the repository's OS user first, as the CLI does:
-    mark records written by root would leave root-owned objects in the repository.
+    mark records written by root would leave root-owned objects in the repository. The marks
+    are made at the nice value the agent gives its marking thread (`[marks] nice`, see
+    markship.priority), or taking turns through `nices` (to compare, in the same window).
     """
     try:
-        from markship import osuser
+        from markship import osuser, priority
 
         config = config_mod.load(cfg)
         config = config.model_copy(
             update={"marks": config.marks.model_copy(update={"delivery": delivery})})
+        nices = nices or [config.marks.nice]
+
+        def refused(problem: str) -> None:
+            raise RuntimeError(problem)
+
+        # As `markship run` does: the marking threads are made before becoming os_user.
+        markers = [priority.marking_thread(nice, refused) for nice in nices]
         osuser.switch_to(config.repository.os_user)
         repo = open_repository(config.repository.path)
         conns = GroupConnections(config)
@@ -221,16 +237,27 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
         samples: list[dict[str, Any]] = []
         began = time.monotonic()
         tick = began
+
+        def timed() -> tuple[MarkResult | MarkshipError, float]:
+            """take_mark() on the marking thread, timed there (the hand-over between threads
+            is the agent loop's, not the mark's)."""
+            started = time.perf_counter()
+            try:
+                outcome: MarkResult | MarkshipError = take_mark(config, repo, conns)
+            except MarkshipError as exc:
+                outcome = exc
+            return outcome, (time.perf_counter() - started) * 1000
+
         try:
             while time.monotonic() - began < seconds:
-                started = time.perf_counter()
-                entry: dict[str, Any] = {"t": round(time.monotonic() - began, 3)}
-                try:
-                    result = take_mark(config, repo, conns)
-                except MarkSkipped as exc:
-                    entry.update(outcome="skipped", reason=exc.message)
-                except MarkshipError as exc:
-                    entry.update(outcome="failed", reason=exc.message)
+                turn = len(samples) % len(nices)
+                entry: dict[str, Any] = {"t": round(time.monotonic() - began, 3),
+                                         "nice": nices[turn]}
+                result, total_ms = markers[turn].submit(timed).result()
+                if isinstance(result, MarkSkipped):
+                    entry.update(outcome="skipped", reason=result.message)
+                elif isinstance(result, MarkshipError):
+                    entry.update(outcome="failed", reason=result.message)
                 else:
                     record = result.record
                     entry.update(outcome="ok", name=record.name,
@@ -240,7 +267,7 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
                                  prepare_ms=round(result.prepare_ms, 3),
                                  record_ms=round(result.record_ms, 3),
                                  delivery=dict(record.delivery))
-                entry["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
+                entry["total_ms"] = round(total_ms, 3)
                 samples.append(entry)
                 tick += interval
                 time.sleep(max(0.0, tick - time.monotonic()))
@@ -660,9 +687,11 @@ class Bench:
         d = self.duration
         say(f"== 1. mark latency under load: pgbench -c {self.clients} -j "
             f"{min(2, self.clients)} on each of {self.n_servers} servers; WAL receivers up, "
-            f"(a) take_mark() in-process every {MARK_INTERVAL_LATENCY:g} s for {d} s (delivery "
-            f"stream), (b) `markship mark --json` (process start included) every 1 s for {d} s; "
-            f"then receivers down, (c) as (a) with delivery \"switch\" (the old way) for {d} s")
+            f"(a) take_mark() in-process every {MARK_INTERVAL_LATENCY:g} s for {2 * d} s "
+            f"(delivery stream; every other mark at nice 0 instead of the agent's marking-thread "
+            f"priority), (b) `markship mark --json` (process start included) every 1 s for "
+            f"{d} s; then receivers down, (c) as (a) with delivery \"switch\" (the old way) "
+            f"for {d} s")
         self.settle()
         self.write_config(30)
         ctx = multiprocessing.get_context("fork")
@@ -689,9 +718,14 @@ class Bench:
         time.sleep(warmup)
 
         commits, window = self.commits_total(), time.monotonic()
-        inproc = self.mark_loop(ctx, float(d), "stream")
+        # (a) takes turns: a mark at the agent's marking-thread priority, then one at nice 0
+        # (an ordinary thread), so both see the same load.
+        nice = self.load_config().marks.nice
+        both = self.mark_loop(ctx, float(2 * d), "stream", [nice, 0] if nice else None)
         tps_a = (self.commits_total() - commits) / (time.monotonic() - window)
+        inproc = [s for s in both if s["nice"] == nice]
         ok = [s for s in inproc if s["outcome"] == "ok"]
+        ok_nice0 = [s for s in both if s["nice"] != nice and s["outcome"] == "ok"]
 
         cli: list[dict[str, Any]] = []
         floors: dict[str, list[float]] = {"version": [], "imports": []}
@@ -744,6 +778,8 @@ class Bench:
         streamed_idle = by_stream(idle_ok)
         restarts = sum(1 for e in receiver_log if e["event"] == "stream.exited")
         a_total = dist([s["total_ms"] for s in ok])
+        a0_total = dist([s["total_ms"] for s in ok_nice0]) if ok_nice0 else {}
+        a0_hold = dist([s["barrier_hold_ms"] for s in ok_nice0]) if ok_nice0 else {}
         a_hold = dist([s["barrier_hold_ms"] for s in ok])
         a_wait = dist([s["barrier_wait_ms"] for s in ok])
         a_delivery = dist([s["delivery_ms"] for s in ok])
@@ -766,6 +802,9 @@ class Bench:
                                       "delivered_by_stream": streamed_idle},
             "idle_inprocess_switch": {"samples": idle_sw, "total_ms": idle_sw_total,
                                       "delivery_ms": idle_sw_delivery},
+            "marking_thread_nice": nice,
+            "inprocess_stream_nice0": {"samples": [s for s in both if s["nice"] != nice],
+                                       "total_ms": a0_total, "barrier_hold_ms": a0_hold},
             "inprocess_stream": {"samples": inproc, "total_ms": a_total,
                                  "barrier_hold_ms": a_hold, "barrier_wait_ms": a_wait,
                                  "delivery_ms": a_delivery, "delivered_by_stream": streamed_a,
@@ -828,6 +867,11 @@ class Bench:
             Row("mark latency (b) `markship mark --json`, p99", f"{b_total['p99']:.0f} ms",
                 f"max {b_total['max']:.0f} ms, n={len(cli_ok)}", "< 200 ms",
                 verdict(b_total["p99"] < 200)),
+            Row("  (info) (a) at nice 0 (an ordinary thread), p50 / p99",
+                f"{a0_total['p50']:.1f} / {a0_total['p99']:.1f} ms" if ok_nice0 else "-",
+                f"same window, taking turns with (a) at nice {nice}; hold p50 "
+                f"{a0_hold['p50']:.1f} ms, n={len(ok_nice0)}" if ok_nice0 else
+                "[marks] nice = 0: (a) is at nice 0", "-", "info"),
             Row("  (info) (a) without delivery (total − delivery_ms)",
                 f"p50 {no_delivery['p50']:.1f} ms", f"p99 {no_delivery['p99']:.1f} ms", "-",
                 "info"),
@@ -849,11 +893,12 @@ class Bench:
         ]
 
     def mark_loop(self, ctx: multiprocessing.context.ForkContext, seconds: float,
-                  delivery: str) -> list[dict[str, Any]]:
+                  delivery: str, nices: list[int] | None = None) -> list[dict[str, Any]]:
         """take_mark() every MARK_INTERVAL_LATENCY s in a forked child (see _mark_loop_child)."""
         queue: multiprocessing.Queue[str] = ctx.Queue()
         child = ctx.Process(target=_mark_loop_child,
-                            args=(str(self.cfg), seconds, MARK_INTERVAL_LATENCY, delivery, queue))
+                            args=(str(self.cfg), seconds, MARK_INTERVAL_LATENCY, delivery,
+                                  nices, queue))
         child.start()
         try:
             payload = json.loads(queue.get(timeout=seconds + 120))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from conftest import MARKSHIP, Group, GroupFactory
+from conftest import MARKSHIP, OS_USER, Group, GroupFactory
 
 
 def _start_agent(group: Group) -> subprocess.Popen[str]:
@@ -197,3 +200,72 @@ def test_receiver_finds_its_next_segment_laid_out(pg_group: GroupFactory) -> Non
     assert "stream.exited" not in log and "stream.pad_failed" not in log, log
     restored = group.restore("alpha", "--name", mark)
     assert restored.psql("SELECT array_agg(n ORDER BY n) FROM ticks") == "{1,2,3}"
+
+
+def _threads(pid: int) -> dict[int, tuple[int, int]]:
+    """Each thread of process `pid` → (nice value, real uid), from /proc."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        nice = int(stat[stat.rindex(")") + 2:].split()[16])  # field 19 of stat
+        uid = next(line for line in (task / "status").read_text().splitlines()
+                   if line.startswith("Uid:")).split()[1]
+        found[int(task.name)] = (nice, int(uid))
+    return found
+
+
+def _children_named(pid: int, comm: str) -> list[int]:
+    """Nice values of the child processes of `pid` running `comm`."""
+    nices = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if stat[stat.index("(") + 1:stat.rindex(")")] == comm and int(fields[1]) == pid:
+            nices.append(int(fields[16]))
+    return nices
+
+
+def test_marks_run_on_a_thread_of_raised_priority(pg_group: GroupFactory) -> None:
+    """Started as root, the agent makes marks on a thread with `[marks] nice` (and writes
+    their records from one), while its other threads and the WAL receivers keep nice 0 and
+    every thread runs as os_user; started as os_user, it says once that it cannot and goes
+    on marking."""
+    group = pg_group(1)
+    group.config_path.write_text(group.config_path.read_text()
+                                 + "\n[marks]\ninterval = 1\nnice = -7\n")
+    with _running_agent(group) as agent:
+        _wait_for(lambda: any(m["delivery"] == {"alpha": "stream"} for m in _marks(group)),
+                  "a mark delivered by stream")
+        threads = _threads(agent.pid)
+        receivers = _children_named(agent.pid, "pg_receivewal")
+        err = _stop(agent)
+    assert agent.returncode == 0, err
+    assert {uid for _nice, uid in threads.values()} == {pwd.getpwnam(OS_USER).pw_uid}
+    nices = sorted(nice for nice, _uid in threads.values())
+    assert nices.count(-7) == 2 and set(nices) == {-7, 0}, nices  # marks, mark records
+    assert threads[agent.pid][0] == 0
+    assert receivers and set(receivers) == {0}
+    assert "mark.priority" not in err
+
+    user = pwd.getpwnam(OS_USER)  # started as that user directly: signals reach the agent
+    unprivileged = subprocess.Popen(
+        [str(MARKSHIP), "--config", str(group.config_path), "run"], user=user.pw_uid,
+        group=user.pw_gid, extra_groups=[], env={**os.environ, "HOME": user.pw_dir},
+        cwd=group.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        before = len(_marks(group))
+        _wait_for(lambda: len(_marks(group)) >= before + 2, "marks from the unprivileged agent")
+        err = _stop(unprivileged)
+    finally:
+        if unprivileged.poll() is None:
+            unprivileged.kill()
+            unprivileged.wait()
+    assert unprivileged.returncode == 0, err
+    warnings = [line for line in err.splitlines() if " mark.priority " in line]
+    assert len(warnings) == 1 and "LimitNICE=-7" in warnings[0], err
+    assert " mark.ok " in err

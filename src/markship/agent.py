@@ -13,12 +13,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from types import FrameType
 
 import psycopg
 
-from markship import agentsock, catalog, pgbin, retention, stream
+from markship import agentsock, catalog, pgbin, priority, retention, stream
 from markship.backup import run_backup
 from markship.config import Config
 from markship.errors import MarkshipError
@@ -76,10 +77,17 @@ def backup_due(config: Config, repo: Repository, now: datetime,
     return f"scheduled for {show(due)}" if due <= now else None
 
 
+def marking_thread(config: Config, log: EventLog) -> ThreadPoolExecutor:
+    """The agent's marking thread, at `[marks] nice` (markship.priority): `markship run` makes
+    it before it becomes the repository's OS user."""
+    return priority.marking_thread(
+        config.marks.nice, lambda problem: log("mark.priority", level="warning", reason=problem))
+
+
 class Agent:
     def __init__(self, config: Config, repo: Repository, log: EventLog,
-                 clock: Callable[[], datetime] = utcnow, config_path: str | None = None
-                 ) -> None:
+                 clock: Callable[[], datetime] = utcnow, config_path: str | None = None,
+                 marker: ThreadPoolExecutor | None = None) -> None:
         self.config = config
         self.config_path = config_path  # where `markship mark` finds this agent's socket
         self.wakeup = threading.Event()  # ends the loop's nap: a signal or a request
@@ -90,6 +98,8 @@ class Agent:
         self.stop = threading.Event()
         self.abandon = threading.Event()
         self.conns = GroupConnections(config)
+        # Marks are made on a thread of their own, at a raised priority (markship.priority).
+        self.marker = marker or marking_thread(config, log)
         self.backup_thread: threading.Thread | None = None
         self.receivers: dict[str, stream.Receiver] = {}
         self.receiver_problems: set[str] = set()
@@ -134,6 +144,7 @@ class Agent:
                 for thread in (self.backup_thread, self.dump_thread):
                     if thread is not None:
                         thread.join()
+                self.marker.shutdown()
                 self.conns.close()
             self.journal_marks()
             self.journal("agent stop", "ok")
@@ -268,10 +279,11 @@ class Agent:
 
     def mark(self, name: str | None = None, switch_wal: bool = True,
              **extra: str) -> MarkResult | MarkshipError:
-        """One mark (the agent's own or a requested one), counted and logged; a failure is
-        returned, not raised."""
+        """One mark (the agent's own or a requested one), made on the marking thread, counted
+        and logged; a failure is returned, not raised."""
         try:
-            result = take_mark(self.config, self.repo, self.conns, name, switch_wal=switch_wal)
+            result = self.marker.submit(take_mark, self.config, self.repo, self.conns, name,
+                                        switch_wal=switch_wal).result()
         except MarkshipError as exc:
             error = exc
         except psycopg.Error as exc:  # a connection that broke in a way not yet translated

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal, TypeVar
 
@@ -115,7 +116,8 @@ class RepositoryMarker(Record):
 R = TypeVar("R", bound=Record)
 
 
-def _envelope(record: Record) -> bytes:
+def encode(record: Record) -> bytes:
+    """A record as stored: its JSON body in an envelope carrying the body's checksum."""
     body = record.model_dump(mode="json")
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     envelope = {"kind": type(record).__name__, "format": FORMAT,
@@ -142,14 +144,15 @@ def decode(data: bytes, cls: type[R], key: str) -> R:
 
 def write_record(repo: Repository, key: str, record: Record, *,
                  overwrite: bool = False) -> StoredObject:
-    return repo.write_bytes(key, _envelope(record), overwrite=overwrite, metadata=True)
+    return repo.write_bytes(key, encode(record), overwrite=overwrite, metadata=True)
 
 
-def stage_record(repo: Repository, key: str, record: Record) -> StagedObject:
-    """Store `record` under a temp name, flushed to disk; publish(lambda: name) names it."""
-    data = _envelope(record)
+def stage_record(repo: Repository, key: str, content: Callable[[], bytes]) -> StagedObject:
+    """Store a record (`encode()`d) under a temp name, flushed to disk; publish(lambda: name)
+    names it. `content()` is called once the temp object is open: it may wait for the record
+    to be known, or raise to give up (the temp object then goes)."""
     folder = key.rpartition("/")[0]
-    return repo.stage(folder + "/" if folder else "", lambda sink: _write_all(sink, data),
+    return repo.stage(folder + "/" if folder else "", lambda sink: _write_all(sink, content()),
                       metadata=True)
 
 

@@ -361,12 +361,13 @@ def expire(ctx: Context, dry_run: bool, now_text: str | None, as_json: bool) -> 
 @pass_context
 def run_agent(ctx: Context, log_json: bool) -> None:
     """The agent: marks every interval, full backups on schedule, retention after backups."""
-    from markship.agent import Agent
+    from markship.agent import Agent, marking_thread
     from markship.log import EventLog
 
     config = ctx.config
-    Agent(config, ctx.repository(), EventLog(as_json=log_json),
-          config_path=str(ctx.config_path)).run()
+    log = EventLog(as_json=log_json)
+    marker = marking_thread(config, log)  # made before markship becomes os_user
+    Agent(config, ctx.repository(), log, config_path=str(ctx.config_path), marker=marker).run()
 
 
 def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base: int,
@@ -401,9 +402,12 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
     """Lay a group mark: the same restore point on every server, under the barrier.
 
     When the agent (markship run) is running, it makes the mark: the command only asks."""
+    from markship import priority
     from markship.marks import GroupConnections, result_json, result_line, take_mark
 
     config = ctx.config
+    if config.marks.nice:
+        priority.set_for_thread(config.marks.nice)  # as the agent does; best effort here
     repo = ctx.repository()
     conns = GroupConnections(config)
     try:

@@ -79,6 +79,8 @@ class MarksSection(_Section):
     # back to a WAL switch for a server without a receiver) or "switch" (always switch).
     delivery: Literal["stream", "switch"] = "stream"
     stream_wait: Annotated[float, Field(gt=0, le=30)] = 1.0
+    # Nice value of the agent's marking thread (markship.priority); 0 leaves it alone.
+    nice: Annotated[int, Field(ge=-20, le=19)] = -10
 
 
 class ScheduleSection(_Section):

@@ -16,6 +16,8 @@ Steps of one mark:
 from __future__ import annotations
 
 import contextlib
+import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +29,7 @@ from typing import Literal, TypeVar
 
 import psycopg
 
-from markship import catalog, fanout, postgres, stream
+from markship import catalog, fanout, postgres, priority, stream
 from markship.catalog import MarkPoint, MarkRecord
 from markship.client import barrier_key
 from markship.config import Config
@@ -142,32 +144,32 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
     # Nearly every mark is delivered by stream on every server: the record saying so is
     # stored (and flushed to disk) from the moment the barrier is released, while the
     # receivers are asked, and only named once they did deliver. Otherwise it is dropped and
-    # the true record written.
+    # the true record written. The temp object is opened before the barrier is asked for.
     expected: dict[str, Delivery] = dict.fromkeys(conns.conns, "stream") if streaming else {}
-    staging: _Staging | None = None
+    staging = _Staging(repo, record_key) if expected else None
 
     def released(taken: _Taken) -> None:
-        nonlocal staging
-        if expected:
-            staging = _Staging(repo, record_key, record_with(taken, expected))
+        if staging is not None:
+            staging.fill(record_with(taken, expected))
 
     try:
         taken = _under_barrier(config, conns, name, streaming, released)
         before = time.perf_counter()
         delivered = _deliver(config, conns, taken, streaming) if switch_wal else {}
-    except Exception:
+    except BaseException:
         if staging is not None:
             staging.drop()
         conns.drop_broken()
         raise
     writing = time.perf_counter()
-    record = record_with(taken, delivered)
     staged = staging.take() if staging is not None else None
-    if staged is not None and delivered == expected:
+    record = staging.record if staging is not None else None
+    if staged is not None and record is not None and delivered == expected:
         staged.publish(lambda: record_key.rpartition("/")[2])
     else:
         if staged is not None:
             staged.discard()
+        record = record_with(taken, delivered)
         catalog.write_record(repo, record_key, record)
     return MarkResult(record, (writing - before) * 1000,
                       prepare_ms=(taken.began - start) * 1000,
@@ -269,28 +271,82 @@ def _deliver(config: Config, conns: GroupConnections, taken: _Taken,
     return {**dict.fromkeys(streamed, "stream"), **dict.fromkeys(rest, "switch")}
 
 
-class _Staging(threading.Thread):
-    """Stores a mark record under a temp name in the background (catalog.stage_record)."""
+class _Staging:
+    """A mark record stored under a temp name in the background (catalog.stage_record).
 
-    def __init__(self, repo: Repository, key: str, record: MarkRecord) -> None:
-        super().__init__(name="markship-mark-record", daemon=True)
-        self.repo, self.key, self.record = repo, key, record
+    Begun before the barrier: the writer thread opens the temp object at once, then waits
+    for `fill()`, so that once the barrier is released only the write and its fsync are
+    left. One long-lived writer thread does it: starting a thread per mark waits for the
+    new thread to be scheduled, milliseconds on a busy host. The record is encoded by the
+    mark's own thread: encoding in the writer would hold the interpreter lock just when the
+    mark's thread wakes up for the servers' answers (it may wait 5 ms, the switch interval).
+    """
+
+    def __init__(self, repo: Repository, key: str) -> None:
+        self.repo, self.key = repo, key
+        self.record: MarkRecord | None = None
         self.staged: StagedObject | None = None
-        self.start()
+        self._data: bytes | None = None
+        self._given = threading.Event()
+        self._done = threading.Event()
+        _writer().put(self)
 
     def run(self) -> None:
-        # A failure (e.g. a full disk) is not lost: the record is then written the normal
-        # way, which raises it.
-        with contextlib.suppress(Exception):
-            self.staged = catalog.stage_record(self.repo, self.key, self.record)
+        """In the writer thread. A failure (e.g. a full disk) is not lost: the record is
+        then written the normal way, which raises it."""
+        try:
+            with contextlib.suppress(Exception):
+                self.staged = catalog.stage_record(self.repo, self.key, self._content)
+        finally:
+            self._done.set()
+
+    def _content(self) -> bytes:
+        self._given.wait()
+        if self._data is None:
+            raise _NoRecord
+        return self._data
+
+    def fill(self, record: MarkRecord) -> None:
+        self._data = catalog.encode(record)
+        self.record = record
+        self._given.set()
 
     def take(self) -> StagedObject | None:
-        self.join()
+        """The staged record once written (None when it could not be, or was never given)."""
+        self._given.set()
+        self._done.wait()
         return self.staged
 
     def drop(self) -> None:
         if (staged := self.take()) is not None:
             staged.discard()
+
+
+class _NoRecord(Exception):
+    """The mark ended before its record was known: the temp object goes."""
+
+
+_queues: dict[tuple[int, int], queue.SimpleQueue[_Staging]] = {}  # (pid, nice) → queue
+_queues_lock = threading.Lock()
+
+
+def _writer() -> queue.SimpleQueue[_Staging]:
+    """The queue of a record writer thread: one per process (a forked child has no thread
+    behind its parent's queue) and nice value, started on first use by a thread with that
+    value, which it inherits (markship.priority: raising it later may not be allowed). A
+    daemon: every mark takes or drops its staging before it returns."""
+    key = (os.getpid(), priority.current())
+    with _queues_lock:
+        if key not in _queues:
+            pending: queue.SimpleQueue[_Staging] = queue.SimpleQueue()
+
+            def work() -> None:
+                while True:
+                    pending.get().run()
+
+            threading.Thread(target=work, name="markship-mark-record", daemon=True).start()
+            _queues[key] = pending
+        return _queues[key]
 
 
 @dataclass(frozen=True)
