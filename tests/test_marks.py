@@ -172,6 +172,8 @@ def test_busy_barrier_skips_the_mark_instead_of_blocking(pg_group: GroupFactory)
             row = other.execute("SELECT pg_try_advisory_lock_shared(%s)", (key,)).fetchone()
             assert row is not None and row[0] is True
     assert json.loads(group.ok("marks", "--json")) == []
+    # The record's temp object, opened before the barrier was asked for, is gone too.
+    assert not [p.name for p in group.repo.rglob("*") if p.name.startswith(".tmp~")]
 
 
 def test_mark_with_a_server_down_names_it(pg_group: GroupFactory) -> None:
