@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from conftest import OS_USER, run_markship, write_config
+from conftest import MARKSHIP, OS_USER, run_markship, write_config
 from markship.scratch import chown_to
 
 SEGMENT = "000000010000000000000007"
@@ -101,9 +103,10 @@ def test_unknown_server_is_one_clear_line(workdir: Path) -> None:
     assert proc.stderr.count("\n") == 1 and "unknown server 'nosuch'" in proc.stderr
 
 
-def test_backlog_is_pushed_ahead_and_later_calls_return_at_once(workdir: Path) -> None:
+def _backlog(workdir: Path, count: int) -> tuple[Path, Path, list[str], dict[str, bytes], Path]:
+    """A WAL folder with `count` ready segments; returns config, folder, names, contents and
+    the spool folder the postgres user's wal-push uses for this config."""
     import pwd
-    import shutil
 
     from markship import spool
 
@@ -111,23 +114,39 @@ def test_backlog_is_pushed_ahead_and_later_calls_return_at_once(workdir: Path) -
     status = wal / "archive_status"
     status.mkdir()
     chown_to(status, OS_USER)
-    names = [f"0000000100000000000000{n:02X}" for n in range(1, 6)]
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, count + 1)]
     contents = {}
     for name in names:
         contents[name] = os.urandom(1 << 16) * 256
         _segment(wal, contents[name], name)
         (status / f"{name}.ready").touch()
     uid = pwd.getpwnam(OS_USER).pw_uid
-    top = Path(f"/var/tmp/markship-spool-{uid}")
     folder = Path(spool.spool_dir(str(config), "orders").replace(
         f"markship-spool-{os.getuid()}", f"markship-spool-{uid}"))
+    return config, wal, names, contents, folder
+
+
+def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_backlog_is_pushed_ahead_and_later_calls_return_at_once(workdir: Path) -> None:
+    import shutil
+
+    config, wal, names, contents, folder = _backlog(workdir, 5)
+    top = folder.parent.parent
     try:
         first = run_markship(config, "wal-push", "--server", "orders", str(wal / names[0]),
                              user=OS_USER)
         assert first.returncode == 0, first.stderr
+        # The call pushed its own file and left the rest to a background pusher.
+        _wait_until(lambda: sorted(p.name for p in folder.iterdir()) == names[1:],
+                    "the background pusher's markers (and no claim left)")
         stored = {p.name.split("-")[0]: p for p in (workdir / "repo").rglob("0000000100*-*")}
-        assert set(stored) == set(names), "the backlog was pushed in one call"
-        assert sorted(p.name for p in folder.iterdir()) == names[1:]
+        assert set(stored) == set(names), "the backlog was pushed ahead"
 
         # The next call finds its marker: it returns without reading or storing anything.
         stored[names[1]].unlink()
@@ -149,6 +168,44 @@ def test_backlog_is_pushed_ahead_and_later_calls_return_at_once(workdir: Path) -
         shutil.rmtree(folder.parent, ignore_errors=True)
         if top.exists():
             top.chmod(0o700)
+
+
+def test_call_for_a_claimed_file_waits_for_its_pusher(workdir: Path) -> None:
+    """The archiver's call for a file a background pusher has claimed waits for it to let go;
+    a pusher that let go without a marker (it failed or was killed) leaves the file to the
+    call, which pushes it itself."""
+    import fcntl
+    import shutil
+    import subprocess
+
+    from markship.scratch import as_user
+
+    config, wal, names, contents, folder = _backlog(workdir, 2)
+    folder.mkdir(parents=True, mode=0o700)
+    for path in (folder.parent.parent, folder.parent, folder):
+        chown_to(path, OS_USER)
+        path.chmod(0o700)
+    claim = folder / f"{names[1]}.claim"
+    try:
+        with open(claim, "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # a pusher at work on names[1]
+            call = subprocess.Popen(
+                as_user([str(MARKSHIP), "--config", str(config), "wal-push", "--server",
+                         "orders", str(wal / names[1])], OS_USER),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(3)
+            assert call.poll() is None, "the call did not wait for the claim's pusher"
+            assert not list((workdir / "repo").rglob(f"{names[1]}-*"))
+        _out, err = call.communicate(timeout=60)  # let go without a marker: it pushes itself
+        assert call.returncode == 0, err
+        stored = list((workdir / "repo").rglob(f"{names[1]}-*"))
+        assert len(stored) == 1
+        dest = wal / "RECOVERYXLOG"
+        fetched = run_markship(config, "wal-fetch", "--server", "orders", names[1], str(dest),
+                               user=OS_USER)
+        assert fetched.returncode == 0 and dest.read_bytes() == contents[names[1]]
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 def test_cached_settings_follow_config_edits(workdir: Path) -> None:

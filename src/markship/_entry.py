@@ -36,7 +36,7 @@ def _pushed_ahead(args: list[str], config: str | None) -> bool:
     if len(args) != 3 or args[0] != "--server":
         return False
     path = config or os.environ.get("MARKSHIP_CONFIG") or "markship.toml"
-    return spool.already_pushed(spool.spool_dir(path, args[1]), args[2])
+    return spool.pushed_or_waited(spool.spool_dir(path, args[1]), args[2])
 
 
 def _exit_now(code: int) -> None:

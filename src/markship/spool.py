@@ -1,9 +1,10 @@
 """Markers of WAL files already pushed ahead, so PostgreSQL's next archive_command call for
 them returns at once (imports nothing but `os`: this runs before anything else).
 
-When PostgreSQL falls behind (a backlog of `.ready` files), `wal-push` for one segment also
-pushes the next few ready ones in parallel and leaves a marker per file here: its size and
-modification time. A later call for such a file only compares those with the file on disk.
+When PostgreSQL falls behind (a backlog of `.ready` files), `wal-push` for one segment claims
+the next few ready ones (a locked claim file each, here) and a background process pushes them,
+leaving a marker per file here: its size, modification time and inode. A later call for such a
+file only compares those with the file on disk, or waits for the claim's pusher first.
 A ready WAL file is complete and never rewritten (recycled files take *new* names), so a
 matching marker proves the stored object holds this very file. Losing the spool (it lives
 under /var/tmp) only means the next call takes the normal path, which recognises an
@@ -60,14 +61,69 @@ def mark_pushed(spool: str, wal_path: str) -> None:
     os.replace(temp, marker)
 
 
+CLAIM = ".claim"
+
+
+def claim(spool: str, name: str) -> int | None:
+    """Take the claim on pushing WAL file `name` ahead: an open descriptor holding an
+    exclusive flock on its claim file (released by the kernel if the pusher dies), or None
+    when another pusher holds it or the spool is not ours alone. A forked child keeps the
+    lock after its parent closes its own descriptor."""
+    import fcntl
+
+    if not os.path.isdir(_top()):
+        os.makedirs(_top(), mode=0o700, exist_ok=True)
+    if not _trusted():
+        return None
+    os.makedirs(spool, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(spool, name + CLAIM), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def let_go(spool: str, name: str, fd: int) -> None:
+    """End a claim (after the marker is written, or when the push failed)."""
+    try:  # noqa: SIM105 - contextlib is one import too many on this path
+        os.unlink(os.path.join(spool, name + CLAIM))
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
+def pushed_or_waited(spool: str, wal_path: str) -> bool:
+    """True when `wal_path` was pushed ahead: at once from its marker, or after waiting for
+    the pusher that claimed it. False when it is this call's to push (nobody claimed it,
+    or its pusher let go without a marker: failed or killed)."""
+    if already_pushed(spool, wal_path):
+        return True
+    if not _trusted():
+        return False
+    try:
+        fd = os.open(os.path.join(spool, os.path.basename(wal_path) + CLAIM),
+                     os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return already_pushed(spool, wal_path)  # its claim may have just ended
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # returns once the pusher lets go
+    finally:
+        os.close(fd)
+    return already_pushed(spool, wal_path)
+
+
 def forget_except(spool: str, keep: set[str]) -> None:
-    """Drop markers of files PostgreSQL no longer lists as ready."""
+    """Drop markers (and claims) of files PostgreSQL no longer lists as ready."""
     try:
         names = os.listdir(spool)
     except FileNotFoundError:
         return
     for name in names:
-        if name not in keep:
+        if name.removesuffix(CLAIM) not in keep:
             try:  # noqa: SIM105 - contextlib is one import too many on this path
                 os.unlink(os.path.join(spool, name))
             except FileNotFoundError:

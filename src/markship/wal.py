@@ -242,35 +242,92 @@ class _MappedSegment:
                 pass  # a slice is still referenced (by a traceback): unmapped when freed
 
 
-def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
-               spool_for: str) -> int:
-    """Push the next ready WAL files in parallel and leave spool markers for them, so the
-    archiver's following calls return at once. Failures are left for those calls to report.
-    Returns how many files were pushed ahead."""
+def claim_ahead(server: str, path: str, settings: WalSettings, spool_for: str
+                ) -> dict[str, int]:
+    """The next ready WAL files after `path` (at most `push_ahead`) that nobody pushed or
+    claimed yet, claimed now (markship.spool.claim): name → claim descriptor."""
     from markship import spool
 
     folder = spool.spool_dir(spool_for, server)
     name = os.path.basename(path)
     ready = spool.ready_files(path)
     spool.forget_except(folder, set(ready))
-    ahead = [n for n in ready if n > name and not spool.already_pushed(
-        folder, os.path.join(os.path.dirname(path), n))][: settings.push_ahead]
+    claims: dict[str, int] = {}
+    for wal_name in ready:
+        if len(claims) >= settings.push_ahead:
+            break
+        wal_path = os.path.join(os.path.dirname(path), wal_name)
+        if wal_name <= name or spool.already_pushed(folder, wal_path):
+            continue
+        fd = spool.claim(folder, wal_name)
+        if fd is None:
+            continue  # another pusher has it (or the spool is not ours alone)
+        if spool.already_pushed(folder, wal_path):  # finished while we looked
+            spool.let_go(folder, wal_name, fd)
+            continue
+        claims[wal_name] = fd
+    return claims
 
-    def one(wal_name: str) -> bool:
+
+def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
+               spool_for: str, claims: dict[str, int]) -> int:
+    """Push the claimed WAL files (two at a time), leave a marker for each so the archiver's
+    call for it returns at once, then claim and push the next ready ones, until none is
+    left. Failures are left for the archiver's own calls to report. Returns how many files
+    were pushed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from markship import spool
+
+    folder = spool.spool_dir(spool_for, server)
+
+    def one(item: tuple[str, int]) -> bool:
+        wal_name, fd = item
         wal_path = os.path.join(os.path.dirname(path), wal_name)
         try:
             push(repo, server, wal_path, settings.compression_level)
             spool.mark_pushed(folder, wal_path)
         except (MarkshipError, OSError, ValueError):
             return False
+        finally:
+            spool.let_go(folder, wal_name, fd)
         return True
 
-    if not ahead:
-        return 0
-    from concurrent.futures import ThreadPoolExecutor  # only when there is a backlog
-
+    pushed = 0
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return sum(pool.map(one, ahead))
+        while claims:
+            pushed += sum(pool.map(one, sorted(claims.items())))
+            path = os.path.join(os.path.dirname(path), max(claims))
+            claims = claim_ahead(server, path, settings, spool_for)
+    return pushed
+
+
+def push_ahead_in_background(repo: Repository, server: str, path: str,
+                             settings: WalSettings, spool_for: str) -> None:
+    """When PostgreSQL has fallen behind (a backlog of ready WAL files), push the next ones in
+    a background process while this call pushes its own.
+
+    PostgreSQL runs archive_command for one file at a time. The files after this one are
+    claimed here, then a forked child (its own session, no terminal, stdio on /dev/null)
+    pushes them while this process pushes `path` and exits; the archiver's call for a
+    claimed file returns at once if it is pushed, or waits for its pusher to let go
+    (spool.pushed_or_waited), and pushes the file itself if no marker came (the pusher
+    failed or was killed: the kernel drops its locks). So the process starts of those calls
+    overlap with the compression of the files after them."""
+    claims = claim_ahead(server, path, settings, spool_for)
+    if not claims:
+        return
+    if os.fork() == 0:  # the child: claims are inherited, stays single-threaded until here
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for stdio in (0, 1, 2):
+                os.dup2(devnull, stdio)
+            push_ahead(repo, server, path, settings, spool_for, claims)
+        finally:
+            os._exit(0)
+    for fd in claims.values():
+        os.close(fd)  # the child holds the locks now
 
 
 def _same_or_conflict(server: str, name: str, path: str, digest: str,
@@ -492,12 +549,10 @@ def main(command: str, argv: list[str], config: str | None) -> int:
             if not os.path.isfile(path):
                 raise ObjectMissing(f"WAL file {path} does not exist",
                                     "archive_command must pass %p, the path of the file")
-            push(repo, server, path, settings.compression_level)
             if settings.push_ahead > 0:
-                from markship import configfile as cf
-
-                push_ahead(repo, server, path, settings,
-                           spool_for=cf.locate(config))
+                push_ahead_in_background(repo, server, path, settings,
+                                         spool_for=configfile.locate(config))
+            push(repo, server, path, settings.compression_level)
         else:
             name = positional[0]
             if standby and wal_file_kind(name) in ("segment", "partial"):
