@@ -170,6 +170,34 @@ def test_backlog_is_pushed_ahead_and_later_calls_return_at_once(workdir: Path) -
             top.chmod(0o700)
 
 
+def test_pusher_keeps_claiming_until_the_backlog_is_gone(workdir: Path) -> None:
+    """With `push_ahead = 2` the background pusher holds two claims at a time and claims the
+    next ready file as each one is done, until the whole backlog is stored."""
+    import shutil
+
+    config, wal, names, contents, folder = _backlog(workdir, 7)
+    config.write_text(config.read_text().replace("[repository]\n",
+                                                 "[repository]\npush_ahead = 2\n", 1))
+    try:
+        first = run_markship(config, "wal-push", "--server", "orders", str(wal / names[0]),
+                             user=OS_USER)
+        assert first.returncode == 0, first.stderr
+        _wait_until(lambda: sorted(p.name for p in folder.iterdir()) == names[1:],
+                    "markers for the whole backlog (and no claim left)")
+        for name in names:
+            dest = wal / "RECOVERYXLOG"
+            fetched = run_markship(config, "wal-fetch", "--server", "orders", name, str(dest),
+                                   user=OS_USER)
+            assert fetched.returncode == 0 and dest.read_bytes() == contents[name]
+        # The archiver's calls for them all return from their markers.
+        for name in names[1:]:
+            later = run_markship(config, "wal-push", "--server", "orders", str(wal / name),
+                                 user=OS_USER)
+            assert later.returncode == 0, later.stderr
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
 def test_call_for_a_claimed_file_waits_for_its_pusher(workdir: Path) -> None:
     """The archiver's call for a file a background pusher has claimed waits for it to let go;
     a pusher that let go without a marker (it failed or was killed) leaves the file to the

@@ -28,6 +28,7 @@ from markship.repository import layout, open_repository
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the per-segment start-up
+    from collections import deque
     from collections.abc import Iterator
     from typing import Any, BinaryIO
 
@@ -242,22 +243,29 @@ class _MappedSegment:
                 pass  # a slice is still referenced (by a traceback): unmapped when freed
 
 
-def claim_ahead(server: str, path: str, settings: WalSettings, spool_for: str
-                ) -> dict[str, int]:
-    """The next ready WAL files after `path` (at most `push_ahead`) that nobody pushed or
-    claimed yet, claimed now (markship.spool.claim): name → claim descriptor."""
+def claim_ahead(server: str, path: str, limit: int, spool_for: str) -> dict[str, int]:
+    """The next ready WAL files after `path` (at most `limit`) that nobody pushed or claimed
+    yet, claimed now (markship.spool.claim): name → claim descriptor."""
+    from collections import deque
+
     from markship import spool
 
     folder = spool.spool_dir(spool_for, server)
     name = os.path.basename(path)
     ready = spool.ready_files(path)
     spool.forget_except(folder, set(ready))
+    return _claim(folder, os.path.dirname(path), deque(n for n in ready if n > name), limit)
+
+
+def _claim(folder: str, directory: str, names: deque[str], limit: int) -> dict[str, int]:
+    """Claim up to `limit` of `names` (taken from the left) not pushed or claimed yet."""
+    from markship import spool
+
     claims: dict[str, int] = {}
-    for wal_name in ready:
-        if len(claims) >= settings.push_ahead:
-            break
-        wal_path = os.path.join(os.path.dirname(path), wal_name)
-        if wal_name <= name or spool.already_pushed(folder, wal_path):
+    while names and len(claims) < limit:
+        wal_name = names.popleft()
+        wal_path = os.path.join(directory, wal_name)
+        if spool.already_pushed(folder, wal_path):
             continue
         fd = spool.claim(folder, wal_name)
         if fd is None:
@@ -271,19 +279,21 @@ def claim_ahead(server: str, path: str, settings: WalSettings, spool_for: str
 
 def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
                spool_for: str, claims: dict[str, int]) -> int:
-    """Push the claimed WAL files (two at a time), leave a marker for each so the archiver's
-    call for it returns at once, then claim and push the next ready ones, until none is
-    left. Failures are left for the archiver's own calls to report. Returns how many files
-    were pushed."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Push the claimed WAL files two at a time and leave a marker for each, so the archiver's
+    call for it returns at once; as each one is done, claim the next ready file, so that
+    `push_ahead` files stay claimed ahead of the archiver until none is left (the ready list
+    is read again only when the names read before are used up). Failures are left for the
+    archiver's own calls to report. Returns how many files were pushed."""
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     from markship import spool
 
     folder = spool.spool_dir(spool_for, server)
+    directory = os.path.dirname(path)
 
-    def one(item: tuple[str, int]) -> bool:
-        wal_name, fd = item
-        wal_path = os.path.join(os.path.dirname(path), wal_name)
+    def one(wal_name: str, fd: int) -> bool:
+        wal_path = os.path.join(directory, wal_name)
         try:
             push(repo, server, wal_path, settings.compression_level)
             spool.mark_pushed(folder, wal_path)
@@ -294,11 +304,19 @@ def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
         return True
 
     pushed = 0
+    last = max(claims)
+    names: deque[str] = deque()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        while claims:
-            pushed += sum(pool.map(one, sorted(claims.items())))
-            path = os.path.join(os.path.dirname(path), max(claims))
-            claims = claim_ahead(server, path, settings, spool_for)
+        running: set[Future[bool]] = {pool.submit(one, n, fd) for n, fd in sorted(claims.items())}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            pushed += sum(future.result() for future in done)
+            if not names:
+                names.extend(n for n in spool.ready_files(path) if n > last)
+            more = _claim(folder, directory, names, settings.push_ahead - len(running))
+            if more:
+                last = max(last, *more)
+                running |= {pool.submit(one, n, fd) for n, fd in sorted(more.items())}
     return pushed
 
 
@@ -314,7 +332,7 @@ def push_ahead_in_background(repo: Repository, server: str, path: str,
     (spool.pushed_or_waited), and pushes the file itself if no marker came (the pusher
     failed or was killed: the kernel drops its locks). So the process starts of those calls
     overlap with the compression of the files after them."""
-    claims = claim_ahead(server, path, settings, spool_for)
+    claims = claim_ahead(server, path, settings.push_ahead, spool_for)
     if not claims:
         return
     if os.fork() == 0:  # the child: claims are inherited, stays single-threaded until here
