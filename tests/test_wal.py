@@ -198,6 +198,38 @@ def test_pusher_keeps_claiming_until_the_backlog_is_gone(workdir: Path) -> None:
         shutil.rmtree(folder.parent, ignore_errors=True)
 
 
+def test_backlog_without_a_usable_spool_is_pushed_one_by_one(workdir: Path) -> None:
+    """When the spool cannot hold claims (here its folder is a file), wal-push claims nothing
+    and forks nothing: it pushes its own file and the archiver's calls push the rest."""
+    from markship import spool, wal
+
+    config, wal_dir, names, _contents, _folder = _backlog(workdir, 3)
+    blocker = Path(spool.spool_dir(str(config), "orders"))  # as this (root) process sees it
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.parent.parent.chmod(0o700)  # a spool markship trusts: claims would be taken
+    blocker.write_text("not a folder")
+    try:
+        settings = wal.load_settings(str(config))
+        repo = settings.open_repository()
+        before = set(os.listdir("/proc"))
+        wal.push_ahead_in_background(repo, "orders", str(wal_dir / names[0]), settings,
+                                     spool_for=str(config))
+        assert not list((workdir / "repo").rglob("0000000100*-*")), "nothing pushed ahead"
+        children = [pid for pid in set(os.listdir("/proc")) - before if pid.isdigit()
+                    and Path(f"/proc/{pid}/stat").exists()
+                    and int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                    == os.getpid()]
+        assert not children
+        for name in names:
+            call = run_markship(config, "wal-push", "--server", "orders", str(wal_dir / name),
+                                user=OS_USER)
+            assert call.returncode == 0, call.stderr
+        stored = {p.name.split("-")[0] for p in (workdir / "repo").rglob("0000000100*-*")}
+        assert stored == set(names)
+    finally:
+        blocker.unlink()
+
+
 def test_call_for_a_claimed_file_waits_for_its_pusher(workdir: Path) -> None:
     """The archiver's call for a file a background pusher has claimed waits for it to let go;
     a pusher that let go without a marker (it failed or was killed) leaves the file to the

@@ -332,10 +332,17 @@ def push_ahead_in_background(repo: Repository, server: str, path: str,
     (spool.pushed_or_waited), and pushes the file itself if no marker came (the pusher
     failed or was killed: the kernel drops its locks). So the process starts of those calls
     overlap with the compression of the files after them."""
-    claims = claim_ahead(server, path, settings.push_ahead, spool_for)
+    try:
+        claims = claim_ahead(server, path, settings.push_ahead, spool_for)
+    except OSError:
+        return  # e.g. /var/tmp full or not writable: the archiver's calls push one by one
     if not claims:
         return
-    if os.fork() == 0:  # the child: claims are inherited, stays single-threaded until here
+    try:
+        child = os.fork()
+    except OSError:  # no process to spare: the same
+        child = -1
+    if child == 0:  # the child: claims are inherited, stays single-threaded until here
         try:
             os.setsid()
             devnull = os.open(os.devnull, os.O_RDWR)
@@ -344,8 +351,14 @@ def push_ahead_in_background(repo: Repository, server: str, path: str,
             push_ahead(repo, server, path, settings, spool_for, claims)
         finally:
             os._exit(0)
-    for fd in claims.values():
-        os.close(fd)  # the child holds the locks now
+    from markship import spool
+
+    folder = spool.spool_dir(spool_for, server)
+    for name, fd in claims.items():
+        if child > 0:
+            os.close(fd)  # the child holds the locks now
+        else:
+            spool.let_go(folder, name, fd)
 
 
 def _same_or_conflict(server: str, name: str, path: str, digest: str,
