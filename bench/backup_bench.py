@@ -812,6 +812,46 @@ class Bench(ScratchFiles):
             "lag bounded", "PASS" if bounded and failed == 0 else "MISS"))
         self.rows.append(Row("  max archive lag under load (segments)", str(max(lags)),
                              f"drained {drained_after:.1f} s after load", None, "-", "info"))
+        self.tps_on_off()
+
+    def tps_on_off(self) -> None:
+        """pgbench tps on the markship server with archiving off (`archive_command = ''`: the
+        WAL waits as `.ready` files) and on (markship wal-push), in alternating windows of
+        duration/3 s, three of each, so both see the same machine. The backlog an "off"
+        window leaves is archived before the next "on" window starts, outside both."""
+        window = max(5, self.duration // 3)
+        say(f"== pgbench tps, archiving off vs on: 3 × {window} s each, alternating")
+        tps: dict[str, list[float]] = {"off": [], "on": []}
+        with connect(self.ms.port) as conn:
+            try:
+                for i in range(3):
+                    for state in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                        conn.execute("ALTER SYSTEM SET archive_command = ''" if state == "off"
+                                     else "ALTER SYSTEM RESET archive_command")
+                        conn.execute("SELECT pg_reload_conf()")
+                        time.sleep(0.5)
+                        deadline = time.monotonic() + 300
+                        while state == "on" and count_ready(self.ms.data_dir) > 0:
+                            if time.monotonic() > deadline:
+                                raise RuntimeError("the off window's backlog was not archived")
+                            time.sleep(0.1)
+                        result = run_timed(self.pgbench_argv(
+                            self.ms, "-c", "4", "-j", "2", "-T", str(window)), timeout=600)
+                        result.check("pgbench")
+                        tps[state].append(next(float(line.split()[2])
+                                               for line in result.out.splitlines()
+                                               if line.startswith("tps = ")))
+            finally:
+                conn.execute("ALTER SYSTEM RESET archive_command")
+                conn.execute("SELECT pg_reload_conf()")
+        ratio = sum(tps["on"]) / sum(tps["off"])
+        say(f"tps off {' '.join(f'{v:.0f}' for v in tps['off'])}; on "
+            f"{' '.join(f'{v:.0f}' for v in tps['on'])}; ratio {ratio:.3f}")
+        self.results["tps_archiving"] = {"window_s": window, "tps": tps, "ratio": ratio}
+        self.rows.append(Row("pgbench tps, markship archiving on vs off",
+                             f"{sum(tps['on']) / 3:.0f} tps", f"off {sum(tps['off']) / 3:.0f} tps",
+                             ratio, "≥0.97 (goal)",
+                             ratio_verdict(ratio, 0.97, higher_is_better=True)))
 
     # -- 5. backlog drain rate -------------------------------------------------------------------
 
