@@ -133,18 +133,32 @@ def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60) -
         time.sleep(0.05)
 
 
+def _fetched(config: Path, wal: Path, name: str) -> bytes:
+    """What wal-fetch restores for `name` (as PostgreSQL's restore_command would)."""
+    dest = wal / "RECOVERYXLOG"
+    fetched = run_markship(config, "wal-fetch", "--server", "orders", name, str(dest),
+                           user=OS_USER)
+    assert fetched.returncode == 0, fetched.stderr
+    return dest.read_bytes()
+
+
+def _push_first_and_wait(config: Path, wal: Path, names: list[str], folder: Path) -> None:
+    """wal-push of the oldest file, then wait for the background pusher's markers of all
+    the others (and no claim left)."""
+    first = run_markship(config, "wal-push", "--server", "orders", str(wal / names[0]),
+                         user=OS_USER)
+    assert first.returncode == 0, first.stderr
+    _wait_until(lambda: sorted(p.name for p in folder.iterdir()) == names[1:],
+                "the background pusher's markers for the whole backlog")
+
+
 def test_backlog_is_pushed_ahead_and_later_calls_return_at_once(workdir: Path) -> None:
     import shutil
 
     config, wal, names, contents, folder = _backlog(workdir, 5)
     top = folder.parent.parent
     try:
-        first = run_markship(config, "wal-push", "--server", "orders", str(wal / names[0]),
-                             user=OS_USER)
-        assert first.returncode == 0, first.stderr
-        # The call pushed its own file and left the rest to a background pusher.
-        _wait_until(lambda: sorted(p.name for p in folder.iterdir()) == names[1:],
-                    "the background pusher's markers (and no claim left)")
+        _push_first_and_wait(config, wal, names, folder)
         stored = {p.name.split("-")[0]: p for p in (workdir / "repo").rglob("0000000100*-*")}
         assert set(stored) == set(names), "the backlog was pushed ahead"
 
@@ -160,10 +174,7 @@ def test_backlog_is_pushed_ahead_and_later_calls_return_at_once(workdir: Path) -
         slow = run_markship(config, "wal-push", "--server", "orders", str(wal / names[2]),
                             user=OS_USER)
         assert slow.returncode == 0 and stored[names[2]].exists()
-        dest = wal / "RECOVERYXLOG"
-        fetched = run_markship(config, "wal-fetch", "--server", "orders", names[4], str(dest),
-                               user=OS_USER)
-        assert fetched.returncode == 0 and dest.read_bytes() == contents[names[4]]
+        assert _fetched(config, wal, names[4]) == contents[names[4]]
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
         if top.exists():
@@ -179,16 +190,9 @@ def test_pusher_keeps_claiming_until_the_backlog_is_gone(workdir: Path) -> None:
     config.write_text(config.read_text().replace("[repository]\n",
                                                  "[repository]\npush_ahead = 2\n", 1))
     try:
-        first = run_markship(config, "wal-push", "--server", "orders", str(wal / names[0]),
-                             user=OS_USER)
-        assert first.returncode == 0, first.stderr
-        _wait_until(lambda: sorted(p.name for p in folder.iterdir()) == names[1:],
-                    "markers for the whole backlog (and no claim left)")
+        _push_first_and_wait(config, wal, names, folder)
         for name in names:
-            dest = wal / "RECOVERYXLOG"
-            fetched = run_markship(config, "wal-fetch", "--server", "orders", name, str(dest),
-                                   user=OS_USER)
-            assert fetched.returncode == 0 and dest.read_bytes() == contents[name]
+            assert _fetched(config, wal, name) == contents[name]
         # The archiver's calls for them all return from their markers.
         for name in names[1:]:
             later = run_markship(config, "wal-push", "--server", "orders", str(wal / name),
@@ -260,10 +264,7 @@ def test_call_for_a_claimed_file_waits_for_its_pusher(workdir: Path) -> None:
         assert call.returncode == 0, err
         stored = list((workdir / "repo").rglob(f"{names[1]}-*"))
         assert len(stored) == 1
-        dest = wal / "RECOVERYXLOG"
-        fetched = run_markship(config, "wal-fetch", "--server", "orders", names[1], str(dest),
-                               user=OS_USER)
-        assert fetched.returncode == 0 and dest.read_bytes() == contents[names[1]]
+        assert _fetched(config, wal, names[1]) == contents[names[1]]
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
 
