@@ -92,6 +92,9 @@ class HwmPoller(threading.Thread):
                 pass
             self.done.wait(self.interval)
 
+    def process_hwm_kb(self) -> int | None:
+        return self.peak_kb
+
 
 @dataclass
 class Timed:
@@ -110,16 +113,32 @@ class Timed:
         return self
 
 
+class Poller(Protocol):
+    """A thread that samples a running process (HwmPoller, crypto_bench.TreeRssPoller)."""
+
+    done: threading.Event
+
+    def start(self) -> None: ...
+
+    def join(self) -> None: ...
+
+    def process_hwm_kb(self) -> int | None: ...
+
+
 def run_timed(argv: Sequence[str], *, poll_rss: bool = False, discard_stdout: bool = False,
-              timeout: float = 3600) -> Timed:
-    """Run a command to completion; wall time includes process start (fork/exec) and exit."""
+              timeout: float = 3600, poller: Callable[[int], Poller] | None = None) -> Timed:
+    """Run a command to completion; wall time includes process start (fork/exec) and exit.
+    `poll_rss`: sample the child's VmHWM (HwmPoller); `poller`: another sampler, made with the
+    child's pid (the caller keeps it for its report)."""
+    if poll_rss and poller is None:
+        poller = HwmPoller
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdout: Any = subprocess.DEVNULL if discard_stdout else out
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=stdout, stderr=err, stdin=subprocess.DEVNULL)
-        poller = HwmPoller(proc.pid) if poll_rss else None
-        if poller is not None:
-            poller.start()
+        sampler = poller(proc.pid) if poller is not None else None
+        if sampler is not None:
+            sampler.start()
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
@@ -130,16 +149,16 @@ def run_timed(argv: Sequence[str], *, poll_rss: bool = False, discard_stdout: bo
             raise
         finally:
             timer.cancel()
+            if sampler is not None:
+                sampler.done.set()
+                sampler.join()
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
-        if poller is not None:
-            poller.done.set()
-            poller.join()
         out.seek(0)
         err.seek(0)
         return Timed(list(argv), seconds, proc.returncode, out.read().decode(errors="replace"),
                      err.read().decode(errors="replace"), usage.ru_maxrss,
-                     poller.peak_kb if poller is not None else None)
+                     sampler.process_hwm_kb() if sampler is not None else None)
 
 
 def settle(seconds: float = 1.0) -> None:

@@ -185,6 +185,9 @@ class TreeRssPoller(threading.Thread):
             self.samples += 1
             self.done.wait(self.interval)
 
+    def process_hwm_kb(self) -> int | None:
+        return self.hwm_kb.get(self.pid)
+
     def report(self) -> dict[str, Any]:
         return {
             "tree_peak_sum_vmrss_kb": self.peak_sum_kb,
@@ -199,31 +202,14 @@ class TreeRssPoller(threading.Thread):
 
 def run_tree_rss(argv: Sequence[str], timeout: float = 3600) -> tuple[Timed, dict[str, Any]]:
     """Run a command to completion while TreeRssPoller samples it and its descendants."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        poller = TreeRssPoller(proc.pid)
-        poller.start()
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            timer.cancel()
-            poller.done.set()
-            poller.join()
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        timed = Timed(list(argv), seconds, proc.returncode, out.read().decode(errors="replace"),
-                      err.read().decode(errors="replace"), usage.ru_maxrss,
-                      poller.hwm_kb.get(proc.pid))
-        return timed, poller.report()
+    pollers: list[TreeRssPoller] = []
+
+    def poller(pid: int) -> TreeRssPoller:
+        pollers.append(TreeRssPoller(pid))
+        return pollers[0]
+
+    timed = run_timed(argv, timeout=timeout, poller=poller)
+    return timed, pollers[0].report()
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -571,7 +571,8 @@ def main(command: str, argv: list[str], config: str | None) -> int:
         print(f"{usage}\nmarkship {command}: error: wrong arguments {argv!r}", file=sys.stderr)
         return 2
     try:
-        settings = load_settings(configfile.locate(config))
+        config_path = configfile.locate(config)
+        settings = load_settings(config_path)
         settings.check_server(server)
         osuser.switch_to(settings.os_user)
         repo = settings.open_repository()
@@ -582,7 +583,7 @@ def main(command: str, argv: list[str], config: str | None) -> int:
                                     "archive_command must pass %p, the path of the file")
             if settings.push_ahead > 0:
                 push_ahead_in_background(repo, server, path, settings,
-                                         spool_for=configfile.locate(config))
+                                         spool_for=config_path)
             push(repo, server, path, settings.compression_level)
         else:
             name = positional[0]
