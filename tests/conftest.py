@@ -18,6 +18,8 @@ import pytest
 from markship import agentsock
 from markship.scratch import ScratchServer, as_user, chown_to, free_port
 
+pytest_plugins = ["reliability"]
+
 OS_USER = "postgres"
 MARKSHIP = Path(sys.executable).parent / "markship"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
