@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest import MARKSHIP, OS_USER, run_markship, write_config
 from markship.scratch import chown_to
 
@@ -24,6 +26,22 @@ def _setup(workdir: Path) -> tuple[Path, Path]:
     return config, wal
 
 
+def wal_content(name: str, body: bytes, timeline: int | None = None,
+                page_address: int | None = None) -> bytes:
+    """`body` with the long page header PostgreSQL starts a segment `name` with (16 MB
+    segments): wal-fetch and verify check it against the name."""
+    from markship.lsn import parse_segment_name
+
+    segment = parse_segment_name(name[:24])
+    header = ((0xD110).to_bytes(2, "little") + (0x0002).to_bytes(2, "little")
+              + (timeline or segment.timeline).to_bytes(4, "little")
+              + (segment.start_lsn() if page_address is None else page_address).to_bytes(
+                  8, "little")
+              + bytes(8) + (7).to_bytes(8, "little") + (16 << 20).to_bytes(4, "little")
+              + (8192).to_bytes(4, "little"))
+    return header + body[len(header):]
+
+
 def _segment(wal: Path, content: bytes, name: str = SEGMENT) -> Path:
     path = wal / name
     path.write_bytes(content)
@@ -37,7 +55,7 @@ def _stored(workdir: Path) -> list[Path]:
 
 def test_push_is_idempotent_and_refuses_different_content(workdir: Path) -> None:
     config, wal = _setup(workdir)
-    original = os.urandom(1 << 20) + bytes(15 << 20)
+    original = wal_content(SEGMENT, os.urandom(1 << 20) + bytes(15 << 20))
     path = _segment(wal, original)
     first = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
     assert first.returncode == 0, first.stderr
@@ -61,8 +79,21 @@ def test_push_is_idempotent_and_refuses_different_content(workdir: Path) -> None
     assert dest.read_bytes() == original
 
 
+def _mark_repository(workdir: Path) -> None:
+    """The marker object every repository gets at its first backup."""
+    from datetime import UTC, datetime
+
+    from markship import catalog
+    from markship.repository import FsRepository
+
+    catalog.ensure_marker(FsRepository(workdir / "repo"), "testgroup", datetime.now(UTC))
+    for path in [workdir / "repo", *(workdir / "repo").rglob("*")]:
+        chown_to(path, OS_USER)
+
+
 def test_fetch_of_missing_file_fails_quietly(workdir: Path) -> None:
     config, wal = _setup(workdir)
+    _mark_repository(workdir)
     proc = run_markship(config, "wal-fetch", "--server", "orders", "00000002.history",
                         str(wal / "RECOVERYHISTORY"), user=OS_USER)
     assert proc.returncode == 1
@@ -117,7 +148,7 @@ def _backlog(workdir: Path, count: int) -> tuple[Path, Path, list[str], dict[str
     names = [f"0000000100000000000000{n:02X}" for n in range(1, count + 1)]
     contents = {}
     for name in names:
-        contents[name] = os.urandom(1 << 16) * 256
+        contents[name] = wal_content(name, os.urandom(1 << 16) * 256)
         _segment(wal, contents[name], name)
         (status / f"{name}.ready").touch()
     uid = pwd.getpwnam(OS_USER).pw_uid
@@ -309,7 +340,7 @@ def test_objects_named_by_sha256_before_blake3_stay_valid(workdir: Path) -> None
     import zstandard
 
     config, wal = _setup(workdir)
-    original = os.urandom(1 << 20) + bytes(15 << 20)
+    original = wal_content(SEGMENT, os.urandom(1 << 20) + bytes(15 << 20))
     folder = workdir / "repo" / "wal" / "orders" / SEGMENT[:16]
     folder.mkdir(parents=True)
     legacy = folder / f"{SEGMENT}-{hashlib.sha256(original).hexdigest()}.zst"
@@ -337,3 +368,169 @@ def test_objects_named_by_sha256_before_blake3_stay_valid(workdir: Path) -> None
     bad = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
                        user=OS_USER)
     assert bad.returncode == 126 and not dest.exists()
+
+
+# -- wal-fetch never lets recovery end short (issue #12, defect 1) ------------------------------
+
+
+def _fetch(config: Path, wal: Path, name: str = SEGMENT) -> tuple[int, str, bool]:
+    """(exit status, stderr, DEST written) of the restore_command PostgreSQL would run."""
+    dest = wal / "RECOVERYXLOG"
+    dest.unlink(missing_ok=True)
+    proc = run_markship(config, "wal-fetch", "--server", "orders", name, str(dest),
+                        user=OS_USER)
+    return proc.returncode, proc.stderr, dest.exists()
+
+
+def _one_fatal_line(result: tuple[int, str, bool], *words: str) -> None:
+    code, err, written = result
+    assert code >= 126, f"exit {code} would end recovery as if the WAL were not archived: {err}"
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert all(word in err for word in words), err
+    assert not written
+
+
+def _age_key(path: Path) -> str:
+    """A new age identity in `path` (0600, owned by postgres); returns its recipient."""
+    from pyrage import x25519
+
+    identity = x25519.Identity.generate()
+    path.write_text(str(identity) + "\n")
+    path.chmod(0o600)
+    chown_to(path, OS_USER)
+    return str(identity.to_public())
+
+
+@pytest.mark.reliability("wal-fetch: object encrypted for another key",
+                         fault="production switched to recipient B; restore site holds only A",
+                         expected="exit 126 naming the key, never the quiet 'not archived' 1")
+def test_fetch_with_a_key_that_does_not_open_the_object_stops_recovery(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    _mark_repository(workdir)
+    plain = config.read_text()
+    key_a, key_b = workdir / "a.key", workdir / "b.key"
+    recipient_a, recipient_b = _age_key(key_a), _age_key(key_b)
+    config.write_text(plain + f'\n[encryption]\nrecipient = "{recipient_b}"\n'
+                      f'identity_file = "{key_a}"\n')
+    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
+    pushed = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert pushed.returncode == 0, pushed.stderr
+    _one_fatal_line(_fetch(config, wal), SEGMENT)
+
+    # The same object with the right key comes back: the failure was the key's.
+    config.write_text(plain + f'\n[encryption]\nrecipient = "{recipient_a}"\n'
+                      f'identity_file = "{key_b}"\n')
+    assert _fetch(config, wal)[0] == 0
+
+
+@pytest.mark.reliability("wal-fetch: identity file unreadable or missing",
+                         fault="identity file chmod 000 (root-owned), then deleted",
+                         expected="exit 126 naming the file")
+def test_fetch_without_a_readable_identity_stops_recovery(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    _mark_repository(workdir)
+    key = workdir / "repo.key"
+    recipient = _age_key(key)
+    config.write_text(config.read_text() + f'\n[encryption]\nrecipient = "{recipient}"\n'
+                      f'identity_file = "{key}"\n')
+    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
+    assert run_markship(config, "wal-push", "--server", "orders", str(path),
+                        user=OS_USER).returncode == 0
+    os.chown(key, 0, 0)
+    _one_fatal_line(_fetch(config, wal), str(key), "not readable")
+    key.unlink()
+    _one_fatal_line(_fetch(config, wal), str(key), "not found")
+
+
+@pytest.mark.reliability("wal-fetch: WAL folder not readable (EACCES)",
+                         fault="chmod 000 on wal/<server>/<timeline+log>/, root-owned",
+                         expected="exit 126, 'not readable' (not 'not writable')")
+def test_fetch_from_an_unreadable_folder_stops_recovery(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
+    assert run_markship(config, "wal-push", "--server", "orders", str(path),
+                        user=OS_USER).returncode == 0
+    folder = workdir / "repo" / "wal" / "orders" / SEGMENT[:16]
+    os.chown(folder, 0, 0)
+    folder.chmod(0)
+    try:
+        _one_fatal_line(_fetch(config, wal), "not readable", str(folder))
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.reliability("wal-fetch: repository not mounted",
+                         fault="the repository directory is gone (unmounted NFS, wrong path)",
+                         expected="exit 126 saying the repository is absent, not 'not archived'")
+def test_fetch_from_an_absent_repository_stops_recovery(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    _mark_repository(workdir)
+    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
+    assert run_markship(config, "wal-push", "--server", "orders", str(path),
+                        user=OS_USER).returncode == 0
+    (workdir / "repo").rename(workdir / "repo-elsewhere")
+    _one_fatal_line(_fetch(config, wal), "markship.json", "not mounted")
+
+
+@pytest.mark.reliability("wal-fetch and wal-push: invalid config",
+                         fault="compression_level = \"high\", an unknown key, a relative path",
+                         expected="wal-push exit 2 and wal-fetch exit 126, one line each; "
+                                  "nothing written to the data directory")
+@pytest.mark.parametrize("problem", ["level is not a number", "unknown key", "relative path"])
+def test_wal_commands_refuse_what_the_cli_refuses(workdir: Path, problem: str) -> None:
+    config, wal = _setup(workdir)
+    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
+    text = config.read_text()
+    config.write_text({
+        "level is not a number": text.replace("[repository]\n",
+                                              '[repository]\ncompression_level = "high"\n'),
+        "unknown key": text.replace("[repository]\n", "[repository]\ncompresion_level = 3\n"),
+        "relative path": text.replace(f'path = "{workdir / "repo"}"', 'path = "relative/repo"'),
+    }[problem])
+    pushed = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert pushed.returncode == 2, pushed.stderr
+    assert pushed.stderr.count("\n") == 1 and "Traceback" not in pushed.stderr
+    listed = run_markship(config, "status")
+    assert listed.returncode == 2, "the full CLI refuses it too"
+    assert not list(workdir.rglob("relative")), "nothing written under a relative path"
+    _one_fatal_line(_fetch(config, wal), str(config))
+
+
+@pytest.mark.reliability("wal-fetch: another segment's object under this name",
+                         fault="segment 4's object copied into the repository as segment 5",
+                         expected="wal-fetch exit 126 and verify names the object; "
+                                  "digest alone would pass it")
+def test_object_of_another_segment_is_never_served(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    _mark_repository(workdir)
+    four, five = "000000010000000000000004", "000000010000000000000005"
+    for name in (four, five):
+        path = _segment(wal, wal_content(name, os.urandom(1 << 16) * 256), name)
+        assert run_markship(config, "wal-push", "--server", "orders", str(path),
+                            user=OS_USER).returncode == 0
+    assert run_markship(config, "verify").returncode == 0
+    folder = workdir / "repo" / "wal" / "orders" / four[:16]
+    (stored_four,) = folder.glob(f"{four}-*")
+    (stored_five,) = folder.glob(f"{five}-*")
+    stored_five.unlink()
+    planted = folder / stored_four.name.replace(four, five)
+    planted.write_bytes(stored_four.read_bytes())
+    chown_to(planted, OS_USER)
+
+    _one_fatal_line(_fetch(config, wal, five), five, "0/4000000")
+    checked = run_markship(config, "verify")
+    assert checked.returncode != 0
+    assert f"stored as {five} is not that file" in checked.stdout + checked.stderr
+
+
+@pytest.mark.reliability("wal-fetch: DEST not writable",
+                         fault="pg_wal not writable by the PostgreSQL OS user",
+                         expected="exit 126 with the path, no traceback")
+def test_fetch_into_an_unwritable_folder_stops_recovery(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
+    assert run_markship(config, "wal-push", "--server", "orders", str(path),
+                        user=OS_USER).returncode == 0
+    os.chown(wal, 0, 0)
+    wal.chmod(0o755)
+    _one_fatal_line(_fetch(config, wal), str(wal))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
 # No regular expressions here: wal-push imports this module once per segment, and compiling
 # patterns cost more than the checks themselves.
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
@@ -117,3 +121,48 @@ def parse_history(text: str) -> list[tuple[int, int]]:
             raise ValueError(f"malformed timeline history line: {line!r}")
         entries.append((int(fields[0]), parse_lsn(fields[1])))
     return entries
+
+
+# The first page of every WAL segment starts with XLogLongPageHeaderData (access/xlog_internal.h):
+# magic u16, info u16, timeline u32, page address u64, remaining length u32 (+4 padding),
+# system id u64, segment size u32, block size u32; in the byte order of the server's host.
+WAL_HEADER_BYTES = 40
+_XLP_LONG_HEADER = 0x0002
+
+
+def wal_header_problem(head: bytes, name: str,
+                       byteorder: Literal["little", "big"] = "little") -> str | None:
+    """Why the bytes `head` (a WAL file's first 40 or more) cannot be the start of WAL file
+    `name`, or None when they can.
+
+    Checks what ties a segment's content to its name: the page magic of a PostgreSQL release,
+    the long header of a segment's first page, a timeline no newer than the name's (the first
+    segment of a new timeline starts with its parent's pages) and the page address, which is
+    the segment's own start LSN. History and backup files carry no page header (None).
+    """
+    kind = wal_file_kind(name)
+    if kind not in ("segment", "partial"):
+        return None
+    if len(head) < WAL_HEADER_BYTES:
+        return f"only {len(head)} bytes, shorter than a WAL page header"
+
+    def field(offset: int, size: int) -> int:
+        return int.from_bytes(head[offset:offset + size], byteorder)
+
+    magic, info, timeline, page_address = field(0, 2), field(2, 2), field(4, 4), field(8, 8)
+    segment_size = field(32, 4)
+    if magic >> 8 not in (0xD0, 0xD1):
+        return f"no WAL page magic (found 0x{magic:04X})"
+    if not info & _XLP_LONG_HEADER:
+        return "its first page has no long header, so it does not start a segment"
+    if segment_size < 1 << 20 or segment_size > 1 << 30 or segment_size & (segment_size - 1):
+        return f"implausible segment size {segment_size} in its header"
+    segment = parse_segment_name(name[:24], segment_size)
+    if not 1 <= timeline <= segment.timeline:
+        return f"its header names timeline {timeline}, the file name timeline {segment.timeline}"
+    expected = segment.start_lsn(segment_size)
+    if page_address != expected:
+        held = Segment(segment.timeline, page_address // segment_size).name(segment_size)
+        return (f"its header holds the WAL of {format_lsn(page_address)} ({held}), "
+                f"not {format_lsn(expected)}")
+    return None

@@ -6,9 +6,12 @@ zstandard and the repository; it reads the raw TOML instead of the full pydantic
 Contract with PostgreSQL:
 - wal-push exits 0 only once the file is durably stored; pushing the same content again also
   exits 0; different content under an archived name exits 1 and keeps the stored object.
-- wal-fetch exits 0 with the file at DEST, 1 quietly when it is not archived (PostgreSQL then
-  looks elsewhere or ends recovery), and 126 when the stored copy is corrupt: an exit status
-  above 125 makes PostgreSQL abort recovery instead of treating corrupt WAL as the end of WAL.
+- wal-fetch exits 0 with the file at DEST and 1 quietly when it is not archived (PostgreSQL
+  then looks elsewhere or ends recovery). Every other failure exits 126 with one line: a
+  corrupt or foreign object, a key that does not open it, an unreadable or absent repository,
+  a bad config, even a bug. PostgreSQL reads any exit below 126 as "not archived" and would
+  end recovery there and promote, silently short of committed WAL; 126 and above make it stop
+  recovery with an error instead, so the operator fixes the cause and starts it again.
 """
 
 from __future__ import annotations
@@ -22,23 +25,31 @@ from markship.errors import (
     CorruptObject,
     MarkshipError,
     ObjectMissing,
+    RepositoryError,
 )
-from markship.lsn import Segment, parse_segment_name, wal_file_kind
+from markship.lsn import (
+    WAL_HEADER_BYTES,
+    Segment,
+    parse_segment_name,
+    wal_file_kind,
+    wal_header_problem,
+)
 from markship.repository import layout, open_repository
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the per-segment start-up
     from collections import deque
     from collections.abc import Iterator
-    from typing import Any, BinaryIO
+    from typing import BinaryIO
 
+    from markship.config import Config
     from markship.repository import FsRepository, Repository
     from markship.repository.base import Writable
 
 # 256 KiB: a fresh process reading 1 MiB chunks spent twice as long faulting in new heap
 # pages as reading; smaller chunks reuse the same memory.
 CHUNK = 256 * 1024
-EXIT_CORRUPT = 126
+EXIT_FATAL = 126  # restore_command: stop recovery rather than take this as the end of WAL
 
 
 class WalSettings:
@@ -72,29 +83,13 @@ class WalSettings:
         return open_repository(self.repository_path)
 
     @classmethod
-    def from_raw(cls, raw: dict[str, Any]) -> WalSettings:
-        repo = raw.get("repository")
-        if not isinstance(repo, dict) or not isinstance(repo.get("path"), str):
-            raise ConfigError("[repository] path is missing",
-                              'add path = "/dir" under [repository]')
-        servers = raw.get("server")
-        names = frozenset(s["name"] for s in servers or []
-                          if isinstance(s, dict) and isinstance(s.get("name"), str))
-        level = repo.get("compression_level", 1)
-        ahead = repo.get("push_ahead", 8)
-        encryption = raw.get("encryption")
-        recipient = identity = catalog_key = ""
-        if isinstance(encryption, dict):
-            recipient = str(encryption.get("recipient", ""))
-            identity = str(encryption.get("identity_file", ""))
-            catalog_key = str(encryption.get("catalog_key_file", ""))
-            if not recipient.startswith("age1"):
-                raise ConfigError("[encryption] recipient is missing or not an age public key",
-                                  "use the age1… line printed by `markship key create`")
-        return cls(repo["path"], str(repo.get("os_user", "postgres")),
-                   int(level) if isinstance(level, int) else 1, names,
-                   int(ahead) if isinstance(ahead, int) else 8, recipient, identity,
-                   catalog_key)
+    def from_config(cls, config: Config) -> WalSettings:
+        repo, encryption = config.repository, config.encryption
+        return cls(str(repo.path), repo.os_user, repo.compression_level,
+                   frozenset(s.name for s in config.servers), repo.push_ahead,
+                   encryption.recipient if encryption else "",
+                   str(encryption.identity_file or "") if encryption else "",
+                   str(encryption.catalog_key_file or "") if encryption else "")
 
     def check_server(self, server: str) -> None:
         if server not in self.servers:
@@ -113,9 +108,12 @@ def load_settings(config_path: str) -> WalSettings:
             return WalSettings(*cached)  # type: ignore[arg-type]
         except TypeError:
             pass  # written by another markship version
-    from markship import configfile
+    # A new or changed config file is validated by the full model, exactly as every other
+    # command validates it (pydantic costs ~0.2 s, paid once per change of the file, not per
+    # segment): the WAL path must never act on a config the CLI would refuse.
+    from markship import config
 
-    settings = WalSettings.from_raw(configfile.read(config_path))
+    settings = WalSettings.from_config(config.load(config_path))
     spool.cache_settings(config_path, settings.fields())
     return settings
 
@@ -476,10 +474,12 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
         raise ObjectMissing(f"{wal_name} of server {server} is not archived")
     folder, name = os.path.split(dest)
     temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
+    head = _Head()
     try:
         # Streamed files are pg_receivewal's own (never encrypted: streaming is off then).
         with repo.open_stored(key) as source, open(temp, "wb") as out:
             while chunk := source.read(CHUNK):
+                head.take(chunk)
                 out.write(chunk)
     except ObjectMissing:
         _discard(temp)  # archived and pruned meanwhile: the caller looks again
@@ -487,7 +487,25 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
     except BaseException:
         _discard(temp)
         raise
+    problem = wal_header_problem(head.data, wal_name)
+    if problem is not None:
+        _discard(temp)
+        raise CorruptObject(f"streamed copy {key} is not WAL file {wal_name} ({problem})",
+                            "run markship verify; this WAL must not be replayed")
     os.replace(temp, dest)
+
+
+class _Head:
+    """The first bytes of a stream, gathered from its chunks (for the WAL page header)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def take(self, chunk: bytes) -> None:
+        if len(self.data) < WAL_HEADER_BYTES:
+            self.data += bytes(chunk[:WAL_HEADER_BYTES - len(self.data)])
 
 
 def _discard(path: str) -> None:
@@ -509,9 +527,11 @@ def fetch(repo: Repository, server: str, wal_name: str, dest: str) -> None:
     folder, name = os.path.split(dest)
     temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
     digest = walsum.ContentHash(expected)
+    head = _Head()
     try:
         with reader, open(temp, "wb") as out:
             while chunk := reader.read(CHUNK):
+                head.take(chunk)
                 digest.update(chunk)
                 out.write(chunk)
     except zstandard.ZstdError as exc:
@@ -525,6 +545,14 @@ def fetch(repo: Repository, server: str, wal_name: str, dest: str) -> None:
         _discard(temp)
         raise CorruptObject(f"archived {wal_name} of server {server} fails its checksum",
                             "run markship verify; this WAL must not be replayed")
+    # The digest in the object's name only proves the object is intact; the page header
+    # proves it is this segment (a copy of another segment stored under this name would pass
+    # the digest and be replayed as the wrong WAL).
+    problem = wal_header_problem(head.data, wal_name)
+    if problem is not None:
+        _discard(temp)
+        raise CorruptObject(f"archived {wal_name} of server {server} is not that WAL file "
+                            f"({problem})", "run markship verify; this WAL must not be replayed")
     os.replace(temp, dest)
 
 
@@ -547,11 +575,35 @@ def _parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(command: str, argv: list[str], config: str | None) -> int:
-    """Entry point of `markship wal-push` / `markship wal-fetch` (lean path)."""
+    """Entry point of `markship wal-push` / `markship wal-fetch` (lean path): the exit status
+    PostgreSQL acts on. For wal-fetch only "not archived" may exit below 126 (see the module
+    docstring); every failure prints one line."""
     import sys
 
+    fetching = command == "wal-fetch"
+    try:
+        return _run(command, argv, config)
+    except ObjectMissing as exc:
+        if fetching:
+            return 1  # not archived (yet): PostgreSQL expects a quiet failure
+        line, code = exc.one_line(), 1
+    except MarkshipError as exc:
+        line, code = exc.one_line(), exc.exit_code
+    except ValueError as exc:  # a file name PostgreSQL never archives
+        line, code = str(exc), 2
+    except OSError as exc:  # outside the repository (e.g. DEST not writable)
+        line = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+        code = 1
+    except BaseException as exc:  # a bug must not read as "not archived" either
+        if isinstance(exc, SystemExit):
+            raise
+        line, code = f"unexpected {type(exc).__name__}: {exc}", 1
+    print(f"markship {command}: error: {line}", file=sys.stderr)
+    return EXIT_FATAL if fetching else code
+
+
+def _run(command: str, argv: list[str], config: str | None) -> int:
     from markship import configfile, osuser
-    from markship.errors import MarkshipError
 
     # Hand-parsed: argparse alone costs ~20 ms of start-up, paid once per WAL segment.
     usage = (f"usage: markship {command} --server NAME "
@@ -568,50 +620,47 @@ def main(command: str, argv: list[str], config: str | None) -> int:
         print(usage)
         return 0
     if server is None or len(positional) != (1 if command == "wal-push" else 2):
-        print(f"{usage}\nmarkship {command}: error: wrong arguments {argv!r}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"wrong arguments {argv!r}", usage)
+    config_path = configfile.locate(config)
+    settings = load_settings(config_path)
+    settings.check_server(server)
+    osuser.switch_to(settings.os_user)
+    repo = settings.open_repository()
+    if command == "wal-push":
+        path = positional[0]
+        if not os.path.isfile(path):
+            raise ObjectMissing(f"WAL file {path} does not exist",
+                                "archive_command must pass %p, the path of the file")
+        if settings.push_ahead > 0:
+            push_ahead_in_background(repo, server, path, settings, spool_for=config_path)
+        push(repo, server, path, settings.compression_level)
+        return 0
+    name, dest = positional
+    if standby and wal_file_kind(name) in ("segment", "partial"):
+        ceiling = standby_ceiling(repo, server, floor)
+        if ceiling is None or parse_segment_name(name[:24]) > ceiling:
+            return 1  # withheld until the next group mark completes
     try:
-        config_path = configfile.locate(config)
-        settings = load_settings(config_path)
-        settings.check_server(server)
-        osuser.switch_to(settings.os_user)
-        repo = settings.open_repository()
-        if command == "wal-push":
-            path = positional[0]
-            if not os.path.isfile(path):
-                raise ObjectMissing(f"WAL file {path} does not exist",
-                                    "archive_command must pass %p, the path of the file")
-            if settings.push_ahead > 0:
-                push_ahead_in_background(repo, server, path, settings,
-                                         spool_for=config_path)
-            push(repo, server, path, settings.compression_level)
-        else:
-            name = positional[0]
-            if standby and wal_file_kind(name) in ("segment", "partial"):
-                ceiling = standby_ceiling(repo, server, floor)
-                if ceiling is None or parse_segment_name(name[:24]) > ceiling:
-                    return 1  # withheld until the next group mark completes
+        fetch(repo, server, name, dest)
+    except ObjectMissing:
+        # Not archived yet: the agent's WAL receiver may hold it. A standby gets whole
+        # segments only (a partial one would end its replay early).
+        try:
+            fetch_streamed(repo, server, name, dest, allow_partial=not standby)
+        except ObjectMissing:
             try:
-                fetch(repo, server, name, positional[1])
+                fetch(repo, server, name, dest)  # archived while we looked
             except ObjectMissing:
-                # Not archived yet: the agent's WAL receiver may hold it. A standby gets
-                # whole segments only (a partial one would end its replay early).
-                try:
-                    fetch_streamed(repo, server, name, positional[1], allow_partial=not standby)
-                except ObjectMissing:
-                    fetch(repo, server, name, positional[1])  # archived while we looked
-    except ObjectMissing as exc:
-        if command == "wal-fetch":
-            return 1  # not archived (yet): PostgreSQL expects a quiet failure
-        print(f"markship {command}: error: {exc.one_line()}", file=sys.stderr)
-        return 1
-    except CorruptObject as exc:
-        print(f"markship {command}: error: {exc.one_line()}", file=sys.stderr)
-        return EXIT_CORRUPT if command == "wal-fetch" else 1
-    except MarkshipError as exc:
-        print(f"markship {command}: error: {exc.one_line()}", file=sys.stderr)
-        return exc.exit_code
-    except ValueError as exc:
-        print(f"markship {command}: error: {exc}", file=sys.stderr)
-        return 2
+                _refuse_absent_repository(repo)
+                raise
     return 0
+
+
+def _refuse_absent_repository(repo: Repository) -> None:
+    """An unmounted or misnamed repository looks like one with nothing archived: when a file
+    is not found, make sure the repository itself is there (its marker object)."""
+    if not repo.exists(layout.MARKER_KEY):
+        raise RepositoryError(
+            f"the repository {repo.location} has no {layout.MARKER_KEY}: it is not mounted, or "
+            "[repository] path names the wrong directory",
+            "mount it or correct the path; recovery stops here instead of ending short")

@@ -55,6 +55,31 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _raise_unless_gone(exc: OSError) -> None:
+    """os.walk's error handler: a folder that vanished meanwhile is fine; one that cannot be
+    read must not look like an empty one (missing WAL would then look like a gap)."""
+    if not isinstance(exc, FileNotFoundError):
+        raise _os_error(exc, exc.filename or "?", reading=True) from exc
+
+
+def _makedirs(path: str, mode: int = 0o777) -> None:
+    """Create `path` and any missing parents, each new entry flushed to its parent folder:
+    an object reported stored must still be found after a power loss, and its folder's own
+    entry is part of that."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent != path:
+        _makedirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        # made by a concurrent writer: flushed here too, as this writer may finish first
+    _fsync_dir(parent)
+
+
 def _unlink(path: str) -> None:
     try:  # noqa: SIM105 - contextlib is one import too many on the wal-push path
         os.unlink(path)
@@ -62,7 +87,13 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _os_error(exc: OSError, path: str) -> RepositoryError:
+def _os_error(exc: OSError, path: str, reading: bool = False) -> RepositoryError:
+    if reading and exc.errno in (errno.EACCES, errno.EPERM):
+        return RepositoryError(
+            f"repository not readable: {path} ({exc.strerror})",
+            "make the repository readable by the user markship runs as (for wal-fetch: "
+            "the PostgreSQL OS user)",
+        )
     if exc.errno == errno.ENOSPC:
         return RepositoryError(
             f"repository disk full while writing {path}",
@@ -130,7 +161,7 @@ class FsRepository:
         `metadata` matters only to an encrypted repository."""
         directory = self._path(folder.rstrip("/"))
         try:
-            os.makedirs(directory, exist_ok=True)
+            _makedirs(directory)
         except OSError as exc:
             raise _os_error(exc, directory) from exc
         temp = join(directory, _temp_name("pending"))
@@ -202,7 +233,7 @@ class FsRepository:
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from the repository") from None
         except OSError as exc:
-            raise _os_error(exc, self._path(key)) from exc
+            raise _os_error(exc, self._path(key), reading=True) from exc
 
     def read_bytes(self, key: str) -> bytes:
         with self.open(key) as handle:
@@ -222,7 +253,7 @@ class FsRepository:
         start = base if os.path.isdir(base) else os.path.dirname(base)
         if not os.path.isdir(start):
             return
-        for dirpath, dirnames, filenames in os.walk(start):
+        for dirpath, dirnames, filenames in os.walk(start, onerror=_raise_unless_gone):
             dirnames.sort()
             for name in sorted(filenames):
                 if name.startswith(TEMP_PREFIX):
@@ -244,7 +275,7 @@ class FsRepository:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise _os_error(exc, path) from exc
+            raise _os_error(exc, path, reading=True) from exc
 
     def delete(self, key: str) -> None:
         _unlink(self._path(key))
@@ -292,7 +323,7 @@ class FsRepository:
     def check_writable(self) -> None:
         if not os.path.exists(self.root):
             try:
-                os.makedirs(self.root, mode=0o750)
+                _makedirs(self.root, 0o750)
             except OSError as exc:
                 raise _os_error(exc, self.root) from exc
         if not os.path.isdir(self.root):
@@ -371,6 +402,29 @@ class Sink:
         pass
 
 
+def _host_fingerprint() -> str:
+    import hashlib
+
+    return hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:12]
+
+
+def _holder(note: str) -> str:
+    """Who holds a lock, from its note (repository data: anything may be in it)."""
+    import json
+
+    def shown(value: object, limit: int) -> str:
+        return "".join(c for c in str(value)[:limit] if c.isprintable())
+
+    try:
+        info = json.loads(note)
+        pid = int(info["pid"])
+        command, host = shown(info["command"], 40), shown(info["host"], 12)
+    except (ValueError, KeyError, TypeError):
+        return "another markship process"
+    where = "this host" if host == _host_fingerprint() else f"another host (id {host})"
+    return f"{command} (pid {pid} on {where}, since {shown(info.get('since', '?'), 20)})"
+
+
 class _FileLock:
     """flock() on a file in the repository, holding a note of who holds it (a context
     manager written out, as contextlib is not loaded on the wal-push path)."""
@@ -383,7 +437,7 @@ class _FileLock:
         import json
 
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            _makedirs(os.path.dirname(self.path))
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
             raise _os_error(exc, self.path) from exc
@@ -392,11 +446,7 @@ class _FileLock:
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             os.close(fd)
-            try:
-                info = json.loads(holder)
-                who = f"{info['purpose']} (pid {info['pid']} on {info['host']})"
-            except (ValueError, KeyError, TypeError):
-                who = "another markship process"
+            who = _holder(holder)
             raise LockedError(
                 f"another job is running: {who} holds the {self.name} lock",
                 "wait for it to finish, or stop it, then retry",
@@ -405,8 +455,13 @@ class _FileLock:
             os.close(fd)
             raise
         self.fd = fd
+        # The note is for the operator who meets a busy lock. It is not encrypted (it is
+        # rewritten in place, and read by hosts without any key), so it holds what locking
+        # needs and nothing about the group: the command (the purpose's first two words,
+        # e.g. "markship backup"), the pid, a fingerprint of the host and the time.
         note = json.dumps(
-            {"purpose": self.purpose, "pid": os.getpid(), "host": os.uname().nodename,
+            {"command": " ".join(self.purpose.split()[:2]), "pid": os.getpid(),
+             "host": _host_fingerprint(),
              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         ).encode()
         try:
