@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -15,20 +14,26 @@ from conftest import OS_USER, GroupFactory, run_markship, write_config
 from markship.scratch import chown_to
 
 
+@pytest.mark.reliability("second backup job while one runs",
+                         fault="the backup lock is held by another process",
+                         expected="one line naming the holder's command and pid; the note in "
+                                  "the (unencrypted) lock file names no group and no host")
 def test_second_backup_job_is_refused(pg_group: GroupFactory) -> None:
+    import socket
+
+    from markship.repository import FsRepository
+
     group = pg_group(1)
     group.ok("backup")
-    lock = group.repo / "locks" / "backup.lock"
-    with lock.open("r+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        handle.write(json.dumps({"purpose": "markship backup of group testgroup",
-                                 "pid": os.getpid(), "host": "here"}))
-        handle.flush()
+    with FsRepository(group.repo).lock("backup", "markship backup of group testgroup"):
+        note = (group.repo / "locks" / "backup.lock").read_text()
         proc = group.markship("backup")
     assert proc.returncode != 0
     line = proc.stderr.strip()
-    assert "another job is running" in line and f"pid {os.getpid()}" in line
+    assert "another job is running: markship backup" in line
+    assert f"pid {os.getpid()} on this host" in line
     assert len(line.splitlines()) == 1
+    assert "testgroup" not in note and socket.gethostname() not in note
     assert len(json.loads(group.ok("list", "--json"))) == 1
 
 

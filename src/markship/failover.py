@@ -32,11 +32,17 @@ from markship import catalog, pgbin, postgres
 from markship.catalog import MarkRecord
 from markship.config import Config, StandbySection
 from markship.errors import MarkshipError
-from markship.lsn import format_lsn, parse_history, parse_lsn
+from markship.lsn import format_lsn, parse_lsn
 from markship.marks import MarkState, mark_state, newest_complete, parallel
 from markship.repository import Repository
 from markship.resolve import Resolution, resolve_in_doubt
-from markship.restore import fetch_command, postmaster_status, start_and_wait, write_settings
+from markship.restore import (
+    fetch_command,
+    postmaster_status,
+    recovery_end,
+    start_and_wait,
+    write_settings,
+)
 from markship.standby import standby_conninfo
 from markship.timefmt import show, utcnow
 
@@ -101,13 +107,8 @@ def production_answering(config: Config) -> list[str]:
 
 def stopped_at(data_dir: Path) -> str | None:
     """The reason line of the newest timeline history file: where recovery stopped."""
-    histories = sorted((data_dir / "pg_wal").glob("*.history"))
-    if not histories:
-        return None
-    text = histories[-1].read_text(errors="replace")
-    lines = [line for line in text.splitlines() if line.strip()]
-    parse_history(text)  # raises on a malformed file
-    return lines[-1].split("\t", 2)[-1] if lines else None
+    end = recovery_end(data_dir)
+    return None if end is None else end.reason
 
 
 def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
@@ -140,10 +141,16 @@ def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
         "recovery_target_timeline": "latest",
     }, f"markship failover {show(utcnow())}: stop at mark {mark.name} and promote")
     start_and_wait(pg_ctl, data_dir, wait_seconds)
-    where = stopped_at(data_dir)
-    if where != wanted:
-        raise MarkshipError(f"standby of {standby.server} stopped {where or 'nowhere'}, "
-                            f"not at mark {mark.name}", "inspect its log and rebuild it")
+    end = recovery_end(data_dir)
+    if end is None or end.reason != wanted:
+        raise MarkshipError(f"standby of {standby.server} stopped "
+                            f"{end.reason if end else 'nowhere'}, not at mark {mark.name}",
+                            "inspect its log and rebuild it")
+    point = mark.points[standby.server].lsn
+    if end.lsn < point:  # a restore point of that name, but not the mark's
+        raise MarkshipError(f"standby of {standby.server} stopped at {format_lsn(end.lsn)}, "
+                            f"before mark {mark.name} ({format_lsn(point)})",
+                            "inspect its log and rebuild it")
     return "promoted"
 
 

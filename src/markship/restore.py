@@ -26,6 +26,7 @@ from markship.catalog import BackupRecord
 from markship.config import Config
 from markship.errors import CorruptObject, RestoreError
 from markship.hashing import HashingReader
+from markship.lsn import format_lsn, parse_history, segment_holding_end
 from markship.repository import Repository
 from markship.repository.base import Readable
 from markship.timefmt import show, utcnow
@@ -67,6 +68,32 @@ class RestoreResult:
     started: bool
     port: int | None
     seconds: float
+    recovery_end_lsn: str | None = None  # where recovery stopped (when started)
+    archive_end_lsn: str | None = None  # how far it had to reach: the target, or the archive
+
+
+@dataclass(frozen=True)
+class RecoveryEnd:
+    """Where a promoted server's recovery stopped, from the timeline history file it wrote
+    when it promoted: the timeline it was on, the LSN, and PostgreSQL's reason line."""
+
+    timeline: int
+    lsn: int
+    reason: str
+
+
+def recovery_end(data_dir: Path) -> RecoveryEnd | None:
+    """The end of recovery of a promoted data directory; None before any promotion."""
+    histories = sorted((data_dir / "pg_wal").glob("*.history"))
+    if not histories:
+        return None
+    text = histories[-1].read_text(errors="replace")
+    entries = parse_history(text)  # raises on a malformed file
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not entries:
+        return None
+    timeline, lsn = entries[-1]
+    return RecoveryEnd(timeline, lsn, lines[-1].split("\t", 2)[-1])
 
 
 def complete_backups(repo: Repository, server: str) -> list[BackupRecord]:
@@ -387,12 +414,57 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
         write_settings(target_dir, settings,
                        f"markship {'standby' if standby else 'restore'} {show(utcnow())}: "
                        f"backup set {backup.set_id}, target {target.describe()}")
+        reached: tuple[str | None, str | None] = (None, None)
         if start:
             tools = pgbin.bin_dir(section.bin_dir, backup.pg_version_num)
-            start_and_wait(pgbin.tool(tools, "pg_ctl"), target_dir, wait_seconds,
+            pg_ctl = pgbin.tool(tools, "pg_ctl")
+            start_and_wait(pg_ctl, target_dir, wait_seconds,
                            until="standby" if standby else "promoted")
+            if not standby:
+                reached = check_recovery_end(repo, server, backup, target, target_dir, pg_ctl)
     return RestoreResult(server, backup.set_id, target_dir, target, start, port,
-                         time.monotonic() - began)
+                         time.monotonic() - began, *reached)
+
+
+def check_recovery_end(repo: Repository, server: str, backup: BackupRecord, target: Target,
+                       data_dir: Path, pg_ctl: str) -> tuple[str, str | None]:
+    """Where recovery stopped and where it should have reached (as LSN text), compared.
+
+    PostgreSQL ends recovery at the first WAL file restore_command does not deliver and
+    promotes, so a fetch that failed quietly (a wrapper, an older markship, a bug) would look
+    like the end of the archive. The archive holds the truth: recovery to the latest point
+    must have reached its newest segment on the timeline recovery ended on, and recovery to a
+    mark that mark's restore point. Raises RestoreError, after stopping the server so nothing
+    writes to a database missing committed data, when recovery stopped short.
+    """
+    end = recovery_end(data_dir)
+    if end is None:
+        raise RestoreError(f"restored server {server} promoted without a timeline history file",
+                           f"inspect {data_dir}; do not use it before the cause is known")
+    size = backup.wal_segment_size
+    expected: int | None = None
+    if target.kind == "latest":
+        numbers = catalog.WalIndex(repo, server, size).segments.get(end.timeline, set())
+        if numbers:
+            expected = (max(numbers) + 1) * size  # the end of the newest archived segment
+        short = expected is not None and \
+            segment_holding_end(end.timeline, end.lsn, size).number < max(numbers)
+    elif target.mark is not None:
+        expected = target.mark.points[server].lsn
+        short = end.lsn < expected
+    else:
+        short = False  # PostgreSQL refuses to promote short of a time or a bare name
+    if short:
+        subprocess.run([pg_ctl, "-D", str(data_dir), "-m", "fast", "-w", "stop"],
+                       capture_output=True, check=False)
+        assert expected is not None
+        raise RestoreError(
+            f"recovery of {server} stopped at {format_lsn(end.lsn)} on timeline "
+            f"{end.timeline}, but the repository holds WAL up to {format_lsn(expected)}: "
+            "the restored server lacks committed transactions, so it was stopped",
+            f"find the failed WAL fetch in {data_dir / 'markship-restore.log'}, fix it and "
+            "restore again into an empty directory")
+    return format_lsn(end.lsn), None if expected is None else format_lsn(expected)
 
 
 def _place_captured_config(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
@@ -509,7 +581,11 @@ def _recovery_failure(log: Path) -> str | None:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return None
+    fetch_error = next((line.split("error:", 1)[1].strip() for line in reversed(lines)
+                        if "markship wal-fetch: error:" in line), None)
     for line in reversed(lines):
+        if "could not restore file" in line and fetch_error:
+            return f"recovery stopped at a WAL file it could not fetch: {fetch_error}"
         if "recovery ended before configured recovery target was reached" in line:
             return ("the recovery target was not reached: it lies beyond the archived WAL or "
                     "before this backup (try --set with an older backup set)")
