@@ -4,7 +4,9 @@ Each member is checked before anything is written for it: absolute names, `..` c
 hard links, devices, FIFOs, a path through a symlink and a relative link leading out of the
 target directory are refused. Directories are entered with O_NOFOLLOW relative to their
 parent's descriptor and files created with O_EXCL, so nothing is ever written through a link,
-whatever the archive holds. markship's archives name a host's files by their absolute paths
+whatever the archive holds. Modes lose the setuid, setgid and sticky bits and write for group
+and others (restored_mode()): no archive makes a restore as root yield a set-id program or a
+file other users may change. markship's archives name a host's files by their absolute paths
 (without the leading "/"), so an absolute link target is rewritten as the relative link to the
 same path inside the target directory: restored into `/` it means what it meant, restored
 anywhere else it stays inside.
@@ -32,6 +34,17 @@ from markship.errors import RestoreError
 
 CHUNK = 1 << 20
 
+# Bits no restored member gets, whatever the archive says (what Python's tarfile "data" filter
+# drops too). A capture may have been planted by the repository's OS user: set-id bits would
+# make a restore run as root hand it a root program, and group or other write would let other
+# users change restored files before the operator puts them in place.
+DROPPED_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
+# chown() takes (uid_t)-1 as "leave unchanged", so the largest id it can set is one less.
+MAX_ID = 2**32 - 2
+# Modification times beyond this (about 35,000 years either side of 1970) are not a real
+# file's; beyond time_t they would fail in utime() rather than be refused.
+MAX_SECONDS = 2**40
+
 
 class UnsafeMember(RestoreError):
     """An archive member that could write outside the target, or a kind markship never
@@ -41,8 +54,11 @@ class UnsafeMember(RestoreError):
 def member_parts(name: str) -> list[str]:
     """The path components of a member name.
 
-    Raises ValueError saying why for an absolute name, a `..` component or an empty name.
+    Raises ValueError saying why for an absolute name, a `..` component, an empty name or a
+    NUL byte (which no file name can hold).
     """
+    if "\0" in name:
+        raise ValueError("it contains a NUL byte")
     if name.startswith("/"):
         raise ValueError("it is an absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -85,6 +101,32 @@ def relative_target(parts: list[str], target: str) -> str:
     return "/".join(steps) or "."
 
 
+def restored_mode(mode: int) -> int:
+    """The permission bits a file or directory is restored with: the member's, less
+    DROPPED_MODE_BITS (so at most 0755)."""
+    return mode & 0o7777 & ~DROPPED_MODE_BITS
+
+
+def member_owner_and_time(member: tarfile.TarInfo) -> tuple[int, int, int]:
+    """The owner (by name where the names exist on this host, else by number) and the
+    modification time (whole seconds) a member is restored with.
+
+    Raises ValueError saying why for an id chown() cannot set or a time no file has.
+    """
+    uid, gid = member.uid, member.gid
+    if member.uname:
+        with contextlib.suppress(KeyError):
+            uid = pwd.getpwnam(member.uname).pw_uid
+    if member.gname:
+        with contextlib.suppress(KeyError):
+            gid = grp.getgrnam(member.gname).gr_gid
+    if not (0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID):
+        raise ValueError(f"its owner {uid}:{gid} is no valid user and group id")
+    if not -MAX_SECONDS < member.mtime < MAX_SECONDS:  # False for NaN too
+        raise ValueError(f"its modification time {member.mtime} is out of range")
+    return uid, gid, int(member.mtime)
+
+
 def open_target(target_dir: Path) -> int:
     """A descriptor of `target_dir`, created (mode 0700) when missing.
 
@@ -123,14 +165,18 @@ class Counts:
     dirs: int = 0
     links: int = 0
     total_bytes: int = 0
+    # members whose mode lost bits (restored_mode()), for the caller to report
+    narrowed: list[str] = field(default_factory=list)
 
 
 @dataclass
-class _DirAttrs:
+class _Attrs:
+    """What a file or directory is given once written: `mode` is already restored_mode()."""
+
     parts: list[str]
-    mode: int
     uid: int
     gid: int
+    mode: int
     mtime: int
 
 
@@ -139,14 +185,15 @@ class Placer:
     """Places members below the directory `root_fd`; `what` names the archive in errors.
 
     Owners are restored when running as root (by user and group name where they exist on this
-    host, else by number), elsewhere only where the system permits. Errors say "nothing was
-    restored": the caller empties the target on any failure (see empty()).
+    host, else by number), elsewhere only where the system permits; modes without the bits of
+    DROPPED_MODE_BITS. Errors say "nothing was restored": the caller empties the target on any
+    failure (see empty()).
     """
 
     root_fd: int
     what: str
     counts: Counts = field(default_factory=Counts)
-    _dirs: list[_DirAttrs] = field(default_factory=list)
+    _dirs: list[_Attrs] = field(default_factory=list)
     _as_root: bool = field(default_factory=lambda: os.geteuid() == 0)
 
     def place(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
@@ -154,11 +201,14 @@ class Placer:
         name = member.name
         try:
             parts = member_parts(name)
+            uid, gid, mtime = member_owner_and_time(member)
         except ValueError as exc:
             raise self._unsafe(name, str(exc)) from None
         if member.issym():
             if not member.linkname:
                 raise self._unsafe(name, "a link with an empty target")
+            if "\0" in member.linkname:
+                raise self._unsafe(name, "a link whose target contains a NUL byte")
             if ".." in member.linkname.split("/") and member.linkname.startswith("/"):
                 raise self._unsafe(name, f"a link to {member.linkname} ('..' in an absolute "
                                          "target)")
@@ -174,10 +224,11 @@ class Placer:
             raise self._unsafe(name, "a FIFO")
         elif member.issparse() or not (member.isreg() or member.isdir()):
             raise self._unsafe(name, "an unsupported member type")
+        attrs = _Attrs(parts, uid, gid, restored_mode(member.mode), mtime)
         try:
             parent = self._enter(parts[:-1], name, create=True)
             try:
-                self._write(parent, parts, member, tar)
+                self._write(parent, attrs, member, tar)
             finally:
                 os.close(parent)
         except FileExistsError:
@@ -191,29 +242,28 @@ class Placer:
             try:
                 fd = self._enter(attrs.parts, "/".join(attrs.parts), create=False)
                 try:
-                    self._chown(lambda: os.fchown(fd, attrs.uid, attrs.gid))  # noqa: B023
-                    os.fchmod(fd, attrs.mode)
-                    os.utime(fd, (attrs.mtime, attrs.mtime))
+                    self._settle(fd, attrs)
                 finally:
                     os.close(fd)
             except OSError as exc:
                 raise self._cannot_write(attrs.parts, exc) from None
 
-    def _write(self, parent: int, parts: list[str], member: tarfile.TarInfo,
+    def _write(self, parent: int, attrs: _Attrs, member: tarfile.TarInfo,
                tar: tarfile.TarFile) -> None:
-        leaf = parts[-1]
-        uid, gid = _owner(member)
-        mtime = int(member.mtime)
+        leaf = attrs.parts[-1]
+        if attrs.mode != member.mode & 0o7777 and not member.issym():
+            self.counts.narrowed.append(member.name)
         if member.isdir():
             with contextlib.suppress(FileExistsError):
                 os.mkdir(leaf, 0o755, dir_fd=parent)  # its mode is set by finish()
-            os.close(self._enter(parts, member.name, create=False))
-            self._dirs.append(_DirAttrs(parts, member.mode & 0o7777, uid, gid, mtime))
+            os.close(self._enter(attrs.parts, member.name, create=False))
+            self._dirs.append(attrs)
             self.counts.dirs += 1
-        elif member.issym():
+        elif member.issym():  # a link has no mode of its own on Linux
             os.symlink(member.linkname, leaf, dir_fd=parent)
-            self._chown(lambda: os.chown(leaf, uid, gid, dir_fd=parent, follow_symlinks=False))
-            os.utime(leaf, (mtime, mtime), dir_fd=parent, follow_symlinks=False)
+            self._chown(lambda: os.chown(leaf, attrs.uid, attrs.gid, dir_fd=parent,
+                                         follow_symlinks=False))
+            os.utime(leaf, (attrs.mtime, attrs.mtime), dir_fd=parent, follow_symlinks=False)
             self.counts.links += 1
         else:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -222,12 +272,21 @@ class Placer:
                 source = tar.extractfile(member)
                 if source is not None:
                     self.counts.total_bytes += _copy(source, fd)
-                self._chown(lambda: os.fchown(fd, uid, gid))
-                os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears setuid bits
-                os.utime(fd, (mtime, mtime))
+                self._settle(fd, attrs)
             finally:
                 os.close(fd)
             self.counts.files += 1
+
+    def _settle(self, fd: int, attrs: _Attrs) -> None:
+        """Owner, then mode, then mtime of the open file or directory `fd`.
+
+        The mode is set last of the two so that it is exactly `attrs.mode` whatever chown()
+        does to set-id bits; it is already narrowed, so no order of these calls can leave a
+        set-id file owned by root, even for the moment between them.
+        """
+        self._chown(lambda: os.fchown(fd, attrs.uid, attrs.gid))
+        os.fchmod(fd, attrs.mode)
+        os.utime(fd, (attrs.mtime, attrs.mtime))
 
     def _enter(self, parts: list[str], name: str, *, create: bool) -> int:
         """A descriptor of the directory `parts` below the target; refuses to pass a link."""
@@ -271,17 +330,6 @@ class Placer:
     def _cannot_write(self, parts: list[str], exc: OSError) -> RestoreError:
         return RestoreError(f"cannot write {'/'.join(parts)} ({exc.strerror}); nothing was "
                             "restored", "check the target directory's space and permissions")
-
-
-def _owner(member: tarfile.TarInfo) -> tuple[int, int]:
-    uid, gid = member.uid, member.gid
-    if member.uname:
-        with contextlib.suppress(KeyError):
-            uid = pwd.getpwnam(member.uname).pw_uid
-    if member.gname:
-        with contextlib.suppress(KeyError):
-            gid = grp.getgrnam(member.gname).gr_gid
-    return uid, gid
 
 
 def _copy(source: IO[bytes], fd: int) -> int:
