@@ -534,3 +534,32 @@ def test_fetch_into_an_unwritable_folder_stops_recovery(workdir: Path) -> None:
     os.chown(wal, 0, 0)
     wal.chmod(0o755)
     _one_fatal_line(_fetch(config, wal), str(wal))
+
+
+@pytest.mark.reliability("wal-push into new folders, power loss",
+                         fault="the repository's folders for this server do not exist yet",
+                         expected="every folder made is fsynced into its parent before "
+                                  "wal-push exits 0 (the object survives a power loss)")
+def test_new_folders_are_flushed_into_their_parents(workdir: Path) -> None:
+    import re
+    import subprocess
+
+    from markship.scratch import as_user
+
+    config, wal = _setup(workdir)
+    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
+    trace = workdir / "strace.log"
+    argv = as_user([str(MARKSHIP), "--config", str(config), "wal-push", "--server", "orders",
+                    str(path)], OS_USER)
+    proc = subprocess.run(["strace", "-f", "-y", "-qq", "-e", "trace=mkdir,mkdirat,fsync",
+                           "-o", str(trace), *argv], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = trace.read_text().splitlines()
+    made = [(i, m.group(1)) for i, line in enumerate(events)
+            if (m := re.search(r'mkdir(?:at)?\((?:[^,]*, )?"([^"]+)".* = 0$', line))
+            and m.group(1).startswith(str(workdir / "repo"))]
+    assert {os.path.basename(p) for _i, p in made} >= {"wal", "orders", SEGMENT[:16]}
+    for at, folder in made:
+        parent = os.path.dirname(folder)
+        assert any("fsync(" in line and f"<{parent}>) = 0" in line for line in events[at:]), \
+            f"{folder} was made but {parent} was never fsynced after it"

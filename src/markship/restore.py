@@ -361,6 +361,10 @@ def write_settings(data_dir: Path, settings: dict[str, str], comment: str) -> No
         lines.append(f"{key} = '{value.replace(chr(39), chr(39) * 2)}'\n")
     with (data_dir / "postgresql.auto.conf").open("a") as handle:
         handle.writelines(lines)
+        handle.flush()
+        # Durable before the server starts: after a crash a restored server must not come
+        # back without its recovery target (it would recover to the end instead).
+        os.fsync(handle.fileno())
 
 
 def prepare_target_dir(target_dir: Path) -> None:
