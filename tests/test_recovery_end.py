@@ -39,7 +39,8 @@ def _restore(group: Group, *flags: str) -> tuple[ScratchServer, int, str, str]:
 
 @pytest.mark.reliability("restore --latest after a key rotation the restore site lacks",
                          fault="backup with key A; production switched to recipient B; two "
-                               "batches of 1,000 rows archived; restore with only A",
+                               "batches of 1,000 rows archived; restore with only A, then "
+                               "with the identity file lost",
                          expected="restore exits non-zero with one line, never ✓; PostgreSQL "
                                   "never promotes short of the archived WAL")
 def test_restore_with_a_missing_key_never_promotes_short(pg_group: GroupFactory) -> None:
@@ -65,6 +66,14 @@ def test_restore_with_a_missing_key_never_promotes_short(pg_group: GroupFactory)
     assert "could not fetch" in err and "another key" in err, err
     assert not (postmaster_status(handle.data_dir) == "ready" and in_production(handle.data_dir)), \
         "the restored server promoted without the WAL it could not read"
+
+    # A restore site that lost its identity file altogether: one line, nothing started.
+    group.config_path.write_text(plain + f'\n[encryption]\nrecipient = "{recipient_b}"\n'
+                                 f'identity_file = "{group.workdir / "lost.key"}"\n')
+    handle, code, out, err = _restore(group)
+    assert code != 0 and "✓" not in out
+    assert err.count("\n") == 1 and "lost.key" in err and "not found" in err, err
+    assert postmaster_status(handle.data_dir) is None
 
 
 @pytest.mark.reliability("restore --latest when a WAL fetch fails quietly",
