@@ -19,10 +19,12 @@ appear on a command line (any local user reads those with ps), in output, logs o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
+import tomllib
 from types import TracebackType
 
 import psycopg
@@ -136,18 +138,19 @@ _URI_PASSWORD = re.compile(r"(?i)(postgres(?:ql)?://[^:@/\s]*:)([^@/\s]*)(?=@)")
 # A URI's query parameters end at '&' (or the end of the URI).
 _URI_QUERY_SECRET = re.compile(r"(?i)([?&](?:ssl)?password=)([^&\s]*)")
 # key=value (libpq, TOML, env files): any key naming a password, passphrase, secret or token.
-# A value is '…' (libpq's quotes), "…" (TOML's), or runs to a blank. A run of backslashes
-# escapes the next character: libpq's `\'` is `\\'` once inside a TOML string, and hiding
-# too much is the safe way to misread.
+# A value is '…' (libpq's quotes, a backslash escapes the next character), "…" (TOML's), or
+# runs to a blank (a backslash escapes there too).
 _KEYWORD_SECRET = re.compile(
     r"""(?i)(?<![\w.?&-])([\w-]*(?:password|passphrase|secret|token)[\w-]*)(\s*=\s*)"""
-    r"""('(?:\\+[^\n]|[^'\\\n])*'?|"(?:\\+[^\n]|[^"\\\n])*"?|(?:\\+[^\n]|[^\s\\])+)""")
+    r"""('(?:\\.|[^'\\\n])*'?|"(?:\\.|[^"\\\n])*"?|(?:\\.|[^\s\\])+)""")
+# TOML strings (multi-line first); a comment, so that quotes in it open no string.
+_TOML_STRING = re.compile(r'"""[\s\S]*?"""(?!")|\'\'\'[\s\S]*?\'\'\'(?!\')'
+                          r'|"(?:\\.|[^"\\\n])*"|\'[^\'\n]*\'|#[^\n]*')
 
 
 def _hide(value: str) -> str:
     """REDACTED in place of a value: inside its own quotes when it was quoted, else keeping
-    the quotes that close the string it sits in (a conninfo inside a TOML string:
-    `"host=h password=x"`)."""
+    the quotes that close the string it sits in (`"host=h password=x"` read as plain text)."""
     quote = value[:1]
     if quote in ("'", '"') and len(value) >= 2 and value.endswith(quote):
         return quote + REDACTED + quote
@@ -155,11 +158,35 @@ def _hide(value: str) -> str:
     return REDACTED + value[len(value) - closing:]
 
 
-def redact_text(text: str) -> str:
-    """`text` with every libpq secret replaced by REDACTED: `password=`/`sslpassword=` (quoted
-    or not, also as URI query parameters), the password of a `postgresql://user:secret@`
-    URI, and other `…secret…=`, `…token…=`, `…passphrase…=` values. The rest stays readable."""
+def _redact_plain(text: str) -> str:
     text = _URI_PASSWORD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _URI_QUERY_SECRET.sub(lambda m: m.group(1) + _hide(m.group(2)) if m.group(2)
                                  else m.group(0), text)
     return _KEYWORD_SECRET.sub(lambda m: m.group(1) + m.group(2) + _hide(m.group(3)), text)
+
+
+def _redact_toml_string(match: re.Match[str]) -> str:
+    """A TOML string whose value holds a secret, written again with the secret hidden: the
+    value is what libpq reads, so its quotes and escapes are read as libpq reads them (TOML's
+    own escapes would mislead a pattern run over the file's text)."""
+    token = match.group(0)
+    if token.startswith("#"):
+        return token
+    try:
+        value = tomllib.loads(f"v = {token}")["v"]
+    except tomllib.TOMLDecodeError:
+        return token
+    hidden = _redact_plain(value)
+    if hidden == value:
+        return token
+    if "'" not in hidden and "\n" not in hidden and token.startswith("'"):
+        return f"'{hidden}'"
+    return json.dumps(hidden, ensure_ascii=False)  # JSON's escapes are TOML's
+
+
+def redact_text(text: str) -> str:
+    """`text` with every libpq secret replaced by REDACTED: `password=`/`sslpassword=` (quoted
+    or not, also as URI query parameters), the password of a `postgresql://user:secret@`
+    URI, and other `…secret…=`, `…token…=`, `…passphrase…=` values; in a TOML file, inside its
+    strings too. The rest stays readable."""
+    return _redact_plain(_TOML_STRING.sub(_redact_toml_string, text))
