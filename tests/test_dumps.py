@@ -20,7 +20,6 @@ from markship.dumps import (
     dump_due,
     parse_schedule,
     record_key,
-    split_password,
 )
 from markship.errors import ConfigError, MarkshipError
 from markship.repository import FsRepository
@@ -220,14 +219,6 @@ def test_an_encrypted_dump_of_several_chunks_round_trips_and_refuses_damage(
     assert "fails its checksum; nothing was restored" in damaged.stderr
     assert alpha.psql("SELECT count(*) FROM pg_class WHERE relname IN ('visits', 'readings')",
                       dbname="fresh2") == "0"
-
-
-def test_passwords_go_to_the_environment_not_the_command_line() -> None:
-    argv, env = split_password("host=db.example port=5433 user=app password=s3cret dbname=x")
-    assert "s3cret" not in argv and "dbname=x" in argv and "port=5433" in argv
-    assert env["PGPASSWORD"] == "s3cret"
-    argv, env = split_password("postgresql://app:s3cret@db.example:5433/x", dbname="y")
-    assert "s3cret" not in argv and "dbname=y" in argv and env["PGPASSWORD"] == "s3cret"
 
 
 def test_dump_names_that_cannot_name_objects_are_refused() -> None:

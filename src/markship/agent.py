@@ -32,6 +32,7 @@ from markship.timefmt import show, utcnow
 RETRY_FAILED_SET = timedelta(minutes=5)
 PRUNE_EVERY = 10.0  # seconds between clean-ups of streamed WAL that is archived
 MARKS_JOURNAL_EVERY = 600.0  # seconds between journal summaries of the agent's marks
+RECOGNISE_AFTER = 10.0  # seconds a receiver runs before marks must see it in the server
 CONTENT_CHECK_EVERY = 60.0  # seconds between file-set change checks and dump schedule checks
 RETRY_FAILED_DUMP = timedelta(minutes=5)
 STATE_KEY = "agent/state.json"
@@ -103,6 +104,7 @@ class Agent:
         self.backup_thread: threading.Thread | None = None
         self.receivers: dict[str, stream.Receiver] = {}
         self.receiver_problems: set[str] = set()
+        self.receivers_recognised: set[str] = set()  # checked once per server (see below)
         self.config_text: str | None = None  # the config as last journaled (redacted)
         # Marks are journaled as a summary (every MARKS_JOURNAL_EVERY and at stop), not one
         # entry per mark: each mark is its own record in marks/ already.
@@ -258,16 +260,43 @@ class Agent:
                         self.log("stream.unavailable", level="warning", server=server.name,
                                  reason=exc.message, detail="marks switch WAL instead")
                     continue
-                receiver = stream.Receiver(self.repo, server.name, server.conninfo, program,
-                                           self.log)
-                self.receivers[server.name] = receiver
             try:
+                if receiver is None:
+                    receiver = stream.Receiver(self.repo, server.name, server.conninfo,
+                                               program, self.log)
+                    self.receivers[server.name] = receiver
                 receiver.poll()
-            except OSError as exc:  # e.g. the stream folder is not writable
+            except (OSError, MarkshipError) as exc:  # e.g. the stream folder is not writable
                 if server.name not in self.receiver_problems:
                     self.receiver_problems.add(server.name)
                     self.log("stream.unavailable", level="warning", server=server.name,
-                             reason=str(exc), detail="marks switch WAL instead")
+                             reason=exc.message if isinstance(exc, MarkshipError) else str(exc),
+                             detail="marks switch WAL instead")
+        self.check_receivers_recognised()
+
+    def check_receivers_recognised(self) -> None:
+        """Say once per server when its receiver runs but the server does not show it as
+        markship's (by application_name in pg_stat_replication): every mark then falls back
+        to a WAL switch, 16 MB each, and nothing else would tell."""
+        for name, receiver in self.receivers.items():
+            running = receiver.running_seconds()
+            conn = self.conns.conns.get(name)
+            if (name in self.receivers_recognised or running is None
+                    or running < RECOGNISE_AFTER or conn is None or conn.closed):
+                continue
+            try:
+                seen = stream.listed(conn)
+            except psycopg.Error:
+                self.conns.drop_broken()
+                continue
+            self.receivers_recognised.add(name)
+            if not seen:
+                self.log("stream.unrecognised", level="warning", server=name,
+                         pid=receiver.proc.pid if receiver.proc else None,
+                         detail=f"the receiver runs but the server lists no receiver with "
+                                f"application_name={stream.APPLICATION_NAME}: marks switch "
+                                "WAL instead; check the conninfo and that it names the "
+                                "server the receiver connects to")
 
     def prune_stream(self) -> None:
         for server in self.receivers:

@@ -372,12 +372,16 @@ def run_agent(ctx: Context, log_json: bool) -> None:
 
 def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base: int,
                    host: str, as_json: bool) -> None:
+    from markship.conninfo import without_secrets
     from markship.grouprestore import restore_group
 
     config = ctx.config
     report = restore_group(config, ctx.repository(), mark_name, template, port_base, host)
     if as_json:
-        emit_json(asdict(report))
+        shown = asdict(report)
+        for info in shown["servers"].values():  # for a script to connect, less the secrets
+            info["conninfo"] = without_secrets(info["conninfo"])
+        emit_json(shown)
         return
     for name, info in report.servers.items():
         click.echo(f"  {name}: {info['data_dir']} on {host}:{info['port']}, at "

@@ -30,6 +30,7 @@ import zstandard
 from markship import __version__, catalog, marks, pgbin, postgres
 from markship.catalog import ObjectRef, Record
 from markship.config import Config, DumpSection
+from markship.conninfo import ProgramConninfo, without_secrets
 from markship.errors import (
     ConfigError,
     CorruptObject,
@@ -111,30 +112,20 @@ def _new_id(repo: Repository, name: str, now: datetime) -> str:
 # -- PostgreSQL programs --------------------------------------------------------------------------
 
 
-def split_password(conninfo: str, **overrides: str) -> tuple[str, dict[str, str]]:
-    """The conninfo for a program's command line, and the environment carrying its password.
-
-    Any user of the host can read a command line (ps); only the process owner can read its
-    environment, so a password in the config goes to PGPASSWORD instead.
-    """
-    params = psycopg.conninfo.conninfo_to_dict(conninfo, **overrides)
-    password = params.pop("password", None)
-    env = dict(os.environ)
-    if password is not None:
-        env["PGPASSWORD"] = str(password)
-    shown = psycopg.conninfo.make_conninfo(
-        **{key: str(value) for key, value in params.items() if value is not None})
-    return shown, env
-
-
 class _Program:
-    """A PostgreSQL program run without a shell; the end of its stderr is kept for errors."""
+    """A PostgreSQL program run without a shell; the end of its stderr is kept for errors.
+    `login` carries the connection's secrets in its environment (closed by kill())."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], *, stdin: int | None,
+    def __init__(self, argv: list[str], login: ProgramConninfo, *, stdin: int | None,
                  stdout: int | None) -> None:
         self.name = os.path.basename(argv[0])
-        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout,
-                                     stderr=subprocess.PIPE, env=env)
+        self.login = login
+        try:
+            self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout,
+                                         stderr=subprocess.PIPE, env=login.env)
+        except BaseException:
+            login.close()
+            raise
         self.lines: deque[str] = deque(maxlen=20)
         self._reader = threading.Thread(target=self._read_errors, daemon=True,
                                         name=f"{self.name}-stderr")
@@ -169,6 +160,7 @@ class _Program:
                 with contextlib.suppress(OSError):
                     stream.close()
         self._reader.join(timeout=10)
+        self.login.close()
 
 
 def _tools_dir(config: Config, server_name: str, version_num: int) -> Path | None:
@@ -196,13 +188,13 @@ def run_dump(config: Config, repo: Repository, dump: DumpSection) -> DumpRecord:
         version_num = conn.info.server_version
         version = conn.info.parameter_status("server_version") or str(version_num)
     pg_dump = pgbin.tool(pgbin.bin_dir(server.bin_dir, version_num), "pg_dump")
-    argv_conninfo, env = split_password(conninfo)
     catalog.ensure_marker(repo, config.group.name, utcnow())
     with repo.lock(f"dump-{name}", f"markship dumps run --dump {name}"):
         mark = _newest_mark(config, repo)
         created_at = utcnow()
         dump_id = _new_id(repo, name, created_at)
-        program = _Program([pg_dump, "-Fc", "-Z0", "--no-password", "-d", argv_conninfo], env,
+        login = ProgramConninfo(conninfo)
+        program = _Program([pg_dump, "-Fc", "-Z0", "--no-password", "-d", login.argv], login,
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         raw_size = 0
 
@@ -314,15 +306,16 @@ def restore_dump(config: Config, repo: Repository, record: DumpRecord,
     cannot be reached (or does not exist) or pg_restore fails, CorruptObject when the stored
     dump fails its checksum or cannot be decrypted or decompressed.
     """
-    argv_conninfo, env = split_password(conninfo)
-    target_version = _target_version(conninfo, argv_conninfo)
+    shown = without_secrets(conninfo)
+    target_version = _target_version(conninfo, shown)
     tools = _tools_dir(config, record.server, max(record.pg_version_num, target_version))
     pg_restore = pgbin.tool(tools, "pg_restore")
+    login = ProgramConninfo(conninfo)
     key = record.archive.key
     stored = repo.open_stored(key)
     hashed = HashingReader(stored)  # the checksum covers the stored (maybe encrypted) bytes
     program = _Program([pg_restore, "-Fc", "--no-owner", "--exit-on-error",
-                        "--single-transaction", "--no-password", "-d", argv_conninfo], env,
+                        "--single-transaction", "--no-password", "-d", login.argv], login,
                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert program.proc.stdin is not None
     try:
@@ -352,7 +345,7 @@ def restore_dump(config: Config, repo: Repository, record: DumpRecord,
             hint = ("pg_restore ran in one transaction, so nothing was applied; restore into "
                     "an empty database")
         raise RestoreError(f"pg_restore of dump {record.name} {record.id} failed: {line}", hint)
-    return RestoreResult(record, argv_conninfo)
+    return RestoreResult(record, shown)
 
 
 def _target_version(conninfo: str, shown: str) -> int:

@@ -27,8 +27,9 @@ from markship.config import (
     parse,
     to_toml,
 )
+from markship.conninfo import without_secrets
 from markship.errors import MarkshipError
-from markship.failover import FailoverRecord, _pg_ctl
+from markship.failover import FailoverRecord, _atomic_write, _pg_ctl
 from markship.repository import Repository
 from markship.restore import markship_command, postmaster_status
 from markship.standby import create_standbys, standby_conninfo
@@ -86,7 +87,8 @@ def enable_archiving(old: Config, new: Config) -> None:
                    f"{shlex.quote(str(new.source))} wal-push --server {server.name} %p")
         with postgres.connect(server.conninfo, server.name) as conn:
             if postgres.in_recovery(conn):
-                raise MarkshipError(f"{server.name} at {server.conninfo} is still in recovery",
+                raise MarkshipError(f"{server.name} at {without_secrets(server.conninfo)} is "
+                                    "still in recovery",
                                     "run markship failover first")
             conn.execute("ALTER SYSTEM SET archive_mode = 'on'")
             conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET archive_command = {}").format(
@@ -122,8 +124,8 @@ def prepare(config: Config, repo: Repository, new_path: Path) -> FailbackReport:
         if standby.data_dir.exists() and any(standby.data_dir.iterdir()):
             raise MarkshipError(f"old site directory {standby.data_dir} is not empty",
                                 "move it away (it holds the old timeline) and retry")
-    new_path.write_text(to_toml(new))
-    new_path.chmod(0o644)
+    # It carries the servers' conninfo, passwords included: 0600, like the client files.
+    _atomic_write(new_path, to_toml(new))
     report = FailbackReport(new_config=str(new_path))
     enable_archiving(config, new)
     push_histories(repo, new)

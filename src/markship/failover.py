@@ -224,11 +224,28 @@ def apply_references(config: Config) -> list[str]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text`, crash-safely and privately: a temp file (mode 0600, owned by
+    the user markship runs as) written and flushed, renamed over `path`, the directory flushed.
+    A reader sees the old file or the new one, never a part; these files carry the servers'
+    conninfo, passwords included, so nobody else may read them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.markship-{os.getpid()}")
-    temp.write_text(text)
-    temp.chmod(0o644)
-    os.replace(temp, path)
+    temp.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def write_client_files(config: Config) -> list[str]:

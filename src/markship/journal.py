@@ -17,10 +17,10 @@ makes a full rewrite detectable.
 from __future__ import annotations
 
 import difflib
-import getpass
 import hashlib
 import json
-import re
+import os
+import pwd
 import socket
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,14 +29,13 @@ from pydantic import Field
 
 from markship import catalog
 from markship.catalog import Record
+from markship.conninfo import redact_text
 from markship.errors import ConflictError, CorruptObject, MarkshipError, ObjectMissing
 from markship.repository import Repository
 from markship.timefmt import utcnow
 
 PREFIX = "journal/"
 HEAD_KEY = "journal/HEAD.json"
-_SECRET_KEYS = re.compile(
-    r"(?i)\b(password|passphrase|secret|token)(\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s\"']+)")
 
 
 class JournalEntry(Record):
@@ -82,8 +81,10 @@ def entry_key(seq: int) -> str:
 
 
 def redact(text: str) -> str:
-    """Config text with passwords and other secrets replaced (conninfo `password=` included)."""
-    return _SECRET_KEYS.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+    """Config text with passwords and other secrets replaced: every libpq form (`password=`,
+    `sslpassword=`, quoted or not, a URI's `user:secret@` and `?password=`), and other
+    `…secret…=`, `…token…=`, `…passphrase…=` values."""
+    return redact_text(text)
 
 
 def config_diff(old: str | None, new: str) -> str:
@@ -93,10 +94,17 @@ def config_diff(old: str | None, new: str) -> str:
 
 
 def invoking_user() -> str:
+    """Who runs this process: the real uid's name (LOGNAME and USER can be set to anything),
+    and the user sudo was run by when sudo says so, e.g. `root (sudo from alice)`."""
+    uid = os.getuid()
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER", "").strip()
+    if sudo and sudo != name:
+        return f"{name} (sudo from {sudo})"
+    return name
 
 
 def _entry_names(repo: Repository) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from markship.conninfo import ProgramConninfo
 from markship.errors import BackupError, ServerError
 
 _PROGRESS_RE = re.compile(r"(\d+)/(\d+) kB")
@@ -60,17 +61,24 @@ class BaseBackupProcess:
                  workers: int, archive_wait_seconds: int,
                  on_progress: Callable[[int, int], None] | None = None) -> None:
         detail = f"level={level}" + (f",workers={workers}" if workers else "")
-        self.argv = [pg_basebackup, "-d", conninfo, "-D", "-", "-Ft", "-X", "none",
+        # The password travels in the environment, never on the command line (see conninfo).
+        self.login = ProgramConninfo(conninfo)
+        self.argv = [pg_basebackup, "-d", self.login.argv, "-D", "-", "-Ft", "-X", "none",
                      "--checkpoint=fast", f"--compress=server-zstd:{detail}", "--no-manifest",
-                     "-l", label, "--progress"]
+                     "-l", label, "--progress", "--no-password"]
         self.archive_wait_seconds = archive_wait_seconds
         self.on_progress = on_progress
         self.total_kb = 0
         self.done_kb = 0
         self.lines: list[str] = []
         self.failure: str | None = None
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL)
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                         env=self.login.env)
+        except BaseException:
+            self.login.close()
+            raise
         _RUNNING.add(self.proc)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.stdout: IO[bytes] = self.proc.stdout
@@ -114,6 +122,7 @@ class BaseBackupProcess:
         """Wait for pg_basebackup; raise BackupError when it did not succeed."""
         code = self.proc.wait()
         _RUNNING.discard(self.proc)
+        self.login.close()
         self._watcher.join(timeout=10)
         if self.failure:
             raise BackupError(self.failure,
@@ -127,3 +136,4 @@ class BaseBackupProcess:
             self.proc.kill()
             self.proc.wait()
         _RUNNING.discard(self.proc)
+        self.login.close()

@@ -35,6 +35,7 @@ import psycopg
 from markship import postgres
 from markship.client import DECISIONS_TABLE
 from markship.config import Config, ServerSection
+from markship.conninfo import has_secret
 from markship.errors import MarkshipError
 from markship.stream import APPLICATION_NAME as RECEIVER_NAME
 from markship.timefmt import show
@@ -171,7 +172,7 @@ def _config_file_checks(config: Config, entry: pwd.struct_passwd) -> list[Check]
                             f"{source} is not readable by {user}, who runs archive_command",
                             f"chgrp {grp.getgrgid(entry.pw_gid).gr_name} {source} && "
                             f"chmod g+r {source}"))
-    if any("password" in s.conninfo for s in config.servers):
+    if any(has_secret(s.conninfo) for s in config.servers):
         try:
             mode = stat.S_IMODE(source.stat().st_mode)
         except OSError:

@@ -36,6 +36,7 @@ from collections import deque
 from pathlib import Path
 from typing import Protocol
 
+from markship import conninfo as conninfo_mod
 from markship import fanout, pgbin, postgres
 from markship.config import Config
 from markship.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
@@ -54,6 +55,17 @@ RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 FLUSHED = ("SELECT max(flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_stat_replication"
            f" WHERE application_name = '{APPLICATION_NAME}' AND state = 'streaming'")
 """How far this server's markship receiver has flushed WAL (NULL with no receiver)."""
+
+
+LISTED = ("SELECT count(*) AS n FROM pg_stat_replication"
+          f" WHERE application_name = '{APPLICATION_NAME}'")
+"""How many receivers this server lists under markship's name (in any state)."""
+
+
+def listed(conn: postgres.Connection) -> bool:
+    """True when the server lists a receiver under markship's application_name."""
+    row = conn.execute(LISTED).fetchone()
+    return bool(row and next(iter(row.values())))
 
 
 def flushed_lsn(conn: postgres.Connection) -> int | None:
@@ -122,11 +134,14 @@ class Receiver:
                  log: ReceiverLog) -> None:
         self.repo = repo
         self.server = server
-        self.conninfo = f"{conninfo} application_name={APPLICATION_NAME}"
+        # Marks recognise the receiver by this name in pg_stat_replication; psycopg's
+        # parser sets it on a URI as well as on key=value pairs.
+        self.conninfo = conninfo_mod.with_params(conninfo, application_name=APPLICATION_NAME)
         self.pg_receivewal = pg_receivewal
         self.log = log
         self.folder = Path(repo.root) / stream_prefix(server)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.login: conninfo_mod.ProgramConninfo | None = None  # while proc runs
         self.errors: deque[str] = deque(maxlen=5)
         self.failures = 0
         self.next_start = 0.0
@@ -211,10 +226,19 @@ class Receiver:
         self._stop_orphan()
         self._drop_unused()
         self.errors.clear()
-        self.proc = subprocess.Popen(
-            [self.pg_receivewal, "--dbname", self.conninfo, "--directory", str(self.folder),
-             "--synchronous", "--no-loop", "--no-password", "--status-interval", "1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The password goes to the receiver's environment, never its command line: it runs
+        # as long as the agent, in every local user's `ps`.
+        self.login = conninfo_mod.ProgramConninfo(self.conninfo)
+        try:
+            self.proc = subprocess.Popen(
+                [self.pg_receivewal, "--dbname", self.login.argv, "--directory",
+                 str(self.folder), "--synchronous", "--no-loop", "--no-password",
+                 "--status-interval", "1"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                env=self.login.env)
+        except BaseException:
+            self._forget_login()
+            raise
         (self.folder / PID_FILE).write_text(f"{self.proc.pid}\n")
         self.started_at = time.monotonic()
         threading.Thread(target=self._read_errors, args=(self.proc,), daemon=True,
@@ -244,8 +268,20 @@ class Receiver:
             if line:
                 self.errors.append(line)
 
+    def _forget_login(self) -> None:
+        if self.login is not None:
+            self.login.close()
+            self.login = None
+
+    def running_seconds(self) -> float | None:
+        """How long the receiver has been running; None when it is not."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        return time.monotonic() - self.started_at
+
     def _exited(self, code: int) -> None:
         self.proc = None
+        self._forget_login()
         detail = self.errors[-1] if self.errors else f"exit status {code}"
         if any(sign in e for e in self.errors for sign in RESTART_FRESH):
             # The folder resumes from WAL the server no longer has (a long outage), or from
@@ -263,14 +299,14 @@ class Receiver:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # pg_receivewal flushes and exits cleanly
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # pg_receivewal flushes and exits cleanly
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._forget_login()
 
 
 def _first_page_zero(path: Path) -> bool:
