@@ -128,7 +128,10 @@ def _dr_site(group: Group) -> dict[str, Any]:
                  f'host = "127.0.0.1"\nport = {sb.port}\nsocket_dir = "{sb.base_dir}"\n')
     text += (f'\n[failover.clients]\njson = "{group.workdir}/clients/clients.json"\n'
              f'env = "{group.workdir}/clients/clients.env"\n'
-             f'pg_service = "{group.workdir}/clients/pg_service.conf"\n')
+             f'pg_service = "{group.workdir}/clients/pg_service.conf"\n'
+             # a reference statement that stores another server's full conninfo
+             '\n[[failover.sql]]\nserver = "alpha"\n'
+             "statement = \"SELECT length($c${bravo.conninfo}$c$)\"\n")
     group.config_path.write_text(group.config_path.read_text() + text)
     return standbys
 
@@ -192,6 +195,8 @@ def test_a_password_never_shows_from_backup_to_failback(pg_group: GroupFactory) 
         back = json.loads(ok("standby", "status", "--json", config=new_config))
         assert [s["in_recovery"] for s in back] == [True, True]
 
+    for record in (group.repo / "failovers").iterdir():
+        _no_leak(record.read_text(errors="replace"), f"failover record {record.name}")
     assert watch.polls > 20
     assert watch.saw("pg_basebackup", f"port={alpha.port}"), "the watch missed the backup"
     assert watch.leaks() == []
@@ -411,3 +416,16 @@ def test_a_generated_password_never_survives_redaction(password: str, passphrase
         for form_of in (secret, quote(secret, safe=""), _toml_string(secret)[1:-1]):
             assert form_of not in hidden, (form_of, hidden)
     assert 'name = "sales"' in hidden and "db" in hidden and "app" in hidden
+
+
+def test_known_secrets_are_scrubbed_from_server_messages() -> None:
+    """PostgreSQL quotes a fragment of a failed statement ('syntax error at or near "…"'):
+    no pattern recognises that fragment as a password, the known values do."""
+    from markship.conninfo import scrub, secrets_of
+
+    known = secrets_of("host=h password='Secr3t pw' sslpassword=k3y",
+                       "postgresql://u:An0ther@h/db", "not a conninfo ='")
+    assert sorted(known) == ["An0ther", "Secr3t pw", "k3y"]
+    message = 'syntax error at or near "Secr3t pw" (An0ther, k3y) password=other'
+    assert scrub(message, known) == ('syntax error at or near "<redacted>" (<redacted>, '
+                                     '<redacted>) password=<redacted>')

@@ -190,3 +190,24 @@ def redact_text(text: str) -> str:
     URI, and other `…secret…=`, `…token…=`, `…passphrase…=` values; in a TOML file, inside its
     strings too. The rest stays readable."""
     return _redact_plain(_TOML_STRING.sub(_redact_toml_string, text))
+
+
+def secrets_of(*conninfos: str) -> list[str]:
+    """The password and key passphrase values of these conninfos (unreadable ones skipped)."""
+    found = []
+    for text in conninfos:
+        try:
+            params = parse(text)
+        except ConfigError:
+            continue
+        found += [params[key] for key in SECRET_KEYS if params.get(key)]
+    return found
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """`text` (a server's error message, say) with every known secret value replaced, plus
+    redact_text(): PostgreSQL quotes fragments of a failed statement, which a pattern
+    cannot recognise as a password."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return redact_text(text)

@@ -31,6 +31,7 @@ from pydantic import Field
 from markship import catalog, pgbin, postgres
 from markship.catalog import MarkRecord
 from markship.config import Config, StandbySection
+from markship.conninfo import scrub, secrets_of
 from markship.errors import MarkshipError
 from markship.lsn import format_lsn, parse_lsn
 from markship.marks import MarkState, mark_state, newest_complete, parallel
@@ -207,7 +208,11 @@ def apply_references(config: Config) -> list[str]:
     """Run the [[failover.sql]] statements; `{orders.host}`-style fields are filled in."""
     from types import SimpleNamespace
 
-    fields = {name: SimpleNamespace(**v) for name, v in _addresses(config).items()}
+    addresses = _addresses(config)
+    fields = {name: SimpleNamespace(**v) for name, v in addresses.items()}
+    # What is reported (output, the repository's failover record) must not carry a password
+    # filled in through `{server.conninfo}`, nor PostgreSQL's quote of one in an error.
+    secrets = secrets_of(*(a["conninfo"] for a in addresses.values()))
     done = []
     for item in config.failover.sql:
         statement = item.statement.format_map(fields)
@@ -216,10 +221,11 @@ def apply_references(config: Config) -> list[str]:
             try:
                 conn.execute(statement.encode())
             except psycopg.Error as exc:
+                reason = scrub(str(exc).strip().splitlines()[0], secrets)
                 raise MarkshipError(f"failover.sql on {item.server}/{item.database} failed: "
-                                    f"{str(exc).strip().splitlines()[0]}",
+                                    f"{reason}",
                                     "fix the statement and run markship failover again") from None
-        done.append(f"{item.server}/{item.database}: {statement}")
+        done.append(f"{item.server}/{item.database}: {scrub(statement, secrets)}")
     return done
 
 
