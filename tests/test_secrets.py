@@ -429,3 +429,14 @@ def test_known_secrets_are_scrubbed_from_server_messages() -> None:
     message = 'syntax error at or near "Secr3t pw" (An0ther, k3y) password=other'
     assert scrub(message, known) == ('syntax error at or near "<redacted>" (<redacted>, '
                                      '<redacted>) password=<redacted>')
+
+
+def test_a_malformed_conninfo_is_refused_without_quoting_it() -> None:
+    """libpq's own message quotes the fragment it choked on: here, the password."""
+    from markship import postgres
+    from markship.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        postgres.connect("host=127.0.0.1 port=1 password s3cret", "alpha", timeout=1)
+    assert "s3cret" not in refused.value.one_line()
+    assert "server alpha" in refused.value.one_line()

@@ -10,19 +10,30 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from markship.errors import ServerError
+from markship.conninfo import parse, scrub, secrets_of
+from markship.errors import ConfigError, ServerError
 from markship.lsn import parse_lsn
 
 Connection = psycopg.Connection[dict[str, Any]]
 
 
 def connect(conninfo: str, server: str, timeout: int = 5) -> Connection:
-    """Open an autocommit connection; raise ServerError naming the server when it fails."""
+    """Open an autocommit connection; raise ServerError naming the server when it fails.
+
+    libpq's messages may quote a fragment of the conninfo: a malformed one is refused without
+    its detail (ConfigError), and a password is scrubbed from any other message.
+    """
     try:
         return psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True,
                                application_name="markship", row_factory=dict_row)
     except psycopg.Error as exc:
+        try:
+            parse(conninfo)
+        except ConfigError as bad:  # its detail would quote the conninfo
+            raise ConfigError(f"the conninfo of server {server} is not valid libpq syntax",
+                              bad.hint) from None
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = scrub(detail, secrets_of(conninfo))
         raise ServerError(f"cannot connect to server {server}: {detail}",
                           "check that it is running and its conninfo in the config") from None
 
