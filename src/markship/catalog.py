@@ -147,8 +147,8 @@ def decode(data: bytes, cls: type[R], key: str) -> R:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(body)"
-        raise CorruptObject(f"record {key} is not a valid {cls.__name__} ({where}: "
-                            f"{first['msg']})",
+        raise CorruptObject(names.printable(f"record {key} is not a valid {cls.__name__} "
+                                            f"({where[:80]}: {first['msg']})"),
                             "the repository object was altered or damaged") from None
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         if isinstance(exc, CorruptObject):
@@ -222,7 +222,7 @@ def on_damage(listener: Callable[[Damaged], None]) -> None:
 
 def report_damage(key: str, problem: str, found: list[Damaged] | None = None) -> None:
     """A damaged record: into `found` when given (verify), else to the listener once."""
-    damaged = Damaged(key, problem)
+    damaged = Damaged(key, names.printable(problem))
     if found is not None:
         found.append(damaged)
         return

@@ -33,6 +33,12 @@ def is_name(value: object) -> bool:
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
+def printable(text: str) -> str:
+    """`text` with control and other unprintable characters escaped: a message about
+    untrusted data (a key listed in the repository, a field of a record) stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _shown(value: object) -> str:
     text = repr(value)  # escapes newlines and control characters: the message stays one line
     return text if len(text) <= 60 else text[:50] + "…" + text[-8:]
