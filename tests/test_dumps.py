@@ -16,7 +16,6 @@ from markship import catalog, config
 from markship.catalog import ObjectRef
 from markship.dumps import (
     DumpRecord,
-    check_name,
     dump_due,
     parse_schedule,
     record_key,
@@ -222,10 +221,12 @@ def test_an_encrypted_dump_of_several_chunks_round_trips_and_refuses_damage(
 
 
 def test_dump_names_that_cannot_name_objects_are_refused() -> None:
+    from markship.names import check
+
     for bad in ("../etc", "a/b", "", "sales db"):
         with pytest.raises(MarkshipError, match="not a usable dump name"):
-            check_name(bad)
-    assert check_name("reports-Analytics_2") == "reports-Analytics_2"
+            check(bad, "dump name")
+    assert check("reports-Analytics_2", "dump name") == "reports-Analytics_2"
 
 
 # -- schedules ------------------------------------------------------------------------------------

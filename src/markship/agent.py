@@ -128,6 +128,9 @@ class Agent:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        catalog.on_damage(lambda damaged: self.log("record.damaged", level="warning",
+                                                   key=damaged.key, reason=damaged.problem,
+                                                   detail="skipped; run markship verify"))
         with self.repo.lock("agent", f"markship run for group {self.config.group.name}"):
             self.log("agent.start", group=self.config.group.name,
                      interval_s=self.config.marks.interval, servers=len(self.config.servers))
@@ -204,16 +207,23 @@ class Agent:
         self.wakeup.set()
 
     def serve_requests(self) -> None:
+        """Answer the requests taken so far. Whatever a request holds, the agent goes on: a
+        request that fails in a way not foreseen is answered with an error and logged."""
         while True:
             try:
                 request = self.requests.get_nowait()
             except queue.Empty:
                 return
-            self.mark_for(request)
+            try:
+                self.mark_for(request)
+            except Exception as exc:
+                self.log("request.failed", level="error", reason=f"{type(exc).__name__}: {exc}")
+                request.answer(1, stderr="markship: error: the agent (markship run) failed on "
+                                         f"this request ({type(exc).__name__}): see its log\n")
 
     def mark_for(self, request: agentsock.Request) -> None:
         """A mark asked for by `markship mark`; journaled in the requester's name."""
-        from markship import journal
+        from markship import journal, names
         from markship.marks import result_json, result_line
 
         body = request.body
@@ -227,6 +237,14 @@ class Agent:
         except KeyError:
             user = f"uid {request.uid}"
         as_user = f"{user} (through markship run, {journal.invoking_user()})"
+        try:
+            if name is not None:
+                names.check_restore_point(name, "mark name (--name)")
+        except names.BadName as refused:  # not a mark that failed: no mark was tried
+            self.log("mark.refused", level="warning", reason=refused.message, requested_by=user)
+            self.journal("mark", f"failed: {refused.message}", as_user=as_user)
+            request.answer(refused.exit_code, stderr=f"markship: error: {refused.one_line()}\n")
+            return
         result = self.mark(name, bool(body.get("switch_wal", True)), requested_by=user)
         if isinstance(result, MarkshipError):
             self.journal("mark", f"failed: {result.message}", as_user=as_user)

@@ -219,7 +219,7 @@ class Listener:
                 if not isinstance(body, dict):
                     raise ValueError("not a request")
                 conn.settimeout(None)
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):  # deep nesting: RecursionError
                 conn.close()
                 continue
             request = Request(body, conn, uid)

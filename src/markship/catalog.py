@@ -10,13 +10,17 @@ import hashlib
 import json
 import os
 import socket
+import sys
+import threading
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from markship import names
 from markship.errors import CorruptObject, ObjectMissing, RepositoryError
 from markship.lsn import DEFAULT_SEGMENT_SIZE, Segment, parse_segment_name, segment_holding_end
 from markship.repository import Repository, StoredObject, layout
@@ -24,13 +28,18 @@ from markship.repository.base import StagedObject, Writable
 
 FORMAT = 1
 
+# Fields that become repository keys or recovery settings: a record carrying anything else
+# fails its model, and is damaged (markship.names).
+Name = Annotated[str, AfterValidator(names.validated)]
+Key = Annotated[str, AfterValidator(names.validated_key)]
+
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ObjectRef(Record):
-    key: str
+    key: Key
     size: int
     sha256: str
 
@@ -38,8 +47,8 @@ class ObjectRef(Record):
 class BackupRecord(Record):
     """One server's base backup inside a set; written only once it finished."""
 
-    set_id: str
-    server: str
+    set_id: Name
+    server: Name
     label: str
     started_at: datetime
     finished_at: datetime
@@ -53,7 +62,7 @@ class BackupRecord(Record):
     system_identifier: int
     raw_size: int
     archive: ObjectRef
-    config_files: dict[str, ObjectRef] = {}
+    config_files: dict[Name, ObjectRef] = {}  # file name in the data directory → object
     markship_version: str
 
     @property
@@ -68,9 +77,9 @@ class BackupRecord(Record):
 class SetRecord(Record):
     """One invocation of `markship backup`: one backup per server."""
 
-    id: str
+    id: Name
     group: str
-    servers: list[str]
+    servers: list[Name]
     created_at: datetime
     status: Literal["running", "done", "failed"]
     finished_at: datetime | None = None
@@ -85,7 +94,7 @@ class MarkPoint(Record):
 
     lsn: int
     timeline: int
-    wal_file: str
+    wal_file: Name
 
 
 class MarkRecord(Record):
@@ -95,16 +104,16 @@ class MarkRecord(Record):
     leaves no record (its restore point names are never reused).
     """
 
-    name: str
+    name: Name
     group: str
     created_at: datetime
     barrier_server: str
     barrier_wait_ms: float
     barrier_hold_ms: float
-    points: dict[str, MarkPoint]
+    points: dict[Name, MarkPoint]
     # server → "stream" (its receiver had flushed past the point when the record was
     # written) or "switch" (pg_switch_wal: complete once the segment is archived).
-    delivery: dict[str, Literal["stream", "switch"]] = {}
+    delivery: dict[Name, Literal["stream", "switch"]] = {}
 
 
 class RepositoryMarker(Record):
@@ -135,10 +144,17 @@ def decode(data: bytes, cls: type[R], key: str) -> R:
             raise CorruptObject(f"record {key} fails its checksum",
                                 "the repository object was altered or damaged")
         return cls.model_validate(body)
-    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(body)"
+        raise CorruptObject(names.printable(f"record {key} is not a valid {cls.__name__} "
+                                            f"({where[:80]}: {first['msg']})"),
+                            "the repository object was altered or damaged") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         if isinstance(exc, CorruptObject):
             raise
-        raise CorruptObject(f"record {key} is not a valid {cls.__name__}",
+        raise CorruptObject(f"record {key} is not a valid {cls.__name__} (not a record "
+                            "envelope in JSON)",
                             "the repository object was altered or damaged") from None
 
 
@@ -164,6 +180,105 @@ def read_record(repo: Repository, key: str, cls: type[R]) -> R:
     return decode(repo.read_bytes(key), cls, key)
 
 
+# -- damaged records: named and skipped, never hiding the good ones --------------------------------
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A record no command may use: unreadable, failing its checksum or its model (a name
+    that fails markship.names included), or stored under another name than it carries."""
+
+    key: str
+    problem: str  # one line naming the key
+
+    FIX = ("inspect it, then move it out of the repository; if it recorded a backup set or "
+           "a mark, that one is lost: take a new backup or mark")
+
+    def warning(self) -> str:
+        return f"{self.problem}; it was skipped: run markship verify"
+
+
+def _warn_on_stderr(damaged: Damaged) -> None:
+    print(f"markship: warning: {damaged.warning()}", file=sys.stderr)
+
+
+class _Notices:
+    """Damaged records heard of in this process, and who is told (once per key)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: set[str] = set()
+        self.listener: Callable[[Damaged], None] = _warn_on_stderr
+
+
+_notices = _Notices()
+
+
+def on_damage(listener: Callable[[Damaged], None]) -> None:
+    """Who hears of damaged records (once per key and process): stderr by default; the
+    agent logs them."""
+    _notices.listener = listener
+
+
+def report_damage(key: str, problem: str, found: list[Damaged] | None = None) -> None:
+    """A damaged record: into `found` when given (verify), else to the listener once."""
+    damaged = Damaged(key, names.printable(problem))
+    if found is not None:
+        found.append(damaged)
+        return
+    with _notices.lock:
+        if key in _notices.seen:
+            return
+        _notices.seen.add(key)
+    _notices.listener(damaged)
+
+
+def read_good(repo: Repository, key: str, cls: type[R], stem: Callable[[R], str] | None = None,
+              found: list[Damaged] | None = None) -> R | None:
+    """The record at `key`; None when it is gone (removed since it was listed) or damaged
+    (reported). `stem`: the file name (without .json) the record must be stored under."""
+    try:
+        record = read_record(repo, key, cls)
+    except ObjectMissing:
+        return None
+    except CorruptObject as exc:
+        report_damage(key, exc.message, found)
+        return None
+    if stem is not None and f"{stem(record)}.json" != key.rpartition("/")[2]:
+        report_damage(key, f"record {key} holds {stem(record)!r}, not what its name says",
+                      found)
+        return None
+    return record
+
+
+def read_folder(repo: Repository, prefix: str, cls: type[R],
+                stem: Callable[[R], str] | None = None,
+                found: list[Damaged] | None = None) -> list[R]:
+    """The good records stored directly in folder `prefix` (ending in '/'), in name order;
+    damaged ones are left out and reported."""
+    records = []
+    for name in sorted(repo.children(prefix)):
+        if name.endswith(".json"):
+            record = read_good(repo, prefix + name, cls, stem, found)
+            if record is not None:
+                records.append(record)
+    return records
+
+
+def good_folders(repo: Repository, prefix: str, found: list[Damaged] | None = None,
+                 ) -> list[str]:
+    """The sub-folders of `prefix` whose names can name objects (markship.names); any other
+    is reported as damaged, never read."""
+    good = []
+    for name in sorted(repo.children(prefix)):
+        if names.is_name(name):
+            good.append(name)
+        else:
+            report_damage(f"{prefix}{name}", f"folder {prefix}{name!r} has a name markship "
+                          "never writes", found)
+    return good
+
+
 def ensure_marker(repo: Repository, group: str, now: datetime) -> None:
     """Create the repository marker, or check it belongs to this group."""
     if repo.exists(layout.MARKER_KEY):
@@ -180,20 +295,26 @@ def ensure_marker(repo: Repository, group: str, now: datetime) -> None:
 # -- backup sets ---------------------------------------------------------------------------------
 
 
-def list_sets(repo: Repository) -> list[SetRecord]:
-    sets = []
-    for name in repo.children("sets/"):
-        if name.endswith(".json"):
-            sets.append(read_record(repo, f"sets/{name}", SetRecord))
+def list_sets(repo: Repository, found: list[Damaged] | None = None) -> list[SetRecord]:
+    """Every good set record, by id (oldest first); damaged ones are reported (to `found`
+    when given) and left out."""
+    sets = read_folder(repo, "sets/", SetRecord, lambda s: s.id, found)
     return sorted(sets, key=lambda s: s.id)
 
 
 def backup_of(repo: Repository, server: str, set_id: str) -> BackupRecord | None:
-    key = layout.backup_record_key(server, set_id)
+    """The server's backup record of a set, None when it has none. Raises CorruptObject when
+    it is damaged or belongs to another server or set."""
+    key = layout.backup_record_key(names.check(server, "server name"),
+                                   names.check(set_id, "backup set id"))
     try:
-        return read_record(repo, key, BackupRecord)
+        record = read_record(repo, key, BackupRecord)
     except ObjectMissing:
         return None
+    if (record.server, record.set_id) != (server, set_id):
+        raise CorruptObject(f"record {key} holds the backup of {record.server} in set "
+                            f"{record.set_id}", "the repository object was altered")
+    return record
 
 
 def writer_gone(record: SetRecord) -> bool:
@@ -277,6 +398,8 @@ class SetState(BaseModel):
     problems: list[str]
     restorable: dict[str, BackupRecord]
     """Servers whose own backup finished with its WAL archived, even in an incomplete set."""
+    damaged: list[str] = []
+    """Keys of its damaged backup records: the set may be whole once they are repaired."""
 
     @property
     def label(self) -> str:
@@ -288,9 +411,12 @@ class SetState(BaseModel):
 
 
 def set_state(repo: Repository, record: SetRecord,
-              wal: dict[str, WalIndex] | None = None) -> SetState:
-    """Check a set: every server's backup finished and its WAL up to stop LSN is archived."""
+              wal: dict[str, WalIndex] | None = None,
+              found: list[Damaged] | None = None) -> SetState:
+    """Check a set: every server's backup finished and its WAL up to stop LSN is archived.
+    A damaged backup record is a problem of the set, and reported (to `found` when given)."""
     problems: list[str] = []
+    damaged: list[str] = []
     backups: dict[str, BackupRecord] = {}
     restorable: dict[str, BackupRecord] = {}
     if record.status == "running":
@@ -303,6 +429,8 @@ def set_state(repo: Repository, record: SetRecord,
             backup = backup_of(repo, server, record.id)
         except CorruptObject as exc:
             problems.append(exc.message)
+            damaged.append(layout.backup_record_key(server, record.id))
+            report_damage(damaged[-1], exc.message, found)
             continue
         if backup is None:
             if record.status == "done":
@@ -325,23 +453,30 @@ def set_state(repo: Repository, record: SetRecord,
             restorable[server] = backup
     complete = record.status == "done" and not problems and len(backups) == len(record.servers)
     return SetState(record=record, backups=backups, complete=complete, problems=problems,
-                    restorable=restorable)
+                    restorable=restorable, damaged=damaged)
 
 
 # -- marks ----------------------------------------------------------------------------------------
 
 
-def list_marks(repo: Repository) -> list[MarkRecord]:
-    """Every mark record, oldest first (names sort by time)."""
-    return [read_record(repo, f"marks/{name}", MarkRecord)
-            for name in repo.children("marks/") if name.endswith(".json")]
+def list_marks(repo: Repository, found: list[Damaged] | None = None) -> list[MarkRecord]:
+    """Every good mark record, oldest first (names sort by time); damaged ones are reported
+    (to `found` when given) and left out."""
+    return read_folder(repo, "marks/", MarkRecord, lambda m: m.name, found)
 
 
 def read_mark(repo: Repository, name: str) -> MarkRecord | None:
+    """The mark called `name`, None when there is none. Raises BadName (markship.names) for
+    a name no mark can have, CorruptObject when its record is damaged."""
+    key = layout.mark_key(names.check(name, "mark name"))
     try:
-        return read_record(repo, layout.mark_key(name), MarkRecord)
+        record = read_record(repo, key, MarkRecord)
     except ObjectMissing:
         return None
+    if record.name != name:
+        raise CorruptObject(f"record {key} holds mark {record.name}",
+                            "the repository object was altered")
+    return record
 
 
 def mark_missing_wal(record: MarkRecord, wal: dict[str, WalIndex]) -> dict[str, str]:
@@ -366,8 +501,8 @@ def wal_indexes(repo: Repository, servers: list[str]) -> dict[str, WalIndex]:
 
 
 class Hold(Record):
-    set_id: str
-    server: str
+    set_id: Name
+    server: Name
     pid: int
     host: str
     since: datetime
@@ -378,11 +513,7 @@ def active_holds(repo: Repository) -> set[str]:
     from markship.timefmt import utcnow
 
     held: set[str] = set()
-    for name in repo.children("holds/"):
-        try:
-            hold = read_record(repo, f"holds/{name}", Hold)
-        except (CorruptObject, ObjectMissing):
-            continue
+    for hold in read_folder(repo, "holds/", Hold):
         if hold.host == socket.gethostname():
             try:
                 os.kill(hold.pid, 0)

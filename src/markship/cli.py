@@ -210,8 +210,11 @@ def status(ctx: Context, as_json: bool) -> None:
 @pass_context
 def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) -> None:
     """Re-read every object against its checksum and check WAL continuity."""
+    from markship import names
     from markship.verify import verify as run_verify
 
+    if set_id is not None:
+        names.check(set_id, "backup set id")
     report = run_verify(ctx.repository(), set_id, clean_temp)
     if as_json:
         emit_json(asdict(report) | {"ok": report.ok})
@@ -219,6 +222,8 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) ->
         click.echo(f"checked {report.objects_checked} objects ({_size(report.bytes_checked)})")
         for line in report.problems:
             click.echo(f"✗ {line}")
+        for problem in report.damaged_records.values():
+            click.echo(f"✗ damaged record: {problem}: {report.damaged_fix}")
         for sid, reasons in report.unrestorable_sets.items():
             click.echo(f"✗ backup set {sid} is not restorable: {'; '.join(reasons)}")
         for sid, reasons in report.incomplete_sets.items():
@@ -267,9 +272,16 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
             point_name: str | None, set_id: str | None, start: bool, port: int | None,
             settings: tuple[str, ...], as_json: bool) -> None:
     """Restore one server (to the latest point, a time or a name) or the group (to a mark)."""
+    from markship import names
     from markship.restore import Target, restore_server
     from markship.timefmt import parse_aware
 
+    if mark_name is not None:
+        names.check_restore_point(mark_name, "mark name (--mark)")
+    if point_name is not None:
+        names.check_restore_point(point_name, "restore point name (--name)")
+    if set_id is not None:
+        names.check(set_id, "backup set id (--set)")
     if whole_group:
         if server or at_time or point_name or set_id or port:
             raise click.UsageError("--group takes --mark, --target-dir, --port-base, --host")
@@ -345,6 +357,8 @@ def expire(ctx: Context, dry_run: bool, now_text: str | None, as_json: bool) -> 
         click.echo(f"keep   set {sid}: {why}")
     for sid, why in result.delete_sets.items():
         click.echo(f"{verb} set {sid}: {why}")
+    if result.wal_kept:
+        click.echo(f"keep   all WAL: {result.wal_kept}")
     for server, count in result.delete_wal.items():
         click.echo(f"{verb} {count} WAL file(s) of {server} older than its oldest kept backup")
     if result.delete_captures or result.delete_dumps:
@@ -406,9 +420,11 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
     """Lay a group mark: the same restore point on every server, under the barrier.
 
     When the agent (markship run) is running, it makes the mark: the command only asks."""
-    from markship import priority
+    from markship import names, priority
     from markship.marks import GroupConnections, result_json, result_line, take_mark
 
+    if name is not None:
+        names.check_restore_point(name, "mark name (--name)")
     config = ctx.config
     if config.marks.nice:
         priority.set_for_thread(config.marks.nice)  # as the agent does; best effort here

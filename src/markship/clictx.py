@@ -70,11 +70,13 @@ class Context:
     def journal(self, command: str, outcome: str) -> None:
         """Append this command's entry; a journal that cannot be written is a warning."""
         from markship import journal
-        from markship.errors import MarkshipError
+        from markship.errors import ConfigError, MarkshipError
 
         try:
             journal.append(self.repository(), command, outcome, user=self.user,
                            objects=self.journal_objects)
+        except ConfigError:
+            return  # no repository to write to; the command's own error says why
         except MarkshipError as exc:
             click.echo(f"markship: warning: not recorded in the journal: {exc.one_line()}",
                        err=True)
@@ -109,7 +111,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def journaled(name: str) -> Callable[[_F], _F]:
     """Record the command in the journal with its outcome (the function takes Context first).
 
-    Put it below @pass_context. A failure is recorded and then raised as before."""
+    Put it below @pass_context. A failure is recorded and then raised as before: a
+    MarkshipError with its message, anything else (a defect of markship) with its type, so
+    that no change goes unrecorded however the command ended."""
     from markship.errors import MarkshipError
 
     def wrap(func: _F) -> _F:
@@ -122,6 +126,12 @@ def journaled(name: str) -> Callable[[_F], _F]:
                 raise
             except SystemExit as exc:
                 ctx.journal(name, "ok" if not exc.code else f"failed: exit status {exc.code}")
+                raise
+            except click.ClickException as exc:
+                ctx.journal(name, f"failed: {exc.format_message()}")
+                raise
+            except Exception as exc:
+                ctx.journal(name, f"failed: unexpected {type(exc).__name__}: {exc}"[:500])
                 raise
             ctx.journal(name, "ok")
             return result

@@ -9,12 +9,24 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from markship import configfile
+from markship import configfile, names
 from markship.errors import ConfigError
 
+# Names given in the config are repository names (markship.names) and more: lower case,
+# no '.', at most 63 characters, as they also make environment variable names
+# (failover clients) and stay readable in paths and logs.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+ConfigName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(names.validated)]
 
 
 class _Section(BaseModel):
@@ -22,7 +34,7 @@ class _Section(BaseModel):
 
 
 class GroupSection(_Section):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    name: ConfigName
 
 
 class RepositorySection(_Section):
@@ -59,7 +71,7 @@ class EncryptionSection(_Section):
 
 
 class ServerSection(_Section):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    name: ConfigName
     conninfo: Annotated[str, Field(min_length=1)]
     data_dir: Path | None = None
     bin_dir: Path | None = None
@@ -128,7 +140,7 @@ class StandbySection(_Section):
 
 
 class DrSiteSection(_Section):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "dr"
+    name: ConfigName = "dr"
     standbys: Annotated[list[StandbySection], Field(alias="standby")] = []
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -136,7 +148,7 @@ class DrSiteSection(_Section):
 class FilesetSection(_Section):
     """Files captured with every backup set and whenever their content changes."""
 
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    name: ConfigName
     paths: Annotated[list[Path], Field(min_length=1)]
     exclude: list[str] = []  # glob patterns matched against paths relative to each root
 
@@ -152,7 +164,7 @@ class FilesetSection(_Section):
 class DumpSection(_Section):
     """A database saved with pg_dump (a store that WAL shipping does not cover)."""
 
-    name: Annotated[str | None, Field(pattern=NAME_PATTERN)] = None  # default SERVER-DATABASE
+    name: ConfigName | None = None  # default SERVER-DATABASE
     server: str
     database: str
     schedule: str = "daily 03:00 UTC"  # "hourly :MM", "daily HH:MM ZONE", "weekly DAY HH:MM ZONE"
@@ -177,7 +189,9 @@ class DumpSection(_Section):
     def _usable_name(self) -> DumpSection:
         import re
 
-        if not re.match(NAME_PATTERN, self.dump_name):
+        # fullmatch: re.match with '$' would let a trailing newline through
+        if not (re.fullmatch(NAME_PATTERN.strip("^$"), self.dump_name)
+                and names.is_name(self.dump_name)):
             raise ValueError(f"the dump name {self.dump_name!r} (from server and database) "
                              'cannot name repository objects: set name = "…" (a-z, 0-9, _, -)')
         return self

@@ -18,6 +18,7 @@ import re
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,8 +28,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import psycopg
 import zstandard
 
-from markship import __version__, catalog, marks, pgbin, postgres
-from markship.catalog import ObjectRef, Record
+from markship import __version__, catalog, marks, names, pgbin, postgres
+from markship.catalog import Name, ObjectRef, Record
 from markship.config import Config, DumpSection
 from markship.conninfo import ProgramConninfo, without_secrets
 from markship.errors import (
@@ -59,13 +60,13 @@ class DumpError(MarkshipError):
 class DumpRecord(Record):
     """One finished dump of one database; written only after pg_dump exited 0."""
 
-    name: str
-    server: str
+    name: Name
+    server: Name
     database: str
-    id: str
+    id: Name
     created_at: datetime  # when pg_dump started (its snapshot is taken right after)
     finished_at: datetime
-    mark: str | None  # the newest complete group mark when the dump started
+    mark: Name | None  # the newest complete group mark when the dump started
     archive: ObjectRef
     pg_version: str
     pg_version_num: int
@@ -76,20 +77,10 @@ class DumpRecord(Record):
 # -- repository keys ------------------------------------------------------------------------------
 
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-
-
-def check_name(name: str) -> str:
-    """`name` if it can name repository objects; MarkshipError otherwise (the default name
-    SERVER-DATABASE carries the database name, which may hold any character)."""
-    if not _NAME_RE.fullmatch(name):
-        raise MarkshipError(f"{name!r} is not a usable dump name (letters, digits, '-', '_')",
-                            'give the [[dump]] a name = "…" of those characters')
-    return name
-
-
 def dump_prefix(name: str) -> str:
-    return f"{PREFIX}{check_name(name)}/"
+    """Raises BadName (markship.names) for a name no dump can have (the default name
+    SERVER-DATABASE carries the database name, which may hold any character)."""
+    return f"{PREFIX}{names.check(name, 'dump name')}/"
 
 
 def archive_key(name: str, dump_id: str) -> str:
@@ -181,7 +172,7 @@ def run_dump(config: Config, repo: Repository, dump: DumpSection) -> DumpRecord:
     cannot be reached, DumpError (with pg_dump's error line) when pg_dump fails, LockedError
     while another run of the same dump holds its lock.
     """
-    name = check_name(dump.dump_name)
+    name = names.check(dump.dump_name, "dump name")
     server = config.server(dump.server)
     conninfo = psycopg.conninfo.make_conninfo(server.conninfo, dbname=dump.database)
     with postgres.connect(conninfo, f"{server.name} (database {dump.database})") as conn:
@@ -248,16 +239,24 @@ def _newest_mark(config: Config, repo: Repository) -> str | None:
 # -- finding dumps --------------------------------------------------------------------------------
 
 
-def list_dumps(repo: Repository, name: str | None = None) -> list[DumpRecord]:
-    """Every recorded dump (of `name`, or of every name): by name, then oldest first."""
-    names = [name] if name else repo.children(PREFIX)
+def list_dumps(repo: Repository, name: str | None = None,
+               damaged: list[catalog.Damaged] | None = None) -> list[DumpRecord]:
+    """Every good dump record (of `name`, or of every name): by name, then oldest first.
+    Damaged records are reported (to `damaged` when given) and left out. Raises BadName for
+    a name no dump can have."""
+    folders = [names.check(name, "dump name")] if name is not None else \
+        catalog.good_folders(repo, PREFIX, damaged)
     found: list[DumpRecord] = []
-    for each in names:
-        for file_name in repo.children(dump_prefix(each)):
-            if file_name.endswith(RECORD_SUFFIX):
-                found.append(catalog.read_record(repo, dump_prefix(each) + file_name,
-                                                 DumpRecord))
+    for each in folders:
+        found += catalog.read_folder(repo, dump_prefix(each), DumpRecord, _stem_in(each),
+                                     damaged)
     return sorted(found, key=lambda d: (d.name, d.created_at, d.id))
+
+
+def _stem_in(name: str) -> Callable[[DumpRecord], str]:
+    """A dump record's expected file name (without .json): its id, and only in the folder
+    of its own name."""
+    return lambda record: record.id if record.name == name else f"{record.name}/{record.id}"
 
 
 def choose(repo: Repository, name: str, at: datetime | None = None) -> DumpRecord:

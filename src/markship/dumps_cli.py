@@ -69,9 +69,12 @@ def dumps_run(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
 @pass_context
 def dumps_list(ctx: Context, name: str | None, as_json: bool) -> None:
     """Recorded dumps: name, time (UTC), server/database, the mark before it, size."""
+    from markship import names
     from markship.dumps import list_dumps
     from markship.timefmt import show
 
+    if name is not None:
+        names.check(name, "dump name (--dump)")
     dumps = list_dumps(ctx.repository(), name)
     if as_json:
         emit_json([d.model_dump(mode="json") for d in dumps])
@@ -98,9 +101,11 @@ def dumps_list(ctx: Context, name: str | None, as_json: bool) -> None:
 def dumps_restore(ctx: Context, name: str, at_text: str | None, conninfo: str,
                   as_json: bool) -> None:
     """Restore a dump into an existing database with pg_restore (all or nothing)."""
+    from markship import names
     from markship.dumps import choose, restore_dump
     from markship.timefmt import parse_aware, show
 
+    names.check(name, "dump name (--dump)")
     try:
         at = parse_aware(at_text) if at_text else None
     except ValueError as exc:

@@ -90,8 +90,10 @@ def files_capture(ctx: Context, names: tuple[str, ...], if_changed: bool,
 @pass_context
 def files_list(ctx: Context, name: str | None, as_json: bool) -> None:
     """Captures of every file set (or one): time, reason, nearest mark, size, content digest."""
-    from markship import filesets
+    from markship import filesets, names
 
+    if name is not None:
+        names.check(name, "file set name (--set)")
     records = filesets.list_records(ctx.repository(), name)
     if as_json:
         emit_json([r.model_dump(mode="json") for r in records])
@@ -121,8 +123,13 @@ def files_restore(ctx: Context, name: str, mark: str | None, capture_id: str | N
     """Restore a capture of a file set below a new or empty directory: modes, mtimes, links as
     links, and owners when run as root. Unsafe archive members are refused, and nothing is
     left behind when the restore fails."""
-    from markship import filesets
+    from markship import filesets, names
 
+    names.check(name, "file set name (--set)")
+    if mark is not None:
+        names.check(mark, "mark name (--mark)")
+    if capture_id is not None:
+        names.check(capture_id, "capture id (--id)")
     if mark is not None and capture_id is not None:
         raise MarkshipError("--mark and --id exclude each other", "give one of them")
     repo = ctx.reading_repository()

@@ -23,7 +23,7 @@ import resource
 import socket
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,8 +33,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from markship import catalog, safetar
-from markship.catalog import ObjectRef, Record
+from markship import catalog, names, safetar
+from markship.catalog import Name, ObjectRef, Record
 from markship.config import Config, FilesetSection
 from markship.errors import CorruptObject, MarkshipError, ObjectMissing
 from markship.hashing import HashingReader
@@ -50,7 +50,8 @@ Kind = Literal["file", "dir", "link"]
 
 
 def fileset_prefix(name: str) -> str:
-    return f"filesets/{name}/"
+    """Raises BadName (markship.names) for a name no file set can have."""
+    return f"filesets/{names.check(name, 'file set name')}/"
 
 
 def record_key(name: str, capture_id: str) -> str:
@@ -69,12 +70,12 @@ def capture_id_at(moment: datetime) -> str:
 class FilesetRecord(Record):
     """One capture of a file set; written after its archive is stored."""
 
-    name: str
-    id: str
+    name: Name
+    id: Name
     created_at: datetime
     reason: str  # "backup set <id>", "content changed", "manual"
-    set_id: str | None = None
-    mark: str | None = None  # the newest complete mark when the capture was made
+    set_id: Name | None = None
+    mark: Name | None = None  # the newest complete mark when the capture was made
     host: str
     roots: list[str]
     content_sha256: str  # names, types, modes, owners, link targets, file bytes: not mtimes
@@ -371,10 +372,20 @@ def _write_archive(sink: Writable, snapshot: Snapshot, level: int, digest: hashl
 
 
 def newest_record(repo: Repository, name: str) -> FilesetRecord | None:
-    names = [n for n in repo.children(fileset_prefix(name)) if n.endswith(".json")]
-    if not names:
-        return None
-    return catalog.read_record(repo, fileset_prefix(name) + max(names), FilesetRecord)
+    """The newest good capture record of a file set (damaged ones reported, passed over)."""
+    prefix = fileset_prefix(name)
+    files = sorted((n for n in repo.children(prefix) if n.endswith(".json")), reverse=True)
+    for file in files:
+        record = catalog.read_good(repo, prefix + file, FilesetRecord, _stem_in(name))
+        if record is not None:
+            return record
+    return None
+
+
+def _stem_in(name: str) -> Callable[[FilesetRecord], str]:
+    """A capture record's expected file name (without .json): its id, and only in its own
+    file set's folder."""
+    return lambda record: record.id if record.name == name else f"{record.name}/{record.id}"
 
 
 def capture(config: Config, repo: Repository, fileset: FilesetSection | Snapshot, *,
@@ -443,15 +454,16 @@ def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
 # -- choosing a capture ---------------------------------------------------------------------------
 
 
-def list_records(repo: Repository, name: str | None = None) -> list[FilesetRecord]:
-    """Captures of one file set (or all), oldest first."""
-    names = [name] if name is not None else repo.children("filesets/")
+def list_records(repo: Repository, name: str | None = None,
+                 found: list[catalog.Damaged] | None = None) -> list[FilesetRecord]:
+    """Good captures of one file set (or all), oldest first; damaged records are reported
+    (to `found` when given) and left out. Raises BadName for a name no file set can have."""
+    folders = [names.check(name, "file set name")] if name is not None else \
+        catalog.good_folders(repo, "filesets/", found)
     records = []
-    for set_name in names:
-        prefix = fileset_prefix(set_name)
-        for child in repo.children(prefix):
-            if child.endswith(".json"):
-                records.append(catalog.read_record(repo, prefix + child, FilesetRecord))
+    for set_name in folders:
+        records += catalog.read_folder(repo, fileset_prefix(set_name), FilesetRecord,
+                                       _stem_in(set_name), found)
     return sorted(records, key=lambda r: (r.created_at, r.name))
 
 

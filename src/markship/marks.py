@@ -29,11 +29,11 @@ from typing import Literal, TypeVar
 
 import psycopg
 
-from markship import catalog, fanout, postgres, priority, stream
+from markship import catalog, fanout, names, postgres, priority, stream
 from markship.catalog import MarkPoint, MarkRecord
 from markship.client import barrier_key
 from markship.config import Config
-from markship.errors import MarkshipError, ServerError
+from markship.errors import MarkshipError, ObjectMissing, ServerError
 from markship.lsn import parse_lsn, parse_segment_name
 from markship.repository import Repository, layout
 from markship.repository.base import StagedObject
@@ -118,11 +118,13 @@ class MarkResult:
 
 def take_mark(config: Config, repo: Repository, conns: GroupConnections,
               name: str | None = None, switch_wal: bool = True) -> MarkResult:
-    """Make one group mark. Raises MarkSkipped when the barrier is busy, ServerError when a
-    server fails (the mark is then not recorded anywhere)."""
+    """Make one group mark. Raises BadName (markship.names) for a name no mark can have,
+    MarkSkipped when the barrier is busy, ServerError when a server fails (the mark is then
+    not recorded anywhere)."""
     start = time.perf_counter()
     now = utcnow()
-    name = name or mark_name(config.group.name, now)
+    name = names.check_restore_point(name if name is not None else
+                                     mark_name(config.group.name, now), "mark name")
     record_key = layout.mark_key(name)
     if repo.exists(record_key):
         raise MarkshipError(f"mark {name} already exists",
@@ -358,16 +360,25 @@ class MarkState:
 
 
 def mark_states(repo: Repository, config: Config, newest: int | None = None) -> list[MarkState]:
-    """Marks with their completeness, oldest first: all of them, or the `newest` N."""
-    names = sorted(n for n in repo.children("marks/") if n.endswith(".json"))
+    """Marks with their completeness, oldest first: all of them, or the `newest` N (damaged
+    records are reported and left out: catalog.Damaged)."""
+    files = sorted(n for n in repo.children("marks/") if n.endswith(".json"))
     if newest is not None:
-        names = names[-newest:] if newest > 0 else []
+        files = files[-newest:] if newest > 0 else []
     wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
-    return [_state(repo, name, wal) for name in names]
+    return [state for file in files if (state := _state(repo, file, wal)) is not None]
 
 
-def _state(repo: Repository, file_name: str, wal: dict[str, catalog.WalIndex]) -> MarkState:
-    record = catalog.read_record(repo, f"marks/{file_name}", MarkRecord)
+def _state(repo: Repository, file_name: str,
+           wal: dict[str, catalog.WalIndex]) -> MarkState | None:
+    record = catalog.read_good(repo, f"marks/{file_name}", MarkRecord, lambda m: m.name)
+    if record is None:
+        return None
+    return _state_of(repo, record, wal)
+
+
+def _state_of(repo: Repository, record: MarkRecord,
+              wal: dict[str, catalog.WalIndex]) -> MarkState:
     for server in record.points:
         if server not in wal:
             wal[server] = catalog.WalIndex(repo, server)
@@ -376,18 +387,24 @@ def _state(repo: Repository, file_name: str, wal: dict[str, catalog.WalIndex]) -
 
 
 def mark_state(repo: Repository, config: Config, name: str) -> MarkState:
+    """The state of mark `name`. Raises BadName for a name no mark can have, ObjectMissing
+    when there is no such mark, CorruptObject when its record is damaged."""
+    record = catalog.read_mark(repo, name)
+    if record is None:
+        raise ObjectMissing(f"mark {name} not found", "markship marks lists the marks")
     wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
-    return _state(repo, f"{name}.json", wal)
+    return _state_of(repo, record, wal)
 
 
 def newest_complete(repo: Repository, config: Config) -> MarkState | None:
     """The newest complete mark, reading records from the newest back (marks complete in
-    order, so this stops after a few records however long the history is)."""
-    names = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
+    order, so this stops after a few records however long the history is). Damaged records
+    are reported and passed over."""
+    files = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
     wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
-    for name in names:
-        state = _state(repo, name, wal)
-        if state.complete:
+    for file in files:
+        state = _state(repo, file, wal)
+        if state is not None and state.complete:
             return state
     return None
 

@@ -8,7 +8,11 @@ Rules, in order of strength:
   history files are always kept (they are tiny and recovery needs them to follow timelines);
 - marks older than the window, or older than the oldest retained complete set, are deleted;
 - file set captures and logical dumps older than the window are deleted, but never the
-  newest of each.
+  newest of each;
+- never delete the newest set from which a server can be restored (even an incomplete one);
+- nothing is deleted on the strength of a damaged record (catalog.Damaged): it is left in
+  place, a set with a damaged backup record is kept, and while any set or backup record is
+  damaged no WAL is deleted (that set may need it).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class Plan:
     delete_captures: list[str] = field(default_factory=list)  # file set captures, "name/id"
     delete_dumps: list[str] = field(default_factory=list)  # logical dumps, "name/id"
     freed_bytes: int = 0
+    damaged: list[str] = field(default_factory=list)  # keys of damaged records, left alone
+    wal_kept: str | None = None  # why no WAL is deleted at all
 
 
 def _wal_segment(name: str) -> Segment | None:
@@ -45,9 +51,11 @@ def _wal_segment(name: str) -> Segment | None:
 
 def plan(states: list[SetState], marks: list[MarkRecord],
          wal_objects: dict[str, list[tuple[str, str, int]]], sizes: dict[str, int],
-         now: datetime, days: float, min_sets: int, held: set[str]) -> Plan:
+         now: datetime, days: float, min_sets: int, held: set[str],
+         damaged_sets: list[str] | None = None) -> Plan:
     """Decide what to delete. `wal_objects`: server → (file name, key, size) of each WAL
-    object; `sizes`: object key → size for backup objects (to report freed space)."""
+    object; `sizes`: object key → size for backup objects (to report freed space);
+    `damaged_sets`: keys of set records that could not be read."""
     cutoff = now - timedelta(days=days)
     result = Plan(cutoff=cutoff)
     complete = sorted((s for s in states if s.complete), key=lambda s: s.record.created_at,
@@ -62,11 +70,14 @@ def plan(states: list[SetState], marks: list[MarkRecord],
             result.keep_sets[sid] = "in use by a restore"
         elif state.label == "running":
             result.keep_sets[sid] = "backup still running"
+        elif state.damaged:
+            result.keep_sets[sid] = "a backup record is damaged: run markship verify"
         elif state.record.created_at >= cutoff:
             result.keep_sets[sid] = "inside the retention window"
         else:
             result.delete_sets[sid] = ("older than the window" if state.complete
                                        else f"older than the window and {state.label}")
+    _keep_last_restorable(states, result)
     by_id = {s.record.id: s for s in states}
     for sid in result.delete_sets:
         for key in sorted(k for k in sizes if k.startswith("backups/")
@@ -75,6 +86,11 @@ def plan(states: list[SetState], marks: list[MarkRecord],
             result.freed_bytes += sizes[key]
         result.delete_keys.append(layout.set_key(sid))
 
+    result.damaged = [*(damaged_sets or []), *(k for s in states for k in s.damaged)]
+    if result.damaged:
+        result.wal_kept = (f"{len(result.damaged)} damaged set or backup record(s): a set "
+                           "behind them may need any WAL (run markship verify)")
+        wal_objects = {}
     # WAL: keep everything from the oldest retained backup of each server onwards.
     oldest: dict[str, Segment] = {}
     for sid in result.keep_sets:
@@ -101,10 +117,28 @@ def plan(states: list[SetState], marks: list[MarkRecord],
     return result
 
 
+def _keep_last_restorable(states: list[SetState], result: Plan) -> None:
+    """Per server: if no kept set can restore it, keep the newest set that can."""
+    kept = [s for s in states if s.record.id in result.keep_sets]
+    for server in sorted({name for s in states for name in s.restorable}):
+        if any(server in s.restorable for s in kept):
+            continue
+        newest = max((s for s in states if server in s.restorable),
+                     key=lambda s: s.record.created_at)
+        result.delete_sets.pop(newest.record.id, None)
+        result.keep_sets[newest.record.id] = f"the newest set that can restore {server}"
+        kept.append(newest)
+
+
 def make_plan(repo: Repository, now: datetime, days: float, min_sets: int) -> Plan:
-    """Read the catalog and the WAL listing, and plan."""
+    """Read the catalog and the WAL listing, and plan. Damaged records are reported, left
+    alone, and keep all WAL while any set record is damaged."""
     wal: dict[str, catalog.WalIndex] = {}
-    states = [catalog.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
+    damaged: list[catalog.Damaged] = []
+    sets = catalog.list_sets(repo, damaged)
+    for each in damaged:
+        catalog.report_damage(each.key, each.problem)  # still warned about, as everywhere
+    states = [catalog.set_state(repo, r, wal) for r in sets]
     sizes = {o.key: o.size for o in repo.iter_objects("backups/")}
     wal_objects: dict[str, list[tuple[str, str, int]]] = {}
     for server in repo.children("wal/"):
@@ -115,7 +149,7 @@ def make_plan(repo: Repository, now: datetime, days: float, min_sets: int) -> Pl
                 wal_objects[server].append((parsed[0], info.key, info.size))
     held = catalog.active_holds(repo)
     result = plan(states, catalog.list_marks(repo), wal_objects, sizes, now, days, min_sets,
-                  held)
+                  held, [d.key for d in damaged])
     _plan_side_objects(repo, result)
     return result
 

@@ -25,10 +25,12 @@ class Report:
     incomplete_sets: dict[str, list[str]] = field(default_factory=dict)
     temp_objects: list[str] = field(default_factory=list)
     removed_temp: list[str] = field(default_factory=list)
+    damaged_records: dict[str, str] = field(default_factory=dict)  # key → what is wrong
+    damaged_fix: str = catalog.Damaged.FIX
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.unrestorable_sets
+        return not self.problems and not self.unrestorable_sets and not self.damaged_records
 
 
 def _sha256_of(repo: Repository, key: str) -> tuple[str, int]:
@@ -87,18 +89,23 @@ def check_wal_object(repo: Repository, server: str, name: str, report: Report) -
 
 
 def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False) -> Report:
-    """Check every object (or those of one set and the WAL it needs) and WAL continuity."""
+    """Check every object (or those of one set and the WAL it needs) and WAL continuity, and
+    list every damaged record (of sets and their backups; with no `set_id` also of marks,
+    file sets and dumps)."""
     report = Report()
-    sets: list[SetRecord] = catalog.list_sets(repo)
+    damaged: list[catalog.Damaged] = []
+    sets: list[SetRecord] = catalog.list_sets(repo, damaged)
     if set_id is not None:
         sets = [s for s in sets if s.id == set_id]
         if not sets:
+            for each in damaged:  # it may be one of them: say so
+                catalog.report_damage(each.key, each.problem)
             raise ObjectMissing(f"backup set {set_id} not found", "markship list shows the sets")
     wal: dict[str, catalog.WalIndex] = {}
     bad_wal: dict[str, set[str]] = {}
     checked_wal: set[tuple[str, str]] = set()
     for record in sets:
-        state = catalog.set_state(repo, record, wal)
+        state = catalog.set_state(repo, record, wal, damaged)
         reasons = list(state.problems)
         checked = state.backups
         if record.status != "done":
@@ -140,8 +147,24 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
             report.unrestorable_sets[record.id] = sorted(set(reasons))
     if set_id is None:
         _check_remaining_wal(repo, wal, checked_wal, report)
+        _check_side_records(repo, damaged)
+    _list_damaged(damaged, report)
     _temp(repo, report, clean_temp)
     return report
+
+
+def _check_side_records(repo: Repository, damaged: list[catalog.Damaged]) -> None:
+    """Mark, file set and dump records are read too: each damaged one is listed."""
+    from markship import dumps, filesets
+
+    catalog.list_marks(repo, damaged)
+    filesets.list_records(repo, None, damaged)
+    dumps.list_dumps(repo, None, damaged)
+
+
+def _list_damaged(damaged: list[catalog.Damaged], report: Report) -> None:
+    for each in damaged:
+        report.damaged_records.setdefault(each.key, each.problem)
 
 
 def _check_remaining_wal(repo: Repository, wal: dict[str, catalog.WalIndex],
