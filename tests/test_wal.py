@@ -563,3 +563,48 @@ def test_new_folders_are_flushed_into_their_parents(workdir: Path) -> None:
         parent = os.path.dirname(folder)
         assert any("fsync(" in line and f"<{parent}>) = 0" in line for line in events[at:]), \
             f"{folder} was made but {parent} was never fsynced after it"
+
+
+def _plant_mark_record(workdir: Path, name: str, body: object) -> None:
+    """A mark record with a valid checksum but whatever body (the repository's OS user can
+    write any record)."""
+    import hashlib
+    import json
+
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    envelope = {"kind": "MarkRecord", "format": 1, "body": body,
+                "sha256": hashlib.sha256(canonical).hexdigest()}
+    path = workdir / "repo" / "marks" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(envelope))
+    for made in (path.parent, path):
+        chown_to(made, OS_USER)
+
+
+@pytest.mark.reliability("standby wal-fetch: forged mark records",
+                         fault="mark records naming server '../../x', a non-WAL file, points "
+                               "as a list (checksums recomputed)",
+                         expected="the forged records are skipped; the standby is still fed "
+                                  "up to the good mark and never stopped by them")
+def test_forged_mark_records_never_stop_a_standby(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    _mark_repository(workdir)
+    four, five = "000000010000000000000004", "000000010000000000000005"
+    for name in (four, five):
+        path = _segment(wal, wal_content(name, os.urandom(1 << 16) * 256), name)
+        assert run_markship(config, "wal-push", "--server", "orders", str(path),
+                            user=OS_USER).returncode == 0
+    _plant_mark_record(workdir, "m1-good", {"points": {"orders": {"wal_file": five}}})
+    _plant_mark_record(workdir, "m2-forged", {"points": {"../../x": {"wal_file": five}}})
+    _plant_mark_record(workdir, "m3-forged", {"points": {"orders": {"wal_file": "../../x"}}})
+    _plant_mark_record(workdir, "m4-forged", {"points": [["orders", five]]})
+
+    def standby_fetch(name: str) -> tuple[int, str]:
+        dest = wal / "RECOVERYXLOG"
+        dest.unlink(missing_ok=True)
+        proc = run_markship(config, "wal-fetch", "--server", "orders", "--standby", "--floor",
+                            "000000010000000000000003", name, str(dest), user=OS_USER)
+        return proc.returncode, proc.stderr
+
+    assert standby_fetch(four) == (0, "")  # below the good mark's segment: fed
+    assert standby_fetch(five) == (1, "")  # the mark's own segment: withheld, quietly

@@ -398,9 +398,11 @@ def open_archived(repo: Repository, server: str, wal_name: str) -> tuple[BinaryI
     return zstandard.ZstdDecompressor().stream_reader(stored, closefd=True), digest
 
 
-def _mark_points(repo: Repository, key: str) -> dict[str, tuple[str, str]] | None:
-    """server → (WAL file, delivery) of a mark record, read without pydantic; None if
-    unreadable."""
+def _mark_points(repo: Repository, key: str,
+                 servers: frozenset[str]) -> dict[str, tuple[str, str]] | None:
+    """server → (WAL segment, delivery) of a mark record, read without pydantic; None if
+    unreadable or damaged. Repository data is untrusted: every server must be one of
+    `servers` (the config's) and every WAL file a segment name, or the record is skipped."""
     import hashlib
     import json
 
@@ -411,24 +413,33 @@ def _mark_points(repo: Repository, key: str) -> dict[str, tuple[str, str]] | Non
         if hashlib.sha256(canonical).hexdigest() != envelope["sha256"]:
             return None
         delivery = body.get("delivery") or {}
-        return {server: (point["wal_file"], delivery.get(server, "switch"))
-                for server, point in body["points"].items()}
-    except (ValueError, KeyError, TypeError, ObjectMissing):
+        points = {server: (str(point["wal_file"]), str(delivery.get(server, "switch")))
+                  for server, point in body["points"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError, MarkshipError):
         return None
+    try:
+        if not points or not set(points) <= servers or any(
+                wal_file_kind(wal_file) != "segment" for wal_file, _how in points.values()):
+            return None
+    except ValueError:  # not a WAL file name at all
+        return None
+    return points
 
 
-def standby_ceiling(repo: Repository, server: str, floor: str | None) -> Segment | None:
+def standby_ceiling(repo: Repository, server: str, floor: str | None,
+                    servers: frozenset[str]) -> Segment | None:
     """The newest segment a DR-site standby may replay.
 
     That is the segment *before* the one holding the newest complete group mark: the mark's
     own segment also holds WAL written after the mark, and a standby that replayed it could no
     longer stop at the mark. `floor` (the base backup's last segment) always stays allowed so a
-    new standby can reach consistency. None: nothing is allowed beyond the floor.
+    new standby can reach consistency. None: nothing is allowed beyond the floor. `servers`:
+    the group's, as the config names them (a mark record naming others is skipped).
     """
     ceiling: Segment | None = None
     names = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
     for name in names[:100]:
-        points = _mark_points(repo, "marks/" + name)
+        points = _mark_points(repo, "marks/" + name, servers)
         if not points or server not in points:
             continue
         if all(_delivered(repo, s, wal_file, how) for s, (wal_file, how) in points.items()):
@@ -637,7 +648,7 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
         return 0
     name, dest = positional
     if standby and wal_file_kind(name) in ("segment", "partial"):
-        ceiling = standby_ceiling(repo, server, floor)
+        ceiling = standby_ceiling(repo, server, floor, settings.servers)
         if ceiling is None or parse_segment_name(name[:24]) > ceiling:
             return 1  # withheld until the next group mark completes
     try:
