@@ -104,9 +104,8 @@ def report_key(drill_id: str) -> str:
 
 
 def list_drills(repo: Repository) -> list[DrillRecord]:
-    """Every stored drill, oldest first."""
-    names = [n for n in repo.children(PREFIX) if n.endswith(".json")]
-    found = [catalog.read_record(repo, PREFIX + n, DrillRecord) for n in names]
+    """Every stored drill, oldest first (a damaged record is reported and left out)."""
+    found = catalog.read_folder(repo, PREFIX, DrillRecord)
     return sorted(found, key=lambda r: (r.started_at, r.id))
 
 

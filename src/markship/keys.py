@@ -248,13 +248,9 @@ def import_key(repo_recipient: str | None, export: Path, passphrase: str,
 
 
 def exports(repo: Repository) -> list[KeyExportRecord]:
-    found = []
-    for name in repo.children(EXPORTS):
-        if name.endswith(".json"):
-            try:
-                found.append(catalog.read_record(repo, EXPORTS + name, KeyExportRecord))
-            except MarkshipError:
-                continue
+    """The recorded key exports; a damaged record is reported and left out (the key then
+    counts as not backed up: the safe side)."""
+    found = catalog.read_folder(repo, EXPORTS, KeyExportRecord)
     return sorted(found, key=lambda r: r.created_at)
 
 

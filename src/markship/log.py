@@ -27,7 +27,10 @@ class EventLog:
             parts = [stamp, level, event]
             for key, value in fields.items():
                 text = str(value)
-                parts.append(f"{key}={json.dumps(text) if ' ' in text or not text else text}")
+                # Quoted (JSON escapes) unless plainly printable: a value from untrusted
+                # data (a record's field, a request) never splits or forges a log line.
+                plain = text and text.isprintable() and not any(c in text for c in ' "=')
+                parts.append(f"{key}={text if plain else json.dumps(text)}")
             line = " ".join(parts)
         with self._lock:
             self.stream.write(line + "\n")
