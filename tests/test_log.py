@@ -15,8 +15,8 @@ from markship.log import EventLog
 def test_a_value_never_splits_or_forges_a_log_line() -> None:
     stream = io.StringIO()
     log = EventLog(stream=stream)
-    log("mark.refused", name="x\n2026-12-04T00:00:00.000Z info mark.ok name=forged", plain="ok")
+    log("mark.refused", name="x\n2026-12-04T00:00:00.000Z\tinfo\tmark.ok", plain="ok")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert lines[0].endswith(' plain=ok')
-    assert 'name="x\\n2026-12-04T00:00:00.000Z info mark.ok name=forged"' in lines[0]
+    assert 'name="x\\n2026-12-04T00:00:00.000Z\\tinfo\\tmark.ok"' in lines[0]
