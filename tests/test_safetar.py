@@ -444,8 +444,9 @@ def test_files_restore_as_root_makes_no_setid_file(workdir: Path) -> None:
         _file("etc/portal/app.conf", mode=0o640, uname=OS_USER)])
     target = workdir / "t"
 
-    _ok(config, "files", "restore", "--set", "portal", "--id", capture_id, "--target-dir",
-        str(target))
+    said = _ok(config, "files", "restore", "--set", "portal", "--id", capture_id,
+               "--target-dir", str(target))
+    assert "3 restored without set-id, sticky or group/other write bits" in said, said
 
     restored = target / "etc" / "portal"
     modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in restored.iterdir()}

@@ -141,6 +141,10 @@ def files_restore(ctx: Context, name: str, mark: str | None, capture_id: str | N
                f"directories, {result.links} links")
     for root in record.roots:
         click.echo(f"  {root} → {result.target_dir / root.lstrip('/')}")
+    if result.narrowed:
+        shown = ", ".join(result.narrowed[:3]) + (" …" if len(result.narrowed) > 3 else "")
+        click.echo(f"  {len(result.narrowed)} restored without set-id, sticky or group/other "
+                   f"write bits ({shown}): set them again by hand where they are wanted")
     if os.geteuid() != 0:
         click.echo("  owners: kept only where this user may set them (run as root to restore "
                    "every owner)")

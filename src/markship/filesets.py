@@ -509,6 +509,7 @@ class RestoreResult:
     dirs: int
     links: int
     total_bytes: int
+    narrowed: list[str]  # members restored without set-id, sticky or group/other write bits
 
 
 def restore(repo: Repository, record: FilesetRecord, target_dir: Path) -> RestoreResult:
@@ -532,7 +533,7 @@ def restore(repo: Repository, record: FilesetRecord, target_dir: Path) -> Restor
         os.close(root_fd)
     counts = placer.counts
     return RestoreResult(record, target_dir, counts.files, counts.dirs, counts.links,
-                         counts.total_bytes)
+                         counts.total_bytes, counts.narrowed)
 
 
 def _extract(repo: Repository, record: FilesetRecord, placer: safetar.Placer) -> None:
