@@ -71,6 +71,14 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def command_name(pid: int) -> str:
+    """The process's command name (/proc/PID/comm), "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def reap(pids: Sequence[int], grace: float = 10) -> list[int]:
     """Give processes left by a killed command `grace` seconds to end on their own, then
     SIGKILL each one still there (by its id); returns those that had to be killed."""
