@@ -10,17 +10,13 @@ from pathlib import Path
 
 from conftest import MARKSHIP, GroupFactory
 from markship.scratch import pgbench_fingerprint, wait_archived
-
-
-def _load(group_server: object, scale: int = 1) -> None:
-    server = group_server
-    server.run("pgbench", "-i", "-s", str(scale), "-q", "-d", server.conninfo())  # type: ignore[attr-defined]
+from support import load_pgbench
 
 
 def test_backup_then_restore_every_server_to_latest(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     for server in group.servers:
-        _load(server)
+        load_pgbench(server)
     group.ok("backup")
     sets = json.loads(group.ok("list", "--json"))
     assert [s["state"] for s in sets] == ["complete"]
@@ -95,7 +91,7 @@ def test_restore_refuses_time_before_backup_and_non_empty_dir(pg_group: GroupFac
 def test_killed_backup_leaves_no_complete_set(pg_group: GroupFactory) -> None:
     group = pg_group(1)
     server = group.servers[0]
-    _load(server, scale=5)
+    load_pgbench(server, scale=5)
     proc = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "backup"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -139,7 +135,7 @@ def _flip_byte(path: Path) -> None:
 def test_damaged_objects_are_named_and_never_restored(pg_group: GroupFactory) -> None:
     group = pg_group(1)
     server = group.servers[0]
-    _load(server)
+    load_pgbench(server)
     group.ok("backup")
     server.run("pgbench", "-n", "-t", "100", "-d", server.conninfo())
     wait_archived(server)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conftest import MARKSHIP, OS_USER, run_markship, write_config
 from markship.scratch import chown_to
+from support import wait_for
 
 SEGMENT = "000000010000000000000007"
 
@@ -157,13 +157,6 @@ def _backlog(workdir: Path, count: int) -> tuple[Path, Path, list[str], dict[str
     return config, wal, names, contents, folder
 
 
-def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def _fetched(config: Path, wal: Path, name: str) -> bytes:
     """What wal-fetch restores for `name` (as PostgreSQL's restore_command would)."""
     dest = wal / "RECOVERYXLOG"
@@ -179,7 +172,7 @@ def _push_first_and_wait(config: Path, wal: Path, names: list[str], folder: Path
     first = run_markship(config, "wal-push", "--server", "orders", str(wal / names[0]),
                          user=OS_USER)
     assert first.returncode == 0, first.stderr
-    _wait_until(lambda: sorted(p.name for p in folder.iterdir()) == names[1:],
+    wait_for(lambda: sorted(p.name for p in folder.iterdir()) == names[1:],
                 "the background pusher's markers for the whole backlog")
 
 

@@ -68,10 +68,18 @@ class Context:
         self.journal_objects.update({k: str(v) for k, v in objects.items()})
 
     def journal(self, command: str, outcome: str) -> None:
-        """Append this command's entry; a journal that cannot be written is a warning."""
+        """Append this command's entry; a journal that cannot be written is a warning.
+
+        A command that failed because its config cannot be read has no repository to record
+        into: its own error line says so, the same words again as a warning would not help."""
         from markship import journal
         from markship.errors import ConfigError, MarkshipError
 
+        if outcome.startswith("failed"):
+            try:
+                self.config  # noqa: B018 - loads it, raising what the command already reported
+            except ConfigError:
+                return
         try:
             journal.append(self.repository(), command, outcome, user=self.user,
                            objects=self.journal_objects)
