@@ -7,6 +7,7 @@ reading, decompress, untar), write the recovery settings, optionally start and w
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shlex
@@ -367,21 +368,51 @@ def write_settings(data_dir: Path, settings: dict[str, str], comment: str) -> No
         os.fsync(handle.fileno())
 
 
-def prepare_target_dir(target_dir: Path) -> None:
-    if target_dir.exists():
-        if not target_dir.is_dir():
-            raise RestoreError(f"target {target_dir} exists and is not a directory",
-                               "choose a new or empty directory")
-        if any(target_dir.iterdir()):
-            raise RestoreError(f"target directory {target_dir} is not empty",
-                               "choose a new or empty directory; markship never overwrites data")
-    else:
+UNFINISHED = "markship-restore.unfinished"  # in a data directory markship is still building
+
+
+@contextmanager
+def claimed_target_dir(target_dir: Path) -> Iterator[None]:
+    """The target directory, new or empty, held for this restore until the block ends.
+
+    A directory left half built by a restore that was killed (its UNFINISHED file is still
+    there, no server runs in it, and no restore holds it) is emptied and built again, so the
+    same command can simply be run again; any other content is refused: markship never
+    overwrites data. The hold is an flock on the directory itself, which the kernel drops
+    when its holder dies. The UNFINISHED file goes once the settings are written.
+    """
+    if target_dir.exists() and not target_dir.is_dir():
+        raise RestoreError(f"target {target_dir} exists and is not a directory",
+                           "choose a new or empty directory")
+    if not target_dir.exists():
         try:
             target_dir.mkdir(parents=True, mode=0o700)
         except OSError as exc:
             raise RestoreError(f"cannot create target directory {target_dir}: {exc.strerror}",
                                "choose a directory the repository's OS user can write") from None
-    target_dir.chmod(0o700)
+    fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RestoreError(f"another markship restore is writing into {target_dir}",
+                               "wait for it to finish, or choose another directory") from None
+        if any(target_dir.iterdir()):
+            if not (target_dir / UNFINISHED).exists() or postmaster_status(target_dir):
+                raise RestoreError(f"target directory {target_dir} is not empty",
+                                   "choose a new or empty directory; markship never "
+                                   "overwrites data")
+            print(f"markship: note: {target_dir} was left half built by a restore that did "
+                  "not finish; it is built again", file=sys.stderr)
+            _empty(target_dir)
+        target_dir.chmod(0o700)
+        with (target_dir / UNFINISHED).open("w") as marker:
+            marker.write(f"markship is building this data directory (since {show(utcnow())})\n")
+            marker.flush()
+            os.fsync(marker.fileno())
+        yield
+    finally:
+        os.close(fd)
 
 
 def restore_server(config: Config, repo: Repository, server: str, target_dir: Path,
@@ -404,8 +435,7 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
     backup = choose_backup(repo, server, target, set_id)
     if target.kind == "latest":
         refuse_gaps(repo, server, backup)
-    prepare_target_dir(target_dir)
-    with hold(repo, backup):
+    with claimed_target_dir(target_dir), hold(repo, backup):
         extract(repo, backup, target_dir)
         if not (target_dir / "postgresql.conf").exists():
             _place_captured_config(repo, backup, target_dir)
@@ -418,6 +448,7 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
         write_settings(target_dir, settings,
                        f"markship {'standby' if standby else 'restore'} {show(utcnow())}: "
                        f"backup set {backup.set_id}, target {target.describe()}")
+        (target_dir / UNFINISHED).unlink()
         reached: tuple[str | None, str | None] = (None, None)
         if start:
             tools = pgbin.bin_dir(section.bin_dir, backup.pg_version_num)

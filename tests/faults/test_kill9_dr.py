@@ -64,9 +64,6 @@ def _fail_over(group: Group, standbys: dict[str, ScratchServer], rows: int, mark
                                "backup is being unpacked into its data directory",
                          expected="running it again builds both standbys (the half-unpacked "
                                   "directory is markship's own); they follow the marks")
-@pytest.mark.xfail(strict=True, reason="defect: a killed `standby create` leaves the standby's "
-                   "configured data_dir half unpacked, and every rerun refuses it ('target "
-                   "directory ... is not empty') until an operator deletes it by hand")
 def test_standby_create_killed_then_run_again(pg_group: GroupFactory) -> None:
     group, ledger, standbys = _dr_group(pg_group)
 
