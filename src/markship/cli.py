@@ -11,7 +11,7 @@ import click
 from markship import __version__
 from markship.clictx import Context, _size, _table, emit_json, journaled, pass_context
 from markship.config import Config
-from markship.errors import MarkshipError
+from markship.errors import MarkshipError, RepositoryError
 from markship.repository import FsRepository
 from markship.timefmt import show
 
@@ -165,7 +165,12 @@ def status(ctx: Context, as_json: bool) -> None:
     config = ctx.config
     repo = ctx.repository()
     result = group_status(config, repo)
-    newest = newest_complete(repo, config)
+    problems = [f"{s.server}: {s.repository_error}" for s in result if s.repository_error]
+    try:
+        newest = newest_complete(repo, config)
+    except RepositoryError as exc:  # a server's WAL folder cannot be read
+        newest = None
+        problems.append(f"the newest complete mark cannot be told: {exc.one_line()}")
     from markship.keys import backup_warning
 
     key_warning = backup_warning(config, repo)
@@ -174,7 +179,8 @@ def status(ctx: Context, as_json: bool) -> None:
                    "latest_complete_mark": None if newest is None else {
                        "name": newest.record.name, "created_at": newest.record.created_at,
                        "age_seconds": round(newest.age_seconds, 3)},
-                   "warnings": [key_warning] if key_warning else []})
+                   "warnings": [key_warning] if key_warning else [],
+                   "problems": problems})
     else:
         rows = []
         for s in result:
@@ -198,7 +204,9 @@ def status(ctx: Context, as_json: bool) -> None:
                        "(the group's current recovery point)")
         if key_warning:
             click.echo(f"markship: warning: {key_warning}", err=True)
-    if not all(s.reachable for s in result):
+        for problem in problems:
+            click.echo(f"✗ {problem}")
+    if problems or not all(s.reachable for s in result):
         sys.exit(1)
 
 

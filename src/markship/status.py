@@ -8,7 +8,7 @@ from datetime import datetime
 
 from markship import catalog, postgres
 from markship.config import Config, ServerSection
-from markship.errors import MarkshipError
+from markship.errors import MarkshipError, RepositoryError
 from markship.lsn import parse_segment_name
 from markship.repository import Repository
 from markship.timefmt import utcnow
@@ -29,19 +29,24 @@ class ServerStatus:
     archiver_failed_count: int | None
     last_failed_wal: str | None
     last_failed_at: datetime | None
+    repository_error: str | None = None  # this server's part of the repository is unreadable
 
     @property
     def healthy(self) -> bool:
         failing = (self.last_failed_at is not None and (
             self.last_archived_at is None or self.last_failed_at > self.last_archived_at))
-        return self.reachable and self.last_backup_set is not None and not failing
+        return (self.reachable and self.last_backup_set is not None and not failing
+                and self.repository_error is None)
 
 
 def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:
     newest: dict[str, catalog.BackupRecord] = {}
     wal: dict[str, catalog.WalIndex] = {}
     for record in catalog.list_sets(repo):
-        state = catalog.set_state(repo, record, wal)
+        try:
+            state = catalog.set_state(repo, record, wal)
+        except RepositoryError:
+            continue  # a server's WAL folder cannot be read: that server's status says so
         if state.restorable:
             newest.update(state.restorable)
     return newest
@@ -49,7 +54,11 @@ def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:
 
 def server_status(repo: Repository, server: ServerSection,
                   last_backup: catalog.BackupRecord | None) -> ServerStatus:
-    newest = catalog.WalIndex(repo, server.name).newest()
+    repository_error: str | None = None
+    try:
+        newest = catalog.WalIndex(repo, server.name).newest()
+    except RepositoryError as exc:  # the rest of the report still stands
+        newest, repository_error = None, exc.one_line()
     status = ServerStatus(
         server=server.name, reachable=False, error=None,
         last_backup_set=last_backup.set_id if last_backup else None,
@@ -57,7 +66,7 @@ def server_status(repo: Repository, server: ServerSection,
         last_archived_wal=None, last_archived_at=None,
         repository_newest_wal=newest.name() if newest else None,
         archive_lag_bytes=None, archive_lag_seconds=None, archiver_failed_count=None,
-        last_failed_wal=None, last_failed_at=None,
+        last_failed_wal=None, last_failed_at=None, repository_error=repository_error,
     )
     try:
         with postgres.connect(server.conninfo, server.name) as conn:

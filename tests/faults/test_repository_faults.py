@@ -330,10 +330,6 @@ def test_wal_folder_permission_denied(faulty: Faulty) -> None:
                          fault="wal/<server>/ root-owned, mode 000, while archiving fails",
                          expected="markship status still reports every server, this one as "
                                   "failing to archive")
-@pytest.mark.xfail(strict=True, reason="defect: `markship status` ends with the one line "
-                   "'repository not writable: …/wal/alpha (Permission denied)' instead of its "
-                   "per-server report: the archiver's failures (and every other server) are "
-                   "not shown")
 def test_status_reports_servers_when_a_wal_folder_is_unreadable(pg_group: GroupFactory) -> None:
     group = pg_group(1)
     ledger = Ledger(group)
@@ -344,6 +340,9 @@ def test_status_reports_servers_when_a_wal_folder_is_unreadable(pg_group: GroupF
     try:
         segment = _archiving_fails_cleanly(group, ledger, "Permission denied", status_too=False)
         _status_says_failing(group, segment)
+        report = group.markship("status")
+        assert report.returncode == 1 and "alpha" in report.stdout
+        assert f"✗ alpha: repository not readable: {folder}" in report.stdout, report.stdout
     finally:
         chown_to(folder, OS_USER)
         folder.chmod(0o750)
