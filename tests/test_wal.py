@@ -366,6 +366,14 @@ def test_objects_named_by_sha256_before_blake3_stay_valid(workdir: Path) -> None
 # -- wal-fetch never lets recovery end short (issue #12, defect 1) ------------------------------
 
 
+def _pushed(config: Path, wal: Path, *names: str) -> None:
+    """WAL files of these names (page headers as PostgreSQL writes them) pushed by wal-push."""
+    for name in names or (SEGMENT,):
+        path = _segment(wal, wal_content(name, os.urandom(1 << 16) * 256), name)
+        pushed = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+        assert pushed.returncode == 0, pushed.stderr
+
+
 def _fetch(config: Path, wal: Path, name: str = SEGMENT) -> tuple[int, str, bool]:
     """(exit status, stderr, DEST written) of the restore_command PostgreSQL would run."""
     dest = wal / "RECOVERYXLOG"
@@ -405,9 +413,7 @@ def test_fetch_with_a_key_that_does_not_open_the_object_stops_recovery(workdir: 
     recipient_a, recipient_b = _age_key(key_a), _age_key(key_b)
     config.write_text(plain + f'\n[encryption]\nrecipient = "{recipient_b}"\n'
                       f'identity_file = "{key_a}"\n')
-    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
-    pushed = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
-    assert pushed.returncode == 0, pushed.stderr
+    _pushed(config, wal)
     _one_fatal_line(_fetch(config, wal), SEGMENT)
 
     # The same object with the right key comes back: the failure was the key's.
@@ -426,9 +432,7 @@ def test_fetch_without_a_readable_identity_stops_recovery(workdir: Path) -> None
     recipient = _age_key(key)
     config.write_text(config.read_text() + f'\n[encryption]\nrecipient = "{recipient}"\n'
                       f'identity_file = "{key}"\n')
-    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
-    assert run_markship(config, "wal-push", "--server", "orders", str(path),
-                        user=OS_USER).returncode == 0
+    _pushed(config, wal)
     os.chown(key, 0, 0)
     _one_fatal_line(_fetch(config, wal), str(key), "not readable")
     key.unlink()
@@ -440,9 +444,7 @@ def test_fetch_without_a_readable_identity_stops_recovery(workdir: Path) -> None
                          expected="exit 126, 'not readable' (not 'not writable')")
 def test_fetch_from_an_unreadable_folder_stops_recovery(workdir: Path) -> None:
     config, wal = _setup(workdir)
-    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
-    assert run_markship(config, "wal-push", "--server", "orders", str(path),
-                        user=OS_USER).returncode == 0
+    _pushed(config, wal)
     folder = workdir / "repo" / "wal" / "orders" / SEGMENT[:16]
     os.chown(folder, 0, 0)
     folder.chmod(0)
@@ -458,9 +460,7 @@ def test_fetch_from_an_unreadable_folder_stops_recovery(workdir: Path) -> None:
 def test_fetch_from_an_absent_repository_stops_recovery(workdir: Path) -> None:
     config, wal = _setup(workdir)
     _mark_repository(workdir)
-    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
-    assert run_markship(config, "wal-push", "--server", "orders", str(path),
-                        user=OS_USER).returncode == 0
+    _pushed(config, wal)
     (workdir / "repo").rename(workdir / "repo-elsewhere")
     _one_fatal_line(_fetch(config, wal), "markship.json", "not mounted")
 
@@ -497,10 +497,7 @@ def test_object_of_another_segment_is_never_served(workdir: Path) -> None:
     config, wal = _setup(workdir)
     _mark_repository(workdir)
     four, five = "000000010000000000000004", "000000010000000000000005"
-    for name in (four, five):
-        path = _segment(wal, wal_content(name, os.urandom(1 << 16) * 256), name)
-        assert run_markship(config, "wal-push", "--server", "orders", str(path),
-                            user=OS_USER).returncode == 0
+    _pushed(config, wal, four, five)
     assert run_markship(config, "verify").returncode == 0
     folder = workdir / "repo" / "wal" / "orders" / four[:16]
     (stored_four,) = folder.glob(f"{four}-*")
@@ -521,9 +518,7 @@ def test_object_of_another_segment_is_never_served(workdir: Path) -> None:
                          expected="exit 126 with the path, no traceback")
 def test_fetch_into_an_unwritable_folder_stops_recovery(workdir: Path) -> None:
     config, wal = _setup(workdir)
-    path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))
-    assert run_markship(config, "wal-push", "--server", "orders", str(path),
-                        user=OS_USER).returncode == 0
+    _pushed(config, wal)
     os.chown(wal, 0, 0)
     wal.chmod(0o755)
     _one_fatal_line(_fetch(config, wal), str(wal))
@@ -583,10 +578,7 @@ def test_forged_mark_records_never_stop_a_standby(workdir: Path) -> None:
     config, wal = _setup(workdir)
     _mark_repository(workdir)
     four, five = "000000010000000000000004", "000000010000000000000005"
-    for name in (four, five):
-        path = _segment(wal, wal_content(name, os.urandom(1 << 16) * 256), name)
-        assert run_markship(config, "wal-push", "--server", "orders", str(path),
-                            user=OS_USER).returncode == 0
+    _pushed(config, wal, four, five)
     _plant_mark_record(workdir, "m1-good", {"points": {"orders": {"wal_file": five}}})
     _plant_mark_record(workdir, "m2-forged", {"points": {"../../x": {"wal_file": five}}})
     _plant_mark_record(workdir, "m3-forged", {"points": {"orders": {"wal_file": "../../x"}}})
