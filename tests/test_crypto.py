@@ -85,15 +85,19 @@ def test_encrypted_backup_wal_and_marks_round_trip(pg_group: GroupFactory) -> No
     missing = group.markship("marks")
     assert missing.returncode != 0 and "gone.txt not found" in missing.stderr
     assert missing.stderr.count("\n") == 1
-    # An object that is not encrypted where encryption is on is refused, not read.
+    # An object that is not encrypted where encryption is on is never read: a planted record
+    # is named and skipped (the other marks stay listed), and verify fails on it.
     group.config_path.write_text(plain_config + f'\n[encryption]\nrecipient = "{recipient}"\n'
                                  f'identity_file = "{identity}"\n')
     planted = group.repo / "marks" / f"{mark}.json"
     saved = planted.read_bytes()
     planted.write_bytes(b'{"not": "encrypted"}\n')
-    refused = group.markship("marks")
-    assert refused.returncode != 0 and "is not encrypted, but encryption is on" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    refused = group.markship("marks", "--json")
+    assert "is not encrypted, but encryption is on; it was skipped" in refused.stderr
+    assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
+    listed = [m["name"] for m in json.loads(refused.stdout)]
+    assert mark not in listed and len(listed) == 1, listed
+    assert group.markship("verify").returncode != 0
     planted.write_bytes(saved)
 
     # No [encryption] at all: the objects are recognised as encrypted.
