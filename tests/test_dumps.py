@@ -124,6 +124,12 @@ def test_restores_that_cannot_be_done_are_refused_in_one_line(pg_group: GroupFac
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert '"absent" does not exist' in missing.stderr and "create it first" in missing.stderr
 
+    # A password typed on the command line: a warning saying where it belongs instead.
+    typed = group.markship("dumps", "restore", "--dump", NAME, "--at", "2000-01-01T00:00:00Z",
+                           "--conninfo", f"{target} password=typed-in")
+    assert "warning: --conninfo carries a password" in typed.stderr
+    assert "PGPASSWORD" in typed.stderr and "typed-in" not in typed.stderr
+
     # A later --at picks the dump; the database is untouched by the refusals above.
     assert alpha.psql("SELECT count(*) FROM pg_class WHERE relname = 'visits'",
                       dbname="fresh") == "0"

@@ -94,7 +94,8 @@ def dumps_list(ctx: Context, name: str | None, as_json: bool) -> None:
                    "(2026-11-25T19:30:00Z); default: the newest.")
 @click.option("--conninfo", required=True, metavar="CONNINFO",
               help="The existing (empty) database to restore into, e.g. "
-                   "'host=… port=… dbname=analytics_restored'.")
+                   "'host=… port=… dbname=analytics_restored'. Give its password through "
+                   "PGPASSWORD or ~/.pgpass: every local user can read a command line.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 @journaled("dumps restore")
@@ -102,10 +103,15 @@ def dumps_restore(ctx: Context, name: str, at_text: str | None, conninfo: str,
                   as_json: bool) -> None:
     """Restore a dump into an existing database with pg_restore (all or nothing)."""
     from markship import names
+    from markship.conninfo import has_secret
     from markship.dumps import choose, restore_dump
     from markship.timefmt import parse_aware, show
 
     names.check(name, "dump name (--dump)")
+    if has_secret(conninfo):
+        click.echo("markship: warning: --conninfo carries a password, which every local user "
+                   "could read from this command line: use PGPASSWORD or ~/.pgpass next time",
+                   err=True)
     try:
         at = parse_aware(at_text) if at_text else None
     except ValueError as exc:
