@@ -593,3 +593,23 @@ def test_forged_mark_records_never_stop_a_standby(workdir: Path) -> None:
 
     assert standby_fetch(four) == (0, "")  # below the good mark's segment: fed
     assert standby_fetch(five) == (1, "")  # the mark's own segment: withheld, quietly
+
+
+@pytest.mark.reliability("wal-fetch: streamed partial segment",
+                         fault="the receiver's next segment laid out ahead (zero-filled), then "
+                               "one holding another segment's pages",
+                         expected="zero-filled: exit 1 quietly (nothing received yet); another "
+                                  "segment's pages: exit 126")
+def test_streamed_partial_segments_are_checked_too(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    _mark_repository(workdir)
+    stream = workdir / "repo" / "stream" / "orders"
+    stream.mkdir(parents=True)
+    partial = stream / f"{SEGMENT}.partial"
+    partial.write_bytes(bytes(16 << 20))
+    for made in (stream.parent, stream, partial):
+        chown_to(made, OS_USER)
+    assert _fetch(config, wal)[:2] == (1, "")
+
+    partial.write_bytes(wal_content("000000010000000000000006", os.urandom(1 << 16) * 256))
+    _one_fatal_line(_fetch(config, wal), "0/6000000")

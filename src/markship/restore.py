@@ -410,7 +410,12 @@ def claimed_target_dir(target_dir: Path) -> Iterator[None]:
             marker.write(f"markship is building this data directory (since {show(utcnow())})\n")
             marker.flush()
             os.fsync(marker.fileno())
-        yield
+        try:
+            yield
+        except BaseException:
+            if [p.name for p in target_dir.iterdir()] == [UNFINISHED]:
+                (target_dir / UNFINISHED).unlink()  # failed before writing anything: empty
+            raise
     finally:
         os.close(fd)
 

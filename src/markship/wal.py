@@ -498,6 +498,11 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
     except BaseException:
         _discard(temp)
         raise
+    if key.endswith(layout.STREAM_PARTIAL) and not head.data.strip(b"\0"):
+        # The agent lays the receiver's next segment out ahead, zero-filled: nothing of this
+        # segment has been received yet.
+        _discard(temp)
+        raise ObjectMissing(f"{wal_name} of server {server} is not archived")
     problem = wal_header_problem(head.data, wal_name)
     if problem is not None:
         _discard(temp)
