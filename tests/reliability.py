@@ -6,8 +6,9 @@ Mark a test with what it injects and what must hold::
                              fault="restore with only the old identity",
                              expected="exit >= 126, recovery never promotes short")
 
-`pytest --reliability-doc docs/reliability.md` writes the table (case, fault, expected, result)
-from the run's outcomes; without the option nothing is written.
+`pytest --reliability-doc=docs/reliability.md` writes the table (case, fault, expected, result)
+from the run's outcomes; without the option nothing is written. (One token, with `=`: given
+as two, an existing PATH is taken for a test path before this plugin is loaded.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ HEADER = """# Reliability: the fault table
 Each row is a test of markship's suite that injects one fault (a killed process, a full or
 read-only repository, a wrong key, hostile input, a damaged record) and checks what must hold
 afterwards. This page is written by the test run itself:
-`./dev test --reliability-doc docs/reliability.md` (results of the run on {when}).
+`./dev test --reliability-doc=docs/reliability.md` (results of the run on {when}).
 
 | # | case | fault | expected | result | test |
 |---|---|---|---|---|---|
