@@ -29,7 +29,8 @@ from markship.config import (
 )
 from markship.conninfo import without_secrets
 from markship.errors import MarkshipError
-from markship.failover import FailoverRecord, _atomic_write, _pg_ctl
+from markship.failover import FailoverRecord, _pg_ctl
+from markship.privatefile import write_private
 from markship.repository import Repository
 from markship.restore import markship_command, postmaster_status
 from markship.standby import create_standbys, standby_conninfo
@@ -125,7 +126,7 @@ def prepare(config: Config, repo: Repository, new_path: Path) -> FailbackReport:
             raise MarkshipError(f"old site directory {standby.data_dir} is not empty",
                                 "move it away (it holds the old timeline) and retry")
     # It carries the servers' conninfo, passwords included: 0600, like the client files.
-    _atomic_write(new_path, to_toml(new))
+    write_private(new_path, to_toml(new))
     report = FailbackReport(new_config=str(new_path))
     enable_archiving(config, new)
     push_histories(repo, new)

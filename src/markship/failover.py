@@ -35,6 +35,7 @@ from markship.conninfo import scrub, secrets_of
 from markship.errors import MarkshipError
 from markship.lsn import format_lsn, parse_lsn
 from markship.marks import MarkState, mark_state, newest_complete, parallel
+from markship.privatefile import write_private
 from markship.repository import Repository
 from markship.resolve import Resolution, resolve_in_doubt
 from markship.restore import (
@@ -42,6 +43,7 @@ from markship.restore import (
     postmaster_status,
     recovery_end,
     start_and_wait,
+    stop_server,
     write_settings,
 )
 from markship.standby import standby_conninfo
@@ -133,8 +135,7 @@ def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
                             "from backups")
     pg_ctl = _pg_ctl(config, standby)
     if postmaster_status(data_dir) is not None:
-        subprocess.run([pg_ctl, "-D", str(data_dir), "-m", "fast", "-w", "stop"],
-                       capture_output=True, check=False)
+        stop_server(pg_ctl, data_dir)
     write_settings(data_dir, {
         "restore_command": fetch_command(config, standby.server),
         "recovery_target_name": mark.name,
@@ -229,31 +230,6 @@ def apply_references(config: Config) -> list[str]:
     return done
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace `path` with `text`, crash-safely and privately: a temp file (mode 0600, owned by
-    the user markship runs as) written and flushed, renamed over `path`, the directory flushed.
-    A reader sees the old file or the new one, never a part; these files carry the servers'
-    conninfo, passwords included, so nobody else may read them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.markship-{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def write_client_files(config: Config) -> list[str]:
     """The new connection settings for application hosts: pg_service, env and/or JSON."""
     addresses = _addresses(config)
@@ -265,14 +241,14 @@ def write_client_files(config: Config) -> list[str]:
             params = psycopg.conninfo.conninfo_to_dict(a["conninfo"])
             body = "\n".join(f"{k}={v}" for k, v in params.items())
             sections.append(f"[{config.group.name}-{server}]\n{body}\n")
-        _atomic_write(clients.pg_service, "\n".join(sections))
+        write_private(clients.pg_service, "\n".join(sections))
         written.append(str(clients.pg_service))
     if clients.env:
         lines = [f"{k}={shlex.quote(v)}" for k, v in hook_environment(config).items()]
-        _atomic_write(clients.env, "\n".join(lines) + "\n")
+        write_private(clients.env, "\n".join(lines) + "\n")
         written.append(str(clients.env))
     if clients.json_file:
-        _atomic_write(clients.json_file, json.dumps(addresses, indent=2, sort_keys=True) + "\n")
+        write_private(clients.json_file, json.dumps(addresses, indent=2, sort_keys=True) + "\n")
         written.append(str(clients.json_file))
     return written
 

@@ -482,22 +482,21 @@ def check_recovery_end(repo: Repository, server: str, backup: BackupRecord, targ
         raise RestoreError(f"restored server {server} promoted without a timeline history file",
                            f"inspect {data_dir}; do not use it before the cause is known")
     size = backup.wal_segment_size
+    # PostgreSQL itself refuses to promote short of a time or a bare name: nothing to compare.
     expected: int | None = None
+    short = False
     if target.kind == "latest":
-        numbers = catalog.WalIndex(repo, server, size).segments.get(end.timeline, set())
-        if numbers:
-            expected = (max(numbers) + 1) * size  # the end of the newest archived segment
-        short = expected is not None and \
-            segment_holding_end(end.timeline, end.lsn, size).number < max(numbers)
+        newest = max(catalog.WalIndex(repo, server, size).segments.get(end.timeline, ()),
+                     default=None)
+        if newest is not None:
+            expected = (newest + 1) * size  # the end of the newest archived segment
+            stopped = segment_holding_end(end.timeline, end.lsn, size).number
+            short = stopped < newest
     elif target.mark is not None:
         expected = target.mark.points[server].lsn
         short = end.lsn < expected
-    else:
-        short = False  # PostgreSQL refuses to promote short of a time or a bare name
-    if short:
-        subprocess.run([pg_ctl, "-D", str(data_dir), "-m", "fast", "-w", "stop"],
-                       capture_output=True, check=False)
-        assert expected is not None
+    if short and expected is not None:
+        stop_server(pg_ctl, data_dir)
         raise RestoreError(
             f"recovery of {server} stopped at {format_lsn(end.lsn)} on timeline "
             f"{end.timeline}, but the repository holds WAL up to {format_lsn(expected)}: "
@@ -560,6 +559,13 @@ def start_and_wait(pg_ctl: str, data_dir: Path, wait_seconds: float,
                           capture_output=True, text=True, check=False)
     if not wait_until(data_dir, until, wait_seconds) or proc.returncode != 0:
         fail_start(data_dir, log, proc.stderr, wait_seconds)
+
+
+def stop_server(pg_ctl: str, data_dir: Path) -> None:
+    """Stop a restored server (fast shutdown), whatever state it is in; a server that is not
+    running is not an error."""
+    subprocess.run([pg_ctl, "-D", str(data_dir), "-m", "fast", "-w", "stop"],
+                   capture_output=True, check=False)
 
 
 DB_IN_PRODUCTION = 6  # DBState in pg_control.h, unchanged since PostgreSQL 9.0

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from markship import catalog
 from markship.catalog import SetRecord
 from markship.errors import CorruptObject, ObjectMissing
-from markship.lsn import WAL_HEADER_BYTES, Segment, wal_header_problem
+from markship.lsn import Segment, wal_header_problem
 from markship.repository import FsRepository, Repository
-from markship.wal import CHUNK, open_archived
+from markship.wal import CHUNK, Head, open_archived
 from markship.walsum import ContentHash
 
 
@@ -60,14 +60,13 @@ def check_object(repo: Repository, ref: catalog.ObjectRef, report: Report) -> bo
 def check_wal_object(repo: Repository, server: str, name: str, report: Report) -> bool:
     import zstandard
 
-    head = b""
+    head = Head()
     try:
         reader, expected = open_archived(repo, server, name)
         digest = ContentHash(expected)
         with reader:
             while chunk := reader.read(CHUNK):
-                if len(head) < WAL_HEADER_BYTES:
-                    head += chunk[:WAL_HEADER_BYTES - len(head)]
+                head.take(chunk)
                 digest.update(chunk)
                 report.bytes_checked += len(chunk)
     except (ObjectMissing, CorruptObject) as exc:
@@ -80,7 +79,7 @@ def check_wal_object(repo: Repository, server: str, name: str, report: Report) -
     if digest.result() != expected:
         report.problems.append(f"corrupt WAL object of server {server}: {name} (checksum mismatch)")
         return False
-    problem = wal_header_problem(head, name)
+    problem = wal_header_problem(head.data, name)
     if problem is not None:
         report.problems.append(f"WAL object of server {server} stored as {name} is not that "
                                f"file: {problem}")

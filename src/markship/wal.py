@@ -1,7 +1,8 @@
 """WAL archiving: `wal-push` (archive_command) and `wal-fetch` (restore_command).
 
 PostgreSQL runs these once per 16 MB segment, so this module imports only the standard library,
-zstandard and the repository; it reads the raw TOML instead of the full pydantic model.
+zstandard and the repository; the few settings it needs come from the spool's cache, and the
+full pydantic model validates the config only when the file is new or changed.
 
 Contract with PostgreSQL:
 - wal-push exits 0 only once the file is durably stored; pushing the same content again also
@@ -109,7 +110,7 @@ def load_settings(config_path: str) -> WalSettings:
         except TypeError:
             pass  # written by another markship version
     # A new or changed config file is validated by the full model, exactly as every other
-    # command validates it (pydantic costs ~0.2 s, paid once per change of the file, not per
+    # command validates it (pydantic costs ~0.15 s, paid once per change of the file, not per
     # segment): the WAL path must never act on a config the CLI would refuse.
     from markship import config
 
@@ -485,7 +486,7 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
         raise ObjectMissing(f"{wal_name} of server {server} is not archived")
     folder, name = os.path.split(dest)
     temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
-    head = _Head()
+    head = Head()
     try:
         # Streamed files are pg_receivewal's own (never encrypted: streaming is off then).
         with repo.open_stored(key) as source, open(temp, "wb") as out:
@@ -511,7 +512,7 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
     os.replace(temp, dest)
 
 
-class _Head:
+class Head:
     """The first bytes of a stream, gathered from its chunks (for the WAL page header)."""
 
     __slots__ = ("data",)
@@ -543,7 +544,7 @@ def fetch(repo: Repository, server: str, wal_name: str, dest: str) -> None:
     folder, name = os.path.split(dest)
     temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
     digest = walsum.ContentHash(expected)
-    head = _Head()
+    head = Head()
     try:
         with reader, open(temp, "wb") as out:
             while chunk := reader.read(CHUNK):
