@@ -45,7 +45,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 import markship
-from markship.scratch import ScratchServer, as_user, chown_to, free_port, pgbench_fingerprint
+from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port, pgbench_fingerprint
 
 MARKSHIP = Path("/opt/markship/venv/bin/markship")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -78,7 +78,7 @@ from backup_bench import (
     tool_version,
     wait_promoted,
 )
-from markship.scratch import ScratchServer, chown_to, pgbench_fingerprint, wait_archived
+from markship.pg.scratch import ScratchServer, chown_to, pgbench_fingerprint, wait_archived
 
 VARIANTS = ("plain", "enc")
 LABEL = {"plain": "encryption off", "enc": "encryption on (age)"}

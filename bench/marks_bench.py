@@ -3,7 +3,7 @@
 
 Everything is measured in ONE invocation on one throwaway group of PostgreSQL 15 servers whose
 archive_command is `markship wal-push`. Marks are delivered by stream (markship's pg_receivewal
-per server has flushed past the restore point, see markship.stream), the default; the old
+per server has flushed past the restore point, see markship.marks.stream), the default; the old
 delivery (pg_switch_wal() on every server after each mark) is measured in the same run for
 comparison. These machines are shared and noisy (2 cores, absolute figures move 10-30 % between
 runs): read the percentiles and the ratios, not single seconds.
@@ -74,12 +74,12 @@ from backup_bench import (
     stop_servers,
     tool_version,
 )
-from markship import config as config_mod
-from markship import stream
 from markship.client import group_transaction, setup_decisions
+from markship.config import model as config_mod
+from markship.dr.failover import stopped_at
 from markship.errors import MarkshipError
-from markship.failover import stopped_at
-from markship.marks import (
+from markship.marks import stream
+from markship.marks.take import (
     GroupConnections,
     MarkResult,
     MarkSkipped,
@@ -87,8 +87,8 @@ from markship.marks import (
     mark_states,
     take_mark,
 )
-from markship.repository import open_repository
-from markship.scratch import ScratchServer, chown_to, free_port
+from markship.pg.scratch import ScratchServer, chown_to, free_port
+from markship.repository.backends import open_repository
 
 PHASES = ("latency", "rpo", "throughput", "failover")
 GROUP = "bench"
@@ -215,10 +215,11 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
     Runs in a forked child that switches to the repository's OS user first, as the CLI does:
     mark records written by root would leave root-owned objects in the repository. The marks
     are made at the nice value the agent gives its marking thread (`[marks] nice`, see
-    markship.priority), or taking turns through `nices` (to compare, in the same window).
+    markship.marks.priority), or taking turns through `nices` (to compare, in the same window).
     """
     try:
-        from markship import osuser, priority
+        from markship import osuser
+        from markship.marks import priority
 
         config = config_mod.load(cfg)
         config = config.model_copy(
@@ -752,7 +753,7 @@ class Bench:
                 floors["version"].append(run_timed([str(MARKSHIP), "--version"]).seconds)
             elif i % 3 == 1:
                 floors["imports"].append(run_timed(
-                    [str(PYTHON), "-c", "import markship.cli, markship.marks"]).seconds)
+                    [str(PYTHON), "-c", "import markship.cli.main, markship.marks.take"]).seconds)
             i += 1
             tick += 1.0
             time.sleep(max(0.0, tick - time.monotonic()))
@@ -839,7 +840,7 @@ class Bench:
             f"{fmt_dist(b_hold, digits=1)}; delivery {fmt_dist(b_delivery, digits=1)}; by "
             f"stream on every server {streamed_b} of {len(cli_ok)}")
         say(f"    floor: `markship --version` {fmt_dist(floor_v)}; `python -c 'import "
-            f"markship.cli, markship.marks'` {fmt_dist(floor_i)}")
+            f"markship.cli.main, markship.marks.take'` {fmt_dist(floor_i)}")
         say(f"(c) in-process, switch total {fmt_dist(c_total, digits=1)}")
         say(f"    barrier_hold_ms    {fmt_dist(c_hold, digits=1)}")
         say(f"    delivery_ms        {fmt_dist(c_delivery, digits=1)} (pg_switch_wal())")
@@ -958,7 +959,7 @@ class Bench:
         say(f"== 2. RPO under load: the agent (`markship run`, delivery stream: it runs the WAL "
             f"receivers) at [marks] interval = {RPO_INTERVAL:g} s, pgbench on every server, age "
             f"of the newest complete mark sampled every 1 s for {seconds} s, from its first "
-            f"mark delivered by stream (library: markship.marks.mark_states)")
+            f"mark delivered by stream (library: markship.marks.take.mark_states)")
         self.settle()
         procs = self.start_pgbench(seconds + 40)
         time.sleep(2)
@@ -1012,7 +1013,7 @@ class Bench:
                             "incomplete": sum(1 for s in states if not s.complete),
                             "call_ms": round(call_ms, 1)})
         # `markship mark` while the agent runs, same load: the agent makes the mark and the
-        # command only asks it (markship.agentsock).
+        # command only asks it (markship.agent.control).
         via_agent: list[dict[str, Any]] = []
         for _ in range(5):
             asked = run_timed(self.ms("mark", "--json"))
@@ -1236,11 +1237,11 @@ class Bench:
     # -- 4. failover -----------------------------------------------------------------------------
 
     def standby_status(self) -> tuple[list[dict[str, Any]], float]:
-        """markship.standby.standby_status through the library (the CLI's process start under
+        """markship.dr.standby.standby_status through the library (the CLI's process start under
         this load exceeds the 1 s sampling period; it is timed separately)."""
         from dataclasses import asdict
 
-        from markship.standby import standby_status
+        from markship.dr.standby import standby_status
 
         config = self.load_config()
         started = time.perf_counter()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from markship import agentsock
-from markship.scratch import ScratchServer, as_user, chown_to, free_port
+from markship.agent import control
+from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
 
 pytest_plugins = ["reliability"]
 
@@ -50,7 +50,7 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(spool, ignore_errors=True)
     # an agent socket left by a test that killed its agent (the group config's name)
     for uid in {os.getuid(), pwd.getpwnam(OS_USER).pw_uid}:
-        Path(agentsock.socket_path(str(path / "markship.toml"), uid)).unlink(missing_ok=True)
+        Path(control.socket_path(str(path / "markship.toml"), uid)).unlink(missing_ok=True)
 
 
 def run_markship(config: Path | None, *args: str, user: str | None = None,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import MARKSHIP, Group
-from markship.scratch import ScratchServer
+from markship.pg.scratch import ScratchServer
 
 TEMP_PREFIX = ".tmp~"  # markship.repository.fs: partly written objects
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from conftest import MARKSHIP, GroupFactory
-from markship.scratch import pgbench_fingerprint, wait_archived
+from markship.pg.scratch import pgbench_fingerprint, wait_archived
 from support import load_pgbench
 
 

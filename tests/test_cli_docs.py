@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from conftest import run_markship
-from markship.cli import cli
+from markship.cli.main import cli
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

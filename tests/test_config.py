@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_markship
-from markship import config as config_mod
+from markship.config import model as config_mod
 from markship.errors import ConfigError
 
 GOOD = """

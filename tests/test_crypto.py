@@ -12,7 +12,7 @@ from pathlib import Path
 import blake3
 
 from conftest import MARKSHIP, OS_USER, GroupFactory, run_markship
-from markship.scratch import chown_to
+from markship.pg.scratch import chown_to
 
 
 def _create_key(workdir: Path, name: str, config: Path | None = None) -> tuple[Path, str]:

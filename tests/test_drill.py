@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory
-from markship.drill import scratch_postmasters
-from markship.drillchecks import CheckFileError, parse_checks
-from markship.scratch import chown_to
+from markship.dr.drill import scratch_postmasters
+from markship.dr.drillchecks import CheckFileError, parse_checks
+from markship.pg.scratch import chown_to
 from test_marks import ACCOUNTS, START_BALANCE, _prepare, _setup_accounts, _transfer
 
 TOTAL = 2 * ACCOUNTS * START_BALANCE

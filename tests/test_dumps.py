@@ -12,17 +12,14 @@ from pathlib import Path
 import pytest
 
 from conftest import OS_USER, Group, GroupFactory, run_markship
-from markship import catalog, config
-from markship.catalog import ObjectRef
-from markship.dumps import (
-    DumpRecord,
-    dump_due,
-    parse_schedule,
-    record_key,
-)
+from markship.backup.dumps import DumpRecord, dump_due, record_key
+from markship.config import model
+from markship.config.schedule import parse_schedule
 from markship.errors import ConfigError, MarkshipError
-from markship.repository import FsRepository
-from markship.scratch import chown_to
+from markship.pg.scratch import chown_to
+from markship.repository import catalog
+from markship.repository.catalog import ObjectRef
+from markship.repository.fs import FsRepository
 
 NAME = "alpha-analytics"
 FINGERPRINT = """
@@ -288,7 +285,7 @@ def _record(created_at: datetime) -> DumpRecord:
 
 
 def test_a_daily_berlin_dump_falls_due_at_three_local_time(tmp_path: Path) -> None:
-    group = config.parse({
+    group = model.parse({
         "group": {"name": "shop"},
         "repository": {"path": str(tmp_path)},
         "server": [{"name": "reports", "conninfo": "host=127.0.0.1"}],

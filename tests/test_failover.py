@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory, run_markship
+from markship.backup.restore import stopped_at
 from markship.client import setup_decisions
-from markship.failover import stopped_at
-from markship.scratch import ScratchServer, create_ledger, transfer_workload
+from markship.pg.scratch import ScratchServer, create_ledger, transfer_workload
 
 ACCOUNTS = 10
 START = 1000

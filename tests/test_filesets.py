@@ -18,12 +18,13 @@ import pytest
 import zstandard
 
 from conftest import OS_USER, run_markship, write_config
-from markship import catalog, filesets
-from markship.catalog import MarkPoint, MarkRecord, ObjectRef
-from markship.config import load
-from markship.repository import FsRepository
-from markship.safetar import link_escapes, member_parts, relative_target
-from markship.scratch import chown_to
+from markship.backup import filesets
+from markship.backup.safetar import link_escapes, member_parts, relative_target
+from markship.config.model import load
+from markship.pg.scratch import chown_to
+from markship.repository import catalog
+from markship.repository.catalog import MarkPoint, MarkRecord, ObjectRef
+from markship.repository.fs import FsRepository
 from markship.timefmt import utcnow
 
 WAL_FILE = "000000010000000000000001"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import OS_USER, GroupFactory, run_markship, write_config
-from markship.scratch import chown_to
+from markship.pg.scratch import chown_to
 
 
 @pytest.mark.reliability("second backup job while one runs",
@@ -21,7 +21,7 @@ from markship.scratch import chown_to
 def test_second_backup_job_is_refused(pg_group: GroupFactory) -> None:
     import socket
 
-    from markship.repository import FsRepository
+    from markship.repository.fs import FsRepository
 
     group = pg_group(1)
     group.ok("backup")

@@ -76,8 +76,8 @@ def test_a_journal_begun_with_content_links_continues_and_still_names_tampering(
     new entries (linked by the hash of the stored bytes) chain after them."""
     from datetime import UTC, datetime
 
-    from markship import catalog, journal
-    from markship.repository import open_repository
+    from markship.repository import catalog, journal
+    from markship.repository.backends import open_repository
 
     repo = open_repository(tmp_path / "repo")
     previous = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from markship.lsn import Segment
+from markship.pg.lsn import Segment
 from markship.repository import layout
 
 

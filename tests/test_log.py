@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from markship.log import EventLog
+from markship.agent.log import EventLog
 
 
 @pytest.mark.reliability("agent log, hostile value",

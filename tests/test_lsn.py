@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from markship.lsn import (
+from markship.pg.lsn import (
     Segment,
     format_lsn,
     parse_history,

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory
 from markship.client import barrier_key, commit_decided, group_transaction, setup_decisions
-from markship.drill import free_port_range
-from markship.scratch import ScratchServer, chown_to, create_ledger
+from markship.dr.drill import free_port_range
+from markship.pg.scratch import ScratchServer, chown_to, create_ledger
 
 ACCOUNTS = 10
 START_BALANCE = 1000
@@ -299,7 +299,7 @@ def test_fan_out_names_failing_and_silent_servers(pg_group: GroupFactory) -> Non
     """One round on several servers from one thread: answers per server, an error or a
     server that does not answer in time is named, and its connection is dropped."""
     from markship.errors import ServerError
-    from markship.fanout import fan_out
+    from markship.pg.fanout import fan_out
 
     group = pg_group(2)
     a, b = (psycopg.connect(s.conninfo(), autocommit=True) for s in group.servers)

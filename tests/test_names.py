@@ -20,10 +20,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory, run_markship, write_config
-from markship import agentsock, config, journal, names
-from markship.clictx import Context, journaled
+from markship import names
+from markship.agent import control
+from markship.cli.context import Context, journaled
+from markship.config import model
 from markship.errors import ConfigError
-from markship.repository import FsRepository
+from markship.repository import journal
+from markship.repository.fs import FsRepository
 
 HOSTILE = ["../x", "", "n" * 200, "line\nbreak", "märk", "a/b", ".", "..", "-x", "a b",
            "x'; DROP TABLE t; --"]
@@ -62,12 +65,12 @@ def test_config_refuses_names_that_cannot_name_objects() -> None:
     base = {"group": {"name": "shop"}, "repository": {"path": "/srv/repo"},
             "server": [{"name": "alpha", "conninfo": "host=x"}]}
     with pytest.raises(ConfigError, match="cannot name repository objects"):
-        config.parse({**base, "dump": [{"server": "alpha", "database": "sales\n"}]})
+        model.parse({**base, "dump": [{"server": "alpha", "database": "sales\n"}]})
     for bad in ("../x", "a/b", "alpha\n", "-x"):
         with pytest.raises(ConfigError):
-            config.parse({**base, "server": [{"name": bad, "conninfo": "host=x"}]})
+            model.parse({**base, "server": [{"name": bad, "conninfo": "host=x"}]})
         with pytest.raises(ConfigError):
-            config.parse({**base, "fileset": [{"name": bad, "paths": ["/etc/x"]}]})
+            model.parse({**base, "fileset": [{"name": bad, "paths": ["/etc/x"]}]})
 
 
 # -- the journal records every failure ------------------------------------------------------------
@@ -128,7 +131,7 @@ def test_hostile_names_on_the_command_line_are_refused(workdir: Path) -> None:
     proc = run_markship(cfg, "files", "capture")
     assert proc.returncode == 0, proc.stderr
     target = workdir / "restored"
-    no_agent = {agentsock.NO_AGENT_ENV: "1"}
+    no_agent = {control.NO_AGENT_ENV: "1"}
     journaled_cases = [
         ("mark", "--name", "../x"),
         ("mark", "--name", "line\nbreak"),
@@ -272,9 +275,9 @@ def _raw_request(group: Group, line: bytes) -> bytes:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.settimeout(60)
-        conn.connect(agentsock.socket_path(str(group.config_path), uid))
+        conn.connect(control.socket_path(str(group.config_path), uid))
         conn.sendall(line + b"\n")
-        return agentsock.read_line(conn)
+        return control.read_line(conn)
     finally:
         conn.close()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from conftest import OS_USER, GroupFactory
-from markship.scratch import ScratchServer
-from markship.standby import parity_problems
+from markship.dr.standby import parity_problems
+from markship.pg.scratch import ScratchServer
 
 PROD = {"server_version_num": "150018", "max_connections": "200",
         "max_prepared_transactions": "10", "data_bytes": str(800 << 20)}

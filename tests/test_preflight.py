@@ -14,9 +14,9 @@ from pathlib import Path
 
 from conftest import OS_USER, PG_BIN, Group, GroupFactory, run_markship, write_config
 from markship.client import SETUP_SQL
-from markship.preflight import archive_command_problem
-from markship.scratch import ScratchServer, as_user, chown_to, free_port
-from markship.stream import APPLICATION_NAME as RECEIVER_NAME
+from markship.dr.preflight import archive_command_problem
+from markship.marks.stream import APPLICATION_NAME as RECEIVER_NAME
+from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
 
 
 def _use_role(group: Group, role: str) -> None:

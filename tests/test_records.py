@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import GroupFactory
-from markship import retention
-from markship.catalog import BackupRecord, ObjectRef, SetRecord, SetState
-from markship.scratch import wait_archived
+from markship.backup import retention
+from markship.pg.scratch import wait_archived
+from markship.repository.catalog import BackupRecord, ObjectRef, SetRecord, SetState
 
 NOW = datetime(2026, 11, 25, 19, 0, tzinfo=UTC)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory, run_markship
-from markship.restore import in_production, postmaster_status
-from markship.scratch import ScratchServer, chown_to, wait_archived
+from markship.backup.restore import in_production, postmaster_status
+from markship.pg.scratch import ScratchServer, chown_to, wait_archived
 
 
 def _key(workdir: Path, name: str) -> tuple[Path, str]:

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conftest import OS_USER, GroupFactory
-from markship import catalog
-from markship.repository import open_repository
-from markship.scratch import chown_to, pgbench_fingerprint, wait_archived
+from markship.pg.scratch import chown_to, pgbench_fingerprint, wait_archived
+from markship.repository import catalog
+from markship.repository.backends import open_repository
 
 
 def _du(path: os.PathLike[str]) -> int:

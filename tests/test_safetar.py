@@ -1,4 +1,4 @@
-"""Unpacking hostile tar archives with markship.safetar, as `markship files restore` does.
+"""Unpacking hostile tar archives with markship.backup.safetar, as `markship files restore` does.
 
 The archives are built here member by member, among them the shapes of the published
 bypasses of Python's own tar extraction filter (CVE-2024-12718, CVE-2025-4138, CVE-2025-4330,
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from conftest import OS_USER, run_markship
-from markship import safetar
-from markship.scratch import chown_to
+from markship.backup import safetar
+from markship.pg.scratch import chown_to
 from test_filesets import _ok, _plant, _refused, _setup
 
 Member = tuple[tarfile.TarInfo, bytes]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from markship.schedule import next_run
+from markship.config.schedule import next_run
 
 
 def utc(text: str) -> datetime:

@@ -30,8 +30,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from conftest import MARKSHIP, OS_USER, PG_BIN, Group, GroupFactory, run_markship
-from markship.journal import redact
-from markship.scratch import chown_to, free_port
+from markship.pg.scratch import chown_to, free_port
+from markship.repository.journal import redact
 
 ROLE = "app_admin"
 # Distinctive fragments: any of them in a ps line, a file or an output is a leak.
@@ -329,7 +329,7 @@ def test_the_journal_names_the_real_user(pg_group: GroupFactory) -> None:
 
 
 def test_programs_get_their_secrets_in_the_environment() -> None:
-    from markship.conninfo import ProgramConninfo
+    from markship.pg.conninfo import ProgramConninfo
 
     with ProgramConninfo("host=db.example port=5433 user=app password=s3cret dbname=x") as one:
         assert "s3cret" not in one.argv and "dbname=x" in one.argv and "port=5433" in one.argv
@@ -347,8 +347,8 @@ def test_programs_get_their_secrets_in_the_environment() -> None:
 
 
 def test_an_unusable_sslpassword_is_refused_not_shown() -> None:
-    from markship.conninfo import ProgramConninfo
     from markship.errors import ConfigError
+    from markship.pg.conninfo import ProgramConninfo
 
     with pytest.raises(ConfigError, match="service= and sslpassword=") as one:
         ProgramConninfo("service=prod sslpassword=k3y")
@@ -391,7 +391,7 @@ _SECRET = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=6, 
 @given(_SECRET, _SECRET, st.sampled_from(["keyword", "uri", "uri-query"]))
 def test_a_generated_password_never_survives_redaction(password: str, passphrase: str,
                                                        form: str) -> None:
-    from markship.conninfo import REDACTED
+    from markship.pg.conninfo import REDACTED
 
     def config(secret: str, key: str) -> str:
         if form == "keyword":
@@ -421,7 +421,7 @@ def test_a_generated_password_never_survives_redaction(password: str, passphrase
 def test_known_secrets_are_scrubbed_from_server_messages() -> None:
     """PostgreSQL quotes a fragment of a failed statement ('syntax error at or near "…"'):
     no pattern recognises that fragment as a password, the known values do."""
-    from markship.conninfo import scrub, secrets_of
+    from markship.pg.conninfo import scrub, secrets_of
 
     known = secrets_of("host=h password='Secr3t pw' sslpassword=k3y",
                        "postgresql://u:An0ther@h/db", "not a conninfo ='")
@@ -433,10 +433,10 @@ def test_known_secrets_are_scrubbed_from_server_messages() -> None:
 
 def test_a_malformed_conninfo_is_refused_without_quoting_it() -> None:
     """libpq's own message quotes the fragment it choked on: here, the password."""
-    from markship import postgres
     from markship.errors import ConfigError
+    from markship.pg import sql
 
     with pytest.raises(ConfigError) as refused:
-        postgres.connect("host=127.0.0.1 port=1 password s3cret", "alpha", timeout=1)
+        sql.connect("host=127.0.0.1 port=1 password s3cret", "alpha", timeout=1)
     assert "s3cret" not in refused.value.one_line()
     assert "server alpha" in refused.value.one_line()

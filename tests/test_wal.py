@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MARKSHIP, OS_USER, run_markship, write_config
-from markship.scratch import chown_to
+from markship.pg.scratch import chown_to
 from support import wait_for
 
 SEGMENT = "000000010000000000000007"
@@ -30,7 +30,7 @@ def wal_content(name: str, body: bytes, timeline: int | None = None,
                 page_address: int | None = None) -> bytes:
     """`body` with the long page header PostgreSQL starts a segment `name` with (16 MB
     segments): wal-fetch and verify check it against the name."""
-    from markship.lsn import parse_segment_name
+    from markship.pg.lsn import parse_segment_name
 
     segment = parse_segment_name(name[:24])
     header = ((0xD110).to_bytes(2, "little") + (0x0002).to_bytes(2, "little")
@@ -83,8 +83,8 @@ def _mark_repository(workdir: Path) -> None:
     """The marker object every repository gets at its first backup."""
     from datetime import UTC, datetime
 
-    from markship import catalog
-    from markship.repository import FsRepository
+    from markship.repository import catalog
+    from markship.repository.fs import FsRepository
 
     catalog.ensure_marker(FsRepository(workdir / "repo"), "testgroup", datetime.now(UTC))
     for path in [workdir / "repo", *(workdir / "repo").rglob("*")]:
@@ -139,7 +139,7 @@ def _backlog(workdir: Path, count: int) -> tuple[Path, Path, list[str], dict[str
     the spool folder the postgres user's wal-push uses for this config."""
     import pwd
 
-    from markship import spool
+    from markship.wal import spool
 
     config, wal = _setup(workdir)
     status = wal / "archive_status"
@@ -229,7 +229,9 @@ def test_pusher_keeps_claiming_until_the_backlog_is_gone(workdir: Path) -> None:
 def test_backlog_without_a_usable_spool_is_pushed_one_by_one(workdir: Path) -> None:
     """When the spool cannot hold claims (here its folder is a file), wal-push claims nothing
     and forks nothing: it pushes its own file and the archiver's calls push the rest."""
-    from markship import spool, wal
+    from markship.wal import spool
+    from markship.wal.ahead import push_ahead_in_background
+    from markship.wal.settings import load_settings
 
     config, wal_dir, names, _contents, _folder = _backlog(workdir, 3)
     blocker = Path(spool.spool_dir(str(config), "orders"))  # as this (root) process sees it
@@ -237,11 +239,11 @@ def test_backlog_without_a_usable_spool_is_pushed_one_by_one(workdir: Path) -> N
     blocker.parent.parent.chmod(0o700)  # a spool markship trusts: claims would be taken
     blocker.write_text("not a folder")
     try:
-        settings = wal.load_settings(str(config))
+        settings = load_settings(str(config))
         repo = settings.open_repository()
         before = set(os.listdir("/proc"))
-        wal.push_ahead_in_background(repo, "orders", str(wal_dir / names[0]), settings,
-                                     spool_for=str(config))
+        push_ahead_in_background(repo, "orders", str(wal_dir / names[0]), settings,
+                                 spool_for=str(config))
         assert not list((workdir / "repo").rglob("0000000100*-*")), "nothing pushed ahead"
         children = [pid for pid in set(os.listdir("/proc")) - before if pid.isdigit()
                     and Path(f"/proc/{pid}/stat").exists()
@@ -266,7 +268,7 @@ def test_call_for_a_claimed_file_waits_for_its_pusher(workdir: Path) -> None:
     import shutil
     import subprocess
 
-    from markship.scratch import as_user
+    from markship.pg.scratch import as_user
 
     config, wal, names, contents, folder = _backlog(workdir, 2)
     folder.mkdir(parents=True, mode=0o700)
@@ -311,7 +313,9 @@ def test_wal_path_stays_lean_and_its_zstd_is_standard(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom markship import _zstd, wal, spool\nz = _zstd.load()\n"
+    code = ("import sys\nfrom markship import _entry\n"
+            "from markship.wal import _zstd, command, spool\n"
+            "z = _zstd.load()\n"
             "data = bytes(range(256)) * 4096\n"
             "sys.stdout.buffer.write(z.ZstdCompressor(level=1, write_checksum=True)"
             ".compress(data))\n"
@@ -532,7 +536,7 @@ def test_new_folders_are_flushed_into_their_parents(workdir: Path) -> None:
     import re
     import subprocess
 
-    from markship.scratch import as_user
+    from markship.pg.scratch import as_user
 
     config, wal = _setup(workdir)
     path = _segment(wal, wal_content(SEGMENT, os.urandom(1 << 16) * 256))

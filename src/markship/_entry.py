@@ -31,7 +31,7 @@ def _pushed_ahead(args: list[str], config: str | None) -> bool:
     """The fast path of archive_command: this file was already pushed by an earlier call."""
     import os
 
-    from markship import spool
+    from markship.wal import spool
 
     if len(args) != 3 or args[0] != "--server":
         return False
@@ -55,15 +55,15 @@ def main() -> None:
     if rest and rest[0] == "wal-push" and _pushed_ahead(rest[1:], config):
         _exit_now(0)
     if rest and rest[0] == "mark":
-        from markship import agentsock
+        from markship.agent import control
 
-        code = agentsock.mark_via_agent(rest[1:], config)
+        code = control.mark_via_agent(rest[1:], config)
         if code is not None:  # the running agent made (or refused) the mark
             _exit_now(code)
     if rest and rest[0] in _LEAN:
-        from markship import wal
+        from markship.wal import command
 
-        _exit_now(wal.main(rest[0], rest[1:], config))
-    from markship.cli import run
+        _exit_now(command.main(rest[0], rest[1:], config))
+    from markship.cli.main import run
 
     run()

@@ -14,8 +14,8 @@ import click
 import pytest
 
 from conftest import MARKSHIP, OS_USER
-from markship.cli import cli
-from markship.scratch import as_user, chown_to
+from markship.cli.main import cli
+from markship.pg.scratch import as_user, chown_to
 
 GOOD = """[group]
 name = "testgroup"

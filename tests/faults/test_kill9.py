@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from conftest import OS_USER, Group, GroupFactory, run_markship
+from markship.backup.restore import UNFINISHED
 from markship.client import barrier_key
-from markship.drill import free_port_range
-from markship.restore import UNFINISHED
-from markship.scratch import ScratchServer, chown_to
+from markship.dr.drill import free_port_range
+from markship.pg.scratch import ScratchServer, chown_to
 from support import (
     Ledger,
     alive,

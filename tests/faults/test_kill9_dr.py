@@ -12,8 +12,8 @@ import signal
 import pytest
 
 from conftest import Group, GroupFactory
-from markship.failover import stopped_at
-from markship.scratch import ScratchServer
+from markship.backup.restore import stopped_at
+from markship.pg.scratch import ScratchServer
 from support import (
     Ledger,
     add_dr_site,

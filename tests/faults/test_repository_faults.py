@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory
-from markship.scratch import chown_to
+from markship.pg.scratch import chown_to
 from support import (
     Ledger,
     archiver,

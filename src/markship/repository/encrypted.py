@@ -1,4 +1,4 @@
-"""A file-system repository whose every object is an age file (see markship.crypto).
+"""A file-system repository whose every object is an age file (see markship.repository.crypto).
 
 Two keys open it:
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 
-from markship import crypto
 from markship.errors import ConflictError, CorruptObject, KeyProblem
+from markship.repository import crypto
 from markship.repository.fs import FsRepository, Staged
 
 # wal-fetch opens this backend once per WAL file recovery asks for: no pathlib or typing

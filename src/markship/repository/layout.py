@@ -12,15 +12,15 @@ wal/<server>/history/<timeline>.history-b3.<blake3>.zst
 locks/<name>.lock
 ```
 The digest in a WAL object's name is the BLAKE3 of the uncompressed file (objects archived
-before carry a bare sha256 instead; see markship.walsum), so a second push of the same file can
+before carry a bare sha256 instead; see repository.walsum), so a second push of the same file can
 be recognised without reading the stored copy, and a different file under a name already
 archived is detected.
 """
 
 from __future__ import annotations
 
-from markship.lsn import wal_file_kind
-from markship.walsum import is_digest
+from markship.pg.lsn import wal_file_kind
+from markship.repository.walsum import is_digest
 
 MARKER_KEY = "markship.json"
 WAL_SUFFIX = ".zst"
@@ -63,7 +63,7 @@ def wal_dir(server: str, wal_name: str) -> str:
 
 
 def wal_key(server: str, wal_name: str, digest: str) -> str:
-    """`digest`: the content's, as markship.walsum writes it (BLAKE3, or sha256 before)."""
+    """`digest`: the content's, as repository.walsum writes it (BLAKE3, or sha256 before)."""
     return f"{wal_dir(server, wal_name)}{wal_name}-{digest}{WAL_SUFFIX}"
 
 
@@ -84,7 +84,7 @@ def split_wal_key(key: str) -> tuple[str, str] | None:
 
 
 def stream_prefix(server: str) -> str:
-    """Where the agent's pg_receivewal writes this server's WAL (see markship.stream)."""
+    """Where the agent's pg_receivewal writes this server's WAL (see markship.marks.stream)."""
     return f"stream/{server}/"
 
 

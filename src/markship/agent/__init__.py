@@ -1,0 +1,1 @@
+"""The agent (`markship run`), its control socket and its event log."""

@@ -1,0 +1,1 @@
+"""Base backups, restores, verification, status, retention, file sets and dumps."""

@@ -1,0 +1,95 @@
+"""Per-server state of the group: last backup, archive position, lag, archiver failures."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from markship.config.model import Config, ServerSection
+from markship.errors import MarkshipError, RepositoryError
+from markship.pg import sql
+from markship.pg.lsn import parse_segment_name
+from markship.repository import catalog
+from markship.repository.base import Repository
+from markship.timefmt import utcnow
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    server: str
+    reachable: bool
+    error: str | None
+    last_backup_set: str | None
+    last_backup_at: datetime | None
+    last_archived_wal: str | None
+    last_archived_at: datetime | None
+    repository_newest_wal: str | None
+    archive_lag_bytes: int | None
+    archive_lag_seconds: float | None
+    archiver_failed_count: int | None
+    last_failed_wal: str | None
+    last_failed_at: datetime | None
+    repository_error: str | None = None  # this server's part of the repository is unreadable
+
+    @property
+    def healthy(self) -> bool:
+        failing = (self.last_failed_at is not None and (
+            self.last_archived_at is None or self.last_failed_at > self.last_archived_at))
+        return (self.reachable and self.last_backup_set is not None and not failing
+                and self.repository_error is None)
+
+
+def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:
+    newest: dict[str, catalog.BackupRecord] = {}
+    wal: dict[str, catalog.WalIndex] = {}
+    for record in catalog.list_sets(repo):
+        try:
+            state = catalog.set_state(repo, record, wal)
+        except RepositoryError:
+            continue  # a server's WAL folder cannot be read: that server's status says so
+        if state.restorable:
+            newest.update(state.restorable)
+    return newest
+
+
+def server_status(repo: Repository, server: ServerSection,
+                  last_backup: catalog.BackupRecord | None) -> ServerStatus:
+    repository_error: str | None = None
+    try:
+        newest = catalog.WalIndex(repo, server.name).newest()
+    except RepositoryError as exc:  # the rest of the report still stands
+        newest, repository_error = None, exc.one_line()
+    status = ServerStatus(
+        server=server.name, reachable=False, error=None,
+        last_backup_set=last_backup.set_id if last_backup else None,
+        last_backup_at=last_backup.consistent_at if last_backup else None,
+        last_archived_wal=None, last_archived_at=None,
+        repository_newest_wal=newest.name() if newest else None,
+        archive_lag_bytes=None, archive_lag_seconds=None, archiver_failed_count=None,
+        last_failed_wal=None, last_failed_at=None, repository_error=repository_error,
+    )
+    try:
+        with sql.connect(server.conninfo, server.name) as conn:
+            stats = sql.archiver_stats(conn)
+    except MarkshipError as exc:
+        return replace(status, error=exc.message)
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    if newest is not None and newest.timeline == stats.timeline:
+        lag_bytes = max(stats.current_lsn - newest.next().start_lsn(), 0)
+        # Lag in seconds counts only when a finished segment is waiting to be archived.
+        behind = parse_segment_name(stats.current_wal_file).number - newest.number > 1
+        if stats.last_archived_time is not None:
+            lag_seconds = (utcnow() - stats.last_archived_time).total_seconds() if behind else 0.0
+    return replace(status, reachable=True, last_archived_wal=stats.last_archived_wal,
+                   last_archived_at=stats.last_archived_time, archive_lag_bytes=lag_bytes,
+                   archive_lag_seconds=lag_seconds, archiver_failed_count=stats.failed_count,
+                   last_failed_wal=stats.last_failed_wal, last_failed_at=stats.last_failed_time)
+
+
+def group_status(config: Config, repo: Repository) -> list[ServerStatus]:
+    """Status of every server, queried in parallel; unreachable servers are reported, not fatal."""
+    last = _last_backups(repo)
+    with ThreadPoolExecutor(max_workers=len(config.servers)) as pool:
+        return list(pool.map(lambda s: server_status(repo, s, last.get(s.name)), config.servers))

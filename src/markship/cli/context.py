@@ -1,0 +1,150 @@
+"""What every CLI command module shares: the lazily loaded config and repository, JSON output
+and tables. (Command modules: cli.py, files_cli.py, dumps_cli.py.)"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from markship import osuser
+from markship.config import model as config_mod
+from markship.config.model import Config
+from markship.repository.backends import open_repository
+from markship.repository.fs import FsRepository
+from markship.timefmt import show
+
+
+def _default(value: object) -> object:
+    if isinstance(value, datetime):
+        return show(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def emit_json(data: object) -> None:
+    click.echo(json.dumps(data, default=_default, indent=2, sort_keys=True))
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+class Context:
+    def __init__(self, config_path: str | None) -> None:
+        from markship.repository.journal import invoking_user
+
+        self.config_path = config_path
+        self._config: Config | None = None
+        self.user = invoking_user()  # before markship switches to the repository's OS user
+        self.journal_objects: dict[str, str] = {}
+
+    def note(self, **objects: object) -> None:
+        """Object ids for this command's journal entry (set=…, mark=…)."""
+        self.journal_objects.update({k: str(v) for k, v in objects.items()})
+
+    def journal(self, command: str, outcome: str) -> None:
+        """Append this command's entry; a journal that cannot be written is a warning.
+
+        A command that failed because its config cannot be read has no repository to record
+        into: its own error line says so, the same words again as a warning would not help."""
+        from markship.errors import ConfigError, MarkshipError
+        from markship.repository import journal
+
+        if outcome.startswith("failed"):
+            try:
+                self.config  # noqa: B018 - loads it, raising what the command already reported
+            except ConfigError:
+                return
+        try:
+            journal.append(self.repository(), command, outcome, user=self.user,
+                           objects=self.journal_objects)
+        except ConfigError:
+            return  # no repository to write to; the command's own error says why
+        except MarkshipError as exc:
+            click.echo(f"markship: warning: not recorded in the journal: {exc.one_line()}",
+                       err=True)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = config_mod.load(self.config_path)
+        return self._config
+
+    def repository(self) -> FsRepository:
+        """Load the config, become the repository's OS user, open the repository."""
+        osuser.switch_to(self.config.repository.os_user)
+        return self.reading_repository()
+
+    def reading_repository(self) -> FsRepository:
+        """The repository, opened as the user markship runs as: for commands that only read
+        it (so no object gets another owner) and still need root afterwards (e.g. to give
+        restored files their owners back)."""
+        encryption = self.config.encryption
+        if encryption is None:
+            return open_repository(self.config.repository.path)
+        return open_repository(self.config.repository.path, [encryption.recipient],
+                               encryption.identity_file, encryption.catalog_key_file)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def journaled(name: str) -> Callable[[_F], _F]:
+    """Record the command in the journal with its outcome (the function takes Context first).
+
+    Put it below @pass_context. A failure is recorded and then raised as before: a
+    MarkshipError with its message, anything else (a defect of markship) with its type, so
+    that no change goes unrecorded however the command ended."""
+    from markship.errors import MarkshipError
+
+    def wrap(func: _F) -> _F:
+        @functools.wraps(func)
+        def inner(ctx: Context, *args: Any, **kwargs: Any) -> Any:
+            try:
+                result = func(ctx, *args, **kwargs)
+            except MarkshipError as exc:
+                ctx.journal(name, f"failed: {exc.message}")
+                raise
+            except SystemExit as exc:
+                ctx.journal(name, "ok" if not exc.code else f"failed: exit status {exc.code}")
+                raise
+            except click.ClickException as exc:
+                ctx.journal(name, f"failed: {exc.format_message()}")
+                raise
+            except Exception as exc:
+                ctx.journal(name, f"failed: unexpected {type(exc).__name__}: {exc}"[:500])
+                raise
+            ctx.journal(name, "ok")
+            return result
+
+        return inner  # type: ignore[return-value]
+
+    return wrap

@@ -1,0 +1,1 @@
+"""The group configuration: the validated model, the file, the schedules."""

@@ -1,0 +1,390 @@
+"""The group configuration: TOML → a validated, frozen model (pydantic).
+
+Validation errors name the key, the value found and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from markship import names
+from markship.config import file
+from markship.errors import ConfigError
+
+# Names given in the config are repository names (markship.names) and more: lower case,
+# no '.', at most 63 characters, as they also make environment variable names
+# (failover clients) and stay readable in paths and logs.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+ConfigName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(names.validated)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GroupSection(_Section):
+    name: ConfigName
+
+
+class RepositorySection(_Section):
+    path: Path
+    os_user: str = "postgres"
+    compression_level: Annotated[int, Field(ge=1, le=19)] = 1
+    push_ahead: Annotated[int, Field(ge=0, le=64)] = 8
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class EncryptionSection(_Section):
+    """Every object is encrypted to `recipient` (age); `identity_file` is needed to read.
+
+    `catalog_key_file` (production hosts): an age identity that opens the catalog records
+    only, never backups, WAL, file sets or dumps."""
+
+    recipient: str
+    identity_file: Path | None = None
+    catalog_key_file: Path | None = None
+
+    @field_validator("recipient")
+    @classmethod
+    def _age_recipient(cls, value: str) -> str:
+        if not value.startswith("age1"):
+            raise ValueError("must be an age public key (age1…), as printed by "
+                             "`markship key create`")
+        return value
+
+
+class ServerSection(_Section):
+    name: ConfigName
+    conninfo: Annotated[str, Field(min_length=1)]
+    data_dir: Path | None = None
+    bin_dir: Path | None = None
+
+
+class BackupSection(_Section):
+    compression_level: Annotated[int, Field(ge=1, le=19)] = 1
+    compress_workers: Annotated[int, Field(ge=0, le=64)] = 0
+    archive_wait_seconds: Annotated[int, Field(ge=5)] = 120
+
+
+class MarksSection(_Section):
+    barrier_server: str | None = None
+    barrier_timeout: Annotated[float, Field(gt=0, le=60)] = 2.0
+    interval: Annotated[float, Field(ge=1)] = 30.0
+    # How a mark's WAL reaches the repository: "stream" (the agent's pg_receivewal; falls
+    # back to a WAL switch for a server without a receiver) or "switch" (always switch).
+    delivery: Literal["stream", "switch"] = "stream"
+    stream_wait: Annotated[float, Field(gt=0, le=30)] = 1.0
+    # Nice value of the agent's marking thread (markship.marks.priority); 0 leaves it alone.
+    nice: Annotated[int, Field(ge=-20, le=19)] = -10
+
+
+class ScheduleSection(_Section):
+    """Full backups: 'daily at 01:30 Europe/Berlin'. The zone is always explicit (default UTC)."""
+
+    frequency: Literal["hourly", "daily", "weekly"] = "daily"
+    hour: Annotated[int, Field(ge=0, le=23)] = 1
+    minute: Annotated[int, Field(ge=0, le=59)] = 0
+    weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                     "sunday"] = "sunday"
+    timezone: str = "UTC"
+    force_full: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone: use an IANA name such as UTC or "
+                             "Europe/Berlin") from None
+        return value
+
+
+class RetentionSection(_Section):
+    days: Annotated[float, Field(gt=0)] = 14
+    min_sets: Annotated[int, Field(ge=1)] = 2
+
+
+class StandbySection(_Section):
+    server: str
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)]
+    socket_dir: Path | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class DrSiteSection(_Section):
+    name: ConfigName = "dr"
+    standbys: Annotated[list[StandbySection], Field(alias="standby")] = []
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FilesetSection(_Section):
+    """Files captured with every backup set and whenever their content changes."""
+
+    name: ConfigName
+    paths: Annotated[list[Path], Field(min_length=1)]
+    exclude: list[str] = []  # glob patterns matched against paths relative to each root
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{path} must be an absolute path")
+        return value
+
+
+class DumpSection(_Section):
+    """A database saved with pg_dump (a store that WAL shipping does not cover)."""
+
+    name: ConfigName | None = None  # default SERVER-DATABASE
+    server: str
+    database: str
+    schedule: str = "daily 03:00 UTC"  # "hourly :MM", "daily HH:MM ZONE", "weekly DAY HH:MM ZONE"
+
+    @property
+    def dump_name(self) -> str:
+        return self.name or f"{self.server}-{self.database}"
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        from markship.config.schedule import parse_schedule
+        from markship.errors import MarkshipError
+
+        try:
+            parse_schedule(value, "schedule")
+        except MarkshipError as exc:
+            raise ValueError(exc.one_line()) from None
+        return value
+
+    @model_validator(mode="after")
+    def _usable_name(self) -> DumpSection:
+        import re
+
+        # fullmatch: re.match with '$' would let a trailing newline through
+        if not (re.fullmatch(NAME_PATTERN.strip("^$"), self.dump_name)
+                and names.is_name(self.dump_name)):
+            raise ValueError(f"the dump name {self.dump_name!r} (from server and database) "
+                             'cannot name repository objects: set name = "…" (a-z, 0-9, _, -)')
+        return self
+
+
+class FailoverSql(_Section):
+    """A statement run after promotion in one database of one restored server."""
+
+    server: str
+    database: str = "postgres"
+    statement: str
+
+
+class FailoverClients(_Section):
+    """Where to write the new connection settings for application hosts."""
+
+    pg_service: Path | None = None
+    env: Path | None = None
+    json_file: Annotated[Path | None, Field(alias="json")] = None
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FailoverHook(_Section):
+    command: list[str]
+    timeout: Annotated[float, Field(gt=0)] = 60
+
+
+class FailoverSection(_Section):
+    sql: list[FailoverSql] = []
+    clients: FailoverClients = FailoverClients()
+    hooks: Annotated[list[FailoverHook], Field(alias="hook")] = []
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Config(_Section):
+    """The whole group: servers, repository and how backups run."""
+
+    group: GroupSection
+    repository: RepositorySection
+    servers: Annotated[list[ServerSection], Field(alias="server", min_length=1)]
+    backup: BackupSection = BackupSection()
+    marks: MarksSection = MarksSection()
+    schedule: ScheduleSection = ScheduleSection()
+    retention: RetentionSection = RetentionSection()
+    dr_site: DrSiteSection | None = None
+    failover: FailoverSection = FailoverSection()
+    encryption: EncryptionSection | None = None
+    filesets: Annotated[list[FilesetSection], Field(alias="fileset")] = []
+    dumps: Annotated[list[DumpSection], Field(alias="dump")] = []
+    source: Path | None = Field(default=None, exclude=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for server in self.servers:
+            if server.name in seen:
+                raise ValueError(f"server name {server.name!r} is used twice")
+            seen.add(server.name)
+        if self.dr_site is not None:
+            covered = [s.server for s in self.dr_site.standbys]
+            for name in covered:
+                if name not in seen:
+                    raise ValueError(f"dr_site.standby server {name!r} is not a configured "
+                                     "server name")
+            if len(set(covered)) != len(covered):
+                raise ValueError("two dr_site.standby entries replace the same server")
+        for item in self.failover.sql:
+            if item.server not in seen:
+                raise ValueError(f"failover.sql server {item.server!r} is not a configured "
+                                 "server name")
+        if self.marks.barrier_server is not None and self.marks.barrier_server not in seen:
+            raise ValueError(f"marks.barrier_server {self.marks.barrier_server!r} is not a "
+                             "configured server name")
+        fileset_names = [f.name for f in self.filesets]
+        if len(set(fileset_names)) != len(fileset_names):
+            raise ValueError("two [[fileset]] tables have the same name")
+        for dump in self.dumps:
+            if dump.server not in seen:
+                raise ValueError(f"dump server {dump.server!r} is not a configured server name")
+        dump_names = [d.dump_name for d in self.dumps]
+        if len(set(dump_names)) != len(dump_names):
+            raise ValueError("two [[dump]] tables have the same name (set name = \"…\")")
+        return self
+
+    @property
+    def barrier_server(self) -> ServerSection:
+        name = self.marks.barrier_server
+        return self.server(name) if name else self.servers[0]
+
+    def server(self, name: str) -> ServerSection:
+        """The server called `name`; raise ConfigError listing the known names."""
+        for server in self.servers:
+            if server.name == name:
+                return server
+        known = ", ".join(s.name for s in self.servers)
+        raise ConfigError(f"unknown server {name!r} (configured: {known})",
+                          "use a name from a [[server]] table of the config")
+
+    def standby(self, server: str) -> StandbySection:
+        """The DR-site standby replacing `server`; ConfigError when there is none."""
+        for standby in self.dr_site.standbys if self.dr_site else []:
+            if standby.server == server:
+                return standby
+        raise ConfigError(f"no [[dr_site.standby]] for server {server!r}",
+                          "add one with server, data_dir, host and port")
+
+    def select(self, names: tuple[str, ...] | list[str]) -> list[ServerSection]:
+        return [self.server(n) for n in names] if names else list(self.servers)
+
+
+_FIXES = {
+    "missing": "add it",
+    "extra_forbidden": "remove it or check its spelling",
+    "string_pattern_mismatch": "use lower-case letters, digits, '-' and '_'",
+}
+
+
+def _describe(error: Any) -> str:
+    loc = list(error["loc"])
+    if loc and loc[0] in ("server", "dump", "fileset"):  # arrays of tables
+        loc[0] = f"[[{loc[0]}]]"
+        if len(loc) > 1 and isinstance(loc[1], int):
+            loc[1] = f"#{loc[1] + 1}"
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    message = error["msg"]
+    fix = _FIXES.get(error["type"], "correct the value")
+    if error["type"] == "missing":
+        return f"key {key} is missing: {fix}"
+    shown = error.get("input")
+    value = f" (found {shown!r})" if not isinstance(shown, dict | list) else ""
+    return f"key {key}{value}: {message}: {fix}"
+
+
+def parse(raw: dict[str, Any], source: Path | None = None) -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming the first bad key."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}{_describe(errors[0])}{more}") from None
+    return config.model_copy(update={"source": source})
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Locate, read and validate the configuration file."""
+    path = file.locate(explicit)
+    return parse(file.read(path), Path(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        import json
+
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_table(prefix: str, table: dict[str, Any], out: list[str]) -> None:
+    scalars = {k: v for k, v in table.items()
+               if not isinstance(v, dict) and not (isinstance(v, list) and v
+                                                    and isinstance(v[0], dict))}
+    if scalars or not prefix:
+        if prefix:
+            out.append(f"\n[{prefix}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+    for key, value in table.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            _toml_table(name, value, out)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                out.append(f"\n[[{name}]]")
+                out.extend(f"{k} = {_toml_value(v)}" for k, v in item.items()
+                           if not isinstance(v, dict))
+                for k, v in item.items():
+                    if isinstance(v, dict):
+                        _toml_table(f"{name}.{k}", v, out)
+
+
+def to_toml(config: Config) -> str:
+    """The configuration as a TOML document that `load` reads back to an equal model."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_none=True,
+                             exclude={"source"})
+    out: list[str] = ["# written by markship"]
+    _toml_table("", data, out)
+    return "\n".join(out) + "\n"

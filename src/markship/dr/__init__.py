@@ -1,0 +1,1 @@
+"""The DR site: standbys, parity, failover, failback, drills, preflight, checklist."""

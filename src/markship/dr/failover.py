@@ -1,0 +1,330 @@
+"""Fail the whole group over to the DR site, at one mark.
+
+1. choose the newest mark complete on every server (or the named one);
+2. refuse while a production server still answers (split brain), unless forced;
+3. bring every standby exactly to that mark and promote it; verify where each stopped;
+4. settle prepared transactions the same way everywhere (the decision table);
+5. apply the reference map, write client connection files, run hooks;
+6. record and report: mark, LSN per server, RTO, RPO.
+
+A failover interrupted half-way is resumed by running the command again: the record of the
+unfinished failover fixes the mark, and standbys already promoted at it are left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Any, Literal
+
+import psycopg
+from pydantic import Field
+
+from markship.backup.restore import (
+    fetch_command,
+    postmaster_status,
+    recovery_end,
+    start_and_wait,
+    stop_server,
+    stopped_at,
+    write_settings,
+)
+from markship.config.model import Config, StandbySection
+from markship.dr.standby import standby_conninfo
+from markship.errors import MarkshipError
+from markship.marks.choose import choose_mark
+from markship.marks.resolve import Resolution, resolve_in_doubt
+from markship.marks.take import parallel
+from markship.pg import programs
+from markship.pg import sql as postgres
+from markship.pg.conninfo import scrub, secrets_of
+from markship.pg.lsn import format_lsn, parse_lsn
+from markship.privatefile import write_private
+from markship.repository import catalog
+from markship.repository.base import Repository
+from markship.repository.catalog import MarkRecord
+from markship.timefmt import show, utcnow
+
+
+class FailoverRecord(catalog.Record):
+    id: str
+    mark: str
+    started_at: datetime
+    status: Literal["running", "done", "failed"]
+    finished_at: datetime | None = None
+    promoted: list[str] = Field(default_factory=list)
+    report: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    mark: str
+    mark_time: datetime
+    dry_run: bool
+    resumed: bool = False
+    points: dict[str, str] = field(default_factory=dict)
+    discarded_wal: dict[str, str] = field(default_factory=dict)
+    resolutions: list[Resolution] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    client_files: list[str] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    rto_seconds: float = 0.0
+    rpo_seconds: float = 0.0
+
+
+def production_answering(config: Config) -> list[str]:
+    def alive(conninfo: str, name: str) -> bool:
+        try:
+            with postgres.connect(conninfo, name, timeout=2):
+                return True
+        except MarkshipError:
+            return False
+
+    with ThreadPoolExecutor(max_workers=len(config.servers)) as pool:
+        answers = list(pool.map(lambda s: (s.name, alive(s.conninfo, s.name)), config.servers))
+    return [name for name, up in answers if up]
+
+
+def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
+                    wait_seconds: float = 600) -> str:
+    """Restart a standby with the mark as recovery target; it stops there and promotes.
+
+    The standby never received the segment holding the mark (see wal.standby_ceiling), so it
+    has not replayed past it. Returns what it did ('promoted' or 'already promoted').
+    """
+    data_dir = standby.data_dir
+    wanted = f'at restore point "{mark.name}"'
+    signals = (data_dir / "standby.signal").exists() or (data_dir / "recovery.signal").exists()
+    if not signals:
+        if stopped_at(data_dir) == wanted:
+            if postmaster_status(data_dir) is None:
+                start_and_wait(_pg_ctl(config, standby), data_dir, wait_seconds)
+            return "already promoted"
+        raise MarkshipError(f"standby of {standby.server} in {data_dir} was promoted elsewhere "
+                            f"({stopped_at(data_dir) or 'unknown point'}), not at {mark.name}",
+                            "rebuild it with markship standby create, or restore the group "
+                            "from backups")
+    pg_ctl = _pg_ctl(config, standby)
+    if postmaster_status(data_dir) is not None:
+        stop_server(pg_ctl, data_dir)
+    write_settings(data_dir, {
+        "restore_command": fetch_command(config, standby.server),
+        "recovery_target_name": mark.name,
+        "recovery_target_action": "promote",
+        "recovery_target_timeline": "latest",
+    }, f"markship failover {show(utcnow())}: stop at mark {mark.name} and promote")
+    start_and_wait(pg_ctl, data_dir, wait_seconds)
+    end = recovery_end(data_dir)
+    if end is None or end.reason != wanted:
+        raise MarkshipError(f"standby of {standby.server} stopped "
+                            f"{end.reason if end else 'nowhere'}, not at mark {mark.name}",
+                            "inspect its log and rebuild it")
+    point = mark.points[standby.server].lsn
+    if end.lsn < point:  # a restore point of that name, but not the mark's
+        raise MarkshipError(f"standby of {standby.server} stopped at {format_lsn(end.lsn)}, "
+                            f"before mark {mark.name} ({format_lsn(point)})",
+                            "inspect its log and rebuild it")
+    return "promoted"
+
+
+def refuse_standbys_past(config: Config, mark: MarkRecord) -> None:
+    """A standby that already replayed past the mark can never stop at it (PostgreSQL would
+    fail or wait forever): refuse before touching anything. Only an older --mark can cause it."""
+    assert config.dr_site is not None
+    past = []
+    for standby in config.dr_site.standbys:
+        if not (standby.data_dir / "standby.signal").exists():
+            continue  # promoted already (a resumed failover): checked by promote_to_mark
+        point = mark.points[standby.server]
+        try:
+            with postgres.connect(standby_conninfo(config, standby.server), standby.server,
+                                  timeout=3) as conn:
+                row = conn.execute("SELECT pg_last_wal_replay_lsn()::text AS lsn, (SELECT "
+                                   "timeline_id FROM pg_control_checkpoint()) AS tli").fetchone()
+        except MarkshipError:
+            continue  # not running: its restart will tell
+        if row and row["lsn"] and row["tli"] == point.timeline and \
+                parse_lsn(row["lsn"]) > point.lsn:
+            past.append(standby.server)
+    if past:
+        raise MarkshipError(
+            f"the standby of {', '.join(past)} already replayed past mark {mark.name}",
+            f"fail over to a newer mark, or rebuild the group at this mark from backups: "
+            f"markship restore --group --mark {mark.name}",
+        )
+
+
+def _pg_ctl(config: Config, standby: StandbySection) -> str:
+    section = config.server(standby.server)
+    major = int((standby.data_dir / "PG_VERSION").read_text().strip())
+    return programs.tool(programs.bin_dir(section.bin_dir, major * 10000), "pg_ctl")
+
+
+def _discarded(repo: Repository, config: Config, mark: MarkRecord) -> dict[str, str]:
+    """Per server, the newest archived WAL file beyond the mark's segment (what is lost)."""
+    lost = {}
+    for server, point in mark.points.items():
+        newest = catalog.WalIndex(repo, server).newest()
+        if newest is not None and newest.name() > point.wal_file:
+            lost[server] = newest.name()
+    return lost
+
+
+def _addresses(config: Config) -> dict[str, dict[str, str]]:
+    return {s.server: {"host": s.host, "port": str(s.port),
+                       "conninfo": standby_conninfo(config, s.server)}
+            for s in (config.dr_site.standbys if config.dr_site else [])}
+
+
+def apply_references(config: Config) -> list[str]:
+    """Run the [[failover.sql]] statements; `{orders.host}`-style fields are filled in."""
+    from types import SimpleNamespace
+
+    addresses = _addresses(config)
+    fields = {name: SimpleNamespace(**v) for name, v in addresses.items()}
+    # What is reported (output, the repository's failover record) must not carry a password
+    # filled in through `{server.conninfo}`, nor PostgreSQL's quote of one in an error.
+    secrets = secrets_of(*(a["conninfo"] for a in addresses.values()))
+    done = []
+    for item in config.failover.sql:
+        statement = item.statement.format_map(fields)
+        conninfo = standby_conninfo(config, item.server, item.database)
+        with postgres.connect(conninfo, item.server) as conn:
+            try:
+                conn.execute(statement.encode())
+            except psycopg.Error as exc:
+                reason = scrub(str(exc).strip().splitlines()[0], secrets)
+                raise MarkshipError(f"failover.sql on {item.server}/{item.database} failed: "
+                                    f"{reason}",
+                                    "fix the statement and run markship failover again") from None
+        done.append(f"{item.server}/{item.database}: {scrub(statement, secrets)}")
+    return done
+
+
+def write_client_files(config: Config) -> list[str]:
+    """The new connection settings for application hosts: pg_service, env and/or JSON."""
+    addresses = _addresses(config)
+    clients = config.failover.clients
+    written = []
+    if clients.pg_service:
+        sections = []
+        for server, a in addresses.items():
+            params = psycopg.conninfo.conninfo_to_dict(a["conninfo"])
+            body = "\n".join(f"{k}={v}" for k, v in params.items())
+            sections.append(f"[{config.group.name}-{server}]\n{body}\n")
+        write_private(clients.pg_service, "\n".join(sections))
+        written.append(str(clients.pg_service))
+    if clients.env:
+        lines = [f"{k}={shlex.quote(v)}" for k, v in hook_environment(config).items()]
+        write_private(clients.env, "\n".join(lines) + "\n")
+        written.append(str(clients.env))
+    if clients.json_file:
+        write_private(clients.json_file, json.dumps(addresses, indent=2, sort_keys=True) + "\n")
+        written.append(str(clients.json_file))
+    return written
+
+
+def hook_environment(config: Config) -> dict[str, str]:
+    env = {"MARKSHIP_GROUP": config.group.name}
+    for server, a in _addresses(config).items():
+        key = server.upper().replace("-", "_")
+        env[f"MARKSHIP_{key}_HOST"] = a["host"]
+        env[f"MARKSHIP_{key}_PORT"] = a["port"]
+        env[f"MARKSHIP_{key}_DSN"] = a["conninfo"]
+    return env
+
+
+def run_hooks(config: Config, mark: str) -> list[str]:
+    env = {**os.environ, **hook_environment(config), "MARKSHIP_MARK": mark}
+    results = []
+    for hook in config.failover.hooks:
+        try:
+            proc = subprocess.run(hook.command, env=env, capture_output=True, text=True,
+                                  timeout=hook.timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise MarkshipError(f"failover hook {hook.command[0]} failed: {exc}",
+                                "fix the hook and run markship failover again") from None
+        if proc.returncode != 0:
+            raise MarkshipError(f"failover hook {' '.join(hook.command)} exited "
+                                f"{proc.returncode}: {proc.stderr.strip()[-200:]}",
+                                "fix the hook and run markship failover again")
+        results.append(" ".join(hook.command))
+    return results
+
+
+def _unfinished(repo: Repository) -> FailoverRecord | None:
+    for name in reversed(repo.children("failovers/")):
+        record = catalog.read_record(repo, f"failovers/{name}", FailoverRecord)
+        if record.status == "running":
+            return record
+    return None
+
+
+def failover(config: Config, repo: Repository, mark_name: str | None = None,
+             dry_run: bool = False, force: bool = False) -> Report:
+    began = time.monotonic()
+    if config.dr_site is None or not config.dr_site.standbys:
+        raise MarkshipError("no [dr_site] standbys configured",
+                            "describe the standbys in the config and run markship standby create")
+    missing = [s.name for s in config.servers
+               if s.name not in {sb.server for sb in config.dr_site.standbys}]
+    if missing:
+        raise MarkshipError(f"no standby for server(s) {', '.join(missing)}",
+                            "every server needs a [[dr_site.standby]]")
+    resumed = _unfinished(repo) if not dry_run else None
+    state = choose_mark(config, repo, resumed.mark if resumed else mark_name)
+    mark = state.record
+    report = Report(mark=mark.name, mark_time=mark.created_at, dry_run=dry_run,
+                    resumed=resumed is not None,
+                    points={s: format_lsn(p.lsn) for s, p in mark.points.items()},
+                    discarded_wal=_discarded(repo, config, mark))
+    if dry_run:
+        report.rpo_seconds = (utcnow() - mark.created_at).total_seconds()
+        return report
+    answering = production_answering(config)
+    if answering and not force:
+        raise MarkshipError(f"production server(s) {', '.join(answering)} still answer: "
+                            "failing over now would leave two primaries (split brain)",
+                            "stop them first, or pass --force if they are fenced off")
+    refuse_standbys_past(config, mark)
+    started = utcnow()
+    record = resumed or FailoverRecord(id=started.strftime("%Y%m%dT%H%M%SZ"), mark=mark.name,
+                                       started_at=started, status="running")
+    key = f"failovers/{record.id}.json"
+    catalog.write_record(repo, key, record, overwrite=True)
+    report.phases["choose"] = time.monotonic() - began
+
+    phase = time.monotonic()
+    promoted = parallel({sb.server: partial(promote_to_mark, config, sb, mark)
+                         for sb in config.dr_site.standbys})
+    record = record.model_copy(update={"promoted": sorted(promoted)})
+    catalog.write_record(repo, key, record, overwrite=True)
+    report.phases["promote"] = time.monotonic() - phase
+
+    phase = time.monotonic()
+    participants = {sb.server: standby_conninfo(config, sb.server)
+                    for sb in config.dr_site.standbys}
+    report.resolutions = resolve_in_doubt(participants, config.barrier_server.name)
+    report.phases["resolve"] = time.monotonic() - phase
+
+    phase = time.monotonic()
+    report.references = apply_references(config)
+    report.client_files = write_client_files(config)
+    report.hooks = run_hooks(config, mark.name)
+    report.phases["references"] = time.monotonic() - phase
+
+    report.rto_seconds = time.monotonic() - began
+    report.rpo_seconds = (record.started_at - mark.created_at).total_seconds()
+    final = record.model_copy(update={"status": "done", "finished_at": utcnow(),
+                                      "report": json.loads(json.dumps(asdict(report),
+                                                                      default=str))})
+    catalog.write_record(repo, key, final, overwrite=True)
+    return report

@@ -1,0 +1,1 @@
+"""Group marks: taking them, choosing one, streaming WAL up to them, resolving 2PC."""

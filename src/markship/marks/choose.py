@@ -1,0 +1,94 @@
+"""Which mark: the state of each mark (complete once every server's WAL holding it is in the
+repository) and the choice of one for a restore or a failover."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from markship.config.model import Config
+from markship.errors import MarkshipError, ObjectMissing
+from markship.repository import catalog
+from markship.repository.base import Repository
+from markship.repository.catalog import MarkRecord
+from markship.timefmt import age_seconds
+
+
+@dataclass(frozen=True)
+class MarkState:
+    record: MarkRecord
+    complete: bool
+    waiting_for: dict[str, str]
+    age_seconds: float
+
+
+def mark_states(repo: Repository, config: Config, newest: int | None = None) -> list[MarkState]:
+    """Marks with their completeness, oldest first: all of them, or the `newest` N (damaged
+    records are reported and left out: catalog.Damaged)."""
+    files = sorted(n for n in repo.children("marks/") if n.endswith(".json"))
+    if newest is not None:
+        files = files[-newest:] if newest > 0 else []
+    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    return [state for file in files if (state := _state(repo, file, wal)) is not None]
+
+
+def _state(repo: Repository, file_name: str,
+           wal: dict[str, catalog.WalIndex]) -> MarkState | None:
+    record = catalog.read_good(repo, f"marks/{file_name}", MarkRecord, lambda m: m.name)
+    if record is None:
+        return None
+    return _state_of(repo, record, wal)
+
+
+def _state_of(repo: Repository, record: MarkRecord,
+              wal: dict[str, catalog.WalIndex]) -> MarkState:
+    for server in record.points:
+        if server not in wal:
+            wal[server] = catalog.WalIndex(repo, server)
+    missing = catalog.mark_missing_wal(record, wal)
+    return MarkState(record, not missing, missing, age_seconds(record.created_at) or 0.0)
+
+
+def mark_state(repo: Repository, config: Config, name: str) -> MarkState:
+    """The state of mark `name`. Raises BadName for a name no mark can have, ObjectMissing
+    when there is no such mark, CorruptObject when its record is damaged."""
+    record = catalog.read_mark(repo, name)
+    if record is None:
+        raise ObjectMissing(f"mark {name} not found", "markship marks lists the marks")
+    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    return _state_of(repo, record, wal)
+
+
+def newest_complete(repo: Repository, config: Config) -> MarkState | None:
+    """The newest complete mark, reading records from the newest back (marks complete in
+    order, so this stops after a few records however long the history is). Damaged records
+    are reported and passed over."""
+    files = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
+    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    for file in files:
+        state = _state(repo, file, wal)
+        if state is not None and state.complete:
+            return state
+    return None
+
+
+def latest_complete(states: list[MarkState]) -> MarkState | None:
+    complete = [s for s in states if s.complete]
+    return complete[-1] if complete else None
+
+
+def choose_mark(config: Config, repo: Repository, name: str | None) -> MarkState:
+    """The named mark or the newest complete one; MarkshipError when unusable."""
+    if not name:
+        newest = newest_complete(repo, config)
+        if newest is None:
+            raise MarkshipError("no complete group mark in the repository",
+                                "marks are laid by markship run (or markship mark)")
+        return newest
+    if catalog.read_mark(repo, name) is None:
+        raise MarkshipError(f"mark {name} not found", "markship marks lists the marks")
+    state = mark_state(repo, config, name)
+    if not state.complete:
+        raise MarkshipError(f"mark {name} is not complete (waiting for "
+                            f"{', '.join(state.waiting_for)})",
+                            "choose a complete mark: markship marks")
+    return state

@@ -1,0 +1,1 @@
+"""PostgreSQL itself: SQL, its programs, data directories, command strings, LSNs."""

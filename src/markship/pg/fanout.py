@@ -1,0 +1,109 @@
+"""One statement on several servers at once, from one thread.
+
+A group mark asks every server the same thing and waits for all answers. It used a thread
+per server before; on a busy host each hand-over between Python threads costs milliseconds
+(a waiting thread gets the interpreter lock only after the switch interval, 5 ms), and a mark
+makes three such rounds. Here the statements go out on every connection's libpq socket first,
+then the answers are read in whatever order they arrive: the round costs the slowest server's
+answer and nothing more.
+
+The connections must be idle, autocommit psycopg connections that no other thread uses
+meanwhile (markship.marks.take.GroupConnections).
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import psycopg
+from psycopg import pq
+
+from markship.errors import ServerError
+
+Rows = list[tuple[str | None, ...]]
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def servers_failed(failures: Mapping[str, str]) -> ServerError:
+    """The one error a group step raises when some servers failed, naming each."""
+    names = ", ".join(sorted(failures))
+    detail = "; ".join(f"{n}: {m}" for n, m in sorted(failures.items()))
+    return ServerError(f"server(s) {names} failed ({detail})",
+                       "bring them back, then retry; markship status shows each server")
+
+
+def fan_out(calls: Mapping[str, tuple[psycopg.Connection[object], str, Sequence[str]]],
+            timeout: float = 30.0, finished: dict[str, float] | None = None,
+            on_answer: Callable[[str], None] | None = None) -> dict[str, Rows]:
+    """Run `(connection, statement, text parameters)` per server, all at once.
+
+    Returns the rows (as text) of each server's last result. Raises ServerError naming every
+    server that failed or did not answer within `timeout` seconds; such a connection is
+    closed (its statement may still be running), so the caller reconnects it.
+    `finished`, when given, gets each server's time.perf_counter() at its answer;
+    `on_answer(server)` is called at each successful answer, while others may still run.
+    """
+    failures: dict[str, str] = {}
+    waiting: dict[int, str] = {}
+    for name, (conn, statement, params) in calls.items():
+        try:
+            if params:
+                conn.pgconn.send_query_params(statement.encode(), [p.encode() for p in params])
+            else:
+                conn.pgconn.send_query(statement.encode())
+            waiting[conn.pgconn.socket] = name
+        except psycopg.Error as exc:
+            failures[name] = first_line(exc)
+    results: dict[str, Rows] = {}
+    deadline = time.monotonic() + timeout
+    while waiting:
+        left = deadline - time.monotonic()
+        ready = select.select(list(waiting), [], [], max(left, 0))[0] if left > 0 else []
+        if not ready and left <= 0:
+            for name in waiting.values():
+                failures[name] = f"no answer within {timeout:g} s"
+                calls[name][0].close()
+            break
+        for sock in ready:
+            name = waiting[sock]
+            try:
+                if _read(calls[name][0].pgconn, name, results, failures):
+                    del waiting[sock]
+                    if finished is not None:
+                        finished[name] = time.perf_counter()
+                    if on_answer is not None and name not in failures:
+                        on_answer(name)
+            except psycopg.Error as exc:
+                failures[name] = first_line(exc)
+                del waiting[sock]
+    if failures:
+        raise servers_failed(failures)
+    return results
+
+
+def _read(pgconn: pq.abc.PGconn, name: str, results: dict[str, Rows],
+          failures: dict[str, str]) -> bool:
+    """Take in what arrived on one connection; True once its statement is finished."""
+    pgconn.consume_input()
+    while not pgconn.is_busy():
+        result = pgconn.get_result()
+        if result is None:
+            return True
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            results[name] = [
+                tuple(None if (v := result.get_value(row, col)) is None else bytes(v).decode()
+                      for col in range(result.nfields))
+                for row in range(result.ntuples)]
+        elif result.status == pq.ExecStatus.COMMAND_OK:
+            results.setdefault(name, [])
+        else:
+            message = (result.error_message or b"").decode(errors="replace").strip()
+            failures[name] = message.removeprefix("ERROR:").strip().splitlines()[0] \
+                if message else str(result.status)
+    return False

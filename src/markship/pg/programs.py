@@ -1,0 +1,139 @@
+"""Typed wrappers around PostgreSQL's own programs (pg_basebackup, pg_ctl)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from markship.errors import BackupError, ServerError
+from markship.pg.conninfo import ProgramConninfo
+
+_PROGRESS_RE = re.compile(r"(\d+)/(\d+) kB")
+
+
+def bin_dir(configured: Path | None, version_num: int) -> Path | None:
+    """The directory holding the PostgreSQL tools matching the server's major version."""
+    if configured is not None:
+        return configured
+    debian = Path(f"/usr/lib/postgresql/{version_num // 10000}/bin")
+    if (debian / "pg_basebackup").exists():
+        return debian
+    return None
+
+
+def tool(directory: Path | None, name: str) -> str:
+    """Absolute path of a PostgreSQL program; raise ServerError when it is not installed."""
+    if directory is not None:
+        path = directory / name
+        if path.exists():
+            return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise ServerError(f"PostgreSQL program {name} not found",
+                          "install the PostgreSQL server package or set bin_dir for the server")
+    return found
+
+
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+def kill_running() -> None:
+    """Kill every pg_basebackup this process started (the agent abandoning a backup)."""
+    for proc in list(_RUNNING):
+        if proc.poll() is None:
+            proc.kill()
+
+
+class BaseBackupProcess:
+    """`pg_basebackup` writing one zstd-compressed tar to stdout, watched on stderr.
+
+    The caller reads `stdout` to the end, then calls `finish()`, which raises BackupError when
+    pg_basebackup failed; the streamed bytes must then be discarded.
+    """
+
+    def __init__(self, pg_basebackup: str, conninfo: str, label: str, *, level: int,
+                 workers: int, archive_wait_seconds: int,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
+        detail = f"level={level}" + (f",workers={workers}" if workers else "")
+        # The password travels in the environment, never on the command line (see conninfo).
+        self.login = ProgramConninfo(conninfo)
+        self.argv = [pg_basebackup, "-d", self.login.argv, "-D", "-", "-Ft", "-X", "none",
+                     "--checkpoint=fast", f"--compress=server-zstd:{detail}", "--no-manifest",
+                     "-l", label, "--progress", "--no-password"]
+        self.archive_wait_seconds = archive_wait_seconds
+        self.on_progress = on_progress
+        self.total_kb = 0
+        self.done_kb = 0
+        self.lines: list[str] = []
+        self.failure: str | None = None
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                         env=self.login.env)
+        except BaseException:
+            self.login.close()
+            raise
+        _RUNNING.add(self.proc)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.stdout: IO[bytes] = self.proc.stdout
+        self._watcher = threading.Thread(target=self._watch, args=(self.proc.stderr,),
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watch(self, stream: IO[bytes]) -> None:
+        waiting_since: float | None = None
+        buffer = b""
+        while chunk := stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096):
+            buffer += chunk
+            parts = re.split(rb"[\r\n]", buffer)
+            buffer = parts.pop()
+            for raw in parts:
+                line = raw.decode(errors="replace").strip()
+                if not line:
+                    continue
+                match = _PROGRESS_RE.search(line)
+                if match:
+                    self.done_kb, self.total_kb = int(match.group(1)), int(match.group(2))
+                    if self.on_progress:
+                        self.on_progress(self.done_kb, self.total_kb)
+                    continue
+                self.lines.append(line)
+                if "WAL archiving is not enabled" in line:
+                    self.failure = ("WAL archiving is not enabled on the server, so this "
+                                    "backup could never be restored")
+                    self.proc.kill()
+                if "still waiting for all required WAL segments" in line:
+                    waiting_since = waiting_since or time.monotonic()
+                    # PostgreSQL warns after 60 s of waiting; stop once our bound is passed.
+                    if self.archive_wait_seconds <= 60 or (
+                        time.monotonic() - waiting_since + 60 >= self.archive_wait_seconds
+                    ):
+                        self.failure = ("the server's archiver did not deliver the backup's "
+                                        "WAL to the repository in time")
+                        self.proc.kill()
+
+    def finish(self) -> None:
+        """Wait for pg_basebackup; raise BackupError when it did not succeed."""
+        code = self.proc.wait()
+        _RUNNING.discard(self.proc)
+        self.login.close()
+        self._watcher.join(timeout=10)
+        if self.failure:
+            raise BackupError(self.failure,
+                              "check archive_command (markship wal-push) and `markship status`")
+        if code != 0:
+            tail = " | ".join(self.lines[-3:]) or f"exit status {code}"
+            raise BackupError(f"pg_basebackup failed: {tail}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        _RUNNING.discard(self.proc)
+        self.login.close()

@@ -1,0 +1,199 @@
+"""The only place that sends SQL to PostgreSQL (psycopg 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from markship.errors import ConfigError, ServerError
+from markship.pg.conninfo import parse, scrub, secrets_of
+from markship.pg.lsn import parse_lsn
+
+Connection = psycopg.Connection[dict[str, Any]]
+
+
+def connect(conninfo: str, server: str, timeout: int = 5) -> Connection:
+    """Open an autocommit connection; raise ServerError naming the server when it fails.
+
+    libpq's messages may quote a fragment of the conninfo: a malformed one is refused without
+    its detail (ConfigError), and a password is scrubbed from any other message.
+    """
+    try:
+        return psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True,
+                               application_name="markship", row_factory=dict_row)
+    except psycopg.Error as exc:
+        try:
+            parse(conninfo)
+        except ConfigError as bad:  # its detail would quote the conninfo
+            raise ConfigError(f"the conninfo of server {server} is not valid libpq syntax",
+                              bad.hint) from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = scrub(detail, secrets_of(conninfo))
+        raise ServerError(f"cannot connect to server {server}: {detail}",
+                          "check that it is running and its conninfo in the config") from None
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What markship needs to know about a server before backing it up."""
+
+    version_num: int
+    version: str
+    system_identifier: int
+    wal_segment_size: int
+    timeline: int
+    current_lsn: int
+    in_recovery: bool
+    archive_mode: str
+    archive_command: str
+    config_files: dict[str, str]
+
+
+def facts(conn: Connection) -> ServerFacts:
+    row = conn.execute(
+        """
+        SELECT current_setting('server_version_num')::int AS version_num,
+               current_setting('server_version') AS version,
+               (SELECT system_identifier FROM pg_control_system()) AS sysid,
+               current_setting('wal_segment_size') AS segsize,
+               (SELECT timeline_id FROM pg_control_checkpoint()) AS timeline,
+               pg_is_in_recovery() AS in_recovery,
+               CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                    ELSE pg_current_wal_lsn() END::text AS lsn,
+               current_setting('archive_mode') AS archive_mode,
+               current_setting('archive_command') AS archive_command
+        """
+    ).fetchone()
+    assert row is not None
+    files: dict[str, str] = {}
+    for setting in ("config_file", "hba_file", "ident_file"):
+        value = conn.execute(
+            "SELECT setting FROM pg_settings WHERE name = %s", (setting,)
+        ).fetchone()
+        if value and value["setting"]:
+            files[setting] = value["setting"]
+    return ServerFacts(
+        version_num=row["version_num"],
+        version=row["version"],
+        system_identifier=int(row["sysid"]),
+        wal_segment_size=_size_setting(row["segsize"]),
+        timeline=int(row["timeline"]),
+        current_lsn=parse_lsn(row["lsn"]),
+        in_recovery=bool(row["in_recovery"]),
+        archive_mode=row["archive_mode"],
+        archive_command=row["archive_command"],
+        config_files=files,
+    )
+
+
+def _size_setting(text: str) -> int:
+    units = {"kB": 1024, "MB": 1024**2, "GB": 1024**3}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(text[: -len(unit)]) * factor
+    return int(text)
+
+
+def read_server_file(conn: Connection, path: str) -> bytes | None:
+    """Read a file on the server host through SQL; None when the role may not."""
+    try:
+        row = conn.execute("SELECT pg_read_binary_file(%s) AS data", (path,)).fetchone()
+    except psycopg.Error:
+        return None
+    return bytes(row["data"]) if row else None
+
+
+@dataclass(frozen=True)
+class ArchiverStats:
+    archived_count: int
+    last_archived_wal: str | None
+    last_archived_time: datetime | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: datetime | None
+    current_lsn: int
+    current_wal_file: str
+    timeline: int
+
+
+def archiver_stats(conn: Connection) -> ArchiverStats:
+    row = conn.execute(
+        """
+        SELECT a.archived_count, a.last_archived_wal, a.last_archived_time,
+               a.failed_count, a.last_failed_wal, a.last_failed_time,
+               pg_current_wal_lsn()::text AS lsn,
+               pg_walfile_name(pg_current_wal_lsn()) AS walfile,
+               (SELECT timeline_id FROM pg_control_checkpoint()) AS timeline
+        FROM pg_stat_archiver a
+        """
+    ).fetchone()
+    assert row is not None
+    return ArchiverStats(
+        archived_count=row["archived_count"],
+        last_archived_wal=row["last_archived_wal"],
+        last_archived_time=row["last_archived_time"],
+        failed_count=row["failed_count"],
+        last_failed_wal=row["last_failed_wal"],
+        last_failed_time=row["last_failed_time"],
+        current_lsn=parse_lsn(row["lsn"]),
+        current_wal_file=row["walfile"],
+        timeline=int(row["timeline"]),
+    )
+
+
+def in_recovery(conn: Connection) -> bool:
+    row = conn.execute("SELECT pg_is_in_recovery() AS r").fetchone()
+    return bool(row and row["r"])
+
+
+def hold_barrier(conn: Connection, key: int, timeout_ms: int) -> bool:
+    """Open a transaction holding the exclusive barrier lock; False when it timed out.
+
+    One round trip (the statements go as one simple query). The lock is transaction-level:
+    COMMIT or ROLLBACK on `conn` releases it.
+    """
+    try:
+        conn.execute(f"BEGIN; SET LOCAL lock_timeout = {int(timeout_ms)};"
+                     f" SELECT pg_advisory_xact_lock({int(key)})")
+    except psycopg.errors.LockNotAvailable:
+        conn.execute("ROLLBACK")
+        return False
+    return True
+
+
+def release_barrier(conn: Connection) -> None:
+    conn.execute("COMMIT")
+
+
+# The mark's statements, run on every server at once by markship.pg.fanout.
+RESTORE_POINT = (
+    "SELECT lsn::text, pg_walfile_name(lsn),"
+    " set_config('synchronous_commit', 'local', true), txid_current()"
+    " FROM pg_create_restore_point($1) AS lsn")
+"""Create a restore point and flush it to disk: (end LSN, WAL file, ...). A restore point
+record alone waits for the WAL writer (up to wal_writer_delay); taking an xid makes the
+statement's commit flush everything before it, so the answer comes once the point is durable
+and WAL receivers can get it. `synchronous_commit = local`: without waiting for synchronous
+standbys."""
+
+SWITCH_WAL = "SELECT pg_switch_wal()"
+
+
+def prepared_transactions(conn: Connection) -> list[tuple[str, str]]:
+    """(gid, database) of every prepared transaction on the server."""
+    rows = conn.execute("SELECT gid, database FROM pg_prepared_xacts ORDER BY gid").fetchall()
+    return [(r["gid"], r["database"]) for r in rows]
+
+
+def finish_prepared(conninfo: str, server: str, database: str, gid: str, commit: bool) -> None:
+    """COMMIT PREPARED or ROLLBACK PREPARED, connected to the transaction's own database."""
+    target = psycopg.conninfo.make_conninfo(conninfo, dbname=database)
+    verb = sql.SQL("COMMIT PREPARED" if commit else "ROLLBACK PREPARED")
+    with connect(target, server) as conn:
+        # Utility statements take no bind parameters: quote the gid as a literal.
+        conn.execute(sql.SQL("{} {}").format(verb, sql.Literal(gid)))

@@ -1,0 +1,204 @@
+"""The written record: an append-only, hash-chained journal of everything markship changes.
+
+Each entry is its own repository object `journal/<seq>.json` (a checksummed record) carrying the
+sha256 of the previous entry's bytes as stored (in an encrypted repository: the age file), so
+appending needs no key: a host that may only write still keeps the record. Appending writes the
+next sequence number with the repository's no-clobber publish (link() refuses an existing
+name), so two concurrent writers can never both get a number: the loser re-reads the chain and
+appends after the winner. `journal/HEAD` names the newest entry, so removing entries from the
+end is noticed too.
+
+What it proves: that no entry was removed, reordered or altered since it was written, by
+anyone who did not also rewrite every later entry and HEAD. The journal travels with the
+repository to the DR site; a copy kept elsewhere (e.g. the DR site's repository copy) is what
+makes a full rewrite detectable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import pwd
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import Field
+
+from markship.errors import ConflictError, CorruptObject, MarkshipError, ObjectMissing
+from markship.pg.conninfo import redact_text
+from markship.repository import catalog
+from markship.repository.base import Repository
+from markship.repository.catalog import Record
+from markship.timefmt import utcnow
+
+PREFIX = "journal/"
+HEAD_KEY = "journal/HEAD.json"
+
+
+class JournalEntry(Record):
+    seq: int
+    time: datetime
+    user: str
+    host: str
+    command: str
+    outcome: str  # "ok", or "failed: <reason>"
+    objects: dict[str, str] = Field(default_factory=dict)
+    diff: str | None = None  # config changes: a unified diff, secrets redacted
+    config_text: str | None = None  # the (redacted) config this entry's diff leads to
+    prev: str  # stored_hash of the previous entry ("" for the first); older: entry_hash
+
+
+class JournalHead(Record):
+    seq: int
+    hash: str
+
+
+STORED = "stored-sha256:"
+
+
+def entry_hash(entry: JournalEntry) -> str:
+    """The chain link of journals written before links hashed the stored bytes."""
+    body = json.dumps(entry.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def stored_hash(repo: Repository, seq: int) -> str:
+    """The chain link to entry `seq`: the sha256 of its bytes as stored."""
+    with repo.open_stored(entry_key(seq)) as handle:
+        return STORED + hashlib.sha256(handle.read()).hexdigest()
+
+
+def _link_to(repo: Repository, entry: JournalEntry, link: str) -> str:
+    """What `link` (a prev or HEAD hash) should be for `entry`, in the link's own format."""
+    return stored_hash(repo, entry.seq) if link.startswith(STORED) else entry_hash(entry)
+
+
+def entry_key(seq: int) -> str:
+    return f"{PREFIX}{seq:012d}.json"
+
+
+def redact(text: str) -> str:
+    """Config text with passwords and other secrets replaced: every libpq form (`password=`,
+    `sslpassword=`, quoted or not, a URI's `user:secret@` and `?password=`), and other
+    `…secret…=`, `…token…=`, `…passphrase…=` values."""
+    return redact_text(text)
+
+
+def config_diff(old: str | None, new: str) -> str:
+    lines = difflib.unified_diff((old or "").splitlines(keepends=True),
+                                 new.splitlines(keepends=True), "before", "after")
+    return "".join(lines)
+
+
+def invoking_user() -> str:
+    """Who runs this process: the real uid's name (LOGNAME and USER can be set to anything),
+    and the user sudo was run by when sudo says so, e.g. `root (sudo from alice)`."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER", "").strip()
+    if sudo and sudo != name:
+        return f"{name} (sudo from {sudo})"
+    return name
+
+
+def _entry_names(repo: Repository) -> list[str]:
+    return sorted(n for n in repo.children(PREFIX) if n.endswith(".json") and n[:-5].isdigit())
+
+
+def last_entry(repo: Repository) -> JournalEntry | None:
+    names = _entry_names(repo)
+    if not names:
+        return None
+    return catalog.read_record(repo, PREFIX + names[-1], JournalEntry)
+
+
+def append(repo: Repository, command: str, outcome: str, *, user: str | None = None,
+           objects: dict[str, str] | None = None, diff: str | None = None,
+           config_text: str | None = None) -> JournalEntry:
+    """Add one entry after the newest one (retrying after a concurrent writer)."""
+    for _attempt in range(100):
+        names = _entry_names(repo)
+        last = int(names[-1][:-5]) if names else 0
+        entry = JournalEntry(
+            seq=last + 1, time=utcnow(), user=user or invoking_user(),
+            host=socket.gethostname(), command=command, outcome=outcome,
+            objects=objects or {}, diff=diff, config_text=config_text,
+            prev=stored_hash(repo, last) if last else "")
+        try:
+            stored = catalog.write_record(repo, entry_key(entry.seq), entry)
+        except ConflictError:
+            continue  # another writer took this number: chain after its entry
+        catalog.write_record(repo, HEAD_KEY,
+                             JournalHead(seq=entry.seq, hash=STORED + stored.sha256),
+                             overwrite=True)
+        return entry
+    raise MarkshipError("the journal is too busy: 100 concurrent appends in a row failed",
+                        "retry; look for a runaway process writing to the repository")
+
+
+def entries(repo: Repository, since: datetime | None = None) -> list[JournalEntry]:
+    found = [catalog.read_record(repo, PREFIX + n, JournalEntry) for n in _entry_names(repo)]
+    return [e for e in found if since is None or e.time >= since]
+
+
+def last_config_text(repo: Repository) -> str | None:
+    for name in reversed(_entry_names(repo)):
+        entry = catalog.read_record(repo, PREFIX + name, JournalEntry)
+        if entry.config_text is not None:
+            return entry.config_text
+    return None
+
+
+@dataclass(frozen=True)
+class Verification:
+    entries: int
+    problem: str | None  # the first bad entry, named; None when the chain is whole
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify(repo: Repository) -> Verification:
+    """Walk the chain from the first entry; name the first entry that is missing, out of
+    order or altered."""
+    names = _entry_names(repo)
+    previous: JournalEntry | None = None
+    for index, name in enumerate(names):
+        expected = index + 1
+        seq = int(name[:-5])
+        if seq != expected:
+            return Verification(index, f"entry {expected} is missing (removed); the chain "
+                                       f"resumes at entry {seq}")
+        try:
+            entry = catalog.read_record(repo, PREFIX + name, JournalEntry)
+        except CorruptObject:
+            return Verification(index, f"entry {seq} was altered (its checksum does not match)")
+        if entry.seq != seq:
+            return Verification(index, f"entry {seq} holds entry {entry.seq}'s content "
+                                       "(reordered)")
+        if entry.prev != (_link_to(repo, previous, entry.prev) if previous else ""):
+            return Verification(index - 1, f"entry {seq - 1} was altered after it was written "
+                                           f"(entry {seq} no longer matches it)")
+        previous = entry
+    try:
+        head = catalog.read_record(repo, HEAD_KEY, JournalHead)
+    except ObjectMissing:
+        head = None
+    except CorruptObject:
+        return Verification(len(names), "journal/HEAD was altered")
+    if head is not None:
+        newest = previous.seq if previous else 0
+        if head.seq > newest:
+            return Verification(len(names), f"entries {newest + 1}–{head.seq} are missing "
+                                            "(removed from the end)")
+        if (previous is not None and head.seq == newest
+                and head.hash != _link_to(repo, previous, head.hash)):
+            return Verification(len(names), f"entry {newest} was altered after it was written")
+    return Verification(len(names), None)

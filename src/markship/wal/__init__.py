@@ -1,0 +1,1 @@
+"""The lean archive path: wal-push and wal-fetch (standard library at start-up)."""

@@ -1,0 +1,146 @@
+"""`markship wal-push` (archive_command) and `markship wal-fetch` (restore_command): parse the
+arguments, switch to the repository's OS user, run the work, turn every failure into one line
+and the exit status PostgreSQL acts on.
+
+PostgreSQL runs these once per 16 MB segment, so this package imports only the standard
+library, zstandard and the repository at start-up.
+
+Contract with PostgreSQL:
+- wal-push exits 0 only once the file is durably stored; pushing the same content again also
+  exits 0; different content under an archived name exits 1 and keeps the stored object.
+- wal-fetch exits 0 with the file at DEST and 1 quietly when it is not archived (PostgreSQL
+  then looks elsewhere or ends recovery). Every other failure exits 126 with one line: a
+  corrupt or foreign object, a key that does not open it, an unreadable or absent repository,
+  a bad config, even a bug. PostgreSQL reads any exit below 126 as "not archived" and would
+  end recovery there and promote, silently short of committed WAL; 126 and above make it stop
+  recovery with an error instead, so the operator fixes the cause and starts it again.
+"""
+
+from __future__ import annotations
+
+import os
+
+from markship.errors import ConfigError, MarkshipError, ObjectMissing, RepositoryError
+from markship.pg.lsn import parse_segment_name, wal_file_kind
+from markship.repository import layout
+from markship.wal.ahead import push_ahead_in_background
+from markship.wal.fetch import fetch, fetch_streamed, standby_ceiling
+from markship.wal.push import push
+from markship.wal.settings import load_settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the per-segment start-up
+    from markship.repository.base import Repository
+
+EXIT_FATAL = 126  # restore_command: stop recovery rather than take this as the end of WAL
+
+
+def main(command: str, argv: list[str], config: str | None) -> int:
+    """Entry point of `markship wal-push` / `markship wal-fetch` (lean path): the exit status
+    PostgreSQL acts on. For wal-fetch only "not archived" may exit below 126 (see the module
+    docstring); every failure prints one line."""
+    import sys
+
+    fetching = command == "wal-fetch"
+    try:
+        return _run(command, argv, config)
+    except ObjectMissing as exc:
+        if fetching:
+            return 1  # not archived (yet): PostgreSQL expects a quiet failure
+        line, code = exc.one_line(), 1
+    except MarkshipError as exc:
+        line, code = exc.one_line(), exc.exit_code
+    except ValueError as exc:  # a file name PostgreSQL never archives
+        line, code = str(exc), 2
+    except OSError as exc:  # outside the repository (e.g. DEST not writable)
+        line = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+        code = 1
+    except BaseException as exc:  # a bug must not read as "not archived" either
+        if isinstance(exc, SystemExit):
+            raise
+        line, code = f"unexpected {type(exc).__name__}: {exc}", 1
+    print(f"markship {command}: error: {line}", file=sys.stderr)
+    return EXIT_FATAL if fetching else code
+
+
+def _parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    server: str | None = None
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--server" and i + 1 < len(argv):
+            server = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--server="):
+            server = arg.split("=", 1)[1]
+        else:
+            positional.append(arg)
+        i += 1
+    return server, positional
+
+
+def _run(command: str, argv: list[str], config: str | None) -> int:
+    from markship import osuser
+    from markship.config import file as configfile
+
+    # Hand-parsed: argparse alone costs ~20 ms of start-up, paid once per WAL segment.
+    usage = (f"usage: markship {command} --server NAME "
+             + ("PATH" if command == "wal-push" else "[--standby [--floor SEGMENT]] SEGMENT DEST"))
+    standby = "--standby" in argv
+    floor: str | None = None
+    if "--floor" in argv:
+        at = argv.index("--floor")
+        floor = argv[at + 1] if at + 1 < len(argv) else None
+        argv = argv[:at] + argv[at + 2:]
+    argv = [a for a in argv if a != "--standby"]
+    server, positional = _parse_args(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    if server is None or len(positional) != (1 if command == "wal-push" else 2):
+        raise ConfigError(f"wrong arguments {argv!r}", usage)
+    config_path = configfile.locate(config)
+    settings = load_settings(config_path)
+    settings.check_server(server)
+    osuser.switch_to(settings.os_user)
+    repo = settings.open_repository()
+    if command == "wal-push":
+        path = positional[0]
+        if not os.path.isfile(path):
+            raise ObjectMissing(f"WAL file {path} does not exist",
+                                "archive_command must pass %p, the path of the file")
+        if settings.push_ahead > 0:
+            push_ahead_in_background(repo, server, path, settings, spool_for=config_path)
+        push(repo, server, path, settings.compression_level)
+        return 0
+    name, dest = positional
+    if standby and wal_file_kind(name) in ("segment", "partial"):
+        ceiling = standby_ceiling(repo, server, floor, settings.servers)
+        if ceiling is None or parse_segment_name(name[:24]) > ceiling:
+            return 1  # withheld until the next group mark completes
+    try:
+        fetch(repo, server, name, dest)
+    except ObjectMissing:
+        # Not archived yet: the agent's WAL receiver may hold it. A standby gets whole
+        # segments only (a partial one would end its replay early).
+        try:
+            fetch_streamed(repo, server, name, dest, allow_partial=not standby)
+        except ObjectMissing:
+            try:
+                fetch(repo, server, name, dest)  # archived while we looked
+            except ObjectMissing:
+                _refuse_absent_repository(repo)
+                raise
+    return 0
+
+
+def _refuse_absent_repository(repo: Repository) -> None:
+    """An unmounted or misnamed repository looks like one with nothing archived: when a file
+    is not found, make sure the repository itself is there (its marker object)."""
+    if not repo.exists(layout.MARKER_KEY):
+        raise RepositoryError(
+            f"the repository {repo.location} has no {layout.MARKER_KEY}: it is not mounted, or "
+            "[repository] path names the wrong directory",
+            "mount it or correct the path; recovery stops here instead of ending short")

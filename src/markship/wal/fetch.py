@@ -1,0 +1,198 @@
+"""wal-fetch's work: put one WAL file where recovery asked for it, checked, or say it is not
+there; for DR-site standbys, only up to the newest complete group mark.
+
+A file is written under a temporary name and renamed only once its digest and its WAL page
+header (it is this segment, not another one stored under its name) are checked.
+"""
+
+from __future__ import annotations
+
+import os
+
+from markship.errors import CorruptObject, MarkshipError, ObjectMissing
+from markship.pg.lsn import (
+    WAL_HEADER_BYTES,
+    Segment,
+    parse_segment_name,
+    wal_file_kind,
+    wal_header_problem,
+)
+from markship.repository import layout, walsum
+from markship.wal.stored import CHUNK, find_archived, open_archived
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the per-segment start-up
+    from markship.repository.base import Repository
+
+def standby_ceiling(repo: Repository, server: str, floor: str | None,
+                    servers: frozenset[str]) -> Segment | None:
+    """The newest segment a DR-site standby may replay.
+
+    That is the segment *before* the one holding the newest complete group mark: the mark's
+    own segment also holds WAL written after the mark, and a standby that replayed it could no
+    longer stop at the mark. `floor` (the base backup's last segment) always stays allowed so a
+    new standby can reach consistency. None: nothing is allowed beyond the floor. `servers`:
+    the group's, as the config names them (a mark record naming others is skipped).
+    """
+    ceiling: Segment | None = None
+    names = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
+    for name in names[:100]:
+        points = _mark_points(repo, "marks/" + name, servers)
+        if not points or server not in points:
+            continue
+        if all(_delivered(repo, s, wal_file, how) for s, (wal_file, how) in points.items()):
+            holding = parse_segment_name(points[server][0])
+            ceiling = Segment(holding.timeline, holding.number - 1)
+            break
+    if floor:
+        floor_segment = parse_segment_name(floor)
+        if ceiling is None or floor_segment > ceiling:
+            ceiling = floor_segment
+    return ceiling
+
+
+def _mark_points(repo: Repository, key: str,
+                 servers: frozenset[str]) -> dict[str, tuple[str, str]] | None:
+    """server → (WAL segment, delivery) of a mark record, read without pydantic; None if
+    unreadable or damaged. Repository data is untrusted: every server must be one of
+    `servers` (the config's) and every WAL file a segment name, or the record is skipped."""
+    import hashlib
+    import json
+
+    try:
+        envelope = json.loads(repo.read_bytes(key))
+        body = envelope["body"]
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        if hashlib.sha256(canonical).hexdigest() != envelope["sha256"]:
+            return None
+        delivery = body.get("delivery") or {}
+        points = {server: (str(point["wal_file"]), str(delivery.get(server, "switch")))
+                  for server, point in body["points"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError, MarkshipError):
+        return None
+    try:
+        if not points or not set(points) <= servers or any(
+                wal_file_kind(wal_file) != "segment" for wal_file, _how in points.values()):
+            return None
+    except ValueError:  # not a WAL file name at all
+        return None
+    return points
+
+
+def _delivered(repo: Repository, server: str, wal_file: str, delivery: str) -> bool:
+    if find_archived(repo, server, wal_file):
+        return True
+    return delivery == "stream" and streamed_key(repo, server, wal_file, True) is not None
+
+
+def streamed_key(repo: Repository, server: str, wal_name: str,
+                 allow_partial: bool) -> str | None:
+    """The stream-folder key holding `wal_name` (see markship.marks.stream): the whole file, else
+    (if allowed) the partial one; None when neither exists."""
+    if len(wal_name) != 24:
+        return None
+    whole = layout.stream_prefix(server) + wal_name
+    if repo.exists(whole):
+        return whole
+    if allow_partial and repo.exists(whole + layout.STREAM_PARTIAL):
+        return whole + layout.STREAM_PARTIAL
+    return None
+
+
+def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
+                   allow_partial: bool) -> None:
+    """Copy a segment that is not archived yet from the stream folder to `dest`.
+
+    A partial segment is zero-padded to full size: recovery reads what was received and
+    treats the padding as the end of WAL. Raises ObjectMissing when there is no copy.
+    """
+    key = streamed_key(repo, server, wal_name, allow_partial)
+    if key is None:
+        raise ObjectMissing(f"{wal_name} of server {server} is not archived")
+    folder, name = os.path.split(dest)
+    temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
+    head = Head()
+    try:
+        # Streamed files are pg_receivewal's own (never encrypted: streaming is off then).
+        with repo.open_stored(key) as source, open(temp, "wb") as out:
+            while chunk := source.read(CHUNK):
+                head.take(chunk)
+                out.write(chunk)
+    except ObjectMissing:
+        _discard(temp)  # archived and pruned meanwhile: the caller looks again
+        raise
+    except BaseException:
+        _discard(temp)
+        raise
+    if key.endswith(layout.STREAM_PARTIAL) and not head.data.strip(b"\0"):
+        # The agent lays the receiver's next segment out ahead, zero-filled: nothing of this
+        # segment has been received yet.
+        _discard(temp)
+        raise ObjectMissing(f"{wal_name} of server {server} is not archived")
+    problem = wal_header_problem(head.data, wal_name)
+    if problem is not None:
+        _discard(temp)
+        raise CorruptObject(f"streamed copy {key} is not WAL file {wal_name} ({problem})",
+                            "run markship verify; this WAL must not be replayed")
+    os.replace(temp, dest)
+
+
+class Head:
+    """The first bytes of a stream, gathered from its chunks (for the WAL page header)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def take(self, chunk: bytes) -> None:
+        if len(self.data) < WAL_HEADER_BYTES:
+            self.data += bytes(chunk[:WAL_HEADER_BYTES - len(self.data)])
+
+
+def _discard(path: str) -> None:
+    try:  # noqa: SIM105 - contextlib is one import too many on this path
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def fetch(repo: Repository, server: str, wal_name: str, dest: str) -> None:
+    """Restore one archived WAL file to `dest`, checking its digest before it appears there.
+
+    Raises ObjectMissing when not archived, CorruptObject when the stored copy is damaged.
+    """
+    from markship.wal import _zstd
+
+    zstandard = _zstd.load()
+    reader, expected = open_archived(repo, server, wal_name)
+    folder, name = os.path.split(dest)
+    temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
+    digest = walsum.ContentHash(expected)
+    head = Head()
+    try:
+        with reader, open(temp, "wb") as out:
+            while chunk := reader.read(CHUNK):
+                head.take(chunk)
+                digest.update(chunk)
+                out.write(chunk)
+    except zstandard.ZstdError as exc:
+        _discard(temp)
+        raise CorruptObject(f"archived {wal_name} of server {server} cannot be decompressed "
+                            f"({exc})", "run markship verify; restore from another copy") from None
+    except BaseException:
+        _discard(temp)
+        raise
+    if digest.result() != expected:
+        _discard(temp)
+        raise CorruptObject(f"archived {wal_name} of server {server} fails its checksum",
+                            "run markship verify; this WAL must not be replayed")
+    # The digest in the object's name only proves the object is intact; the page header
+    # proves it is this segment (a copy of another segment stored under this name would pass
+    # the digest and be replayed as the wrong WAL).
+    problem = wal_header_problem(head.data, wal_name)
+    if problem is not None:
+        _discard(temp)
+        raise CorruptObject(f"archived {wal_name} of server {server} is not that WAL file "
+                            f"({problem})", "run markship verify; this WAL must not be replayed")
+    os.replace(temp, dest)

@@ -1,0 +1,84 @@
+"""The few settings the WAL commands need, read without the full config model on the hot path.
+
+PostgreSQL runs wal-push and wal-fetch once per 16 MB segment. Their settings come from the
+spool's cache (see spool.cached_settings); the full pydantic model validates the file only when
+it is new or changed, so the WAL path never acts on a config the CLI would refuse. The values
+themselves always come from the validated model (`WalSettings.from_config`): no default is
+repeated here.
+"""
+
+from __future__ import annotations
+
+from markship.errors import ConfigError
+from markship.repository.backends import open_repository
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the per-segment start-up
+    from markship.config.model import Config
+    from markship.repository.fs import FsRepository
+
+
+class WalSettings:
+    """The few settings the WAL commands need, read without the full config model."""
+
+    __slots__ = ("catalog_key_file", "compression_level", "identity_file", "os_user",
+                 "push_ahead", "recipient", "repository_path", "servers")
+
+    def __init__(self, repository_path: str, os_user: str, compression_level: int,
+                 servers: frozenset[str], push_ahead: int, recipient: str = "",
+                 identity_file: str = "", catalog_key_file: str = "") -> None:
+        self.repository_path = repository_path
+        self.os_user = os_user
+        self.compression_level = compression_level
+        self.servers = servers
+        self.push_ahead = push_ahead
+        self.recipient = recipient  # "" when the repository is not encrypted
+        self.identity_file = identity_file
+        self.catalog_key_file = catalog_key_file
+
+    def fields(self) -> tuple[str, str, int, frozenset[str], int, str, str, str]:
+        return (self.repository_path, self.os_user, self.compression_level, self.servers,
+                self.push_ahead, self.recipient, self.identity_file, self.catalog_key_file)
+
+    def open_repository(self) -> FsRepository:
+        if self.recipient:
+            # The archiver never stops over the catalog key (see EncryptedFsRepository).
+            return open_repository(self.repository_path, [self.recipient],
+                                   self.identity_file or None, self.catalog_key_file or None,
+                                   strict_catalog=False)
+        return open_repository(self.repository_path)
+
+    @classmethod
+    def from_config(cls, config: Config) -> WalSettings:
+        repo, encryption = config.repository, config.encryption
+        return cls(str(repo.path), repo.os_user, repo.compression_level,
+                   frozenset(s.name for s in config.servers), repo.push_ahead,
+                   encryption.recipient if encryption else "",
+                   str(encryption.identity_file or "") if encryption else "",
+                   str(encryption.catalog_key_file or "") if encryption else "")
+
+    def check_server(self, server: str) -> None:
+        if server not in self.servers:
+            known = ", ".join(sorted(self.servers)) or "none"
+            raise ConfigError(f"unknown server {server!r} (configured: {known})",
+                              "use a name from a [[server]] table of the config")
+
+
+def load_settings(config_path: str) -> WalSettings:
+    """WalSettings of this config file: from the spool's cache when the file is unchanged."""
+    from markship.wal import spool
+
+    cached = spool.cached_settings(config_path)
+    if cached is not None:
+        try:
+            return WalSettings(*cached)  # type: ignore[arg-type]
+        except TypeError:
+            pass  # written by another markship version
+    # A new or changed config file is validated by the full model, exactly as every other
+    # command validates it (pydantic costs ~0.15 s, paid once per change of the file, not per
+    # segment): the WAL path must never act on a config the CLI would refuse.
+    from markship.config import model as config
+
+    settings = WalSettings.from_config(config.load(config_path))
+    spool.cache_settings(config_path, settings.fields())
+    return settings

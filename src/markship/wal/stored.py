@@ -1,0 +1,47 @@
+"""What the repository holds of one WAL file: its stored copies and a reader of one of them."""
+
+from __future__ import annotations
+
+from markship.errors import CorruptObject, ObjectMissing
+from markship.repository import layout
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the per-segment start-up
+    from typing import BinaryIO
+
+    from markship.repository.base import Repository
+
+# 256 KiB: a fresh process reading 1 MiB chunks spent twice as long faulting in new heap
+# pages as reading; smaller chunks reuse the same memory.
+CHUNK = 256 * 1024
+
+
+def find_archived(repo: Repository, server: str, wal_name: str) -> list[tuple[str, str]]:
+    """(key, content digest) of every stored copy of `wal_name` (normally zero or one)."""
+    folder = layout.wal_dir(server, wal_name)
+    found = []
+    for child in repo.children(folder):
+        if child.startswith(wal_name + "-"):
+            parsed = layout.split_wal_key(child)
+            if parsed and parsed[0] == wal_name:
+                found.append((folder + child, parsed[1]))
+    return found
+
+
+def open_archived(repo: Repository, server: str, wal_name: str) -> tuple[BinaryIO, str]:
+    """A reader of the uncompressed WAL file and its expected digest (markship.repository.walsum).
+
+    Raises ObjectMissing when it is not archived.
+    """
+    from markship.wal import _zstd
+
+    zstandard = _zstd.load()
+    found = find_archived(repo, server, wal_name)
+    if not found:
+        raise ObjectMissing(f"{wal_name} of server {server} is not archived")
+    if len(found) > 1:
+        raise CorruptObject(f"{wal_name} of server {server} is archived more than once",
+                            "run markship verify and remove the wrong copy")
+    key, digest = found[0]
+    stored = repo.open(key)
+    return zstandard.ZstdDecompressor().stream_reader(stored, closefd=True), digest
