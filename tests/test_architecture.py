@@ -18,7 +18,8 @@ LAYERS = ["_entry", "cli", "agent", "dr", "backup", "marks", "wal", "repository"
           "shared"]
 # Leaves every layer may use: they import only each other (and the standard library or
 # third-party packages). `client` is the applications' 2PC helper, a public import path.
-SHARED = {"__init__", "errors", "timefmt", "osuser", "names", "privatefile", "client"}
+SHARED = {"__init__", "errors", "timefmt", "osuser", "names", "privatefile", "perserver",
+          "client"}
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC.parent).with_suffix("").parts)

@@ -61,3 +61,12 @@ class KeyProblem(MarkshipError):
     """An encryption key is missing, unreadable, or does not open an object."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """What to show of any exception on one line: a MarkshipError's message and hint, else the
+    first line of its text, else its type's name (psycopg and OS errors can run to pages)."""
+    if isinstance(exc, MarkshipError):
+        return exc.one_line()
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -41,7 +41,7 @@ from markship.dr.standby import standby_conninfo
 from markship.errors import MarkshipError
 from markship.marks.choose import choose_mark
 from markship.marks.resolve import Resolution, resolve_in_doubt
-from markship.marks.take import parallel
+from markship.perserver import each
 from markship.pg import programs
 from markship.pg import sql as postgres
 from markship.pg.conninfo import scrub, secrets_of
@@ -303,7 +303,7 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     report.phases["choose"] = time.monotonic() - began
 
     phase = time.monotonic()
-    promoted = parallel({sb.server: partial(promote_to_mark, config, sb, mark)
+    promoted = each({sb.server: partial(promote_to_mark, config, sb, mark)
                          for sb in config.dr_site.standbys})
     record = record.model_copy(update={"promoted": sorted(promoted)})
     catalog.write_record(repo, key, record, overwrite=True)

@@ -21,7 +21,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -29,10 +28,10 @@ from typing import Literal, TypeVar
 
 import psycopg
 
-from markship import names
+from markship import names, perserver
 from markship.client import barrier_key
 from markship.config.model import Config
-from markship.errors import MarkshipError, ServerError
+from markship.errors import MarkshipError, ServerError, first_line
 from markship.marks import priority, stream
 from markship.pg import fanout, sql
 from markship.pg.lsn import parse_lsn, parse_segment_name
@@ -68,7 +67,7 @@ class GroupConnections:
         """Connect to every missing server in parallel; raise ServerError naming the failed."""
         wanted = [s for s in self.config.servers
                   if s.name not in self.conns or self.conns[s.name].closed]
-        results = parallel({s.name: partial(sql.connect, s.conninfo, s.name)
+        results = perserver.each({s.name: partial(sql.connect, s.conninfo, s.name)
                             for s in wanted})
         self.conns.update(results)
         if self.barrier is None or self.barrier.closed:
@@ -88,26 +87,6 @@ class GroupConnections:
                 del self.conns[name]
         if self.barrier is not None and (self.barrier.closed or self.barrier.broken):
             self.barrier = None
-
-
-def parallel(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
-    """Run one call per server at once; raise ServerError naming every server that failed."""
-    if not calls:
-        return {}
-    results: dict[str, T] = {}
-    failures: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        futures = {name: pool.submit(call) for name, call in calls.items()}
-        for name, future in futures.items():
-            try:
-                results[name] = future.result()
-            except MarkshipError as exc:
-                failures[name] = exc.message
-            except Exception as exc:  # psycopg errors on a live connection
-                failures[name] = fanout.first_line(exc)
-    if failures:
-        raise fanout.servers_failed(failures)
-    return results
 
 
 @dataclass(frozen=True)
@@ -223,7 +202,7 @@ def _under_barrier(config: Config, conns: GroupConnections, name: str, streaming
                                      int(config.marks.barrier_timeout * 1000))
     except psycopg.Error as exc:
         raise ServerError(f"server(s) {config.barrier_server.name} failed (the barrier: "
-                          f"{fanout.first_line(exc)})",
+                          f"{first_line(exc)})",
                           "bring it back, then retry; markship status shows each server"
                           ) from None
     if not held:

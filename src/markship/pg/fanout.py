@@ -20,22 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 import psycopg
 from psycopg import pq
 
-from markship.errors import ServerError
+from markship.errors import first_line
+from markship.perserver import servers_failed
 
 Rows = list[tuple[str | None, ...]]
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def servers_failed(failures: Mapping[str, str]) -> ServerError:
-    """The one error a group step raises when some servers failed, naming each."""
-    names = ", ".join(sorted(failures))
-    detail = "; ".join(f"{n}: {m}" for n, m in sorted(failures.items()))
-    return ServerError(f"server(s) {names} failed ({detail})",
-                       "bring them back, then retry; markship status shows each server")
 
 
 def fan_out(calls: Mapping[str, tuple[psycopg.Connection[object], str, Sequence[str]]],

@@ -1,0 +1,51 @@
+"""One call per server, all at once, on threads: the one place that runs work across the
+group's servers in parallel (a backup set, standbys, status, promotion, parity).
+
+`settle` gives every server's result or exception (for reports that list each server);
+`each` raises one ServerError naming every server that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from markship.errors import MarkshipError, ServerError, first_line
+
+T = TypeVar("T")
+
+
+def settle(calls: Mapping[str, Callable[[], T]]
+           ) -> tuple[dict[str, T], dict[str, Exception]]:
+    """Run `calls` (server name → call) at once. Returns (results, failures) keyed by server
+    name, in the order of `calls`. KeyboardInterrupt and SystemExit are not caught."""
+    results: dict[str, T] = {}
+    failures: dict[str, Exception] = {}
+    if not calls:
+        return results, failures
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="markship-server") as pool:
+        futures = {name: pool.submit(call) for name, call in calls.items()}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as exc:
+                failures[name] = exc
+    return results, failures
+
+
+def each(calls: Mapping[str, Callable[[], T]]) -> dict[str, T]:
+    """Run `calls` at once; raise ServerError naming every server that failed."""
+    results, failures = settle(calls)
+    if failures:
+        raise servers_failed({name: exc.message if isinstance(exc, MarkshipError)
+                              else first_line(exc) for name, exc in failures.items()})
+    return results
+
+
+def servers_failed(failures: Mapping[str, str]) -> ServerError:
+    """The one error a group step raises when some servers failed, naming each."""
+    names = ", ".join(sorted(failures))
+    detail = "; ".join(f"{n}: {m}" for n, m in sorted(failures.items()))
+    return ServerError(f"server(s) {names} failed ({detail})",
+                       "bring them back, then retry; markship status shows each server")
