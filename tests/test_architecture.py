@@ -127,3 +127,33 @@ def test_the_rule_itself_sees_a_violation(tmp_path: Path) -> None:
     assert found == [(2, "markship.dr.failover")]
     assert layer_of("markship.dr.failover") == "dr"
     assert LAYERS.index("dr") < LAYERS.index("pg")
+
+
+DOC = SRC.parent.parent / "docs" / "architecture.md"
+BEGIN, END = "<!-- imports:begin -->", "<!-- imports:end -->"
+
+
+def package_table() -> str:
+    """The package-level import picture as a markdown table, highest layer first."""
+    arrows: dict[str, set[str]] = {layer: set() for layer in LAYERS}
+    for name, edges in graph().items():
+        for _line, target in edges:
+            if layer_of(target) != layer_of(name):
+                arrows[layer_of(name)].add(layer_of(target))
+    rows = ["| package | imports from |", "|---|---|"]
+    for layer in LAYERS:
+        below = sorted(arrows[layer], key=LAYERS.index)
+        rows.append(f"| `{layer}` | {', '.join(f'`{b}`' for b in below) or '—'} |")
+    return "\n".join(rows)
+
+
+def test_the_architecture_page_shows_the_real_imports() -> None:
+    text = DOC.read_text()
+    shown = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert shown == package_table(), (
+        "docs/architecture.md's import table is stale: run python tests/test_architecture.py")
+
+
+if __name__ == "__main__":  # rewrite the table in docs/architecture.md
+    head, rest = DOC.read_text().split(BEGIN, 1)
+    DOC.write_text(f"{head}{BEGIN}\n{package_table()}\n{END}{rest.split(END, 1)[1]}")

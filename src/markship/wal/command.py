@@ -23,9 +23,6 @@ import os
 from markship.errors import ConfigError, MarkshipError, ObjectMissing, RepositoryError
 from markship.pg.lsn import parse_segment_name, wal_file_kind
 from markship.repository import layout
-from markship.wal.ahead import push_ahead_in_background
-from markship.wal.fetch import fetch, fetch_streamed, standby_ceiling
-from markship.wal.push import push
 from markship.wal.settings import load_settings
 
 TYPE_CHECKING = False
@@ -106,15 +103,22 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
     settings.check_server(server)
     osuser.switch_to(settings.os_user)
     repo = settings.open_repository()
+    # Each command imports only its own work: every module costs start-up, paid per segment.
     if command == "wal-push":
+        from markship.wal.push import push
+
         path = positional[0]
         if not os.path.isfile(path):
             raise ObjectMissing(f"WAL file {path} does not exist",
                                 "archive_command must pass %p, the path of the file")
         if settings.push_ahead > 0:
+            from markship.wal.ahead import push_ahead_in_background
+
             push_ahead_in_background(repo, server, path, settings, spool_for=config_path)
         push(repo, server, path, settings.compression_level)
         return 0
+    from markship.wal.fetch import fetch, fetch_streamed, standby_ceiling
+
     name, dest = positional
     if standby and wal_file_kind(name) in ("segment", "partial"):
         ceiling = standby_ceiling(repo, server, floor, settings.servers)
