@@ -427,7 +427,7 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
     """Build a new data directory for `server` recovering to `target`; start it if asked.
 
     With `standby`, the server stays in continuous recovery from the repository, fed only up
-    to the newest complete group mark (see wal.standby_ceiling).
+    to the newest complete group mark (see wal.fetch.standby_ceiling).
     """
     section = config.server(server)
     began = time.monotonic()

@@ -97,7 +97,7 @@ def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
                     wait_seconds: float = 600) -> str:
     """Restart a standby with the mark as recovery target; it stops there and promotes.
 
-    The standby never received the segment holding the mark (see wal.standby_ceiling), so it
+    The standby never received the segment holding the mark (see wal.fetch.standby_ceiling), so it
     has not replayed past it. Returns what it did ('promoted' or 'already promoted').
     """
     data_dir = standby.data_dir
