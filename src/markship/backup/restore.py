@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from markship.errors import CorruptObject, RestoreError
 from markship.pg.commands import fetch_command
 from markship.pg.datadir import (
     DataDir,
+    neutralize_paths,
     postmaster_status,
     recovery_end,
     server_log,
@@ -464,36 +464,3 @@ def _place_captured_config(repo: Repository, backup: BackupRecord, target_dir: P
         write_settings(target_dir, {"hba_file": str(target_dir / "pg_hba.conf"),
                                     "ident_file": str(target_dir / "pg_ident.conf")},
                        "markship restore: configuration captured with the backup")
-
-
-_PATH_SETTING = re.compile(
-    r"^(\s*)(data_directory|hba_file|ident_file|external_pid_file)\b", re.MULTILINE)
-_INCLUDE = re.compile(
-    r"^(\s*)(include_dir|include_if_exists|include)\b\s*=?\s*'([^']*)'", re.MULTILINE)
-
-
-def neutralize_paths(conf: Path) -> None:
-    """A restored postgresql.conf must not point outside the restored data directory.
-
-    Debian keeps postgresql.conf in /etc with `data_directory` naming production's data
-    directory: started with that file, the restored server would open production's data
-    instead of its copy. Such settings (and pid/hba/ident file paths) are commented out, and so
-    are includes of files that did not come with the backup (Debian's `include_dir 'conf.d'`),
-    which would stop the server from starting."""
-    try:
-        text = conf.read_text()
-    except FileNotFoundError:
-        return
-    note = "# disabled by markship restore (points outside the restored data directory): "
-    text = _PATH_SETTING.sub(lambda m: f"{m.group(1)}{note}{m.group(2)}", text)
-
-    def include(match: re.Match[str]) -> str:
-        target = Path(match.group(3))
-        if not target.is_absolute():
-            target = conf.parent / target
-        if target.exists() and conf.parent in (target, *target.parents):
-            return match.group(0)
-        return f"{match.group(1)}# disabled by markship restore (not in the backup): " \
-               f"{match.group(0).lstrip()}"
-
-    conf.write_text(_INCLUDE.sub(include, text))

@@ -1,16 +1,19 @@
-"""A PostgreSQL data directory: its postmaster (pg_ctl), its settings file, its recovery end.
+"""A PostgreSQL data directory: its postmaster (pg_ctl), its settings files, its recovery end.
 
 The one owner of `pg_ctl`: starting, stopping and restarting a server, and finding the pg_ctl
 that matches its version. Also what the directory itself says without asking the server:
 postmaster.pid (running, and in which state), pg_control (in production) and the timeline history
 file a promotion wrote (where recovery stopped). Promotion itself is never asked of pg_ctl: a
 server promotes on its own at its recovery target (`recovery_target_action = promote`).
+Settings: appended to postgresql.auto.conf, durably; a restored postgresql.conf is kept from
+pointing outside its directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -240,3 +243,36 @@ def write_settings(data_dir: Path, settings: dict[str, str], comment: str) -> No
         # Durable before the server starts: after a crash a restored server must not come
         # back without its recovery target (it would recover to the end instead).
         os.fsync(handle.fileno())
+
+
+_PATH_SETTING = re.compile(
+    r"^(\s*)(data_directory|hba_file|ident_file|external_pid_file)\b", re.MULTILINE)
+_INCLUDE = re.compile(
+    r"^(\s*)(include_dir|include_if_exists|include)\b\s*=?\s*'([^']*)'", re.MULTILINE)
+
+
+def neutralize_paths(conf: Path) -> None:
+    """A restored postgresql.conf must not point outside the restored data directory.
+
+    Debian keeps postgresql.conf in /etc with `data_directory` naming production's data
+    directory: started with that file, the restored server would open production's data
+    instead of its copy. Such settings (and pid/hba/ident file paths) are commented out, and so
+    are includes of files that did not come with the backup (Debian's `include_dir 'conf.d'`),
+    which would stop the server from starting."""
+    try:
+        text = conf.read_text()
+    except FileNotFoundError:
+        return
+    note = "# disabled by markship restore (points outside the restored data directory): "
+    text = _PATH_SETTING.sub(lambda m: f"{m.group(1)}{note}{m.group(2)}", text)
+
+    def include(match: re.Match[str]) -> str:
+        target = Path(match.group(3))
+        if not target.is_absolute():
+            target = conf.parent / target
+        if target.exists() and conf.parent in (target, *target.parents):
+            return match.group(0)
+        return f"{match.group(1)}# disabled by markship restore (not in the backup): " \
+               f"{match.group(0).lstrip()}"
+
+    conf.write_text(_INCLUDE.sub(include, text))
