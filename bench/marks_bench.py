@@ -76,7 +76,6 @@ from backup_bench import (
 )
 from markship.client import group_transaction, setup_decisions
 from markship.config import model as config_mod
-from markship.dr.failover import stopped_at
 from markship.errors import MarkshipError
 from markship.marks import stream
 from markship.marks.take import (
@@ -87,6 +86,7 @@ from markship.marks.take import (
     mark_states,
     take_mark,
 )
+from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer, chown_to, free_port
 from markship.repository.backends import open_repository
 

@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory, run_markship
-from markship.backup.restore import stopped_at
 from markship.client import setup_decisions
+from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer, create_ledger, transfer_workload
 
 ACCOUNTS = 10

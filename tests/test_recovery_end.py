@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MARKSHIP, OS_USER, Group, GroupFactory, run_markship
-from markship.backup.restore import in_production, postmaster_status
+from markship.pg.datadir import in_production, postmaster_status
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
 
 

@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from conftest import Group, GroupFactory
-from markship.backup.restore import stopped_at
+from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer
 from support import (
     Ledger,

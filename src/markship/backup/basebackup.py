@@ -16,6 +16,7 @@ from markship import __version__
 from markship.config.model import Config, ServerSection
 from markship.errors import BackupError, MarkshipError, ObjectMissing
 from markship.pg import programs, sql
+from markship.pg.commands import archive_command
 from markship.pg.lsn import Segment, parse_lsn, segment_holding_end, segment_of
 from markship.repository import catalog, layout
 from markship.repository.base import Repository
@@ -119,8 +120,8 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
         if facts.archive_mode == "off":
             raise BackupError(
                 f"archive_mode is off on server {server.name}: a backup without its WAL is useless",
-                f"set archive_mode = on and archive_command = 'markship --config "
-                f"{config.source} wal-push --server {server.name} %p', then restart it",
+                f"set archive_mode = on and archive_command = "
+                f"'{archive_command('markship', config.source, server.name)}', then restart it",
             )
         config_refs = capture_config_files(conn, repo, server, set_id, facts.config_files)
     tools = programs.bin_dir(server.bin_dir, facts.version_num)
@@ -258,7 +259,7 @@ def wait_for_backup_history(repo: Repository, server: str, label: str, timeline:
             raise BackupError(
                 f"the WAL that ends the backup of server {server} did not reach the repository "
                 "although PostgreSQL reports it archived",
-                f"archive_command must call 'markship --config ... wal-push --server {server} %p' "
+                f"archive_command must call '{archive_command('markship', '...', server)}' "
                 "with this config (check it with SHOW archive_command)",
             )
         time.sleep(0.2)

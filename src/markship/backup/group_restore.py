@@ -8,11 +8,12 @@ from pathlib import Path
 
 import psycopg
 
-from markship.backup.restore import RestoreResult, Target, restore_server, stopped_at
+from markship.backup.restore import RestoreResult, Target, restore_server
 from markship.config.model import Config
 from markship.errors import MarkshipError, RestoreError
 from markship.marks.choose import choose_mark
 from markship.marks.resolve import Resolution, resolve_in_doubt
+from markship.pg.datadir import stopped_at
 from markship.pg.lsn import format_lsn
 from markship.repository.base import Repository
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -24,8 +22,16 @@ from pathlib import Path
 
 from markship.config.model import Config
 from markship.errors import CorruptObject, RestoreError
-from markship.pg import programs
-from markship.pg.lsn import format_lsn, parse_history, segment_holding_end
+from markship.pg.commands import fetch_command
+from markship.pg.datadir import (
+    DataDir,
+    neutralize_paths,
+    postmaster_status,
+    recovery_end,
+    server_log,
+    write_settings,
+)
+from markship.pg.lsn import format_lsn, segment_holding_end
 from markship.repository import catalog
 from markship.repository.base import Readable, Repository
 from markship.repository.catalog import BackupRecord
@@ -71,30 +77,6 @@ class RestoreResult:
     seconds: float
     recovery_end_lsn: str | None = None  # where recovery stopped (when started)
     archive_end_lsn: str | None = None  # how far it had to reach: the target, or the archive
-
-
-@dataclass(frozen=True)
-class RecoveryEnd:
-    """Where a promoted server's recovery stopped, from the timeline history file it wrote
-    when it promoted: the timeline it was on, the LSN, and PostgreSQL's reason line."""
-
-    timeline: int
-    lsn: int
-    reason: str
-
-
-def recovery_end(data_dir: Path) -> RecoveryEnd | None:
-    """The end of recovery of a promoted data directory; None before any promotion."""
-    histories = sorted((data_dir / "pg_wal").glob("*.history"))
-    if not histories:
-        return None
-    text = histories[-1].read_text(errors="replace")
-    entries = parse_history(text)  # raises on a malformed file
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if not entries:
-        return None
-    timeline, lsn = entries[-1]
-    return RecoveryEnd(timeline, lsn, lines[-1].split("\t", 2)[-1])
 
 
 def complete_backups(repo: Repository, server: str) -> list[BackupRecord]:
@@ -188,17 +170,6 @@ def refuse_incomplete_mark(repo: Repository, server: str, mark: catalog.MarkReco
         raise RestoreError(
             f"mark {mark.name} is not complete for server {server}: {missing[server]} is not "
             "archived", "choose a complete mark (markship marks) or wait for archiving")
-
-
-def markship_command() -> str:
-    """The markship executable PostgreSQL should call in restore_command."""
-    argv0 = Path(sys.argv[0])
-    if argv0.name == "markship" and argv0.exists():
-        return str(argv0.absolute())
-    found = shutil.which("markship")
-    if found:
-        return found
-    return str(Path(sys.executable).parent / "markship")
 
 
 # 1 MiB tar records: tar's default 10 KiB reads cost a measurable share of a restore.
@@ -328,14 +299,6 @@ def _empty(directory: Path) -> None:
             child.unlink()
 
 
-def fetch_command(config: Config, server: str, standby_floor: str | None = None) -> str:
-    """restore_command calling wal-fetch; with a floor, the mark-gated standby variant."""
-    assert config.source is not None
-    gate = f"--standby --floor {standby_floor} " if standby_floor else ""
-    return (f"{shlex.quote(markship_command())} --config {shlex.quote(str(config.source))} "
-            f"wal-fetch --server {shlex.quote(server)} {gate}%f %p")
-
-
 def recovery_settings(config: Config, server: str, target: Target,
                       port: int | None, extra: dict[str, str],
                       standby_floor: str | None = None) -> dict[str, str]:
@@ -354,18 +317,6 @@ def recovery_settings(config: Config, server: str, target: Target,
         settings["port"] = str(port)
     settings.update(extra)
     return settings
-
-
-def write_settings(data_dir: Path, settings: dict[str, str], comment: str) -> None:
-    lines = [f"\n# {comment}\n"]
-    for key, value in settings.items():
-        lines.append(f"{key} = '{value.replace(chr(39), chr(39) * 2)}'\n")
-    with (data_dir / "postgresql.auto.conf").open("a") as handle:
-        handle.writelines(lines)
-        handle.flush()
-        # Durable before the server starts: after a crash a restored server must not come
-        # back without its recovery target (it would recover to the end instead).
-        os.fsync(handle.fileno())
 
 
 UNFINISHED = "markship-restore.unfinished"  # in a data directory markship is still building
@@ -456,18 +407,16 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
         (target_dir / UNFINISHED).unlink()
         reached: tuple[str | None, str | None] = (None, None)
         if start:
-            tools = programs.bin_dir(section.bin_dir, backup.pg_version_num)
-            pg_ctl = programs.tool(tools, "pg_ctl")
-            start_and_wait(pg_ctl, target_dir, wait_seconds,
-                           until="standby" if standby else "promoted")
+            directory = DataDir.at(target_dir, section.bin_dir, backup.pg_version_num)
+            directory.start_and_wait(wait_seconds, until="standby" if standby else "promoted")
             if not standby:
-                reached = check_recovery_end(repo, server, backup, target, target_dir, pg_ctl)
+                reached = check_recovery_end(repo, server, backup, target, directory)
     return RestoreResult(server, backup.set_id, target_dir, target, start, port,
                          time.monotonic() - began, *reached)
 
 
 def check_recovery_end(repo: Repository, server: str, backup: BackupRecord, target: Target,
-                       data_dir: Path, pg_ctl: str) -> tuple[str, str | None]:
+                       directory: DataDir) -> tuple[str, str | None]:
     """Where recovery stopped and where it should have reached (as LSN text), compared.
 
     PostgreSQL ends recovery at the first WAL file restore_command does not deliver and
@@ -477,6 +426,7 @@ def check_recovery_end(repo: Repository, server: str, backup: BackupRecord, targ
     mark that mark's restore point. Raises RestoreError, after stopping the server so nothing
     writes to a database missing committed data, when recovery stopped short.
     """
+    data_dir = directory.path
     end = recovery_end(data_dir)
     if end is None:
         raise RestoreError(f"restored server {server} promoted without a timeline history file",
@@ -496,12 +446,12 @@ def check_recovery_end(repo: Repository, server: str, backup: BackupRecord, targ
         expected = target.mark.points[server].lsn
         short = end.lsn < expected
     if short and expected is not None:
-        stop_server(pg_ctl, data_dir)
+        directory.stop()
         raise RestoreError(
             f"recovery of {server} stopped at {format_lsn(end.lsn)} on timeline "
             f"{end.timeline}, but the repository holds WAL up to {format_lsn(expected)}: "
             "the restored server lacks committed transactions, so it was stopped",
-            f"find the failed WAL fetch in {data_dir / 'markship-restore.log'}, fix it and "
+            f"find the failed WAL fetch in {server_log(data_dir)}, fix it and "
             "restore again into an empty directory")
     return format_lsn(end.lsn), None if expected is None else format_lsn(expected)
 
@@ -514,133 +464,3 @@ def _place_captured_config(repo: Repository, backup: BackupRecord, target_dir: P
         write_settings(target_dir, {"hba_file": str(target_dir / "pg_hba.conf"),
                                     "ident_file": str(target_dir / "pg_ident.conf")},
                        "markship restore: configuration captured with the backup")
-
-
-_PATH_SETTING = re.compile(
-    r"^(\s*)(data_directory|hba_file|ident_file|external_pid_file)\b", re.MULTILINE)
-_INCLUDE = re.compile(
-    r"^(\s*)(include_dir|include_if_exists|include)\b\s*=?\s*'([^']*)'", re.MULTILINE)
-
-
-def neutralize_paths(conf: Path) -> None:
-    """A restored postgresql.conf must not point outside the restored data directory.
-
-    Debian keeps postgresql.conf in /etc with `data_directory` naming production's data
-    directory: started with that file, the restored server would open production's data
-    instead of its copy. Such settings (and pid/hba/ident file paths) are commented out, and so
-    are includes of files that did not come with the backup (Debian's `include_dir 'conf.d'`),
-    which would stop the server from starting."""
-    try:
-        text = conf.read_text()
-    except FileNotFoundError:
-        return
-    note = "# disabled by markship restore (points outside the restored data directory): "
-    text = _PATH_SETTING.sub(lambda m: f"{m.group(1)}{note}{m.group(2)}", text)
-
-    def include(match: re.Match[str]) -> str:
-        target = Path(match.group(3))
-        if not target.is_absolute():
-            target = conf.parent / target
-        if target.exists() and conf.parent in (target, *target.parents):
-            return match.group(0)
-        return f"{match.group(1)}# disabled by markship restore (not in the backup): " \
-               f"{match.group(0).lstrip()}"
-
-    conf.write_text(_INCLUDE.sub(include, text))
-
-
-def start_and_wait(pg_ctl: str, data_dir: Path, wait_seconds: float,
-                   until: str = "promoted") -> None:
-    """Start the restored server and wait until it is promoted (recovery ended and it accepts
-    writes) or, with until="standby", until it is a consistent hot standby."""
-    log = data_dir / "markship-restore.log"
-    proc = subprocess.run([pg_ctl, "-D", str(data_dir), "-l", str(log), "-w", "-t",
-                           str(int(wait_seconds)), "start"],
-                          capture_output=True, text=True, check=False)
-    if not wait_until(data_dir, until, wait_seconds) or proc.returncode != 0:
-        fail_start(data_dir, log, proc.stderr, wait_seconds)
-
-
-def stop_server(pg_ctl: str, data_dir: Path) -> None:
-    """Stop a restored server (fast shutdown), whatever state it is in; a server that is not
-    running is not an error."""
-    subprocess.run([pg_ctl, "-D", str(data_dir), "-m", "fast", "-w", "stop"],
-                   capture_output=True, check=False)
-
-
-DB_IN_PRODUCTION = 6  # DBState in pg_control.h, unchanged since PostgreSQL 9.0
-
-
-def in_production(data_dir: Path) -> bool:
-    """pg_control says the cluster is in production: recovery and promotion are finished."""
-    import struct
-
-    try:
-        with (data_dir / "global" / "pg_control").open("rb") as handle:
-            head = handle.read(20)
-    except OSError:
-        return False
-    # system_identifier (8 bytes), pg_control_version (4), catalog_version_no (4), state (4)
-    return len(head) == 20 and struct.unpack_from("=i", head, 16)[0] == DB_IN_PRODUCTION
-
-
-def wait_until(data_dir: Path, until: str, wait_seconds: float) -> bool:
-    """Poll until the server is a consistent standby, or promoted: running, no signal file
-    left and pg_control in production (the postmaster's 'ready' alone comes a little early).
-    False if it stopped or timed out."""
-    deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        status = postmaster_status(data_dir)
-        if status is None:
-            return False
-        if until == "standby" and status in ("standby", "ready"):
-            return True
-        signals = (data_dir / "recovery.signal").exists() or (data_dir / "standby.signal").exists()
-        if until == "promoted" and status == "ready" and not signals and in_production(data_dir):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def fail_start(data_dir: Path, log: Path, stderr: str, wait_seconds: float) -> None:
-    reason = _recovery_failure(log)
-    # still running after the wait: recovery is slow, not broken
-    if reason is None and postmaster_status(data_dir) is not None:
-        raise RestoreError(f"recovery did not finish within {wait_seconds:.0f} s",
-                           f"the server is still replaying; watch {log}")
-    raise RestoreError(f"restored server did not start: {reason or stderr.strip()[-300:]}",
-                       f"see {log}")
-
-
-def postmaster_status(data_dir: Path) -> str | None:
-    """The status line of postmaster.pid ('starting', 'standby', 'ready', 'stopping'), or
-    None when the postmaster is not running."""
-    try:
-        lines = (data_dir / "postmaster.pid").read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    return lines[7].strip() if len(lines) > 7 else "starting"
-
-
-def _recovery_failure(log: Path) -> str | None:
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    fetch_error = next((line.split("error:", 1)[1].strip() for line in reversed(lines)
-                        if "markship wal-fetch: error:" in line), None)
-    for line in reversed(lines):
-        if "could not restore file" in line and fetch_error:
-            return f"recovery stopped at a WAL file it could not fetch: {fetch_error}"
-        if "recovery ended before configured recovery target was reached" in line:
-            return ("the recovery target was not reached: it lies beyond the archived WAL or "
-                    "before this backup (try --set with an older backup set)")
-        if "FATAL" in line or "PANIC" in line:
-            return line.split("FATAL:", 1)[-1].split("PANIC:", 1)[-1].strip()
-    return None
-
-
-def stopped_at(data_dir: Path) -> str | None:
-    """The reason line of the newest timeline history file: where recovery stopped."""
-    end = recovery_end(data_dir)
-    return None if end is None else end.reason

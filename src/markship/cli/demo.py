@@ -20,7 +20,7 @@ from rich.console import Console
 
 from markship import osuser
 from markship.backup.basebackup import run_backup
-from markship.backup.restore import Target, markship_command, restore_server
+from markship.backup.restore import Target, restore_server
 from markship.client import setup_decisions
 from markship.config import model as config_mod
 from markship.dr.failover import failover
@@ -28,6 +28,7 @@ from markship.dr.standby import create_standbys, standby_status
 from markship.errors import MarkshipError
 from markship.marks.choose import mark_states
 from markship.marks.take import GroupConnections, take_mark
+from markship.pg.commands import markship_command
 from markship.pg.scratch import (
     ScratchServer,
     create_ledger,

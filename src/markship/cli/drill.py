@@ -44,6 +44,7 @@ def drill(ctx: Context, mark_name: str | None, check_files: tuple[Path, ...],
     """
     from markship.dr.drill import run_drill
     from markship.dr.drillchecks import CheckFileError, parse_checks
+    from markship.pg.datadir import STOP_BY_HAND
 
     config = ctx.config
     servers = [s.name for s in config.servers]
@@ -96,7 +97,7 @@ def drill(ctx: Context, mark_name: str | None, check_files: tuple[Path, ...],
     if record.cleanup_problems:
         raise MarkshipError(f"drill {record.id}: cleanup incomplete: "
                             f"{record.cleanup_problems[0]}",
-                            "stop that server by hand (pg_ctl stop -m immediate)")
+                            f"stop that server by hand ({STOP_BY_HAND})")
 
 
 @click.command("drills")

@@ -282,6 +282,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
     """Restore one server (to the latest point, a time or a name) or the group (to a mark)."""
     from markship import names
     from markship.backup.restore import Target, restore_server
+    from markship.pg.datadir import START_BY_HAND
     from markship.timefmt import parse_aware
 
     if mark_name is not None:
@@ -327,7 +328,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
     if as_json:
         emit_json(asdict(result))
         return
-    state = "started and promoted" if result.started else "ready to start (pg_ctl start)"
+    state = "started and promoted" if result.started else f"ready to start ({START_BY_HAND})"
     click.echo(f"✓ {server} restored from backup set {result.set_id} into {result.target_dir}, "
                f"recovering to {target.describe()}; {state} in {result.seconds:.1f} s")
 

@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -41,8 +40,8 @@ from markship.config.model import Config
 from markship.dr.drillchecks import Check
 from markship.dr.drillchecks import label as target_label
 from markship.errors import MarkshipError
-from markship.pg import programs
 from markship.pg import sql as postgres
+from markship.pg.datadir import in_production, postmaster_status, server_log, stop_immediately
 from markship.pg.lsn import format_lsn
 from markship.repository import catalog
 from markship.repository.base import Repository
@@ -267,11 +266,9 @@ def _confirm_open(conninfos: dict[str, str]) -> None:
 
 
 def _failed_server(data_dir: Path, server: DrillServer) -> DrillServer:
-    from markship.backup.restore import in_production, postmaster_status
-
     restored = postmaster_status(data_dir) == "ready" and in_production(data_dir)
     try:
-        lines = (data_dir / "markship-restore.log").read_text(errors="replace").splitlines()
+        lines = server_log(data_dir).read_text(errors="replace").splitlines()
     except OSError:
         lines = []
     return DrillServer(port=server.port, restored=restored, mark_lsn=server.mark_lsn,
@@ -368,17 +365,17 @@ def cleanup(config: Config, temp: Path, servers: list[str]) -> list[str]:
 
     Only processes whose data directory lies under `temp` are ever stopped.
     """
-    from markship.backup.restore import postmaster_status
-
     problems: list[str] = []
     for name in servers:
         data_dir = temp / name
         if postmaster_status(data_dir) is not None:
-            problem = _stop(config, name, data_dir)
+            # a problem only when the stop cannot even be tried: a failed stop leaves a
+            # postmaster that the sweep below finds and kills
+            problem = stop_immediately(data_dir, config.server(name).bin_dir)
             if problem:
-                problems.append(problem)
+                problems.append(f"{name}: {problem}")
     for pid in scratch_postmasters(temp):
-        _kill(pid)  # pg_ctl failed or a server started late: stop it all the same
+        _kill(pid)  # its stop failed or it started late: stop it all the same
     left = scratch_postmasters(temp)
     if left:
         problems.append(f"postmaster(s) {', '.join(map(str, left))} under {temp} did not stop")
@@ -386,21 +383,6 @@ def cleanup(config: Config, temp: Path, servers: list[str]) -> list[str]:
     if temp.exists():
         problems.append(f"{temp} could not be removed completely")
     return problems
-
-
-def _stop(config: Config, name: str, data_dir: Path) -> str | None:
-    """pg_ctl stop -m immediate; a problem only when pg_ctl cannot even be found (a failed
-    stop leaves a postmaster that the sweep in `cleanup` finds and kills)."""
-    try:
-        version = int((data_dir / "PG_VERSION").read_text().strip())
-        tools = programs.bin_dir(config.server(name).bin_dir, version * 10000)
-        pg_ctl = programs.tool(tools, "pg_ctl")
-    except (OSError, ValueError, MarkshipError) as exc:
-        return f"{name}: cannot find pg_ctl ({exc})"
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run([pg_ctl, "-D", str(data_dir), "-m", "immediate", "-w", "-t", "60",
-                        "stop"], capture_output=True, text=True, timeout=90, check=False)
-    return None
 
 
 def scratch_postmasters(temp: Path) -> list[int]:

@@ -10,15 +10,12 @@ failover` switches the roles back, exactly like the first failover.
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
 from markship.backup.basebackup import run_backup
-from markship.backup.restore import markship_command, postmaster_status
 from markship.config.model import (
     Config,
     DrSiteSection,
@@ -27,11 +24,13 @@ from markship.config.model import (
     parse,
     to_toml,
 )
-from markship.dr.failover import FailoverRecord, _pg_ctl
+from markship.dr.failover import FailoverRecord
 from markship.dr.standby import create_standbys, standby_conninfo
 from markship.errors import MarkshipError
 from markship.pg import sql as postgres
+from markship.pg.commands import archive_command, markship_command
 from markship.pg.conninfo import without_secrets
+from markship.pg.datadir import DataDir, postmaster_status
 from markship.privatefile import write_private
 from markship.repository import catalog
 from markship.repository.base import Repository
@@ -86,8 +85,7 @@ def enable_archiving(old: Config, new: Config) -> None:
     """archive_command → markship with the new config, then restart each new primary."""
     assert new.source is not None
     for server in new.servers:
-        command = (f"{shlex.quote(markship_command())} --config "
-                   f"{shlex.quote(str(new.source))} wal-push --server {server.name} %p")
+        command = archive_command(markship_command(), new.source, server.name)
         with postgres.connect(server.conninfo, server.name) as conn:
             if postgres.in_recovery(conn):
                 raise MarkshipError(f"{server.name} at {without_secrets(server.conninfo)} is "
@@ -100,14 +98,9 @@ def enable_archiving(old: Config, new: Config) -> None:
         if postmaster_status(standby.data_dir) is None:
             raise MarkshipError(f"{server.name}'s data directory {standby.data_dir} is not "
                                 "running here", "run failback prepare on the DR host")
-        # -l: without a log file the new postmaster would keep our stdout pipe open forever
-        log = standby.data_dir / "markship-restore.log"
-        proc = subprocess.run([_pg_ctl(old, standby), "-D", str(standby.data_dir), "-l",
-                               str(log), "-m", "fast", "-w", "restart"], capture_output=True,
-                              text=True, check=False)
-        if proc.returncode != 0:
-            raise MarkshipError(f"restart of {server.name} failed: "
-                                f"{proc.stderr.strip()[-300:]}")
+        problem = DataDir.at(standby.data_dir, old.server(standby.server).bin_dir).restart()
+        if problem is not None:
+            raise MarkshipError(f"restart of {server.name} failed: {problem}")
 
 
 def push_histories(repo: Repository, new: Config) -> None:

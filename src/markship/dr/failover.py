@@ -27,24 +27,22 @@ from typing import Any, Literal
 import psycopg
 from pydantic import Field
 
-from markship.backup.restore import (
-    fetch_command,
-    postmaster_status,
-    recovery_end,
-    start_and_wait,
-    stop_server,
-    stopped_at,
-    write_settings,
-)
 from markship.config.model import Config, StandbySection
 from markship.dr.standby import standby_conninfo
 from markship.errors import MarkshipError
 from markship.marks.choose import choose_mark
 from markship.marks.resolve import Resolution, resolve_in_doubt
 from markship.perserver import each
-from markship.pg import programs
 from markship.pg import sql as postgres
+from markship.pg.commands import fetch_command
 from markship.pg.conninfo import scrub, secrets_of
+from markship.pg.datadir import (
+    DataDir,
+    postmaster_status,
+    recovery_end,
+    stopped_at,
+    write_settings,
+)
 from markship.pg.lsn import format_lsn, parse_lsn
 from markship.privatefile import write_private
 from markship.repository import catalog
@@ -106,22 +104,22 @@ def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
     if not signals:
         if stopped_at(data_dir) == wanted:
             if postmaster_status(data_dir) is None:
-                start_and_wait(_pg_ctl(config, standby), data_dir, wait_seconds)
+                _directory(config, standby).start_and_wait(wait_seconds)
             return "already promoted"
         raise MarkshipError(f"standby of {standby.server} in {data_dir} was promoted elsewhere "
                             f"({stopped_at(data_dir) or 'unknown point'}), not at {mark.name}",
                             "rebuild it with markship standby create, or restore the group "
                             "from backups")
-    pg_ctl = _pg_ctl(config, standby)
+    directory = _directory(config, standby)
     if postmaster_status(data_dir) is not None:
-        stop_server(pg_ctl, data_dir)
+        directory.stop()
     write_settings(data_dir, {
         "restore_command": fetch_command(config, standby.server),
         "recovery_target_name": mark.name,
         "recovery_target_action": "promote",
         "recovery_target_timeline": "latest",
     }, f"markship failover {show(utcnow())}: stop at mark {mark.name} and promote")
-    start_and_wait(pg_ctl, data_dir, wait_seconds)
+    directory.start_and_wait(wait_seconds)
     end = recovery_end(data_dir)
     if end is None or end.reason != wanted:
         raise MarkshipError(f"standby of {standby.server} stopped "
@@ -162,10 +160,8 @@ def refuse_standbys_past(config: Config, mark: MarkRecord) -> None:
         )
 
 
-def _pg_ctl(config: Config, standby: StandbySection) -> str:
-    section = config.server(standby.server)
-    major = int((standby.data_dir / "PG_VERSION").read_text().strip())
-    return programs.tool(programs.bin_dir(section.bin_dir, major * 10000), "pg_ctl")
+def _directory(config: Config, standby: StandbySection) -> DataDir:
+    return DataDir.at(standby.data_dir, config.server(standby.server).bin_dir)
 
 
 def _discarded(repo: Repository, config: Config, mark: MarkRecord) -> dict[str, str]:

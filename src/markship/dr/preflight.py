@@ -24,7 +24,6 @@ import os
 import pwd
 import shlex
 import stat
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from markship.config.model import Config, ServerSection
 from markship.errors import MarkshipError
 from markship.marks.stream import APPLICATION_NAME as RECEIVER_NAME
 from markship.pg import sql
+from markship.pg.commands import archive_command_problem, expected_archive_command
 from markship.pg.conninfo import has_secret
 from markship.timefmt import show
 
@@ -387,41 +387,6 @@ def _receiver_progress(name: str, row: dict[str, Any]) -> Check:
                  f"role {role} cannot see WAL receiver progress in pg_stat_replication, so "
                  "every mark falls back to a 16 MB WAL switch",
                  f"GRANT pg_read_all_stats TO {role}")
-
-
-def expected_archive_command(config: Config, server: str) -> str:
-    program = Path(sys.executable).parent / "markship"
-    where = f" --config {shlex.quote(str(config.source))}" if config.source else ""
-    return f"{shlex.quote(str(program))}{where} wal-push --server {server} %p"
-
-
-def archive_command_problem(command: str, server: str, config_path: Path | None) -> str | None:
-    """Why `command` is not markship's wal-push for `server` with this config; None when it is."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return "archive_command cannot be parsed"
-    if "wal-push" not in words:
-        return "archive_command does not call markship wal-push" if command else \
-            "archive_command is empty"
-    at = words.index("wal-push")
-    before, after = words[:at], words[at + 1:]
-    named = [after[i + 1] for i in range(len(after) - 1) if after[i] == "--server"]
-    named += [a.split("=", 1)[1] for a in after if a.startswith("--server=")]
-    if not named:
-        return "archive_command passes no --server"
-    if named != [server]:
-        return f"archive_command pushes as --server {named[0]}, not {server}"
-    if "%p" not in after:
-        return "archive_command does not pass %p"
-    configs = [before[i + 1] for i in range(len(before) - 1) if before[i] == "--config"]
-    configs += [b.split("=", 1)[1] for b in before if b.startswith("--config=")]
-    if config_path is not None:
-        if not configs:
-            return "archive_command names no --config"
-        if os.path.realpath(configs[-1]) != os.path.realpath(config_path):
-            return f"archive_command uses another config ({configs[-1]})"
-    return None
 
 
 def _settings(config: Config, server: ServerSection, row: dict[str, Any]) -> list[Check]:

@@ -1,4 +1,4 @@
-"""Typed wrappers around PostgreSQL's own programs (pg_basebackup, pg_ctl)."""
+"""Finding PostgreSQL's own programs (bin_dir, tool), and pg_basebackup run and watched."""
 
 from __future__ import annotations
 

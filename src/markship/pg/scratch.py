@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from markship.errors import MarkshipError
+from markship.pg import datadir
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 
@@ -76,12 +77,16 @@ class ScratchServer:
         """Run a PostgreSQL client or server tool of this installation as `os_user`."""
         argv = as_user([str(self.bin_dir / tool), *args], self.os_user)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and proc.returncode != 0:
+        if check:
+            self._check(tool, proc)
+        return proc
+
+    def _check(self, tool: str, proc: subprocess.CompletedProcess[str]) -> None:
+        if proc.returncode != 0:
             raise MarkshipError(
                 f"{tool} failed for scratch server {self.name} (exit {proc.returncode}): "
                 f"{(proc.stderr or proc.stdout).strip()[-500:]}"
             )
-        return proc
 
     def initdb(self) -> None:
         """Create the data directory and write the settings into postgresql.auto.conf."""
@@ -115,14 +120,16 @@ class ScratchServer:
             raise MarkshipError(f"cannot write {conf}: {proc.stderr.strip()}")
 
     def start(self, data_dir: Path | None = None, wait: bool = True) -> None:
-        self.run("pg_ctl", "-D", str(data_dir or self.data_dir), "-l", str(self.log_file),
-                 "-w" if wait else "-W", "-t", "120", "start")
+        proc = datadir.start(str(self.bin_dir / "pg_ctl"), data_dir or self.data_dir,
+                             self.log_file, 120, wait=wait, prefix=as_user([], self.os_user),
+                             timeout=300)
+        self._check("pg_ctl", proc)
 
     def stop(self, mode: str = "fast", data_dir: Path | None = None) -> None:
         target = data_dir or self.data_dir
         if (target / "postmaster.pid").exists():
-            self.run("pg_ctl", "-D", str(target), "-m", mode, "-w", "-t", "120", "stop",
-                     check=False)
+            datadir.stop(str(self.bin_dir / "pg_ctl"), target, mode, 120,
+                         prefix=as_user([], self.os_user), timeout=300)
 
     def kill9(self) -> None:
         """Crash the server: SIGKILL to the postmaster and every backend."""
