@@ -503,7 +503,7 @@ class Agent:
             with self.repo.lock("backup", "markship run: retention"):
                 plan = retention.make_plan(self.repo, self.clock(), self.config.retention.days,
                                            self.config.retention.min_sets)
-                retention.execute(self.repo, plan)
+                retention.apply(self.repo, plan)
         except MarkshipError as exc:
             self.log("expire.failed", level="error", reason=exc.message)
             return
