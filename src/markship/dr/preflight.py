@@ -2,6 +2,8 @@
 
 A check is `ok`, `warn` (markship works, but with more privilege than it needs or without a
 nicety) or `fail` (backups, marks or archiving will not work until the named fix is applied).
+This module checks each server and its role; preflighthost checks this host (the repository,
+the config and key files), and preflightreport holds a check's report line.
 
 What markship runs as the database role, and what that needs from a non-superuser:
 
@@ -19,46 +21,20 @@ What markship runs as the database role, and what that needs from a non-superuse
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import shlex
-import stat
 import sys
-import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import psycopg
 
 from markship.client import DECISIONS_TABLE
 from markship.config.model import Config, ServerSection
+from markship.dr.preflighthost import acting_as, local_checks, os_user_entry
+from markship.dr.preflightreport import Check
 from markship.errors import MarkshipError
 from markship.pg import replication, roles, sql, twophase
-from markship.pg.conninfo import has_secret
 from markship.timefmt import show
-
-Status = Literal["ok", "warn", "fail"]
-SYMBOLS: dict[Status, str] = {"ok": "✓", "warn": "!", "fail": "✗"}
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of preflight: `scope` is a server name, or "repository", "config", "key"."""
-
-    scope: str
-    name: str
-    status: Status
-    message: str
-    fix: str = ""
-
-    def line(self) -> str:
-        text = f"{SYMBOLS[self.status]} {self.scope}: {self.message}"
-        return f"{text}: {self.fix}" if self.fix and self.status != "ok" else text
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def run_checks(config: Config, servers: list[ServerSection]) -> list[Check]:
@@ -68,147 +44,6 @@ def run_checks(config: Config, servers: list[ServerSection]) -> list[Check]:
     for server in servers:
         checks.extend(server_checks(config, server, two_phase))
     return checks
-
-
-# -- this host: repository, config file, key file -------------------------------------------------
-
-
-def _os_user(name: str) -> pwd.struct_passwd | None:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        return None
-
-
-def local_checks(config: Config) -> list[Check]:
-    """The repository, the config file and the identity file, as the archiving OS user sees
-    them: these checks run as that user (the CLI switches to it when started as root)."""
-    user = config.repository.os_user
-    entry = _os_user(user)
-    if entry is None:
-        return [Check("repository", "os_user", "fail",
-                      f"[repository] os_user = {user!r} does not exist on this host",
-                      "set os_user to the OS user PostgreSQL runs as (usually postgres)")]
-    if not _acting_as(entry):
-        return [Check("repository", "os_user", "warn",
-                      f"the repository, config file and key file are not checked: preflight "
-                      f"runs as uid {os.geteuid()}, not as {user}",
-                      f"run it as root or as {user}")]
-    checks = [_repository_check(config.repository.path, entry)]
-    if config.source is not None:
-        checks.extend(_config_file_checks(config, entry))
-    encryption = config.encryption
-    if encryption is not None and encryption.identity_file is not None:
-        checks.append(_key_file_check(encryption.identity_file, entry, "identity_file",
-                                      "markship key create/import"))
-    if encryption is not None and encryption.catalog_key_file is not None:
-        checks.append(_key_file_check(encryption.catalog_key_file, entry, "catalog_key_file",
-                                      "markship key catalog"))
-    return checks
-
-
-def _acting_as(entry: pwd.struct_passwd) -> bool:
-    return os.geteuid() == entry.pw_uid
-
-
-def _repository_check(path: Path, entry: pwd.struct_passwd) -> Check:
-    user = entry.pw_name
-    fix = f"chown -R {user} {path} (and make it writable by {user})"
-    if not path.exists():
-        parent = next((p for p in path.parents if p.exists()), Path("/"))
-        if os.access(parent, os.W_OK | os.X_OK):
-            return Check("repository", "writable", "ok",
-                         f"{path} does not exist yet; {user} can create it in {parent}")
-        return Check("repository", "writable", "fail",
-                     f"{path} does not exist and {user} cannot create it in {parent}",
-                     f"create it: mkdir -p {path} && chown {user} {path}")
-    if not path.is_dir():
-        return Check("repository", "writable", "fail", f"{path} is not a directory",
-                     "point [repository] path at a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".preflight-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return Check("repository", "writable", "fail",
-                     f"{path} is not writable by {user} ({exc.strerror})", fix)
-    blocked = [d for d in _repository_dirs(path) if not os.access(d, os.W_OK | os.X_OK)]
-    if blocked:
-        more = f" (and {len(blocked) - 1} more)" if len(blocked) > 1 else ""
-        return Check("repository", "writable", "fail",
-                     f"{blocked[0]} is not writable by {user}{more}", fix)
-    return Check("repository", "writable", "ok", f"{path} is writable by {user}")
-
-
-def _repository_dirs(root: Path) -> list[Path]:
-    """Folders where objects are written (two levels, plus each server's newest WAL folder);
-    one owned by another user — markship once run as root without switching — stops
-    archiving."""
-    found: list[Path] = []
-    try:
-        for first in sorted(p for p in root.iterdir() if p.is_dir()):
-            found.append(first)
-            for second in sorted(p for p in first.iterdir() if p.is_dir()):
-                found.append(second)
-                if first.name == "wal":
-                    newest = sorted(p for p in second.iterdir() if p.is_dir())
-                    found.extend(newest[-1:])
-    except OSError:
-        pass  # unreadable folders show up as not writable
-    return found
-
-
-def _config_file_checks(config: Config, entry: pwd.struct_passwd) -> list[Check]:
-    assert config.source is not None
-    source = config.source
-    user = entry.pw_name
-    checks: list[Check] = []
-    if os.access(source, os.R_OK):
-        checks.append(Check("config", "readable", "ok",
-                            f"{source} is readable by {user} (archive_command reads it)"))
-    else:
-        checks.append(Check("config", "readable", "fail",
-                            f"{source} is not readable by {user}, who runs archive_command",
-                            f"chgrp {grp.getgrgid(entry.pw_gid).gr_name} {source} && "
-                            f"chmod g+r {source}"))
-    if any(has_secret(s.conninfo) for s in config.servers):
-        try:
-            mode = stat.S_IMODE(source.stat().st_mode)
-        except OSError:
-            mode = 0
-        if mode & 0o007:
-            checks.append(Check("config", "private", "fail",
-                                f"{source} holds passwords and is readable by everyone "
-                                f"(mode {mode:04o})", f"chmod o-rwx {source}"))
-        else:
-            checks.append(Check("config", "private", "ok",
-                                f"{source} holds passwords and is not world-readable"))
-    return checks
-
-
-def _key_file_check(path: Path, entry: pwd.struct_passwd, name: str, creator: str) -> Check:
-    """An age key file (the identity, the catalog key) must be 0600 and readable by the
-    repository's OS user: markship switches to that user before it reads the repository, and
-    loads the key then."""
-    user = entry.pw_name
-    what = name.replace("_", " ").removesuffix(" file") + " file"
-    try:
-        info = path.stat()
-    except OSError as exc:
-        return Check("key", name, "fail",
-                     f"{what} {path} cannot be read by {user} ({exc.strerror})",
-                     f"put it where {user} can read it (mode 0600, owner {user}), "
-                     f"or create it with {creator}")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        return Check("key", name, "fail",
-                     f"{what} {path} has mode {mode:04o}: others may read the key",
-                     f"chmod 600 {path}")
-    if not os.access(path, os.R_OK):
-        return Check("key", name, "fail",
-                     f"{what} {path} is mode 0600 but not readable by {user}, who "
-                     "reads the repository", f"chown {user} {path}")
-    return Check("key", name, "ok", f"{what} {path} is mode {mode:04o}, readable by {user} only")
 
 
 # -- one server -----------------------------------------------------------------------------------
@@ -428,8 +263,8 @@ def _settings(config: Config, server: ServerSection, facts: roles.RoleFacts) -> 
 def _program_problem(command: str, os_user: str) -> str | None:
     """The program archive_command starts must be executable by PostgreSQL's OS user."""
     program = shlex.split(command)[0]
-    entry = _os_user(os_user)
-    if not os.path.isabs(program) or entry is None or not _acting_as(entry):
+    entry = os_user_entry(os_user)
+    if not os.path.isabs(program) or entry is None or not acting_as(entry):
         return None
     if not os.access(program, os.X_OK):
         return f"{program} cannot be run by {os_user}, who runs archive_command"
