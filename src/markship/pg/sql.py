@@ -1,7 +1,7 @@
 """Connections to PostgreSQL (psycopg 3) and the queries markship asks of any server.
 
 markship sends SQL only from markship.pg: this module (connect, server facts, settings, the
-archiver, the mark's statements, statements run for the operator), and beside it one module
+archiver, the mark's statements, statements the config declares), and beside it one module
 per topic — recovery (replay positions), replication (the WAL receiver, replication
 connections), roles (what the connected role may do), twophase (prepared transactions and the
 decision table) — plus fanout, which sends one statement on many connections at once, and
@@ -172,7 +172,7 @@ def settings_named(conn: Connection, names: list[str]) -> dict[str, str]:
 
 
 def data_size_bytes(conn: Connection) -> int | None:
-    """The size of every database of the server together."""
+    """The size of every database of the server together; None when it reports none."""
     row = conn.execute("SELECT sum(pg_database_size(oid))::bigint AS b "
                        "FROM pg_database").fetchone()
     return int(row["b"]) if row and row["b"] is not None else None
@@ -239,7 +239,8 @@ SWITCH_WAL = "SELECT pg_switch_wal()"
 
 
 def set_archiving(conn: Connection, archive_command: str) -> None:
-    """ALTER SYSTEM: archive_mode on (takes effect at the next restart) and `archive_command`."""
+    """ALTER SYSTEM SET archive_mode = on and `archive_command` (postgresql.auto.conf: the
+    server applies them when restarted)."""
     conn.execute("ALTER SYSTEM SET archive_mode = 'on'")
     conn.execute(sql.SQL("ALTER SYSTEM SET archive_command = {}").format(
         sql.Literal(archive_command)))
