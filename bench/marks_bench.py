@@ -86,6 +86,7 @@ from markship.marks.take import (
     mark_states,
     take_mark,
 )
+from markship.pg import replication
 from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer, chown_to, free_port
 from markship.repository.backends import open_repository
@@ -323,7 +324,8 @@ def _receivers_child(cfg: str, stop: multiprocessing.synchronize.Event,
                     receiver.poll()
                     if receiver.server in waiting and \
                             any(receiver.folder.glob(f"*{stream.PARTIAL}")) and \
-                            stream.flushed_lsn(conns.conns[receiver.server]) is not None:
+                            replication.receiver_flushed_lsn(
+                                conns.conns[receiver.server]) is not None:
                         waiting.discard(receiver.server)
                 if waiting and time.monotonic() - began > 60:
                     problems = {r.server: list(r.errors) for r in receivers}

@@ -1,5 +1,6 @@
 """The tree is the architecture: task packages whose imports point only down, no cycles, empty
-package `__init__` files. Read with ast from the source, so nothing is imported to check it."""
+package `__init__` files, SQL sent only from markship.pg. Read with ast from the source, so
+nothing is imported to check it."""
 
 from __future__ import annotations
 
@@ -127,6 +128,34 @@ def test_the_rule_itself_sees_a_violation(tmp_path: Path) -> None:
     assert found == [(2, "markship.dr.failover")]
     assert layer_of("markship.dr.failover") == "dr"
     assert LAYERS.index("dr") < LAYERS.index("pg")
+
+
+SQL_CALLS = {"execute", "executemany", "cursor", "exec_"}
+"""Methods that send SQL: psycopg's connections and cursors, libpq's pgconn."""
+
+
+def sql_calls(path: Path) -> Iterator[int]:
+    """Lines of `path` that call a method sending SQL."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in SQL_CALLS:
+            yield node.lineno
+
+
+def test_only_pg_and_client_send_sql() -> None:
+    """SQL has one owner, markship.pg; markship.client, the applications' two-phase commit
+    helper, stays standalone with its own."""
+    outside = [f"{path.relative_to(SRC.parent)}:{line}"
+               for name, path in modules().items()
+               if layer_of(name) != "pg" and name != "markship.client"
+               for line in sql_calls(path)]
+    assert not outside, "SQL sent outside markship.pg:\n" + "\n".join(outside)
+
+
+def test_the_sql_rule_sees_a_sender(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f(conn):\n    return conn.execute('SELECT 1').fetchone()\n")
+    assert list(sql_calls(probe)) == [2]
 
 
 DOC = SRC.parent.parent / "docs" / "architecture.md"

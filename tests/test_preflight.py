@@ -14,8 +14,8 @@ from pathlib import Path
 
 from conftest import OS_USER, PG_BIN, Group, GroupFactory, run_markship, write_config
 from markship.client import SETUP_SQL
-from markship.marks.stream import APPLICATION_NAME as RECEIVER_NAME
 from markship.pg.commands import archive_command_problem
+from markship.pg.replication import RECEIVER_NAME
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
 
 

@@ -28,7 +28,7 @@ from markship.config.schedule import next_run
 from markship.errors import MarkshipError
 from markship.marks import priority, stream
 from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
-from markship.pg import programs
+from markship.pg import programs, replication
 from markship.repository import catalog
 from markship.repository.base import Repository
 from markship.repository.fs import FsRepository
@@ -309,7 +309,7 @@ class Agent:
                     or running < RECOGNISE_AFTER or conn is None or conn.closed):
                 continue
             try:
-                seen = stream.listed(conn)
+                seen = replication.receiver_listed(conn)
             except psycopg.Error:
                 self.conns.drop_broken()
                 continue
@@ -318,7 +318,7 @@ class Agent:
                 self.log("stream.unrecognised", level="warning", server=name,
                          pid=receiver.proc.pid if receiver.proc else None,
                          detail=f"the receiver runs but the server lists no receiver with "
-                                f"application_name={stream.APPLICATION_NAME}: marks switch "
+                                f"application_name={replication.RECEIVER_NAME}: marks switch "
                                 "WAL instead; check the conninfo and that it names the "
                                 "server the receiver connects to")
 
@@ -503,7 +503,7 @@ class Agent:
             with self.repo.lock("backup", "markship run: retention"):
                 plan = retention.make_plan(self.repo, self.clock(), self.config.retention.days,
                                            self.config.retention.min_sets)
-                retention.execute(self.repo, plan)
+                retention.apply(self.repo, plan)
         except MarkshipError as exc:
             self.log("expire.failed", level="error", reason=exc.message)
             return

@@ -190,7 +190,7 @@ def _expired_but_newest(records: list[_D], cutoff: datetime) -> list[_D]:
             if record.created_at < cutoff]
 
 
-def execute(repo: Repository, result: Plan) -> None:
+def apply(repo: Repository, result: Plan) -> None:
     """Delete what the plan lists: backup records first, so a crash mid-way never leaves a set
     that looks complete without its data."""
     ordered = sorted(result.delete_keys, key=lambda k: (not k.endswith("/backup.json"),

@@ -353,7 +353,7 @@ def expire(ctx: Context, dry_run: bool, now_text: str | None, as_json: bool) -> 
     with repo.lock("backup", "markship expire"):
         result = retention.make_plan(repo, now, config.retention.days, config.retention.min_sets)
         if not dry_run:
-            retention.execute(repo, result)
+            retention.apply(repo, result)
     if not dry_run:
         ctx.note(deleted_sets=",".join(result.delete_sets) or "none",
                  deleted_objects=len(result.delete_keys))

@@ -15,6 +15,7 @@ from markship.config.model import Config
 from markship.dr.standby import StandbyStatus, standby_status
 from markship.errors import MarkshipError
 from markship.pg import sql as postgres
+from markship.pg import twophase
 from markship.repository import catalog, crypto, journal
 from markship.repository.base import Repository
 from markship.timefmt import age_seconds, show, utcnow
@@ -308,14 +309,12 @@ def _in_doubt(f: _Facts) -> Step:
     barrier = f.config.barrier_server
     try:
         with postgres.connect(barrier.conninfo, barrier.name, timeout=3) as conn:
-            row = conn.execute("SELECT to_regclass('markship.decisions') IS NOT NULL AS t, "
-                               "current_setting('max_prepared_transactions')::int AS m"
-                               ).fetchone()
+            setup = twophase.two_phase_setup(conn)
     except MarkshipError as exc:
         return Step("restore", title, MISSING, exc.message, "markship status")
-    if row is None or (not row["t"] and row["m"] == 0):
+    if setup is None or (not setup.decision_table and setup.max_prepared == 0):
         return Step("restore", title, UNUSED, "no two-phase commit in use")
-    if not row["t"]:
+    if not setup.decision_table:
         return Step("restore", title, MISSING, "prepared transactions are enabled but there "
                     "is no decision table", "markship client-sql (create markship.decisions)")
     return Step("restore", title, DONE, f"decisions recorded on {barrier.name}: settled at "

@@ -39,7 +39,8 @@ from pydantic import Field
 from markship.config.model import Config
 from markship.dr.drillchecks import Check
 from markship.dr.drillchecks import label as target_label
-from markship.errors import MarkshipError
+from markship.errors import MarkshipError, first_line
+from markship.pg import recovery
 from markship.pg import sql as postgres
 from markship.pg.datadir import in_production, postmaster_status, server_log, stop_immediately
 from markship.pg.lsn import format_lsn
@@ -160,7 +161,7 @@ def run_drill(config: Config, repo: Repository, checks: list[Check], *,
                 say(f"all {len(names)} servers open {rto:.1f} s after the drill started")
                 results = [run_check(check, conninfos) for check in checks]
             except (MarkshipError, psycopg.Error) as exc:
-                error = exc.one_line() if isinstance(exc, MarkshipError) else _first_line(exc)
+                error = first_line(exc)
                 servers = {n: _failed_server(temp / n, s) for n, s in servers.items()}
         interrupted = False
     finally:
@@ -255,13 +256,12 @@ def _confirm_open(conninfos: dict[str, str]) -> None:
     """Every scratch server accepts connections, is out of recovery and does not archive."""
     for name, conninfo in conninfos.items():
         with postgres.connect(conninfo, name) as conn:
-            row = conn.execute("SELECT pg_is_in_recovery() AS recovering, "
-                               "current_setting('archive_mode') AS archive_mode").fetchone()
-        if row is None or row["recovering"]:
+            state = recovery.open_state(conn)
+        if state is None or state.recovering:
             raise MarkshipError(f"scratch server {name} is still in recovery")
-        if row["archive_mode"] != "off":
+        if state.archive_mode != "off":
             raise MarkshipError(f"scratch server {name} runs with archive_mode = "
-                                f"{row['archive_mode']}: it could archive into production's "
+                                f"{state.archive_mode}: it could archive into production's "
                                 "repository", "report this as a markship bug")
 
 
@@ -330,24 +330,17 @@ def _query_one(conninfo: str, target: tuple[str, str | None], sql: str) -> objec
         conninfo = psycopg.conninfo.make_conninfo(conninfo, dbname=database)
     with postgres.connect(conninfo, target_label(target)) as conn:
         # Checks look, they do not change: a later check must see what the mark restored.
-        conn.execute("SET default_transaction_read_only = on")
-        conn.execute("SET statement_timeout = '10min'")
+        postgres.read_only_session(conn)
         try:
-            cursor = conn.execute(sql.encode())
-            rows = cursor.fetchall() if cursor.description is not None else []
+            rows = postgres.query_values(conn, sql)
         except psycopg.Error as exc:
-            raise _Wrong(_first_line(exc)) from None
+            raise _Wrong(first_line(exc)) from None
     if len(rows) != 1:
         raise _Wrong(f"returned {len(rows)} rows, not 1")
-    columns = list(rows[0].values())
+    columns = rows[0]
     if len(columns) != 1:
         raise _Wrong(f"returned {len(columns)} columns, not 1")
     return columns[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _describe(value: object) -> str:

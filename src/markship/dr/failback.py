@@ -91,9 +91,7 @@ def enable_archiving(old: Config, new: Config) -> None:
                 raise MarkshipError(f"{server.name} at {without_secrets(server.conninfo)} is "
                                     "still in recovery",
                                     "run markship failover first")
-            conn.execute("ALTER SYSTEM SET archive_mode = 'on'")
-            conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET archive_command = {}").format(
-                psycopg.sql.Literal(command)))
+            postgres.set_archiving(conn, command)
         standby = old.standby(server.name)
         if postmaster_status(standby.data_dir) is None:
             raise MarkshipError(f"{server.name}'s data directory {standby.data_dir} is not "

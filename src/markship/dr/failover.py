@@ -33,6 +33,7 @@ from markship.errors import MarkshipError
 from markship.marks.choose import choose_mark
 from markship.marks.resolve import Resolution, resolve_in_doubt
 from markship.perserver import each
+from markship.pg import recovery
 from markship.pg import sql as postgres
 from markship.pg.commands import fetch_command
 from markship.pg.conninfo import scrub, secrets_of
@@ -43,7 +44,7 @@ from markship.pg.datadir import (
     stopped_at,
     write_settings,
 )
-from markship.pg.lsn import format_lsn, parse_lsn
+from markship.pg.lsn import format_lsn
 from markship.privatefile import write_private
 from markship.repository import catalog
 from markship.repository.base import Repository
@@ -145,12 +146,11 @@ def refuse_standbys_past(config: Config, mark: MarkRecord) -> None:
         try:
             with postgres.connect(standby_conninfo(config, standby.server), standby.server,
                                   timeout=3) as conn:
-                row = conn.execute("SELECT pg_last_wal_replay_lsn()::text AS lsn, (SELECT "
-                                   "timeline_id FROM pg_control_checkpoint()) AS tli").fetchone()
+                replayed = recovery.replay(conn)
         except MarkshipError:
             continue  # not running: its restart will tell
-        if row and row["lsn"] and row["tli"] == point.timeline and \
-                parse_lsn(row["lsn"]) > point.lsn:
+        if replayed and replayed.lsn is not None and replayed.timeline == point.timeline and \
+                replayed.lsn > point.lsn:
             past.append(standby.server)
     if past:
         raise MarkshipError(
@@ -195,7 +195,7 @@ def apply_references(config: Config) -> list[str]:
         conninfo = standby_conninfo(config, item.server, item.database)
         with postgres.connect(conninfo, item.server) as conn:
             try:
-                conn.execute(statement.encode())
+                postgres.run_statement(conn, statement)
             except psycopg.Error as exc:
                 reason = scrub(str(exc).strip().splitlines()[0], secrets)
                 raise MarkshipError(f"failover.sql on {item.server}/{item.database} failed: "

@@ -59,25 +59,20 @@ def host_facts(conninfo: str, server: str) -> HostFacts:
     """Settings and data size, plus CPU count and memory as the server can read them from
     /proc (needs pg_read_server_files or superuser; None otherwise)."""
     with sql.connect(conninfo, server, timeout=3) as conn:
-        rows = conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-                            (["server_version_num", *PARITY_SETTINGS],)).fetchall()
-        size = conn.execute("SELECT sum(pg_database_size(oid))::bigint AS b "
-                            "FROM pg_database").fetchone()
+        settings = sql.settings_named(conn, ["server_version_num", *PARITY_SETTINGS])
+        size = sql.data_size_bytes(conn)
         cpus = memory = None
         try:
-            with conn.transaction():
-                info = conn.execute("SELECT pg_read_file('/proc/cpuinfo') AS c, "
-                                    "pg_read_file('/proc/meminfo') AS m").fetchone()
+            info = sql.host_files(conn)
             if info is not None:
-                cpus = sum(1 for line in info["c"].splitlines() if line.startswith("processor"))
-                for line in info["m"].splitlines():
+                cpus = sum(1 for line in info.cpuinfo.splitlines()
+                           if line.startswith("processor"))
+                for line in info.meminfo.splitlines():
                     if line.startswith("MemTotal:"):
                         memory = int(line.split()[1]) * 1024
         except psycopg.Error:  # no right to read /proc: capacity stays unknown
             cpus = memory = None
-    return HostFacts({r["name"]: r["setting"] for r in rows},
-                     int(size["b"]) if size and size["b"] is not None else 0,
-                     cpus or None, memory)
+    return HostFacts(settings, size if size is not None else 0, cpus or None, memory)
 
 
 def _mib(n: int) -> str:

@@ -2,6 +2,8 @@
 
 A check is `ok`, `warn` (markship works, but with more privilege than it needs or without a
 nicety) or `fail` (backups, marks or archiving will not work until the named fix is applied).
+This module checks each server and its role; preflighthost checks this host (the repository,
+the config and key files), and preflightreport holds a check's report line.
 
 What markship runs as the database role, and what that needs from a non-superuser:
 
@@ -19,47 +21,19 @@ What markship runs as the database role, and what that needs from a non-superuse
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import shlex
-import stat
-import tempfile
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Literal
 
 import psycopg
 
 from markship.client import DECISIONS_TABLE
 from markship.config.model import Config, ServerSection
+from markship.dr.preflighthost import acting_as, local_checks, os_user_entry
+from markship.dr.preflightreport import Check
 from markship.errors import MarkshipError
-from markship.marks.stream import APPLICATION_NAME as RECEIVER_NAME
-from markship.pg import sql
+from markship.pg import replication, roles, sql, twophase
 from markship.pg.commands import archive_command_problem, expected_archive_command
-from markship.pg.conninfo import has_secret
 from markship.timefmt import show
-
-Status = Literal["ok", "warn", "fail"]
-SYMBOLS: dict[Status, str] = {"ok": "✓", "warn": "!", "fail": "✗"}
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of preflight: `scope` is a server name, or "repository", "config", "key"."""
-
-    scope: str
-    name: str
-    status: Status
-    message: str
-    fix: str = ""
-
-    def line(self) -> str:
-        text = f"{SYMBOLS[self.status]} {self.scope}: {self.message}"
-        return f"{text}: {self.fix}" if self.fix and self.status != "ok" else text
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def run_checks(config: Config, servers: list[ServerSection]) -> list[Check]:
@@ -71,175 +45,7 @@ def run_checks(config: Config, servers: list[ServerSection]) -> list[Check]:
     return checks
 
 
-# -- this host: repository, config file, key file -------------------------------------------------
-
-
-def _os_user(name: str) -> pwd.struct_passwd | None:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        return None
-
-
-def local_checks(config: Config) -> list[Check]:
-    """The repository, the config file and the identity file, as the archiving OS user sees
-    them: these checks run as that user (the CLI switches to it when started as root)."""
-    user = config.repository.os_user
-    entry = _os_user(user)
-    if entry is None:
-        return [Check("repository", "os_user", "fail",
-                      f"[repository] os_user = {user!r} does not exist on this host",
-                      "set os_user to the OS user PostgreSQL runs as (usually postgres)")]
-    if not _acting_as(entry):
-        return [Check("repository", "os_user", "warn",
-                      f"the repository, config file and key file are not checked: preflight "
-                      f"runs as uid {os.geteuid()}, not as {user}",
-                      f"run it as root or as {user}")]
-    checks = [_repository_check(config.repository.path, entry)]
-    if config.source is not None:
-        checks.extend(_config_file_checks(config, entry))
-    encryption = config.encryption
-    if encryption is not None and encryption.identity_file is not None:
-        checks.append(_key_file_check(encryption.identity_file, entry, "identity_file",
-                                      "markship key create/import"))
-    if encryption is not None and encryption.catalog_key_file is not None:
-        checks.append(_key_file_check(encryption.catalog_key_file, entry, "catalog_key_file",
-                                      "markship key catalog"))
-    return checks
-
-
-def _acting_as(entry: pwd.struct_passwd) -> bool:
-    return os.geteuid() == entry.pw_uid
-
-
-def _repository_check(path: Path, entry: pwd.struct_passwd) -> Check:
-    user = entry.pw_name
-    fix = f"chown -R {user} {path} (and make it writable by {user})"
-    if not path.exists():
-        parent = next((p for p in path.parents if p.exists()), Path("/"))
-        if os.access(parent, os.W_OK | os.X_OK):
-            return Check("repository", "writable", "ok",
-                         f"{path} does not exist yet; {user} can create it in {parent}")
-        return Check("repository", "writable", "fail",
-                     f"{path} does not exist and {user} cannot create it in {parent}",
-                     f"create it: mkdir -p {path} && chown {user} {path}")
-    if not path.is_dir():
-        return Check("repository", "writable", "fail", f"{path} is not a directory",
-                     "point [repository] path at a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".preflight-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return Check("repository", "writable", "fail",
-                     f"{path} is not writable by {user} ({exc.strerror})", fix)
-    blocked = [d for d in _repository_dirs(path) if not os.access(d, os.W_OK | os.X_OK)]
-    if blocked:
-        more = f" (and {len(blocked) - 1} more)" if len(blocked) > 1 else ""
-        return Check("repository", "writable", "fail",
-                     f"{blocked[0]} is not writable by {user}{more}", fix)
-    return Check("repository", "writable", "ok", f"{path} is writable by {user}")
-
-
-def _repository_dirs(root: Path) -> list[Path]:
-    """Folders where objects are written (two levels, plus each server's newest WAL folder);
-    one owned by another user — markship once run as root without switching — stops
-    archiving."""
-    found: list[Path] = []
-    try:
-        for first in sorted(p for p in root.iterdir() if p.is_dir()):
-            found.append(first)
-            for second in sorted(p for p in first.iterdir() if p.is_dir()):
-                found.append(second)
-                if first.name == "wal":
-                    newest = sorted(p for p in second.iterdir() if p.is_dir())
-                    found.extend(newest[-1:])
-    except OSError:
-        pass  # unreadable folders show up as not writable
-    return found
-
-
-def _config_file_checks(config: Config, entry: pwd.struct_passwd) -> list[Check]:
-    assert config.source is not None
-    source = config.source
-    user = entry.pw_name
-    checks: list[Check] = []
-    if os.access(source, os.R_OK):
-        checks.append(Check("config", "readable", "ok",
-                            f"{source} is readable by {user} (archive_command reads it)"))
-    else:
-        checks.append(Check("config", "readable", "fail",
-                            f"{source} is not readable by {user}, who runs archive_command",
-                            f"chgrp {grp.getgrgid(entry.pw_gid).gr_name} {source} && "
-                            f"chmod g+r {source}"))
-    if any(has_secret(s.conninfo) for s in config.servers):
-        try:
-            mode = stat.S_IMODE(source.stat().st_mode)
-        except OSError:
-            mode = 0
-        if mode & 0o007:
-            checks.append(Check("config", "private", "fail",
-                                f"{source} holds passwords and is readable by everyone "
-                                f"(mode {mode:04o})", f"chmod o-rwx {source}"))
-        else:
-            checks.append(Check("config", "private", "ok",
-                                f"{source} holds passwords and is not world-readable"))
-    return checks
-
-
-def _key_file_check(path: Path, entry: pwd.struct_passwd, name: str, creator: str) -> Check:
-    """An age key file (the identity, the catalog key) must be 0600 and readable by the
-    repository's OS user: markship switches to that user before it reads the repository, and
-    loads the key then."""
-    user = entry.pw_name
-    what = name.replace("_", " ").removesuffix(" file") + " file"
-    try:
-        info = path.stat()
-    except OSError as exc:
-        return Check("key", name, "fail",
-                     f"{what} {path} cannot be read by {user} ({exc.strerror})",
-                     f"put it where {user} can read it (mode 0600, owner {user}), "
-                     f"or create it with {creator}")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        return Check("key", name, "fail",
-                     f"{what} {path} has mode {mode:04o}: others may read the key",
-                     f"chmod 600 {path}")
-    if not os.access(path, os.R_OK):
-        return Check("key", name, "fail",
-                     f"{what} {path} is mode 0600 but not readable by {user}, who "
-                     "reads the repository", f"chown {user} {path}")
-    return Check("key", name, "ok", f"{what} {path} is mode {mode:04o}, readable by {user} only")
-
-
 # -- one server -----------------------------------------------------------------------------------
-
-FACTS_SQL = """
-SELECT current_user AS role, r.rolsuper AS superuser, r.rolreplication AS replication,
-       current_setting('server_version') AS version,
-       pg_is_in_recovery() AS in_recovery,
-       current_setting('wal_level') AS wal_level,
-       current_setting('archive_mode') AS archive_mode,
-       current_setting('archive_command') AS archive_command,
-       current_setting('max_wal_senders')::int AS max_wal_senders,
-       current_setting('max_prepared_transactions')::int AS max_prepared,
-       has_function_privilege('pg_create_restore_point(text)', 'EXECUTE') AS restore_point,
-       has_function_privilege('pg_switch_wal()', 'EXECUTE') AS switch_wal,
-       has_function_privilege('pg_read_binary_file(text)', 'EXECUTE') AS read_file,
-       pg_has_role('pg_read_all_stats', 'USAGE') AS read_all_stats,
-       pg_has_role('pg_read_all_data', 'USAGE') AS read_all_data,
-       (SELECT count(*) FROM pg_prepared_xacts)::int AS prepared,
-       (SELECT count(*) FROM pg_stat_replication
-         WHERE application_name IS DISTINCT FROM %(receiver)s)::int AS other_senders
-FROM pg_roles r WHERE r.rolname = current_user
-"""
-
-DECISIONS_SQL = """
-SELECT has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT') AS readable
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = %s
-"""
-
 
 def decisions_table_exists(config: Config) -> bool:
     """Whether the group uses markship's two-phase commit: the decision table exists on the
@@ -248,7 +54,7 @@ def decisions_table_exists(config: Config) -> bool:
     schema, table = DECISIONS_TABLE.split(".")
     try:
         with sql.connect(barrier.conninfo, barrier.name) as conn:
-            return conn.execute(DECISIONS_SQL, (schema, table)).fetchone() is not None
+            return twophase.decisions_readable(conn, schema, table) is not None
     except MarkshipError:
         return False
 
@@ -262,62 +68,56 @@ def server_checks(config: Config, server: ServerSection, two_phase: bool) -> lis
     except MarkshipError as exc:
         return [Check(name, "connect", "fail", exc.message, exc.hint)]
     with conn:
-        row = conn.execute(FACTS_SQL, {"receiver": RECEIVER_NAME}).fetchone()
-        assert row is not None
-        role = row["role"]
-        checks = [_connected(name, row)]
-        if row["in_recovery"]:
+        facts = roles.role_facts(conn)
+        role = facts.role
+        checks = [_connected(name, facts)]
+        if facts.in_recovery:
             return checks
-        checks.append(_superuser(name, row))
-        checks.append(_replication(server, row))
-        checks.extend(_functions(name, row))
+        checks.append(_superuser(name, facts))
+        checks.append(_replication(server, facts))
+        checks.extend(_functions(name, facts))
         checks.append(_archiver(conn, name))
         if _streaming(config):
-            checks.append(_receiver_progress(name, row))
-        checks.extend(_settings(config, server, row))
-        checks.extend(_two_phase(conn, config, server, row, two_phase))
-        checks.append(_config_files(conn, server, row))
+            checks.append(_receiver_progress(name, facts))
+        checks.extend(_settings(config, server, facts))
+        checks.extend(_two_phase(conn, config, server, facts, two_phase))
+        checks.append(_config_files(conn, server, facts))
         for dump in config.dumps:
             if dump.server == name:
-                checks.append(_dump(conn, name, role, dump.dump_name, dump.database, row))
+                checks.append(_dump(conn, name, role, dump.dump_name, dump.database, facts))
     return checks
 
 
-def _connected(name: str, row: dict[str, Any]) -> Check:
-    if row["in_recovery"]:
+def _connected(name: str, facts: roles.RoleFacts) -> Check:
+    if facts.in_recovery:
         return Check(name, "connect", "fail",
-                     f"connected as {row['role']}, but the server is in recovery (a standby)",
+                     f"connected as {facts.role}, but the server is in recovery (a standby)",
                      "markship backs up and marks primaries: point its conninfo at the primary")
     return Check(name, "connect", "ok",
-                 f"connected as {row['role']} to PostgreSQL {row['version'].split()[0]}, "
+                 f"connected as {facts.role} to PostgreSQL {facts.version.split()[0]}, "
                  "a primary")
 
 
-def _superuser(name: str, row: dict[str, Any]) -> Check:
-    role = row["role"]
-    if row["superuser"]:
+def _superuser(name: str, facts: roles.RoleFacts) -> Check:
+    role = facts.role
+    if facts.superuser:
         return Check(name, "superuser", "warn", f"role {role} is a superuser",
                      "markship needs far less: `markship preflight --print-role-sql` prints a "
                      "least-privilege role; use it in the conninfo")
     return Check(name, "superuser", "ok", f"role {role} is not a superuser")
 
 
-def _replication(server: ServerSection, row: dict[str, Any]) -> Check:
+def _replication(server: ServerSection, facts: roles.RoleFacts) -> Check:
     """REPLICATION, and a replication connection that pg_hba.conf lets in (tried for real)."""
-    name, role = server.name, row["role"]
-    if not row["replication"] and not row["superuser"]:
+    name, role = server.name, facts.role
+    if not facts.replication and not facts.superuser:
         return Check(name, "replication", "fail",
                      f"role {role} lacks REPLICATION (pg_basebackup and the WAL receiver need "
                      "it)", f"ALTER ROLE {role} REPLICATION")
     try:
-        with psycopg.connect(server.conninfo, replication="true", connect_timeout=5,
-                             autocommit=True) as repl:
-            result = repl.pgconn.exec_(b"IDENTIFY_SYSTEM")
-            if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
-                raise psycopg.OperationalError(
-                    (result.error_message or b"IDENTIFY_SYSTEM failed").decode(errors="replace"))
+        replication.identify_system(server.conninfo)
     except psycopg.Error as exc:
-        detail = _first_line(exc)
+        detail = sql.refusal(exc)
         if "pg_hba.conf" in detail:
             fix = (f"add `host replication {role} <markship host>/32 scram-sha-256` to "
                    "pg_hba.conf and reload the server")
@@ -332,20 +132,14 @@ def _replication(server: ServerSection, row: dict[str, Any]) -> Check:
                  "pg_receivewal)")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if "FATAL:" in line:
-            return line.split("FATAL:", 1)[1].strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _functions(name: str, row: dict[str, Any]) -> list[Check]:
-    role = row["role"]
+def _functions(name: str, facts: roles.RoleFacts) -> list[Check]:
+    role = facts.role
     found = []
-    for key, function, why in (("restore_point", "pg_create_restore_point(text)", "group marks"),
-                               ("switch_wal", "pg_switch_wal()", "mark delivery by WAL switch")):
-        if row[key]:
+    for key, allowed, function, why in (
+            ("restore_point", facts.restore_point, "pg_create_restore_point(text)",
+             "group marks"),
+            ("switch_wal", facts.switch_wal, "pg_switch_wal()", "mark delivery by WAL switch")):
+        if allowed:
             found.append(Check(name, key, "ok", f"role {role} may run {function} ({why})"))
         else:
             found.append(Check(name, key, "fail", f"role {role} may not run {function} ({why})",
@@ -357,7 +151,7 @@ def _archiver(conn: sql.Connection, name: str) -> Check:
     try:
         stats = sql.archiver_stats(conn)
     except psycopg.Error as exc:
-        return Check(name, "archiver", "fail", f"cannot read pg_stat_archiver ({_first_line(exc)})",
+        return Check(name, "archiver", "fail", f"cannot read pg_stat_archiver ({sql.refusal(exc)})",
                      "markship status reads it: check the role's privileges")
     failing = (stats.last_failed_time is not None
                and (stats.last_archived_time is None
@@ -378,9 +172,9 @@ def _streaming(config: Config) -> bool:
     return config.marks.delivery == "stream" and config.encryption is None
 
 
-def _receiver_progress(name: str, row: dict[str, Any]) -> Check:
-    role = row["role"]
-    if row["read_all_stats"]:
+def _receiver_progress(name: str, facts: roles.RoleFacts) -> Check:
+    role = facts.role
+    if facts.read_all_stats:
         return Check(name, "receiver_progress", "ok",
                      f"role {role} sees WAL receiver progress (pg_stat_replication.flush_lsn)")
     return Check(name, "receiver_progress", "fail",
@@ -389,26 +183,26 @@ def _receiver_progress(name: str, row: dict[str, Any]) -> Check:
                  f"GRANT pg_read_all_stats TO {role}")
 
 
-def _settings(config: Config, server: ServerSection, row: dict[str, Any]) -> list[Check]:
+def _settings(config: Config, server: ServerSection, facts: roles.RoleFacts) -> list[Check]:
     name = server.name
     expected = expected_archive_command(config, name)
     checks = []
-    if row["wal_level"] in ("replica", "logical"):
-        checks.append(Check(name, "wal_level", "ok", f"wal_level = {row['wal_level']}"))
+    if facts.wal_level in ("replica", "logical"):
+        checks.append(Check(name, "wal_level", "ok", f"wal_level = {facts.wal_level}"))
     else:
         checks.append(Check(name, "wal_level", "fail",
-                            f"wal_level is {row['wal_level']}: archives cannot restore it",
+                            f"wal_level is {facts.wal_level}: archives cannot restore it",
                             "set wal_level = replica and restart the server"))
-    if row["archive_mode"] in ("on", "always"):
-        checks.append(Check(name, "archive_mode", "ok", f"archive_mode = {row['archive_mode']}"))
+    if facts.archive_mode in ("on", "always"):
+        checks.append(Check(name, "archive_mode", "ok", f"archive_mode = {facts.archive_mode}"))
     else:
-        checks.append(Check(name, "archive_mode", "fail", f"archive_mode is {row['archive_mode']}",
+        checks.append(Check(name, "archive_mode", "fail", f"archive_mode is {facts.archive_mode}",
                             f"set archive_mode = on and archive_command = '{expected}', "
                             "then restart the server"))
-    if row["archive_mode"] != "off":  # else it shows "(disabled)"; archive_mode's fix sets it
-        problem = archive_command_problem(row["archive_command"], name, config.source)
+    if facts.archive_mode != "off":  # else it shows "(disabled)"; archive_mode's fix sets it
+        problem = archive_command_problem(facts.archive_command, name, config.source)
         if problem is None:
-            problem = _program_problem(row["archive_command"], config.repository.os_user)
+            problem = _program_problem(facts.archive_command, config.repository.os_user)
         if problem is None:
             checks.append(Check(name, "archive_command", "ok",
                                 f"archive_command calls markship wal-push --server {name}"))
@@ -416,14 +210,14 @@ def _settings(config: Config, server: ServerSection, row: dict[str, Any]) -> lis
             checks.append(Check(name, "archive_command", "fail", problem,
                                 f"set archive_command = '{expected}' and reload the server"))
     needed = 1 + (1 if _streaming(config) else 0)  # pg_basebackup (+ pg_receivewal)
-    others = row["other_senders"]
-    if row["max_wal_senders"] >= needed + others:
+    others = facts.other_senders
+    if facts.max_wal_senders >= needed + others:
         checks.append(Check(name, "max_wal_senders", "ok",
-                            f"max_wal_senders = {row['max_wal_senders']} (markship needs "
+                            f"max_wal_senders = {facts.max_wal_senders} (markship needs "
                             f"{needed}, {others} in use by others)"))
     else:
         checks.append(Check(name, "max_wal_senders", "fail",
-                            f"max_wal_senders is {row['max_wal_senders']}: markship needs "
+                            f"max_wal_senders is {facts.max_wal_senders}: markship needs "
                             f"{needed} and {others} are in use by others",
                             f"set max_wal_senders = {needed + others + 2} and restart the "
                             "server"))
@@ -433,8 +227,8 @@ def _settings(config: Config, server: ServerSection, row: dict[str, Any]) -> lis
 def _program_problem(command: str, os_user: str) -> str | None:
     """The program archive_command starts must be executable by PostgreSQL's OS user."""
     program = shlex.split(command)[0]
-    entry = _os_user(os_user)
-    if not os.path.isabs(program) or entry is None or not _acting_as(entry):
+    entry = os_user_entry(os_user)
+    if not os.path.isabs(program) or entry is None or not acting_as(entry):
         return None
     if not os.access(program, os.X_OK):
         return f"{program} cannot be run by {os_user}, who runs archive_command"
@@ -442,31 +236,31 @@ def _program_problem(command: str, os_user: str) -> str | None:
 
 
 def _two_phase(conn: sql.Connection, config: Config, server: ServerSection,
-               row: dict[str, Any], two_phase: bool) -> list[Check]:
+               facts: roles.RoleFacts, two_phase: bool) -> list[Check]:
     """2PC is in use when the decision table exists on the barrier server, or this server
     holds prepared transactions."""
-    name, role = server.name, row["role"]
+    name, role = server.name, facts.role
     schema, table = DECISIONS_TABLE.split(".")
     barrier = config.barrier_server.name == name
-    decisions = conn.execute(DECISIONS_SQL, (schema, table)).fetchone() if barrier else None
-    in_use = two_phase or row["prepared"] > 0
+    readable = twophase.decisions_readable(conn, schema, table) if barrier else None
+    in_use = two_phase or facts.prepared > 0
     checks = []
     if not in_use:
         checks.append(Check(name, "max_prepared_transactions", "ok",
-                            f"max_prepared_transactions = {row['max_prepared']} (two-phase "
+                            f"max_prepared_transactions = {facts.max_prepared} (two-phase "
                             f"commit not in use: no {DECISIONS_TABLE} table on "
                             f"{config.barrier_server.name})"))
-    elif row["max_prepared"] > 0:
+    elif facts.max_prepared > 0:
         checks.append(Check(name, "max_prepared_transactions", "ok",
-                            f"max_prepared_transactions = {row['max_prepared']} (two-phase "
+                            f"max_prepared_transactions = {facts.max_prepared} (two-phase "
                             "commit in use)"))
     else:
         checks.append(Check(name, "max_prepared_transactions", "fail",
                             "max_prepared_transactions is 0 but the group uses two-phase commit",
                             "set max_prepared_transactions (e.g. = max_connections) and "
                             "restart the server"))
-    if decisions is not None:
-        if decisions["readable"]:
+    if readable is not None:
+        if readable:
             checks.append(Check(name, "decisions", "ok",
                                 f"role {role} reads {DECISIONS_TABLE} (markship resolve)"))
         else:
@@ -479,13 +273,11 @@ def _two_phase(conn: sql.Connection, config: Config, server: ServerSection,
 
 
 def _config_files(conn: sql.Connection, server: ServerSection,
-                  row: dict[str, Any]) -> Check:
+                  facts: roles.RoleFacts) -> Check:
     """Backups capture postgresql.conf, pg_hba.conf, pg_ident.conf: through SQL, or from disk
     on the server's own host. Without them a backup still works, hence a warning."""
-    name, role = server.name, row["role"]
-    paths = {r["name"]: r["setting"] for r in conn.execute(
-        "SELECT name, setting FROM pg_settings WHERE name IN "
-        "('config_file', 'hba_file', 'ident_file')").fetchall()}
+    name, role = server.name, facts.role
+    paths = roles.config_file_paths(conn)
     if not paths:
         return Check(name, "config_files", "warn",
                      f"role {role} cannot see where postgresql.conf and pg_hba.conf are, so "
@@ -495,7 +287,7 @@ def _config_files(conn: sql.Connection, server: ServerSection,
     from_disk = 0
     for path in paths.values():
         try:
-            conn.execute("SELECT length(pg_read_binary_file(%s)) AS n", (path,))
+            roles.try_read_server_file(conn, path)
         except psycopg.Error:
             if os.access(path, os.R_OK):
                 from_disk += 1
@@ -505,7 +297,7 @@ def _config_files(conn: sql.Connection, server: ServerSection,
         how = "from disk on this host" if from_disk else "through SQL"
         return Check(name, "config_files", "ok",
                      f"postgresql.conf, pg_hba.conf, pg_ident.conf readable {how}")
-    if not row["read_file"]:
+    if not facts.read_file:
         fix = f"GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO {role}"
     else:
         fix = (f"GRANT pg_read_server_files TO {role} (they lie outside the data directory), "
@@ -515,14 +307,12 @@ def _config_files(conn: sql.Connection, server: ServerSection,
 
 
 def _dump(conn: sql.Connection, name: str, role: str, dump: str, database: str,
-          row: dict[str, Any]) -> Check:
-    found = conn.execute("SELECT has_database_privilege(oid, 'CONNECT') AS ok FROM pg_database "
-                         "WHERE datname = %s", (database,)).fetchone()
-    if found is None or not found["ok"]:
+          facts: roles.RoleFacts) -> Check:
+    if not roles.may_connect(conn, database):
         return Check(name, f"dump:{dump}", "fail",
                      f"role {role} cannot connect to database {database} (dump {dump})",
                      f"check [[dump]] database, or GRANT CONNECT ON DATABASE {database} TO {role}")
-    if not row["read_all_data"]:
+    if not facts.read_all_data:
         return Check(name, f"dump:{dump}", "fail",
                      f"role {role} cannot read every table of {database} (dump {dump})",
                      f"GRANT pg_read_all_data TO {role}")

@@ -13,7 +13,7 @@ from markship.backup.restore import RestoreResult, Target, restore_server
 from markship.config.model import Config, StandbySection
 from markship.errors import MarkshipError
 from markship.marks.choose import mark_states
-from markship.pg import sql
+from markship.pg import recovery, sql
 from markship.repository import catalog
 from markship.repository.base import Repository
 
@@ -81,13 +81,10 @@ PARITY_SETTINGS = ("max_connections", "max_prepared_transactions", "max_locks_pe
 
 def _settings(conninfo: str, server: str) -> dict[str, str]:
     with sql.connect(conninfo, server, timeout=3) as conn:
-        rows = conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-                            (["server_version_num", *PARITY_SETTINGS],)).fetchall()
-        size = conn.execute("SELECT sum(pg_database_size(oid))::bigint AS b "
-                            "FROM pg_database").fetchone()
-    found = {r["name"]: r["setting"] for r in rows}
-    if size and size["b"] is not None:
-        found["data_bytes"] = str(size["b"])
+        found = sql.settings_named(conn, ["server_version_num", *PARITY_SETTINGS])
+        size = sql.data_size_bytes(conn)
+    if size is not None:
+        found["data_bytes"] = str(size)
     return found
 
 
@@ -128,21 +125,15 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
         try:
             with sql.connect(standby_conninfo(config, standby.server), standby.server,
                                   timeout=3) as conn:
-                row = conn.execute("SELECT pg_is_in_recovery() AS r, CASE WHEN "
-                                   "pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE "
-                                   "pg_current_wal_lsn() END::text AS lsn, (SELECT timeline_id "
-                                   "FROM pg_control_checkpoint()) AS tli").fetchone()
-            assert row is not None
+                here = recovery.position(conn)
             mine = _settings(standby_conninfo(config, standby.server), standby.server)
         except MarkshipError as exc:
             return StandbyStatus(standby.server, address, False, exc.message, None, None, None,
                                  None, None, None, [])
-        from markship.pg.lsn import parse_lsn
-
-        replayed = parse_lsn(row["lsn"])
+        replayed = here.lsn
         # Marks of this standby's timeline only: LSNs of other timelines do not compare.
         same_tl = [s for s in complete
-                   if s.record.points[standby.server].timeline == row["tli"]]
+                   if s.record.points[standby.server].timeline == here.timeline]
         reached = [s for s in same_tl if s.record.points[standby.server].lsn <= replayed]
         at = reached[-1] if reached else None
         behind = len(same_tl) - len(reached)
@@ -154,7 +145,7 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
                                      free_bytes(standby.data_dir))
         except MarkshipError:
             parity = ["production unreachable: parity not checked"]
-        return StandbyStatus(standby.server, address, True, None, bool(row["r"]), replayed,
+        return StandbyStatus(standby.server, address, True, None, here.in_recovery, replayed,
                              at.record.name if at else None, behind, lag_bytes,
                              at.age_seconds if at else None, parity)
 

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from markship.client import DECISIONS_TABLE
-from markship.pg import sql
+from markship.pg import sql, twophase
 
 
 @dataclass(frozen=True)
@@ -27,17 +26,17 @@ def committed_gids(conninfo: str, server: str) -> set[str]:
     """Global transactions recorded as committed; empty when the table was never created."""
     with sql.connect(conninfo, server) as conn:
         try:
-            rows = conn.execute(f"SELECT gid FROM {DECISIONS_TABLE}").fetchall()
+            gids = twophase.recorded_commits(conn)
         except psycopg.errors.UndefinedTable:
             return set()
-    return {r["gid"] for r in rows}
+    return gids
 
 
 def plan(participants: dict[str, str], decided: set[str]) -> list[Resolution]:
     found = []
     for server, conninfo in participants.items():
         with sql.connect(conninfo, server) as conn:
-            for gid, database in sql.prepared_transactions(conn):
+            for gid, database in twophase.prepared_transactions(conn):
                 action = "commit" if gid in decided else "rollback"
                 found.append(Resolution(server, database, gid, action, False))
     return found
@@ -52,7 +51,7 @@ def resolve_in_doubt(participants: dict[str, str], decisions_server: str,
         return todo
     done = []
     for item in todo:
-        sql.finish_prepared(participants[item.server], item.server, item.database,
+        twophase.finish_prepared(participants[item.server], item.server, item.database,
                                  item.gid, item.action == "commit")
         done.append(Resolution(item.server, item.database, item.gid, item.action, True))
     return done

@@ -40,11 +40,11 @@ from markship.config.model import Config
 from markship.pg import conninfo as conninfo_mod
 from markship.pg import fanout, programs, sql
 from markship.pg.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
+from markship.pg.replication import RECEIVER_FLUSHED, RECEIVER_NAME
 from markship.repository import layout
 from markship.repository.base import Repository
 from markship.repository.fs import FsRepository
 
-APPLICATION_NAME = "markship-stream"
 PARTIAL = layout.STREAM_PARTIAL
 stream_prefix = layout.stream_prefix
 PID_FILE = "receiver.pid"
@@ -54,41 +54,20 @@ RESTART_FRESH = ("has already been removed", "timeline", "ahead of the WAL flush
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
-FLUSHED = ("SELECT max(flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_stat_replication"
-           f" WHERE application_name = '{APPLICATION_NAME}' AND state = 'streaming'")
-"""How far this server's markship receiver has flushed WAL (NULL with no receiver)."""
-
-
-LISTED = ("SELECT count(*) AS n FROM pg_stat_replication"
-          f" WHERE application_name = '{APPLICATION_NAME}'")
-"""How many receivers this server lists under markship's name (in any state)."""
-
-
-def listed(conn: sql.Connection) -> bool:
-    """True when the server lists a receiver under markship's application_name."""
-    row = conn.execute(LISTED).fetchone()
-    return bool(row and next(iter(row.values())))
-
-
-def flushed_lsn(conn: sql.Connection) -> int | None:
-    row = conn.execute(FLUSHED).fetchone()
-    value = None if row is None else next(iter(row.values()))
-    return None if value is None else int(value)
-
-
 def wait_flushed(conns: dict[str, sql.Connection], lsns: dict[str, int],
                  timeout: float, first: dict[str, fanout.Rows] | None = None) -> set[str]:
     """Wait until each server's receiver has flushed WAL up to its `lsns` entry; return the
     servers where it did. A server without a receiver, or whose receiver did not get there
     within `timeout` seconds, is left out. Every round asks all waiting servers at once;
-    `first` holds answers to FLUSHED already asked (the first round is then skipped)."""
+    `first` holds answers to RECEIVER_FLUSHED already asked (the first round is then
+    skipped)."""
     began = time.monotonic()
     deadline = began + timeout
     waiting = dict(lsns)
     done: set[str] = set()
     while waiting:
         answers = first or fanout.fan_out(
-            {server: (conns[server], FLUSHED, ()) for server in waiting})
+            {server: (conns[server], RECEIVER_FLUSHED, ()) for server in waiting})
         first = None
         for server, rows in answers.items():
             flushed = rows[0][0] if rows else None
@@ -138,7 +117,7 @@ class Receiver:
         self.server = server
         # Marks recognise the receiver by this name in pg_stat_replication; psycopg's
         # parser sets it on a URI as well as on key=value pairs.
-        self.conninfo = conninfo_mod.with_params(conninfo, application_name=APPLICATION_NAME)
+        self.conninfo = conninfo_mod.with_params(conninfo, application_name=RECEIVER_NAME)
         self.pg_receivewal = pg_receivewal
         self.log = log
         self.folder = Path(repo.root) / stream_prefix(server)

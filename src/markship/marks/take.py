@@ -33,7 +33,7 @@ from markship.client import barrier_key
 from markship.config.model import Config
 from markship.errors import MarkshipError, ServerError, first_line
 from markship.marks import priority, stream
-from markship.pg import fanout, sql
+from markship.pg import fanout, replication, sql
 from markship.pg.lsn import parse_lsn, parse_segment_name
 from markship.repository import catalog, layout
 from markship.repository.base import Repository, StagedObject
@@ -185,7 +185,7 @@ class _Taken:
     began: float  # time.perf_counter() when the barrier was asked for
     wait_ms: float
     hold_ms: float
-    first_poll: dict[str, fanout.Rows]  # the receivers' positions (stream.FLUSHED)
+    first_poll: dict[str, fanout.Rows]  # the receivers' positions (RECEIVER_FLUSHED)
 
 
 def _under_barrier(config: Config, conns: GroupConnections, name: str, streaming: bool,
@@ -234,7 +234,8 @@ def _under_barrier(config: Config, conns: GroupConnections, name: str, streaming
         if key == release:
             released(taken({}))
 
-    polls = {server: (conn, stream.FLUSHED, ()) for server, conn in conns.conns.items()}
+    polls = {server: (conn, replication.RECEIVER_FLUSHED, ())
+             for server, conn in conns.conns.items()}
     first_poll = fanout.fan_out({release: (barrier_conn, "COMMIT", ()),
                                  **(polls if streaming else {})},
                                 finished=answered, on_answer=on_answer)

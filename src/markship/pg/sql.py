@@ -1,4 +1,13 @@
-"""The only place that sends SQL to PostgreSQL (psycopg 3)."""
+"""Connections to PostgreSQL (psycopg 3) and the queries markship asks of any server.
+
+markship sends SQL only from markship.pg: this module (connect, server facts, settings, the
+archiver, the mark's statements, statements the config declares), and beside it one module
+per topic — recovery (replay positions), replication (the WAL receiver, replication
+connections), roles (what the connected role may do), twophase (prepared transactions and the
+decision table) — plus fanout, which sends one statement on many connections at once, and
+scratch (throwaway servers). markship.client, the two-phase commit helper applications import,
+stays standalone with its own SQL.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from markship.errors import ConfigError, ServerError
+from markship.errors import ConfigError, ServerError, first_line
 from markship.pg.conninfo import parse, scrub, secrets_of
 from markship.pg.lsn import parse_lsn
 
@@ -36,6 +45,15 @@ def connect(conninfo: str, server: str, timeout: int = 5) -> Connection:
         detail = scrub(detail, secrets_of(conninfo))
         raise ServerError(f"cannot connect to server {server}: {detail}",
                           "check that it is running and its conninfo in the config") from None
+
+
+def refusal(exc: BaseException) -> str:
+    """One line for a refused connection: what the server said after `FATAL:` (libpq puts the
+    address before it), else markship.errors.first_line."""
+    for line in str(exc).strip().splitlines():
+        if "FATAL:" in line:
+            return line.split("FATAL:", 1)[1].strip()
+    return first_line(exc)
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,39 @@ def archiver_stats(conn: Connection) -> ArchiverStats:
     )
 
 
+def settings_named(conn: Connection, names: list[str]) -> dict[str, str]:
+    """name → setting for those of `names` the role may see."""
+    rows = conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                        (names,)).fetchall()
+    return {r["name"]: r["setting"] for r in rows}
+
+
+def data_size_bytes(conn: Connection) -> int | None:
+    """The size of every database of the server together; None when it reports none."""
+    row = conn.execute("SELECT sum(pg_database_size(oid))::bigint AS b "
+                       "FROM pg_database").fetchone()
+    return int(row["b"]) if row and row["b"] is not None else None
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    """The server host's /proc/cpuinfo and /proc/meminfo, as text."""
+
+    cpuinfo: str
+    meminfo: str
+
+
+def host_files(conn: Connection) -> HostFiles | None:
+    """Read /proc/cpuinfo and /proc/meminfo through the server, in a transaction of its own.
+
+    Raises psycopg.Error when the role may not read them (pg_read_server_files or superuser).
+    """
+    with conn.transaction():
+        row = conn.execute("SELECT pg_read_file('/proc/cpuinfo') AS c, "
+                           "pg_read_file('/proc/meminfo') AS m").fetchone()
+    return None if row is None else HostFiles(cpuinfo=row["c"], meminfo=row["m"])
+
+
 def in_recovery(conn: Connection) -> bool:
     row = conn.execute("SELECT pg_is_in_recovery() AS r").fetchone()
     return bool(row and row["r"])
@@ -184,16 +235,32 @@ standbys."""
 SWITCH_WAL = "SELECT pg_switch_wal()"
 
 
-def prepared_transactions(conn: Connection) -> list[tuple[str, str]]:
-    """(gid, database) of every prepared transaction on the server."""
-    rows = conn.execute("SELECT gid, database FROM pg_prepared_xacts ORDER BY gid").fetchall()
-    return [(r["gid"], r["database"]) for r in rows]
+# -- changes, and statements the config declares -------------------------------------------------
 
 
-def finish_prepared(conninfo: str, server: str, database: str, gid: str, commit: bool) -> None:
-    """COMMIT PREPARED or ROLLBACK PREPARED, connected to the transaction's own database."""
-    target = psycopg.conninfo.make_conninfo(conninfo, dbname=database)
-    verb = sql.SQL("COMMIT PREPARED" if commit else "ROLLBACK PREPARED")
-    with connect(target, server) as conn:
-        # Utility statements take no bind parameters: quote the gid as a literal.
-        conn.execute(sql.SQL("{} {}").format(verb, sql.Literal(gid)))
+def set_archiving(conn: Connection, archive_command: str) -> None:
+    """ALTER SYSTEM SET archive_mode = on and `archive_command` (postgresql.auto.conf: the
+    server applies them when restarted)."""
+    conn.execute("ALTER SYSTEM SET archive_mode = 'on'")
+    conn.execute(sql.SQL("ALTER SYSTEM SET archive_command = {}").format(
+        sql.Literal(archive_command)))
+
+
+def run_statement(conn: Connection, statement: str) -> None:
+    """Run one statement the config declares, sent as given (no parameters); raises
+    psycopg.Error when it fails."""
+    conn.execute(statement.encode())
+
+
+def read_only_session(conn: Connection) -> None:
+    """Make the session read-only, with statements cut off after 10 minutes."""
+    conn.execute("SET default_transaction_read_only = on")
+    conn.execute("SET statement_timeout = '10min'")
+
+
+def query_values(conn: Connection, query: str) -> list[list[Any]]:
+    """The rows of one query given as text (each row's values, one per distinct column name);
+    none for a statement that returns no rows. Raises psycopg.Error when it fails."""
+    cursor = conn.execute(query.encode())
+    rows = cursor.fetchall() if cursor.description is not None else []
+    return [list(row.values()) for row in rows]
