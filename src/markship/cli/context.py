@@ -1,5 +1,5 @@
 """What every CLI command module shares: the lazily loaded config and repository, JSON output
-and tables. (Command modules: cli.py, files_cli.py, dumps_cli.py.)"""
+and tables, and the journal entry each changing command writes."""
 
 from __future__ import annotations
 

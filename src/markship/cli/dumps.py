@@ -129,3 +129,6 @@ def dumps_restore(ctx: Context, name: str, at_text: str | None, conninfo: str,
     mark = f", mark {record.mark}" if record.mark else ""
     click.echo(f"✓ dump {record.name} {record.id} (taken {show(record.created_at)}{mark}) "
                f"restored into {result.target} in {seconds:.1f} s")
+
+
+COMMANDS = [dumps_group]

@@ -150,3 +150,6 @@ def files_restore(ctx: Context, name: str, mark: str | None, capture_id: str | N
     if os.geteuid() != 0:
         click.echo("  owners: kept only where this user may set them (run as root to restore "
                    "every owner)")
+
+
+COMMANDS = [files_group]
