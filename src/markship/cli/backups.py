@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from markship.cli.context import Context, _size, _table, emit_json, journaled, pass_context
+from markship.cli import output
+from markship.cli.context import Context, journaled, pass_context
 from markship.config.model import Config
 from markship.errors import MarkshipError, RepositoryError
 from markship.repository.fs import FsRepository
-from markship.timefmt import show
 
 
 @click.command()
@@ -42,16 +41,7 @@ def backup(ctx: Context, servers: tuple[str, ...], as_json: bool) -> None:
 
             result = run_backup(config, repo, chosen, progress)
     ctx.note(set=result.record.id)
-    if as_json:
-        emit_json({"set": result.record.model_dump(mode="json"),
-                   "backups": {k: v.model_dump(mode="json") for k, v in result.backups.items()}})
-    else:
-        for name, rec in result.backups.items():
-            ratio = rec.raw_size / rec.archive.size if rec.archive.size else 0
-            seconds = (rec.finished_at - rec.started_at).total_seconds()
-            click.echo(f"✓ {name}: {_size(rec.raw_size)} → {_size(rec.archive.size)} "
-                       f"({ratio:.1f}×) in {seconds:.1f} s")
-        click.echo(f"backup set {result.record.id} complete")
+    output.writer(as_json).backup(result)
     # Warnings go to stderr with --json too: they must not be missed by scripts' logs.
     for what, problem in result.record.errors.items():  # file sets; the databases are fine
         click.echo(f"markship: warning: {what} not captured: {problem}", err=True)
@@ -77,28 +67,7 @@ def list_sets(ctx: Context, as_json: bool) -> None:
     repo = ctx.repository()
     wal: dict[str, catalog.WalIndex] = {}
     states = [catalog.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
-    if as_json:
-        emit_json([{
-            "id": s.record.id, "state": s.label, "complete": s.complete,
-            "created_at": s.record.created_at, "finished_at": s.record.finished_at,
-            "servers": s.record.servers, "problems": s.problems,
-            "raw_bytes": sum(b.raw_size for b in s.backups.values()),
-            "stored_bytes": sum(b.archive.size for b in s.backups.values()),
-            "backups": {k: b.model_dump(mode="json") for k, b in s.backups.items()},
-        } for s in states])
-        return
-    rows = []
-    for s in states:
-        raw = sum(b.raw_size for b in s.backups.values())
-        stored = sum(b.archive.size for b in s.backups.values())
-        rows.append([s.record.id, show(s.record.created_at), ", ".join(s.record.servers),
-                     _size(raw), _size(stored), f"{raw / stored:.1f}×" if stored else "-",
-                     s.label if s.complete else f"{s.label}: {'; '.join(s.problems)}"])
-    if not rows:
-        click.echo("no backup sets yet: run markship backup")
-        return
-    _table("backup sets (times in UTC)", ["set", "created", "servers", "data", "stored",
-                                          "ratio", "state"], rows)
+    output.writer(as_json).list_sets(states)
 
 
 @click.command()
@@ -121,38 +90,7 @@ def status(ctx: Context, as_json: bool) -> None:
     from markship.repository.keys import backup_warning
 
     key_warning = backup_warning(config, repo)
-    if as_json:
-        emit_json({"servers": [asdict(s) | {"healthy": s.healthy} for s in result],
-                   "latest_complete_mark": None if newest is None else {
-                       "name": newest.record.name, "created_at": newest.record.created_at,
-                       "age_seconds": round(newest.age_seconds, 3)},
-                   "warnings": [key_warning] if key_warning else [],
-                   "problems": problems})
-    else:
-        rows = []
-        for s in result:
-            failures = (f"{s.archiver_failed_count} (last {s.last_failed_wal} at "
-                        f"{show(s.last_failed_at)})" if s.archiver_failed_count else "0")
-            lag = (f"{_size(s.archive_lag_bytes)} / {s.archive_lag_seconds:.0f} s"
-                   if s.archive_lag_bytes is not None and s.archive_lag_seconds is not None
-                   else _size(s.archive_lag_bytes))
-            rows.append([s.server, "up" if s.reachable else f"DOWN: {s.error}",
-                         f"{s.last_backup_set or 'none'} ({show(s.last_backup_at)})",
-                         f"{s.last_archived_wal or '-'} ({show(s.last_archived_at)})",
-                         lag, failures if s.reachable else "-"])
-        _table("group status (times in UTC)", ["server", "state", "last backup",
-                                               "last archived WAL", "archive lag", "failures"],
-               rows)
-        if newest is None:
-            click.echo("latest complete mark: none (run markship mark)")
-        else:
-            click.echo(f"latest complete mark: {newest.record.name}, made "
-                       f"{show(newest.record.created_at)}, {newest.age_seconds:.0f} s ago "
-                       "(the group's current recovery point)")
-        if key_warning:
-            click.echo(f"markship: warning: {key_warning}", err=True)
-        for problem in problems:
-            click.echo(f"✗ {problem}")
+    output.writer(as_json).status(result, newest, key_warning, problems)
     if problems or not all(s.reachable for s in result):
         sys.exit(1)
 
@@ -171,23 +109,7 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) ->
     if set_id is not None:
         names.check(set_id, "backup set id")
     report = run_verify(ctx.repository(), set_id, clean_temp)
-    if as_json:
-        emit_json(asdict(report) | {"ok": report.ok})
-    else:
-        click.echo(f"checked {report.objects_checked} objects ({_size(report.bytes_checked)})")
-        for line in report.problems:
-            click.echo(f"✗ {line}")
-        for problem in report.damaged_records.values():
-            click.echo(f"✗ damaged record: {problem}: {report.damaged_fix}")
-        for sid, reasons in report.unrestorable_sets.items():
-            click.echo(f"✗ backup set {sid} is not restorable: {'; '.join(reasons)}")
-        for sid, reasons in report.incomplete_sets.items():
-            click.echo(f"- backup set {sid} is incomplete and ignored: {'; '.join(reasons)}")
-        for key in report.temp_objects:
-            state = "removed" if key in report.removed_temp else "left by a dead writer"
-            click.echo(f"! partly written object {key} ({state}; never used as data)")
-        if report.ok:
-            click.echo("✓ every object matches its checksum and the WAL is continuous")
+    output.writer(as_json).verify(report)
     if not report.ok:
         raise MarkshipError("verify found problems (listed above)",
                             "take a new backup with markship backup; keep the bad objects for "
@@ -268,33 +190,16 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
     result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
                             start=start, port=port, extra_settings=extra)
     ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir)
-    if as_json:
-        emit_json(asdict(result))
-        return
-    state = "started and promoted" if result.started else "ready to start (pg_ctl start)"
-    click.echo(f"✓ {server} restored from backup set {result.set_id} into {result.target_dir}, "
-               f"recovering to {target.describe()}; {state} in {result.seconds:.1f} s")
+    output.writer(as_json).restore(server, target, result)
 
 
 def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base: int,
                    host: str, as_json: bool) -> None:
     from markship.backup.group_restore import restore_group
-    from markship.pg.conninfo import without_secrets
 
     config = ctx.config
     report = restore_group(config, ctx.repository(), mark_name, template, port_base, host)
-    if as_json:
-        shown = asdict(report)
-        for info in shown["servers"].values():  # for a script to connect, less the secrets
-            info["conninfo"] = without_secrets(info["conninfo"])
-        emit_json(shown)
-        return
-    for name, info in report.servers.items():
-        click.echo(f"  {name}: {info['data_dir']} on {host}:{info['port']}, at "
-                   f"{info['mark_lsn']}")
-    for r in report.resolutions:
-        click.echo(f"  {r.server}/{r.database}: {r.action} prepared transaction {r.gid}")
-    click.echo(f"✓ group restored to mark {report.mark} in {report.seconds:.1f} s")
+    output.writer(as_json).restore_group(report, host)
 
 
 @click.command()
@@ -322,25 +227,7 @@ def expire(ctx: Context, dry_run: bool, now_text: str | None, as_json: bool) -> 
         ctx.note(deleted_sets=",".join(result.delete_sets) or "none",
                  deleted_objects=len(result.delete_keys))
         ctx.journal("expire", "ok")
-    if as_json:
-        emit_json(asdict(result) | {"dry_run": dry_run})
-        return
-    verb = "would delete" if dry_run else "deleted"
-    for sid, why in result.keep_sets.items():
-        click.echo(f"keep   set {sid}: {why}")
-    for sid, why in result.delete_sets.items():
-        click.echo(f"{verb} set {sid}: {why}")
-    if result.wal_kept:
-        click.echo(f"keep   all WAL: {result.wal_kept}")
-    for server, count in result.delete_wal.items():
-        click.echo(f"{verb} {count} WAL file(s) of {server} older than its oldest kept backup")
-    if result.delete_captures or result.delete_dumps:
-        click.echo(f"{verb} {len(result.delete_captures)} file set capture(s) and "
-                   f"{len(result.delete_dumps)} dump(s) older than the window")
-    if result.delete_marks:
-        click.echo(f"{verb} {len(result.delete_marks)} mark(s) older than "
-                   f"{show(result.cutoff)} or than the oldest kept set")
-    click.echo(f"{verb} {len(result.delete_keys)} object(s), {_size(result.freed_bytes)}")
+    output.writer(as_json).expire(result, dry_run)
 
 
 COMMANDS = [backup, list_sets, status, verify, restore, expire]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from markship.cli.context import Context, _size, _table, emit_json, journaled, pass_context
+from markship.cli import output
+from markship.cli.context import Context, journaled, pass_context
 from markship.errors import MarkshipError
-from markship.timefmt import show
 
 
 @click.group("standby")
@@ -50,21 +49,9 @@ def standby_create(ctx: Context, servers: tuple[str, ...]) -> None:
 def standby_status_cmd(ctx: Context, as_json: bool) -> None:
     """Per standby: replayed LSN, the mark it sits at, lag, parity with production."""
     from markship.dr.standby import standby_status
-    from markship.pg.lsn import format_lsn
 
     result = standby_status(ctx.config, ctx.repository())
-    if as_json:
-        emit_json([asdict(s) for s in result])
-    else:
-        rows = [[s.server, s.address, ("standby" if s.in_recovery else "PRIMARY")
-                 if s.reachable else f"DOWN: {s.error}",
-                 format_lsn(s.replay_lsn) if s.replay_lsn is not None else "-",
-                 s.at_mark or "-", "-" if s.marks_behind is None else str(s.marks_behind),
-                 _size(s.lag_bytes),
-                 "-" if s.lag_seconds is None else f"{s.lag_seconds:.0f} s",
-                 "ok" if not s.parity else "; ".join(s.parity)] for s in result]
-        _table("DR site", ["server", "standby", "state", "replayed", "at mark", "marks behind",
-                           "lag", "mark age", "parity"], rows)
+    output.writer(as_json).standby_status(result)
     if not all(s.reachable for s in result):
         sys.exit(1)
 
@@ -93,27 +80,7 @@ def failover(ctx: Context, mark_name: str | None, dry_run: bool, force: bool,
         ctx.note(mark=report.mark, rto_s=f"{report.rto_seconds:.1f}",
                  rpo_s=f"{report.rpo_seconds:.1f}")
         ctx.journal("failover", "ok")
-    if as_json:
-        emit_json(asdict(report))
-        return
-    head = "would fail over" if dry_run else ("resumed failover" if report.resumed
-                                             else "failed over")
-    click.echo(f"{head} to mark {report.mark} (made {show(report.mark_time)}, "
-               f"{report.rpo_seconds:.0f} s before {'now' if dry_run else 'the failover'})")
-    for server, lsn in report.points.items():
-        lost = report.discarded_wal.get(server)
-        tail = f"; WAL after it up to {lost} is discarded" if lost else ""
-        click.echo(f"  {server}: mark at {lsn}{tail}")
-    if dry_run:
-        return
-    for r in report.resolutions:
-        click.echo(f"  {r.server}/{r.database}: {r.action} prepared transaction {r.gid}")
-    for line in report.references + [f"wrote {f}" for f in report.client_files] + \
-            [f"hook ran: {h}" for h in report.hooks]:
-        click.echo(f"  {line}")
-    phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
-    click.echo(f"✓ group promoted at {report.mark}: RTO {report.rto_seconds:.1f} s ({phases}); "
-               f"RPO {report.rpo_seconds:.1f} s")
+    output.writer(as_json).failover(report, dry_run)
 
 
 @click.command("checklist")
@@ -125,16 +92,7 @@ def checklist_cmd(ctx: Context, as_json: bool) -> None:
     from markship.dr.checklist import MISSING, checklist
 
     steps = checklist(ctx.config, ctx.repository())
-    if as_json:
-        emit_json([asdict(s) for s in steps])
-    else:
-        phase = ""
-        for step in steps:
-            if step.phase != phase:
-                phase = step.phase
-                click.echo("Backing up" if phase == "backup" else "\nRestoring")
-            fix = f"  → {step.fix}" if step.state == MISSING and step.fix else ""
-            click.echo(f"  {step.state} {step.title}: {step.evidence}{fix}")
+    output.writer(as_json).checklist(steps)
     if any(s.state == MISSING for s in steps):
         sys.exit(1)
 
@@ -148,13 +106,7 @@ def parity_cmd(ctx: Context, as_json: bool) -> None:
     from markship.dr.parity import parity
 
     report = parity(ctx.config)
-    if as_json:
-        emit_json({"ok": report.ok, "checks": [asdict(c) for c in report.checks]})
-    else:
-        for c in report.checks:
-            sign = "✓" if c.ok else ("!" if c.warning else "✗")
-            tail = f" — {c.fix}" if not c.ok and c.fix else ""
-            click.echo(f"{sign} {c.server}: {c.what}: {c.detail}{tail}")
+    output.writer(as_json).parity(report)
     if not report.ok:
         sys.exit(1)
 

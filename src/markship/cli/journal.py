@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from markship.cli.context import Context, emit_json, pass_context
+from markship.cli import output
+from markship.cli.context import Context, pass_context
 from markship.errors import MarkshipError
-from markship.timefmt import show
 
 
 @click.group("journal", invoke_without_command=True)
@@ -27,16 +27,7 @@ def journal_group(click_ctx: click.Context, since: str | None, as_json: bool) ->
     ctx = click_ctx.find_object(Context)
     assert ctx is not None
     found = journal.entries(ctx.repository(), start)
-    if as_json:
-        emit_json([e.model_dump(mode="json") for e in found])
-        return
-    for entry in found:
-        objects = " ".join(f"{k}={v}" for k, v in entry.objects.items())
-        click.echo(f"{entry.seq:>6} {show(entry.time)} {entry.user}@{entry.host} "
-                   f"{entry.command}: {entry.outcome}{'  ' + objects if objects else ''}")
-        if entry.diff:
-            for line in entry.diff.splitlines():
-                click.echo(f"         {line}")
+    output.writer(as_json).journal(found)
 
 
 @journal_group.command("verify")
@@ -47,10 +38,7 @@ def journal_verify(ctx: Context, as_json: bool) -> None:
     from markship.repository import journal
 
     result = journal.verify(ctx.repository())
-    if as_json:
-        emit_json({"entries": result.entries, "ok": result.ok, "problem": result.problem})
-    elif result.ok:
-        click.echo(f"✓ journal intact: {result.entries} entries, chain unbroken")
+    output.writer(as_json).journal_verify(result)
     if not result.ok:
         raise MarkshipError(f"journal broken: {result.problem}",
                             "compare with the DR site's copy of the repository; the entries "

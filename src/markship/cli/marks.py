@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import click
 
-from markship.cli.context import Context, _table, emit_json, journaled, pass_context
-from markship.timefmt import show
+from markship.cli import output
+from markship.cli.context import Context, journaled, pass_context
 
 
 @click.command()
@@ -24,7 +22,7 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
     When the agent (markship run) is running, it makes the mark: the command only asks."""
     from markship import names
     from markship.marks import priority
-    from markship.marks.take import GroupConnections, result_json, result_line, take_mark
+    from markship.marks.take import GroupConnections, take_mark
 
     if name is not None:
         names.check_restore_point(name, "mark name (--name)")
@@ -38,10 +36,7 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
     finally:
         conns.close()
     ctx.note(mark=result.record.name)
-    if as_json:
-        emit_json(result_json(result, "command"))
-    else:
-        click.echo(result_line(result))
+    output.writer(as_json).mark(result)
 
 
 @click.command()
@@ -52,25 +47,10 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
 def marks(ctx: Context, limit: int, as_json: bool) -> None:
     """Group marks with their completeness (WAL archived on every server) and age."""
     from markship.marks.choose import mark_states
-    from markship.pg.lsn import format_lsn
 
     config = ctx.config
     states = mark_states(ctx.repository(), config, newest=limit or None)
-    if as_json:
-        emit_json([s.record.model_dump(mode="json") | {
-            "complete": s.complete, "waiting_for": s.waiting_for,
-            "age_seconds": round(s.age_seconds, 3)} for s in states])
-        return
-    if not states:
-        click.echo("no marks yet: run markship mark")
-        return
-    rows = [[s.record.name, show(s.record.created_at), f"{s.age_seconds:.0f} s",
-             "complete" if s.complete else "waiting for " + ", ".join(
-                 f"{k}:{v}" for k, v in s.waiting_for.items()),
-             ", ".join(f"{k} {format_lsn(p.lsn)}" for k, p in s.record.points.items()),
-             f"{s.record.barrier_hold_ms:.1f} ms"] for s in states]
-    _table("group marks (times in UTC)", ["mark", "made", "age", "state", "LSN per server",
-                                         "barrier held"], rows)
+    output.writer(as_json).marks(states)
 
 
 @click.command()
@@ -94,13 +74,7 @@ def resolve(servers: tuple[str, ...], decisions: str, dry_run: bool, as_json: bo
         raise click.BadParameter(f"{decisions!r} is not one of the --server names",
                                  param_hint="--decisions")
     done = resolve_in_doubt(participants, decisions, dry_run)
-    if as_json:
-        emit_json([asdict(r) for r in done])
-        return
-    for r in done:
-        verb = ("would " if dry_run else "") + ("commit" if r.action == "commit" else "roll back")
-        click.echo(f"{r.server}/{r.database}: {verb} {r.gid}")
-    click.echo(f"{len(done)} prepared transaction(s) {'to settle' if dry_run else 'settled'}")
+    output.writer(as_json).resolve(done, dry_run)
 
 
 @click.command("client-sql")
