@@ -1,7 +1,7 @@
 """`markship wal-push` and `wal-fetch`, declared for help and docs.
 
-The archiver runs them through the lean path in markship._entry, which never imports this
-module."""
+The console entry (markship._entry) runs both on its lean path, without loading the CLI; these
+declarations run them only when the CLI is called directly (`markship.cli.main.run`)."""
 
 from __future__ import annotations
 
