@@ -1,13 +1,10 @@
-"""What every CLI command module shares: the lazily loaded config and repository, JSON output
-and tables. (Command modules: cli.py, files_cli.py, dumps_cli.py.)"""
+"""What every CLI command module shares: the lazily loaded config and repository, and the
+journal entry each changing command writes (output is markship.cli.output's)."""
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
-from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -17,42 +14,6 @@ from markship.config import model as config_mod
 from markship.config.model import Config
 from markship.repository.backends import open_repository
 from markship.repository.fs import FsRepository
-from markship.timefmt import show
-
-
-def _default(value: object) -> object:
-    if isinstance(value, datetime):
-        return show(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def emit_json(data: object) -> None:
-    click.echo(json.dumps(data, default=_default, indent=2, sort_keys=True))
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
 
 
 class Context:

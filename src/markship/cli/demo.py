@@ -28,7 +28,7 @@ from markship.dr.standby import create_standbys, standby_status
 from markship.errors import MarkshipError
 from markship.marks.choose import mark_states
 from markship.marks.take import GroupConnections, take_mark
-from markship.pg.commands import markship_command
+from markship.pg.commands import archive_command, markship_command
 from markship.pg.scratch import (
     ScratchServer,
     create_ledger,
@@ -92,7 +92,7 @@ def _story(console: Console, workdir: Path, count: int, command: str,
     console.rule("[bold]1. a group of PostgreSQL servers that must agree")
     servers = []
     for name in NAMES[:count]:
-        archive = f"{command} --config {cfg_path} wal-push --server {name} %p"
+        archive = archive_command(command, cfg_path, name)
         servers.append(ScratchServer(name, workdir / name, free_port(), os_user=OS_USER,
                                      settings={"archive_mode": "on",
                                                "archive_command": archive}))

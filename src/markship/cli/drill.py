@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from markship.cli.context import Context, _table, emit_json, journaled, pass_context
+from markship.cli import output
+from markship.cli.context import Context, journaled, pass_context
 from markship.errors import MarkshipError
-from markship.timefmt import show
 
 
 @click.command("drill")
@@ -62,30 +62,7 @@ def drill(ctx: Context, mark_name: str | None, check_files: tuple[Path, ...],
     failed = [c for c in record.checks if not c.ok]
     ctx.note(drill=record.id, mark=record.mark, ok=record.ok,
              rto_seconds=record.rto_seconds, rpo_seconds=record.rpo_seconds)
-    if as_json:
-        emit_json(record.model_dump(mode="json"))
-    else:
-        for name, server in record.servers.items():
-            state = ("did NOT come up" if not server.restored else "restored and promoted"
-                     if record.error else "restored, promoted, open")
-            click.echo(f"{'✓' if server.restored else '✗'} {name} on 127.0.0.1:{server.port}: "
-                       f"{state}")
-        for r in record.resolved:
-            click.echo(f"  settled {r.server}/{r.database}: {r.action} prepared transaction "
-                       f"{r.gid}")
-        if not record.resolved and record.error is None:
-            click.echo("  no prepared transactions were in doubt at the mark")
-        for c in record.checks:
-            click.echo(f"{'✓' if c.ok else '✗'} {c.file}:{c.line} {c.check} → {c.result}")
-        if not record.checks and record.error is None:
-            click.echo("  no checks given (--check-sql FILE)")
-        for problem in record.cleanup_problems:
-            click.echo(f"✗ cleanup: {problem}")
-        rto = "-" if record.rto_seconds is None else f"{record.rto_seconds:.1f} s"
-        click.echo(f"RTO {rto} (start → every server open), RPO {record.rpo_seconds:.1f} s "
-                   f"(age of mark {record.mark} at the start)")
-        click.echo(f"report: drills/{record.id}.md and .json in the repository "
-                   f"{config.repository.path}")
+    output.writer(as_json).drill(record, config.repository.path)
     if record.error is not None:
         raise MarkshipError(f"drill {record.id} failed: {record.error}",
                             f"the report drills/{record.id}.md has the details")
@@ -108,21 +85,7 @@ def drills(ctx: Context, as_json: bool) -> None:
     from markship.dr.drill import list_drills
 
     records = list_drills(ctx.repository())
-    if as_json:
-        emit_json([r.model_dump(mode="json") for r in records])
-        return
-    if not records:
-        click.echo("no drills in the repository (markship drill runs one)")
-        return
-    rows = []
-    for r in records:
-        passed = sum(1 for c in r.checks if c.ok)
-        rows.append([r.id, show(r.started_at), r.mark,
-                     "-" if r.rto_seconds is None else f"{r.rto_seconds:.1f} s",
-                     f"{r.rpo_seconds:.1f} s", f"{passed}/{len(r.checks)}",
-                     "✓ ok" if r.ok else "✗ failed"])
-    _table("recovery drills (times in UTC)",
-           ["drill", "started", "mark", "RTO", "RPO", "checks", "result"], rows)
+    output.writer(as_json).drills(records)
 
 
 COMMANDS = [drill, drills]

@@ -6,7 +6,8 @@ import time
 
 import click
 
-from markship.cli.context import Context, _size, _table, emit_json, journaled, pass_context
+from markship.cli import output
+from markship.cli.context import Context, journaled, pass_context
 from markship.errors import MarkshipError
 
 
@@ -38,6 +39,7 @@ def dumps_run(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
                             "SERVER-DATABASE)")
     chosen = [configured[n] for n in dict.fromkeys(names)] if names else list(config.dumps)
     repo = ctx.repository()
+    out = output.writer(as_json)
     done: list[dict[str, object]] = []
     failed: list[str] = []
     for dump in chosen:
@@ -46,18 +48,12 @@ def dumps_run(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
             record = run_dump(config, repo, dump)
         except MarkshipError as exc:
             failed.append(dump.dump_name)
-            if not as_json:
-                click.echo(f"✗ {dump.dump_name}: {exc.one_line()}", err=True)
+            out.dump_failed(dump.dump_name, exc.one_line())
             continue
         seconds = time.monotonic() - started
         done.append({**record.model_dump(mode="json"), "seconds": round(seconds, 3)})
-        if not as_json:
-            mark = f", mark {record.mark}" if record.mark else ", no complete mark yet"
-            click.echo(f"✓ {record.name}: {_size(record.raw_size)} → "
-                       f"{_size(record.archive.size)} in {seconds:.1f} s "
-                       f"(dump {record.id}{mark})")
-    if as_json:
-        emit_json({"dumps": done, "failed": failed})
+        out.dump_done(record, seconds)
+    out.dumps_run(done, failed)
     if failed:
         raise MarkshipError(f"{len(failed)} of {len(chosen)} dumps failed: {', '.join(failed)}",
                             "the lines above say why; no record was written for them")
@@ -71,20 +67,11 @@ def dumps_list(ctx: Context, name: str | None, as_json: bool) -> None:
     """Recorded dumps: name, time (UTC), server/database, the mark before it, size."""
     from markship import names
     from markship.backup.dumps import list_dumps
-    from markship.timefmt import show
 
     if name is not None:
         names.check(name, "dump name (--dump)")
     dumps = list_dumps(ctx.repository(), name)
-    if as_json:
-        emit_json([d.model_dump(mode="json") for d in dumps])
-        return
-    if not dumps:
-        click.echo("no dumps" + (f" of {name}" if name else "") + " in the repository")
-        return
-    rows = [[d.name, d.id, show(d.created_at), f"{d.server}/{d.database}", d.mark or "-",
-             f"{_size(d.raw_size)} → {_size(d.archive.size)}"] for d in dumps]
-    _table("Dumps", ["name", "id", "time", "server/database", "mark", "size"], rows)
+    output.writer(as_json).dumps_list(dumps, name)
 
 
 @dumps_group.command("restore")
@@ -105,7 +92,7 @@ def dumps_restore(ctx: Context, name: str, at_text: str | None, conninfo: str,
     from markship import names
     from markship.backup.dumps import choose, restore_dump
     from markship.pg.conninfo import has_secret
-    from markship.timefmt import parse_aware, show
+    from markship.timefmt import parse_aware
 
     names.check(name, "dump name (--dump)")
     if has_secret(conninfo):
@@ -122,10 +109,7 @@ def dumps_restore(ctx: Context, name: str, at_text: str | None, conninfo: str,
     started = time.monotonic()
     result = restore_dump(config, repo, record, conninfo)
     seconds = time.monotonic() - started
-    if as_json:
-        emit_json({"dump": record.model_dump(mode="json"), "target": result.target,
-                   "seconds": round(seconds, 3)})
-        return
-    mark = f", mark {record.mark}" if record.mark else ""
-    click.echo(f"✓ dump {record.name} {record.id} (taken {show(record.created_at)}{mark}) "
-               f"restored into {result.target} in {seconds:.1f} s")
+    output.writer(as_json).dumps_restore(record, result, seconds)
+
+
+COMMANDS = [dumps_group]

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from markship.cli.context import Context, _size, _table, emit_json, journaled, pass_context
+from markship.cli import output
+from markship.cli.context import Context, journaled, pass_context
 from markship.errors import MarkshipError
-from markship.timefmt import show
 
 if TYPE_CHECKING:
-    from markship.backup.filesets import FilesetRecord
     from markship.config.model import Config, FilesetSection
 
 
@@ -32,10 +31,6 @@ def _selected(config: Config, names: tuple[str, ...]) -> list[FilesetSection]:
             raise MarkshipError(f"no file set named {name} in the config",
                                 f"configured: {', '.join(sorted(known))}")
     return [known[n] for n in dict.fromkeys(names)] if names else list(config.filesets)
-
-
-def _mark_text(record: FilesetRecord) -> str:
-    return record.mark or "none"
 
 
 @files_group.command("capture")
@@ -67,21 +62,7 @@ def files_capture(ctx: Context, names: tuple[str, ...], if_changed: bool,
     finally:
         for snapshot in snapshots:
             snapshot.close()
-    if as_json:
-        emit_json([{"name": name, "captured": record is not None,
-                    "record": None if record is None else record.model_dump(mode="json")}
-                   for name, record in results])
-        return
-    for name, record in results:
-        if record is None:
-            click.echo(f"= {name}: unchanged since its newest capture, nothing stored")
-            continue
-        click.echo(f"✓ {name}: {record.files} files, {record.dirs} directories, "
-                   f"{record.links} links, {_size(record.total_bytes)} → "
-                   f"{_size(record.archive.size)} stored; capture {record.id}, "
-                   f"mark {_mark_text(record)}")
-        for path in record.skipped:
-            click.echo(f"  skipped {path} (not a file, directory or link)")
+    output.writer(as_json).files_capture(results)
 
 
 @files_group.command("list")
@@ -96,17 +77,7 @@ def files_list(ctx: Context, name: str | None, as_json: bool) -> None:
     if name is not None:
         names.check(name, "file set name (--set)")
     records = filesets.list_records(ctx.repository(), name)
-    if as_json:
-        emit_json([r.model_dump(mode="json") for r in records])
-        return
-    if not records:
-        which = f"file set {name}" if name else "any file set"
-        click.echo(f"no captures of {which} yet: run markship files capture")
-        return
-    rows = [[r.name, r.id, show(r.created_at), _mark_text(r), str(r.files),
-             _size(r.total_bytes), r.content_sha256[:12]] for r in records]
-    _table("file set captures (times in UTC; --json adds reasons and stored sizes)",
-           ["file set", "capture", "created", "mark", "files", "size", "content"], rows)
+    output.writer(as_json).files_list(records, name)
 
 
 @files_group.command("restore")
@@ -137,16 +108,7 @@ def files_restore(ctx: Context, name: str, mark: str | None, capture_id: str | N
     repo = ctx.reading_repository()
     record = filesets.choose(repo, name, mark, capture_id)
     result = filesets.restore(repo, record, target_dir.absolute())
-    click.echo(f"✓ file set {name}: capture {record.id} ({show(record.created_at)}, mark "
-               f"{_mark_text(record)}) restored into {result.target_dir}")
-    click.echo(f"  {result.files} files ({_size(result.total_bytes)}), {result.dirs} "
-               f"directories, {result.links} links")
-    for root in record.roots:
-        click.echo(f"  {root} → {result.target_dir / root.lstrip('/')}")
-    if result.narrowed:
-        shown = ", ".join(result.narrowed[:3]) + (" …" if len(result.narrowed) > 3 else "")
-        click.echo(f"  {len(result.narrowed)} restored without set-id, sticky or group/other "
-                   f"write bits ({shown}): set them again by hand where they are wanted")
-    if os.geteuid() != 0:
-        click.echo("  owners: kept only where this user may set them (run as root to restore "
-                   "every owner)")
+    output.TextOutput().files_restore(name, record, result)
+
+
+COMMANDS = [files_group]

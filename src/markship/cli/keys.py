@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from markship.cli.context import Context, emit_json, journaled, pass_context
+from markship.cli import output
+from markship.cli.context import Context, journaled, pass_context
 from markship.errors import MarkshipError
-from markship.timefmt import show
 
 
 @click.group("key")
@@ -51,33 +51,10 @@ def key_create(ctx: Context, path: Path) -> None:
 def key_status_cmd(ctx: Context, as_json: bool) -> None:
     """Fingerprint of the repository key, whether the identity file opens it, and whether a
     backup of the key (key export) was recorded."""
-    from dataclasses import asdict
-
     from markship.repository.keys import key_status
 
     status = key_status(ctx.config, ctx.repository())
-    if as_json:
-        emit_json(asdict(status))
-    elif not status.encrypted:
-        click.echo("— the repository is not encrypted (no [encryption] in the config)")
-    else:
-        click.echo(f"key fingerprint {status.fingerprint}")
-        if status.identity_file is None:
-            click.echo("  no identity_file here: this host can write but not read backups")
-        elif status.problem is None:
-            click.echo(f"✓ identity file {status.identity_file} opens it (mode 0600)")
-        if status.backup_recorded_at is not None:
-            click.echo(f"✓ key backup (export) recorded {show(status.backup_recorded_at)}")
-        else:
-            click.echo("✗ no backup of this key recorded: run markship key export --to FILE")
-        if status.catalog_fingerprint is not None:
-            where = (f"file {status.catalog_key_file}" if status.catalog_key_file
-                     else "the repository's copy")
-            click.echo(f"✓ catalog key {status.catalog_fingerprint} ({where}): records are "
-                       "encrypted to it too, so production hosts can read the catalog")
-        elif status.problem is None:
-            click.echo("— no catalog key: only hosts with the identity can read the catalog; "
-                       "for production hosts run markship key catalog --to FILE")
+    output.writer(as_json).key_status(status)
     if status.encrypted and status.problem:
         raise MarkshipError(status.problem, "fix the key file named above")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from markship.cli.context import Context, emit_json, pass_context
+from markship.cli import output
+from markship.cli.context import Context, pass_context
 from markship.errors import ConfigError, MarkshipError
 
 
@@ -42,11 +43,7 @@ def preflight(ctx: Context, servers: tuple[str, ...], as_json: bool,
     osuser.switch_to(config.repository.os_user)
     results = checks_mod.run_checks(config, chosen)
     failed = [c for c in results if c.status == "fail"]
-    if as_json:
-        emit_json({"ok": not failed, "checks": [c.as_dict() for c in results]})
-    else:
-        for check in results:
-            click.echo(check.line())
+    output.writer(as_json).preflight(results)
     if failed:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         raise MarkshipError(f"preflight failed: {failed[0].scope}: {failed[0].message}{more}",

@@ -1,0 +1,233 @@
+"""Backup sets: `markship backup`, `list`, `status`, `verify`, `restore` and `expire`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from markship.cli import output
+from markship.cli.context import Context, journaled, pass_context
+from markship.config.model import Config
+from markship.errors import MarkshipError, RepositoryError
+from markship.repository.fs import FsRepository
+
+
+@click.command()
+@click.option("--server", "servers", multiple=True, metavar="NAME",
+              help="Back up only this server (repeatable). Default: every server.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+@journaled("backup")
+def backup(ctx: Context, servers: tuple[str, ...], as_json: bool) -> None:
+    """Full base backup of every server of the group, in parallel, as one backup set."""
+    from markship.backup.basebackup import run_backup
+
+    config = ctx.config
+    chosen = config.select(servers)
+    repo = ctx.repository()
+    if as_json or not sys.stderr.isatty():
+        result = run_backup(config, repo, chosen)
+    else:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        with Progress("[bold]{task.description}", BarColumn(), DownloadColumn(),
+                      TimeRemainingColumn(), transient=True) as bar:
+            tasks = {s.name: bar.add_task(s.name, total=None) for s in chosen}
+
+            def progress(name: str, done: int, total: int) -> None:
+                bar.update(tasks[name], completed=done, total=total)
+
+            result = run_backup(config, repo, chosen, progress)
+    ctx.note(set=result.record.id)
+    output.writer(as_json).backup(result)
+    # Warnings go to stderr with --json too: they must not be missed by scripts' logs.
+    for what, problem in result.record.errors.items():  # file sets; the databases are fine
+        click.echo(f"markship: warning: {what} not captured: {problem}", err=True)
+    _warn_key_backup(config, repo)
+
+
+def _warn_key_backup(config: Config, repo: FsRepository) -> None:
+    """Say it every time while the encryption key has no recorded backup."""
+    from markship.repository.keys import backup_warning
+
+    warning = backup_warning(config, repo)
+    if warning:
+        click.echo(f"markship: warning: {warning}", err=True)
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def list_sets(ctx: Context, as_json: bool) -> None:
+    """Backup sets with times, sizes, compression ratio and completeness."""
+    from markship.repository import catalog
+
+    repo = ctx.repository()
+    wal: dict[str, catalog.WalIndex] = {}
+    states = [catalog.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
+    output.writer(as_json).list_sets(states)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def status(ctx: Context, as_json: bool) -> None:
+    """Per server: last backup, archived WAL, archive lag and archiver failures."""
+    from markship.backup.status import group_status
+    from markship.marks.choose import newest_complete
+
+    config = ctx.config
+    repo = ctx.repository()
+    result = group_status(config, repo)
+    problems = [f"{s.server}: {s.repository_error}" for s in result if s.repository_error]
+    try:
+        newest = newest_complete(repo, config)
+    except RepositoryError as exc:  # a server's WAL folder cannot be read
+        newest = None
+        problems.append(f"the newest complete mark cannot be told: {exc.one_line()}")
+    from markship.repository.keys import backup_warning
+
+    key_warning = backup_warning(config, repo)
+    output.writer(as_json).status(result, newest, key_warning, problems)
+    if problems or not all(s.reachable for s in result):
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("set_id", required=False, metavar="[SET]")
+@click.option("--clean-temp", is_flag=True,
+              help="Delete temp objects whose writer has died (partly written objects).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) -> None:
+    """Re-read every object against its checksum and check WAL continuity."""
+    from markship import names
+    from markship.backup.verify import verify as run_verify
+
+    if set_id is not None:
+        names.check(set_id, "backup set id")
+    report = run_verify(ctx.repository(), set_id, clean_temp)
+    output.writer(as_json).verify(report)
+    if not report.ok:
+        raise MarkshipError("verify found problems (listed above)",
+                            "take a new backup with markship backup; keep the bad objects for "
+                            "inspection")
+
+
+@click.command()
+@click.option("--server", metavar="NAME", help="Server to restore.")
+@click.option("--group", "whole_group", is_flag=True,
+              help="Restore every server to one mark (--mark), started and settled.")
+@click.option("--mark", "mark_name", metavar="NAME",
+              help="With --group: the mark (default: the newest complete one).")
+@click.option("--port-base", type=int, help="With --group: first port; servers take the next.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="With --group: address the restored servers listen on.")
+@click.option("--target-dir", required=True, type=click.Path(path_type=Path, resolve_path=True),
+              help="New (or empty) data directory; with --group a template with {server}.")
+@click.option("--latest", "kind", flag_value="latest", default=True,
+              help="Recover to the end of the archived WAL (default).")
+@click.option("--time", "at_time", metavar="TIMESTAMP",
+              help="Recover to this time; must carry a zone, e.g. 2026-11-25T19:02:11Z.")
+@click.option("--name", "point_name", metavar="RESTORE_POINT",
+              help="Recover to this named restore point.")
+@click.option("--set", "set_id", metavar="SET", help="Use this backup set.")
+@click.option("--start", is_flag=True, help="Start the server and wait until it is promoted.")
+@click.option("--port", type=int, help="Port for the restored server.")
+@click.option("--setting", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Extra server setting for the restored server (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+@journaled("restore")
+def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str | None,
+            port_base: int | None, host: str, target_dir: Path, kind: str, at_time: str | None,
+            point_name: str | None, set_id: str | None, start: bool, port: int | None,
+            settings: tuple[str, ...], as_json: bool) -> None:
+    """Restore one server (to the latest point, a time or a name) or the group (to a mark)."""
+    from markship import names
+    from markship.backup.restore import Target, restore_server
+    from markship.timefmt import parse_aware
+
+    if mark_name is not None:
+        names.check_restore_point(mark_name, "mark name (--mark)")
+    if point_name is not None:
+        names.check_restore_point(point_name, "restore point name (--name)")
+    if set_id is not None:
+        names.check(set_id, "backup set id (--set)")
+    if whole_group:
+        if server or at_time or point_name or set_id or port:
+            raise click.UsageError("--group takes --mark, --target-dir, --port-base, --host")
+        if port_base is None:
+            raise click.UsageError("--group needs --port-base")
+        _restore_group(ctx, mark_name, str(target_dir), port_base, host, as_json)
+        ctx.note(group="all servers", into=target_dir)
+        return
+    if not server:
+        raise click.UsageError("give --server NAME, or --group")
+
+    if at_time and point_name:
+        raise click.UsageError("give at most one of --time and --name")
+    if at_time:
+        try:
+            target = Target("time", time=parse_aware(at_time))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--time") from None
+    elif point_name:
+        target = Target("name", name=point_name)
+    else:
+        target = Target("latest")
+    extra: dict[str, str] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--setting")
+        extra[key.strip()] = value.strip()
+    config = ctx.config
+    config.server(server)
+    repo = ctx.repository()
+    result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
+                            start=start, port=port, extra_settings=extra)
+    ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir)
+    output.writer(as_json).restore(server, target, result)
+
+
+def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base: int,
+                   host: str, as_json: bool) -> None:
+    from markship.backup.group_restore import restore_group
+
+    config = ctx.config
+    report = restore_group(config, ctx.repository(), mark_name, template, port_base, host)
+    output.writer(as_json).restore_group(report, host)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Show the plan, delete nothing.")
+@click.option("--now", "now_text", metavar="TIMESTAMP",
+              help="Plan as if it were this time (with zone), e.g. to preview next week.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def expire(ctx: Context, dry_run: bool, now_text: str | None, as_json: bool) -> None:
+    """Apply retention: delete old backup sets, the WAL only they needed, and old marks."""
+    from markship.backup import retention
+    from markship.timefmt import parse_aware, utcnow
+
+    try:
+        now = parse_aware(now_text) if now_text else utcnow()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--now") from None
+    config = ctx.config
+    repo = ctx.repository()
+    with repo.lock("backup", "markship expire"):
+        result = retention.make_plan(repo, now, config.retention.days, config.retention.min_sets)
+        if not dry_run:
+            retention.apply(repo, result)
+    if not dry_run:
+        ctx.note(deleted_sets=",".join(result.delete_sets) or "none",
+                 deleted_objects=len(result.delete_keys))
+        ctx.journal("expire", "ok")
+    output.writer(as_json).expire(result, dry_run)
+
+
+COMMANDS = [backup, list_sets, status, verify, restore, expire]
