@@ -29,7 +29,7 @@ from markship.errors import MarkshipError
 from markship.marks import priority, stream
 from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
 from markship.pg import programs
-from markship.repository import catalog
+from markship.repository import catalog, layout
 from markship.repository.base import Repository
 from markship.repository.fs import FsRepository
 from markship.timefmt import show, utcnow
@@ -40,7 +40,6 @@ MARKS_JOURNAL_EVERY = 600.0  # seconds between journal summaries of the agent's 
 RECOGNISE_AFTER = 10.0  # seconds a receiver runs before marks must see it in the server
 CONTENT_CHECK_EVERY = 60.0  # seconds between file-set change checks and dump schedule checks
 RETRY_FAILED_DUMP = timedelta(minutes=5)
-STATE_KEY = "agent/state.json"
 
 
 class AgentState(catalog.Record):
@@ -515,9 +514,9 @@ class Agent:
 
     def _state(self) -> AgentState:
         try:
-            return catalog.read_record(self.repo, STATE_KEY, AgentState)
+            return catalog.read_record(self.repo, layout.AGENT_STATE_KEY, AgentState)
         except MarkshipError:
             return AgentState()
 
     def _save_state(self, state: AgentState) -> None:
-        catalog.write_record(self.repo, STATE_KEY, state, overwrite=True)
+        catalog.write_record(self.repo, layout.AGENT_STATE_KEY, state, overwrite=True)

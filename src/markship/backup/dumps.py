@@ -40,16 +40,13 @@ from markship.errors import (
 from markship.marks.choose import newest_complete
 from markship.pg import programs, sql
 from markship.pg.conninfo import ProgramConninfo, without_secrets
-from markship.repository import catalog
+from markship.repository import catalog, layout
 from markship.repository.base import Readable, Repository, Writable
 from markship.repository.catalog import Name, ObjectRef, Record
 from markship.repository.hashing import HashingReader
 from markship.timefmt import show, utcnow
 
 CHUNK = 1024 * 1024
-PREFIX = "dumps/"
-ARCHIVE_SUFFIX = ".dump.zst"
-RECORD_SUFFIX = ".json"
 
 
 class DumpError(MarkshipError):
@@ -77,17 +74,18 @@ class DumpRecord(Record):
 
 
 def dump_prefix(name: str) -> str:
-    """Raises BadName (markship.names) for a name no dump can have (the default name
-    SERVER-DATABASE carries the database name, which may hold any character)."""
-    return f"{PREFIX}{names.check(name, 'dump name')}/"
+    """The dump's folder (repository.layout). These key functions raise BadName
+    (markship.names) for a name no dump can have (the default name SERVER-DATABASE carries
+    the database name, which may hold any character)."""
+    return layout.dump_prefix(names.check(name, "dump name"))
 
 
 def archive_key(name: str, dump_id: str) -> str:
-    return f"{dump_prefix(name)}{dump_id}{ARCHIVE_SUFFIX}"
+    return layout.dump_archive_key(names.check(name, "dump name"), dump_id)
 
 
 def record_key(name: str, dump_id: str) -> str:
-    return f"{dump_prefix(name)}{dump_id}{RECORD_SUFFIX}"
+    return layout.dump_record_key(names.check(name, "dump name"), dump_id)
 
 
 def _new_id(repo: Repository, name: str, now: datetime) -> str:
@@ -244,7 +242,7 @@ def list_dumps(repo: Repository, name: str | None = None,
     Damaged records are reported (to `damaged` when given) and left out. Raises BadName for
     a name no dump can have."""
     folders = [names.check(name, "dump name")] if name is not None else \
-        catalog.good_folders(repo, PREFIX, damaged)
+        catalog.good_folders(repo, layout.DUMPS, damaged)
     found: list[DumpRecord] = []
     for each in folders:
         found += catalog.read_folder(repo, dump_prefix(each), DumpRecord, _stem_in(each),

@@ -37,7 +37,7 @@ from markship import names
 from markship.backup import safetar
 from markship.config.model import Config, FilesetSection
 from markship.errors import CorruptObject, MarkshipError, ObjectMissing
-from markship.repository import catalog
+from markship.repository import catalog, layout
 from markship.repository.base import Repository, Writable
 from markship.repository.catalog import Name, ObjectRef, Record
 from markship.repository.hashing import HashingReader
@@ -51,16 +51,13 @@ Kind = Literal["file", "dir", "link"]
 
 
 def fileset_prefix(name: str) -> str:
-    """Raises BadName (markship.names) for a name no file set can have."""
-    return f"filesets/{names.check(name, 'file set name')}/"
+    """The file set's folder (repository.layout). These key functions raise BadName
+    (markship.names) for a name no file set can have."""
+    return layout.fileset_prefix(names.check(name, "file set name"))
 
 
 def record_key(name: str, capture_id: str) -> str:
-    return f"{fileset_prefix(name)}{capture_id}.json"
-
-
-def archive_name(capture_id: str) -> str:
-    return f"{capture_id}.tar.zst"
+    return layout.fileset_record_key(names.check(name, "file set name"), capture_id)
 
 
 def capture_id_at(moment: datetime) -> str:
@@ -440,7 +437,7 @@ def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
     stored = repo.write_named_by(
         fileset_prefix(name),
         lambda sink: _write_archive(sink, snapshot, level, digest, counts),
-        lambda: archive_name(capture_id))
+        lambda: layout.fileset_archive_name(capture_id))
     record = FilesetRecord(
         name=name, id=capture_id, created_at=now, reason=reason, set_id=set_id, mark=mark,
         host=socket.gethostname(), roots=[str(p) for p in snapshot.fileset.paths],
@@ -460,7 +457,7 @@ def list_records(repo: Repository, name: str | None = None,
     """Good captures of one file set (or all), oldest first; damaged records are reported
     (to `found` when given) and left out. Raises BadName for a name no file set can have."""
     folders = [names.check(name, "file set name")] if name is not None else \
-        catalog.good_folders(repo, "filesets/", found)
+        catalog.good_folders(repo, layout.FILESETS, found)
     records = []
     for set_name in folders:
         records += catalog.read_folder(repo, fileset_prefix(set_name), FilesetRecord,

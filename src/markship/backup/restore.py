@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from markship.backup.holds import hold
 from markship.config.model import Config
 from markship.errors import CorruptObject, RestoreError
 from markship.pg import programs
@@ -153,19 +153,6 @@ def choose_backup(repo: Repository, server: str, target: Target,
             )
         return usable[0]
     return backups[0]
-
-
-@contextmanager
-def hold(repo: Repository, backup: BackupRecord) -> Iterator[None]:
-    """Protect the backup set (and so its WAL) from retention while the restore runs."""
-    key = f"holds/{backup.set_id}-{backup.server}-{os.getpid()}.json"
-    record = catalog.Hold(set_id=backup.set_id, server=backup.server, pid=os.getpid(),
-                          host=socket.gethostname(), since=utcnow())
-    catalog.write_record(repo, key, record, overwrite=True)
-    try:
-        yield
-    finally:
-        repo.delete(key)
 
 
 def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from markship.backup import holds
 from markship.pg.lsn import Segment, parse_segment_name, wal_file_kind
 from markship.repository import catalog, layout
 from markship.repository.base import Repository
@@ -81,7 +82,7 @@ def plan(states: list[SetState], marks: list[MarkRecord],
     _keep_last_restorable(states, result)
     by_id = {s.record.id: s for s in states}
     for sid in result.delete_sets:
-        for key in sorted(k for k in sizes if k.startswith("backups/")
+        for key in sorted(k for k in sizes if k.startswith(layout.BACKUPS)
                           and k.split("/")[2] == sid):
             result.delete_keys.append(key)
             result.freed_bytes += sizes[key]
@@ -140,15 +141,15 @@ def make_plan(repo: Repository, now: datetime, days: float, min_sets: int) -> Pl
     for each in damaged:
         catalog.report_damage(each.key, each.problem)  # still warned about, as everywhere
     states = [catalog.set_state(repo, r, wal) for r in sets]
-    sizes = {o.key: o.size for o in repo.iter_objects("backups/")}
+    sizes = {o.key: o.size for o in repo.iter_objects(layout.BACKUPS)}
     wal_objects: dict[str, list[tuple[str, str, int]]] = {}
-    for server in repo.children("wal/"):
+    for server in repo.children(layout.WAL):
         wal_objects[server] = []
         for info in repo.iter_objects(layout.wal_prefix(server)):
             parsed = layout.split_wal_key(info.key)
             if parsed is not None:
                 wal_objects[server].append((parsed[0], info.key, info.size))
-    held = catalog.active_holds(repo)
+    held = holds.active_holds(repo)
     result = plan(states, catalog.list_marks(repo), wal_objects, sizes, now, days, min_sets,
                   held, [d.key for d in damaged])
     _plan_side_objects(repo, result)
@@ -194,8 +195,8 @@ def execute(repo: Repository, result: Plan) -> None:
     """Delete what the plan lists: backup records first, so a crash mid-way never leaves a set
     that looks complete without its data."""
     ordered = sorted(result.delete_keys, key=lambda k: (not k.endswith("/backup.json"),
-                                                         k.startswith("sets/")))
+                                                         k.startswith(layout.SETS)))
     for key in ordered:
         repo.delete(key)
     if isinstance(repo, FsRepository):
-        repo.remove_empty_dirs("backups/")
+        repo.remove_empty_dirs(layout.BACKUPS)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from markship.errors import CorruptObject, ObjectMissing
 from markship.pg.lsn import Segment, wal_header_problem
-from markship.repository import catalog
+from markship.repository import catalog, layout
 from markship.repository.base import Repository
 from markship.repository.catalog import SetRecord
 from markship.repository.fs import FsRepository
@@ -171,7 +171,7 @@ def _list_damaged(damaged: list[catalog.Damaged], report: Report) -> None:
 def _check_remaining_wal(repo: Repository, wal: dict[str, catalog.WalIndex],
                          checked: set[tuple[str, str]], report: Report) -> None:
     """Objects no set needs are still checked: a damaged archive is worth knowing about."""
-    for server in repo.children("wal/"):
+    for server in repo.children(layout.WAL):
         index = wal.get(server) or catalog.WalIndex(repo, server)
         for name in sorted(index.keys):
             if (server, name) not in checked:

@@ -33,7 +33,7 @@ from markship.errors import MarkshipError
 from markship.pg import sql as postgres
 from markship.pg.conninfo import without_secrets
 from markship.privatefile import write_private
-from markship.repository import catalog
+from markship.repository import catalog, layout
 from markship.repository.base import Repository
 from markship.wal.push import push as push_wal
 
@@ -72,11 +72,11 @@ def next_generation(config: Config, new_path: Path) -> Config:
 
 
 def _last_failover_done(repo: Repository) -> None:
-    names = repo.children("failovers/")
+    names = repo.children(layout.FAILOVERS)
     if not names:
         raise MarkshipError("no failover recorded in the repository",
                             "failback prepare follows a markship failover")
-    record = catalog.read_record(repo, f"failovers/{names[-1]}", FailoverRecord)
+    record = catalog.read_record(repo, layout.FAILOVERS + names[-1], FailoverRecord)
     if record.status != "done":
         raise MarkshipError(f"failover {record.id} did not finish",
                             "run markship failover again to finish it first")

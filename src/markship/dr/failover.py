@@ -47,7 +47,7 @@ from markship.pg import sql as postgres
 from markship.pg.conninfo import scrub, secrets_of
 from markship.pg.lsn import format_lsn, parse_lsn
 from markship.privatefile import write_private
-from markship.repository import catalog
+from markship.repository import catalog, layout
 from markship.repository.base import Repository
 from markship.repository.catalog import MarkRecord
 from markship.timefmt import show, utcnow
@@ -261,8 +261,8 @@ def run_hooks(config: Config, mark: str) -> list[str]:
 
 
 def _unfinished(repo: Repository) -> FailoverRecord | None:
-    for name in reversed(repo.children("failovers/")):
-        record = catalog.read_record(repo, f"failovers/{name}", FailoverRecord)
+    for name in reversed(repo.children(layout.FAILOVERS)):
+        record = catalog.read_record(repo, layout.FAILOVERS + name, FailoverRecord)
         if record.status == "running":
             return record
     return None
@@ -298,7 +298,7 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     started = utcnow()
     record = resumed or FailoverRecord(id=started.strftime("%Y%m%dT%H%M%SZ"), mark=mark.name,
                                        started_at=started, status="running")
-    key = f"failovers/{record.id}.json"
+    key = layout.failover_key(record.id)
     catalog.write_record(repo, key, record, overwrite=True)
     report.phases["choose"] = time.monotonic() - began
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from markship.config.model import Config
 from markship.errors import MarkshipError, ObjectMissing
-from markship.repository import catalog
+from markship.repository import catalog, layout
 from markship.repository.base import Repository
 from markship.repository.catalog import MarkRecord
 from markship.timefmt import age_seconds
@@ -24,7 +24,7 @@ class MarkState:
 def mark_states(repo: Repository, config: Config, newest: int | None = None) -> list[MarkState]:
     """Marks with their completeness, oldest first: all of them, or the `newest` N (damaged
     records are reported and left out: catalog.Damaged)."""
-    files = sorted(n for n in repo.children("marks/") if n.endswith(".json"))
+    files = sorted(n for n in repo.children(layout.MARKS) if n.endswith(".json"))
     if newest is not None:
         files = files[-newest:] if newest > 0 else []
     wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
@@ -33,7 +33,7 @@ def mark_states(repo: Repository, config: Config, newest: int | None = None) -> 
 
 def _state(repo: Repository, file_name: str,
            wal: dict[str, catalog.WalIndex]) -> MarkState | None:
-    record = catalog.read_good(repo, f"marks/{file_name}", MarkRecord, lambda m: m.name)
+    record = catalog.read_good(repo, layout.MARKS + file_name, MarkRecord, lambda m: m.name)
     if record is None:
         return None
     return _state_of(repo, record, wal)
@@ -62,7 +62,7 @@ def newest_complete(repo: Repository, config: Config) -> MarkState | None:
     """The newest complete mark, reading records from the newest back (marks complete in
     order, so this stops after a few records however long the history is). Damaged records
     are reported and passed over."""
-    files = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
+    files = sorted((n for n in repo.children(layout.MARKS) if n.endswith(".json")), reverse=True)
     wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
     for file in files:
         state = _state(repo, file, wal)

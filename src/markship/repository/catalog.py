@@ -299,7 +299,7 @@ def ensure_marker(repo: Repository, group: str, now: datetime) -> None:
 def list_sets(repo: Repository, found: list[Damaged] | None = None) -> list[SetRecord]:
     """Every good set record, by id (oldest first); damaged ones are reported (to `found`
     when given) and left out."""
-    sets = read_folder(repo, "sets/", SetRecord, lambda s: s.id, found)
+    sets = read_folder(repo, layout.SETS, SetRecord, lambda s: s.id, found)
     return sorted(sets, key=lambda s: s.id)
 
 
@@ -463,7 +463,7 @@ def set_state(repo: Repository, record: SetRecord,
 def list_marks(repo: Repository, found: list[Damaged] | None = None) -> list[MarkRecord]:
     """Every good mark record, oldest first (names sort by time); damaged ones are reported
     (to `found` when given) and left out."""
-    return read_folder(repo, "marks/", MarkRecord, lambda m: m.name, found)
+    return read_folder(repo, layout.MARKS, MarkRecord, lambda m: m.name, found)
 
 
 def read_mark(repo: Repository, name: str) -> MarkRecord | None:
@@ -496,33 +496,3 @@ def mark_missing_wal(record: MarkRecord, wal: dict[str, WalIndex]) -> dict[str, 
 
 def wal_indexes(repo: Repository, servers: list[str]) -> dict[str, WalIndex]:
     return {server: WalIndex(repo, server) for server in servers}
-
-
-# -- holds: a restore in progress protects its backup set from retention --------------------------
-
-
-class Hold(Record):
-    set_id: Name
-    server: Name
-    pid: int
-    host: str
-    since: datetime
-
-
-def active_holds(repo: Repository) -> set[str]:
-    """Set ids held by restores still running (same host: pid alive; other hosts: < 1 day)."""
-    from markship.timefmt import utcnow
-
-    held: set[str] = set()
-    for hold in read_folder(repo, "holds/", Hold):
-        if hold.host == socket.gethostname():
-            try:
-                os.kill(hold.pid, 0)
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                pass
-        elif (utcnow() - hold.since).total_seconds() > 86400:
-            continue
-        held.add(hold.set_id)
-    return held
