@@ -40,10 +40,10 @@ from markship.errors import (
 from markship.marks.choose import newest_complete
 from markship.pg import programs, sql
 from markship.pg.conninfo import ProgramConninfo, without_secrets
-from markship.repository import catalog, layout
+from markship.repository import catalog, layout, records
 from markship.repository.base import Readable, Repository, Writable
-from markship.repository.catalog import Name, ObjectRef, Record
 from markship.repository.hashing import HashingReader
+from markship.repository.records import Name, ObjectRef, Record
 from markship.timefmt import show, utcnow
 
 CHUNK = 1024 * 1024
@@ -216,7 +216,7 @@ def run_dump(config: Config, repo: Repository, dump: DumpSection) -> DumpRecord:
             markship_version=__version__,
         )
         try:
-            catalog.write_record(repo, record_key(name, dump_id), record)
+            records.write_record(repo, record_key(name, dump_id), record)
         except BaseException:
             repo.delete(stored.key)
             raise
@@ -237,15 +237,15 @@ def _newest_mark(config: Config, repo: Repository) -> str | None:
 
 
 def list_dumps(repo: Repository, name: str | None = None,
-               damaged: list[catalog.Damaged] | None = None) -> list[DumpRecord]:
+               damaged: list[records.Damaged] | None = None) -> list[DumpRecord]:
     """Every good dump record (of `name`, or of every name): by name, then oldest first.
     Damaged records are reported (to `damaged` when given) and left out. Raises BadName for
     a name no dump can have."""
     folders = [names.check(name, "dump name")] if name is not None else \
-        catalog.good_folders(repo, layout.DUMPS, damaged)
+        records.good_folders(repo, layout.DUMPS, damaged)
     found: list[DumpRecord] = []
     for each in folders:
-        found += catalog.read_folder(repo, dump_prefix(each), DumpRecord, _stem_in(each),
+        found += records.read_folder(repo, dump_prefix(each), DumpRecord, _stem_in(each),
                                      damaged)
     return sorted(found, key=lambda d: (d.name, d.created_at, d.id))
 

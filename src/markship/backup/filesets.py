@@ -37,10 +37,10 @@ from markship import names
 from markship.backup import safetar
 from markship.config.model import Config, FilesetSection
 from markship.errors import CorruptObject, MarkshipError, ObjectMissing
-from markship.repository import catalog, layout
+from markship.repository import catalog, layout, records
 from markship.repository.base import Repository, Writable
-from markship.repository.catalog import Name, ObjectRef, Record
 from markship.repository.hashing import HashingReader
+from markship.repository.records import Name, ObjectRef, Record
 from markship.timefmt import show, utcnow
 
 CHUNK = 1 << 20
@@ -374,7 +374,7 @@ def newest_record(repo: Repository, name: str) -> FilesetRecord | None:
     prefix = fileset_prefix(name)
     files = sorted((n for n in repo.children(prefix) if n.endswith(".json")), reverse=True)
     for file in files:
-        record = catalog.read_good(repo, prefix + file, FilesetRecord, _stem_in(name))
+        record = records.read_good(repo, prefix + file, FilesetRecord, _stem_in(name))
         if record is not None:
             return record
     return None
@@ -404,13 +404,13 @@ def capture(config: Config, repo: Repository, fileset: FilesetSection | Snapshot
 def capture_all(config: Config, repo: Repository, *, reason: str, set_id: str | None = None,
                 only_if_changed: bool = False) -> list[FilesetRecord]:
     """Capture every configured file set (with a backup set, or the agent's change check)."""
-    records = []
+    captures = []
     for fileset in config.filesets:
         record = capture(config, repo, fileset, reason=reason, set_id=set_id,
                          only_if_changed=only_if_changed)
         if record is not None:
-            records.append(record)
-    return records
+            captures.append(record)
+    return captures
 
 
 def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
@@ -445,7 +445,7 @@ def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
         archive=ObjectRef(key=stored.key, size=stored.size, sha256=stored.sha256),
         files=counts.files, dirs=counts.dirs, links=counts.links,
         total_bytes=counts.total_bytes, skipped=snapshot.skipped)
-    catalog.write_record(repo, record_key(name, capture_id), record)
+    records.write_record(repo, record_key(name, capture_id), record)
     return record
 
 
@@ -453,16 +453,16 @@ def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
 
 
 def list_records(repo: Repository, name: str | None = None,
-                 found: list[catalog.Damaged] | None = None) -> list[FilesetRecord]:
+                 found: list[records.Damaged] | None = None) -> list[FilesetRecord]:
     """Good captures of one file set (or all), oldest first; damaged records are reported
     (to `found` when given) and left out. Raises BadName for a name no file set can have."""
     folders = [names.check(name, "file set name")] if name is not None else \
-        catalog.good_folders(repo, layout.FILESETS, found)
-    records = []
+        records.good_folders(repo, layout.FILESETS, found)
+    captures = []
     for set_name in folders:
-        records += catalog.read_folder(repo, fileset_prefix(set_name), FilesetRecord,
-                                       _stem_in(set_name), found)
-    return sorted(records, key=lambda r: (r.created_at, r.name))
+        captures += records.read_folder(repo, fileset_prefix(set_name), FilesetRecord,
+                                        _stem_in(set_name), found)
+    return sorted(captures, key=lambda r: (r.created_at, r.name))
 
 
 def choose(repo: Repository, name: str, mark: str | None = None,
@@ -471,27 +471,27 @@ def choose(repo: Repository, name: str, mark: str | None = None,
 
     Raises MarkshipError when the file set has no such capture or the mark does not exist.
     """
-    records = list_records(repo, name)
-    if not records:
+    captures = list_records(repo, name)
+    if not captures:
         raise MarkshipError(f"file set {name} has no captures in the repository",
                             f"run markship files capture --set {name}")
     if capture_id is not None:
-        for record in records:
+        for record in captures:
             if record.id == capture_id:
                 return record
         raise MarkshipError(f"file set {name} has no capture {capture_id}",
                             f"markship files list --set {name} shows them")
     if mark is None:
-        return records[-1]
+        return captures[-1]
     mark_record = catalog.read_mark(repo, mark)
     if mark_record is None:
         raise MarkshipError(f"no mark named {mark} in the repository",
                             "markship marks lists them")
-    usable = [r for r in records if r.created_at <= mark_record.created_at]
+    usable = [r for r in captures if r.created_at <= mark_record.created_at]
     if not usable:
         raise MarkshipError(
             f"file set {name} has no capture made at or before mark {mark} "
-            f"({show(mark_record.created_at)}); the oldest is from {show(records[0].created_at)}",
+            f"({show(mark_record.created_at)}); the oldest is from {show(captures[0].created_at)}",
             "choose a newer mark, or a capture with --id")
     return usable[-1]
 

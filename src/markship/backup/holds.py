@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from markship.repository import catalog, layout
+from markship.repository import layout, records
 from markship.repository.base import Repository
-from markship.repository.catalog import BackupRecord, Name, Record
+from markship.repository.catalog import BackupRecord
+from markship.repository.records import Name, Record
 from markship.timefmt import utcnow
 
 OTHER_HOST_SECONDS = 86400
@@ -35,7 +36,7 @@ def hold(repo: Repository, backup: BackupRecord) -> Iterator[None]:
     key = layout.hold_key(backup.set_id, backup.server, os.getpid())
     record = Hold(set_id=backup.set_id, server=backup.server, pid=os.getpid(),
                   host=socket.gethostname(), since=utcnow())
-    catalog.write_record(repo, key, record, overwrite=True)
+    records.write_record(repo, key, record, overwrite=True)
     try:
         yield
     finally:
@@ -45,7 +46,7 @@ def hold(repo: Repository, backup: BackupRecord) -> Iterator[None]:
 def active_holds(repo: Repository) -> set[str]:
     """Set ids held by restores still running (same host: pid alive; other hosts: < 1 day)."""
     held: set[str] = set()
-    for each in catalog.read_folder(repo, layout.HOLDS, Hold):
+    for each in records.read_folder(repo, layout.HOLDS, Hold):
         if each.host == socket.gethostname():
             try:
                 os.kill(each.pid, 0)

@@ -26,7 +26,7 @@ from markship.config.model import Config
 from markship.errors import CorruptObject, RestoreError
 from markship.pg import programs
 from markship.pg.lsn import format_lsn, parse_history, segment_holding_end
-from markship.repository import catalog
+from markship.repository import catalog, restorable
 from markship.repository.base import Readable, Repository
 from markship.repository.catalog import BackupRecord
 from markship.repository.hashing import HashingReader
@@ -104,11 +104,11 @@ def complete_backups(repo: Repository, server: str) -> list[BackupRecord]:
     its set failed; group restores (later) need complete sets.
     """
     found = []
-    wal: dict[str, catalog.WalIndex] = {}
+    wal: dict[str, restorable.WalIndex] = {}
     for record in catalog.list_sets(repo):
         if server not in record.servers:
             continue
-        state = catalog.set_state(repo, record, wal)
+        state = restorable.set_state(repo, record, wal)
         if server in state.restorable:
             found.append(state.restorable[server])
     return sorted(found, key=lambda b: b.consistent_at, reverse=True)
@@ -157,7 +157,7 @@ def choose_backup(repo: Repository, server: str, target: Target,
 
 def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
     """Recovery to 'latest' stops at the first missing segment without complaint: refuse."""
-    index = catalog.WalIndex(repo, server, backup.wal_segment_size)
+    index = restorable.WalIndex(repo, server, backup.wal_segment_size)
     gaps = index.gaps_after(backup.start_segment)
     if gaps:
         missing = gaps[0].name(backup.wal_segment_size)
@@ -170,7 +170,7 @@ def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
 
 
 def refuse_incomplete_mark(repo: Repository, server: str, mark: catalog.MarkRecord) -> None:
-    missing = catalog.mark_missing_wal(mark, {server: catalog.WalIndex(repo, server)})
+    missing = restorable.mark_missing_wal(mark, {server: restorable.WalIndex(repo, server)})
     if server in missing:
         raise RestoreError(
             f"mark {mark.name} is not complete for server {server}: {missing[server]} is not "
@@ -473,7 +473,7 @@ def check_recovery_end(repo: Repository, server: str, backup: BackupRecord, targ
     expected: int | None = None
     short = False
     if target.kind == "latest":
-        newest = max(catalog.WalIndex(repo, server, size).segments.get(end.timeline, ()),
+        newest = max(restorable.WalIndex(repo, server, size).segments.get(end.timeline, ()),
                      default=None)
         if newest is not None:
             expected = (newest + 1) * size  # the end of the newest archived segment

@@ -10,7 +10,7 @@ Rules, in order of strength:
 - file set captures and logical dumps older than the window are deleted, but never the
   newest of each;
 - never delete the newest set from which a server can be restored (even an incomplete one);
-- nothing is deleted on the strength of a damaged record (catalog.Damaged): it is left in
+- nothing is deleted on the strength of a damaged record (records.Damaged): it is left in
   place, a set with a damaged backup record is kept, and while any set or backup record is
   damaged no WAL is deleted (that set may need it).
 """
@@ -23,10 +23,11 @@ from typing import Protocol, TypeVar
 
 from markship.backup import holds
 from markship.pg.lsn import Segment, parse_segment_name, wal_file_kind
-from markship.repository import catalog, layout
+from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
-from markship.repository.catalog import MarkRecord, SetState
+from markship.repository.catalog import MarkRecord
 from markship.repository.fs import FsRepository
+from markship.repository.restorable import SetState
 
 
 @dataclass
@@ -135,12 +136,12 @@ def _keep_last_restorable(states: list[SetState], result: Plan) -> None:
 def make_plan(repo: Repository, now: datetime, days: float, min_sets: int) -> Plan:
     """Read the catalog and the WAL listing, and plan. Damaged records are reported, left
     alone, and keep all WAL while any set record is damaged."""
-    wal: dict[str, catalog.WalIndex] = {}
-    damaged: list[catalog.Damaged] = []
+    wal: dict[str, restorable.WalIndex] = {}
+    damaged: list[records.Damaged] = []
     sets = catalog.list_sets(repo, damaged)
     for each in damaged:
-        catalog.report_damage(each.key, each.problem)  # still warned about, as everywhere
-    states = [catalog.set_state(repo, r, wal) for r in sets]
+        records.report_damage(each.key, each.problem)  # still warned about, as everywhere
+    states = [restorable.set_state(repo, r, wal) for r in sets]
     sizes = {o.key: o.size for o in repo.iter_objects(layout.BACKUPS)}
     wal_objects: dict[str, list[tuple[str, str, int]]] = {}
     for server in repo.children(layout.WAL):

@@ -44,9 +44,9 @@ from markship.errors import MarkshipError
 from markship.pg import programs
 from markship.pg import sql as postgres
 from markship.pg.lsn import format_lsn
-from markship.repository import catalog, layout
+from markship.repository import layout, records
 from markship.repository.base import Repository
-from markship.repository.catalog import Record
+from markship.repository.records import Record
 from markship.timefmt import show, utcnow
 
 HOST = "127.0.0.1"
@@ -98,7 +98,7 @@ class DrillRecord(Record):
 
 def list_drills(repo: Repository) -> list[DrillRecord]:
     """Every stored drill, oldest first (a damaged record is reported and left out)."""
-    found = catalog.read_folder(repo, layout.DRILLS, DrillRecord)
+    found = records.read_folder(repo, layout.DRILLS, DrillRecord)
     return sorted(found, key=lambda r: (r.started_at, r.id))
 
 
@@ -174,7 +174,7 @@ def run_drill(config: Config, repo: Repository, checks: list[Check], *,
                          cleanup_problems=problems, ok=ok)
     repo.write_bytes(layout.drill_report_key(record.id), render_markdown(record).encode(),
                      metadata=True)
-    catalog.write_record(repo, layout.drill_record_key(record.id), record)
+    records.write_record(repo, layout.drill_record_key(record.id), record)
     return record
 
 

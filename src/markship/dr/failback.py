@@ -33,7 +33,7 @@ from markship.errors import MarkshipError
 from markship.pg import sql as postgres
 from markship.pg.conninfo import without_secrets
 from markship.privatefile import write_private
-from markship.repository import catalog, layout
+from markship.repository import layout, records
 from markship.repository.base import Repository
 from markship.wal.push import push as push_wal
 
@@ -76,7 +76,7 @@ def _last_failover_done(repo: Repository) -> None:
     if not names:
         raise MarkshipError("no failover recorded in the repository",
                             "failback prepare follows a markship failover")
-    record = catalog.read_record(repo, layout.FAILOVERS + names[-1], FailoverRecord)
+    record = records.read_record(repo, layout.FAILOVERS + names[-1], FailoverRecord)
     if record.status != "done":
         raise MarkshipError(f"failover {record.id} did not finish",
                             "run markship failover again to finish it first")

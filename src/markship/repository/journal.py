@@ -29,9 +29,9 @@ from pydantic import Field
 
 from markship.errors import ConflictError, CorruptObject, MarkshipError, ObjectMissing
 from markship.pg.conninfo import redact_text
-from markship.repository import catalog, layout
+from markship.repository import layout, records
 from markship.repository.base import Repository
-from markship.repository.catalog import Record
+from markship.repository.records import Record
 from markship.timefmt import utcnow
 
 
@@ -109,7 +109,7 @@ def last_entry(repo: Repository) -> JournalEntry | None:
     names = _entry_names(repo)
     if not names:
         return None
-    return catalog.read_record(repo, layout.JOURNAL + names[-1], JournalEntry)
+    return records.read_record(repo, layout.JOURNAL + names[-1], JournalEntry)
 
 
 def append(repo: Repository, command: str, outcome: str, *, user: str | None = None,
@@ -125,10 +125,10 @@ def append(repo: Repository, command: str, outcome: str, *, user: str | None = N
             objects=objects or {}, diff=diff, config_text=config_text,
             prev=stored_hash(repo, last) if last else "")
         try:
-            stored = catalog.write_record(repo, layout.journal_entry_key(entry.seq), entry)
+            stored = records.write_record(repo, layout.journal_entry_key(entry.seq), entry)
         except ConflictError:
             continue  # another writer took this number: chain after its entry
-        catalog.write_record(repo, layout.JOURNAL_HEAD_KEY,
+        records.write_record(repo, layout.JOURNAL_HEAD_KEY,
                              JournalHead(seq=entry.seq, hash=STORED + stored.sha256),
                              overwrite=True)
         return entry
@@ -137,14 +137,14 @@ def append(repo: Repository, command: str, outcome: str, *, user: str | None = N
 
 
 def entries(repo: Repository, since: datetime | None = None) -> list[JournalEntry]:
-    found = [catalog.read_record(repo, layout.JOURNAL + n, JournalEntry)
+    found = [records.read_record(repo, layout.JOURNAL + n, JournalEntry)
              for n in _entry_names(repo)]
     return [e for e in found if since is None or e.time >= since]
 
 
 def last_config_text(repo: Repository) -> str | None:
     for name in reversed(_entry_names(repo)):
-        entry = catalog.read_record(repo, layout.JOURNAL + name, JournalEntry)
+        entry = records.read_record(repo, layout.JOURNAL + name, JournalEntry)
         if entry.config_text is not None:
             return entry.config_text
     return None
@@ -172,7 +172,7 @@ def verify(repo: Repository) -> Verification:
             return Verification(index, f"entry {expected} is missing (removed); the chain "
                                        f"resumes at entry {seq}")
         try:
-            entry = catalog.read_record(repo, layout.JOURNAL + name, JournalEntry)
+            entry = records.read_record(repo, layout.JOURNAL + name, JournalEntry)
         except CorruptObject:
             return Verification(index, f"entry {seq} was altered (its checksum does not match)")
         if entry.seq != seq:
@@ -183,7 +183,7 @@ def verify(repo: Repository) -> Verification:
                                            f"(entry {seq} no longer matches it)")
         previous = entry
     try:
-        head = catalog.read_record(repo, layout.JOURNAL_HEAD_KEY, JournalHead)
+        head = records.read_record(repo, layout.JOURNAL_HEAD_KEY, JournalHead)
     except ObjectMissing:
         head = None
     except CorruptObject:

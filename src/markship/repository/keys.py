@@ -10,9 +10,9 @@ from pathlib import Path
 
 from markship.config.model import Config
 from markship.errors import KeyProblem, MarkshipError
-from markship.repository import catalog, crypto, layout
+from markship.repository import crypto, layout, records
 from markship.repository.base import Repository
-from markship.repository.catalog import Record
+from markship.repository.records import Record
 from markship.timefmt import show, utcnow
 
 TYPE_CHECKING = False
@@ -186,7 +186,7 @@ def export_key(repo: Repository, identity_file: Path, target: Path, passphrase: 
         f"passphrase hint: {hint}\n"
         "restore with: markship key import --from " + target.name + "\n").encode(), 0o644)
     record = KeyExportRecord(fingerprints=fingerprints, created_at=now, host=socket.gethostname())
-    catalog.write_record(repo, layout.key_export_key(now.strftime('%Y%m%dT%H%M%S.%fZ')), record)
+    records.write_record(repo, layout.key_export_key(now.strftime('%Y%m%dT%H%M%S.%fZ')), record)
     return record
 
 
@@ -247,7 +247,7 @@ def import_key(repo_recipient: str | None, export: Path, passphrase: str,
 def exports(repo: Repository) -> list[KeyExportRecord]:
     """The recorded key exports; a damaged record is reported and left out (the key then
     counts as not backed up: the safe side)."""
-    found = catalog.read_folder(repo, layout.KEY_EXPORTS, KeyExportRecord)
+    found = records.read_folder(repo, layout.KEY_EXPORTS, KeyExportRecord)
     return sorted(found, key=lambda r: r.created_at)
 
 
