@@ -182,10 +182,10 @@ class _Dated(Protocol):
 _D = TypeVar("_D", bound=_Dated)
 
 
-def _expired_but_newest(records: list[_D], cutoff: datetime) -> list[_D]:
+def _expired_but_newest(found: list[_D], cutoff: datetime) -> list[_D]:
     """Records made before `cutoff`, except the newest of each name."""
     by_name: dict[str, list[_D]] = {}
-    for record in records:
+    for record in found:
         by_name.setdefault(record.name, []).append(record)
     return [record for same in by_name.values()
             for record in sorted(same, key=lambda r: r.created_at)[:-1]

@@ -109,7 +109,6 @@ class RepositoryMarker(Record):
     format: int = FORMAT
 
 
-
 def ensure_marker(repo: Repository, group: str, now: datetime) -> None:
     """Create the repository marker, or check it belongs to this group."""
     if repo.exists(layout.MARKER_KEY):
