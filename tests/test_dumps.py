@@ -17,9 +17,9 @@ from markship.config import model
 from markship.config.schedule import parse_schedule
 from markship.errors import ConfigError, MarkshipError
 from markship.pg.scratch import chown_to
-from markship.repository import catalog
-from markship.repository.catalog import ObjectRef
+from markship.repository import records
 from markship.repository.fs import FsRepository
+from markship.repository.records import ObjectRef
 
 NAME = "alpha-analytics"
 FINGERPRINT = """
@@ -297,20 +297,20 @@ def test_a_daily_berlin_dump_falls_due_at_three_local_time(tmp_path: Path) -> No
     assert dump_due(group, repo, dump, utc("2026-11-25T12:00:00"))  # no dump yet
 
     # 03:00 Berlin is 02:00Z in winter (CET).
-    catalog.write_record(repo, record_key(dump.dump_name, "20261125T020005Z"),
+    records.write_record(repo, record_key(dump.dump_name, "20261125T020005Z"),
                          _record(utc("2026-11-25T02:00:05")))
     assert not dump_due(group, repo, dump, utc("2026-11-25T12:00:00"))
     assert not dump_due(group, repo, dump, utc("2026-11-26T01:59:59"))
     assert dump_due(group, repo, dump, utc("2026-11-26T02:00:00"))
 
     # A manual dump in the evening does not move the next scheduled one.
-    catalog.write_record(repo, record_key(dump.dump_name, "20261125T190000Z"),
+    records.write_record(repo, record_key(dump.dump_name, "20261125T190000Z"),
                          _record(utc("2026-11-25T19:00:00")))
     assert not dump_due(group, repo, dump, utc("2026-11-26T01:59:59"))
     assert dump_due(group, repo, dump, utc("2026-11-26T02:00:00"))
 
     # In summer (CEST) the same wall-clock time is 01:00Z.
-    catalog.write_record(repo, record_key(dump.dump_name, "20270701T010010Z"),
+    records.write_record(repo, record_key(dump.dump_name, "20270701T010010Z"),
                          _record(utc("2027-07-01T01:00:10")))
     assert not dump_due(group, repo, dump, utc("2027-07-02T00:59:59"))
     assert dump_due(group, repo, dump, utc("2027-07-02T01:00:00"))

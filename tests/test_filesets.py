@@ -22,9 +22,10 @@ from markship.backup import filesets
 from markship.backup.safetar import link_escapes, member_parts, relative_target
 from markship.config.model import load
 from markship.pg.scratch import chown_to
-from markship.repository import catalog
-from markship.repository.catalog import MarkPoint, MarkRecord, ObjectRef
+from markship.repository import records
+from markship.repository.catalog import MarkPoint, MarkRecord
 from markship.repository.fs import FsRepository
+from markship.repository.records import ObjectRef
 from markship.timefmt import utcnow
 
 WAL_FILE = "000000010000000000000001"
@@ -157,7 +158,7 @@ def test_restore_by_mark_picks_the_capture_before_it(workdir: Path) -> None:
     repo = FsRepository(workdir / "repo")
     mark = "ms-testgroup-mark1"
     made = utcnow()
-    catalog.write_record(repo, f"marks/{mark}.json", MarkRecord(
+    records.write_record(repo, f"marks/{mark}.json", MarkRecord(
         name=mark, group="testgroup", created_at=made, barrier_server="orders",
         barrier_wait_ms=0.1, barrier_hold_ms=0.1,
         points={"orders": MarkPoint(lsn=0x1000028, timeline=1, wal_file=WAL_FILE)}))
@@ -183,7 +184,7 @@ def test_restore_by_mark_picks_the_capture_before_it(workdir: Path) -> None:
     unknown = run_markship(config, "files", "restore", "--set", "portal", "--mark", "nope",
                            "--target-dir", str(workdir / "x"))
     assert "no mark named nope" in _refused(unknown)
-    catalog.write_record(repo, "marks/ms-testgroup-mark0.json", MarkRecord(
+    records.write_record(repo, "marks/ms-testgroup-mark0.json", MarkRecord(
         name="ms-testgroup-mark0", group="testgroup", created_at=made - timedelta(hours=1),
         barrier_server="orders", barrier_wait_ms=0.1, barrier_hold_ms=0.1, points={}))
     too_old = run_markship(config, "files", "restore", "--set", "portal", "--mark",
@@ -223,7 +224,7 @@ def _plant(workdir: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> str:
     repo = FsRepository(workdir / "repo")
     capture_id = filesets.capture_id_at(utcnow())
     stored = repo.write_bytes(f"filesets/portal/{capture_id}.tar.zst", packed)
-    catalog.write_record(repo, filesets.record_key("portal", capture_id), filesets.FilesetRecord(
+    records.write_record(repo, filesets.record_key("portal", capture_id), filesets.FilesetRecord(
         name="portal", id=capture_id, created_at=utcnow(), reason="manual", host="elsewhere",
         roots=["/etc/portal"], content_sha256="0" * 64,
         archive=ObjectRef(key=stored.key, size=stored.size, sha256=stored.sha256),
@@ -297,7 +298,7 @@ def test_a_damaged_archive_leaves_nothing_behind(workdir: Path, damage: str,
     if damage == "other checksum":  # as if the stored object had been replaced
         changed = record.model_copy(update={"archive": record.archive.model_copy(
             update={"sha256": "0" * 64})})
-        catalog.write_record(repo, filesets.record_key("portal", record.id), changed,
+        records.write_record(repo, filesets.record_key("portal", record.id), changed,
                              overwrite=True)
     target = workdir / "t"
     line = _refused(run_markship(config, "files", "restore", "--set", "portal",

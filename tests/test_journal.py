@@ -11,10 +11,10 @@ from conftest import OS_USER, GroupFactory
 
 
 def _append_many(config: Path, count: int) -> subprocess.Popen[bytes]:
-    code = ("import sys\nfrom markship.config import model as config\n"
+    code = ("import sys\nfrom markship.config import model\n"
             "from markship.repository import journal\n"
             "from markship.repository.backends import open_repository\n"
-            "cfg = config.load(sys.argv[1])\nrepo = open_repository(cfg.repository.path)\n"
+            "cfg = model.load(sys.argv[1])\nrepo = open_repository(cfg.repository.path)\n"
             f"for i in range({count}):\n"
             "    journal.append(repo, 'test append', 'ok', objects={'i': str(i)})\n")
     return subprocess.Popen(["runuser", "-u", OS_USER, "--", sys.executable, "-c", code,
@@ -77,7 +77,7 @@ def test_a_journal_begun_with_content_links_continues_and_still_names_tampering(
     new entries (linked by the hash of the stored bytes) chain after them."""
     from datetime import UTC, datetime
 
-    from markship.repository import catalog, journal
+    from markship.repository import journal, layout, records
     from markship.repository.backends import open_repository
 
     repo = open_repository(tmp_path / "repo")
@@ -87,10 +87,10 @@ def test_a_journal_begun_with_content_links_continues_and_still_names_tampering(
             seq=seq, time=datetime(2026, 11, 20, 10, seq, tzinfo=UTC), user="root", host="h",
             command="backup", outcome="ok",
             prev=journal.entry_hash(previous) if previous else "")
-        catalog.write_record(repo, journal.entry_key(seq), entry)
+        records.write_record(repo, layout.journal_entry_key(seq), entry)
         previous = entry
     assert previous is not None
-    catalog.write_record(repo, journal.HEAD_KEY,
+    records.write_record(repo, layout.JOURNAL_HEAD_KEY,
                          journal.JournalHead(seq=2, hash=journal.entry_hash(previous)),
                          overwrite=True)
     assert journal.verify(repo).ok
@@ -104,13 +104,13 @@ def test_a_journal_begun_with_content_links_continues_and_still_names_tampering(
     # Rewriting an entry with a valid checksum is caught by the link after it, in either
     # format.
     third = journal.entries(repo)[2]
-    catalog.write_record(repo, journal.entry_key(3),
+    records.write_record(repo, layout.journal_entry_key(3),
                          third.model_copy(update={"outcome": "failed: hidden"}), overwrite=True)
     assert journal.verify(repo).problem == "entry 3 was altered after it was written " \
                                            "(entry 4 no longer matches it)"
-    catalog.write_record(repo, journal.entry_key(3), third, overwrite=True)
+    records.write_record(repo, layout.journal_entry_key(3), third, overwrite=True)
     assert journal.verify(repo).ok  # the same bytes again
     forged = journal.entries(repo)[0].model_copy(update={"command": "restore"})
-    catalog.write_record(repo, journal.entry_key(1), forged, overwrite=True)
+    records.write_record(repo, layout.journal_entry_key(1), forged, overwrite=True)
     assert journal.verify(repo).problem == "entry 1 was altered after it was written " \
                                            "(entry 2 no longer matches it)"

@@ -14,7 +14,9 @@ import pytest
 from conftest import GroupFactory
 from markship.backup import retention
 from markship.pg.scratch import wait_archived
-from markship.repository.catalog import BackupRecord, ObjectRef, SetRecord, SetState
+from markship.repository.catalog import BackupRecord, SetRecord
+from markship.repository.records import ObjectRef
+from markship.repository.restorable import SetState
 
 NOW = datetime(2026, 11, 25, 19, 0, tzinfo=UTC)
 

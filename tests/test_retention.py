@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conftest import OS_USER, GroupFactory
+from markship.backup import holds
 from markship.pg.scratch import chown_to, pgbench_fingerprint, wait_archived
-from markship.repository import catalog
+from markship.repository import records
 from markship.repository.backends import open_repository
 
 
@@ -50,7 +51,7 @@ def test_expire_keeps_the_window_and_the_newest_complete_set(pg_group: GroupFact
     # A restore in progress holds the oldest set: it survives even outside the window.
     repo = open_repository(group.repo)
     hold_key = f"holds/{sets[0]}-alpha-{os.getpid()}.json"
-    catalog.write_record(repo, hold_key, catalog.Hold(
+    records.write_record(repo, hold_key, holds.Hold(
         set_id=sets[0], server="alpha", pid=os.getpid(), host=socket.gethostname(), since=now))
     for path in (group.repo / "holds", group.repo / hold_key):
         chown_to(path, OS_USER)

@@ -29,7 +29,7 @@ from markship.errors import MarkshipError
 from markship.marks import priority, stream
 from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
 from markship.pg import programs, replication
-from markship.repository import catalog
+from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
 from markship.repository.fs import FsRepository
 from markship.timefmt import show, utcnow
@@ -40,10 +40,9 @@ MARKS_JOURNAL_EVERY = 600.0  # seconds between journal summaries of the agent's 
 RECOGNISE_AFTER = 10.0  # seconds a receiver runs before marks must see it in the server
 CONTENT_CHECK_EVERY = 60.0  # seconds between file-set change checks and dump schedule checks
 RETRY_FAILED_DUMP = timedelta(minutes=5)
-STATE_KEY = "agent/state.json"
 
 
-class AgentState(catalog.Record):
+class AgentState(records.Record):
     """What the agent remembers between runs (in the repository)."""
 
     force_full_done_for: str | None = None
@@ -59,8 +58,8 @@ def backup_due(config: Config, repo: Repository, now: datetime,
     """Why a full backup should start now, or None."""
     if config.schedule.force_full and state.force_full_done_for != config_digest(config):
         return "force_full is set"
-    wal: dict[str, catalog.WalIndex] = {}
-    states = [catalog.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
+    wal: dict[str, restorable.WalIndex] = {}
+    states = [restorable.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
     if any(s.label == "running" for s in states):
         return None
     complete = [s for s in states if s.complete]
@@ -73,7 +72,7 @@ def backup_due(config: Config, repo: Repository, now: datetime,
             now - states[-1].record.created_at >= RETRY_FAILED_SET:
         return f"the last backup set {states[-1].record.id} is {states[-1].label}"
     for server, backup in newest.backups.items():
-        index = wal.get(server) or catalog.WalIndex(repo, server)
+        index = wal.get(server) or restorable.WalIndex(repo, server)
         gaps = index.gaps_after(backup.start_segment)
         if gaps:
             return f"WAL gap on server {server} ({gaps[0].name()} missing)"
@@ -133,7 +132,7 @@ class Agent:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        catalog.on_damage(lambda damaged: self.log("record.damaged", level="warning",
+        records.on_damage(lambda damaged: self.log("record.damaged", level="warning",
                                                    key=damaged.key, reason=damaged.problem,
                                                    detail="skipped; run markship verify"))
         with self.repo.lock("agent", f"markship run for group {self.config.group.name}"):
@@ -515,9 +514,9 @@ class Agent:
 
     def _state(self) -> AgentState:
         try:
-            return catalog.read_record(self.repo, STATE_KEY, AgentState)
+            return records.read_record(self.repo, layout.AGENT_STATE_KEY, AgentState)
         except MarkshipError:
             return AgentState()
 
     def _save_state(self, state: AgentState) -> None:
-        catalog.write_record(self.repo, STATE_KEY, state, overwrite=True)
+        records.write_record(self.repo, layout.AGENT_STATE_KEY, state, overwrite=True)

@@ -18,9 +18,10 @@ from markship.errors import BackupError, MarkshipError, ObjectMissing
 from markship.pg import programs, sql
 from markship.pg.commands import archive_command
 from markship.pg.lsn import Segment, parse_lsn, segment_holding_end, segment_of
-from markship.repository import catalog, layout
+from markship.repository import catalog, layout, records
 from markship.repository.base import Repository
-from markship.repository.catalog import BackupRecord, ObjectRef, SetRecord
+from markship.repository.catalog import BackupRecord, SetRecord
+from markship.repository.records import ObjectRef
 from markship.timefmt import utcnow
 from markship.wal.stored import find_archived, open_archived
 
@@ -59,7 +60,7 @@ def run_backup(config: Config, repo: Repository, servers: list[ServerSection],
         record = SetRecord(id=set_id, group=config.group.name,
                            servers=[s.name for s in servers], created_at=started,
                            status="running", pid=os.getpid(), host=socket.gethostname())
-        catalog.write_record(repo, layout.set_key(set_id), record)
+        records.write_record(repo, layout.set_key(set_id), record)
         config_ref = capture_config_file(config, repo, set_id)
         backups: dict[str, BackupRecord] = {}
         errors: dict[str, str] = {}
@@ -87,7 +88,7 @@ def run_backup(config: Config, repo: Repository, servers: list[ServerSection],
                                           "finished_at": utcnow(),
                                           "errors": errors | fileset_errors,
                                           "config_file": config_ref})
-        catalog.write_record(repo, layout.set_key(set_id), final, overwrite=True)
+        records.write_record(repo, layout.set_key(set_id), final, overwrite=True)
     if errors:
         detail = "; ".join(f"{name}: {text}" for name, text in errors.items())
         raise BackupError(f"backup set {set_id} failed ({detail})",
@@ -164,7 +165,7 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
         archive=ObjectRef(key=stored.key, size=stored.size, sha256=stored.sha256),
         config_files=config_refs, markship_version=__version__,
     )
-    catalog.write_record(repo, layout.backup_record_key(server.name, set_id), record)
+    records.write_record(repo, layout.backup_record_key(server.name, set_id), record)
     return record
 
 

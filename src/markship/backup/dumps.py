@@ -40,16 +40,13 @@ from markship.errors import (
 from markship.marks.choose import newest_complete
 from markship.pg import programs, sql
 from markship.pg.conninfo import ProgramConninfo, without_secrets
-from markship.repository import catalog
+from markship.repository import catalog, layout, records
 from markship.repository.base import Readable, Repository, Writable
-from markship.repository.catalog import Name, ObjectRef, Record
 from markship.repository.hashing import HashingReader
+from markship.repository.records import Name, ObjectRef, Record
 from markship.timefmt import show, utcnow
 
 CHUNK = 1024 * 1024
-PREFIX = "dumps/"
-ARCHIVE_SUFFIX = ".dump.zst"
-RECORD_SUFFIX = ".json"
 
 
 class DumpError(MarkshipError):
@@ -77,17 +74,18 @@ class DumpRecord(Record):
 
 
 def dump_prefix(name: str) -> str:
-    """Raises BadName (markship.names) for a name no dump can have (the default name
-    SERVER-DATABASE carries the database name, which may hold any character)."""
-    return f"{PREFIX}{names.check(name, 'dump name')}/"
+    """The dump's folder (repository.layout). These key functions raise BadName
+    (markship.names) for a name no dump can have (the default name SERVER-DATABASE carries
+    the database name, which may hold any character)."""
+    return layout.dump_prefix(names.check(name, "dump name"))
 
 
 def archive_key(name: str, dump_id: str) -> str:
-    return f"{dump_prefix(name)}{dump_id}{ARCHIVE_SUFFIX}"
+    return layout.dump_archive_key(names.check(name, "dump name"), dump_id)
 
 
 def record_key(name: str, dump_id: str) -> str:
-    return f"{dump_prefix(name)}{dump_id}{RECORD_SUFFIX}"
+    return layout.dump_record_key(names.check(name, "dump name"), dump_id)
 
 
 def _new_id(repo: Repository, name: str, now: datetime) -> str:
@@ -218,7 +216,7 @@ def run_dump(config: Config, repo: Repository, dump: DumpSection) -> DumpRecord:
             markship_version=__version__,
         )
         try:
-            catalog.write_record(repo, record_key(name, dump_id), record)
+            records.write_record(repo, record_key(name, dump_id), record)
         except BaseException:
             repo.delete(stored.key)
             raise
@@ -239,15 +237,15 @@ def _newest_mark(config: Config, repo: Repository) -> str | None:
 
 
 def list_dumps(repo: Repository, name: str | None = None,
-               damaged: list[catalog.Damaged] | None = None) -> list[DumpRecord]:
+               damaged: list[records.Damaged] | None = None) -> list[DumpRecord]:
     """Every good dump record (of `name`, or of every name): by name, then oldest first.
     Damaged records are reported (to `damaged` when given) and left out. Raises BadName for
     a name no dump can have."""
     folders = [names.check(name, "dump name")] if name is not None else \
-        catalog.good_folders(repo, PREFIX, damaged)
+        records.good_folders(repo, layout.DUMPS, damaged)
     found: list[DumpRecord] = []
     for each in folders:
-        found += catalog.read_folder(repo, dump_prefix(each), DumpRecord, _stem_in(each),
+        found += records.read_folder(repo, dump_prefix(each), DumpRecord, _stem_in(each),
                                      damaged)
     return sorted(found, key=lambda d: (d.name, d.created_at, d.id))
 

@@ -1,7 +1,8 @@
 """File sets: configuration files captured with backups, restored by mark.
 
-A capture walks the configured paths (symlinks are stored as links, never followed), streams
-them as a pax tar through zstd into the repository, and writes its record last:
+A capture reads the configured paths once (markship.backup.filesnapshot: symlinks are stored
+as links, never followed), streams them as a pax tar through zstd into the repository, and
+writes its record last:
 
 ```
 filesets/<name>/<id>.tar.zst     the archive; member names are absolute paths without the "/"
@@ -14,53 +15,49 @@ member with markship.backup.safetar, which checks each member before writing any
 
 from __future__ import annotations
 
-import errno
 import grp
 import hashlib
 import os
 import pwd
-import resource
 import socket
-import stat
 import tarfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
 from markship import names
 from markship.backup import safetar
+from markship.backup.filesnapshot import (
+    CHUNK,
+    Entry,
+    Snapshot,
+    content_digest,
+    digest_header,
+    reading,
+    take,
+)
 from markship.config.model import Config, FilesetSection
 from markship.errors import CorruptObject, MarkshipError, ObjectMissing
-from markship.repository import catalog
+from markship.repository import catalog, layout, records
 from markship.repository.base import Repository, Writable
-from markship.repository.catalog import Name, ObjectRef, Record
 from markship.repository.hashing import HashingReader
+from markship.repository.records import Name, ObjectRef, Record
 from markship.timefmt import show, utcnow
-
-CHUNK = 1 << 20
-Kind = Literal["file", "dir", "link"]
-
 
 # -- keys and records -----------------------------------------------------------------------------
 
 
 def fileset_prefix(name: str) -> str:
-    """Raises BadName (markship.names) for a name no file set can have."""
-    return f"filesets/{names.check(name, 'file set name')}/"
+    """The file set's folder (repository.layout). These key functions raise BadName
+    (markship.names) for a name no file set can have."""
+    return layout.fileset_prefix(names.check(name, "file set name"))
 
 
 def record_key(name: str, capture_id: str) -> str:
-    return f"{fileset_prefix(name)}{capture_id}.json"
-
-
-def archive_name(capture_id: str) -> str:
-    return f"{capture_id}.tar.zst"
+    return layout.fileset_record_key(names.check(name, "file set name"), capture_id)
 
 
 def capture_id_at(moment: datetime) -> str:
@@ -89,225 +86,6 @@ class FilesetRecord(Record):
     skipped: list[str] = Field(default_factory=list)
 
 
-# -- reading the paths ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    name: str  # member name: the absolute path without its leading "/"
-    path: str
-    kind: Kind
-    mode: int
-    uid: int
-    gid: int
-    mtime_ns: int
-    size: int = 0
-    target: str = ""  # of a link
-    fd: int | None = None  # a regular file held open since the walk (see take)
-
-
-@dataclass
-class Snapshot:
-    """What a file set's paths hold, read once; `close()` releases files held open."""
-
-    fileset: FilesetSection
-    entries: list[_Entry] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    def close(self) -> None:
-        for entry in self.entries:
-            if entry.fd is not None:
-                os.close(entry.fd)
-                entry.fd = None
-
-    def __enter__(self) -> Snapshot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def take(fileset: FilesetSection, *, hold_open: bool = False) -> Snapshot:
-    """Walk the file set's paths (links are not followed; `exclude` patterns are matched with
-    fnmatch against the path relative to each root, `*` also matching `/`).
-
-    With `hold_open`, every regular file is opened now: a root process can then switch to the
-    repository's OS user and still stream files only root may read.
-
-    Raises MarkshipError naming a path that is missing or cannot be read.
-    """
-    if hold_open:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard and hard != resource.RLIM_INFINITY:
-            with suppress(ValueError, OSError):
-                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    snapshot = Snapshot(fileset)
-    found: dict[str, _Entry] = {}
-    try:
-        for root in fileset.paths:
-            _walk(fileset, os.path.normpath(str(root)), found, snapshot.skipped, hold_open)
-    except BaseException:
-        snapshot.entries = list(found.values())
-        snapshot.close()
-        raise
-    snapshot.entries = sorted(found.values(), key=lambda e: e.name)
-    return snapshot
-
-
-def _walk(fileset: FilesetSection, root: str, found: dict[str, _Entry], skipped: list[str],
-          hold_open: bool) -> None:
-    patterns = [p.strip("/") for p in fileset.exclude]
-    try:
-        root_stat = os.lstat(root)
-    except FileNotFoundError:
-        raise MarkshipError(f"file set {fileset.name}: {root} does not exist",
-                            "create it, or remove it from the [[fileset]] paths") from None
-    except OSError as exc:
-        raise _unreadable(fileset, root, exc) from None
-    pending: list[tuple[str, str, os.stat_result]] = [(root, "", root_stat)]
-    while pending:
-        path, rel, st = pending.pop()
-        name = path.lstrip("/")
-        if name in found:  # overlapping roots: walked already
-            continue
-        entry = _Entry(name, path, "file", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                       st.st_mtime_ns)
-        if stat.S_ISDIR(st.st_mode):
-            entry.kind = "dir"
-            try:
-                with os.scandir(path) as children:
-                    for child in children:
-                        child_rel = f"{rel}/{child.name}" if rel else child.name
-                        if any(fnmatchcase(child_rel, p) for p in patterns):
-                            continue
-                        pending.append((child.path, child_rel,
-                                        child.stat(follow_symlinks=False)))
-            except OSError as exc:
-                raise _unreadable(fileset, path, exc) from None
-        elif stat.S_ISLNK(st.st_mode):
-            entry.kind = "link"
-            try:
-                entry.target = os.readlink(path)
-            except OSError as exc:
-                raise _unreadable(fileset, path, exc) from None
-        elif stat.S_ISREG(st.st_mode):
-            entry.size = st.st_size
-            if hold_open:
-                _hold(fileset, entry)
-        else:
-            skipped.append(path)
-            continue
-        if name:
-            found[name] = entry
-
-
-def _hold(fileset: FilesetSection, entry: _Entry) -> None:
-    try:
-        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.EMFILE:
-            raise MarkshipError(f"file set {fileset.name} has more files than this process "
-                                "may hold open", "split it into smaller file sets") from None
-        raise _unreadable(fileset, entry.path, exc) from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise _changed(entry)
-    entry.fd, entry.size, entry.mtime_ns = fd, st.st_size, st.st_mtime_ns
-    entry.mode, entry.uid, entry.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-
-
-def _unreadable(fileset: FilesetSection, path: str, exc: OSError) -> MarkshipError:
-    return MarkshipError(
-        f"file set {fileset.name}: cannot read {path} ({exc.strerror})",
-        "run markship as root (it reads the files before switching to the repository's OS "
-        "user), or make the file readable by that user")
-
-
-def _changed(entry: _Entry) -> MarkshipError:
-    return MarkshipError(f"{entry.path} changed while it was being captured",
-                         "capture again (the agent retries on its next check)")
-
-
-class _FileReader:
-    """Exactly the bytes of one walked regular file, hashed as they go by."""
-
-    def __init__(self, entry: _Entry, digest: hashlib._Hash) -> None:
-        self.entry, self.digest = entry, digest
-        self.offset = 0
-        self.own_fd = entry.fd is None
-        if entry.fd is not None:
-            self.fd = entry.fd
-            return
-        try:
-            self.fd = os.open(entry.path,
-                              os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise _changed(entry) from None
-        except OSError as exc:
-            raise MarkshipError(f"cannot read {entry.path} ({exc.strerror})",
-                                "run markship as root, or make the file readable by the "
-                                "repository's OS user") from None
-        st = os.fstat(self.fd)
-        if (not stat.S_ISREG(st.st_mode) or st.st_size != entry.size
-                or st.st_mtime_ns != entry.mtime_ns):
-            self.close()
-            raise _changed(entry)
-
-    def read(self, size: int = -1, /) -> bytes:
-        remaining = self.entry.size - self.offset
-        wanted = remaining if size < 0 else min(size, remaining)
-        parts = []
-        while wanted > 0:
-            chunk = os.pread(self.fd, min(wanted, CHUNK), self.offset)
-            if not chunk:
-                raise _changed(self.entry)  # shorter than when it was walked
-            parts.append(chunk)
-            self.offset += len(chunk)
-            wanted -= len(chunk)
-        data = b"".join(parts)
-        self.digest.update(data)
-        return data
-
-    def finish(self) -> None:
-        st = os.fstat(self.fd)
-        if st.st_size != self.entry.size or st.st_mtime_ns != self.entry.mtime_ns:
-            raise _changed(self.entry)
-
-    def close(self) -> None:
-        if self.own_fd:
-            os.close(self.fd)
-
-
-@contextmanager
-def _reading(entry: _Entry, digest: hashlib._Hash) -> Iterator[_FileReader]:
-    reader = _FileReader(entry, digest)
-    try:
-        yield reader
-        reader.finish()
-    finally:
-        reader.close()
-
-
-def _digest_header(digest: hashlib._Hash, entry: _Entry) -> None:
-    text = (f"{entry.kind}\0{entry.name}\0{entry.mode:o}\0{entry.uid}\0{entry.gid}\0"
-            f"{entry.target}\0{entry.size}\0")
-    digest.update(text.encode("utf-8", "surrogateescape"))
-
-
-def content_digest(snapshot: Snapshot) -> str:
-    """The sha256 of what the file set holds, independent of the archive's bytes (mtimes and
-    tar layout do not count), so an unchanged file set always gives the same digest."""
-    digest = hashlib.sha256()
-    for entry in snapshot.entries:
-        _digest_header(digest, entry)
-        if entry.kind == "file":
-            with _reading(entry, digest) as reader:
-                while reader.read(CHUNK):
-                    pass
-    return digest.hexdigest()
-
-
 # -- capture --------------------------------------------------------------------------------------
 
 
@@ -319,7 +97,7 @@ class _Counts:
     total_bytes: int = 0
 
 
-def _tarinfo(entry: _Entry) -> tarfile.TarInfo:
+def _tarinfo(entry: Entry) -> tarfile.TarInfo:
     info = tarfile.TarInfo(entry.name)
     info.mode, info.uid, info.gid = entry.mode, entry.uid, entry.gid
     info.mtime = entry.mtime_ns // 1_000_000_000
@@ -357,10 +135,10 @@ def _write_archive(sink: Writable, snapshot: Snapshot, level: int, digest: hashl
     with packer as packed, tarfile.open(fileobj=packed, mode="w|",
                                         format=tarfile.PAX_FORMAT) as tar:
         for entry in snapshot.entries:
-            _digest_header(digest, entry)
+            digest_header(digest, entry)
             info = _tarinfo(entry)
             if entry.kind == "file":
-                with _reading(entry, digest) as reader:
+                with reading(entry, digest) as reader:
                     tar.addfile(info, reader)
                 counts.files += 1
                 counts.total_bytes += entry.size
@@ -377,7 +155,7 @@ def newest_record(repo: Repository, name: str) -> FilesetRecord | None:
     prefix = fileset_prefix(name)
     files = sorted((n for n in repo.children(prefix) if n.endswith(".json")), reverse=True)
     for file in files:
-        record = catalog.read_good(repo, prefix + file, FilesetRecord, _stem_in(name))
+        record = records.read_good(repo, prefix + file, FilesetRecord, _stem_in(name))
         if record is not None:
             return record
     return None
@@ -407,13 +185,13 @@ def capture(config: Config, repo: Repository, fileset: FilesetSection | Snapshot
 def capture_all(config: Config, repo: Repository, *, reason: str, set_id: str | None = None,
                 only_if_changed: bool = False) -> list[FilesetRecord]:
     """Capture every configured file set (with a backup set, or the agent's change check)."""
-    records = []
+    captures = []
     for fileset in config.filesets:
         record = capture(config, repo, fileset, reason=reason, set_id=set_id,
                          only_if_changed=only_if_changed)
         if record is not None:
-            records.append(record)
-    return records
+            captures.append(record)
+    return captures
 
 
 def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
@@ -440,7 +218,7 @@ def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
     stored = repo.write_named_by(
         fileset_prefix(name),
         lambda sink: _write_archive(sink, snapshot, level, digest, counts),
-        lambda: archive_name(capture_id))
+        lambda: layout.fileset_archive_name(capture_id))
     record = FilesetRecord(
         name=name, id=capture_id, created_at=now, reason=reason, set_id=set_id, mark=mark,
         host=socket.gethostname(), roots=[str(p) for p in snapshot.fileset.paths],
@@ -448,7 +226,7 @@ def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
         archive=ObjectRef(key=stored.key, size=stored.size, sha256=stored.sha256),
         files=counts.files, dirs=counts.dirs, links=counts.links,
         total_bytes=counts.total_bytes, skipped=snapshot.skipped)
-    catalog.write_record(repo, record_key(name, capture_id), record)
+    records.write_record(repo, record_key(name, capture_id), record)
     return record
 
 
@@ -456,16 +234,16 @@ def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
 
 
 def list_records(repo: Repository, name: str | None = None,
-                 found: list[catalog.Damaged] | None = None) -> list[FilesetRecord]:
+                 found: list[records.Damaged] | None = None) -> list[FilesetRecord]:
     """Good captures of one file set (or all), oldest first; damaged records are reported
     (to `found` when given) and left out. Raises BadName for a name no file set can have."""
     folders = [names.check(name, "file set name")] if name is not None else \
-        catalog.good_folders(repo, "filesets/", found)
-    records = []
+        records.good_folders(repo, layout.FILESETS, found)
+    captures = []
     for set_name in folders:
-        records += catalog.read_folder(repo, fileset_prefix(set_name), FilesetRecord,
-                                       _stem_in(set_name), found)
-    return sorted(records, key=lambda r: (r.created_at, r.name))
+        captures += records.read_folder(repo, fileset_prefix(set_name), FilesetRecord,
+                                        _stem_in(set_name), found)
+    return sorted(captures, key=lambda r: (r.created_at, r.name))
 
 
 def choose(repo: Repository, name: str, mark: str | None = None,
@@ -474,27 +252,27 @@ def choose(repo: Repository, name: str, mark: str | None = None,
 
     Raises MarkshipError when the file set has no such capture or the mark does not exist.
     """
-    records = list_records(repo, name)
-    if not records:
+    captures = list_records(repo, name)
+    if not captures:
         raise MarkshipError(f"file set {name} has no captures in the repository",
                             f"run markship files capture --set {name}")
     if capture_id is not None:
-        for record in records:
+        for record in captures:
             if record.id == capture_id:
                 return record
         raise MarkshipError(f"file set {name} has no capture {capture_id}",
                             f"markship files list --set {name} shows them")
     if mark is None:
-        return records[-1]
+        return captures[-1]
     mark_record = catalog.read_mark(repo, mark)
     if mark_record is None:
         raise MarkshipError(f"no mark named {mark} in the repository",
                             "markship marks lists them")
-    usable = [r for r in records if r.created_at <= mark_record.created_at]
+    usable = [r for r in captures if r.created_at <= mark_record.created_at]
     if not usable:
         raise MarkshipError(
             f"file set {name} has no capture made at or before mark {mark} "
-            f"({show(mark_record.created_at)}); the oldest is from {show(records[0].created_at)}",
+            f"({show(mark_record.created_at)}); the oldest is from {show(captures[0].created_at)}",
             "choose a newer mark, or a capture with --id")
     return usable[-1]
 

@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from markship.backup.holds import hold
 from markship.config.model import Config
 from markship.errors import CorruptObject, RestoreError
 from markship.pg.commands import fetch_command
@@ -32,7 +32,7 @@ from markship.pg.datadir import (
     write_settings,
 )
 from markship.pg.lsn import format_lsn, segment_holding_end
-from markship.repository import catalog
+from markship.repository import catalog, restorable
 from markship.repository.base import Readable, Repository
 from markship.repository.catalog import BackupRecord
 from markship.repository.hashing import HashingReader
@@ -86,11 +86,11 @@ def complete_backups(repo: Repository, server: str) -> list[BackupRecord]:
     its set failed; group restores (later) need complete sets.
     """
     found = []
-    wal: dict[str, catalog.WalIndex] = {}
+    wal: dict[str, restorable.WalIndex] = {}
     for record in catalog.list_sets(repo):
         if server not in record.servers:
             continue
-        state = catalog.set_state(repo, record, wal)
+        state = restorable.set_state(repo, record, wal)
         if server in state.restorable:
             found.append(state.restorable[server])
     return sorted(found, key=lambda b: b.consistent_at, reverse=True)
@@ -137,22 +137,9 @@ def choose_backup(repo: Repository, server: str, target: Target,
     return backups[0]
 
 
-@contextmanager
-def hold(repo: Repository, backup: BackupRecord) -> Iterator[None]:
-    """Protect the backup set (and so its WAL) from retention while the restore runs."""
-    key = f"holds/{backup.set_id}-{backup.server}-{os.getpid()}.json"
-    record = catalog.Hold(set_id=backup.set_id, server=backup.server, pid=os.getpid(),
-                          host=socket.gethostname(), since=utcnow())
-    catalog.write_record(repo, key, record, overwrite=True)
-    try:
-        yield
-    finally:
-        repo.delete(key)
-
-
 def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
     """Recovery to 'latest' stops at the first missing segment without complaint: refuse."""
-    index = catalog.WalIndex(repo, server, backup.wal_segment_size)
+    index = restorable.WalIndex(repo, server, backup.wal_segment_size)
     gaps = index.gaps_after(backup.start_segment)
     if gaps:
         missing = gaps[0].name(backup.wal_segment_size)
@@ -165,7 +152,7 @@ def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
 
 
 def refuse_incomplete_mark(repo: Repository, server: str, mark: catalog.MarkRecord) -> None:
-    missing = catalog.mark_missing_wal(mark, {server: catalog.WalIndex(repo, server)})
+    missing = restorable.mark_missing_wal(mark, {server: restorable.WalIndex(repo, server)})
     if server in missing:
         raise RestoreError(
             f"mark {mark.name} is not complete for server {server}: {missing[server]} is not "
@@ -436,7 +423,7 @@ def check_recovery_end(repo: Repository, server: str, backup: BackupRecord, targ
     expected: int | None = None
     short = False
     if target.kind == "latest":
-        newest = max(catalog.WalIndex(repo, server, size).segments.get(end.timeline, ()),
+        newest = max(restorable.WalIndex(repo, server, size).segments.get(end.timeline, ()),
                      default=None)
         if newest is not None:
             expected = (newest + 1) * size  # the end of the newest archived segment

@@ -10,7 +10,7 @@ Rules, in order of strength:
 - file set captures and logical dumps older than the window are deleted, but never the
   newest of each;
 - never delete the newest set from which a server can be restored (even an incomplete one);
-- nothing is deleted on the strength of a damaged record (catalog.Damaged): it is left in
+- nothing is deleted on the strength of a damaged record (records.Damaged): it is left in
   place, a set with a damaged backup record is kept, and while any set or backup record is
   damaged no WAL is deleted (that set may need it).
 """
@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from markship.backup import holds
 from markship.pg.lsn import Segment, parse_segment_name, wal_file_kind
-from markship.repository import catalog, layout
+from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
-from markship.repository.catalog import MarkRecord, SetState
+from markship.repository.catalog import MarkRecord
 from markship.repository.fs import FsRepository
+from markship.repository.restorable import SetState
 
 
 @dataclass
@@ -81,7 +83,7 @@ def plan(states: list[SetState], marks: list[MarkRecord],
     _keep_last_restorable(states, result)
     by_id = {s.record.id: s for s in states}
     for sid in result.delete_sets:
-        for key in sorted(k for k in sizes if k.startswith("backups/")
+        for key in sorted(k for k in sizes if k.startswith(layout.BACKUPS)
                           and k.split("/")[2] == sid):
             result.delete_keys.append(key)
             result.freed_bytes += sizes[key]
@@ -134,21 +136,21 @@ def _keep_last_restorable(states: list[SetState], result: Plan) -> None:
 def make_plan(repo: Repository, now: datetime, days: float, min_sets: int) -> Plan:
     """Read the catalog and the WAL listing, and plan. Damaged records are reported, left
     alone, and keep all WAL while any set record is damaged."""
-    wal: dict[str, catalog.WalIndex] = {}
-    damaged: list[catalog.Damaged] = []
+    wal: dict[str, restorable.WalIndex] = {}
+    damaged: list[records.Damaged] = []
     sets = catalog.list_sets(repo, damaged)
     for each in damaged:
-        catalog.report_damage(each.key, each.problem)  # still warned about, as everywhere
-    states = [catalog.set_state(repo, r, wal) for r in sets]
-    sizes = {o.key: o.size for o in repo.iter_objects("backups/")}
+        records.report_damage(each.key, each.problem)  # still warned about, as everywhere
+    states = [restorable.set_state(repo, r, wal) for r in sets]
+    sizes = {o.key: o.size for o in repo.iter_objects(layout.BACKUPS)}
     wal_objects: dict[str, list[tuple[str, str, int]]] = {}
-    for server in repo.children("wal/"):
+    for server in repo.children(layout.WAL):
         wal_objects[server] = []
         for info in repo.iter_objects(layout.wal_prefix(server)):
             parsed = layout.split_wal_key(info.key)
             if parsed is not None:
                 wal_objects[server].append((parsed[0], info.key, info.size))
-    held = catalog.active_holds(repo)
+    held = holds.active_holds(repo)
     result = plan(states, catalog.list_marks(repo), wal_objects, sizes, now, days, min_sets,
                   held, [d.key for d in damaged])
     _plan_side_objects(repo, result)
@@ -180,10 +182,10 @@ class _Dated(Protocol):
 _D = TypeVar("_D", bound=_Dated)
 
 
-def _expired_but_newest(records: list[_D], cutoff: datetime) -> list[_D]:
+def _expired_but_newest(found: list[_D], cutoff: datetime) -> list[_D]:
     """Records made before `cutoff`, except the newest of each name."""
     by_name: dict[str, list[_D]] = {}
-    for record in records:
+    for record in found:
         by_name.setdefault(record.name, []).append(record)
     return [record for same in by_name.values()
             for record in sorted(same, key=lambda r: r.created_at)[:-1]
@@ -194,8 +196,8 @@ def apply(repo: Repository, result: Plan) -> None:
     """Delete what the plan lists: backup records first, so a crash mid-way never leaves a set
     that looks complete without its data."""
     ordered = sorted(result.delete_keys, key=lambda k: (not k.endswith("/backup.json"),
-                                                         k.startswith("sets/")))
+                                                         k.startswith(layout.SETS)))
     for key in ordered:
         repo.delete(key)
     if isinstance(repo, FsRepository):
-        repo.remove_empty_dirs("backups/")
+        repo.remove_empty_dirs(layout.BACKUPS)

@@ -10,7 +10,7 @@ from markship.config.model import Config, ServerSection
 from markship.errors import MarkshipError, RepositoryError
 from markship.pg import sql
 from markship.pg.lsn import parse_segment_name
-from markship.repository import catalog
+from markship.repository import catalog, restorable
 from markship.repository.base import Repository
 from markship.timefmt import utcnow
 
@@ -42,10 +42,10 @@ class ServerStatus:
 
 def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:
     newest: dict[str, catalog.BackupRecord] = {}
-    wal: dict[str, catalog.WalIndex] = {}
+    wal: dict[str, restorable.WalIndex] = {}
     for record in catalog.list_sets(repo):
         try:
-            state = catalog.set_state(repo, record, wal)
+            state = restorable.set_state(repo, record, wal)
         except RepositoryError:
             continue  # a server's WAL folder cannot be read: that server's status says so
         if state.restorable:
@@ -57,7 +57,7 @@ def server_status(repo: Repository, server: ServerSection,
                   last_backup: catalog.BackupRecord | None) -> ServerStatus:
     repository_error: str | None = None
     try:
-        newest = catalog.WalIndex(repo, server.name).newest()
+        newest = restorable.WalIndex(repo, server.name).newest()
     except RepositoryError as exc:  # the rest of the report still stands
         newest, repository_error = None, exc.one_line()
     status = ServerStatus(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from markship.errors import CorruptObject, ObjectMissing
 from markship.pg.lsn import Segment, wal_header_problem
-from markship.repository import catalog
+from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
 from markship.repository.catalog import SetRecord
 from markship.repository.fs import FsRepository
@@ -28,7 +28,7 @@ class Report:
     temp_objects: list[str] = field(default_factory=list)
     removed_temp: list[str] = field(default_factory=list)
     damaged_records: dict[str, str] = field(default_factory=dict)  # key → what is wrong
-    damaged_fix: str = catalog.Damaged.FIX
+    damaged_fix: str = records.Damaged.FIX
 
     @property
     def ok(self) -> bool:
@@ -45,7 +45,7 @@ def _sha256_of(repo: Repository, key: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def check_object(repo: Repository, ref: catalog.ObjectRef, report: Report) -> bool:
+def check_object(repo: Repository, ref: records.ObjectRef, report: Report) -> bool:
     try:
         digest, size = _sha256_of(repo, ref.key)
     except ObjectMissing:
@@ -94,19 +94,19 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
     list every damaged record (of sets and their backups; with no `set_id` also of marks,
     file sets and dumps)."""
     report = Report()
-    damaged: list[catalog.Damaged] = []
+    damaged: list[records.Damaged] = []
     sets: list[SetRecord] = catalog.list_sets(repo, damaged)
     if set_id is not None:
         sets = [s for s in sets if s.id == set_id]
         if not sets:
             for each in damaged:  # it may be one of them: say so
-                catalog.report_damage(each.key, each.problem)
+                records.report_damage(each.key, each.problem)
             raise ObjectMissing(f"backup set {set_id} not found", "markship list shows the sets")
-    wal: dict[str, catalog.WalIndex] = {}
+    wal: dict[str, restorable.WalIndex] = {}
     bad_wal: dict[str, set[str]] = {}
     checked_wal: set[tuple[str, str]] = set()
     for record in sets:
-        state = catalog.set_state(repo, record, wal, damaged)
+        state = restorable.set_state(repo, record, wal, damaged)
         reasons = list(state.problems)
         checked = state.backups
         if record.status != "done":
@@ -154,7 +154,7 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
     return report
 
 
-def _check_side_records(repo: Repository, damaged: list[catalog.Damaged]) -> None:
+def _check_side_records(repo: Repository, damaged: list[records.Damaged]) -> None:
     """Mark, file set and dump records are read too: each damaged one is listed."""
     from markship.backup import dumps, filesets
 
@@ -163,16 +163,16 @@ def _check_side_records(repo: Repository, damaged: list[catalog.Damaged]) -> Non
     dumps.list_dumps(repo, None, damaged)
 
 
-def _list_damaged(damaged: list[catalog.Damaged], report: Report) -> None:
+def _list_damaged(damaged: list[records.Damaged], report: Report) -> None:
     for each in damaged:
         report.damaged_records.setdefault(each.key, each.problem)
 
 
-def _check_remaining_wal(repo: Repository, wal: dict[str, catalog.WalIndex],
+def _check_remaining_wal(repo: Repository, wal: dict[str, restorable.WalIndex],
                          checked: set[tuple[str, str]], report: Report) -> None:
     """Objects no set needs are still checked: a damaged archive is worth knowing about."""
-    for server in repo.children("wal/"):
-        index = wal.get(server) or catalog.WalIndex(repo, server)
+    for server in repo.children(layout.WAL):
+        index = wal.get(server) or restorable.WalIndex(repo, server)
         for name in sorted(index.keys):
             if (server, name) not in checked:
                 check_wal_object(repo, server, name, report)

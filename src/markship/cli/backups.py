@@ -62,11 +62,11 @@ def _warn_key_backup(config: Config, repo: FsRepository) -> None:
 @pass_context
 def list_sets(ctx: Context, as_json: bool) -> None:
     """Backup sets with times, sizes, compression ratio and completeness."""
-    from markship.repository import catalog
+    from markship.repository import catalog, restorable
 
     repo = ctx.repository()
-    wal: dict[str, catalog.WalIndex] = {}
-    states = [catalog.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
+    wal: dict[str, restorable.WalIndex] = {}
+    states = [restorable.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
     output.writer(as_json).list_sets(states)
 
 

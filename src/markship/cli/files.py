@@ -48,13 +48,13 @@ def files_capture(ctx: Context, names: tuple[str, ...], if_changed: bool,
     Started as root, markship opens every file first and then switches to the repository's OS
     user, so files only root may read are captured too.
     """
-    from markship.backup import filesets
+    from markship.backup import filesets, filesnapshot
 
     config = ctx.config
-    snapshots: list[filesets.Snapshot] = []
+    snapshots: list[filesnapshot.Snapshot] = []
     try:
         for fileset in _selected(config, names):
-            snapshots.append(filesets.take(fileset, hold_open=os.geteuid() == 0))
+            snapshots.append(filesnapshot.take(fileset, hold_open=os.geteuid() == 0))
         repo = ctx.repository()
         results = [(s.fileset.name, filesets.capture(config, repo, s, reason="manual",
                                                      only_if_changed=if_changed))

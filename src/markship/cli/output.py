@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     from markship.marks.choose import MarkState
     from markship.marks.resolve import Resolution
     from markship.marks.take import MarkResult
-    from markship.repository.catalog import SetState
     from markship.repository.journal import JournalEntry, Verification
     from markship.repository.keys import KeyStatus
+    from markship.repository.restorable import SetState
 
 
 def writer(as_json: bool) -> TextOutput:

@@ -16,7 +16,7 @@ from markship.dr.standby import StandbyStatus, standby_status
 from markship.errors import MarkshipError
 from markship.pg import sql as postgres
 from markship.pg import twophase
-from markship.repository import catalog, crypto, journal
+from markship.repository import catalog, crypto, journal, restorable
 from markship.repository.base import Repository
 from markship.timefmt import age_seconds, show, utcnow
 
@@ -52,8 +52,8 @@ class _Facts:
         self.config = config
         self.repo = repo
         self.newest_mark = newest_complete(repo, config)
-        wal: dict[str, catalog.WalIndex] = {}
-        states = [catalog.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
+        wal: dict[str, restorable.WalIndex] = {}
+        states = [restorable.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
         complete = [s for s in states if s.complete]
         self.newest_set = complete[-1] if complete else None
         self._standbys: list[StandbyStatus] | None = None

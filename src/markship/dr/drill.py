@@ -44,12 +44,11 @@ from markship.pg import recovery
 from markship.pg import sql as postgres
 from markship.pg.datadir import in_production, postmaster_status, server_log, stop_immediately
 from markship.pg.lsn import format_lsn
-from markship.repository import catalog
+from markship.repository import layout, records
 from markship.repository.base import Repository
-from markship.repository.catalog import Record
+from markship.repository.records import Record
 from markship.timefmt import show, utcnow
 
-PREFIX = "drills/"
 HOST = "127.0.0.1"
 _SOCKET_PATH_MAX = 107  # sun_path, less the terminating NUL
 
@@ -97,17 +96,9 @@ class DrillRecord(Record):
     ok: bool
 
 
-def record_key(drill_id: str) -> str:
-    return f"{PREFIX}{drill_id}.json"
-
-
-def report_key(drill_id: str) -> str:
-    return f"{PREFIX}{drill_id}.md"
-
-
 def list_drills(repo: Repository) -> list[DrillRecord]:
     """Every stored drill, oldest first (a damaged record is reported and left out)."""
-    found = catalog.read_folder(repo, PREFIX, DrillRecord)
+    found = records.read_folder(repo, layout.DRILLS, DrillRecord)
     return sorted(found, key=lambda r: (r.started_at, r.id))
 
 
@@ -181,15 +172,17 @@ def run_drill(config: Config, repo: Repository, checks: list[Check], *,
                          rto_seconds=None if rto is None else round(rto, 3), work_dir=str(temp),
                          servers=servers, resolved=resolved, checks=results, error=error,
                          cleanup_problems=problems, ok=ok)
-    repo.write_bytes(report_key(record.id), render_markdown(record).encode(), metadata=True)
-    catalog.write_record(repo, record_key(record.id), record)
+    repo.write_bytes(layout.drill_report_key(record.id), render_markdown(record).encode(),
+                     metadata=True)
+    records.write_record(repo, layout.drill_record_key(record.id), record)
     return record
 
 
 def _new_id(repo: Repository, now: datetime) -> str:
     base = now.strftime("%Y%m%dT%H%M%SZ")
     candidate, n = base, 1
-    while repo.exists(record_key(candidate)) or repo.exists(report_key(candidate)):
+    while (repo.exists(layout.drill_record_key(candidate))
+           or repo.exists(layout.drill_report_key(candidate))):
         n += 1
         candidate = f"{base}-{n}"
     return candidate

@@ -32,7 +32,7 @@ from markship.pg.commands import archive_command, markship_command
 from markship.pg.conninfo import without_secrets
 from markship.pg.datadir import DataDir, postmaster_status
 from markship.privatefile import write_private
-from markship.repository import catalog
+from markship.repository import layout, records
 from markship.repository.base import Repository
 from markship.wal.push import push as push_wal
 
@@ -71,11 +71,11 @@ def next_generation(config: Config, new_path: Path) -> Config:
 
 
 def _last_failover_done(repo: Repository) -> None:
-    names = repo.children("failovers/")
+    names = repo.children(layout.FAILOVERS)
     if not names:
         raise MarkshipError("no failover recorded in the repository",
                             "failback prepare follows a markship failover")
-    record = catalog.read_record(repo, f"failovers/{names[-1]}", FailoverRecord)
+    record = records.read_record(repo, layout.FAILOVERS + names[-1], FailoverRecord)
     if record.status != "done":
         raise MarkshipError(f"failover {record.id} did not finish",
                             "run markship failover again to finish it first")

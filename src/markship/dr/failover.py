@@ -46,13 +46,13 @@ from markship.pg.datadir import (
 )
 from markship.pg.lsn import format_lsn
 from markship.privatefile import write_private
-from markship.repository import catalog
+from markship.repository import layout, records, restorable
 from markship.repository.base import Repository
 from markship.repository.catalog import MarkRecord
 from markship.timefmt import show, utcnow
 
 
-class FailoverRecord(catalog.Record):
+class FailoverRecord(records.Record):
     id: str
     mark: str
     started_at: datetime
@@ -168,7 +168,7 @@ def _discarded(repo: Repository, config: Config, mark: MarkRecord) -> dict[str, 
     """Per server, the newest archived WAL file beyond the mark's segment (what is lost)."""
     lost = {}
     for server, point in mark.points.items():
-        newest = catalog.WalIndex(repo, server).newest()
+        newest = restorable.WalIndex(repo, server).newest()
         if newest is not None and newest.name() > point.wal_file:
             lost[server] = newest.name()
     return lost
@@ -257,8 +257,8 @@ def run_hooks(config: Config, mark: str) -> list[str]:
 
 
 def _unfinished(repo: Repository) -> FailoverRecord | None:
-    for name in reversed(repo.children("failovers/")):
-        record = catalog.read_record(repo, f"failovers/{name}", FailoverRecord)
+    for name in reversed(repo.children(layout.FAILOVERS)):
+        record = records.read_record(repo, layout.FAILOVERS + name, FailoverRecord)
         if record.status == "running":
             return record
     return None
@@ -294,15 +294,15 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     started = utcnow()
     record = resumed or FailoverRecord(id=started.strftime("%Y%m%dT%H%M%SZ"), mark=mark.name,
                                        started_at=started, status="running")
-    key = f"failovers/{record.id}.json"
-    catalog.write_record(repo, key, record, overwrite=True)
+    key = layout.failover_key(record.id)
+    records.write_record(repo, key, record, overwrite=True)
     report.phases["choose"] = time.monotonic() - began
 
     phase = time.monotonic()
     promoted = each({sb.server: partial(promote_to_mark, config, sb, mark)
                          for sb in config.dr_site.standbys})
     record = record.model_copy(update={"promoted": sorted(promoted)})
-    catalog.write_record(repo, key, record, overwrite=True)
+    records.write_record(repo, key, record, overwrite=True)
     report.phases["promote"] = time.monotonic() - phase
 
     phase = time.monotonic()
@@ -322,5 +322,5 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     final = record.model_copy(update={"status": "done", "finished_at": utcnow(),
                                       "report": json.loads(json.dumps(asdict(report),
                                                                       default=str))})
-    catalog.write_record(repo, key, final, overwrite=True)
+    records.write_record(repo, key, final, overwrite=True)
     return report

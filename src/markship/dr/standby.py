@@ -14,7 +14,7 @@ from markship.config.model import Config, StandbySection
 from markship.errors import MarkshipError
 from markship.marks.choose import mark_states
 from markship.pg import recovery, sql
-from markship.repository import catalog
+from markship.repository import restorable
 from markship.repository.base import Repository
 
 
@@ -118,7 +118,7 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
     # A standby is at most a few marks behind; the newest 100 are plenty to place it.
     states = mark_states(repo, config, newest=100)
     complete = [s for s in states if s.complete]
-    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
 
     def one(standby: StandbySection) -> StandbyStatus:
         address = f"{standby.host}:{standby.port}"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from markship.config.model import Config
 from markship.errors import MarkshipError, ObjectMissing
-from markship.repository import catalog
+from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
 from markship.repository.catalog import MarkRecord
 from markship.timefmt import age_seconds
@@ -23,28 +23,28 @@ class MarkState:
 
 def mark_states(repo: Repository, config: Config, newest: int | None = None) -> list[MarkState]:
     """Marks with their completeness, oldest first: all of them, or the `newest` N (damaged
-    records are reported and left out: catalog.Damaged)."""
-    files = sorted(n for n in repo.children("marks/") if n.endswith(".json"))
+    records are reported and left out: records.Damaged)."""
+    files = sorted(n for n in repo.children(layout.MARKS) if n.endswith(".json"))
     if newest is not None:
         files = files[-newest:] if newest > 0 else []
-    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
     return [state for file in files if (state := _state(repo, file, wal)) is not None]
 
 
 def _state(repo: Repository, file_name: str,
-           wal: dict[str, catalog.WalIndex]) -> MarkState | None:
-    record = catalog.read_good(repo, f"marks/{file_name}", MarkRecord, lambda m: m.name)
+           wal: dict[str, restorable.WalIndex]) -> MarkState | None:
+    record = records.read_good(repo, layout.MARKS + file_name, MarkRecord, lambda m: m.name)
     if record is None:
         return None
     return _state_of(repo, record, wal)
 
 
 def _state_of(repo: Repository, record: MarkRecord,
-              wal: dict[str, catalog.WalIndex]) -> MarkState:
+              wal: dict[str, restorable.WalIndex]) -> MarkState:
     for server in record.points:
         if server not in wal:
-            wal[server] = catalog.WalIndex(repo, server)
-    missing = catalog.mark_missing_wal(record, wal)
+            wal[server] = restorable.WalIndex(repo, server)
+    missing = restorable.mark_missing_wal(record, wal)
     return MarkState(record, not missing, missing, age_seconds(record.created_at) or 0.0)
 
 
@@ -54,7 +54,7 @@ def mark_state(repo: Repository, config: Config, name: str) -> MarkState:
     record = catalog.read_mark(repo, name)
     if record is None:
         raise ObjectMissing(f"mark {name} not found", "markship marks lists the marks")
-    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
     return _state_of(repo, record, wal)
 
 
@@ -62,8 +62,8 @@ def newest_complete(repo: Repository, config: Config) -> MarkState | None:
     """The newest complete mark, reading records from the newest back (marks complete in
     order, so this stops after a few records however long the history is). Damaged records
     are reported and passed over."""
-    files = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
-    wal = catalog.wal_indexes(repo, [s.name for s in config.servers])
+    files = sorted((n for n in repo.children(layout.MARKS) if n.endswith(".json")), reverse=True)
+    wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
     for file in files:
         state = _state(repo, file, wal)
         if state is not None and state.complete:

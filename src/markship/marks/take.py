@@ -35,7 +35,7 @@ from markship.errors import MarkshipError, ServerError, first_line
 from markship.marks import priority, stream
 from markship.pg import fanout, replication, sql
 from markship.pg.lsn import parse_lsn, parse_segment_name
-from markship.repository import catalog, layout
+from markship.repository import layout, records
 from markship.repository.base import Repository, StagedObject
 from markship.repository.catalog import MarkPoint, MarkRecord
 from markship.timefmt import utcnow
@@ -153,7 +153,7 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
         if staged is not None:
             staged.discard()
         record = record_with(taken, delivered)
-        catalog.write_record(repo, record_key, record)
+        records.write_record(repo, record_key, record)
     return MarkResult(record, (writing - before) * 1000,
                       prepare_ms=(taken.began - start) * 1000,
                       record_ms=(time.perf_counter() - writing) * 1000)
@@ -256,7 +256,7 @@ def _deliver(config: Config, conns: GroupConnections, taken: _Taken,
 
 
 class _Staging:
-    """A mark record stored under a temp name in the background (catalog.stage_record).
+    """A mark record stored under a temp name in the background (records.stage_record).
 
     Begun before the barrier: the writer thread opens the temp object at once, then waits
     for `fill()`, so that once the barrier is released only the write and its fsync are
@@ -280,7 +280,7 @@ class _Staging:
         then written the normal way, which raises it."""
         try:
             with contextlib.suppress(Exception):
-                self.staged = catalog.stage_record(self.repo, self.key, self._content)
+                self.staged = records.stage_record(self.repo, self.key, self._content)
         finally:
             self._done.set()
 
@@ -291,7 +291,7 @@ class _Staging:
         return self._data
 
     def fill(self, record: MarkRecord) -> None:
-        self._data = catalog.encode(record)
+        self._data = records.encode(record)
         self.record = record
         self._given.set()
 

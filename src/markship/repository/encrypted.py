@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 from markship.errors import ConflictError, CorruptObject, KeyProblem
-from markship.repository import crypto
+from markship.repository import crypto, layout
 from markship.repository.fs import FsRepository, Staged
 
 # wal-fetch opens this backend once per WAL file recovery asks for: no pathlib or typing
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
     KeyPath = str | os.PathLike[str]
 
-CATALOG_COPIES = "keys/catalog/"
 CATALOG_FILE_FIX = ("copy it from another host of the group, or run `markship key catalog "
                     "--to FILE` where the identity file is")
 
@@ -119,12 +118,12 @@ class EncryptedFsRepository(FsRepository):
     def stored_catalog_keys(self) -> list[Identity]:
         """The catalog keys kept in the repository, newest first (needs the identity)."""
         found: list[Identity] = []
-        names = sorted(self.children(CATALOG_COPIES), reverse=True)
+        names = sorted(self.children(layout.CATALOG_KEY_COPIES), reverse=True)
         if not names:
             return found
         self.identities()  # the copies open with it alone: say so when it is not here
         for name in names:
-            key = CATALOG_COPIES + name
+            key = layout.CATALOG_KEY_COPIES + name
             found.extend(crypto.parse_identities(self.read_bytes(key).decode(), f"object {key}"))
         return found
 
@@ -135,11 +134,12 @@ class EncryptedFsRepository(FsRepository):
 
         first = crypto.parse_identities(text, "the catalog key")[0]
         fingerprint = crypto.fingerprint(str(first.to_public()))
-        if any(n.endswith(f"-{fingerprint}.age") for n in self.children(CATALOG_COPIES)):
+        every_copy = layout.catalog_key_copy_name("", fingerprint)
+        if any(n.endswith(every_copy) for n in self.children(layout.CATALOG_KEY_COPIES)):
             return
-        name = f"{utcnow().strftime('%Y%m%dT%H%M%S.%fZ')}-{fingerprint}.age"
+        name = layout.catalog_key_copy_name(utcnow().strftime("%Y%m%dT%H%M%S.%fZ"), fingerprint)
         try:  # noqa: SIM105 (contextlib would load on every wal-fetch)
-            self.write_bytes(CATALOG_COPIES + name, text.encode())
+            self.write_bytes(layout.CATALOG_KEY_COPIES + name, text.encode())
         except ConflictError:
             pass  # another writer stored it at this instant
 

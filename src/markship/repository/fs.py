@@ -13,6 +13,7 @@ import os
 import time
 
 from markship.errors import ConflictError, LockedError, ObjectMissing, RepositoryError
+from markship.repository import layout
 from markship.repository.objects import ObjectInfo, StoredObject, TempObject
 
 TYPE_CHECKING = False
@@ -318,7 +319,7 @@ class FsRepository:
     # -- locks and checks --------------------------------------------------------------------
 
     def lock(self, name: str, purpose: str) -> _FileLock:
-        return _FileLock(self._path(f"locks/{name}.lock"), name, purpose)
+        return _FileLock(self._path(layout.lock_key(name)), name, purpose)
 
     def check_writable(self) -> None:
         if not os.path.exists(self.root):

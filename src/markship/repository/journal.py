@@ -29,13 +29,10 @@ from pydantic import Field
 
 from markship.errors import ConflictError, CorruptObject, MarkshipError, ObjectMissing
 from markship.pg.conninfo import redact_text
-from markship.repository import catalog
+from markship.repository import layout, records
 from markship.repository.base import Repository
-from markship.repository.catalog import Record
+from markship.repository.records import Record
 from markship.timefmt import utcnow
-
-PREFIX = "journal/"
-HEAD_KEY = "journal/HEAD.json"
 
 
 class JournalEntry(Record):
@@ -67,17 +64,13 @@ def entry_hash(entry: JournalEntry) -> str:
 
 def stored_hash(repo: Repository, seq: int) -> str:
     """The chain link to entry `seq`: the sha256 of its bytes as stored."""
-    with repo.open_stored(entry_key(seq)) as handle:
+    with repo.open_stored(layout.journal_entry_key(seq)) as handle:
         return STORED + hashlib.sha256(handle.read()).hexdigest()
 
 
 def _link_to(repo: Repository, entry: JournalEntry, link: str) -> str:
     """What `link` (a prev or HEAD hash) should be for `entry`, in the link's own format."""
     return stored_hash(repo, entry.seq) if link.startswith(STORED) else entry_hash(entry)
-
-
-def entry_key(seq: int) -> str:
-    return f"{PREFIX}{seq:012d}.json"
 
 
 def redact(text: str) -> str:
@@ -108,14 +101,15 @@ def invoking_user() -> str:
 
 
 def _entry_names(repo: Repository) -> list[str]:
-    return sorted(n for n in repo.children(PREFIX) if n.endswith(".json") and n[:-5].isdigit())
+    return sorted(n for n in repo.children(layout.JOURNAL)
+                  if n.endswith(".json") and n[:-5].isdigit())
 
 
 def last_entry(repo: Repository) -> JournalEntry | None:
     names = _entry_names(repo)
     if not names:
         return None
-    return catalog.read_record(repo, PREFIX + names[-1], JournalEntry)
+    return records.read_record(repo, layout.JOURNAL + names[-1], JournalEntry)
 
 
 def append(repo: Repository, command: str, outcome: str, *, user: str | None = None,
@@ -131,10 +125,10 @@ def append(repo: Repository, command: str, outcome: str, *, user: str | None = N
             objects=objects or {}, diff=diff, config_text=config_text,
             prev=stored_hash(repo, last) if last else "")
         try:
-            stored = catalog.write_record(repo, entry_key(entry.seq), entry)
+            stored = records.write_record(repo, layout.journal_entry_key(entry.seq), entry)
         except ConflictError:
             continue  # another writer took this number: chain after its entry
-        catalog.write_record(repo, HEAD_KEY,
+        records.write_record(repo, layout.JOURNAL_HEAD_KEY,
                              JournalHead(seq=entry.seq, hash=STORED + stored.sha256),
                              overwrite=True)
         return entry
@@ -143,13 +137,14 @@ def append(repo: Repository, command: str, outcome: str, *, user: str | None = N
 
 
 def entries(repo: Repository, since: datetime | None = None) -> list[JournalEntry]:
-    found = [catalog.read_record(repo, PREFIX + n, JournalEntry) for n in _entry_names(repo)]
+    found = [records.read_record(repo, layout.JOURNAL + n, JournalEntry)
+             for n in _entry_names(repo)]
     return [e for e in found if since is None or e.time >= since]
 
 
 def last_config_text(repo: Repository) -> str | None:
     for name in reversed(_entry_names(repo)):
-        entry = catalog.read_record(repo, PREFIX + name, JournalEntry)
+        entry = records.read_record(repo, layout.JOURNAL + name, JournalEntry)
         if entry.config_text is not None:
             return entry.config_text
     return None
@@ -177,7 +172,7 @@ def verify(repo: Repository) -> Verification:
             return Verification(index, f"entry {expected} is missing (removed); the chain "
                                        f"resumes at entry {seq}")
         try:
-            entry = catalog.read_record(repo, PREFIX + name, JournalEntry)
+            entry = records.read_record(repo, layout.JOURNAL + name, JournalEntry)
         except CorruptObject:
             return Verification(index, f"entry {seq} was altered (its checksum does not match)")
         if entry.seq != seq:
@@ -188,11 +183,11 @@ def verify(repo: Repository) -> Verification:
                                            f"(entry {seq} no longer matches it)")
         previous = entry
     try:
-        head = catalog.read_record(repo, HEAD_KEY, JournalHead)
+        head = records.read_record(repo, layout.JOURNAL_HEAD_KEY, JournalHead)
     except ObjectMissing:
         head = None
     except CorruptObject:
-        return Verification(len(names), "journal/HEAD was altered")
+        return Verification(len(names), f"{layout.JOURNAL}HEAD was altered")
     if head is not None:
         newest = previous.seq if previous else 0
         if head.seq > newest:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from markship.config.model import Config
 from markship.errors import KeyProblem, MarkshipError
-from markship.repository import catalog, crypto
+from markship.repository import crypto, layout, records
 from markship.repository.base import Repository
-from markship.repository.catalog import Record
+from markship.repository.records import Record
 from markship.timefmt import show, utcnow
 
 TYPE_CHECKING = False
@@ -128,9 +128,6 @@ def _master_status(config: Config, repo: Repository) -> KeyStatus:
 
 # -- key backups: a passphrase-protected export, with a hint beside it ---------------------------
 
-EXPORTS = "keys/exports/"
-
-
 class KeyExportRecord(Record):
     """That a backup of the key exists (fingerprints only: never key material, never the hint)."""
 
@@ -189,7 +186,7 @@ def export_key(repo: Repository, identity_file: Path, target: Path, passphrase: 
         f"passphrase hint: {hint}\n"
         "restore with: markship key import --from " + target.name + "\n").encode(), 0o644)
     record = KeyExportRecord(fingerprints=fingerprints, created_at=now, host=socket.gethostname())
-    catalog.write_record(repo, f"{EXPORTS}{now.strftime('%Y%m%dT%H%M%S.%fZ')}.json", record)
+    records.write_record(repo, layout.key_export_key(now.strftime('%Y%m%dT%H%M%S.%fZ')), record)
     return record
 
 
@@ -250,7 +247,7 @@ def import_key(repo_recipient: str | None, export: Path, passphrase: str,
 def exports(repo: Repository) -> list[KeyExportRecord]:
     """The recorded key exports; a damaged record is reported and left out (the key then
     counts as not backed up: the safe side)."""
-    found = catalog.read_folder(repo, EXPORTS, KeyExportRecord)
+    found = records.read_folder(repo, layout.KEY_EXPORTS, KeyExportRecord)
     return sorted(found, key=lambda r: r.created_at)
 
 

@@ -1,20 +1,41 @@
 """Pure object-key naming for the repository: where each kind of object lives.
 
+Every key markship writes is formed here, from the constants and functions below; the list is
+the authoritative one (README.md's "Repository layout" repeats it, and a test keeps the two
+identical):
 ```
-markship.json                                repository marker (format, group)
-sets/<set-id>.json                           one backup set (all servers)
-backups/<server>/<set-id>/base.tar.zst       base backup stream of one server
+markship.json                                marker: format and group (one group per repository)
+sets/<set-id>.json                           backup set (all servers)
+backups/<server>/<set-id>/base.tar.zst       the base backup stream
 backups/<server>/<set-id>/config/<file>      postgresql.conf, pg_hba.conf, pg_ident.conf
-backups/<server>/<set-id>/backup.json        written last: its presence means "finished"
-marks/<mark-name>.json                       a group mark: restore point LSN on every server
+backups/<server>/<set-id>/backup.json        written last: LSNs, timeline, sizes, checksums
+backups/_group/<set-id>/markship.toml        the markship config file at backup time
 wal/<server>/<timeline+log>/<segment>-b3.<blake3>.zst
 wal/<server>/history/<timeline>.history-b3.<blake3>.zst
-locks/<name>.lock
+stream/<server>/<segment>[.partial]          WAL received by the agent's pg_receivewal
+marks/<mark-name>.json                       group mark: its restore point on every server
+holds/<set-id>-<server>-<pid>.json           restore in progress: expire keeps its set
+failovers/<failover-id>.json                 failover to the DR site, and how far it got
+drills/<drill-id>.json                       recovery drill: its record
+drills/<drill-id>.md                         recovery drill: its report
+filesets/<name>/<capture-id>.json            file set capture: its record
+filesets/<name>/<capture-id>.tar.zst         file set capture: its files
+dumps/<name>/<dump-id>.json                  pg_dump of one database: its record
+dumps/<name>/<dump-id>.dump.zst              pg_dump of one database: its archive
+journal/<seq>.json                           journal entry, chained to the one before
+journal/HEAD.json                            the newest journal entry's number and hash
+agent/state.json                             what the agent remembers between runs
+keys/exports/<time>.json                     that a key backup exists (fingerprints only)
+keys/catalog/<time>-<fingerprint>.age        the catalog key, encrypted to the repository key
+locks/<name>.lock                            a lock (backup, agent, dump-<name>)
 ```
 The digest in a WAL object's name is the BLAKE3 of the uncompressed file (objects archived
 before carry a bare sha256 instead; see repository.walsum), so a second push of the same file can
 be recognised without reading the stored copy, and a different file under a name already
 archived is detected.
+
+Names are not checked here (markship.names would load `re` on the archive path): callers pass
+names already checked.
 """
 
 from __future__ import annotations
@@ -23,15 +44,37 @@ from markship.pg.lsn import wal_file_kind
 from markship.repository.walsum import is_digest
 
 MARKER_KEY = "markship.json"
+SETS = "sets/"
+BACKUPS = "backups/"
+WAL = "wal/"
+STREAM = "stream/"
+MARKS = "marks/"
+HOLDS = "holds/"
+FAILOVERS = "failovers/"
+DRILLS = "drills/"
+FILESETS = "filesets/"
+DUMPS = "dumps/"
+JOURNAL = "journal/"
+JOURNAL_HEAD_KEY = f"{JOURNAL}HEAD.json"
+AGENT_STATE_KEY = "agent/state.json"
+KEY_EXPORTS = "keys/exports/"
+CATALOG_KEY_COPIES = "keys/catalog/"
+LOCKS = "locks/"
+
+RECORD_SUFFIX = ".json"
 WAL_SUFFIX = ".zst"
+STREAM_PARTIAL = ".partial"
+
+
+# -- backup sets and base backups -----------------------------------------------------------------
 
 
 def set_key(set_id: str) -> str:
-    return f"sets/{set_id}.json"
+    return f"{SETS}{set_id}{RECORD_SUFFIX}"
 
 
 def backup_prefix(server: str, set_id: str) -> str:
-    return f"backups/{server}/{set_id}/"
+    return f"{BACKUPS}{server}/{set_id}/"
 
 
 def backup_record_key(server: str, set_id: str) -> str:
@@ -44,22 +87,30 @@ def base_archive_key(server: str, set_id: str) -> str:
 
 def group_config_key(set_id: str) -> str:
     """The markship config file of a set (`_group` cannot be a server name)."""
-    return f"backups/_group/{set_id}/markship.toml"
+    return f"{BACKUPS}_group/{set_id}/markship.toml"
 
 
 def config_file_key(server: str, set_id: str, file_name: str) -> str:
     return backup_prefix(server, set_id) + f"config/{file_name}"
 
 
+def hold_key(set_id: str, server: str, pid: int) -> str:
+    """The record of a restore (process `pid`) of `server` from set `set_id` in progress."""
+    return f"{HOLDS}{set_id}-{server}-{pid}{RECORD_SUFFIX}"
+
+
+# -- WAL ------------------------------------------------------------------------------------------
+
+
 def wal_prefix(server: str) -> str:
-    return f"wal/{server}/"
+    return f"{WAL}{server}/"
 
 
 def wal_dir(server: str, wal_name: str) -> str:
     """The folder (key prefix ending in '/') an archived WAL file of this name goes to."""
     if wal_file_kind(wal_name) == "history":
-        return f"wal/{server}/history/"
-    return f"wal/{server}/{wal_name[:16]}/"
+        return f"{wal_prefix(server)}history/"
+    return f"{wal_prefix(server)}{wal_name[:16]}/"
 
 
 def wal_key(server: str, wal_name: str, digest: str) -> str:
@@ -85,15 +136,74 @@ def split_wal_key(key: str) -> tuple[str, str] | None:
 
 def stream_prefix(server: str) -> str:
     """Where the agent's pg_receivewal writes this server's WAL (see markship.marks.stream)."""
-    return f"stream/{server}/"
+    return f"{STREAM}{server}/"
 
 
-STREAM_PARTIAL = ".partial"
+# -- marks and the DR site ------------------------------------------------------------------------
 
 
 def mark_key(name: str) -> str:
-    return f"marks/{name}.json"
+    return f"{MARKS}{name}{RECORD_SUFFIX}"
+
+
+def failover_key(failover_id: str) -> str:
+    return f"{FAILOVERS}{failover_id}{RECORD_SUFFIX}"
+
+
+def drill_record_key(drill_id: str) -> str:
+    return f"{DRILLS}{drill_id}{RECORD_SUFFIX}"
+
+
+def drill_report_key(drill_id: str) -> str:
+    return f"{DRILLS}{drill_id}.md"
+
+
+# -- file sets and dumps --------------------------------------------------------------------------
+
+
+def fileset_prefix(name: str) -> str:
+    return f"{FILESETS}{name}/"
+
+
+def fileset_record_key(name: str, capture_id: str) -> str:
+    return f"{fileset_prefix(name)}{capture_id}{RECORD_SUFFIX}"
+
+
+def fileset_archive_name(capture_id: str) -> str:
+    """The file name (in fileset_prefix) of a capture's archive."""
+    return f"{capture_id}.tar.zst"
+
+
+def dump_prefix(name: str) -> str:
+    return f"{DUMPS}{name}/"
+
+
+def dump_record_key(name: str, dump_id: str) -> str:
+    return f"{dump_prefix(name)}{dump_id}{RECORD_SUFFIX}"
+
+
+def dump_archive_key(name: str, dump_id: str) -> str:
+    return f"{dump_prefix(name)}{dump_id}.dump.zst"
+
+
+# -- the journal, the agent, keys, locks ----------------------------------------------------------
+
+
+def journal_entry_key(seq: int) -> str:
+    return f"{JOURNAL}{seq:012d}{RECORD_SUFFIX}"
+
+
+def key_export_key(stamp: str) -> str:
+    """`stamp`: the export's UTC time, `20261125T190211.123456Z`."""
+    return f"{KEY_EXPORTS}{stamp}{RECORD_SUFFIX}"
+
+
+def catalog_key_copy_name(stamp: str, fingerprint: str) -> str:
+    """The file name (in CATALOG_KEY_COPIES) of a catalog key's copy: the UTC time it was
+    stored, then the key's fingerprint; with an empty `stamp`, the end every copy of that
+    key's name has."""
+    return f"{stamp}-{fingerprint}.age"
 
 
 def lock_key(name: str) -> str:
-    return f"locks/{name}.lock"
+    return f"{LOCKS}{name}.lock"

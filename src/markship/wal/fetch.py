@@ -35,9 +35,9 @@ def standby_ceiling(repo: Repository, server: str, floor: str | None,
     the group's, as the config names them (a mark record naming others is skipped).
     """
     ceiling: Segment | None = None
-    names = sorted((n for n in repo.children("marks/") if n.endswith(".json")), reverse=True)
+    names = sorted((n for n in repo.children(layout.MARKS) if n.endswith(".json")), reverse=True)
     for name in names[:100]:
-        points = _mark_points(repo, "marks/" + name, servers)
+        points = _mark_points(repo, layout.MARKS + name, servers)
         if not points or server not in points:
             continue
         if all(_delivered(repo, s, wal_file, how) for s, (wal_file, how) in points.items()):
