@@ -40,7 +40,7 @@ from pydantic import Field
 from markship.config.model import Config
 from markship.dr.drillchecks import Check
 from markship.dr.drillchecks import label as target_label
-from markship.errors import MarkshipError
+from markship.errors import MarkshipError, first_line
 from markship.pg import programs
 from markship.pg import sql as postgres
 from markship.pg.lsn import format_lsn
@@ -161,7 +161,7 @@ def run_drill(config: Config, repo: Repository, checks: list[Check], *,
                 say(f"all {len(names)} servers open {rto:.1f} s after the drill started")
                 results = [run_check(check, conninfos) for check in checks]
             except (MarkshipError, psycopg.Error) as exc:
-                error = exc.one_line() if isinstance(exc, MarkshipError) else _first_line(exc)
+                error = first_line(exc)
                 servers = {n: _failed_server(temp / n, s) for n, s in servers.items()}
         interrupted = False
     finally:
@@ -339,18 +339,13 @@ def _query_one(conninfo: str, target: tuple[str, str | None], sql: str) -> objec
             cursor = conn.execute(sql.encode())
             rows = cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
-            raise _Wrong(_first_line(exc)) from None
+            raise _Wrong(first_line(exc)) from None
     if len(rows) != 1:
         raise _Wrong(f"returned {len(rows)} rows, not 1")
     columns = list(rows[0].values())
     if len(columns) != 1:
         raise _Wrong(f"returned {len(columns)} columns, not 1")
     return columns[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _describe(value: object) -> str:
