@@ -63,40 +63,17 @@ def main(command: str, argv: list[str], config: str | None) -> int:
     return EXIT_FATAL if fetching else code
 
 
-def _parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    server: str | None = None
-    positional: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--server" and i + 1 < len(argv):
-            server = argv[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--server="):
-            server = arg.split("=", 1)[1]
-        else:
-            positional.append(arg)
-        i += 1
-    return server, positional
-
-
 def _run(command: str, argv: list[str], config: str | None) -> int:
+    from markship import argv as options
     from markship import osuser
     from markship.config import file as configfile
 
-    # Hand-parsed: argparse alone costs ~20 ms of start-up, paid once per WAL segment.
     usage = (f"usage: markship {command} --server NAME "
              + ("PATH" if command == "wal-push" else "[--standby [--floor SEGMENT]] SEGMENT DEST"))
-    standby = "--standby" in argv
-    floor: str | None = None
-    if "--floor" in argv:
-        at = argv.index("--floor")
-        floor = argv[at + 1] if at + 1 < len(argv) else None
-        argv = argv[:at] + argv[at + 2:]
-    argv = [a for a in argv if a != "--standby"]
-    server, positional = _parse_args(argv)
-    if argv and argv[0] in ("-h", "--help"):
+    found, flags, positional = options.parse(argv, options=("--server", "--floor"),
+                                             flags=("--standby",))
+    server, floor, standby = found.get("--server"), found.get("--floor"), "--standby" in flags
+    if positional[:1] in (["-h"], ["--help"]):
         print(usage)
         return 0
     if server is None or len(positional) != (1 if command == "wal-push" else 2):
