@@ -1,44 +1,28 @@
-"""`markship run`: the agent. Marks every `[marks] interval`, full backups on the schedule,
-retention after each backup. One agent per group: it holds the repository's agent lock (an
-flock, released by the kernel when the process dies, so a crashed agent never leaves a stale
-lock behind)."""
+"""The agent's scheduled jobs: backups, retention, file sets and dumps.
+
+A full backup when one is due (then retention), file sets captured again when their content
+changed, logical dumps when their schedule comes round. Backups and dumps run on threads of
+their own, so marks go on meanwhile.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import pwd
-import queue
-import signal
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from types import FrameType
 
-import psycopg
-
-from markship.agent import control
 from markship.agent.log import EventLog
 from markship.backup import retention
 from markship.backup.basebackup import run_backup
 from markship.config.model import Config
 from markship.config.schedule import next_run
 from markship.errors import MarkshipError
-from markship.marks import priority, stream
-from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
-from markship.pg import programs
 from markship.repository import catalog
 from markship.repository.base import Repository
-from markship.repository.fs import FsRepository
-from markship.timefmt import show, utcnow
+from markship.timefmt import show
 
 RETRY_FAILED_SET = timedelta(minutes=5)
-PRUNE_EVERY = 10.0  # seconds between clean-ups of streamed WAL that is archived
-MARKS_JOURNAL_EVERY = 600.0  # seconds between journal summaries of the agent's marks
-RECOGNISE_AFTER = 10.0  # seconds a receiver runs before marks must see it in the server
-CONTENT_CHECK_EVERY = 60.0  # seconds between file-set change checks and dump schedule checks
 RETRY_FAILED_DUMP = timedelta(minutes=5)
 STATE_KEY = "agent/state.json"
 
@@ -83,277 +67,27 @@ def backup_due(config: Config, repo: Repository, now: datetime,
     return f"scheduled for {show(due)}" if due <= now else None
 
 
-def marking_thread(config: Config, log: EventLog) -> ThreadPoolExecutor:
-    """The agent's marking thread, at `[marks] nice` (markship.marks.priority): `markship run` makes
-    it before it becomes the repository's OS user."""
-    return priority.marking_thread(
-        config.marks.nice, lambda problem: log("mark.priority", level="warning", reason=problem))
+class Jobs:
+    """The scheduled jobs of one agent; `journal` and `warn_key_backup` are the agent's."""
 
-
-class Agent:
     def __init__(self, config: Config, repo: Repository, log: EventLog,
-                 clock: Callable[[], datetime] = utcnow, config_path: str | None = None,
-                 marker: ThreadPoolExecutor | None = None) -> None:
+                 clock: Callable[[], datetime], journal: Callable[..., None],
+                 warn_key_backup: Callable[[], None]) -> None:
         self.config = config
-        self.config_path = config_path  # where `markship mark` finds this agent's socket
-        self.wakeup = threading.Event()  # ends the loop's nap: a signal or a request
-        self.requests: queue.SimpleQueue[control.Request] = queue.SimpleQueue()
         self.repo = repo
         self.log = log
         self.clock = clock
-        self.stop = threading.Event()
-        self.abandon = threading.Event()
-        self.conns = GroupConnections(config)
-        # Marks are made on a thread of their own, at a raised priority (markship.marks.priority).
-        self.marker = marker or marking_thread(config, log)
+        self.journal = journal
+        self.warn_key_backup = warn_key_backup
         self.backup_thread: threading.Thread | None = None
-        self.receivers: dict[str, stream.Receiver] = {}
-        self.receiver_problems: set[str] = set()
-        self.receivers_recognised: set[str] = set()  # checked once per server (see below)
-        self.config_text: str | None = None  # the config as last journaled (redacted)
-        # Marks are journaled as a summary (every MARKS_JOURNAL_EVERY and at stop), not one
-        # entry per mark: each mark is its own record in marks/ already.
-        self.mark_counts = {"made": 0, "skipped": 0, "failed": 0}
-        self.newest_mark: str | None = None
-        self.dump_failed_at: dict[str, datetime] = {}
         self.dump_thread: threading.Thread | None = None
+        self.dump_failed_at: dict[str, datetime] = {}
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if self.stop.is_set():
-            self.log("agent.abandon", level="warning",
-                     detail="second signal: abandoning the backup in flight")
-            self.abandon.set()
-            programs.kill_running()
-        else:
-            self.log("agent.stopping", signal=signal.Signals(signum).name,
-                     detail="finishing work in flight; signal again to abandon it")
-            self.stop.set()
-            self.wakeup.set()
-
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        catalog.on_damage(lambda damaged: self.log("record.damaged", level="warning",
-                                                   key=damaged.key, reason=damaged.problem,
-                                                   detail="skipped; run markship verify"))
-        with self.repo.lock("agent", f"markship run for group {self.config.group.name}"):
-            self.log("agent.start", group=self.config.group.name,
-                     interval_s=self.config.marks.interval, servers=len(self.config.servers))
-            self.warn_key_backup()
-            self.journal("agent start", "ok")
-            self.check_config_change()
-            listener = self.listen()
-            try:
-                self._loop()
-            finally:
-                if listener is not None:
-                    listener.close()
-                self.serve_requests()  # taken before the socket closed
-                for receiver in self.receivers.values():
-                    receiver.stop()
-                for thread in (self.backup_thread, self.dump_thread):
-                    if thread is not None:
-                        thread.join()
-                self.marker.shutdown()
-                self.conns.close()
-            self.journal_marks()
-            self.journal("agent stop", "ok")
-            self.log("agent.stop")
-
-    def _loop(self) -> None:
-        interval = self.config.marks.interval
-        next_mark = time.monotonic()
-        next_backup_check = 0.0
-        next_prune = time.monotonic() + PRUNE_EVERY
-        next_content_check = time.monotonic() + 5
-        next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY
-        while not self.stop.is_set():
-            self.serve_requests()
-            if time.monotonic() >= next_marks_summary:
-                next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY
-                self.journal_marks()
-            if time.monotonic() >= next_content_check:
-                next_content_check = time.monotonic() + CONTENT_CHECK_EVERY
-                self.capture_changed_filesets()
-                self.maybe_dump()
-            self.poll_receivers()
-            if time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + PRUNE_EVERY
-                self.prune_stream()
-                self.check_config_change()
-            if time.monotonic() >= next_mark:
-                started = time.monotonic()
-                self.mark()
-                next_mark = started + interval
-                if next_mark < time.monotonic():
-                    next_mark = time.monotonic()
-            if time.monotonic() >= next_backup_check:
-                next_backup_check = time.monotonic() + 5
-                self.maybe_backup()
-            wake = min(next_mark, next_backup_check, next_prune, time.monotonic() + 1.0)
-            self.wakeup.wait(max(0.0, wake - time.monotonic()))
-            self.wakeup.clear()
-
-    def listen(self) -> control.Listener | None:
-        """Take `markship mark` requests on the agent's socket (see markship.agent.control)."""
-        if self.config_path is None:
-            return None
-        listener = control.Listener(self.config_path, self._take_request)
-        try:
-            listener.start()
-        except OSError as exc:
-            self.log("agent.socket_unavailable", level="warning", path=listener.path,
-                     reason=str(exc), detail="markship mark makes marks itself meanwhile")
-            return None
-        return listener
-
-    def _take_request(self, request: control.Request) -> None:
-        self.requests.put(request)
-        self.wakeup.set()
-
-    def serve_requests(self) -> None:
-        """Answer the requests taken so far. Whatever a request holds, the agent goes on: a
-        request that fails in a way not foreseen is answered with an error and logged."""
-        while True:
-            try:
-                request = self.requests.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self.mark_for(request)
-            except Exception as exc:
-                self.log("request.failed", level="error", reason=f"{type(exc).__name__}: {exc}")
-                request.answer(1, stderr="markship: error: the agent (markship run) failed on "
-                                         f"this request ({type(exc).__name__}): see its log\n")
-
-    def mark_for(self, request: control.Request) -> None:
-        """A mark asked for by `markship mark`; journaled in the requester's name."""
-        from markship import names
-        from markship.marks.take import result_json, result_line
-        from markship.repository import journal
-
-        body = request.body
-        name = body.get("name")
-        if body.get("op") != "mark" or not (name is None or isinstance(name, str)):
-            request.answer(2, stderr="markship: error: the agent got a request it does not "
-                                     "know: use the same markship version for both\n")
-            return
-        try:
-            user = pwd.getpwuid(request.uid).pw_name
-        except KeyError:
-            user = f"uid {request.uid}"
-        as_user = f"{user} (through markship run, {journal.invoking_user()})"
-        try:
-            if name is not None:
-                names.check_restore_point(name, "mark name (--name)")
-        except names.BadName as refused:  # not a mark that failed: no mark was tried
-            self.log("mark.refused", level="warning", reason=refused.message, requested_by=user)
-            self.journal("mark", f"failed: {refused.message}", as_user=as_user)
-            request.answer(refused.exit_code, stderr=f"markship: error: {refused.one_line()}\n")
-            return
-        result = self.mark(name, bool(body.get("switch_wal", True)), requested_by=user)
-        if isinstance(result, MarkshipError):
-            self.journal("mark", f"failed: {result.message}", as_user=as_user)
-            request.answer(result.exit_code, stderr=f"markship: error: {result.one_line()}\n")
-            return
-        self.journal("mark", "ok", as_user=as_user, mark=result.record.name)
-        if body.get("json"):
-            out = json.dumps(result_json(result, "agent"), indent=2, sort_keys=True)
-        else:
-            out = result_line(result)
-        request.answer(0, stdout=out + "\n")
-
-    def poll_receivers(self) -> None:
-        """Keep one WAL receiver per reachable server running (marks use it; see stream)."""
-        if self.config.marks.delivery != "stream" or not isinstance(self.repo, FsRepository):
-            return
-        if self.config.encryption is not None:
-            return  # pg_receivewal writes plain WAL: with encryption on, marks switch WAL
-        for server in self.config.servers:
-            receiver = self.receivers.get(server.name)
-            if receiver is None:
-                conn = self.conns.conns.get(server.name)
-                if conn is None or conn.closed:
-                    continue  # connected by the next mark
-                try:
-                    tools = programs.bin_dir(server.bin_dir, conn.info.server_version)
-                    program = programs.tool(tools, "pg_receivewal")
-                except MarkshipError as exc:
-                    if server.name not in self.receiver_problems:
-                        self.receiver_problems.add(server.name)
-                        self.log("stream.unavailable", level="warning", server=server.name,
-                                 reason=exc.message, detail="marks switch WAL instead")
-                    continue
-            try:
-                if receiver is None:
-                    receiver = stream.Receiver(self.repo, server.name, server.conninfo,
-                                               program, self.log)
-                    self.receivers[server.name] = receiver
-                receiver.poll()
-            except (OSError, MarkshipError) as exc:  # e.g. the stream folder is not writable
-                if server.name not in self.receiver_problems:
-                    self.receiver_problems.add(server.name)
-                    self.log("stream.unavailable", level="warning", server=server.name,
-                             reason=exc.message if isinstance(exc, MarkshipError) else str(exc),
-                             detail="marks switch WAL instead")
-        self.check_receivers_recognised()
-
-    def check_receivers_recognised(self) -> None:
-        """Say once per server when its receiver runs but the server does not show it as
-        markship's (by application_name in pg_stat_replication): every mark then falls back
-        to a WAL switch, 16 MB each, and nothing else would tell."""
-        for name, receiver in self.receivers.items():
-            running = receiver.running_seconds()
-            conn = self.conns.conns.get(name)
-            if (name in self.receivers_recognised or running is None
-                    or running < RECOGNISE_AFTER or conn is None or conn.closed):
-                continue
-            try:
-                seen = stream.listed(conn)
-            except psycopg.Error:
-                self.conns.drop_broken()
-                continue
-            self.receivers_recognised.add(name)
-            if not seen:
-                self.log("stream.unrecognised", level="warning", server=name,
-                         pid=receiver.proc.pid if receiver.proc else None,
-                         detail=f"the receiver runs but the server lists no receiver with "
-                                f"application_name={stream.APPLICATION_NAME}: marks switch "
-                                "WAL instead; check the conninfo and that it names the "
-                                "server the receiver connects to")
-
-    def prune_stream(self) -> None:
-        for server in self.receivers:
-            try:
-                stream.prune(self.repo, server)
-            except MarkshipError as exc:
-                self.log("stream.prune_failed", level="warning", server=server,
-                         reason=exc.message)
-
-    def mark(self, name: str | None = None, switch_wal: bool = True,
-             **extra: str) -> MarkResult | MarkshipError:
-        """One mark (the agent's own or a requested one), made on the marking thread, counted
-        and logged; a failure is returned, not raised."""
-        try:
-            result = self.marker.submit(take_mark, self.config, self.repo, self.conns, name,
-                                        switch_wal=switch_wal).result()
-        except MarkshipError as exc:
-            error = exc
-        except psycopg.Error as exc:  # a connection that broke in a way not yet translated
-            self.conns.drop_broken()
-            error = MarkshipError(f"mark failed: {str(exc).strip() or repr(exc)}")
-        else:
-            self.mark_counts["made"] += 1
-            self.newest_mark = result.record.name
-            self.log("mark.ok", name=result.record.name, hold_ms=result.record.barrier_hold_ms,
-                     delivery_ms=round(result.switch_ms, 1),
-                     delivery=",".join(sorted(set(result.record.delivery.values()))), **extra)
-            return result
-        skipped = isinstance(error, MarkSkipped)
-        self.mark_counts["skipped" if skipped else "failed"] += 1
-        self.log("mark.skipped" if skipped else "mark.failed",
-                 level="warning" if skipped else "error", reason=error.message, **extra)
-        return error
+    def join(self) -> None:
+        """Wait for a backup or dump in flight."""
+        for thread in (self.backup_thread, self.dump_thread):
+            if thread is not None:
+                thread.join()
 
     def maybe_backup(self) -> None:
         if self.backup_thread is not None and self.backup_thread.is_alive():
@@ -386,17 +120,6 @@ class Agent:
             self._save_state(state.model_copy(
                 update={"force_full_done_for": config_digest(self.config)}))
         self.expire()
-
-    def journal_marks(self) -> None:
-        """One journal entry for the marks made since the last one."""
-        counts = self.mark_counts
-        if not any(counts.values()):
-            return
-        self.journal("marks", "ok" if not counts["failed"] else
-                     f"failed: {counts['failed']} of {sum(counts.values())} marks failed",
-                     **{k: str(v) for k, v in counts.items()},
-                     newest=self.newest_mark or "none")
-        self.mark_counts = {"made": 0, "skipped": 0, "failed": 0}
 
     def capture_changed_filesets(self) -> None:
         """File sets are captured again whenever their content changed."""
@@ -456,47 +179,6 @@ class Agent:
 
         self.dump_thread = threading.Thread(target=work, name="dumps", daemon=True)
         self.dump_thread.start()
-
-    def journal(self, command: str, outcome: str, diff: str | None = None,
-                config_text: str | None = None, as_user: str | None = None,
-                **objects: str) -> None:
-        from markship.repository import journal
-
-        try:
-            journal.append(self.repo, command, outcome, objects=objects, diff=diff,
-                           config_text=config_text,
-                           user=as_user or f"markship run ({journal.invoking_user()})")
-        except MarkshipError as exc:
-            self.log("journal.failed", level="warning", reason=exc.message)
-
-    def check_config_change(self) -> None:
-        """Journal the config file's changes (a diff, secrets redacted) as the agent sees
-        them. The running agent keeps the config it started with."""
-        from markship.repository import journal
-
-        assert self.config.source is not None
-        try:
-            text = journal.redact(self.config.source.read_text())
-            before = self.config_text
-            if before is None:
-                before = journal.last_config_text(self.repo)
-        except (OSError, MarkshipError) as exc:
-            self.log("journal.config_unreadable", level="warning", reason=str(exc))
-            return
-        self.config_text = text
-        if text == before:
-            return
-        self.journal("config change", "seen by the agent" + (
-            "" if before is None else "; restart the agent to apply it"),
-                     diff=journal.config_diff(before, text), config_text=text,
-                     file=str(self.config.source))
-
-    def warn_key_backup(self) -> None:
-        from markship.repository.keys import backup_warning
-
-        warning = backup_warning(self.config, self.repo)
-        if warning:
-            self.log("key.no_backup", level="warning", detail=warning)
 
     def expire(self) -> None:
         try:
