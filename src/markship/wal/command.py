@@ -70,12 +70,14 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
 
     usage = (f"usage: markship {command} --server NAME "
              + ("PATH" if command == "wal-push" else "[--standby [--floor SEGMENT]] SEGMENT DEST"))
-    found, flags, positional = options.parse(argv, options=("--server", "--floor"),
-                                             flags=("--standby",))
-    server, floor, standby = found.get("--server"), found.get("--floor"), "--standby" in flags
-    if positional[:1] in (["-h"], ["--help"]):
+    # wal-fetch's options first: what is left (shown in an error) is the --server and the files.
+    fetch_options, flags, argv = options.parse(argv, options=("--floor",), flags=("--standby",))
+    floor, standby = fetch_options.get("--floor"), "--standby" in flags
+    if argv[:1] in (["-h"], ["--help"]):
         print(usage)
         return 0
+    found, _, positional = options.parse(argv, options=("--server",))
+    server = found.get("--server")
     if server is None or len(positional) != (1 if command == "wal-push" else 2):
         raise ConfigError(f"wrong arguments {argv!r}", usage)
     config_path = configfile.locate(config)
