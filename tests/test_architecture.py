@@ -19,7 +19,7 @@ LAYERS = ["_entry", "cli", "agent", "dr", "backup", "marks", "wal", "repository"
           "shared"]
 # Leaves every layer may use: they import only each other (and the standard library or
 # third-party packages). `client` is the applications' 2PC helper, a public import path.
-SHARED = {"__init__", "errors", "timefmt", "osuser", "names", "privatefile", "perserver",
+SHARED = {"__init__", "errors", "timefmt", "osuser", "names", "privatefile", "perserver", "argv",
           "client"}
 
 def module_name(path: Path) -> str:

@@ -10,21 +10,10 @@ _LEAN = ("wal-push", "wal-fetch")
 
 def _split_global(argv: list[str]) -> tuple[str | None, list[str]]:
     """Pull `--config PATH` / `--config=PATH` out of the arguments before the command."""
-    config = None
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv) and not rest:
-            config = argv[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--config=") and not rest:
-            config = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-        i += 1
-    return config, rest
+    from markship import argv as options
+
+    found, _, rest = options.parse(argv, options=("--config",), leading=True)
+    return found.get("--config"), rest
 
 
 def _pushed_ahead(args: list[str], config: str | None) -> bool:

@@ -2,26 +2,41 @@
 group's servers in parallel (a backup set, standbys, status, promotion, parity).
 
 `settle` gives every server's result or exception (for reports that list each server);
-`each` raises one ServerError naming every server that failed.
+`each` raises one ServerError naming every server that failed; `gather` raises the first
+server's exception as it is (for calls that catch what they expect themselves).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from markship.errors import MarkshipError, ServerError, first_line
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 
+@overload
 def settle(calls: Mapping[str, Callable[[], T]]
-           ) -> tuple[dict[str, T], dict[str, Exception]]:
+           ) -> tuple[dict[str, T], dict[str, Exception]]: ...
+
+
+@overload
+def settle(calls: Mapping[str, Callable[[], T]], catch: type[E]
+           ) -> tuple[dict[str, T], dict[str, E]]: ...
+
+
+def settle(calls: Mapping[str, Callable[[], T]], catch: type[Exception] = Exception
+           ) -> tuple[dict[str, T], dict[str, Any]]:
     """Run `calls` (server name → call) at once. Returns (results, failures) keyed by server
-    name, in the order of `calls`. KeyboardInterrupt and SystemExit are not caught."""
+    name, in the order of `calls`; a failure is an exception of type `catch`.
+
+    Any other exception is raised as it is once every call has finished (the first one in
+    the order of `calls`). KeyboardInterrupt and SystemExit are never caught."""
     results: dict[str, T] = {}
-    failures: dict[str, Exception] = {}
+    failures: dict[str, Any] = {}  # of type `catch`
     if not calls:
         return results, failures
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="markship-server") as pool:
@@ -29,7 +44,7 @@ def settle(calls: Mapping[str, Callable[[], T]]
         for name, future in futures.items():
             try:
                 results[name] = future.result()
-            except Exception as exc:
+            except catch as exc:
                 failures[name] = exc
     return results, failures
 
@@ -40,6 +55,15 @@ def each(calls: Mapping[str, Callable[[], T]]) -> dict[str, T]:
     if failures:
         raise servers_failed({name: exc.message if isinstance(exc, MarkshipError)
                               else first_line(exc) for name, exc in failures.items()})
+    return results
+
+
+def gather(calls: Mapping[str, Callable[[], T]]) -> dict[str, T]:
+    """Run `calls` at once; their results in the order of `calls`. The first exception (in
+    that order) is raised as it is, once every call has finished."""
+    results, failures = settle(calls)
+    if failures:
+        raise next(iter(failures.values()))
     return results
 
 

@@ -115,21 +115,13 @@ def mark_via_agent(args: list[str], config: str | None) -> int | None:
 
     if os.environ.get(NO_AGENT_ENV):
         return None
-    name: str | None = None
-    as_json = no_switch = False
-    rest = list(args)
-    while rest:
-        arg = rest.pop(0)
-        if arg == "--json":
-            as_json = True
-        elif arg == "--no-switch":
-            no_switch = True
-        elif arg == "--name" and rest:
-            name = rest.pop(0)
-        elif arg.startswith("--name="):
-            name = arg.split("=", 1)[1]
-        else:
-            return None  # --help, a typo, ...: the full command line handles it
+    from markship import argv
+
+    found, flags, unknown = argv.parse(args, options=("--name",),
+                                       flags=("--json", "--no-switch"))
+    if unknown:
+        return None  # --help, a typo, ...: the full command line handles it
+    name = found.get("--name")
     from markship.config import file as configfile
     from markship.errors import MarkshipError
     from markship.wal.settings import load_settings
@@ -140,7 +132,7 @@ def mark_via_agent(args: list[str], config: str | None) -> int | None:
     except (MarkshipError, OSError, ValueError):
         return None
     request = {"op": "mark", "config": os.path.realpath(path), "name": name,
-               "switch_wal": not no_switch, "json": as_json}
+               "switch_wal": "--no-switch" not in flags, "json": "--json" in flags}
     try:
         reply = ask(path, os_user, request)
     except (OSError, ValueError) as exc:

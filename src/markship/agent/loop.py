@@ -1,11 +1,14 @@
-"""`markship run`: the agent. Marks every `[marks] interval`, full backups on the schedule,
-retention after each backup. One agent per group: it holds the repository's agent lock (an
-flock, released by the kernel when the process dies, so a crashed agent never leaves a stale
-lock behind)."""
+"""`markship run`: the agent, making marks and running the scheduled jobs.
+
+Marks every `[marks] interval`, and those `markship mark` asks for on the agent's socket
+(markship.agent.control), on a marking thread of their own; WAL receivers for their delivery;
+the scheduled jobs (markship.agent.jobs: backups, retention, file sets, dumps). One agent per
+group: it holds the repository's agent lock (an flock, released by the kernel when the
+process dies, so a crashed agent never leaves a stale lock behind).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pwd
 import queue
@@ -14,72 +17,28 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import FrameType
 
 import psycopg
 
 from markship.agent import control
+from markship.agent.jobs import Jobs
 from markship.agent.log import EventLog
-from markship.backup import retention
-from markship.backup.basebackup import run_backup
 from markship.config.model import Config
-from markship.config.schedule import next_run
 from markship.errors import MarkshipError
 from markship.marks import priority, stream
 from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
 from markship.pg import programs, replication
-from markship.repository import catalog, layout, records, restorable
+from markship.repository import records
 from markship.repository.base import Repository
 from markship.repository.fs import FsRepository
-from markship.timefmt import show, utcnow
+from markship.timefmt import utcnow
 
-RETRY_FAILED_SET = timedelta(minutes=5)
 PRUNE_EVERY = 10.0  # seconds between clean-ups of streamed WAL that is archived
 MARKS_JOURNAL_EVERY = 600.0  # seconds between journal summaries of the agent's marks
 RECOGNISE_AFTER = 10.0  # seconds a receiver runs before marks must see it in the server
 CONTENT_CHECK_EVERY = 60.0  # seconds between file-set change checks and dump schedule checks
-RETRY_FAILED_DUMP = timedelta(minutes=5)
-
-
-class AgentState(records.Record):
-    """What the agent remembers between runs (in the repository)."""
-
-    force_full_done_for: str | None = None
-
-
-def config_digest(config: Config) -> str:
-    assert config.source is not None
-    return hashlib.sha256(config.source.read_bytes()).hexdigest()
-
-
-def backup_due(config: Config, repo: Repository, now: datetime,
-               state: AgentState) -> str | None:
-    """Why a full backup should start now, or None."""
-    if config.schedule.force_full and state.force_full_done_for != config_digest(config):
-        return "force_full is set"
-    wal: dict[str, restorable.WalIndex] = {}
-    states = [restorable.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
-    if any(s.label == "running" for s in states):
-        return None
-    complete = [s for s in states if s.complete]
-    if not complete:
-        if states and now - states[-1].record.created_at < RETRY_FAILED_SET:
-            return None
-        return "no complete backup set yet"
-    newest = complete[-1]
-    if states[-1].record.id != newest.record.id and \
-            now - states[-1].record.created_at >= RETRY_FAILED_SET:
-        return f"the last backup set {states[-1].record.id} is {states[-1].label}"
-    for server, backup in newest.backups.items():
-        index = wal.get(server) or restorable.WalIndex(repo, server)
-        gaps = index.gaps_after(backup.start_segment)
-        if gaps:
-            return f"WAL gap on server {server} ({gaps[0].name()} missing)"
-    schedule = config.schedule
-    due = next_run(schedule.frequency, schedule.hour, schedule.minute, schedule.weekday,
-                   schedule.timezone, newest.record.created_at)
-    return f"scheduled for {show(due)}" if due <= now else None
 
 
 def marking_thread(config: Config, log: EventLog) -> ThreadPoolExecutor:
@@ -105,7 +64,6 @@ class Agent:
         self.conns = GroupConnections(config)
         # Marks are made on a thread of their own, at a raised priority (markship.marks.priority).
         self.marker = marker or marking_thread(config, log)
-        self.backup_thread: threading.Thread | None = None
         self.receivers: dict[str, stream.Receiver] = {}
         self.receiver_problems: set[str] = set()
         self.receivers_recognised: set[str] = set()  # checked once per server (see below)
@@ -114,8 +72,7 @@ class Agent:
         # entry per mark: each mark is its own record in marks/ already.
         self.mark_counts = {"made": 0, "skipped": 0, "failed": 0}
         self.newest_mark: str | None = None
-        self.dump_failed_at: dict[str, datetime] = {}
-        self.dump_thread: threading.Thread | None = None
+        self.jobs = Jobs(config, repo, log, clock, self.journal, self.warn_key_backup)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
@@ -150,9 +107,7 @@ class Agent:
                 self.serve_requests()  # taken before the socket closed
                 for receiver in self.receivers.values():
                     receiver.stop()
-                for thread in (self.backup_thread, self.dump_thread):
-                    if thread is not None:
-                        thread.join()
+                self.jobs.join()
                 self.marker.shutdown()
                 self.conns.close()
             self.journal_marks()
@@ -173,8 +128,8 @@ class Agent:
                 self.journal_marks()
             if time.monotonic() >= next_content_check:
                 next_content_check = time.monotonic() + CONTENT_CHECK_EVERY
-                self.capture_changed_filesets()
-                self.maybe_dump()
+                self.jobs.capture_changed_filesets()
+                self.jobs.maybe_dump()
             self.poll_receivers()
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
@@ -188,7 +143,7 @@ class Agent:
                     next_mark = time.monotonic()
             if time.monotonic() >= next_backup_check:
                 next_backup_check = time.monotonic() + 5
-                self.maybe_backup()
+                self.jobs.maybe_backup()
             wake = min(next_mark, next_backup_check, next_prune, time.monotonic() + 1.0)
             self.wakeup.wait(max(0.0, wake - time.monotonic()))
             self.wakeup.clear()
@@ -354,38 +309,6 @@ class Agent:
                  level="warning" if skipped else "error", reason=error.message, **extra)
         return error
 
-    def maybe_backup(self) -> None:
-        if self.backup_thread is not None and self.backup_thread.is_alive():
-            return
-        state = self._state()
-        try:
-            reason = backup_due(self.config, self.repo, self.clock(), state)
-        except MarkshipError as exc:
-            self.log("backup.check_failed", level="error", reason=exc.message)
-            return
-        if reason is None:
-            return
-        self.backup_thread = threading.Thread(target=self._backup, args=(reason, state),
-                                              name="backup", daemon=True)
-        self.backup_thread.start()
-
-    def _backup(self, reason: str, state: AgentState) -> None:
-        self.log("backup.start", reason=reason)
-        try:
-            result = run_backup(self.config, self.repo, list(self.config.servers))
-        except MarkshipError as exc:
-            self.log("backup.failed", level="error", reason=exc.message)
-            self.journal("backup", f"failed: {exc.message}")
-            return
-        self.log("backup.ok", set=result.record.id,
-                 stored_bytes=sum(b.archive.size for b in result.backups.values()))
-        self.journal("backup", "ok", set=result.record.id, reason=reason)
-        self.warn_key_backup()
-        if self.config.schedule.force_full:
-            self._save_state(state.model_copy(
-                update={"force_full_done_for": config_digest(self.config)}))
-        self.expire()
-
     def journal_marks(self) -> None:
         """One journal entry for the marks made since the last one."""
         counts = self.mark_counts
@@ -396,65 +319,6 @@ class Agent:
                      **{k: str(v) for k, v in counts.items()},
                      newest=self.newest_mark or "none")
         self.mark_counts = {"made": 0, "skipped": 0, "failed": 0}
-
-    def capture_changed_filesets(self) -> None:
-        """File sets are captured again whenever their content changed."""
-        if not self.config.filesets:
-            return
-        from markship.backup import filesets
-
-        for fileset in self.config.filesets:
-            try:
-                record = filesets.capture(self.config, self.repo, fileset,
-                                          reason="content changed", only_if_changed=True)
-            except MarkshipError as exc:
-                self.log("fileset.failed", level="error", fileset=fileset.name,
-                         reason=exc.message)
-                continue
-            if record is not None:
-                self.log("fileset.captured", fileset=fileset.name, id=record.id,
-                         mark=record.mark or "none")
-                self.journal("files capture", "ok", fileset=fileset.name, id=record.id)
-
-    def maybe_dump(self) -> None:
-        """Run the logical dumps whose schedule came round (in the background)."""
-        if not self.config.dumps or (self.dump_thread is not None
-                                     and self.dump_thread.is_alive()):
-            return
-        from markship.backup import dumps
-
-        now = self.clock()
-        due = []
-        for dump in self.config.dumps:
-            failed = self.dump_failed_at.get(dump.dump_name)
-            if failed is not None and now - failed < RETRY_FAILED_DUMP:
-                continue
-            try:
-                if dumps.dump_due(self.config, self.repo, dump, now):
-                    due.append(dump)
-            except MarkshipError as exc:
-                self.log("dump.check_failed", level="error", dump=dump.dump_name,
-                         reason=exc.message)
-        if not due:
-            return
-
-        def work() -> None:
-            for dump in due:
-                self.log("dump.start", dump=dump.dump_name)
-                try:
-                    record = dumps.run_dump(self.config, self.repo, dump)
-                except MarkshipError as exc:
-                    self.dump_failed_at[dump.dump_name] = self.clock()
-                    self.log("dump.failed", level="error", dump=dump.dump_name,
-                             reason=exc.message)
-                    self.journal("dumps run", f"failed: {exc.message}", dump=dump.dump_name)
-                    continue
-                self.dump_failed_at.pop(dump.dump_name, None)
-                self.log("dump.ok", dump=dump.dump_name, id=record.id, bytes=record.archive.size)
-                self.journal("dumps run", "ok", dump=dump.dump_name, id=record.id)
-
-        self.dump_thread = threading.Thread(target=work, name="dumps", daemon=True)
-        self.dump_thread.start()
 
     def journal(self, command: str, outcome: str, diff: str | None = None,
                 config_text: str | None = None, as_user: str | None = None,
@@ -496,27 +360,3 @@ class Agent:
         warning = backup_warning(self.config, self.repo)
         if warning:
             self.log("key.no_backup", level="warning", detail=warning)
-
-    def expire(self) -> None:
-        try:
-            with self.repo.lock("backup", "markship run: retention"):
-                plan = retention.make_plan(self.repo, self.clock(), self.config.retention.days,
-                                           self.config.retention.min_sets)
-                retention.apply(self.repo, plan)
-        except MarkshipError as exc:
-            self.log("expire.failed", level="error", reason=exc.message)
-            return
-        self.log("expire.ok", deleted_sets=len(plan.delete_sets),
-                 deleted_objects=len(plan.delete_keys), freed_bytes=plan.freed_bytes)
-        if plan.delete_keys:
-            self.journal("expire", "ok", deleted_sets=",".join(plan.delete_sets) or "none",
-                         deleted_objects=str(len(plan.delete_keys)))
-
-    def _state(self) -> AgentState:
-        try:
-            return records.read_record(self.repo, layout.AGENT_STATE_KEY, AgentState)
-        except MarkshipError:
-            return AgentState()
-
-    def _save_state(self, state: AgentState) -> None:
-        records.write_record(self.repo, layout.AGENT_STATE_KEY, state, overwrite=True)

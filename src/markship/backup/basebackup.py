@@ -7,12 +7,12 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
-from markship import __version__
+from markship import __version__, perserver
 from markship.config.model import Config, ServerSection
 from markship.errors import BackupError, MarkshipError, ObjectMissing
 from markship.pg import programs, sql
@@ -62,16 +62,10 @@ def run_backup(config: Config, repo: Repository, servers: list[ServerSection],
                            status="running", pid=os.getpid(), host=socket.gethostname())
         records.write_record(repo, layout.set_key(set_id), record)
         config_ref = capture_config_file(config, repo, set_id)
-        backups: dict[str, BackupRecord] = {}
-        errors: dict[str, str] = {}
-        with ThreadPoolExecutor(max_workers=len(servers)) as pool:
-            futures = {s.name: pool.submit(backup_server, config, repo, s, set_id, on_progress)
-                       for s in servers}
-            for name, future in futures.items():
-                try:
-                    backups[name] = future.result()
-                except MarkshipError as exc:
-                    errors[name] = exc.one_line()
+        backups, failures = perserver.settle(
+            {s.name: partial(backup_server, config, repo, s, set_id, on_progress)
+             for s in servers}, MarkshipError)
+        errors = {name: exc.one_line() for name, exc in failures.items()}
         # File sets (application and web configuration) go with every set. Their failure is
         # recorded with the set but does not make the databases' backups unusable.
         fileset_errors: dict[str, str] = {}

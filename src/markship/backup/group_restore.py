@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import psycopg
 
+from markship import perserver
 from markship.backup.restore import RestoreResult, Target, restore_server
 from markship.config.model import Config
 from markship.errors import MarkshipError, RestoreError
@@ -47,16 +48,10 @@ def restore_group(config: Config, repo: Repository, mark_name: str | None, dir_t
                               extra_settings={"listen_addresses": host,
                                               "unix_socket_directories": str(dirs[server])})
 
-    errors: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=len(config.servers)) as pool:
-        futures = {s.name: pool.submit(one, s.name) for s in config.servers}
-        for name, future in futures.items():
-            try:
-                future.result()
-            except MarkshipError as exc:
-                errors[name] = exc.one_line()
-    if errors:
-        detail = "; ".join(f"{n}: {e}" for n, e in errors.items())
+    _, failures = perserver.settle({s.name: partial(one, s.name) for s in config.servers},
+                                   MarkshipError)
+    if failures:
+        detail = "; ".join(f"{n}: {e.one_line()}" for n, e in failures.items())
         raise RestoreError(f"group restore to {mark.name} failed ({detail})")
     for name, directory in dirs.items():
         where = stopped_at(directory)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 
+from markship import perserver
 from markship.config.model import Config, ServerSection
 from markship.errors import MarkshipError, RepositoryError
 from markship.pg import sql
@@ -91,5 +92,5 @@ def server_status(repo: Repository, server: ServerSection,
 def group_status(config: Config, repo: Repository) -> list[ServerStatus]:
     """Status of every server, queried in parallel; unreachable servers are reported, not fatal."""
     last = _last_backups(repo)
-    with ThreadPoolExecutor(max_workers=len(config.servers)) as pool:
-        return list(pool.map(lambda s: server_status(repo, s, last.get(s.name)), config.servers))
+    return list(perserver.gather({s.name: partial(server_status, repo, s, last.get(s.name))
+                                  for s in config.servers}).values())

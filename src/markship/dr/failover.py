@@ -18,7 +18,6 @@ import os
 import shlex
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
@@ -29,10 +28,10 @@ from pydantic import Field
 
 from markship.config.model import Config, StandbySection
 from markship.dr.standby import standby_conninfo
-from markship.errors import MarkshipError
+from markship.errors import MarkshipError, first_line
 from markship.marks.choose import choose_mark
 from markship.marks.resolve import Resolution, resolve_in_doubt
-from markship.perserver import each
+from markship.perserver import each, gather
 from markship.pg import recovery
 from markship.pg import sql as postgres
 from markship.pg.commands import fetch_command
@@ -87,9 +86,8 @@ def production_answering(config: Config) -> list[str]:
         except MarkshipError:
             return False
 
-    with ThreadPoolExecutor(max_workers=len(config.servers)) as pool:
-        answers = list(pool.map(lambda s: (s.name, alive(s.conninfo, s.name)), config.servers))
-    return [name for name, up in answers if up]
+    answers = gather({s.name: partial(alive, s.conninfo, s.name) for s in config.servers})
+    return [name for name, up in answers.items() if up]
 
 
 def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
@@ -197,7 +195,7 @@ def apply_references(config: Config) -> list[str]:
             try:
                 postgres.run_statement(conn, statement)
             except psycopg.Error as exc:
-                reason = scrub(str(exc).strip().splitlines()[0], secrets)
+                reason = scrub(first_line(exc), secrets)
                 raise MarkshipError(f"failover.sql on {item.server}/{item.database} failed: "
                                     f"{reason}",
                                     "fix the statement and run markship failover again") from None

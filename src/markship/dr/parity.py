@@ -3,20 +3,26 @@
 Correctness first (a mismatch here makes recovery or promotion fail, or leaves no room): the
 count of standbys, the PostgreSQL major version, settings a standby needs at least as high as
 its primary's, free disk against production's data. Then capacity (CPU count, memory): a
-smaller host works, but slower — reported as warnings.
+smaller host works, but slower — reported as warnings. The correctness rules are dr.standby's
+(standby status lists their failures too); this module explains each and adds capacity.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
-import psycopg
-
+from markship import perserver
 from markship.config.model import Config
-from markship.dr.standby import PARITY_SETTINGS, free_bytes, standby_conninfo
+from markship.dr.standby import (
+    HostFacts,
+    free_bytes,
+    host_facts,
+    room_for,
+    settings_compared,
+    standby_conninfo,
+)
 from markship.errors import MarkshipError
-from markship.pg import sql
 
 WHY = {
     "max_connections": "a hot standby refuses to start with fewer than its primary",
@@ -47,50 +53,20 @@ class ParityReport:
         return all(c.ok or c.warning for c in self.checks)
 
 
-@dataclass(frozen=True)
-class HostFacts:
-    settings: dict[str, str]
-    data_bytes: int
-    cpus: int | None
-    memory_bytes: int | None
-
-
-def host_facts(conninfo: str, server: str) -> HostFacts:
-    """Settings and data size, plus CPU count and memory as the server can read them from
-    /proc (needs pg_read_server_files or superuser; None otherwise)."""
-    with sql.connect(conninfo, server, timeout=3) as conn:
-        settings = sql.settings_named(conn, ["server_version_num", *PARITY_SETTINGS])
-        size = sql.data_size_bytes(conn)
-        cpus = memory = None
-        try:
-            info = sql.host_files(conn)
-            if info is not None:
-                cpus = sum(1 for line in info.cpuinfo.splitlines()
-                           if line.startswith("processor"))
-                for line in info.meminfo.splitlines():
-                    if line.startswith("MemTotal:"):
-                        memory = int(line.split()[1]) * 1024
-        except psycopg.Error:  # no right to read /proc: capacity stays unknown
-            cpus = memory = None
-    return HostFacts(settings, size if size is not None else 0, cpus or None, memory)
-
-
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
 def compare(server: str, prod: HostFacts, standby: HostFacts,
             free: int | None) -> list[Check]:
+    """The parity rules (dr.standby) as checks, each with its evidence and fix, then the
+    capacity warnings."""
     checks = []
-    pv, sv = prod.settings.get("server_version_num", ""), standby.settings.get(
-        "server_version_num", "")
-    checks.append(Check(server, "major version", pv[:2] == sv[:2],
-                        f"production {pv[:2]}, standby {sv[:2]}",
+    pv, sv = prod.major_version, standby.major_version
+    checks.append(Check(server, "major version", pv == sv,
+                        f"production {pv}, standby {sv}",
                         "install the same PostgreSQL major version on the DR host"))
-    for name in PARITY_SETTINGS:
-        if name not in prod.settings or name not in standby.settings:
-            continue
-        p, s = int(prod.settings[name]), int(standby.settings[name])
+    for name, s, p in settings_compared(prod, standby):
         checks.append(Check(server, name, s >= p, f"standby {s}, production {p}"
                             + ("" if s >= p else f": {WHY[name]}"),
                             f"set {name} = {p} (or more) on the standby and restart it"))
@@ -98,7 +74,7 @@ def compare(server: str, prod: HostFacts, standby: HostFacts,
         checks.append(Check(server, "free disk", False, "the standby's data directory is not "
                             "reachable from this host", "run parity on the DR host"))
     else:
-        checks.append(Check(server, "free disk", free >= prod.data_bytes,
+        checks.append(Check(server, "free disk", room_for(prod, free),
                             f"{_mib(free)} free for {_mib(prod.data_bytes)} of production data",
                             "give the standby's file system more room than production's "
                             "data"))
@@ -131,18 +107,18 @@ def parity(config: Config) -> ParityReport:
     def one(server: str) -> list[Check]:
         section = standbys[server]
         try:
-            prod = host_facts(config.server(server).conninfo, server)
+            prod = host_facts(config.server(server).conninfo, server, capacity=True)
         except MarkshipError as exc:
             return [Check(server, "production", False, exc.message,
                           "parity compares with production: run it while production is up")]
         try:
-            mine = host_facts(standby_conninfo(config, server), server)
+            mine = host_facts(standby_conninfo(config, server), server, capacity=True)
         except MarkshipError as exc:
             return [Check(server, "standby", False, exc.message, "markship standby create")]
         return compare(server, prod, mine, free_bytes(section.data_dir))
 
-    with ThreadPoolExecutor(max_workers=max(len(standbys), 1)) as pool:
-        for checks in pool.map(one, [s for s in standbys if s in
-                                     {x.name for x in config.servers}]):
-            report.checks.extend(checks)
+    production = {x.name for x in config.servers}
+    for checks in perserver.gather({s: partial(one, s) for s in standbys
+                                    if s in production}).values():
+        report.checks.extend(checks)
     return report

@@ -1,14 +1,19 @@
-"""The DR site: standbys built from the repository, fed WAL only up to the newest complete mark."""
+"""The DR site: standbys built from the repository, fed WAL only up to the newest complete mark.
+
+Also their status, and the parity rules a standby must meet against its production server
+(`markship parity` in dr.parity reports them in full).
+"""
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psycopg
 
+from markship import perserver
 from markship.backup.restore import RestoreResult, Target, restore_server
 from markship.config.model import Config, StandbySection
 from markship.errors import MarkshipError
@@ -45,18 +50,11 @@ def create_standbys(config: Config, repo: Repository,
                               start=True, port=standby.port,
                               extra_settings=server_settings(standby), standby=True)
 
-    results: dict[str, RestoreResult] = {}
-    errors: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=max(len(servers), 1)) as pool:
-        futures = {s: pool.submit(build, s) for s in servers}
-        for server, future in futures.items():
-            try:
-                results[server] = future.result()
-            except MarkshipError as exc:
-                errors[server] = exc.one_line()
-    if errors:
-        detail = "; ".join(f"{s}: {e}" for s, e in errors.items())
-        raise MarkshipError(f"standby creation failed for {', '.join(errors)} ({detail})")
+    results, failures = perserver.settle({s: partial(build, s) for s in servers},
+                                         MarkshipError)
+    if failures:
+        detail = "; ".join(f"{s}: {e.one_line()}" for s, e in failures.items())
+        raise MarkshipError(f"standby creation failed for {', '.join(failures)} ({detail})")
     return results
 
 
@@ -75,17 +73,48 @@ class StandbyStatus:
     parity: list[str]
 
 
+# Settings a standby needs at least as high as its primary's (recovery or promotion fails
+# otherwise). The parity rules below are the one definition of "matches production": standby
+# status lists their failures in short, `markship parity` (dr.parity) explains each.
 PARITY_SETTINGS = ("max_connections", "max_prepared_transactions", "max_locks_per_transaction",
                    "max_worker_processes", "max_wal_senders")
 
 
-def _settings(conninfo: str, server: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class HostFacts:
+    """What parity compares of one server: its settings, data size and (when it can read
+    them) CPU count and memory."""
+
+    settings: dict[str, str]
+    data_bytes: int
+    cpus: int | None = None
+    memory_bytes: int | None = None
+
+    @property
+    def major_version(self) -> str:
+        return self.settings.get("server_version_num", "")[:2]
+
+
+def host_facts(conninfo: str, server: str, capacity: bool = False) -> HostFacts:
+    """Settings and data size; with `capacity`, CPU count and memory as the server can read
+    them from /proc (needs pg_read_server_files or superuser; None otherwise). Raises
+    ServerError when the server cannot be reached."""
     with sql.connect(conninfo, server, timeout=3) as conn:
-        found = sql.settings_named(conn, ["server_version_num", *PARITY_SETTINGS])
+        settings = sql.settings_named(conn, ["server_version_num", *PARITY_SETTINGS])
         size = sql.data_size_bytes(conn)
-    if size is not None:
-        found["data_bytes"] = str(size)
-    return found
+        cpus = memory = None
+        if capacity:
+            try:
+                info = sql.host_files(conn)
+                if info is not None:
+                    cpus = sum(1 for line in info.cpuinfo.splitlines()
+                               if line.startswith("processor"))
+                    for line in info.meminfo.splitlines():
+                        if line.startswith("MemTotal:"):
+                            memory = int(line.split()[1]) * 1024
+            except psycopg.Error:  # no right to read /proc: capacity stays unknown
+                cpus = memory = None
+    return HostFacts(settings, size if size is not None else 0, cpus or None, memory)
 
 
 def free_bytes(directory: Path) -> int | None:
@@ -97,20 +126,33 @@ def free_bytes(directory: Path) -> int | None:
     return stat.f_bavail * stat.f_frsize
 
 
-def parity_problems(production: dict[str, str], standby: dict[str, str],
+def settings_compared(production: HostFacts, standby: HostFacts) -> list[tuple[str, int, int]]:
+    """(name, standby's value, production's value) of each parity setting both report; the
+    standby falls short where its value is the lower."""
+    return [(name, int(standby.settings[name]), int(production.settings[name]))
+            for name in PARITY_SETTINGS
+            if name in production.settings and name in standby.settings]
+
+
+def room_for(production: HostFacts, free: int) -> bool:
+    """Whether `free` bytes hold production's data (its growth after a failover)."""
+    return free >= production.data_bytes
+
+
+def parity_problems(production: HostFacts, standby: HostFacts,
                     free: int | None = None) -> list[str]:
-    """Where the standby falls short of production: settings below production's (recovery
-    or promotion would fail), and free disk smaller than production's data size (no room to
-    take over production's growth after a failover)."""
+    """Where the standby falls short of production, in short: free disk smaller than
+    production's data (`free` None: not checked), another major version, settings below
+    production's."""
     problems = []
-    data = int(production.get("data_bytes", "0"))
-    if free is not None and free < data:
-        problems.append(f"free disk {free // 2**20} MiB < production data {data // 2**20} MiB")
-    if production.get("server_version_num", "")[:2] != standby.get("server_version_num", "")[:2]:
+    if free is not None and not room_for(production, free):
+        problems.append(f"free disk {free // 2**20} MiB < production data "
+                        f"{production.data_bytes // 2**20} MiB")
+    if production.major_version != standby.major_version:
         problems.append("PostgreSQL major version differs")
-    for name in PARITY_SETTINGS:
-        if name in production and name in standby and int(standby[name]) < int(production[name]):
-            problems.append(f"{name} {standby[name]} < production's {production[name]}")
+    for name, mine, theirs in settings_compared(production, standby):
+        if mine < theirs:
+            problems.append(f"{name} {mine} < production's {theirs}")
     return problems
 
 
@@ -126,7 +168,7 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
             with sql.connect(standby_conninfo(config, standby.server), standby.server,
                                   timeout=3) as conn:
                 here = recovery.position(conn)
-            mine = _settings(standby_conninfo(config, standby.server), standby.server)
+            mine = host_facts(standby_conninfo(config, standby.server), standby.server)
         except MarkshipError as exc:
             return StandbyStatus(standby.server, address, False, exc.message, None, None, None,
                                  None, None, None, [])
@@ -140,8 +182,8 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
         newest = wal[standby.server].newest()
         lag_bytes = max(newest.next().start_lsn() - replayed, 0) if newest else None
         try:
-            parity = parity_problems(_settings(config.server(standby.server).conninfo,
-                                               standby.server), mine,
+            parity = parity_problems(host_facts(config.server(standby.server).conninfo,
+                                                standby.server), mine,
                                      free_bytes(standby.data_dir))
         except MarkshipError:
             parity = ["production unreachable: parity not checked"]
@@ -150,5 +192,4 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
                              at.age_seconds if at else None, parity)
 
     standbys = config.dr_site.standbys if config.dr_site else []
-    with ThreadPoolExecutor(max_workers=max(len(standbys), 1)) as pool:
-        return list(pool.map(one, standbys))
+    return list(perserver.gather({sb.server: partial(one, sb) for sb in standbys}).values())

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from markship.errors import MarkshipError
+from markship.errors import MarkshipError, first_line
 from markship.pg import datadir
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
@@ -221,7 +221,7 @@ def transfer_workload(servers: list[ScratchServer], group: str, accounts: int,
                 done.append(gid)
     except Exception as exc:
         if not stop.is_set():
-            errors.append(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
+            errors.append(first_line(exc))
     finally:
         for conn in conns:
             conn.close()

@@ -41,8 +41,7 @@ def connect(conninfo: str, server: str, timeout: int = 5) -> Connection:
         except ConfigError as bad:  # its detail would quote the conninfo
             raise ConfigError(f"the conninfo of server {server} is not valid libpq syntax",
                               bad.hint) from None
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        detail = scrub(detail, secrets_of(conninfo))
+        detail = scrub(first_line(exc), secrets_of(conninfo))
         raise ServerError(f"cannot connect to server {server}: {detail}",
                           "check that it is running and its conninfo in the config") from None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from markship.errors import ConfigError, CorruptObject, KeyProblem, MarkshipError
+from markship.errors import ConfigError, CorruptObject, KeyProblem, MarkshipError, first_line
 
 # wal-fetch loads this module for every WAL file recovery asks for: no pathlib, hashlib,
 # typing, contextlib or threading at import time, and pyrage only once something is really
@@ -193,18 +193,18 @@ class DecryptingReader:
         if not data or (size > 0 and len(data) < size):
             self._thread.join()
             if self._error is not None:
-                raise self._failure()
+                raise self._failure(self._error)
         return data
 
-    def _failure(self) -> MarkshipError:
-        text = str(self._error)
+    def _failure(self, error: BaseException) -> MarkshipError:
+        text = str(error)
         if "no matching keys" in text.lower() or "NoMatchingKeys" in text:
             if self.no_key is not None:
                 return self.no_key
             return KeyProblem(f"{self.what} was encrypted for another key",
                              "use the identity file of the key this repository was written "
                              "with (markship key status shows its fingerprint)")
-        return CorruptObject(f"{self.what} cannot be decrypted ({text.splitlines()[0]})",
+        return CorruptObject(f"{self.what} cannot be decrypted ({first_line(error)})",
                              "run markship verify; restore the object from another copy")
 
     def close(self) -> None:

@@ -60,42 +60,21 @@ def main(command: str, argv: list[str], config: str | None) -> int:
     return EXIT_FATAL if fetching else code
 
 
-def _parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    server: str | None = None
-    positional: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--server" and i + 1 < len(argv):
-            server = argv[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--server="):
-            server = arg.split("=", 1)[1]
-        else:
-            positional.append(arg)
-        i += 1
-    return server, positional
-
-
 def _run(command: str, argv: list[str], config: str | None) -> int:
+    from markship import argv as options
     from markship import osuser
     from markship.config import file as configfile
 
-    # Hand-parsed: argparse alone costs ~20 ms of start-up, paid once per WAL segment.
     usage = (f"usage: markship {command} --server NAME "
              + ("PATH" if command == "wal-push" else "[--standby [--floor SEGMENT]] SEGMENT DEST"))
-    standby = "--standby" in argv
-    floor: str | None = None
-    if "--floor" in argv:
-        at = argv.index("--floor")
-        floor = argv[at + 1] if at + 1 < len(argv) else None
-        argv = argv[:at] + argv[at + 2:]
-    argv = [a for a in argv if a != "--standby"]
-    server, positional = _parse_args(argv)
-    if argv and argv[0] in ("-h", "--help"):
+    # wal-fetch's options first: what is left (shown in an error) is the --server and the files.
+    fetch_options, flags, argv = options.parse(argv, options=("--floor",), flags=("--standby",))
+    floor, standby = fetch_options.get("--floor"), "--standby" in flags
+    if argv[:1] in (["-h"], ["--help"]):
         print(usage)
         return 0
+    found, _, positional = options.parse(argv, options=("--server",))
+    server = found.get("--server")
     if server is None or len(positional) != (1 if command == "wal-push" else 2):
         raise ConfigError(f"wrong arguments {argv!r}", usage)
     config_path = configfile.locate(config)
