@@ -1,5 +1,5 @@
-"""Fixtures: real PostgreSQL 15 servers run as the unprivileged `postgres` user, and markship
-run through its command line exactly as an operator (or PostgreSQL's archiver) runs it."""
+"""Fixtures: real PostgreSQL 15 servers run as the unprivileged `postgres` user (the groups
+they form and markship's command line are in tests/support/servers.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,24 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from markship.agent import control
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
+from tests.support.servers import (
+    MARKSHIP,
+    OS_USER,
+    PG_BIN,
+    Group,
+    GroupFactory,
+    write_config,
+)
 
-pytest_plugins = ["reliability"]
-
-OS_USER = "postgres"
-MARKSHIP = Path(sys.executable).parent / "markship"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+pytest_plugins = ["tests.support.reliability"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,70 +53,6 @@ def workdir() -> Iterator[Path]:
     # an agent socket left by a test that killed its agent (the group config's name)
     for uid in {os.getuid(), pwd.getpwnam(OS_USER).pw_uid}:
         Path(control.socket_path(str(path / "markship.toml"), uid)).unlink(missing_ok=True)
-
-
-def run_markship(config: Path | None, *args: str, user: str | None = None,
-                 env: dict[str, str] | None = None,
-                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """markship's command line, as root (it switches user itself) or as `user`."""
-    argv = [str(MARKSHIP)] + (["--config", str(config)] if config else []) + list(args)
-    if user:
-        argv = as_user(argv, user)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, **(env or {})})
-
-
-@dataclass
-class Group:
-    """Servers of one group, the config describing them, and its repository."""
-
-    workdir: Path
-    servers: list[ScratchServer]
-    config_path: Path
-    repo: Path
-    extra: list[ScratchServer] = field(default_factory=list)
-
-    def markship(self, *args: str, user: str | None = None,
-                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return run_markship(self.config_path, *args, user=user, timeout=timeout)
-
-    def ok(self, *args: str) -> str:
-        proc = self.markship(*args)
-        assert proc.returncode == 0, f"markship {' '.join(args)} failed: {proc.stderr}"
-        return proc.stdout
-
-    def server(self, name: str) -> ScratchServer:
-        return next(s for s in self.servers if s.name == name)
-
-    def restored(self, name: str) -> ScratchServer:
-        """A handle for a server restored under workdir/restored-<name>-N (stopped at teardown)."""
-        base = self.workdir / f"restored-{name}-{len(self.extra)}"
-        handle = ScratchServer(name, base, free_port(), os_user=OS_USER)
-        base.mkdir()
-        chown_to(base, OS_USER)
-        self.extra.append(handle)
-        return handle
-
-    def restore(self, name: str, *flags: str) -> ScratchServer:
-        """`markship restore ... --start` into a fresh directory; returns the running server."""
-        handle = self.restored(name)
-        proc = self.markship("restore", "--server", name, "--target-dir", str(handle.data_dir),
-                             "--start", "--port", str(handle.port),
-                             "--setting", f"unix_socket_directories={handle.base_dir}", *flags)
-        assert proc.returncode == 0, f"restore failed: {proc.stderr}"
-        return handle
-
-
-def write_config(path: Path, repo: Path, servers: list[ScratchServer], extra: str = "") -> None:
-    text = f'[group]\nname = "testgroup"\n\n[repository]\npath = "{repo}"\nos_user = "{OS_USER}"\n'
-    for server in servers:
-        text += (f'\n[[server]]\nname = "{server.name}"\nconninfo = "{server.conninfo()}"\n'
-                 f'data_dir = "{server.data_dir}"\n')
-    path.write_text(text + extra)
-    path.chmod(0o644)
-
-
-GroupFactory = Callable[..., Group]
 
 
 @pytest.fixture

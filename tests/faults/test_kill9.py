@@ -16,27 +16,22 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import OS_USER, Group, GroupFactory, run_markship
 from markship.backup.restore import UNFINISHED
 from markship.client import barrier_key
 from markship.dr.drill import free_port_range
 from markship.pg.scratch import ScratchServer, chown_to
-from support import (
-    Ledger,
-    alive,
+from tests.support.checks import (
     assert_repository_sound,
-    command_name,
     complete_marks,
-    kill9_after,
-    kill9_at,
-    load_pgbench,
     ready_files,
-    reap,
     stored_wal,
     switch_wal,
     temp_objects,
     wait_for,
 )
+from tests.support.fingerprints import Ledger, load_pgbench
+from tests.support.processes import alive, command_name, kill9_after, kill9_at, reap
+from tests.support.servers import OS_USER, Group, GroupFactory, run_markship
 
 SEED = 12  # the seeded kill delays: the same points on every run
 
@@ -357,7 +352,7 @@ def test_agent_killed_mid_mark(pg_group: GroupFactory) -> None:
 
     import subprocess
 
-    from conftest import MARKSHIP
+    from tests.support.servers import MARKSHIP
 
     agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

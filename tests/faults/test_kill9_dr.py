@@ -11,20 +11,12 @@ import signal
 
 import pytest
 
-from conftest import Group, GroupFactory
 from markship.backup.restore import stopped_at
 from markship.pg.scratch import ScratchServer
-from support import (
-    Ledger,
-    add_dr_site,
-    alive,
-    assert_repository_sound,
-    complete_marks,
-    kill9_at,
-    reap,
-    switch_wal,
-    wait_for,
-)
+from tests.support.checks import assert_repository_sound, complete_marks, switch_wal, wait_for
+from tests.support.fingerprints import Ledger
+from tests.support.processes import alive, kill9_at, reap
+from tests.support.servers import Group, GroupFactory, add_dr_site
 
 
 def _dr_group(pg_group: GroupFactory) -> tuple[Group, Ledger, dict[str, ScratchServer]]:
