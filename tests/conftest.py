@@ -1,8 +1,11 @@
-"""Fixtures: real PostgreSQL 15 servers run as the unprivileged `postgres` user (the groups
-they form and markship's command line are in tests/support/servers.py)."""
+"""Fixtures, and the two tiers of the suite: tests that need real PostgreSQL 15 servers run as
+the unprivileged `postgres` user (marked `pg`; skipped with the reason where that cannot be
+done, or the run stopped with `--require-pg`), and pure tests that run anywhere
+(`pytest -m "not pg"`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -26,16 +29,48 @@ from tests.support.servers import (
 
 pytest_plugins = ["tests.support.reliability"]
 
+# Fixtures that give a test PostgreSQL servers or directories owned by the postgres user.
+PG_FIXTURES = {"workdir", "pg_group"}
 
-@pytest.fixture(scope="session", autouse=True)
-def _markship_runnable_by_postgres() -> None:
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--require-pg", action="store_true",
+                     help="stop the run (exit 3) instead of skipping pg tests when PostgreSQL "
+                          "cannot be used here (./dev test and CI)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test asking for a PostgreSQL fixture is a `pg` test; the fault-injection suite is
+    `pg` and `slow` (the markers are declared in pyproject.toml)."""
+    faults = Path(__file__).parent / "faults"
+    for item in items:
+        in_faults = faults in item.path.parents
+        if in_faults or PG_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.pg)
+        if in_faults:
+            item.add_marker(pytest.mark.slow)
+
+
+@functools.cache
+def _pg_missing() -> str | None:
+    """Why `pg` tests cannot run here, or None when they can."""
     if not (PG_BIN / "postgres").exists():
-        pytest.exit(f"PostgreSQL 15 is not installed in {PG_BIN}: run ./dev test", returncode=3)
+        return f"PostgreSQL 15 is not installed in {PG_BIN} (./dev test installs it)"
+    if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != OS_USER:
+        return f"needs root (or the {OS_USER} user) to run PostgreSQL as {OS_USER}"
     proc = subprocess.run(as_user([str(MARKSHIP), "--version"], OS_USER),
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        pytest.exit(f"{MARKSHIP} cannot be run by the {OS_USER} user ({proc.stderr.strip()}): "
-                    "install markship with ./dev setup", returncode=3)
+        return (f"{MARKSHIP} cannot be run by the {OS_USER} user ({proc.stderr.strip()}): "
+                "install markship with ./dev setup")
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("pg") and (reason := _pg_missing()):
+        if item.config.getoption("--require-pg"):
+            pytest.exit(reason, returncode=3)
+        pytest.skip(reason)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import pytest
 
 from markship.cli.main import cli
 from tests.support.servers import run_markship
@@ -31,6 +32,7 @@ def test_every_command_has_help_and_is_in_the_readme() -> None:
         assert f"markship {name}" in README, f"markship {name} is not documented in README.md"
 
 
+@pytest.mark.pg  # the installed markship command
 def test_help_runs_without_a_config() -> None:
     proc = run_markship(None, "restore", "--help")
     assert proc.returncode == 0
