@@ -260,9 +260,9 @@ def test_agent_survives_hostile_mark_requests(pg_group: GroupFactory) -> None:
     group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 3600\n")
     with running_agent(group.config_path) as agent:
         wait_for(lambda: json.loads(group.ok("marks", "--json")), "the agent's first mark",
-                 timeout=90)
+                 timeout=90, interval=0.3)
         wait_for(lambda: len(_children(agent.pid, "pg_receivewal")) == 2, "two receivers",
-                 timeout=90)
+                 timeout=90, interval=0.3)
         receivers = _children(agent.pid, "pg_receivewal")
 
         for name in HOSTILE:

@@ -29,13 +29,13 @@ def test_agent_marks_backs_up_and_survives_kill_9(pg_group: GroupFactory) -> Non
     agent = start_agent(group.config_path)
     try:
         wait_for(lambda: any(s["complete"] for s in json.loads(group.ok("list", "--json"))),
-                 "the agent's first backup set", timeout=90)
+                 "the agent's first backup set", timeout=90, interval=0.3)
         for n in range(5):
             for server in group.servers:
                 server.psql(f"INSERT INTO ticks VALUES ({n})")
             time.sleep(0.3)
         wait_for(lambda: sum(1 for m in marks_of(group) if m["complete"]) >= 3, "three marks",
-                 timeout=90)
+                 timeout=90, interval=0.3)
 
         second = start_agent(group.config_path)
         _out, err = second.communicate(timeout=60)
@@ -61,7 +61,7 @@ def test_agent_marks_backs_up_and_survives_kill_9(pg_group: GroupFactory) -> Non
     try:
         before = len(marks)
         wait_for(lambda: len(marks_of(group)) >= before + 2, "marks after the restart",
-                 timeout=90)
+                 timeout=90, interval=0.3)
         restarted.send_signal(signal.SIGTERM)
         _out, err = restarted.communicate(timeout=60)
     finally:
@@ -82,7 +82,8 @@ def test_mark_command_is_made_by_the_running_agent(pg_group: GroupFactory) -> No
     group = pg_group(2)
     group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 3600\n")
     with running_agent(group.config_path) as agent:
-        wait_for(lambda: len(marks_of(group)) >= 1, "the agent's first mark", timeout=90)
+        wait_for(lambda: len(marks_of(group)) >= 1, "the agent's first mark", timeout=90,
+                 interval=0.3)
         made = json.loads(group.ok("mark", "--json", "--name", "before-deploy"))
         assert made["taken_by"] == "agent"
         assert made["name"] == "before-deploy" and set(made["points"]) == {"alpha", "bravo"}
@@ -143,18 +144,19 @@ def test_receiver_finds_its_next_segment_laid_out(pg_group: GroupFactory) -> Non
         return str(mark)
 
     with running_agent(group.config_path) as agent:
-        wait_for(lambda: len(laid_out()) == 1, "the next segment laid out", timeout=90)
+        wait_for(lambda: len(laid_out()) == 1, "the next segment laid out", timeout=90,
+                 interval=0.3)
         (following,) = laid_out()
         inode = (folder / following).stat().st_ino
         alpha.psql("INSERT INTO ticks VALUES (1); SELECT pg_switch_wal()")
         alpha.psql("INSERT INTO ticks VALUES (2)")
         # The receiver moved on into the file laid out for it: same file, now holding WAL.
         wait_for(lambda: (folder / following).exists() and following not in laid_out(),
-                 "the receiver in the laid-out segment", timeout=90)
+                 "the receiver in the laid-out segment", timeout=90, interval=0.3)
         assert (folder / following).stat().st_ino == inode
         streamed_mark()
         wait_for(lambda: len(laid_out()) == 1 and laid_out()[0] > following,
-                 "the segment after it laid out", timeout=90)
+                 "the segment after it laid out", timeout=90, interval=0.3)
         log = stop_agent(agent)
     assert agent.returncode == 0, log
     assert laid_out(), "an unused laid-out segment is left for the restart to handle"
@@ -165,7 +167,7 @@ def test_receiver_finds_its_next_segment_laid_out(pg_group: GroupFactory) -> Non
         alpha.psql("INSERT INTO ticks VALUES (3)")
         wait_for(lambda: alpha.psql("SELECT count(*) FROM pg_stat_replication WHERE "
                                     "state = 'streaming'") == "1", "the receiver streaming",
-                 timeout=90)
+                 timeout=90, interval=0.3)
         mark = streamed_mark()
         log = stop_agent(agent)
     assert agent.returncode == 0, log
@@ -212,7 +214,7 @@ def test_marks_run_on_a_thread_of_raised_priority(pg_group: GroupFactory) -> Non
                                  + "\n[marks]\ninterval = 1\nnice = -7\n")
     with running_agent(group.config_path) as agent:
         wait_for(lambda: any(m["delivery"] == {"alpha": "stream"} for m in marks_of(group)),
-                 "a mark delivered by stream", timeout=90)
+                 "a mark delivered by stream", timeout=90, interval=0.3)
         threads = _threads(agent.pid)
         receivers = _children_named(agent.pid, "pg_receivewal")
         err = stop_agent(agent)
@@ -232,7 +234,7 @@ def test_marks_run_on_a_thread_of_raised_priority(pg_group: GroupFactory) -> Non
     try:
         before = len(marks_of(group))
         wait_for(lambda: len(marks_of(group)) >= before + 2,
-                 "marks from the unprivileged agent", timeout=90)
+                 "marks from the unprivileged agent", timeout=90, interval=0.3)
         err = stop_agent(unprivileged)
     finally:
         if unprivileged.poll() is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from markship.pg.scratch import chown_to
 from markship.repository import catalog
 from markship.repository.catalog import ObjectRef
 from markship.repository.fs import FsRepository
-from tests.support.checks import utc
+from tests.support.checks import utc, wait_for
 from tests.support.servers import OS_USER, Group, GroupFactory, run_markship
 
 NAME = "alpha-analytics"
@@ -55,13 +54,10 @@ def _dumps(group: Group) -> list[dict[str, object]]:
 
 def _complete_mark(group: Group) -> str:
     name: str = json.loads(group.ok("mark", "--json"))["name"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        states = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
-        if states[name]["complete"]:
-            return name
-        time.sleep(0.2)
-    raise AssertionError(f"mark {name} did not complete")
+    wait_for(lambda: any(m["name"] == name and m["complete"]
+                         for m in json.loads(group.ok("marks", "--json"))),
+             f"mark {name} complete", interval=0.2)
+    return name
 
 
 def test_a_dump_restores_into_a_fresh_database_with_the_same_rows(

@@ -16,6 +16,7 @@ import psycopg
 from markship.backup.restore import stopped_at
 from markship.client import setup_decisions
 from markship.pg.scratch import ScratchServer, create_ledger, transfer_workload
+from tests.support.checks import wait_for
 from tests.support.servers import MARKSHIP, OS_USER, Group, GroupFactory, run_markship
 
 ACCOUNTS = 10
@@ -180,11 +181,10 @@ def test_failback_switches_roles_back(pg_group: GroupFactory) -> None:
     group.servers[0].psql("UPDATE accounts SET balance = balance + 1 WHERE id = 5")
     group.servers[1].psql("UPDATE accounts SET balance = balance - 1 WHERE id = 5")
     group.ok("mark")
-    deadline = time.monotonic() + 90
-    while not all(m["complete"] for m in json.loads(group.ok("marks", "--json"))) or any(
-            s["at_mark"] != first for s in json.loads(group.ok("standby", "status", "--json"))):
-        assert time.monotonic() < deadline, "marks incomplete or standbys not past the first"
-        time.sleep(0.3)
+    wait_for(lambda: all(m["complete"] for m in json.loads(group.ok("marks", "--json")))
+             and all(s["at_mark"] == first
+                     for s in json.loads(group.ok("standby", "status", "--json"))),
+             "marks complete and standbys past the first", timeout=90, interval=0.3)
     for server in group.servers:
         server.kill9()
         shutil.rmtree(server.data_dir)

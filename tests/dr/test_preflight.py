@@ -7,7 +7,6 @@ import json
 import os
 import pwd
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from markship.client import SETUP_SQL
 from markship.dr.preflight import archive_command_problem
 from markship.marks.stream import APPLICATION_NAME as RECEIVER_NAME
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
+from tests.support.checks import wait_for
 from tests.support.servers import OS_USER, PG_BIN, Group, GroupFactory, run_markship, write_config
 
 
@@ -37,11 +37,9 @@ def _receiver(group: Group, server: ScratchServer) -> Iterator[None]:
                                      "--directory", str(folder), "--synchronous"], OS_USER),
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while server.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
-                          f" AND application_name = '{RECEIVER_NAME}'") != "1":
-            assert time.monotonic() < deadline, "pg_receivewal did not start streaming"
-            time.sleep(0.1)
+        wait_for(lambda: server.psql("SELECT count(*) FROM pg_stat_replication WHERE state = "
+                                     f"'streaming' AND application_name = '{RECEIVER_NAME}'")
+                 == "1", "pg_receivewal streaming", timeout=30, interval=0.1)
         yield
     finally:
         proc.terminate()

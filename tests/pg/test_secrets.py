@@ -182,10 +182,8 @@ def test_a_password_never_shows_from_backup_to_failback(pg_group: GroupFactory) 
         standbys = _dr_site(group)
         ok("standby", "create")
         newest = json.loads(ok("mark", "--json"))["name"]
-        deadline = time.monotonic() + 90
-        while not all(m["complete"] for m in json.loads(ok("marks", "--json"))):
-            assert time.monotonic() < deadline, "marks never complete"
-            time.sleep(0.3)
+        wait_for(lambda: all(m["complete"] for m in json.loads(ok("marks", "--json"))),
+                 "every mark complete", timeout=90, interval=0.3)
         for server in group.servers:
             server.kill9()
             shutil.rmtree(server.data_dir)
@@ -227,7 +225,8 @@ def test_a_uri_conninfo_streams_marks_and_shows_no_password(pg_group: GroupFacto
     group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
     with PsWatch() as watch, running_agent(group.config_path) as agent:
         wait_for(lambda: any(m["delivery"] == {"alpha": "stream", "bravo": "stream"}
-                             for m in marks_of(group)), "a mark delivered by stream", timeout=90)
+                             for m in marks_of(group)), "a mark delivered by stream",
+                 timeout=90, interval=0.3)
         time.sleep(2)  # the receivers keep running: more polls of ps
         agent.send_signal(signal.SIGTERM)
         _out, log = agent.communicate(timeout=60)
@@ -275,7 +274,7 @@ def test_an_unrecognised_receiver_is_reported_once(pg_group: GroupFactory) -> No
     with running_agent(group.config_path) as agent:
         wait_for(lambda: group.servers[0].psql(
             "SELECT count(*) FROM pg_stat_replication WHERE application_name = "
-            "'someone-else'") == "1", "the receiver connected", timeout=90)
+            "'someone-else'") == "1", "the receiver connected", timeout=90, interval=0.3)
         time.sleep(13)  # past the agent's 10 s of grace, and a few loops more
         agent.send_signal(signal.SIGTERM)
         _out, log = agent.communicate(timeout=60)

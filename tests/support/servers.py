@@ -4,6 +4,7 @@ runs it. The fixtures that start them live in tests/conftest.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -78,6 +79,11 @@ class Group:
 
 
 GroupFactory = Callable[..., Group]
+
+
+def new_mark(group: Group) -> str:
+    """`markship mark` on the group; the new mark's name."""
+    return str(json.loads(group.ok("mark", "--json"))["name"])
 
 
 def write_config(path: Path, repo: Path, servers: list[ScratchServer], extra: str = "") -> None:
