@@ -11,8 +11,9 @@ from tests.support.servers import OS_USER, GroupFactory
 
 
 def _append_many(config: Path, count: int) -> subprocess.Popen[bytes]:
-    code = ("import sys\nfrom markship import journal, config\n"
-            "from markship.repository import open_repository\n"
+    code = ("import sys\nfrom markship.config import model as config\n"
+            "from markship.repository import journal\n"
+            "from markship.repository.backends import open_repository\n"
             "cfg = config.load(sys.argv[1])\nrepo = open_repository(cfg.repository.path)\n"
             f"for i in range({count}):\n"
             "    journal.append(repo, 'test append', 'ok', objects={'i': str(i)})\n")
