@@ -45,7 +45,11 @@ import psycopg
 from psycopg.rows import TupleRow
 
 import markship
-from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port, pgbench_fingerprint
+from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
+
+# The checkout, for the test suite's helpers (run as `python bench/backup_bench.py`).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.fingerprints import pgbench_fingerprint
 
 MARKSHIP = Path("/opt/markship/venv/bin/markship")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -64,6 +64,7 @@ from backup_bench import (
     markship_sizes,
     median,
     pg,
+    pgbench_fingerprint,
     print_table,
     ratio_verdict,
     remove_root,
@@ -78,7 +79,7 @@ from backup_bench import (
     tool_version,
     wait_promoted,
 )
-from markship.pg.scratch import ScratchServer, chown_to, pgbench_fingerprint, wait_archived
+from markship.pg.scratch import ScratchServer, chown_to, wait_archived
 
 VARIANTS = ("plain", "enc")
 LABEL = {"plain": "encryption off", "enc": "encryption on (age)"}

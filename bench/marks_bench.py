@@ -78,14 +78,8 @@ from markship.client import group_transaction, setup_decisions
 from markship.config import model as config_mod
 from markship.errors import MarkshipError
 from markship.marks import stream
-from markship.marks.take import (
-    GroupConnections,
-    MarkResult,
-    MarkSkipped,
-    latest_complete,
-    mark_states,
-    take_mark,
-)
+from markship.marks.choose import latest_complete, mark_states
+from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
 from markship.pg import replication
 from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer, chown_to, free_port

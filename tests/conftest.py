@@ -1,39 +1,76 @@
-"""Fixtures: real PostgreSQL 15 servers run as the unprivileged `postgres` user, and markship
-run through its command line exactly as an operator (or PostgreSQL's archiver) runs it."""
+"""Fixtures, and the two tiers of the suite: tests that need real PostgreSQL 15 servers run as
+the unprivileged `postgres` user (marked `pg`; skipped with the reason where that cannot be
+done, or the run stopped with `--require-pg`), and pure tests that run anywhere
+(`pytest -m "not pg"`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from markship.agent import control
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
+from tests.support.servers import (
+    MARKSHIP,
+    OS_USER,
+    PG_BIN,
+    Group,
+    GroupFactory,
+    write_config,
+)
 
-pytest_plugins = ["reliability"]
+pytest_plugins = ["tests.support.reliability"]
 
-OS_USER = "postgres"
-MARKSHIP = Path(sys.executable).parent / "markship"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Fixtures that give a test PostgreSQL servers or directories owned by the postgres user.
+PG_FIXTURES = {"workdir", "pg_group"}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _markship_runnable_by_postgres() -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--require-pg", action="store_true",
+                     help="stop the run (exit 3) instead of skipping pg tests when PostgreSQL "
+                          "cannot be used here (./dev test and CI)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test asking for a PostgreSQL fixture is a `pg` test; the fault-injection suite is
+    `pg` and `slow` (the markers are declared in pyproject.toml)."""
+    faults = Path(__file__).parent / "faults"
+    for item in items:
+        in_faults = faults in item.path.parents
+        if in_faults or PG_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.pg)
+        if in_faults:
+            item.add_marker(pytest.mark.slow)
+
+
+@functools.cache
+def _pg_missing() -> str | None:
+    """Why `pg` tests cannot run here, or None when they can."""
     if not (PG_BIN / "postgres").exists():
-        pytest.exit(f"PostgreSQL 15 is not installed in {PG_BIN}: run ./dev test", returncode=3)
+        return f"PostgreSQL 15 is not installed in {PG_BIN} (./dev test installs it)"
+    if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != OS_USER:
+        return f"needs root (or the {OS_USER} user) to run PostgreSQL as {OS_USER}"
     proc = subprocess.run(as_user([str(MARKSHIP), "--version"], OS_USER),
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        pytest.exit(f"{MARKSHIP} cannot be run by the {OS_USER} user ({proc.stderr.strip()}): "
-                    "install markship with ./dev setup", returncode=3)
+        return (f"{MARKSHIP} cannot be run by the {OS_USER} user ({proc.stderr.strip()}): "
+                "install markship with ./dev setup")
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("pg") and (reason := _pg_missing()):
+        if item.config.getoption("--require-pg"):
+            pytest.exit(reason, returncode=3)
+        pytest.skip(reason)
 
 
 @pytest.fixture
@@ -51,70 +88,6 @@ def workdir() -> Iterator[Path]:
     # an agent socket left by a test that killed its agent (the group config's name)
     for uid in {os.getuid(), pwd.getpwnam(OS_USER).pw_uid}:
         Path(control.socket_path(str(path / "markship.toml"), uid)).unlink(missing_ok=True)
-
-
-def run_markship(config: Path | None, *args: str, user: str | None = None,
-                 env: dict[str, str] | None = None,
-                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """markship's command line, as root (it switches user itself) or as `user`."""
-    argv = [str(MARKSHIP)] + (["--config", str(config)] if config else []) + list(args)
-    if user:
-        argv = as_user(argv, user)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, **(env or {})})
-
-
-@dataclass
-class Group:
-    """Servers of one group, the config describing them, and its repository."""
-
-    workdir: Path
-    servers: list[ScratchServer]
-    config_path: Path
-    repo: Path
-    extra: list[ScratchServer] = field(default_factory=list)
-
-    def markship(self, *args: str, user: str | None = None,
-                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return run_markship(self.config_path, *args, user=user, timeout=timeout)
-
-    def ok(self, *args: str) -> str:
-        proc = self.markship(*args)
-        assert proc.returncode == 0, f"markship {' '.join(args)} failed: {proc.stderr}"
-        return proc.stdout
-
-    def server(self, name: str) -> ScratchServer:
-        return next(s for s in self.servers if s.name == name)
-
-    def restored(self, name: str) -> ScratchServer:
-        """A handle for a server restored under workdir/restored-<name>-N (stopped at teardown)."""
-        base = self.workdir / f"restored-{name}-{len(self.extra)}"
-        handle = ScratchServer(name, base, free_port(), os_user=OS_USER)
-        base.mkdir()
-        chown_to(base, OS_USER)
-        self.extra.append(handle)
-        return handle
-
-    def restore(self, name: str, *flags: str) -> ScratchServer:
-        """`markship restore ... --start` into a fresh directory; returns the running server."""
-        handle = self.restored(name)
-        proc = self.markship("restore", "--server", name, "--target-dir", str(handle.data_dir),
-                             "--start", "--port", str(handle.port),
-                             "--setting", f"unix_socket_directories={handle.base_dir}", *flags)
-        assert proc.returncode == 0, f"restore failed: {proc.stderr}"
-        return handle
-
-
-def write_config(path: Path, repo: Path, servers: list[ScratchServer], extra: str = "") -> None:
-    text = f'[group]\nname = "testgroup"\n\n[repository]\npath = "{repo}"\nos_user = "{OS_USER}"\n'
-    for server in servers:
-        text += (f'\n[[server]]\nname = "{server.name}"\nconninfo = "{server.conninfo()}"\n'
-                 f'data_dir = "{server.data_dir}"\n')
-    path.write_text(text + extra)
-    path.chmod(0o644)
-
-
-GroupFactory = Callable[..., Group]
 
 
 @pytest.fixture

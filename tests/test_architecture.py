@@ -8,10 +8,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.pure
-
 SRC = Path(__file__).resolve().parent.parent / "src" / "markship"
 
 # Highest first. A module may import its own package and any package below its own.

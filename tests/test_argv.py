@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from markship.argv import parse
-
-pytestmark = pytest.mark.pure
 
 
 def test_options_take_the_next_argument_or_follow_an_equals_sign() -> None:

@@ -9,17 +9,12 @@ import os
 import re
 import socket
 import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import MARKSHIP, OS_USER, Group, GroupFactory, run_markship, write_config
 from markship import names
 from markship.agent import control
 from markship.cli.context import Context, journaled
@@ -27,6 +22,16 @@ from markship.config import model
 from markship.errors import ConfigError
 from markship.repository import journal
 from markship.repository.fs import FsRepository
+from tests.support.checks import forge_record, wait_for
+from tests.support.servers import (
+    OS_USER,
+    Group,
+    GroupFactory,
+    markship_ok,
+    run_markship,
+    running_agent,
+    write_offline_config,
+)
 
 HOSTILE = ["../x", "", "n" * 200, "line\nbreak", "märk", "a/b", ".", "..", "-x", "a b",
            "x'; DROP TABLE t; --"]
@@ -113,10 +118,7 @@ def _fileset_setup(workdir: Path) -> tuple[Path, Path]:
     tree.mkdir(parents=True)
     (tree / "portal.conf").write_text("listen 8080\n")
     cfg = workdir / "markship.toml"
-    write_config(cfg, workdir / "repo", [])
-    cfg.write_text(cfg.read_text() + (
-        '\n[[server]]\nname = "alpha"\n'
-        'conninfo = "host=127.0.0.1 port=1 user=postgres dbname=postgres"\n'
+    write_offline_config(cfg, workdir / "repo", "alpha", extra=(
         f'\n[[fileset]]\nname = "portal"\npaths = ["{tree}"]\n'))
     return cfg, tree
 
@@ -151,31 +153,13 @@ def test_hostile_names_on_the_command_line_are_refused(workdir: Path) -> None:
         _one_line_refusal(run_markship(cfg, *args), " ".join(args))
     assert not target.exists()
 
-    entries = json.loads(_ok(cfg, "journal", "--json"))
+    entries = json.loads(markship_ok(cfg, "journal", "--json"))
     failed = [(e["command"], e["outcome"]) for e in entries if e["outcome"] != "ok"]
     expected = ["mark", "mark", "restore", "restore", "restore", "files restore",
                 "files restore", "files restore", "dumps restore"]
     assert [c for c, _ in failed] == expected, failed
     assert all("is not a usable" in outcome and "\n" not in outcome
                for _, outcome in failed), failed
-
-
-def _ok(cfg: Path, *args: str) -> str:
-    proc = run_markship(cfg, *args)
-    assert proc.returncode == 0, f"markship {' '.join(args)} failed: {proc.stderr}"
-    return proc.stdout
-
-
-def _forge(path: Path, body: dict[str, Any]) -> None:
-    """Write a record envelope with a correct checksum around `body`, as anyone who can write
-    the repository can (the checksum detects damage, not intent)."""
-    import hashlib
-
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    envelope = json.loads(path.read_text()) if path.exists() else {"format": 1}
-    envelope.update(body=body, sha256=hashlib.sha256(canonical).hexdigest())
-    envelope.setdefault("kind", "FilesetRecord")
-    path.write_text(json.dumps(envelope, indent=1, sort_keys=True) + "\n")
 
 
 @pytest.mark.reliability("file set record with an archive key outside the repository",
@@ -192,8 +176,9 @@ def test_planted_fileset_record_cannot_reach_outside_the_repository(workdir: Pat
     planted_id = "29991231T000000.000Z"
     planted = folder / f"{planted_id}.json"
     planted.write_text(good.read_text())
-    _forge(planted, {**body, "id": planted_id,
-                     "archive": {**body["archive"], "key": "../../../etc/shadow"}})
+    forge_record(planted, {**body, "id": planted_id,
+                           "archive": {**body["archive"], "key": "../../../etc/shadow"}},
+                 "FilesetRecord")
     os.chown(planted, *_owner(good))
     shadow = os.stat("/etc/shadow")
 
@@ -242,29 +227,10 @@ def _warned_once(stderr: str, key: str) -> None:
 # -- the agent ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _agent(group: Group) -> Iterator[subprocess.Popen[str]]:
-    agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        yield agent
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-        agent.communicate(timeout=30)
-
-
 def _children(pid: int, program: str) -> set[int]:
     out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True,
                          text=True, check=False).stdout
     return {int(line.split()[0]) for line in out.splitlines() if line.split()[1:] == [program]}
-
-
-def _wait_for(predicate: Any, what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def _raw_request(group: Group, line: bytes) -> bytes:
@@ -292,9 +258,11 @@ def _raw_request(group: Group, line: bytes) -> bytes:
 def test_agent_survives_hostile_mark_requests(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 3600\n")
-    with _agent(group) as agent:
-        _wait_for(lambda: json.loads(group.ok("marks", "--json")), "the agent's first mark")
-        _wait_for(lambda: len(_children(agent.pid, "pg_receivewal")) == 2, "two receivers")
+    with running_agent(group.config_path) as agent:
+        wait_for(lambda: json.loads(group.ok("marks", "--json")), "the agent's first mark",
+                 timeout=90, interval=0.3)
+        wait_for(lambda: len(_children(agent.pid, "pg_receivewal")) == 2, "two receivers",
+                 timeout=90, interval=0.3)
         receivers = _children(agent.pid, "pg_receivewal")
 
         for name in HOSTILE:

@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 import pytest
 
-from conftest import MARKSHIP, OS_USER
 from markship.cli.main import cli
 from markship.pg.scratch import as_user, chown_to
+from tests.support.servers import MARKSHIP, OS_USER
 
 GOOD = """[group]
 name = "testgroup"

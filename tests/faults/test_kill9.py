@@ -16,27 +16,22 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import OS_USER, Group, GroupFactory, run_markship
 from markship.backup.restore import UNFINISHED
 from markship.client import barrier_key
 from markship.dr.drill import free_port_range
 from markship.pg.scratch import ScratchServer, chown_to
-from support import (
-    Ledger,
-    alive,
+from tests.support.checks import (
     assert_repository_sound,
-    command_name,
     complete_marks,
-    kill9_after,
-    kill9_at,
-    load_pgbench,
     ready_files,
-    reap,
     stored_wal,
     switch_wal,
     temp_objects,
     wait_for,
 )
+from tests.support.fingerprints import Ledger, load_pgbench
+from tests.support.processes import alive, command_name, kill9_after, kill9_at, reap
+from tests.support.servers import OS_USER, Group, GroupFactory, new_mark, run_markship
 
 SEED = 12  # the seeded kill delays: the same points on every run
 
@@ -46,10 +41,6 @@ def _restores_to_mark(group: Group, mark: str, rows: int) -> None:
     for server in group.servers:
         restored = group.restore(server.name, "--name", mark)
         assert Ledger.count_on(restored) == rows, f"{server.name} restored to {mark}"
-
-
-def _mark(group: Group) -> str:
-    return str(json.loads(group.ok("mark", "--json"))["name"])
 
 
 # -- backup ---------------------------------------------------------------------------------------
@@ -86,7 +77,7 @@ def test_backup_killed_then_run_again(pg_group: GroupFactory, point: str) -> Non
     assert [s["complete"] for s in sets] == [finished_first, True], sets
 
     rows = ledger.commit(30)
-    mark = _mark(group)
+    mark = new_mark(group)
     ledger.commit(20)  # after the mark: must not come back
     report = assert_repository_sound(group)
     assert bool(report["incomplete_sets"]) != finished_first and not report["unrestorable_sets"]
@@ -138,7 +129,7 @@ def test_archive_command_killed_while_writing(pg_group: GroupFactory) -> None:
              interval=0.3)
     wait_for(lambda: not ready_files(alpha), "no .ready file left", timeout=60)
     rows = ledger.commit(10)
-    mark = _mark(group)
+    mark = new_mark(group)
     report = assert_repository_sound(group)
     # The dead writers' temp objects are reported as such and --clean-temp removes them.
     dead = [t for t in report["temp_objects"] if _writer_pid(Path(t)) in killed]
@@ -184,7 +175,7 @@ def test_wal_push_killed_at_seeded_delays(pg_group: GroupFactory) -> None:
     wait_for(lambda: not ready_files(alpha), "the archiver caught up", timeout=90)
     for name in ready:
         assert len(stored_wal(group, "alpha", name)) == 1, name
-    mark = _mark(group)
+    mark = new_mark(group)
     assert_repository_sound(group)
     _restores_to_mark(group, mark, rows)
 
@@ -212,7 +203,7 @@ def _after_mark_kills(group: Group, ledger: Ledger, before: set[str]) -> None:
         _writer_pid(t) is not None and not alive(_writer_pid(t) or 0)
         for t in temp_objects(group.repo, "marks"))
     rows = ledger.commit(25)
-    mark = _mark(group)
+    mark = new_mark(group)
     ledger.commit(25)
     assert mark in complete_marks(group)
     assert_repository_sound(group)
@@ -245,7 +236,7 @@ def test_mark_killed_at_seeded_delays(pg_group: GroupFactory) -> None:
     group.ok("backup")
     ledger = Ledger(group)
     began = time.monotonic()
-    first = _mark(group)
+    first = new_mark(group)
     took = time.monotonic() - began  # mostly start-up; the mark's own steps come last
     rng = random.Random(SEED)
     outcomes = []
@@ -286,7 +277,7 @@ def test_group_restore_killed_then_run_again(pg_group: GroupFactory) -> None:
     ledger = Ledger(group)
     group.ok("backup")
     rows = ledger.commit(60)
-    mark = _mark(group)
+    mark = new_mark(group)
     ledger.commit(10)
 
     base = free_port_range(2)
@@ -357,7 +348,7 @@ def test_agent_killed_mid_mark(pg_group: GroupFactory) -> None:
 
     import subprocess
 
-    from conftest import MARKSHIP
+    from tests.support.servers import MARKSHIP
 
     agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -372,7 +363,7 @@ def test_agent_killed_mid_mark(pg_group: GroupFactory) -> None:
         reap(receivers, grace=0)
     assert agent.returncode == 0 and "Traceback" not in log, log
     rows = ledger.commit(1)
-    mark = _mark(group)
+    mark = new_mark(group)
     ledger.commit(5)
     assert_repository_sound(group)
     _restores_to_mark(group, mark, rows)

@@ -11,20 +11,12 @@ import signal
 
 import pytest
 
-from conftest import Group, GroupFactory
 from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer
-from support import (
-    Ledger,
-    add_dr_site,
-    alive,
-    assert_repository_sound,
-    complete_marks,
-    kill9_at,
-    reap,
-    switch_wal,
-    wait_for,
-)
+from tests.support.checks import assert_repository_sound, complete_marks, switch_wal, wait_for
+from tests.support.fingerprints import Ledger
+from tests.support.processes import alive, kill9_at, reap
+from tests.support.servers import Group, GroupFactory, add_dr_site, new_mark
 
 
 def _dr_group(pg_group: GroupFactory) -> tuple[Group, Ledger, dict[str, ScratchServer]]:
@@ -35,10 +27,6 @@ def _dr_group(pg_group: GroupFactory) -> tuple[Group, Ledger, dict[str, ScratchS
     group.ok("backup")
     standbys = add_dr_site(group)
     return group, ledger, standbys
-
-
-def _mark(group: Group) -> str:
-    return str(json.loads(group.ok("mark", "--json"))["name"])
 
 
 def _in_recovery(group: Group) -> list[bool | None]:
@@ -78,7 +66,7 @@ def test_standby_create_killed_then_run_again(pg_group: GroupFactory) -> None:
     assert rerun.returncode == 0, rerun.stderr
     assert _in_recovery(group) == [True, True]
     rows = ledger.commit(10)
-    mark = _mark(group)
+    mark = new_mark(group)
     ledger.commit(10)
     _fail_over(group, standbys, rows, mark)
 
@@ -113,7 +101,7 @@ def test_standby_fetch_killed(pg_group: GroupFactory) -> None:
                         return True
         return False
 
-    _mark(group)  # the standbys may now fetch the segments above
+    new_mark(group)  # the standbys may now fetch the segments above
     wait_for(fetching, "a standby's wal-fetch writing a segment", timeout=60, interval=0.001)
     # PostgreSQL takes a restore_command killed by a signal as fatal: the standby stops. No
     # segment appeared under its own name; the operator starts the standby again.
@@ -127,7 +115,7 @@ def test_standby_fetch_killed(pg_group: GroupFactory) -> None:
     assert_repository_sound(group)
 
     rows = ledger.commit(10)
-    mark = _mark(group)
+    mark = new_mark(group)
     ledger.commit(10)
     assert complete_marks(group)[-1] == mark
     _fail_over(group, standbys, rows, mark)
@@ -142,7 +130,7 @@ def test_failover_killed_then_resumed(pg_group: GroupFactory) -> None:
     group, ledger, standbys = _dr_group(pg_group)
     group.ok("standby", "create")
     rows = ledger.commit(30)
-    mark = _mark(group)
+    mark = new_mark(group)
     ledger.commit(10)  # after the mark: lost by the failover, on purpose
     for server in group.servers:
         server.kill9()

@@ -22,13 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MARKSHIP, OS_USER, Group, GroupFactory
 from markship.pg.scratch import chown_to
-from support import (
-    Ledger,
+from tests.support.checks import (
     archiver,
     assert_repository_sound,
-    load_pgbench,
     one_error_line,
     ready_files,
     stored_wal,
@@ -36,6 +33,8 @@ from support import (
     temp_objects,
     wait_for,
 )
+from tests.support.fingerprints import Ledger, load_pgbench
+from tests.support.servers import MARKSHIP, OS_USER, Group, GroupFactory
 
 SHIM_C = r"""
 #define _GNU_SOURCE

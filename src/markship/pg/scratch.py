@@ -157,19 +157,6 @@ def _quote(value: str) -> str:
     return value.replace("'", "''")
 
 
-FINGERPRINT_SQL = """
-SELECT (SELECT count(*) FROM pgbench_accounts) || ' accounts, '
-    || (SELECT count(*) FROM pgbench_history) || ' history rows, balance sum '
-    || (SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts) || ', md5 '
-    || (SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts)
-"""
-
-
-def pgbench_fingerprint(server: ScratchServer, dbname: str = "postgres") -> str:
-    """Counts, balance sum and a digest of pgbench's tables: equal strings, equal data."""
-    return server.psql(FINGERPRINT_SQL, dbname)
-
-
 def wait_archived(server: ScratchServer, timeout: float = 60) -> str:
     """Switch WAL and wait until the archiver has stored the finished segment; return its name."""
     segment = server.psql(

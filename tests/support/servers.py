@@ -1,0 +1,139 @@
+"""Groups of real PostgreSQL 15 servers run as the unprivileged `postgres` user, their config,
+and markship run through its command line exactly as an operator (or PostgreSQL's archiver)
+runs it. The fixtures that start them live in tests/conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
+
+OS_USER = "postgres"
+MARKSHIP = Path(sys.executable).parent / "markship"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def run_markship(config: Path | None, *args: str, user: str | None = None,
+                 env: dict[str, str] | None = None,
+                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """markship's command line, as root (it switches user itself) or as `user`."""
+    argv = [str(MARKSHIP)] + (["--config", str(config)] if config else []) + list(args)
+    if user:
+        argv = as_user(argv, user)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, **(env or {})})
+
+
+def markship_ok(config: Path, *args: str, user: str | None = None) -> str:
+    """stdout of `markship --config CONFIG ARGS`, which must succeed."""
+    proc = run_markship(config, *args, user=user)
+    assert proc.returncode == 0, f"markship {' '.join(args)} failed: {proc.stderr}"
+    return proc.stdout
+
+
+@dataclass
+class Group:
+    """Servers of one group, the config describing them, and its repository."""
+
+    workdir: Path
+    servers: list[ScratchServer]
+    config_path: Path
+    repo: Path
+    extra: list[ScratchServer] = field(default_factory=list)
+
+    def markship(self, *args: str, user: str | None = None,
+                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return run_markship(self.config_path, *args, user=user, timeout=timeout)
+
+    def ok(self, *args: str) -> str:
+        return markship_ok(self.config_path, *args)
+
+    def server(self, name: str) -> ScratchServer:
+        return next(s for s in self.servers if s.name == name)
+
+    def restored(self, name: str) -> ScratchServer:
+        """A handle for a server restored under workdir/restored-<name>-N (stopped at teardown)."""
+        base = self.workdir / f"restored-{name}-{len(self.extra)}"
+        handle = ScratchServer(name, base, free_port(), os_user=OS_USER)
+        base.mkdir()
+        chown_to(base, OS_USER)
+        self.extra.append(handle)
+        return handle
+
+    def restore(self, name: str, *flags: str) -> ScratchServer:
+        """`markship restore ... --start` into a fresh directory; returns the running server."""
+        handle = self.restored(name)
+        proc = self.markship("restore", "--server", name, "--target-dir", str(handle.data_dir),
+                             "--start", "--port", str(handle.port),
+                             "--setting", f"unix_socket_directories={handle.base_dir}", *flags)
+        assert proc.returncode == 0, f"restore failed: {proc.stderr}"
+        return handle
+
+
+GroupFactory = Callable[..., Group]
+
+
+def new_mark(group: Group) -> str:
+    """`markship mark` on the group; the new mark's name."""
+    return str(json.loads(group.ok("mark", "--json"))["name"])
+
+
+def write_config(path: Path, repo: Path, servers: list[ScratchServer], extra: str = "") -> None:
+    text = f'[group]\nname = "testgroup"\n\n[repository]\npath = "{repo}"\nos_user = "{OS_USER}"\n'
+    for server in servers:
+        text += (f'\n[[server]]\nname = "{server.name}"\nconninfo = "{server.conninfo()}"\n'
+                 f'data_dir = "{server.data_dir}"\n')
+    path.write_text(text + extra)
+    path.chmod(0o644)
+
+
+def write_offline_config(path: Path, repo: Path, server: str = "orders", extra: str = "") -> None:
+    """A config whose one server nobody listens for (port 1): enough for commands that never
+    connect to it (the config requires a server)."""
+    write_config(path, repo, [], extra=(
+        f'\n[[server]]\nname = "{server}"\n'
+        'conninfo = "host=127.0.0.1 port=1 user=postgres dbname=postgres"\n' + extra))
+
+
+def add_dr_site(group: Group, extra: str = "") -> dict[str, ScratchServer]:
+    """A [dr_site] standby per server (directories and ports under the group's workdir)."""
+    standbys = {s.name: group.restored(s.name) for s in group.servers}
+    text = "\n[dr_site]\nname = \"dr\"\n"
+    for name, sb in standbys.items():
+        text += (f'\n[[dr_site.standby]]\nserver = "{name}"\ndata_dir = "{sb.data_dir}"\n'
+                 f'host = "127.0.0.1"\nport = {sb.port}\nsocket_dir = "{sb.base_dir}"\n')
+    group.config_path.write_text(group.config_path.read_text() + extra + text)
+    return standbys
+
+
+def start_agent(config: Path) -> subprocess.Popen[str]:
+    """`markship run` for the group of `config` (stdout and stderr piped)."""
+    return subprocess.Popen([str(MARKSHIP), "--config", str(config), "run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextmanager
+def running_agent(config: Path) -> Iterator[subprocess.Popen[str]]:
+    """The agent, killed on the way out if the test did not stop it."""
+    agent = start_agent(config)
+    try:
+        yield agent
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+
+
+def stop_agent(agent: subprocess.Popen[str]) -> str:
+    """SIGTERM, as an operator stops it; returns its log (stderr)."""
+    agent.send_signal(signal.SIGTERM)
+    _out, err = agent.communicate(timeout=60)
+    return err
