@@ -121,6 +121,26 @@ def test_standby_fetch_killed(pg_group: GroupFactory) -> None:
     _fail_over(group, standbys, rows, mark)
 
 
+@pytest.mark.reliability("standby stopped mid-promotion",
+                         fault="a standby killed with its signal file removed and no new "
+                               "timeline yet (PostgreSQL 15 removes standby.signal just before "
+                               "it writes the timeline history file)",
+                         expected="failover asks it to recover again and promotes it exactly at "
+                                  "the mark, with every row; it never comes up as a primary "
+                                  "past the mark")
+def test_failover_finishes_a_promotion_cut_short(pg_group: GroupFactory) -> None:
+    group, ledger, standbys = _dr_group(pg_group)
+    group.ok("standby", "create")
+    rows = ledger.commit(30)
+    mark = new_mark(group)
+    ledger.commit(10)  # after the mark: lost by the failover, on purpose
+    cut = standbys["alpha"]
+    cut.kill9()
+    (cut.data_dir / "standby.signal").unlink()
+    _fail_over(group, standbys, rows, mark)
+    assert cut.psql("SELECT pg_is_in_recovery()") == "f"
+
+
 @pytest.mark.reliability("failover killed before promotion",
                          fault="kill -9 of markship failover once a standby was restarted with "
                                "the mark as its recovery target",

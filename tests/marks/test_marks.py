@@ -104,12 +104,12 @@ def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
     assert proc.returncode == 0, proc.stderr
     actions = {(r["server"], r["gid"]): r["action"] for r in json.loads(proc.stdout)}
     # A workload transfer may have been prepared, but not yet decided, when the mark was
-    # taken (prepare runs outside the barrier, alpha first): it must roll back everywhere.
+    # taken (prepare runs outside the barrier): it must roll back everywhere. It may be
+    # prepared on bravo and not on alpha although alpha prepares first: the restore points
+    # go out at once but land a moment apart, and both prepares can fall in between.
     in_flight = {key: action for key, action in actions.items()
                  if key[1].startswith("transfer-")}
     assert set(in_flight.values()) <= {"rollback"}, in_flight
-    assert ({gid for server, gid in in_flight if server == "bravo"}
-            <= {gid for server, gid in in_flight if server == "alpha"}), in_flight
     assert {key: action for key, action in actions.items() if key not in in_flight} == {
         ("alpha", "decided-then-crashed"): "commit",
         ("bravo", "decided-then-crashed"): "commit",

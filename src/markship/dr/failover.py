@@ -38,9 +38,11 @@ from markship.pg.commands import fetch_command
 from markship.pg.conninfo import scrub, secrets_of
 from markship.pg.datadir import (
     DataDir,
+    ask_for_recovery,
     postmaster_status,
     recovery_end,
     stopped_at,
+    stopped_in_archive_recovery,
     write_settings,
 )
 from markship.pg.lsn import format_lsn
@@ -100,6 +102,12 @@ def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
     data_dir = standby.data_dir
     wanted = f'at restore point "{mark.name}"'
     signals = (data_dir / "standby.signal").exists() or (data_dir / "recovery.signal").exists()
+    if not signals and stopped_at(data_dir) != wanted and stopped_in_archive_recovery(data_dir):
+        # PostgreSQL removes the signal files just before it writes the new timeline's history
+        # file: stopped in between (a failover killed while a standby promoted), the directory
+        # never left recovery. Started as it is it would come up as a primary past the mark.
+        ask_for_recovery(data_dir)
+        signals = True
     if not signals:
         if stopped_at(data_dir) == wanted:
             if postmaster_status(data_dir) is None:

@@ -136,20 +136,66 @@ def postmaster_status(data_dir: Path) -> str | None:
     return lines[7].strip() if len(lines) > 7 else "starting"
 
 
-DB_IN_PRODUCTION = 6  # DBState in pg_control.h, unchanged since PostgreSQL 9.0
+# DBState in pg_control.h, unchanged since PostgreSQL 9.0
+DB_SHUTDOWNED_IN_RECOVERY = 2
+DB_IN_ARCHIVE_RECOVERY = 5
+DB_IN_PRODUCTION = 6
 
 
-def in_production(data_dir: Path) -> bool:
-    """pg_control says the cluster is in production: recovery and promotion are finished."""
+def control_state(data_dir: Path) -> int | None:
+    """The cluster state pg_control holds (a DBState), or None when it cannot be read."""
     import struct
 
     try:
         with (data_dir / "global" / "pg_control").open("rb") as handle:
             head = handle.read(20)
     except OSError:
-        return False
+        return None
     # system_identifier (8 bytes), pg_control_version (4), catalog_version_no (4), state (4)
-    return len(head) == 20 and struct.unpack_from("=i", head, 16)[0] == DB_IN_PRODUCTION
+    return struct.unpack_from("=i", head, 16)[0] if len(head) == 20 else None
+
+
+def in_production(data_dir: Path) -> bool:
+    """pg_control says the cluster is in production: recovery and promotion are finished."""
+    return control_state(data_dir) == DB_IN_PRODUCTION
+
+
+def postmaster_alive(data_dir: Path) -> bool:
+    """A live process has the pid postmaster.pid names (a killed server leaves the file)."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # there, but not ours to read
+    return stat.rsplit(")", 1)[-1].split()[:1] not in (["Z"], ["X"])  # a zombie is dead
+
+
+def stopped_in_archive_recovery(data_dir: Path) -> bool:
+    """The server is down and pg_control says it never left archive recovery (it was stopped,
+    or killed, while a standby or while recovering to a target)."""
+    return not postmaster_alive(data_dir) and control_state(data_dir) in (
+        DB_SHUTDOWNED_IN_RECOVERY, DB_IN_ARCHIVE_RECOVERY)
+
+
+def ask_for_recovery(data_dir: Path) -> None:
+    """Put recovery.signal back, owned like the directory, so the next start recovers again
+    (to the target in the settings) instead of coming up as a primary."""
+    signal = data_dir / "recovery.signal"
+    with open(signal, "a") as handle:
+        os.fsync(handle.fileno())
+    if os.geteuid() == 0:
+        owner = data_dir.stat()
+        os.chown(signal, owner.st_uid, owner.st_gid)
+    directory = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def wait_until(data_dir: Path, until: str, wait_seconds: float) -> bool:
