@@ -1,9 +1,9 @@
 """Recovery drills: prove, on scratch servers, that the group can be brought back.
 
-A drill restores the whole group to one complete mark (`grouprestore.restore_group`) into a
-temporary directory on free loopback ports, settles prepared transactions as a failover would,
-runs the user's checks, measures RTO and RPO, stores a report (`drills/<id>.json` and `.md`)
-and always removes the scratch servers again. Production servers and DR standbys are never
+A drill restores the whole group to one complete mark (`backup.group_restore.restore_group`)
+into a temporary directory on free loopback ports, settles prepared transactions as a failover
+would, runs the user's checks, measures RTO and RPO, stores a report (`drills/<id>.json` and
+`.md`) and always removes the scratch servers again. Production servers and DR standbys are never
 contacted: the scratch servers run with `archive_mode = off`, on ports no configured server
 or standby uses, and every process the cleanup stops is found under the drill's own directory.
 
