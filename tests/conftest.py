@@ -18,12 +18,15 @@ import pytest
 
 from markship.agent import control
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
+from tests.support.s3 import S3Server, S3Store, new_store, start_s3_server
 from tests.support.servers import (
     MARKSHIP,
     OS_USER,
     PG_BIN,
+    FsStore,
     Group,
     GroupFactory,
+    RepoStore,
     write_config,
 )
 
@@ -90,16 +93,62 @@ def workdir() -> Iterator[Path]:
         Path(control.socket_path(str(path / "markship.toml"), uid)).unlink(missing_ok=True)
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3-compatible server on 127.0.0.1 (plain HTTP), one for the session."""
+    server = start_s3_server()
+    yield server
+    server.stop()
+    shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_tls_server() -> Iterator[S3Server]:
+    """The same over HTTPS, with a self-signed certificate (`ca_file` trusts it)."""
+    server = start_s3_server(tls=True)
+    yield server
+    server.stop()
+    shutil.rmtree(server.directory, ignore_errors=True)
+
+
 @pytest.fixture
-def pg_group(workdir: Path) -> Iterator[GroupFactory]:
+def s3_store(s3_server: S3Server, workdir: Path) -> Iterator[S3Store]:
+    """A fresh bucket of the session's S3 server and a credentials file in the workdir."""
+    store = new_store(s3_server, workdir)
+    yield store
+    store.drop()
+
+
+@pytest.fixture
+def s3_tls_store(s3_tls_server: S3Server, workdir: Path) -> Iterator[S3Store]:
+    store = new_store(s3_tls_server, workdir)
+    yield store
+    store.drop()
+
+
+@pytest.fixture
+def repository_kind() -> str:
+    """Where `pg_group` keeps the repository: "fs" (a directory) unless a test parametrizes
+    it (tests.support.s3.ON_FS_AND_S3)."""
+    return "fs"
+
+
+@pytest.fixture
+def pg_group(workdir: Path, repository_kind: str,
+             request: pytest.FixtureRequest) -> Iterator[GroupFactory]:
     """`pg_group(2)` starts two servers whose archive_command is markship wal-push."""
     groups: list[Group] = []
+    store: RepoStore
+    if repository_kind == "fs":
+        store = FsStore(workdir / "repo")
+    else:
+        store = request.getfixturevalue({"s3": "s3_store", "s3-tls": "s3_tls_store"}[
+            repository_kind])
 
     def start(count: int = 2, names: list[str] | None = None,
               settings: dict[str, str] | None = None) -> Group:
         names = names or ["alpha", "bravo", "charlie", "delta"][:count]
         config_path = workdir / "markship.toml"
-        repo = workdir / "repo"
         servers = []
         for name in names:
             archive = f"{MARKSHIP} --config {config_path} wal-push --server {name} %p"
@@ -108,8 +157,8 @@ def pg_group(workdir: Path) -> Iterator[GroupFactory]:
             base_settings.update(settings or {})
             servers.append(ScratchServer(name, workdir / name, free_port(), os_user=OS_USER,
                                          settings=base_settings))
-        write_config(config_path, repo, servers)
-        group = Group(workdir, servers, config_path, repo)
+        write_config(config_path, store, servers)
+        group = Group(workdir, servers, config_path, store)
         groups.append(group)
         for server in servers:
             server.initdb()

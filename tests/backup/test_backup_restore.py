@@ -10,9 +10,11 @@ from pathlib import Path
 
 from markship.pg.scratch import wait_archived
 from tests.support.fingerprints import load_pgbench, pgbench_fingerprint
+from tests.support.s3 import ON_FS_AND_S3
 from tests.support.servers import MARKSHIP, GroupFactory
 
 
+@ON_FS_AND_S3
 def test_backup_then_restore_every_server_to_latest(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     for server in group.servers:

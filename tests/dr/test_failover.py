@@ -17,6 +17,7 @@ from markship.client import setup_decisions
 from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer, create_ledger, transfer_workload
 from tests.support.checks import wait_for
+from tests.support.s3 import ON_FS_AND_S3
 from tests.support.servers import MARKSHIP, OS_USER, Group, GroupFactory, run_markship
 
 ACCOUNTS = 10
@@ -59,6 +60,7 @@ def _replay_lsn(sb: ScratchServer) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
+@ON_FS_AND_S3
 def test_group_failover_to_one_mark(pg_group: GroupFactory) -> None:
     group = pg_group(3)
     _setup(group)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import random
 import signal
@@ -15,6 +16,8 @@ import pytest
 from markship.client import barrier_key, commit_decided
 from markship.dr.drill import free_port_range
 from markship.pg.scratch import ScratchServer, chown_to
+from markship.repository import layout
+from tests.support.s3 import ON_FS_AND_S3
 from tests.support.servers import MARKSHIP, OS_USER, GroupFactory
 from tests.support.workloads import (
     ACCOUNTS,
@@ -25,6 +28,7 @@ from tests.support.workloads import (
 )
 
 
+@ON_FS_AND_S3
 def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     alpha, bravo = group.servers
@@ -91,11 +95,12 @@ def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
     assert states[the_mark]["complete"], states[the_mark]
     assert all(states[m]["complete"] for m in marks)
     # The agent's WAL receivers delivered the marks: no 16 MB WAL switch per mark.
-    delivery = [json.loads((group.repo / "marks" / f"{m}.json").read_text())["body"]["delivery"]
+    delivery = [json.loads(group.store.read(layout.mark_key(m)))["body"]["delivery"]
                 for m in marks]
     streamed = [d for d in delivery if set(d.values()) == {"stream"}]
     assert len(streamed) >= len(marks) - 3, delivery
-    archived = list((group.repo / "wal" / "alpha").rglob("00000001*-*.zst"))
+    archived = [k for k in group.store.stored_keys(layout.wal_prefix("alpha"))
+                if fnmatch.fnmatch(k.rsplit("/", 1)[-1], "00000001*-*.zst")]
     assert len(archived) < len(marks) / 2, f"{len(archived)} segments for {len(marks)} marks"
 
     restored = {s.name: group.restore(s.name, "--name", the_mark) for s in group.servers}
@@ -165,6 +170,7 @@ def test_mark_names_never_repeat(pg_group: GroupFactory, name: str) -> None:
     assert again.returncode != 0 and "already exists" in again.stderr
 
 
+@ON_FS_AND_S3
 def test_restore_group_to_a_mark_from_backups(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     alpha, bravo = group.servers

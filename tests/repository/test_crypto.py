@@ -12,6 +12,8 @@ from pathlib import Path
 import blake3
 
 from markship.pg.scratch import chown_to
+from markship.repository import layout
+from tests.support.s3 import ON_FS_AND_S3
 from tests.support.servers import MARKSHIP, OS_USER, GroupFactory, run_markship
 
 
@@ -36,6 +38,7 @@ def test_key_create_is_private_and_never_overwrites(workdir: Path) -> None:
     assert "Traceback" not in again.stderr
 
 
+@ON_FS_AND_S3
 def test_encrypted_backup_wal_and_marks_round_trip(pg_group: GroupFactory) -> None:
     group = pg_group(1)
     alpha = group.servers[0]
@@ -50,21 +53,23 @@ def test_encrypted_backup_wal_and_marks_round_trip(pg_group: GroupFactory) -> No
     alpha.psql("INSERT INTO notes VALUES (3)")
     group.ok("mark")  # the first mark's segment is archived behind it
 
-    objects = [p for p in group.repo.rglob("*") if p.is_file()
-               and p.relative_to(group.repo).parts[0] not in ("locks", "stream")]
-    assert any("/wal/" in str(p) for p in objects) and any("/marks/" in str(p) for p in objects)
-    for path in objects:
-        assert path.read_bytes().startswith(b"age-encryption.org/v1\n"), path
+    objects = [k for k in group.store.stored_keys() if k.split("/")[0] not in ("locks", "stream")]
+    assert any(k.startswith("wal/") for k in objects)
+    assert any(k.startswith("marks/") for k in objects)
+    for key in objects:
+        assert group.store.read(key).startswith(b"age-encryption.org/v1\n"), key
 
     # A WAL segment opens with `age -d` + `zstd -d`, byte for byte the archived file: its
     # BLAKE3 is the one the object's name carries (computed from the original at push time).
-    segment = next(p for p in objects if "/wal/alpha/0000" in str(p) and p.name[24] == "-")
-    age = subprocess.run(["age", "-d", "-i", str(identity), str(segment)], capture_output=True,
-                         check=True)
+    segment = next(k for k in objects if k.startswith("wal/alpha/0000")
+                   and k.rsplit("/", 1)[1][24] == "-")
+    age = subprocess.run(["age", "-d", "-i", str(identity)], input=group.store.read(segment),
+                         capture_output=True, check=True)
     raw = subprocess.run(["zstd", "-d", "-c"], input=age.stdout, capture_output=True,
                          check=True).stdout
     assert len(raw) == 16 << 20
-    assert "b3." + blake3.blake3(raw).hexdigest() == segment.name.split("-")[1].removesuffix(".zst")
+    digest = segment.rsplit("/", 1)[1].split("-")[1].removesuffix(".zst")
+    assert "b3." + blake3.blake3(raw).hexdigest() == digest
 
     restored = group.restore("alpha", "--name", mark)
     assert restored.psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1,2}"
@@ -89,16 +94,16 @@ def test_encrypted_backup_wal_and_marks_round_trip(pg_group: GroupFactory) -> No
     # is named and skipped (the other marks stay listed), and verify fails on it.
     group.config_path.write_text(plain_config + f'\n[encryption]\nrecipient = "{recipient}"\n'
                                  f'identity_file = "{identity}"\n')
-    planted = group.repo / "marks" / f"{mark}.json"
-    saved = planted.read_bytes()
-    planted.write_bytes(b'{"not": "encrypted"}\n')
+    planted = layout.mark_key(mark)
+    saved = group.store.read(planted)
+    group.store.write(planted, b'{"not": "encrypted"}\n')
     refused = group.markship("marks", "--json")
     assert "is not encrypted, but encryption is on; it was skipped" in refused.stderr
     assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
     listed = [m["name"] for m in json.loads(refused.stdout)]
     assert mark not in listed and len(listed) == 1, listed
     assert group.markship("verify").returncode != 0
-    planted.write_bytes(saved)
+    group.store.write(planted, saved)
 
     # No [encryption] at all: the objects are recognised as encrypted.
     group.config_path.write_text(plain_config)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
 
@@ -39,6 +40,53 @@ def markship_ok(config: Path, *args: str, user: str | None = None) -> str:
     return proc.stdout
 
 
+class RepoStore(Protocol):
+    """A group's repository as a test sees it: where the config points, and the stored objects
+    by key (the same keys on every backend; tests/support/s3.py has the S3 one)."""
+
+    kind: str  # "fs" or "s3"
+
+    def config_lines(self) -> str:
+        """The location keys of the [repository] table."""
+        ...
+
+    def stored_keys(self, prefix: str = "") -> list[str]:
+        """Every stored key starting with `prefix`, sorted."""
+        ...
+
+    def read(self, key: str) -> bytes: ...
+
+    def write(self, key: str, data: bytes) -> None: ...
+
+
+@dataclass
+class FsStore:
+    """A repository in a directory."""
+
+    path: Path
+    kind: str = "fs"
+
+    def config_lines(self) -> str:
+        return f'path = "{self.path}"\n'
+
+    def stored_keys(self, prefix: str = "") -> list[str]:
+        if not self.path.is_dir():
+            return []
+        found = (p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
+                 if p.is_file())
+        return sorted(k for k in found if k.startswith(prefix))
+
+    def read(self, key: str) -> bytes:
+        return (self.path / key).read_bytes()
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self.path / key
+        created = not path.exists()
+        path.write_bytes(data)
+        if created:
+            chown_to(path, OS_USER)
+
+
 @dataclass
 class Group:
     """Servers of one group, the config describing them, and its repository."""
@@ -46,8 +94,16 @@ class Group:
     workdir: Path
     servers: list[ScratchServer]
     config_path: Path
-    repo: Path
+    store: RepoStore
     extra: list[ScratchServer] = field(default_factory=list)
+
+    @property
+    def repo(self) -> Path:
+        """The repository's directory (a test that reads it so runs on the file system only;
+        `store` reads any backend)."""
+        assert isinstance(self.store, FsStore), \
+            f"this test reads the repository as a directory; it is {self.store.kind}"
+        return self.store.path
 
     def markship(self, *args: str, user: str | None = None,
                  timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -86,8 +142,11 @@ def new_mark(group: Group) -> str:
     return str(json.loads(group.ok("mark", "--json"))["name"])
 
 
-def write_config(path: Path, repo: Path, servers: list[ScratchServer], extra: str = "") -> None:
-    text = f'[group]\nname = "testgroup"\n\n[repository]\npath = "{repo}"\nos_user = "{OS_USER}"\n'
+def write_config(path: Path, repo: Path | RepoStore, servers: list[ScratchServer],
+                 extra: str = "") -> None:
+    """`repo`: a directory, or any repository store."""
+    location = (FsStore(repo) if isinstance(repo, Path) else repo).config_lines()
+    text = f'[group]\nname = "testgroup"\n\n[repository]\n{location}os_user = "{OS_USER}"\n'
     for server in servers:
         text += (f'\n[[server]]\nname = "{server.name}"\nconninfo = "{server.conninfo()}"\n'
                  f'data_dir = "{server.data_dir}"\n')
@@ -95,7 +154,8 @@ def write_config(path: Path, repo: Path, servers: list[ScratchServer], extra: st
     path.chmod(0o644)
 
 
-def write_offline_config(path: Path, repo: Path, server: str = "orders", extra: str = "") -> None:
+def write_offline_config(path: Path, repo: Path | RepoStore, server: str = "orders",
+                         extra: str = "") -> None:
     """A config whose one server nobody listens for (port 1): enough for commands that never
     connect to it (the config requires a server)."""
     write_config(path, repo, [], extra=(
