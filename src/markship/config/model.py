@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationError,
@@ -43,8 +44,8 @@ class GroupSection(_Section):
 S3_URL_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_.=+-]+)*/?$"
 
 
-class RepositorySection(_Section):
-    """Where the repository is: `path` (a local or mounted directory) or `url` (S3-compatible
+class _Storage(_Section):
+    """Where a repository is: `path` (a local or mounted directory) or `url` (S3-compatible
     object storage, with `endpoint`, `region`, `credentials_file`, `ca_file`)."""
 
     path: Path | None = None
@@ -55,9 +56,6 @@ class RepositorySection(_Section):
     ca_file: Path | None = None
     # S3 locks are leases: a holder that died loses its lock after this many seconds.
     lease_seconds: Annotated[float, Field(ge=5, le=600)] = 15.0
-    os_user: str = "postgres"
-    compression_level: Annotated[int, Field(ge=1, le=19)] = 1
-    push_ahead: Annotated[int, Field(ge=0, le=64)] = 8
 
     @field_validator("path", "credentials_file", "ca_file")
     @classmethod
@@ -67,7 +65,7 @@ class RepositorySection(_Section):
         return value
 
     @model_validator(mode="after")
-    def _one_location(self) -> RepositorySection:
+    def _one_location(self) -> _Storage:
         if (self.path is None) == (self.url is None):
             raise ValueError("set exactly one of path (a directory) and url "
                              "(s3://bucket/prefix)")
@@ -87,6 +85,37 @@ class RepositorySection(_Section):
     @property
     def on_object_storage(self) -> bool:
         return self.url is not None
+
+
+class CopySection(_Storage):
+    """A second repository every object also lands in ([[repository.copy]]): `async` (the
+    agent copies new objects within seconds) or `sync` (wal-push succeeds only once both
+    hold the segment)."""
+
+    name: ConfigName
+    mode: Literal["async", "sync"] = "async"
+
+
+class RepositorySection(_Storage):
+    os_user: str = "postgres"
+    compression_level: Annotated[int, Field(ge=1, le=19)] = 1
+    push_ahead: Annotated[int, Field(ge=0, le=64)] = 8
+    # With the repositories unreachable and more WAL than this waiting, wal-push lets
+    # PostgreSQL recycle the oldest segments (recorded as a gap); None: never drop WAL.
+    archive_queue_max: ByteSize | None = None
+    copies: Annotated[list[CopySection], Field(alias="copy")] = []
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _copies(self) -> RepositorySection:
+        names = [c.name for c in self.copies]
+        if len(set(names)) != len(names):
+            raise ValueError("two [[repository.copy]] tables have the same name")
+        places = [self.location, *(c.location for c in self.copies)]
+        if len(set(places)) != len(places):
+            raise ValueError("a [[repository.copy]] names the repository itself or another "
+                             "copy: each copy must be a different place")
+        return self
 
 
 class EncryptionSection(_Section):

@@ -10,7 +10,7 @@ from markship.repository.objects import ObjectInfo, StoredObject, TempObject
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from markship.config.model import RepositorySection
+    from markship.config.model import CopySection, RepositorySection
     from markship.repository.base import Repository
     from markship.repository.s3 import S3Location
 
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def location_of(section: RepositorySection) -> str | S3Location:
+def location_of(section: RepositorySection | CopySection) -> str | S3Location:
     """Where the configured repository is: a directory, or an S3 location."""
     if section.url is None:
         assert section.path is not None  # the model requires one of them
