@@ -94,14 +94,10 @@ def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
     states = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
     assert states[the_mark]["complete"], states[the_mark]
     assert all(states[m]["complete"] for m in marks)
-    # The agent's WAL receivers delivered the marks: no 16 MB WAL switch per mark.
     delivery = [json.loads(group.store.read(layout.mark_key(m)))["body"]["delivery"]
                 for m in marks]
-    streamed = [d for d in delivery if set(d.values()) == {"stream"}]
-    assert len(streamed) >= len(marks) - 3, delivery
     archived = [k for k in group.store.stored_keys(layout.wal_prefix("alpha"))
                 if fnmatch.fnmatch(k.rsplit("/", 1)[-1], "00000001*-*.zst")]
-    assert len(archived) < len(marks) / 2, f"{len(archived)} segments for {len(marks)} marks"
 
     restored = {s.name: group.restore(s.name, "--name", the_mark) for s in group.servers}
     proc = group.markship("resolve", "--decisions", "alpha", "--json",
@@ -132,6 +128,12 @@ def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
     assert decided == on_alpha == on_bravo
     assert "decided-then-crashed" in decided and "never-decided" not in decided
     assert len(decided) > 3
+
+    # The agent's WAL receivers delivered the marks: no 16 MB WAL switch per mark. (Checked
+    # last: the restore above is what matters most, whatever the delivery.)
+    streamed = [d for d in delivery if set(d.values()) == {"stream"}]
+    assert len(streamed) >= len(marks) - 3, delivery
+    assert len(archived) < len(marks) / 2, f"{len(archived)} segments for {len(marks)} marks"
 
 
 def test_busy_barrier_skips_the_mark_instead_of_blocking(pg_group: GroupFactory) -> None:

@@ -51,31 +51,50 @@ def _answers(url: str, ca_file: Path | None) -> bool:
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost: (certificate, key) PEM files.
-    The certificate is also the CA file a client trusts it with."""
+    """A private CA (`s3-ca.pem`, what a client trusts) and a certificate it signed for
+    127.0.0.1 and localhost: (certificate, key) PEM files for the server."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "markship test S3")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+
+    def issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
+              issuer_key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=2))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                                  critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = (builder
+                       .add_extension(x509.SubjectAlternativeName([
+                           x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                           x509.DNSName("localhost")]), critical=False)
+                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                                      critical=False))
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = issue("markship test CA", ca_key, "markship test CA", ca_key, ca=True)
+    cert = issue("127.0.0.1", key, "markship test CA", ca_key, ca=False)
+    ca_path = directory / "s3-ca.pem"
     cert_path, key_path = directory / "s3-cert.pem", directory / "s3-key.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    ca_path.chmod(0o644)  # markship reads it as the postgres user
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    cert_path.chmod(0o644)  # markship reads it as the postgres user
     return cert_path, key_path
 
 
@@ -95,7 +114,7 @@ class S3Server:
 
     @property
     def ca_file(self) -> Path | None:
-        return self.directory / "s3-cert.pem" if self.tls else None
+        return self.directory / "s3-ca.pem" if self.tls else None
 
     @property
     def log(self) -> Path:
@@ -154,6 +173,7 @@ def start_s3_server(directory: Path | None = None, tls: bool = False,
     """moto's server on a free port of 127.0.0.1, answering (a few ports are tried: another
     process may take the free port first)."""
     directory = directory or Path(tempfile.mkdtemp(prefix="markship-s3-"))
+    directory.mkdir(exist_ok=True)
     directory.chmod(0o755)  # the postgres user reads the CA file in it
     for attempt in range(3):
         server = S3Server(directory, free_port(), tls=tls, env=env or {})
@@ -187,11 +207,13 @@ class S3Store:
     credentials_file: Path
     endpoint: str = ""
     prefix: str = PREFIX
+    access_key: str = ACCESS_KEY_ID
+    secret: str = SECRET_ACCESS_KEY
     kind: str = "s3"
 
     def __post_init__(self) -> None:
         self.endpoint = self.endpoint or self.server.endpoint
-        self._client = self.server.client()
+        self._client = self.server.client(self.access_key, self.secret)
 
     @property
     def url(self) -> str:
@@ -245,9 +267,30 @@ class S3Store:
             self._client.delete_bucket(Bucket=self.bucket)
 
 
-def new_store(server: S3Server, directory: Path, endpoint: str = "") -> S3Store:
+def new_store(server: S3Server, directory: Path, endpoint: str = "",
+              access_key: str = ACCESS_KEY_ID, secret: str = SECRET_ACCESS_KEY) -> S3Store:
     """A fresh bucket on `server` and a credentials file in `directory`."""
     bucket = f"ms-test-{uuid.uuid4().hex[:12]}"
-    server.client().create_bucket(Bucket=bucket)
-    credentials = write_credentials(directory / "s3.env")
-    return S3Store(server, bucket, credentials, endpoint=endpoint)
+    server.client(access_key, secret).create_bucket(Bucket=bucket)
+    credentials = write_credentials(directory / "s3.env", access_key, secret)
+    return S3Store(server, bucket, credentials, endpoint=endpoint, access_key=access_key,
+                   secret=secret)
+
+
+def require_signatures(server: S3Server) -> tuple[str, str]:
+    """Make `server` check the signature of every request from now on (moto accepts any
+    credentials otherwise); returns the access key id and secret of a user allowed
+    everything. Applies to the whole server: use a server of the test's own."""
+    import json
+
+    iam = server.client(service="iam")
+    iam.create_user(UserName="markship")
+    iam.put_user_policy(UserName="markship", PolicyName="everything",
+                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+                            {"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="markship")["AccessKey"]
+    request = urllib.request.Request(server.endpoint + "/moto-api/reset-auth", data=b"0",
+                                     method="POST", headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+    return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
