@@ -18,6 +18,7 @@ import pytest
 
 from markship.agent import control
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
+from tests.support.netcut import Relay
 from tests.support.s3 import S3Server, S3Store, new_store, start_s3_server
 from tests.support.servers import (
     MARKSHIP,
@@ -127,9 +128,25 @@ def s3_tls_store(s3_tls_server: S3Server, workdir: Path) -> Iterator[S3Store]:
 
 
 @pytest.fixture
+def s3_relay(s3_server: S3Server) -> Iterator[Relay]:
+    """A relay to the session's S3 server that the test can cut (tests/support/netcut.py)."""
+    with Relay(s3_server.port) as relay:
+        yield relay
+
+
+@pytest.fixture
+def s3_relayed_store(s3_server: S3Server, s3_relay: Relay, workdir: Path) -> Iterator[S3Store]:
+    """A fresh bucket markship reaches through `s3_relay`."""
+    store = new_store(s3_server, workdir, endpoint=s3_relay.endpoint)
+    yield store
+    store.drop()
+
+
+@pytest.fixture
 def repository_kind() -> str:
     """Where `pg_group` keeps the repository: "fs" (a directory) unless a test parametrizes
-    it (tests.support.s3.ON_FS_AND_S3)."""
+    it (tests.support.s3.ON_FS_AND_S3): "s3", "s3-tls" (HTTPS, ca_file), "s3-relay"
+    (through `s3_relay`)."""
     return "fs"
 
 
@@ -142,8 +159,8 @@ def pg_group(workdir: Path, repository_kind: str,
     if repository_kind == "fs":
         store = FsStore(workdir / "repo")
     else:
-        store = request.getfixturevalue({"s3": "s3_store", "s3-tls": "s3_tls_store"}[
-            repository_kind])
+        store = request.getfixturevalue({"s3": "s3_store", "s3-tls": "s3_tls_store",
+                                         "s3-relay": "s3_relayed_store"}[repository_kind])
 
     def start(count: int = 2, names: list[str] | None = None,
               settings: dict[str, str] | None = None) -> Group:

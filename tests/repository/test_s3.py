@@ -15,6 +15,7 @@ import pytest
 from markship.pg.scratch import as_user, chown_to, free_port, wait_archived
 from markship.repository import catalog, layout
 from markship.repository.fs import FsRepository
+from tests.support.checks import wait_for
 from tests.support.fingerprints import load_pgbench
 from tests.support.s3 import (
     ACCESS_KEY_ID,
@@ -198,6 +199,15 @@ def test_https_endpoint_trusted_through_ca_file(workdir: Path, s3_tls_store: S3S
     _stops_recovery(_fetch(config, wal))
 
 
+def _args(pid: str) -> str:
+    """A process's command line as `ps -eo args` prints it ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def _holds_secret(data: bytes) -> bool:
     return SECRET_ACCESS_KEY.encode() in data or ACCESS_KEY_ID.encode() in data
 
@@ -214,26 +224,36 @@ def test_credentials_never_show(pg_group: GroupFactory) -> None:
     leaked: list[str] = []
     stop = threading.Event()
 
+    def look(lines: list[str]) -> None:
+        for line in lines:
+            if "markship" in line or "pg_basebackup" in line or "pg_receivewal" in line:
+                seen.append(line)
+            if _holds_secret(line.encode()):
+                leaked.append(line)
+
     def watch() -> None:
+        # What `ps -eo args` shows, read from /proc (ps's source) between two runs of ps
+        # itself: a wal-push of a small segment lives for a few milliseconds only.
         while not stop.is_set():
             listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
-                                     check=True).stdout
-            for line in listing.splitlines():
-                if "markship" in line or "pg_basebackup" in line or "pg_receivewal" in line:
-                    seen.append(line)
-                if _holds_secret(line.encode()):
-                    leaked.append(line)
-            time.sleep(0.01)
+                                     check=False).stdout
+            look(listing.splitlines())
+            for _ in range(50):
+                look([_args(pid) for pid in os.listdir("/proc") if pid.isdigit()])
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     outputs: list[subprocess.CompletedProcess[str]] = []
     try:
+        # The watcher sees a process that lives as briefly as a wal-push.
+        subprocess.run(["sh", "-c", "sleep 0.05", "markship-probe"], check=True)
+        wait_for(lambda: any("markship-probe" in line for line in seen), "the probe seen",
+                 timeout=10)
         outputs.append(group.markship("backup"))
         # Enough WAL that the archiver's wal-push shows up in the process list.
         deadline = time.monotonic() + 180
         while not any(" wal-push " in line for line in seen):
-            assert time.monotonic() < deadline, "no wal-push seen running"
+            assert time.monotonic() < deadline and watcher.is_alive(), "no wal-push seen"
             alpha.run("pgbench", "-n", "-t", "500", "-d", alpha.conninfo())
             alpha.psql("SELECT pg_switch_wal()")
         wait_archived(alpha)
