@@ -9,6 +9,7 @@ import subprocess
 import time
 
 from tests.support.checks import marks_of, wait_for
+from tests.support.s3 import ON_FS_AND_S3
 from tests.support.servers import MARKSHIP, Group, GroupFactory, start_agent, stop_agent
 
 
@@ -18,6 +19,7 @@ def _standby(group: Group) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@ON_FS_AND_S3
 def test_standby_agent_takes_over_when_the_agent_is_killed(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
