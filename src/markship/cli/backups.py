@@ -74,14 +74,23 @@ def list_sets(ctx: Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
-    """Per server: last backup, archived WAL, archive lag and archiver failures."""
+    """Per server: last backup, archived WAL, archive lag and archiver failures; WAL dropped
+    by pg_wal protection and the time it puts out of reach."""
     from markship.backup.status import group_status
     from markship.marks.choose import newest_complete
+    from markship.repository.restorable import Gaps
 
     config = ctx.config
     repo = ctx.repository()
     result = group_status(config, repo)
     problems = [f"{s.server}: {s.repository_error}" for s in result if s.repository_error]
+    try:
+        gaps = Gaps(repo).states()
+    except RepositoryError as exc:
+        gaps = []
+        problems.append(f"WAL gaps cannot be told: {exc.one_line()}")
+    problems += [f"{g.text()}: take a full backup (markship backup; the agent takes one as "
+                 "soon as the repository can be written)" for g in gaps if g.healed_by is None]
     try:
         newest = newest_complete(repo, config)
     except RepositoryError as exc:  # a server's WAL folder cannot be read
@@ -90,7 +99,7 @@ def status(ctx: Context, as_json: bool) -> None:
     from markship.repository.keys import backup_warning
 
     key_warning = backup_warning(config, repo)
-    output.writer(as_json).status(result, newest, key_warning, problems)
+    output.writer(as_json).status(result, newest, key_warning, problems, gaps)
     if problems or not all(s.reachable for s in result):
         sys.exit(1)
 

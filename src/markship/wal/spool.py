@@ -26,6 +26,23 @@ def spool_dir(config_path: str, server: str) -> str:
     return os.path.join(_top(), escaped, server)
 
 
+def gap_dir(config_path: str, server: str) -> str:
+    """Where wal-push keeps the records of WAL it dropped (markship.wal.guard) until the
+    repository takes them; '~' keeps it apart from every server's spool (names.py)."""
+    return os.path.join(os.path.dirname(spool_dir(config_path, "x")), "~gaps", server)
+
+
+def trusted() -> bool:
+    """The spool is ours alone (created here when missing): what is kept in it can be
+    relied on."""
+    if not os.path.isdir(_top()):
+        try:
+            os.makedirs(_top(), mode=0o700, exist_ok=True)
+        except OSError:
+            return False
+    return _trusted()
+
+
 def _trusted() -> bool:
     """The spool is ours alone: a marker planted by another user must never count."""
     try:
