@@ -80,21 +80,25 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     in_gap = ""
     largest = 0
+    samples: list[tuple[int, int]] = []  # (pg_wal MiB, segments waiting), for the message
     try:
-        while _wal_written(alpha, start_lsn) < 35 * SEGMENT:
+        while _wal_written(alpha, start_lsn) < 60 * SEGMENT:
             alpha.psql("INSERT INTO bulk SELECT g, repeat('x', 400) "
-                       "FROM generate_series(1, 60000) g")
+                       "FROM generate_series(1, 30000) g")
             if not in_gap:
                 in_gap = new_mark(group)  # its segment is among the first given up
             largest = max(largest, _pg_wal_bytes(alpha))
+            samples.append((_pg_wal_bytes(alpha) >> 20, len(ready_files(alpha))))
         wait_for(lambda: len(ready_files(alpha)) * SEGMENT <= QUEUE_MAX + SEGMENT,
                  "the backlog to come down to archive_queue_max", timeout=120, interval=0.5)
         largest = max(largest, _pg_wal_bytes(alpha))
     finally:
         load.terminate()
         load.wait()
-    # Without the limit pg_wal would hold all 35 segments written since the outage began.
-    assert largest <= QUEUE_MAX + 8 * SEGMENT, f"pg_wal grew to {largest >> 20} MiB"
+    # Without the limit pg_wal would hold all 60 segments written since the outage began.
+    # A few segments more: PostgreSQL's archiver waits a second between its three tries of a
+    # file, and its checkpoints keep max_wal_size and recycled segments.
+    assert largest <= QUEUE_MAX + 12 * SEGMENT, f"pg_wal grew to {largest >> 20} MiB: {samples}"
     log = alpha.log_file.read_text(errors="replace")
     assert "Traceback" not in log
     assert "given up so PostgreSQL can recycle them, recorded as a WAL gap" in log
@@ -115,7 +119,7 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
     gap = gaps[0]
     first = parse_segment_name(gap["first_segment"])
     last = parse_segment_name(gap["last_segment"])
-    assert last.number - first.number + 1 == gap["segments"] >= 35 - 8, gap
+    assert last.number - first.number + 1 == gap["segments"] >= 60 - 16, gap
     assert gap["wal_from"].endswith("Z") and gap["wal_to"].endswith("Z")
     assert gap["wal_from"] <= gap["wal_to"] and gap["unrestorable_until"] is None
     mark_file = next(m for m in marks_of(group) if m["name"] == in_gap)["points"]["alpha"]
@@ -165,6 +169,9 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
     gaps = json.loads(status.stdout)["wal_gaps"]
     assert gaps[0]["restorable_again"] and gaps[0]["unrestorable_until"], gaps
     assert status.returncode == 0, status.stdout
+    steps = {s["title"]: s for s in json.loads(group.markship("checklist", "--json").stdout)}
+    step = next(s for t, s in steps.items() if "pg_wal protection" in t)
+    assert step["state"] == "✓" and "restorable again from backup set" in step["evidence"]
 
     restored = ScratchServer("alpha", group.workdir / "healed-alpha", free_port(),
                              os_user=OS_USER)

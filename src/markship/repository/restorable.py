@@ -264,6 +264,5 @@ class Gaps:
             if not any(b.start_segment > newest.last and b.timeline == point.timeline
                        and b.stop_lsn <= point.lsn for b in self.backups(server)):
                 lost[server] = (f"the WAL from its newest backup of {server} crosses "
-                                f"{gap_text(newest)}; marks after the next full backup are "
-                                "restorable")
+                                f"{gap_text(newest)}")
         return lost
