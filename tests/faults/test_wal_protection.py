@@ -54,7 +54,8 @@ def _wal_written(server: ScratchServer, since: str) -> int:
              "and recorded as a gap once the repository is back; status and checklist show "
              "✗ with its time range; marks in and after the gap are refused by restore "
              "--group and failover in one line; the agent's next full backup makes a new "
-             "mark complete and a restore to it has every row")
+             "mark complete and a restore to it has every row; failover to it is refused "
+             "while a standby stands before the gap")
 def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> None:
     # Small max_wal_size: checkpoints come often, so pg_wal holds little besides the backlog.
     group = pg_group(1, settings={"max_wal_size": "32MB", "min_wal_size": "32MB"})
@@ -143,7 +144,9 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
             "restore", "--group", "--mark", name, "--port-base", "7400",
             "--target-dir", str(group.workdir / "refused-{server}")))
         assert f"mark {name} cannot be restored" in line and "pg_wal protection" in line, line
+    # A DR standby made now starts from the backup before the gap: it can never pass it.
     add_dr_site(group)
+    group.ok("standby", "create")
     line = refused_line(group.markship("failover", "--mark", in_gap))
     assert f"mark {in_gap} cannot be restored: its point on alpha lies in WAL of server " \
            "alpha dropped by pg_wal protection" in line, line
@@ -183,3 +186,9 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
                           str(group.workdir / "healed-{server}" / "data"))
     assert proc.returncode == 0, proc.stderr
     assert Ledger.count_on(restored) == rows
+    # Production is gone: failing over to the new mark is refused while the standby stands
+    # before the gap (it would wait for WAL that no longer exists).
+    alpha.stop()
+    line = refused_line(group.markship("failover", "--mark", healed))
+    assert f"the standby of alpha cannot reach mark {healed}: it stands before WAL of server " \
+           "alpha dropped by pg_wal protection" in line, line
