@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -186,6 +187,15 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
                           str(group.workdir / "healed-{server}" / "data"))
     assert proc.returncode == 0, proc.stderr
     assert Ledger.count_on(restored) == rows
+    # The gap record goes with the WAL around it: once no kept backup starts before it.
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    gap_name = f"alpha/{gap['first_segment']}"
+    assert json.loads(group.ok("expire", "--dry-run", "--json", "--now", later))[
+        "delete_gaps"] == []  # min_sets = 2 keeps the backup before the gap
+    group.config_path.write_text(group.config_path.read_text() + "\n[retention]\nmin_sets = 1\n")
+    plan = json.loads(group.ok("expire", "--dry-run", "--json", "--now", later))
+    assert plan["delete_gaps"] == [gap_name]
+    assert f"gaps/{gap_name}.json" in plan["delete_keys"]
     # Production is gone: failing over to the new mark is refused while the standby stands
     # before the gap (it would wait for WAL that no longer exists).
     alpha.stop()
