@@ -89,8 +89,8 @@ def status(ctx: Context, as_json: bool) -> None:
     except RepositoryError as exc:
         gaps = []
         problems.append(f"WAL gaps cannot be told: {exc.one_line()}")
-    problems += [f"{g.text()}: take a full backup (markship backup; the agent takes one as "
-                 "soon as the repository can be written)" for g in gaps if g.healed_by is None]
+    problems += [f"{g.text()} (markship backup; the agent takes one as soon as the "
+                 "repository can be written)" for g in gaps if g.healed_by is None]
     try:
         newest = newest_complete(repo, config)
     except RepositoryError as exc:  # a server's WAL folder cannot be read
