@@ -111,9 +111,9 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
                                         settings.archive_queue_max, exc)):
                 raise
             return 0
-        from markship.wal import guard
+        from markship.wal import spool  # loaded already (the spool markers' fast path)
 
-        if guard.waiting(config_path, server):  # WAL was dropped before: record it now
+        if os.path.isdir(spool.gap_dir(config_path, server)):  # WAL was dropped: record it
             _flush_gaps(repo, config_path, server, os.path.basename(path))
         return 0
     from markship.wal.fetch import fetch, fetch_streamed, standby_ceiling

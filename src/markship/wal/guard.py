@@ -82,8 +82,8 @@ def give_up_oldest(config_path: str, server: str, path: str, queue_max: int,
 
 
 def waiting(config_path: str, server: str) -> bool:
-    """Whether gap records of `server` wait in the spool (one stat(): wal-push asks this on
-    every successful push)."""
+    """Whether gap records of `server` wait in the spool (one stat(); wal-push asks the
+    same of spool.gap_dir on every successful push, without importing this module)."""
     from markship.wal import spool
 
     return os.path.isdir(spool.gap_dir(config_path, server))
