@@ -177,6 +177,12 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
     step = next(s for t, s in steps.items() if "pg_wal protection" in t)
     assert step["state"] == "✓" and "restorable again from backup set" in step["evidence"]
 
+    # verify names the recorded gap as a known loss, not as damage.
+    report = json.loads(group.markship("verify", "--json").stdout)
+    assert report["ok"] and len(report["known_gaps"]) == 1, report
+    assert report["known_gaps"][0].startswith(
+        f"WAL of server alpha dropped by pg_wal protection: {gap['first_segment']}..")
+
     restored = ScratchServer("alpha", group.workdir / "healed-alpha", free_port(),
                              os_user=OS_USER)
     restored.base_dir.mkdir()

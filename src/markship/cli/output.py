@@ -116,10 +116,15 @@ class TextOutput:
             click.echo(f"✗ backup set {sid} is not restorable: {'; '.join(reasons)}")
         for sid, reasons in report.incomplete_sets.items():
             click.echo(f"- backup set {sid} is incomplete and ignored: {'; '.join(reasons)}")
+        for line in report.known_gaps:
+            click.echo(f"! {line}")
         for key in report.temp_objects:
             state = "removed" if key in report.removed_temp else "left by a dead writer"
             click.echo(f"! partly written object {key} ({state}; never used as data)")
-        if report.ok:
+        if report.ok and report.known_gaps:
+            click.echo("✓ every object matches its checksum and the WAL is continuous but for "
+                       "the gap(s) pg_wal protection recorded (above)")
+        elif report.ok:
             click.echo("✓ every object matches its checksum and the WAL is continuous")
 
     def restore(self, server: str, target: Target, result: RestoreResult) -> None:
