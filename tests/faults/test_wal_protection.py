@@ -104,8 +104,13 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
     log = alpha.log_file.read_text(errors="replace")
     assert "Traceback" not in log
     assert "given up so PostgreSQL can recycle them, recorded as a WAL gap" in log
-    # The repository cannot be written: the gap waits on this host, not in the catalog.
+    # The repository cannot be written: the gap waits on this host, not in the catalog, and
+    # status run here says so already.
     assert not (group.repo / "gaps").exists()
+    status = group.markship("status", "--json")
+    assert status.returncode == 1
+    assert any(p.startswith("WAL of server alpha dropped by pg_wal protection on this host: ")
+               for p in json.loads(status.stdout)["problems"]), status.stdout
 
     chown_to(folder, OS_USER)
     folder.chmod(0o750)

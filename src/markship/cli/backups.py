@@ -91,6 +91,14 @@ def status(ctx: Context, as_json: bool) -> None:
         problems.append(f"WAL gaps cannot be told: {exc.one_line()}")
     problems += [f"{g.text()} (markship backup; the agent takes one as soon as the "
                  "repository can be written)" for g in gaps if g.healed_by is None]
+    from markship.wal import guard
+
+    assert config.source is not None
+    waiting = [gap for s in config.servers for gap in guard.unrecorded(str(config.source), s.name)]
+    problems += [f"WAL of server {g['server']} dropped by pg_wal protection on this host: "
+                 f"{g['first_segment']}..{g['last_segment']} ({g['segments']} segments, written "
+                 f"{g['wal_from']} to {g['wal_to']}), not in the repository yet: it cannot be "
+                 "written" for g in waiting]
     try:
         newest = newest_complete(repo, config)
     except RepositoryError as exc:  # a server's WAL folder cannot be read

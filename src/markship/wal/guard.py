@@ -89,6 +89,34 @@ def waiting(config_path: str, server: str) -> bool:
     return os.path.isdir(spool.gap_dir(config_path, server))
 
 
+def unrecorded(config_path: str, server: str) -> list[dict[str, Any]]:
+    """The gap records of `server` kept in this host's spool that the repository does not
+    have yet (as written there: JSON fields of repository.catalog.GapRecord)."""
+    import hashlib
+    import json
+
+    from markship.wal import spool
+
+    folder = spool.gap_dir(config_path, server)
+    try:
+        files = sorted(f for f in os.listdir(folder) if f.endswith(SUFFIX))
+    except FileNotFoundError:
+        return []
+    if not spool.trusted():
+        return []
+    found = []
+    for file in files:
+        raw = _read_bytes(os.path.join(folder, file))
+        if raw is None or _read_text(os.path.join(folder, file + FLUSHED)) == \
+                hashlib.sha256(raw).hexdigest():
+            continue
+        try:
+            found.append(dict(json.loads(raw)))
+        except (ValueError, TypeError):
+            continue  # flush() names it
+    return found
+
+
 def flush(repo: Repository, config_path: str, server: str,
           pushed: str | None = None) -> list[str]:
     """Write the gap records waiting in the spool into the repository's catalog, each with a
