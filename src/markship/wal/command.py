@@ -142,7 +142,8 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
 def _gave_up_oldest(config_path: str, server: str, path: str, queue_max: int,
                     failure: RepositoryError) -> bool:
     """pg_wal protection (markship.wal.guard): True (exit 0, so PostgreSQL recycles `path`)
-    when the backlog is over `queue_max` and the gap is recorded; else the failure stands."""
+    when the backlog is over `queue_max` (or a gap is open) and the gap is recorded; else the
+    failure stands."""
     import sys
 
     from markship.wal import guard
@@ -152,10 +153,10 @@ def _gave_up_oldest(config_path: str, server: str, path: str, queue_max: int,
         return False
     count = f"{len(dropped)} segment{'s' if len(dropped) > 1 else ''}"
     print(f"markship wal-push: warning: the repository cannot be written "
-          f"({failure.one_line()}) and more than archive_queue_max ({queue_max} bytes) of WAL "
-          f"waits: {count} from {dropped[0]} on given up so PostgreSQL can recycle them, "
-          "recorded as a WAL gap; points from there on are restorable again only after the "
-          "next full backup", file=sys.stderr)
+          f"({failure.one_line()}); pg_wal protection (archive_queue_max {queue_max} bytes): "
+          f"{count} from {dropped[0]} on given up so PostgreSQL can recycle them, recorded as "
+          "a WAL gap; points from there on are restorable again only after the next full "
+          "backup", file=sys.stderr)
     return True
 
 

@@ -1,7 +1,9 @@
 """pg_wal protection: with `[repository] archive_queue_max` set, when the repository cannot be
 written and more WAL waits in pg_wal than that, wal-push answers "archived" for the oldest
 segments without storing them, so PostgreSQL recycles them instead of filling its disk; and
-it records what it gave up.
+it records what it gave up. Once a gap is open, the WAL after it cannot be restored before
+the next full backup anyway: every segment that waits then goes into the gap, until a segment
+is stored again.
 
 The record of a gap (server, timeline, first and last dropped segment, when that WAL was
 written) cannot go to the repository while it is down. It is written to the spool first
@@ -37,11 +39,12 @@ def give_up_oldest(config_path: str, server: str, path: str, queue_max: int,
     written. When more than `queue_max` bytes of WAL wait to be archived, the oldest
     segments (`path` first, as many as bring the backlog back to `queue_max`) are recorded as
     a gap and their names returned: wal-push then exits 0 for `path`, and PostgreSQL's calls
-    for the others are answered at once from their spool markers.
+    for the others are answered at once from their spool markers. When `path` continues a
+    gap still open (no later segment stored since), every segment waiting goes into it.
 
-    [] when the backlog is within the limit, `path` is not the oldest segment waiting (or no
-    segment at all), or the record cannot be kept safely: the failure then stands, as it does
-    without `archive_queue_max`.
+    [] when the backlog is within the limit and no gap is open, `path` is not the oldest
+    segment waiting (or no segment at all), or the record cannot be kept safely: the failure
+    then stands, as it does without `archive_queue_max`.
     """
     from markship.pg.lsn import parse_segment_name, wal_file_kind
     from markship.wal import spool
@@ -52,13 +55,19 @@ def give_up_oldest(config_path: str, server: str, path: str, queue_max: int,
     size = os.stat(path).st_size
     waiting = [n for n in spool.ready_files(path) if len(n) == 24]  # segments, not history
     backlog = len(waiting) * size
-    if backlog <= queue_max or not waiting or waiting[0] != name:
+    if not waiting or waiting[0] != name:
         return []
     try:
         expected = parse_segment_name(name, size)
     except ValueError:  # not a segment size PostgreSQL writes: nothing to reason about
         return []
-    wanted = -(-(backlog - queue_max) // size)
+    # Once a gap is open, no WAL after it can be restored before the next full backup (which
+    # starts after the repository is back): keeping the rest of the backlog only fills pg_wal.
+    folder = spool.gap_dir(config_path, server)
+    growing = os.path.isdir(folder) and _continued(folder, expected, size) is not None
+    if backlog <= queue_max and not growing:
+        return []
+    wanted = len(waiting) if growing else -(-(backlog - queue_max) // size)
     run: list[str] = []
     for other in waiting:
         if len(run) >= wanted or parse_segment_name(other, size) != expected:
@@ -72,10 +81,10 @@ def give_up_oldest(config_path: str, server: str, path: str, queue_max: int,
         _record(config_path, server, directory, run, size, queue_max, backlog, reason)
     except (OSError, ValueError):
         return []
-    folder = spool.spool_dir(config_path, server)
+    markers = spool.spool_dir(config_path, server)
     for other in run[1:]:
         try:  # noqa: SIM105 - contextlib is one import too many on this path
-            spool.mark_pushed(folder, os.path.join(directory, other))
+            spool.mark_pushed(markers, os.path.join(directory, other))
         except OSError:
             pass  # its own call gives it up then (it is in the record already)
     return run

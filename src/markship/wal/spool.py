@@ -6,9 +6,15 @@ the next few ready ones (a locked claim file each, here) and a background proces
 leaving a marker per file here: its size, modification time and inode. A later call for such a
 file only compares those with the file on disk, or waits for the claim's pusher first.
 A ready WAL file is complete and never rewritten (recycled files take *new* names), so a
-matching marker proves the stored object holds this very file. Losing the spool (it lives
+matching marker proves the stored object holds this very file (or, with pg_wal protection,
+that it was given up and is in a gap record: markship.wal.guard). Losing the spool (it lives
 under /var/tmp) only means the next call takes the normal path, which recognises an
 identical stored copy by its digest.
+
+The spool also holds the parsed WAL settings (`cached_settings`) and, under `gap_dir`, the
+records of WAL that pg_wal protection gave up while the repository could not be written
+(markship.wal.guard): those must not be lost, and leave the spool only once the repository
+has them.
 """
 
 from __future__ import annotations
