@@ -163,7 +163,8 @@ class Agent:
         interval = self.config.marks.interval
         next_mark = time.monotonic()
         next_backup_check = 0.0
-        next_prune = time.monotonic()  # gap records waiting on this host go to the catalog
+        next_prune = time.monotonic() + PRUNE_EVERY
+        self.record_gaps()  # WAL gap records waiting on this host go to the catalog at once
         next_content_check = time.monotonic() + 5
         next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY
         while not self.stop.is_set():
