@@ -312,7 +312,7 @@ def test_wal_path_stays_lean_and_its_zstd_is_standard(tmp_path: Path) -> None:
     import sys
 
     code = ("import sys\nfrom markship import _entry\n"
-            "from markship.wal import _zstd, ahead, command, fetch, push, spool\n"
+            "from markship.wal import _zstd, ahead, command, fetch, guard, push, spool\n"
             "z = _zstd.load()\n"
             "data = bytes(range(256)) * 4096\n"
             "sys.stdout.buffer.write(z.ZstdCompressor(level=1, write_checksum=True)"

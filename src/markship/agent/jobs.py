@@ -1,8 +1,9 @@
 """The agent's scheduled jobs: backups, retention, file sets and dumps.
 
-A full backup when one is due (then retention), file sets captured again when their content
-changed, logical dumps when their schedule comes round. Backups and dumps run on threads of
-their own, so marks go on meanwhile.
+A full backup when one is due (then retention): on schedule, and at once when WAL is missing
+after the newest one (a hole in the archive, or a gap pg_wal protection recorded); file sets
+captured again when their content changed, logical dumps when their schedule comes round.
+Backups and dumps run on threads of their own, so marks go on meanwhile.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def backup_due(config: Config, repo: Repository, now: datetime,
     if states[-1].record.id != newest.record.id and \
             now - states[-1].record.created_at >= RETRY_FAILED_SET:
         return f"the last backup set {states[-1].record.id} is {states[-1].label}"
+    failed_lately = states[-1].record.id != newest.record.id
+    for gap in catalog.list_gaps(repo):
+        backup = newest.backups.get(gap.server)
+        if backup is not None and backup.start_segment <= gap.last and not failed_lately:
+            return (f"WAL of server {gap.server} was dropped by pg_wal protection "
+                    f"({gap.first_segment}..{gap.last_segment}) after the newest full backup")
     for server, backup in newest.backups.items():
         index = wal.get(server) or restorable.WalIndex(repo, server)
         gaps = index.gaps_after(backup.start_segment)

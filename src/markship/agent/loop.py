@@ -2,7 +2,8 @@
 
 Marks every `[marks] interval`, and those `markship mark` asks for on the agent's socket
 (markship.agent.control), on a marking thread of their own; WAL receivers for their delivery;
-the scheduled jobs (markship.agent.jobs: backups, retention, file sets, dumps). One agent per
+the scheduled jobs (markship.agent.jobs: backups, retention, file sets, dumps); the WAL gap
+records wal-push kept on this host (markship.wal.guard) written into the catalog. One agent per
 group: it holds the repository's agent lock (an flock in a directory repository, released by
 the kernel when the process dies; a lease object in object storage, lost when its holder stops
 renewing it), so a crashed agent never leaves a stale lock behind. A standby agent
@@ -163,6 +164,7 @@ class Agent:
         next_mark = time.monotonic()
         next_backup_check = 0.0
         next_prune = time.monotonic() + PRUNE_EVERY
+        self.record_gaps()  # WAL gap records waiting on this host go to the catalog at once
         next_content_check = time.monotonic() + 5
         next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY
         while not self.stop.is_set():
@@ -184,6 +186,8 @@ class Agent:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune_stream()
                 self.check_config_change()
+                if self.record_gaps():
+                    next_backup_check = 0.0  # a full backup makes new marks restorable
             if time.monotonic() >= next_mark:
                 started = time.monotonic()
                 self.mark()
@@ -324,6 +328,30 @@ class Agent:
                                 f"application_name={replication.RECEIVER_NAME}: marks switch "
                                 "WAL instead; check the conninfo and that it names the "
                                 "server the receiver connects to")
+
+    def record_gaps(self) -> bool:
+        """Write the WAL gap records wal-push kept on this host while the repository could
+        not be written (markship.wal.guard) into the catalog; True when one was written."""
+        from markship.wal import guard
+
+        assert self.config.source is not None
+        path = str(self.config.source)
+        written = False
+        for server in self.config.servers:
+            if not guard.waiting(path, server.name):
+                continue
+            try:
+                keys = guard.flush(self.repo, path, server.name)
+            except (MarkshipError, OSError) as exc:
+                self.log("gap.unrecorded", level="warning", server=server.name,
+                         reason=exc.message if isinstance(exc, MarkshipError) else str(exc),
+                         detail="kept on this host; tried again in a few seconds")
+                continue
+            for key in keys:
+                self.log("gap.recorded", level="error", server=server.name, record=key,
+                         detail="WAL was dropped by pg_wal protection: a full backup follows")
+            written = written or bool(keys)
+        return written
 
     def prune_stream(self) -> None:
         for server in self.receivers:

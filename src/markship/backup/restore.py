@@ -152,7 +152,13 @@ def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
 
 
 def refuse_incomplete_mark(repo: Repository, server: str, mark: catalog.MarkRecord) -> None:
-    missing = restorable.mark_missing_wal(mark, {server: restorable.WalIndex(repo, server)})
+    wal = {server: restorable.WalIndex(repo, server)}
+    lost = restorable.Gaps(repo, wal).unrestorable(mark)
+    if server in lost:
+        raise RestoreError(f"mark {mark.name} cannot be restored: {lost[server]}",
+                           "choose a mark before the gap, or one after the full backup that "
+                           "follows it (markship marks; markship status shows the gap)")
+    missing = restorable.mark_missing_wal(mark, wal)
     if server in missing:
         raise RestoreError(
             f"mark {mark.name} is not complete for server {server}: {missing[server]} is not "

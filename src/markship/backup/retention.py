@@ -7,6 +7,8 @@ Rules, in order of strength:
 - WAL older than the start of the oldest retained backup of a server is deleted; timeline
   history files are always kept (they are tiny and recovery needs them to follow timelines);
 - marks older than the window, or older than the oldest retained complete set, are deleted;
+- a WAL gap record (pg_wal protection) goes with the WAL around it: once the oldest retained
+  backup of its server starts after the gap;
 - file set captures and logical dumps older than the window are deleted, but never the
   newest of each;
 - never delete the newest set from which a server can be restored (even an incomplete one);
@@ -38,6 +40,7 @@ class Plan:
     delete_keys: list[str] = field(default_factory=list)
     delete_wal: dict[str, int] = field(default_factory=dict)  # server → WAL files deleted
     delete_marks: list[str] = field(default_factory=list)
+    delete_gaps: list[str] = field(default_factory=list)  # gap records, "server/first segment"
     delete_captures: list[str] = field(default_factory=list)  # file set captures, "name/id"
     delete_dumps: list[str] = field(default_factory=list)  # logical dumps, "name/id"
     freed_bytes: int = 0
@@ -55,10 +58,12 @@ def _wal_segment(name: str) -> Segment | None:
 def plan(states: list[SetState], marks: list[MarkRecord],
          wal_objects: dict[str, list[tuple[str, str, int]]], sizes: dict[str, int],
          now: datetime, days: float, min_sets: int, held: set[str],
-         damaged_sets: list[str] | None = None) -> Plan:
+         damaged_sets: list[str] | None = None,
+         gaps: list[catalog.GapRecord] | None = None) -> Plan:
     """Decide what to delete. `wal_objects`: server → (file name, key, size) of each WAL
     object; `sizes`: object key → size for backup objects (to report freed space);
-    `damaged_sets`: keys of set records that could not be read."""
+    `damaged_sets`: keys of set records that could not be read; `gaps`: the WAL gap
+    records."""
     cutoff = now - timedelta(days=days)
     result = Plan(cutoff=cutoff)
     complete = sorted((s for s in states if s.complete), key=lambda s: s.record.created_at,
@@ -110,6 +115,10 @@ def plan(states: list[SetState], marks: list[MarkRecord],
                 result.delete_keys.append(key)
                 result.freed_bytes += size
                 result.delete_wal[server] = result.delete_wal.get(server, 0) + 1
+    for gap in gaps or []:
+        if not result.wal_kept and gap.server in oldest and gap.last < oldest[gap.server]:
+            result.delete_gaps.append(f"{gap.server}/{gap.first_segment}")
+            result.delete_keys.append(layout.gap_key(gap.server, gap.first_segment))
 
     kept_complete = [by_id[sid] for sid in result.keep_sets if by_id[sid].complete]
     oldest_kept = min((s.record.created_at for s in kept_complete), default=None)
@@ -152,7 +161,7 @@ def make_plan(repo: Repository, now: datetime, days: float, min_sets: int) -> Pl
                 wal_objects[server].append((parsed[0], info.key, info.size))
     held = holds.active_holds(repo)
     result = plan(states, catalog.list_marks(repo), wal_objects, sizes, now, days, min_sets,
-                  held, [d.key for d in damaged])
+                  held, [d.key for d in damaged], catalog.list_gaps(repo))
     _plan_side_objects(repo, result)
     return result
 

@@ -1,4 +1,7 @@
-"""Prove restorability: re-read every object against its checksum, check WAL continuity."""
+"""Prove restorability: re-read every object against its checksum, check WAL continuity.
+
+WAL missing where pg_wal protection recorded a gap (repository.catalog.GapRecord) is a known
+loss, listed apart (`known_gaps`); any other missing WAL is a problem."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from markship.repository.base import Repository
 from markship.repository.catalog import SetRecord
 from markship.repository.fs import FsRepository
 from markship.repository.walsum import ContentHash
+from markship.timefmt import show
 from markship.wal.fetch import Head
 from markship.wal.stored import CHUNK, open_archived
 
@@ -29,6 +33,7 @@ class Report:
     removed_temp: list[str] = field(default_factory=list)
     damaged_records: dict[str, str] = field(default_factory=dict)  # key → what is wrong
     damaged_fix: str = records.Damaged.FIX
+    known_gaps: list[str] = field(default_factory=list)  # WAL dropped by pg_wal protection
 
     @property
     def ok(self) -> bool:
@@ -102,6 +107,7 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
             for each in damaged:  # it may be one of them: say so
                 records.report_damage(each.key, each.problem)
             raise ObjectMissing(f"backup set {set_id} not found", "markship list shows the sets")
+    recorded = catalog.list_gaps(repo, damaged)
     wal: dict[str, restorable.WalIndex] = {}
     bad_wal: dict[str, set[str]] = {}
     checked_wal: set[tuple[str, str]] = set()
@@ -122,7 +128,8 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
                 if not check_object(repo, ref, report):
                     reasons.append(f"{server}: bad object {ref.key}")
             index = wal[server]
-            gaps = index.gaps_after(backup.start_segment)
+            gaps = _unrecorded(index.gaps_after(backup.start_segment), server, recorded,
+                               report)
             for gap in gaps:
                 line = f"WAL gap on server {server}: {gap.name(backup.wal_segment_size)} missing"
                 if line not in report.problems:
@@ -152,6 +159,24 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
     _list_damaged(damaged, report)
     _temp(repo, report, clean_temp)
     return report
+
+
+def _unrecorded(missing: list[Segment], server: str, recorded: list[catalog.GapRecord],
+                report: Report) -> list[Segment]:
+    """The missing segments no gap record of `server` explains; the records that explain the
+    others are listed in the report (once each)."""
+    unexplained = []
+    for segment in missing:
+        gap = next((g for g in recorded if g.server == server and g.first <= segment <= g.last),
+                   None)
+        if gap is None:
+            unexplained.append(segment)
+            continue
+        line = (f"{restorable.gap_text(gap)}: backups before it restore only to points before "
+                f"{show(gap.wal_from)}")
+        if line not in report.known_gaps:
+            report.known_gaps.append(line)
+    return unexplained
 
 
 def _check_side_records(repo: Repository, damaged: list[records.Damaged]) -> None:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from markship.marks.take import MarkResult
     from markship.repository.journal import JournalEntry, Verification
     from markship.repository.keys import KeyStatus
-    from markship.repository.restorable import SetState
+    from markship.repository.restorable import GapState, SetState
 
 
 def writer(as_json: bool) -> TextOutput:
@@ -76,7 +76,8 @@ class TextOutput:
                                              "ratio", "state"], rows)
 
     def status(self, result: list[ServerStatus], newest: MarkState | None,
-               key_warning: str | None, problems: list[str]) -> None:
+               key_warning: str | None, problems: list[str],
+               gaps: list[GapState] | None = None) -> None:
         rows = []
         for s in result:
             failures = (f"{s.archiver_failed_count} (last {s.last_failed_wal} at "
@@ -101,6 +102,9 @@ class TextOutput:
             click.echo(f"markship: warning: {key_warning}", err=True)
         for problem in problems:
             click.echo(f"✗ {problem}")
+        for gap in gaps or []:
+            if gap.healed_by is not None:  # the unhealed ones are among the problems
+                click.echo(f"! {gap.text()}")
 
     def verify(self, report: VerifyReport) -> None:
         click.echo(f"checked {report.objects_checked} objects ({size(report.bytes_checked)})")
@@ -112,10 +116,15 @@ class TextOutput:
             click.echo(f"✗ backup set {sid} is not restorable: {'; '.join(reasons)}")
         for sid, reasons in report.incomplete_sets.items():
             click.echo(f"- backup set {sid} is incomplete and ignored: {'; '.join(reasons)}")
+        for line in report.known_gaps:
+            click.echo(f"! {line}")
         for key in report.temp_objects:
             state = "removed" if key in report.removed_temp else "left by a dead writer"
             click.echo(f"! partly written object {key} ({state}; never used as data)")
-        if report.ok:
+        if report.ok and report.known_gaps:
+            click.echo("✓ every object matches its checksum and the WAL is continuous but for "
+                       "the gap(s) pg_wal protection recorded (above)")
+        elif report.ok:
             click.echo("✓ every object matches its checksum and the WAL is continuous")
 
     def restore(self, server: str, target: Target, result: RestoreResult) -> None:
@@ -151,6 +160,9 @@ class TextOutput:
         if result.delete_marks:
             click.echo(f"{verb} {len(result.delete_marks)} mark(s) older than "
                        f"{show(result.cutoff)} or than the oldest kept set")
+        if result.delete_gaps:
+            click.echo(f"{verb} {len(result.delete_gaps)} WAL gap record(s) older than the "
+                       "oldest kept backup of their server")
         click.echo(f"{verb} {len(result.delete_keys)} object(s), {size(result.freed_bytes)}")
 
     # -- marks ------------------------------------------------------------------------------------
@@ -167,7 +179,9 @@ class TextOutput:
             click.echo("no marks yet: run markship mark")
             return
         rows = [[s.record.name, show(s.record.created_at), f"{s.age_seconds:.0f} s",
-                 "complete" if s.complete else "waiting for " + ", ".join(
+                 "complete" if s.complete else
+                 "not restorable: WAL of " + ", ".join(sorted(s.unrestorable)) + " dropped"
+                 if s.unrestorable else "waiting for " + ", ".join(
                      f"{k}:{v}" for k, v in s.waiting_for.items()),
                  ", ".join(f"{k} {format_lsn(p.lsn)}" for k, p in s.record.points.items()),
                  f"{s.record.barrier_hold_ms:.1f} ms"] for s in states]
@@ -397,8 +411,15 @@ class JsonOutput(TextOutput):
         } for s in states])
 
     def status(self, result: list[ServerStatus], newest: MarkState | None,
-               key_warning: str | None, problems: list[str]) -> None:
+               key_warning: str | None, problems: list[str],
+               gaps: list[GapState] | None = None) -> None:
         emit_json({"servers": [asdict(s) | {"healthy": s.healthy} for s in result],
+                   "wal_gaps": [g.record.model_dump(mode="json") | {
+                       "restorable_again": g.healed_by is not None,
+                       "healed_by_set": g.healed_by.set_id if g.healed_by else None,
+                       "unrestorable_from": g.record.wal_from,
+                       "unrestorable_until": g.unrestorable_until,
+                       "text": g.text()} for g in gaps or []],
                    "latest_complete_mark": None if newest is None else {
                        "name": newest.record.name, "created_at": newest.record.created_at,
                        "age_seconds": round(newest.age_seconds, 3)},
@@ -430,6 +451,7 @@ class JsonOutput(TextOutput):
     def marks(self, states: list[MarkState]) -> None:
         emit_json([s.record.model_dump(mode="json") | {
             "complete": s.complete, "waiting_for": s.waiting_for,
+            "unrestorable": s.unrestorable,
             "age_seconds": round(s.age_seconds, 3)} for s in states])
 
     def resolve(self, done: list[Resolution], dry_run: bool) -> None:

@@ -164,6 +164,26 @@ def _archiving(f: _Facts) -> Step:
     return Step("backup", title, DONE, f"{len(result)} servers archiving, lag ≤ {lag:.0f} s")
 
 
+def _wal_kept(f: _Facts) -> Step:
+    title = "Keep the WAL unbroken, or know where it is not (pg_wal protection)"
+    states = restorable.Gaps(f.repo).states()
+    unhealed = [g for g in states if g.healed_by is None]
+    limit = f.config.repository.archive_queue_max
+    if unhealed:
+        more = f" (and {len(unhealed) - 1} more gap(s))" if len(unhealed) > 1 else ""
+        return Step("backup", title, MISSING, unhealed[0].text() + more,
+                    "markship backup (the agent takes one as soon as the repository can be "
+                    "written)")
+    if states:
+        return Step("backup", title, DONE, f"{len(states)} past gap(s), each followed by a "
+                    f"full backup; the newest: {states[-1].text()}")
+    if limit is None:
+        return Step("backup", title, UNUSED, "archive_queue_max is not set: WAL is never "
+                    "dropped, pg_wal grows while the repository cannot be written")
+    return Step("backup", title, DONE, f"no WAL dropped; while the repository cannot be "
+                f"written pg_wal keeps at most {limit.human_readable()} waiting")
+
+
 def _agent(f: _Facts) -> Step:
     title = "Run the backup job (marks, schedule, retention)"
     limit = 3 * f.config.marks.interval + 30
@@ -322,7 +342,8 @@ def _in_doubt(f: _Facts) -> Step:
 
 
 STEPS: list[Callable[[_Facts], Step]] = [
-    _journal, _permissions, _repository, _parity, _dr_site, _backups, _archiving, _agent,
+    _journal, _permissions, _repository, _parity, _dr_site, _backups, _archiving, _wal_kept,
+    _agent,
     _standby_feed, _dumps, _filesets, _config_file, _key_backup,
     _failover_target, _clients, _portal, _key_restore, _databases, _references, _in_doubt,
 ]

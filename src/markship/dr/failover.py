@@ -18,6 +18,7 @@ import os
 import shlex
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
@@ -45,11 +46,11 @@ from markship.pg.datadir import (
     stopped_in_archive_recovery,
     write_settings,
 )
-from markship.pg.lsn import format_lsn
+from markship.pg.lsn import Segment, format_lsn
 from markship.privatefile import write_private
-from markship.repository import layout, records, restorable
+from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
-from markship.repository.catalog import MarkRecord
+from markship.repository.catalog import GapRecord, MarkRecord
 from markship.timefmt import show, utcnow
 
 
@@ -140,9 +141,12 @@ def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
     return "promoted"
 
 
-def refuse_standbys_past(config: Config, mark: MarkRecord) -> None:
+def refuse_standbys_past(config: Config, mark: MarkRecord,
+                         gaps: Sequence[GapRecord] = ()) -> None:
     """A standby that already replayed past the mark can never stop at it (PostgreSQL would
-    fail or wait forever): refuse before touching anything. Only an older --mark can cause it."""
+    fail or wait forever): refuse before touching anything. Only an older --mark can cause it.
+    Neither can a standby that stands before WAL dropped by pg_wal protection (`gaps`) which
+    lies between it and the mark: refused too."""
     assert config.dr_site is not None
     past = []
     for standby in config.dr_site.standbys:
@@ -158,6 +162,17 @@ def refuse_standbys_past(config: Config, mark: MarkRecord) -> None:
         if replayed and replayed.lsn is not None and replayed.timeline == point.timeline and \
                 replayed.lsn > point.lsn:
             past.append(standby.server)
+        if replayed and replayed.lsn is not None:
+            for gap in gaps:
+                at = Segment(replayed.timeline, replayed.lsn // gap.segment_size)
+                if gap.server == standby.server and at <= gap.last and \
+                        gap.last < Segment(point.timeline, point.lsn // gap.segment_size):
+                    raise MarkshipError(
+                        f"the standby of {standby.server} cannot reach mark {mark.name}: it "
+                        f"stands before {restorable.gap_text(gap)}",
+                        "recreate the standbys from the newest full backup (markship standby "
+                        f"create), or restore the group: markship restore --group --mark "
+                        f"{mark.name}")
     if past:
         raise MarkshipError(
             f"the standby of {', '.join(past)} already replayed past mark {mark.name}",
@@ -296,7 +311,7 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
         raise MarkshipError(f"production server(s) {', '.join(answering)} still answer: "
                             "failing over now would leave two primaries (split brain)",
                             "stop them first, or pass --force if they are fenced off")
-    refuse_standbys_past(config, mark)
+    refuse_standbys_past(config, mark, catalog.list_gaps(repo))
     started = utcnow()
     record = resumed or FailoverRecord(id=started.strftime("%Y%m%dT%H%M%SZ"), mark=mark.name,
                                        started_at=started, status="running")

@@ -1,9 +1,10 @@
 """Which mark: the state of each mark (complete once every server's WAL holding it is in the
-repository) and the choice of one for a restore or a failover."""
+repository, and no WAL dropped by pg_wal protection stands between it and a backup) and the
+choice of one for a restore or a failover."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from markship.config.model import Config
 from markship.errors import MarkshipError, ObjectMissing
@@ -19,6 +20,8 @@ class MarkState:
     complete: bool
     waiting_for: dict[str, str]
     age_seconds: float
+    # server → why its point cannot be restored (restorable.Gaps): never complete again
+    unrestorable: dict[str, str] = field(default_factory=dict)
 
 
 def mark_states(repo: Repository, config: Config, newest: int | None = None) -> list[MarkState]:
@@ -28,24 +31,27 @@ def mark_states(repo: Repository, config: Config, newest: int | None = None) -> 
     if newest is not None:
         files = files[-newest:] if newest > 0 else []
     wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
-    return [state for file in files if (state := _state(repo, file, wal)) is not None]
+    gaps = restorable.Gaps(repo, wal)
+    return [state for file in files if (state := _state(repo, file, wal, gaps)) is not None]
 
 
-def _state(repo: Repository, file_name: str,
-           wal: dict[str, restorable.WalIndex]) -> MarkState | None:
+def _state(repo: Repository, file_name: str, wal: dict[str, restorable.WalIndex],
+           gaps: restorable.Gaps) -> MarkState | None:
     record = records.read_good(repo, layout.MARKS + file_name, MarkRecord, lambda m: m.name)
     if record is None:
         return None
-    return _state_of(repo, record, wal)
+    return _state_of(repo, record, wal, gaps)
 
 
-def _state_of(repo: Repository, record: MarkRecord,
-              wal: dict[str, restorable.WalIndex]) -> MarkState:
+def _state_of(repo: Repository, record: MarkRecord, wal: dict[str, restorable.WalIndex],
+              gaps: restorable.Gaps) -> MarkState:
     for server in record.points:
         if server not in wal:
             wal[server] = restorable.WalIndex(repo, server)
     missing = restorable.mark_missing_wal(record, wal)
-    return MarkState(record, not missing, missing, age_seconds(record.created_at) or 0.0)
+    lost = gaps.unrestorable(record) if gaps else {}
+    return MarkState(record, not missing and not lost, missing,
+                     age_seconds(record.created_at) or 0.0, lost)
 
 
 def mark_state(repo: Repository, config: Config, name: str) -> MarkState:
@@ -55,17 +61,19 @@ def mark_state(repo: Repository, config: Config, name: str) -> MarkState:
     if record is None:
         raise ObjectMissing(f"mark {name} not found", "markship marks lists the marks")
     wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
-    return _state_of(repo, record, wal)
+    return _state_of(repo, record, wal, restorable.Gaps(repo, wal))
 
 
 def newest_complete(repo: Repository, config: Config) -> MarkState | None:
     """The newest complete mark, reading records from the newest back (marks complete in
-    order, so this stops after a few records however long the history is). Damaged records
-    are reported and passed over."""
+    order, so this stops after a few records however long the history is, unless WAL was
+    dropped: then it goes back to the newest mark before the gap). Damaged records are
+    reported and passed over."""
     files = sorted((n for n in repo.children(layout.MARKS) if n.endswith(".json")), reverse=True)
     wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
+    gaps = restorable.Gaps(repo, wal)
     for file in files:
-        state = _state(repo, file, wal)
+        state = _state(repo, file, wal, gaps)
         if state is not None and state.complete:
             return state
     return None
@@ -87,6 +95,11 @@ def choose_mark(config: Config, repo: Repository, name: str | None) -> MarkState
     if catalog.read_mark(repo, name) is None:
         raise MarkshipError(f"mark {name} not found", "markship marks lists the marks")
     state = mark_state(repo, config, name)
+    if state.unrestorable:
+        why = sorted(state.unrestorable.items())[0][1]
+        raise MarkshipError(f"mark {name} cannot be restored: {why}",
+                            "choose a mark before the gap, or one after the full backup that "
+                            "follows it (markship marks; markship status shows the gap)")
     if not state.complete:
         raise MarkshipError(f"mark {name} is not complete (waiting for "
                             f"{', '.join(state.waiting_for)})",

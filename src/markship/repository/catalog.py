@@ -1,4 +1,4 @@
-"""The catalog: the records of backup sets, base backups and marks, and finding them.
+"""The catalog: the records of backup sets, base backups, marks and WAL gaps, and finding them.
 
 Records are stored and read as repository.records describes; a damaged one is reported and left
 out of every list.
@@ -11,11 +11,16 @@ import socket
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from markship import names
 from markship.errors import CorruptObject, ObjectMissing, RepositoryError
-from markship.pg.lsn import DEFAULT_SEGMENT_SIZE, Segment, segment_holding_end
+from markship.pg.lsn import (
+    DEFAULT_SEGMENT_SIZE,
+    Segment,
+    parse_segment_name,
+    segment_holding_end,
+)
 from markship.repository import layout
 from markship.repository.base import Repository
 from markship.repository.records import (
@@ -24,8 +29,10 @@ from markship.repository.records import (
     Name,
     ObjectRef,
     Record,
+    good_folders,
     read_folder,
     read_record,
+    report_damage,
     write_record,
 )
 
@@ -181,3 +188,68 @@ def read_mark(repo: Repository, name: str) -> MarkRecord | None:
         raise CorruptObject(f"record {key} holds mark {record.name}",
                             "the repository object was altered")
     return record
+
+
+# -- WAL gaps -------------------------------------------------------------------------------------
+
+
+class GapRecord(Record):
+    """WAL of one server that wal-push let PostgreSQL recycle without storing it (pg_wal
+    protection: the repository was unreachable and more than `[repository] archive_queue_max`
+    waited). No point from `wal_from` on can be reached from a backup taken before the gap.
+
+    `wal_from`: when the WAL before the gap was complete (the last write of the segment before
+    it when PostgreSQL still had that file, else of the first dropped one: WAL written shortly
+    before is then lost too); `wal_to`: the last write of the last dropped segment.
+    """
+
+    server: Name
+    timeline: int
+    first_segment: Name
+    last_segment: Name
+    segments: int
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+    wal_from: datetime
+    wal_to: datetime
+    dropped_at: datetime  # when wal-push dropped the first segment
+    last_dropped_at: datetime
+    queue_max_bytes: int
+    backlog_bytes: int  # the largest backlog seen when dropping
+    host: str
+    reason: str  # why the repository could not be written, one line
+
+    @model_validator(mode="after")
+    def _segments(self) -> GapRecord:
+        # Repository data is untrusted: a record naming no real range is damaged.
+        if self.segment_size & (self.segment_size - 1) or not \
+                1 << 20 <= self.segment_size <= 1 << 30:
+            raise ValueError(f"segment_size {self.segment_size} is not a WAL segment size")
+        first, last = self.first, self.last
+        if not first.timeline == last.timeline == self.timeline or first > last:
+            raise ValueError(f"{self.first_segment}..{self.last_segment} is no range of "
+                             f"timeline {self.timeline}")
+        return self
+
+    @property
+    def first(self) -> Segment:
+        return parse_segment_name(self.first_segment, self.segment_size)
+
+    @property
+    def last(self) -> Segment:
+        return parse_segment_name(self.last_segment, self.segment_size)
+
+
+def list_gaps(repo: Repository, found: list[Damaged] | None = None) -> list[GapRecord]:
+    """Every good gap record, by server then first segment; damaged ones are reported (to
+    `found` when given) and left out."""
+    gaps: list[GapRecord] = []
+    for server in good_folders(repo, layout.GAPS, found):
+        for record in read_folder(repo, layout.gaps_prefix(server), GapRecord,
+                                  lambda g: g.first_segment, found):
+            if record.server != server:
+                report_damage(layout.gap_key(server, record.first_segment),
+                              f"record {layout.gap_key(server, record.first_segment)} holds a "
+                              f"gap of server {record.server}", found)
+                continue
+            gaps.append(record)
+    return gaps

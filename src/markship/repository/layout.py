@@ -13,6 +13,7 @@ backups/_group/<set-id>/markship.toml        the markship config file at backup 
 wal/<server>/<timeline+log>/<segment>-b3.<blake3>.zst
 wal/<server>/history/<timeline>.history-b3.<blake3>.zst
 stream/<server>/<segment>[.partial]          WAL received by the agent's pg_receivewal
+gaps/<server>/<first-segment>.json           WAL dropped by pg_wal protection: the gap
 marks/<mark-name>.json                       group mark: its restore point on every server
 holds/<set-id>-<server>-<pid>.json           restore in progress: expire keeps its set
 failovers/<failover-id>.json                 failover to the DR site, and how far it got
@@ -48,6 +49,7 @@ SETS = "sets/"
 BACKUPS = "backups/"
 WAL = "wal/"
 STREAM = "stream/"
+GAPS = "gaps/"
 MARKS = "marks/"
 HOLDS = "holds/"
 FAILOVERS = "failovers/"
@@ -137,6 +139,16 @@ def split_wal_key(key: str) -> tuple[str, str] | None:
 def stream_prefix(server: str) -> str:
     """Where the agent's pg_receivewal writes this server's WAL (see markship.marks.stream)."""
     return f"{STREAM}{server}/"
+
+
+def gaps_prefix(server: str) -> str:
+    """Where the gap records of this server's dropped WAL go (see markship.wal.guard)."""
+    return f"{GAPS}{server}/"
+
+
+def gap_key(server: str, first_segment: str) -> str:
+    """The record of a gap: WAL of `server` dropped from segment `first_segment` on."""
+    return f"{gaps_prefix(server)}{first_segment}{RECORD_SUFFIX}"
 
 
 # -- marks and the DR site ------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """What can be restored: which WAL files of a server are archived, whether a backup set is
-complete, and which WAL a mark still lacks.
+complete, which WAL a mark still lacks, and which marks WAL dropped by pg_wal protection (the
+gap records) put out of reach.
 
-Only names are listed to answer: no object's content is read.
+Only names (and the small catalog records) are read to answer: no WAL or backup content.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
@@ -16,12 +19,16 @@ from markship.repository import layout
 from markship.repository.base import Repository
 from markship.repository.catalog import (
     BackupRecord,
+    GapRecord,
     MarkRecord,
     SetRecord,
     backup_of,
+    list_gaps,
+    list_sets,
     writer_gone,
 )
 from markship.repository.records import Damaged, report_damage
+from markship.timefmt import show
 
 
 class WalIndex:
@@ -163,3 +170,99 @@ def mark_missing_wal(record: MarkRecord, wal: dict[str, WalIndex]) -> dict[str, 
 
 def wal_indexes(repo: Repository, servers: list[str]) -> dict[str, WalIndex]:
     return {server: WalIndex(repo, server) for server in servers}
+
+
+# -- WAL gaps (pg_wal protection) -----------------------------------------------------------------
+
+
+def gap_text(gap: GapRecord) -> str:
+    """One phrase naming a gap: its segments and the time its WAL was written."""
+    count = f"{gap.segments} segment{'s' if gap.segments != 1 else ''}"
+    return (f"WAL of server {gap.server} dropped by pg_wal protection: {gap.first_segment}.."
+            f"{gap.last_segment} ({count}, written {show(gap.wal_from)} to {show(gap.wal_to)})")
+
+
+@dataclass(frozen=True)
+class GapState:
+    """A gap, and the first backup of its server that starts after it (from which points are
+    restorable again), None while there is none."""
+
+    record: GapRecord
+    healed_by: BackupRecord | None
+
+    @property
+    def unrestorable_until(self) -> datetime | None:
+        """The end of the time that cannot be restored; None: up to now (no backup yet)."""
+        return self.healed_by.consistent_at if self.healed_by is not None else None
+
+    def text(self) -> str:
+        if self.healed_by is None:
+            return (f"{gap_text(self.record)}: no point from {show(self.record.wal_from)} on "
+                    "can be restored until a full backup is taken")
+        return (f"{gap_text(self.record)}: points from {show(self.record.wal_from)} to "
+                f"{show(self.healed_by.consistent_at)} cannot be restored (restorable again "
+                f"from backup set {self.healed_by.set_id})")
+
+
+class Gaps:
+    """The recorded WAL gaps of the group, and what they put out of reach. Backups are read
+    only when a gap lies before the point asked about."""
+
+    def __init__(self, repo: Repository, wal: dict[str, WalIndex] | None = None,
+                 records: list[GapRecord] | None = None) -> None:
+        self.repo = repo
+        self.wal = wal if wal is not None else {}
+        self.by_server: dict[str, list[GapRecord]] = defaultdict(list)
+        for gap in list_gaps(repo) if records is None else records:
+            self.by_server[gap.server].append(gap)
+        self._backups: dict[str, list[BackupRecord]] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.by_server)
+
+    def backups(self, server: str) -> list[BackupRecord]:
+        """The server's restorable backups (finished, WAL to consistency archived), oldest
+        first."""
+        if self._backups is None:
+            found: dict[str, list[BackupRecord]] = defaultdict(list)
+            for record in list_sets(self.repo):
+                for name, backup in set_state(self.repo, record, self.wal).restorable.items():
+                    found[name].append(backup)
+            self._backups = {k: sorted(v, key=lambda b: b.consistent_at)
+                             for k, v in found.items()}
+        return self._backups.get(server, [])
+
+    def states(self) -> list[GapState]:
+        """Every gap, oldest first per server, with the backup that heals it."""
+        result = []
+        for server, gaps in sorted(self.by_server.items()):
+            for gap in sorted(gaps, key=lambda g: g.first):
+                healer = next((b for b in self.backups(server) if b.start_segment > gap.last),
+                              None)
+                result.append(GapState(gap, healer))
+        return result
+
+    def unrestorable(self, record: MarkRecord) -> dict[str, str]:
+        """Servers whose restore point of this mark cannot be reached → why: the point lies
+        in dropped WAL, or the WAL from the newest backup before it crosses dropped WAL."""
+        lost = {}
+        for server, point in record.points.items():
+            gaps = self.by_server.get(server)
+            if not gaps:
+                continue
+            before = []
+            for gap in gaps:
+                at = Segment(point.timeline, point.lsn // gap.segment_size)
+                if gap.first <= at <= gap.last:
+                    lost[server] = f"its point on {server} lies in {gap_text(gap)}"
+                    break
+                if gap.first <= at:
+                    before.append(gap)
+            if server in lost or not before:
+                continue
+            newest = max(before, key=lambda g: g.last)
+            if not any(b.start_segment > newest.last and b.timeline == point.timeline
+                       and b.stop_lsn <= point.lsn for b in self.backups(server)):
+                lost[server] = (f"the WAL from its newest backup of {server} crosses "
+                                f"{gap_text(newest)}")
+        return lost

@@ -8,6 +8,9 @@ library, zstandard and the repository at start-up.
 Contract with PostgreSQL:
 - wal-push exits 0 only once the file is durably stored; pushing the same content again also
   exits 0; different content under an archived name exits 1 and keeps the stored object.
+  The one exception is pg_wal protection (`[repository] archive_queue_max`, wal/guard.py):
+  with the repository unwritable and more WAL waiting than that, the oldest segments exit 0
+  unstored, recorded as a gap first.
 - wal-fetch exits 0 with the file at DEST and 1 quietly when it is not archived (PostgreSQL
   then looks elsewhere or ends recovery). Every other failure exits 126 with one line: a
   corrupt or foreign object, a key that does not open it, an unreadable or absent repository,
@@ -20,7 +23,13 @@ from __future__ import annotations
 
 import os
 
-from markship.errors import ConfigError, MarkshipError, ObjectMissing, RepositoryError
+from markship.errors import (
+    ConfigError,
+    ConflictError,
+    MarkshipError,
+    ObjectMissing,
+    RepositoryError,
+)
 from markship.pg.lsn import parse_segment_name, wal_file_kind
 from markship.repository import layout
 from markship.wal.settings import load_settings
@@ -94,7 +103,18 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
             from markship.wal.ahead import push_ahead_in_background
 
             push_ahead_in_background(repo, server, path, settings, spool_for=config_path)
-        push(repo, server, path, settings.compression_level)
+        try:
+            push(repo, server, path, settings.compression_level)
+        except RepositoryError as exc:
+            if not (settings.archive_queue_max and not isinstance(exc, ConflictError)
+                    and _gave_up_oldest(config_path, server, path,
+                                        settings.archive_queue_max, exc)):
+                raise
+            return 0
+        from markship.wal import spool  # loaded already (the spool markers' fast path)
+
+        if os.path.isdir(spool.gap_dir(config_path, server)):  # WAL was dropped: record it
+            _flush_gaps(repo, config_path, server, os.path.basename(path))
         return 0
     from markship.wal.fetch import fetch, fetch_streamed, standby_ceiling
 
@@ -117,6 +137,42 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
                 _refuse_absent_repository(repo)
                 raise
     return 0
+
+
+def _gave_up_oldest(config_path: str, server: str, path: str, queue_max: int,
+                    failure: RepositoryError) -> bool:
+    """pg_wal protection (markship.wal.guard): True (exit 0, so PostgreSQL recycles `path`)
+    when the backlog is over `queue_max` (or a gap is open) and the gap is recorded; else the
+    failure stands."""
+    import sys
+
+    from markship.wal import guard
+
+    dropped = guard.give_up_oldest(config_path, server, path, queue_max, failure.one_line())
+    if not dropped:
+        return False
+    count = f"{len(dropped)} segment{'s' if len(dropped) > 1 else ''}"
+    print(f"markship wal-push: warning: the repository cannot be written "
+          f"({failure.one_line()}); pg_wal protection (archive_queue_max {queue_max} bytes): "
+          f"{count} from {dropped[0]} on given up so PostgreSQL can recycle them, recorded as "
+          "a WAL gap; points from there on are restorable again only after the next full "
+          "backup", file=sys.stderr)
+    return True
+
+
+def _flush_gaps(repo: Repository, config_path: str, server: str, pushed: str) -> None:
+    """Write waiting gap records into the repository; a failure only warns (the segment is
+    stored, and the next push or the agent tries again)."""
+    import sys
+
+    from markship.wal import guard
+
+    try:
+        guard.flush(repo, config_path, server, pushed)
+    except (MarkshipError, OSError, ValueError) as exc:
+        print(f"markship wal-push: warning: a WAL gap record could not be written to the "
+              f"repository yet ({exc.one_line() if isinstance(exc, MarkshipError) else exc})",
+              file=sys.stderr)
 
 
 def _refuse_absent_repository(repo: Repository) -> None:

@@ -22,15 +22,15 @@ if TYPE_CHECKING:  # typing stays off the per-segment start-up
 class WalSettings:
     """The few settings the WAL commands need, read without the full config model."""
 
-    __slots__ = ("ca_file", "catalog_key_file", "compression_level", "credentials_file",
-                 "endpoint", "identity_file", "lease_seconds", "os_user", "push_ahead",
-                 "recipient", "region", "repository", "servers")
+    __slots__ = ("archive_queue_max", "ca_file", "catalog_key_file", "compression_level",
+                 "credentials_file", "endpoint", "identity_file", "lease_seconds", "os_user",
+                 "push_ahead", "recipient", "region", "repository", "servers")
 
     def __init__(self, repository: str, os_user: str, compression_level: int,
                  servers: frozenset[str], push_ahead: int, recipient: str = "",
                  identity_file: str = "", catalog_key_file: str = "", endpoint: str = "",
                  region: str = "", credentials_file: str = "", ca_file: str = "",
-                 lease_seconds: float = 15.0) -> None:
+                 lease_seconds: float = 15.0, archive_queue_max: int = 0) -> None:
         self.repository = repository  # a directory, or s3://bucket/prefix
         self.os_user = os_user
         self.compression_level = compression_level
@@ -44,13 +44,16 @@ class WalSettings:
         self.credentials_file = credentials_file
         self.ca_file = ca_file
         self.lease_seconds = lease_seconds
+        # pg_wal protection (markship.wal.guard): bytes of WAL waiting beyond which wal-push
+        # drops the oldest while the repository is unreachable; 0: never drop WAL
+        self.archive_queue_max = archive_queue_max
 
     def fields(self) -> tuple[str, str, int, frozenset[str], int, str, str, str, str, str, str,
-                              str, float]:
+                              str, float, int]:
         return (self.repository, self.os_user, self.compression_level, self.servers,
                 self.push_ahead, self.recipient, self.identity_file, self.catalog_key_file,
                 self.endpoint, self.region, self.credentials_file, self.ca_file,
-                self.lease_seconds)
+                self.lease_seconds, self.archive_queue_max)
 
     def open_repository(self) -> Repository:
         where: str | S3Location = self.repository
@@ -74,7 +77,7 @@ class WalSettings:
                    str(encryption.identity_file or "") if encryption else "",
                    str(encryption.catalog_key_file or "") if encryption else "",
                    repo.endpoint or "", repo.region or "", str(repo.credentials_file or ""),
-                   str(repo.ca_file or ""), repo.lease_seconds)
+                   str(repo.ca_file or ""), repo.lease_seconds, int(repo.archive_queue_max or 0))
 
     def check_server(self, server: str) -> None:
         if server not in self.servers:
@@ -88,7 +91,9 @@ def load_settings(config_path: str) -> WalSettings:
     from markship.wal import spool
 
     cached = spool.cached_settings(config_path)
-    if cached is not None:
+    # A cache written by another markship version may lack fields: defaulting them would
+    # act on a config the model never read that way (e.g. turn pg_wal protection off).
+    if cached is not None and len(cached) == len(WalSettings.__slots__):
         try:
             return WalSettings(*cached)  # type: ignore[arg-type]
         except TypeError:

@@ -6,9 +6,15 @@ the next few ready ones (a locked claim file each, here) and a background proces
 leaving a marker per file here: its size, modification time and inode. A later call for such a
 file only compares those with the file on disk, or waits for the claim's pusher first.
 A ready WAL file is complete and never rewritten (recycled files take *new* names), so a
-matching marker proves the stored object holds this very file. Losing the spool (it lives
+matching marker proves the stored object holds this very file (or, with pg_wal protection,
+that it was given up and is in a gap record: markship.wal.guard). Losing the spool (it lives
 under /var/tmp) only means the next call takes the normal path, which recognises an
 identical stored copy by its digest.
+
+The spool also holds the parsed WAL settings (`cached_settings`) and, under `gap_dir`, the
+records of WAL that pg_wal protection gave up while the repository could not be written
+(markship.wal.guard): those must not be lost, and leave the spool only once the repository
+has them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,23 @@ def spool_dir(config_path: str, server: str) -> str:
     """One spool per (config file, server) and OS user; no config parsing needed."""
     escaped = os.path.abspath(config_path).replace("%", "%25").replace("/", "%2F")
     return os.path.join(_top(), escaped, server)
+
+
+def gap_dir(config_path: str, server: str) -> str:
+    """Where wal-push keeps the records of WAL it dropped (markship.wal.guard) until the
+    repository takes them; '~' keeps it apart from every server's spool (names.py)."""
+    return os.path.join(os.path.dirname(spool_dir(config_path, "x")), "~gaps", server)
+
+
+def trusted() -> bool:
+    """The spool is ours alone (created here when missing): what is kept in it can be
+    relied on."""
+    if not os.path.isdir(_top()):
+        try:
+            os.makedirs(_top(), mode=0o700, exist_ok=True)
+        except OSError:
+            return False
+    return _trusted()
 
 
 def _trusted() -> bool:
