@@ -22,7 +22,7 @@ from markship.wal.stored import CHUNK, find_archived, open_archived
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the per-segment start-up
-    from markship.repository.base import Repository
+    from markship.repository.base import Readable, Repository
 
 def standby_ceiling(repo: Repository, server: str, floor: str | None,
                     servers: frozenset[str]) -> Segment | None:
@@ -104,7 +104,11 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
     """Copy a segment that is not archived yet from the stream folder to `dest`.
 
     A partial segment is zero-padded to full size: recovery reads what was received and
-    treats the padding as the end of WAL. Raises ObjectMissing when there is no copy.
+    treats the padding as the end of WAL. A directory repository's stream folder holds
+    pg_receivewal's own files; one in object storage holds the agent's uploads
+    (markship.marks.upload): one zstd frame each, a partial one without its padding, which
+    is put back here up to the segment size its WAL page header names. Raises ObjectMissing
+    when there is no copy.
     """
     key = streamed_key(repo, server, wal_name, allow_partial)
     if key is None:
@@ -112,12 +116,32 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
     folder, name = os.path.split(dest)
     temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
     head = Head()
+    size = 0
     try:
-        # Streamed files are pg_receivewal's own (never encrypted: streaming is off then).
-        with repo.open_stored(key) as source, open(temp, "wb") as out:
-            while chunk := source.read(CHUNK):
+        with repo.open_stored(key) as stored, open(temp, "wb") as out:
+            first = stored.read(CHUNK)
+            source: Readable = stored
+            if first[:len(AGE_MAGIC)] == AGE_MAGIC:  # an upload to an encrypted repository
+                source = repo.plaintext(_Rejoined(first, stored), key)
+                first = source.read(CHUNK)
+            if first[:len(ZSTD_MAGIC)] == ZSTD_MAGIC:  # an upload from the agent's spool
+                from markship.wal import _zstd
+
+                source = _zstd.load().ZstdDecompressor().stream_reader(
+                    _Rejoined(first, source), read_across_frames=True)
+                first = source.read(CHUNK)
+            chunk = first
+            while chunk:
                 head.take(chunk)
+                size += len(chunk)
+                if size > MAX_SEGMENT:
+                    break  # repository data is untrusted: no segment is larger
                 out.write(chunk)
+                chunk = source.read(CHUNK)
+            segment_size = _segment_size(head.data)
+            if key.endswith(layout.STREAM_PARTIAL) and segment_size and size < segment_size:
+                out.truncate(segment_size)  # the zero padding left out of the upload
+                size = segment_size
     except ObjectMissing:
         _discard(temp)  # archived and pruned meanwhile: the caller looks again
         raise
@@ -130,11 +154,39 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
         _discard(temp)
         raise ObjectMissing(f"{wal_name} of server {server} is not archived")
     problem = wal_header_problem(head.data, wal_name)
+    if problem is None and size != _segment_size(head.data):
+        problem = f"{size} bytes, not the {_segment_size(head.data)} of its segment size"
     if problem is not None:
         _discard(temp)
         raise CorruptObject(f"streamed copy {key} is not WAL file {wal_name} ({problem})",
                             "run markship verify; this WAL must not be replayed")
     os.replace(temp, dest)
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+AGE_MAGIC = b"age-encryption.org/v1\n"  # as markship.repository.crypto (not loaded here)
+MAX_SEGMENT = 1 << 30  # PostgreSQL's largest WAL segment size
+
+
+def _segment_size(head: bytes) -> int:
+    """The segment size a segment's long page header names (0 when too short to say)."""
+    return int.from_bytes(head[32:36], "little") if len(head) >= WAL_HEADER_BYTES else 0
+
+
+class _Rejoined:
+    """A reader of `first` followed by the rest of `rest` (bytes already read to sniff)."""
+
+    __slots__ = ("first", "rest")
+
+    def __init__(self, first: bytes, rest: Readable) -> None:
+        self.first, self.rest = first, rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self.first:
+            taken = self.first if size < 0 else self.first[:size]
+            self.first = self.first[len(taken):]
+            return taken
+        return self.rest.read(size)
 
 
 class Head:

@@ -1,0 +1,262 @@
+"""Stream delivery into object storage: the receivers' local spool, and the uploads from it
+that make a mark complete.
+
+pg_receivewal writes into a directory; an S3 repository is none. With one, the agent's
+receivers (markship.marks.stream) write into a spool on the agent's host instead:
+`[marks] stream_spool` (default /var/lib/markship/stream), folder `<group>-<id>/<server>/`,
+where `<id>` is 8 hex digits of the repository's location (two groups or repositories never
+share a folder). `markship run` started as root makes the group's folder, owned by the
+repository's OS user and private to it (0700).
+
+A mark delivered by stream is published only once its WAL is in the repository. After the
+receiver has flushed past the mark's restore point, `StreamUploads.ship` puts into
+`stream/<server>/` (the keys of a directory repository's stream folder, so completeness in
+markship.repository.restorable, wal-fetch and markship.marks.stream.prune read both alike):
+
+- the mark's segment up to the end of the WAL page holding the restore point, as
+  `SEG.partial`; each upload replaces the one before and covers more of the segment (one
+  agent uploads, one upload at a time per server, and never a shorter one than it did);
+- the whole segment as `SEG` once the receiver has finished it, and likewise every earlier
+  segment the receiver finished that is neither archived nor uploaded yet.
+
+Each object is one zstd frame of the WAL bytes; a partial one leaves out the zero padding,
+which wal-fetch puts back up to the segment size the WAL page header names. With
+`[encryption]` the objects are encrypted like every other (the spool itself, on the agent's
+host, holds the WAL as PostgreSQL's own pg_wal does). A server whose upload fails gets a WAL
+switch instead, like a server without a receiver.
+
+The spool holds nothing the repository needs: the agent deletes files whose segment is
+archived, and each server's folder when it stops (a receiver started later begins at the
+server's current segment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from markship.config.model import Config
+from markship.errors import MarkshipError
+from markship.pg.lsn import WAL_HEADER_BYTES, parse_segment_name, wal_header_problem
+from markship.repository import layout
+from markship.repository.base import Repository
+
+DEFAULT_SPOOL = Path("/var/lib/markship/stream")
+PAGE = 8192  # XLOG_BLCKSZ of every PostgreSQL build markship supports
+PARTIAL = layout.STREAM_PARTIAL
+
+
+class UploadLog(Protocol):
+    """The event-log call the uploads use (`EventLog` is one)."""
+
+    def __call__(self, event: str, level: str = "info", **fields: object) -> None: ...
+
+
+def spool_root(config: Config) -> Path:
+    """The group's folder in the spool."""
+    base = config.marks.stream_spool or DEFAULT_SPOOL
+    tag = hashlib.sha256(config.repository.location.encode()).hexdigest()[:8]
+    return base / f"{config.group.name}-{tag}"
+
+
+def spool_folder(config: Config, server: str) -> Path:
+    """Where the receiver of `server` writes when the repository is object storage."""
+    return spool_root(config) / server
+
+
+def prepare_spool(config: Config) -> None:
+    """As root: make the group's spool folder, owned by the repository's OS user, mode 0700
+    (`markship run` calls this before it becomes that user). A failure is left for the
+    receivers to report when they cannot write there."""
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(config.repository.os_user)
+        root = spool_root(config)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        os.chmod(root, 0o700)
+    except (KeyError, OSError):
+        return
+
+
+class NotReceived(MarkshipError):
+    """The spool does not hold the WAL a mark needs (yet, or any more)."""
+
+
+@dataclass
+class _Server:
+    """What this process uploaded of one server's spool."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    whole: set[str] = field(default_factory=set)  # segments stored whole, or archived
+    partial: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (inode, bytes)
+
+
+class StreamUploads:
+    """The agent's uploads of streamed WAL from the spool into the repository."""
+
+    def __init__(self, config: Config, repo: Repository, log: UploadLog | None = None) -> None:
+        self.config, self.repo, self.log = config, repo, log
+        self.level = config.repository.compression_level
+        self._servers: dict[str, _Server] = {}
+        self._failing: set[str] = set()  # servers whose last upload failed (logged once)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def folder(self, server: str) -> Path:
+        return spool_folder(self.config, server)
+
+    def _state(self, server: str) -> _Server:
+        return self._servers.setdefault(server, _Server())
+
+    def ship(self, points: dict[str, tuple[int, str]]) -> set[str]:
+        """Put each server's WAL up to its point (restore point LSN, WAL file) into the
+        repository, all servers at once; returns the servers done. A failure is logged (once
+        until that server's uploads work again), and that server left out."""
+        if not points:
+            return set()
+        items = list(points.items())
+        if len(items) > 1 and self._pool is None:
+            # Made by the first caller, the marking thread: its threads inherit that
+            # thread's nice value (markship.marks.priority).
+            self._pool = ThreadPoolExecutor(max_workers=len(self.config.servers),
+                                            thread_name_prefix="markship-upload")
+        futures = {server: self._pool.submit(self._try, server, *point)
+                   for server, point in items[1:]} if self._pool is not None else {}
+        done = {items[0][0]} if self._try(items[0][0], *items[0][1]) else set()
+        done.update(server for server, future in futures.items() if future.result())
+        return done
+
+    def _try(self, server: str, lsn: int, wal_file: str) -> bool:
+        try:
+            self.ship_one(server, lsn, wal_file)
+        except (OSError, ValueError, MarkshipError) as exc:
+            if server not in self._failing and self.log is not None:
+                self.log("stream.upload_failed", level="warning", server=server,
+                         reason=exc.message if isinstance(exc, MarkshipError) else str(exc),
+                         detail="marks switch WAL on this server until uploads work again")
+            self._failing.add(server)
+            return False
+        self._failing.discard(server)
+        return True
+
+    def ship_one(self, server: str, lsn: int, wal_file: str) -> None:
+        """One server's part of ship(). Raises NotReceived when the spool lacks the WAL,
+        OSError when it cannot be read, MarkshipError when the repository fails."""
+        state = self._state(server)
+        folder = self.folder(server)
+        with state.lock:
+            names = set(os.listdir(folder))
+            self._ship_finished(server, state, folder, names, wal_file)
+            if wal_file in names:
+                self._ship_whole(server, state, folder, wal_file)
+                return
+            try:
+                self._ship_partial(server, state, folder, lsn, wal_file)
+            except FileNotFoundError:  # finished meanwhile: renamed to its own name
+                if not (folder / wal_file).exists():
+                    raise NotReceived(f"the spool {folder} holds no {wal_file} of server "
+                                      f"{server}") from None
+                self._ship_whole(server, state, folder, wal_file)
+
+    def _ship_finished(self, server: str, state: _Server, folder: Path, names: set[str],
+                       before: str) -> None:
+        """Earlier segments the receiver finished, neither archived nor uploaded."""
+        waiting = sorted(n for n in names if len(n) == 24 and n < before and n not in state.whole)
+        if not waiting:
+            return
+        archived: dict[str, list[str]] = {}
+        for name in waiting:
+            where = layout.wal_dir(server, name)
+            if where not in archived:
+                archived[where] = self.repo.children(where)
+            if any(child.startswith(name + "-") for child in archived[where]):
+                state.whole.add(name)
+            else:
+                self._ship_whole(server, state, folder, name)
+
+    def _ship_whole(self, server: str, state: _Server, folder: Path, name: str) -> None:
+        if name in state.whole:
+            return
+        data = (folder / name).read_bytes()
+        problem = wal_header_problem(data[:WAL_HEADER_BYTES], name)
+        if problem is not None:
+            raise NotReceived(f"spool file {folder / name} is not WAL file {name} ({problem})")
+        self._put(layout.stream_prefix(server) + name, data)
+        state.whole.add(name)
+        if state.partial.pop(name, None) is not None:
+            # Replaced by the whole one (wal-fetch prefers it); prune would take it later.
+            self.repo.delete(layout.stream_prefix(server) + name + PARTIAL)
+
+    def _ship_partial(self, server: str, state: _Server, folder: Path, lsn: int,
+                      wal_file: str) -> None:
+        path = folder / (wal_file + PARTIAL)
+        with open(path, "rb") as handle:
+            inode = os.fstat(handle.fileno()).st_ino
+            head = handle.read(WAL_HEADER_BYTES)
+            problem = wal_header_problem(head, wal_file)
+            if problem is not None:
+                raise NotReceived(f"spool file {path} does not hold WAL file {wal_file} yet "
+                                  f"({problem})")
+            segment_size = int.from_bytes(head[32:36], "little")
+            start = parse_segment_name(wal_file, segment_size).start_lsn(segment_size)
+            if not start < lsn <= start + segment_size:
+                raise NotReceived(f"WAL position {lsn:X} is not in {wal_file}")
+            needed = min(segment_size, -(-(lsn - start) // PAGE) * PAGE)
+            uploaded = state.partial.get(wal_file)
+            if uploaded is not None and uploaded[0] == inode and uploaded[1] >= needed:
+                return  # an earlier upload covers it
+            handle.seek(0)
+            data = handle.read(needed)
+        last = needed - PAGE
+        if len(data) < needed or int.from_bytes(data[last + 8:last + 16], "little") != \
+                start + last:
+            raise NotReceived(f"spool file {path} does not hold WAL up to {lsn:X} (the "
+                              "receiver reported it flushed)")
+        self._put(layout.stream_prefix(server) + wal_file + PARTIAL, data)
+        state.partial[wal_file] = (inode, needed)
+
+    def _put(self, key: str, data: bytes) -> None:
+        from markship.wal import _zstd
+
+        packed = _zstd.load().ZstdCompressor(level=self.level).compress(data)
+        self.repo.write_bytes(key, packed, overwrite=True)
+
+    def prune(self, server: str) -> int:
+        """Delete spool files whose segment is archived, keeping the newest two (the one the
+        receiver writes, and the next one laid out for it). Returns how many were deleted."""
+        from markship.wal.stored import find_archived
+
+        state = self._state(server)
+        folder = self.folder(server)
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return 0
+        segments = sorted(n for n in names if len(n.removesuffix(PARTIAL)) == 24)
+        deleted = 0
+        with state.lock:
+            for name in segments[:-2]:
+                base = name.removesuffix(PARTIAL)
+                if find_archived(self.repo, server, base):
+                    (folder / name).unlink(missing_ok=True)
+                    state.whole.discard(base)
+                    state.partial.pop(base, None)
+                    deleted += 1
+        return deleted
+
+    def clear(self) -> None:
+        """Remove every server's spool folder (the agent stops; its receivers have)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+        for server in self.config.servers:
+            shutil.rmtree(self.folder(server.name), ignore_errors=True)
