@@ -615,3 +615,27 @@ def test_streamed_partial_segments_are_checked_too(workdir: Path) -> None:
 
     partial.write_bytes(wal_content("000000010000000000000006", os.urandom(1 << 16) * 256))
     _one_fatal_line(_fetch(config, wal), "0/6000000")
+
+
+def test_uploaded_stream_copies_are_unpacked_and_padded_back(workdir: Path) -> None:
+    """The agent's uploads from its spool (object storage, markship.marks.upload) are zstd
+    frames, a partial one without its zero padding: wal-fetch serves the full segment. The
+    format is read from the bytes, so a directory repository shows it as well."""
+    import zstandard
+
+    config, wal = _setup(workdir)
+    _mark_repository(workdir)
+    stream = workdir / "repo" / "stream" / "orders"
+    stream.mkdir(parents=True)
+    received = wal_content(SEGMENT, os.urandom(3 * 8192))
+    partial = stream / f"{SEGMENT}.partial"
+    partial.write_bytes(zstandard.ZstdCompressor().compress(received))
+    for made in (stream.parent, stream, partial):
+        chown_to(made, OS_USER)
+    assert _fetched(config, wal, SEGMENT) == received + bytes((16 << 20) - len(received))
+
+    # A whole segment must be whole: a short one is damage, not the end of WAL.
+    whole = stream / SEGMENT
+    whole.write_bytes(zstandard.ZstdCompressor().compress(received))
+    chown_to(whole, OS_USER)
+    _one_fatal_line(_fetch(config, wal), SEGMENT, "bytes")
