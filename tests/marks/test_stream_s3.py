@@ -46,6 +46,11 @@ class Bucket:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
+    def read(self, key: str) -> bytes:
+        data: bytes = self.client().get_object(Bucket=self.name,
+                                               Key=f"{PREFIX}/{key}")["Body"].read()
+        return data
+
     def keys(self, prefix: str) -> list[str]:
         listed = self.client().list_objects_v2(Bucket=self.name, Prefix=f"{PREFIX}/{prefix}")
         return sorted(item["Key"][len(PREFIX) + 1:] for item in listed.get("Contents", []))
@@ -97,15 +102,24 @@ def _on_s3(group_config: Path, bucket: Bucket, extra: str) -> None:
     group_config.write_text(text[:start] + bucket.config_lines() + text[end:] + extra)
 
 
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_streamed_mark_on_s3_restores_the_group_before_its_wal_is_archived(
-        pg_group: GroupFactory, bucket: Bucket) -> None:
+        pg_group: GroupFactory, bucket: Bucket, encrypted: bool) -> None:
     group = pg_group(2)
     alpha, bravo = group.servers
     spool = group.workdir / "spool"
     spool.mkdir()
     chown_to(spool, OS_USER)
-    _on_s3(group.config_path, bucket,
-           f'\n[marks]\ninterval = 3600\nstream_spool = "{spool}"\n')
+    extra = f'\n[marks]\ninterval = 3600\nstream_spool = "{spool}"\n'
+    if encrypted:
+        identity = group.workdir / "repo-key.txt"
+        created = group.markship("key", "create", "--identity-file", str(identity))
+        assert created.returncode == 0, created.stderr
+        chown_to(identity, OS_USER)
+        recipient = next(line.split('"')[1] for line in created.stdout.splitlines()
+                         if line.startswith("recipient"))
+        extra += f'\n[encryption]\nrecipient = "{recipient}"\nidentity_file = "{identity}"\n'
+    _on_s3(group.config_path, bucket, extra)
     for server in group.servers:
         server.psql("CREATE TABLE notes (id int)")
     group.ok("backup")
@@ -140,6 +154,8 @@ def test_streamed_mark_on_s3_restores_the_group_before_its_wal_is_archived(
         assert not [k for k in bucket.keys(f"wal/{name}/") if segment in k], (name, segment)
     assert f"stream/alpha/{segments['alpha']}.partial" in bucket.keys("stream/alpha/")
     assert f"stream/bravo/{finished}" in bucket.keys("stream/bravo/")
+    uploaded = bucket.read(f"stream/alpha/{segments['alpha']}.partial")
+    assert uploaded.startswith(b"age-encryption.org/v1\n") == encrypted
     assert not list(spool.rglob("*.partial")), "the agent removes its spool when it stops"
     states = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
     assert states[mark["name"]]["complete"], states
