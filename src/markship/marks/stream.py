@@ -90,17 +90,19 @@ def wait_flushed(conns: dict[str, sql.Connection], lsns: dict[str, int],
 
 
 def prune(repo: Repository, server: str) -> int:
-    """Delete streamed files whose segment is archived, keeping the newest two (the one the
-    receiver may be writing, and the next one laid out for it). Returns how many were
-    deleted."""
+    """Delete streamed files (and uploaded pieces) whose segment is archived, keeping the
+    newest two segments (the one the receiver may be writing, and the next one laid out for
+    it). Returns how many were deleted."""
     from markship.wal.stored import find_archived
 
-    names = repo.children(stream_prefix(server))
-    segments = sorted(n for n in names if len(n.removesuffix(PARTIAL)) == 24)
+    names = {name: parsed[0] for name in repo.children(stream_prefix(server))
+             if (parsed := layout.split_stream_name(name)) is not None}
+    # The newest two segments stay: the one being written may be the next, laid out ahead.
+    older = sorted(set(names.values()))[:-2]
+    archived = {segment for segment in older if find_archived(repo, server, segment)}
     deleted = 0
-    for name in segments[:-2]:  # the newest may be the next segment, laid out ahead
-        base = name.removesuffix(PARTIAL)
-        if find_archived(repo, server, base):
+    for name, segment in sorted(names.items()):
+        if segment in archived:
             repo.delete(stream_prefix(server) + name)
             deleted += 1
     return deleted

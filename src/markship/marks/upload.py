@@ -13,14 +13,17 @@ receiver has flushed past the mark's restore point, `StreamUploads.ship` puts in
 `stream/<server>/` (the keys of a directory repository's stream folder, so completeness in
 markship.repository.restorable, wal-fetch and markship.marks.stream.prune read both alike):
 
-- the mark's segment up to the end of the WAL page holding the restore point, as
-  `SEG.partial`; each upload replaces the one before and covers more of the segment (one
-  agent uploads, one upload at a time per server, and never a shorter one than it did);
+- what the mark's segment received since the last upload, up to the end of the WAL page
+  holding the restore point, as a piece `SEG.partial.<from>-<to>` (byte offsets in the
+  segment, 8 hex digits). A piece starts with the last page of the one before (that page
+  may have been written to since), so each mark uploads the WAL of its own interval, not
+  the segment from its start; wal-fetch lays the pieces down in the order of their ends,
+  the order they were uploaded in, a later one over the page it repeats;
 - the whole segment as `SEG` once the receiver has finished it, and likewise every earlier
   segment the receiver finished that is neither archived nor uploaded yet.
 
-Each object is one zstd frame of the WAL bytes; a partial one leaves out the zero padding,
-which wal-fetch puts back up to the segment size the WAL page header names. With
+Each object is one zstd frame of the WAL bytes; a partial segment leaves out the zero
+padding, which wal-fetch puts back up to the segment size the WAL page header names. With
 `[encryption]` the objects are encrypted like every other (the spool itself, on the agent's
 host, holds the WAL as PostgreSQL's own pg_wal does). A server whose upload fails gets a WAL
 switch instead, like a server without a receiver.
@@ -99,7 +102,8 @@ class _Server:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     whole: set[str] = field(default_factory=set)  # segments stored whole, or archived
-    partial: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (inode, bytes)
+    # segment → (inode of the spool file, bytes from its start uploaded in pieces)
+    partial: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class StreamUploads:
@@ -192,10 +196,7 @@ class StreamUploads:
         if problem is not None:
             raise NotReceived(f"spool file {folder / name} is not WAL file {name} ({problem})")
         self._put(layout.stream_prefix(server) + name, data)
-        state.whole.add(name)
-        if state.partial.pop(name, None) is not None:
-            # Replaced by the whole one (wal-fetch prefers it); prune would take it later.
-            self.repo.delete(layout.stream_prefix(server) + name + PARTIAL)
+        state.whole.add(name)  # wal-fetch prefers it to pieces, which prune takes later
 
     def _ship_partial(self, server: str, state: _Server, folder: Path, lsn: int,
                       wal_file: str) -> None:
@@ -213,16 +214,19 @@ class StreamUploads:
                 raise NotReceived(f"WAL position {lsn:X} is not in {wal_file}")
             needed = min(segment_size, -(-(lsn - start) // PAGE) * PAGE)
             uploaded = state.partial.get(wal_file)
-            if uploaded is not None and uploaded[0] == inode and uploaded[1] >= needed:
+            done = uploaded[1] if uploaded is not None and uploaded[0] == inode else 0
+            if done >= needed:
                 return  # an earlier upload covers it
-            handle.seek(0)
-            data = handle.read(needed)
-        last = needed - PAGE
-        if len(data) < needed or int.from_bytes(data[last + 8:last + 16], "little") != \
-                start + last:
+            begin = max(0, done - PAGE)  # its last page again: written to since, maybe
+            handle.seek(begin)
+            data = handle.read(needed - begin)
+        last = len(data) - PAGE
+        if len(data) < needed - begin or int.from_bytes(data[last + 8:last + 16], "little") \
+                != start + begin + last:
             raise NotReceived(f"spool file {path} does not hold WAL up to {lsn:X} (the "
                               "receiver reported it flushed)")
-        self._put(layout.stream_prefix(server) + wal_file + PARTIAL, data)
+        self._put(layout.stream_prefix(server)
+                  + layout.stream_piece_name(wal_file, begin, needed), data)
         state.partial[wal_file] = (inode, needed)
 
     def _put(self, key: str, data: bytes) -> None:
