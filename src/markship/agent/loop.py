@@ -184,6 +184,8 @@ class Agent:
                 self.jobs.capture_changed_filesets()
                 self.jobs.maybe_dump()
             self.poll_receivers()
+            if self.uploads is not None and self.receivers:
+                self.uploads.ship_ahead(list(self.receivers))
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune_stream()

@@ -22,6 +22,10 @@ markship.repository.restorable, wal-fetch and markship.marks.stream.prune read b
 - the whole segment as `SEG` once the receiver has finished it, and likewise every earlier
   segment the receiver finished that is neither archived nor uploaded yet.
 
+Between marks the agent uploads ahead (`ship_ahead`, on a thread of its own): once a
+receiver's current segment holds AHEAD_BYTES more than is uploaded, that goes up as a piece
+too, so a mark uploads only the WAL since then, whatever the mark interval.
+
 Each object is one zstd frame of the WAL bytes; a partial segment leaves out the zero
 padding, which wal-fetch puts back up to the segment size the WAL page header names. With
 `[encryption]` the objects are encrypted like every other (the spool itself, on the agent's
@@ -39,7 +43,7 @@ import hashlib
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +56,7 @@ from markship.repository.base import Repository
 
 DEFAULT_SPOOL = Path("/var/lib/markship/stream")
 PAGE = 8192  # XLOG_BLCKSZ of every PostgreSQL build markship supports
+AHEAD_BYTES = 1 << 20  # received WAL not yet uploaded that ship_ahead() uploads
 PARTIAL = layout.STREAM_PARTIAL
 
 
@@ -102,8 +107,9 @@ class _Server:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     whole: set[str] = field(default_factory=set)  # segments stored whole, or archived
-    # segment → (inode of the spool file, bytes from its start uploaded in pieces)
-    partial: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # segment → (inode of the spool file, bytes from its start uploaded in pieces, of which
+    # known complete: the last page uploaded may have been written to since)
+    partial: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 class StreamUploads:
@@ -115,6 +121,8 @@ class StreamUploads:
         self._servers: dict[str, _Server] = {}
         self._failing: set[str] = set()  # servers whose last upload failed (logged once)
         self._pool: ThreadPoolExecutor | None = None
+        self._ahead: ThreadPoolExecutor | None = None
+        self._ahead_running: Future[None] | None = None
 
     def folder(self, server: str) -> Path:
         return spool_folder(self.config, server)
@@ -214,9 +222,10 @@ class StreamUploads:
                 raise NotReceived(f"WAL position {lsn:X} is not in {wal_file}")
             needed = min(segment_size, -(-(lsn - start) // PAGE) * PAGE)
             uploaded = state.partial.get(wal_file)
-            done = uploaded[1] if uploaded is not None and uploaded[0] == inode else 0
-            if done >= needed:
-                return  # an earlier upload covers it
+            done, known = uploaded[1:] if uploaded is not None and uploaded[0] == inode \
+                else (0, 0)
+            if known >= lsn - start:
+                return  # an earlier upload holds it
             begin = max(0, done - PAGE)  # its last page again: written to since, maybe
             handle.seek(begin)
             data = handle.read(needed - begin)
@@ -227,7 +236,7 @@ class StreamUploads:
                               "receiver reported it flushed)")
         self._put(layout.stream_prefix(server)
                   + layout.stream_piece_name(wal_file, begin, needed), data)
-        state.partial[wal_file] = (inode, needed)
+        state.partial[wal_file] = (inode, max(done, needed), lsn - start)
 
     def _put(self, key: str, data: bytes) -> None:
         from markship.wal import _zstd
@@ -258,9 +267,90 @@ class StreamUploads:
                     deleted += 1
         return deleted
 
+    def ship_ahead(self, servers: list[str]) -> None:
+        """Upload, in the background, what each server's receiver has received beyond the
+        last upload once that is AHEAD_BYTES or more (unless the last round still runs)."""
+        if self._ahead_running is not None and not self._ahead_running.done():
+            return
+        if self._ahead is None:
+            self._ahead = ThreadPoolExecutor(max_workers=1,
+                                             thread_name_prefix="markship-upload-ahead")
+        self._ahead_running = self._ahead.submit(self._ahead_round, list(servers))
+
+    def _ahead_round(self, servers: list[str]) -> None:
+        for server in servers:
+            try:
+                self._ship_received(server)
+            except (OSError, ValueError, MarkshipError) as exc:
+                if server not in self._failing and self.log is not None:
+                    self.log("stream.upload_failed", level="warning", server=server,
+                             reason=exc.message if isinstance(exc, MarkshipError)
+                             else str(exc), detail="uploading ahead of the next mark")
+                self._failing.add(server)
+
+    def _ship_received(self, server: str) -> None:
+        state = self._state(server)
+        folder = self.folder(server)
+        with state.lock:
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                return
+            for name in sorted((n for n in names if n.endswith(PARTIAL)
+                                and len(n) == 24 + len(PARTIAL)), reverse=True):
+                received = _received_bytes(folder / name, name[:24])
+                if received:  # else laid out ahead, nothing in it yet
+                    break
+            else:
+                return
+            wal_file = name[:24]
+            uploaded = state.partial.get(wal_file)
+            inode = os.stat(folder / name).st_ino
+            done = uploaded[1] if uploaded is not None and uploaded[0] == inode else 0
+            if received - done < AHEAD_BYTES:
+                return
+            with open(folder / name, "rb") as handle:
+                if os.fstat(handle.fileno()).st_ino != inode:
+                    return  # replaced meanwhile (a receiver starting afresh)
+                begin = max(0, done - PAGE)
+                handle.seek(begin)
+                data = handle.read(received - begin)
+            if len(data) != received - begin:
+                return
+            self._put(layout.stream_prefix(server)
+                      + layout.stream_piece_name(wal_file, begin, received), data)
+            state.partial[wal_file] = (inode, received, received - PAGE)
+
     def clear(self) -> None:
         """Remove every server's spool folder (the agent stops; its receivers have)."""
-        if self._pool is not None:
-            self._pool.shutdown()
+        for pool in (self._pool, self._ahead):
+            if pool is not None:
+                pool.shutdown()
         for server in self.config.servers:
             shutil.rmtree(self.folder(server.name), ignore_errors=True)
+
+
+def _received_bytes(path: Path, wal_file: str) -> int:
+    """How much of spool file `path` (segment `wal_file`) holds WAL, to the end of the last
+    page begun (0 when none; that page may still be being written). WAL fills a segment from
+    its start, page by page, each beginning with a header holding its own address; what is
+    past the WAL received is zeros."""
+    with open(path, "rb") as handle:
+        head = handle.read(WAL_HEADER_BYTES)
+        if wal_header_problem(head, wal_file) is not None:
+            return 0
+        segment_size = int.from_bytes(head[32:36], "little")
+        start = parse_segment_name(wal_file, segment_size).start_lsn(segment_size)
+
+        def begun(page: int) -> bool:
+            handle.seek(page * PAGE + 8)
+            return int.from_bytes(handle.read(8), "little") == start + page * PAGE
+
+        low, high = 0, segment_size // PAGE - 1  # page `low` is begun; find the last one
+        while low < high:
+            middle = (low + high + 1) // 2
+            if begun(middle):
+                low = middle
+            else:
+                high = middle - 1
+        return (low + 1) * PAGE
