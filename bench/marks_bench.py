@@ -233,8 +233,19 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
         markers = [priority.marking_thread(nice, refused) for nice in nices]
         osuser.switch_to(config.repository.os_user)
         repo = open_repository(location_of(config.repository))
-        # With object storage marks upload from the receivers' spool, as the agent's do.
+        # With object storage marks upload from the receivers' spool, as the agent's do, and
+        # between marks it uploads ahead, as the agent's loop does (about every second).
         uploads = None if stream.in_place(repo) else upload.StreamUploads(config, repo)
+        ahead_stop = threading.Event()
+        if uploads is not None:
+            servers = [s.name for s in config.servers]
+            shipping = uploads
+
+            def ahead() -> None:
+                while not ahead_stop.wait(1.0):
+                    shipping.ship_ahead(servers)
+
+            threading.Thread(target=ahead, daemon=True, name="bench-upload-ahead").start()
         conns = GroupConnections(config)
         conns.open()  # connections are opened once, as in the agent (not timed)
         samples: list[dict[str, Any]] = []
@@ -276,6 +287,7 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
                 tick += interval
                 time.sleep(max(0.0, tick - time.monotonic()))
         finally:
+            ahead_stop.set()
             conns.close()
         queue.put(json.dumps({"samples": samples}))
     except BaseException as exc:  # report anything, the parent decides

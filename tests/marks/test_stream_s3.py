@@ -146,6 +146,8 @@ def test_streamed_mark_on_s3_restores_the_group_before_its_wal_is_archived(
         alpha.psql("INSERT INTO notes VALUES (1)")
         bravo.psql("INSERT INTO notes VALUES (2)")
         mark = json.loads(group.ok("mark", "--json"))
+        folders = list(spool.glob("testgroup-*/alpha"))
+        assert len(folders) == 1 and folders[0].stat().st_mode & 0o777 == 0o700, folders
         for server in group.servers:
             server.psql("INSERT INTO notes VALUES (3)")
         log = stop_agent(agent)

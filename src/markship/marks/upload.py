@@ -281,6 +281,8 @@ class StreamUploads:
         for server in servers:
             try:
                 self._ship_received(server)
+            except FileNotFoundError:
+                continue  # finished (renamed) or cleared meanwhile: the next round sees it
             except (OSError, ValueError, MarkshipError) as exc:
                 if server not in self._failing and self.log is not None:
                     self.log("stream.upload_failed", level="warning", server=server,
