@@ -79,10 +79,10 @@ def spool_folder(config: Config, server: str) -> Path:
 
 
 def prepare_spool(config: Config) -> None:
-    """As root: make the group's spool folder, owned by the repository's OS user, mode 0700
-    (`markship run` calls this before it becomes that user). A failure is left for the
-    receivers to report when they cannot write there."""
-    if os.geteuid() != 0:
+    """As root, for a repository in object storage: make the group's spool folder, owned by
+    the repository's OS user, mode 0700 (`markship run` calls this before it becomes that
+    user). A failure is left for the receivers to report when they cannot write there."""
+    if os.geteuid() != 0 or not config.repository.on_object_storage:
         return
     import pwd
 
