@@ -97,6 +97,7 @@ ACCOUNTS = 100  # per server, for the 2PC transfer workload
 START_BALANCE = 1000
 TWOPC_WORKERS = 2
 MARK_INTERVAL_LATENCY = 1.0
+SPARSE_INTERVAL = 5.0  # the s3 phase's longer interval (uploads ahead matter there)
 RPO_INTERVAL = 5.0
 THROUGHPUT_INTERVAL = 1.0
 FAILOVER_INTERVAL = 2.0
@@ -207,7 +208,8 @@ def pg_dir(path: Path, mode: int = 0o755) -> Path:
 
 
 def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
-                     nices: list[int] | None, queue: multiprocessing.Queue[str]) -> None:
+                     nices: list[int] | None, upload_ahead: bool,
+                     queue: multiprocessing.Queue[str]) -> None:
     """take_mark() every `interval` s for `seconds` with `[marks] delivery` set to `delivery`
     ("stream": wait for the receivers, "switch": pg_switch_wal()); the timings go back as one
     JSON string.
@@ -237,7 +239,7 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
         # between marks it uploads ahead, as the agent's loop does (about every second).
         uploads = None if stream.in_place(repo) else upload.StreamUploads(config, repo)
         ahead_stop = threading.Event()
-        if uploads is not None:
+        if uploads is not None and upload_ahead:
             servers = [s.name for s in config.servers]
             shipping = uploads
 
@@ -995,19 +997,23 @@ class Bench:
         ctx = multiprocessing.get_context("fork")
         idle: dict[str, list[dict[str, Any]]] = {"fs": [], "s3": []}
         loaded: dict[str, list[dict[str, Any]]] = {"fs": [], "s3": []}
+        sparse: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
         restarts = {"fs": 0, "s3": 0}
         tps: dict[str, list[float]] = {"fs": [], "s3": []}
 
-        def window(kind: str, seconds: float, into: list[dict[str, Any]]) -> None:
+        def window(kind: str, seconds: float, into: list[dict[str, Any]],
+                   interval: float = MARK_INTERVAL_LATENCY, ahead: bool = True) -> None:
             self.on_s3 = kind == "s3"
             self.write_config(30)
             host = self.start_receivers(ctx)
             commits, began = self.commits_total(), time.monotonic()
             try:
-                into.extend(self.mark_loop(ctx, seconds, "stream"))
+                into.extend(self.mark_loop(ctx, seconds, "stream", interval=interval,
+                                           upload_ahead=ahead))
             finally:
                 events = self.stop_receivers(host)
-            tps[kind].append((self.commits_total() - commits) / (time.monotonic() - began))
+            if interval == MARK_INTERVAL_LATENCY:
+                tps[kind].append((self.commits_total() - commits) / (time.monotonic() - began))
             restarts[kind] += sum(1 for e in events if e["event"] == "stream.exited")
             if kind == "s3":  # the next S3 window's receivers start afresh, as an agent's do
                 shutil.rmtree(upload.spool_root(self.load_config()), ignore_errors=True)
@@ -1017,10 +1023,13 @@ class Bench:
             for kind in ("fs", "s3"):
                 window(kind, 5.0, idle[kind])
             self.settle()
-            procs = self.start_pgbench(3 + 4 * half + 240)
+            procs = self.start_pgbench(3 + 4 * half + 4 * d + 300)
             time.sleep(3)
             for kind in ("fs", "s3", "fs", "s3"):
                 window(kind, half, loaded[kind])
+            # A longer interval: what a mark uploads with and without uploads ahead.
+            for ahead in (True, False):
+                window("s3", 2.0 * d, sparse[ahead], interval=SPARSE_INTERVAL, ahead=ahead)
             for proc in procs:
                 proc.send_signal(signal.SIGINT)
             self.finish_pgbench(procs, check=False)
@@ -1045,6 +1054,11 @@ class Bench:
                 "delivered_by_stream": streamed, "made": len(ok),
                 "attempted": len(loaded[kind]), "receiver_restarts": restarts[kind],
                 "commits_per_s": tps[kind]}
+        for ahead, label in ((True, "with_upload_ahead"), (False, "without_upload_ahead")):
+            ok = [s for s in sparse[ahead] if s["outcome"] == "ok"]
+            out[f"s3_every_{SPARSE_INTERVAL:g}s_{label}"] = {
+                "samples": sparse[ahead], "total_ms": dist([s["total_ms"] for s in ok]),
+                "delivery_ms": dist([s["delivery_ms"] for s in ok])}
         self.results["s3"] = out
         fs, s3 = out["fs"], out["s3"]
         for kind, label in (("fs", "directory"), ("s3", "S3")):
@@ -1058,6 +1072,10 @@ class Bench:
         say(f"stream objects left in the bucket: {len(sizes)}, sizes "
             f"{fmt_dist(out['stream_objects']['bytes'], 'bytes')}")
         ratio = s3["total_ms"]["p50"] / fs["total_ms"]["p50"]
+        on = out[f"s3_every_{SPARSE_INTERVAL:g}s_with_upload_ahead"]
+        off = out[f"s3_every_{SPARSE_INTERVAL:g}s_without_upload_ahead"]
+        say(f"S3, a mark every {SPARSE_INTERVAL:g} s: with uploads ahead total "
+            f"{fmt_dist(on['total_ms'], digits=1)}; without {fmt_dist(off['total_ms'], digits=1)}")
         self.rows += [
             Row("mark latency, S3 repository, stream, p50", f"{s3['total_ms']['p50']:.1f} ms",
                 f"directory {fs['total_ms']['p50']:.1f} ms (x{ratio:.2f}); delivery p50 "
@@ -1070,6 +1088,10 @@ class Bench:
                 f"{s3['idle_total_ms']['p50']:.1f} / {fs['idle_total_ms']['p50']:.1f} ms",
                 f"record write p50 {s3['record_ms']['p50']:.1f} / "
                 f"{fs['record_ms']['p50']:.1f} ms under load", "-", "info"),
+            Row(f"  (info) S3, a mark every {SPARSE_INTERVAL:g} s, p50 / p99",
+                f"{on['total_ms']['p50']:.1f} / {on['total_ms']['p99']:.1f} ms",
+                f"without uploads ahead {off['total_ms']['p50']:.1f} / "
+                f"{off['total_ms']['p99']:.1f} ms", "-", "info"),
             Row("marks on S3 delivered by stream on every server",
                 f"{s3['delivered_by_stream']} / {s3['made']}",
                 f"attempted {s3['attempted']}; receiver restarts {s3['receiver_restarts']}",
@@ -1077,12 +1099,14 @@ class Bench:
         ]
 
     def mark_loop(self, ctx: multiprocessing.context.ForkContext, seconds: float,
-                  delivery: str, nices: list[int] | None = None) -> list[dict[str, Any]]:
-        """take_mark() every MARK_INTERVAL_LATENCY s in a forked child (see _mark_loop_child)."""
+                  delivery: str, nices: list[int] | None = None,
+                  interval: float = MARK_INTERVAL_LATENCY,
+                  upload_ahead: bool = True) -> list[dict[str, Any]]:
+        """take_mark() every `interval` s in a forked child (see _mark_loop_child)."""
         queue: multiprocessing.Queue[str] = ctx.Queue()
         child = ctx.Process(target=_mark_loop_child,
-                            args=(str(self.cfg), seconds, MARK_INTERVAL_LATENCY, delivery,
-                                  nices, queue))
+                            args=(str(self.cfg), seconds, interval, delivery, nices,
+                                  upload_ahead, queue))
         child.start()
         try:
             payload = json.loads(queue.get(timeout=seconds + 120))
