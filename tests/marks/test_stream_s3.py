@@ -131,9 +131,9 @@ def test_streamed_mark_on_s3_restores_the_group_before_its_wal_is_archived(
                 "SELECT count(*) FROM pg_stat_replication WHERE application_name = "
                 "'markship-stream' AND state = 'streaming'") == "1",
                 f"the receiver of {server.name} streaming", timeout=90, interval=0.3)
-        # Between marks the agent uploads what alpha's receiver got once it is 1 MiB or more.
+        # Between marks the agent uploads what alpha's receiver got once it is 4 MiB or more.
         alpha.psql("INSERT INTO filler SELECT g, repeat('x', 200) FROM "
-                   "generate_series(1, 20000) g")
+                   "generate_series(1, 40000) g")
         wait_for(lambda: any(".partial." in key for key in bucket.keys("stream/alpha/")),
                  "an upload ahead of the next mark", timeout=90, interval=0.3)
         # bravo's archiver stops: the segment bravo finishes next stays unarchived, and
@@ -194,5 +194,5 @@ def test_streamed_mark_on_s3_restores_the_group_before_its_wal_is_archived(
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["mark"] == mark["name"]
     assert handles["alpha"].psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1}"
-    assert handles["alpha"].psql("SELECT count(*) FROM filler") == "20000"
+    assert handles["alpha"].psql("SELECT count(*) FROM filler") == "40000"
     assert handles["bravo"].psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1,2}"

@@ -56,7 +56,7 @@ from markship.repository.base import Repository
 
 DEFAULT_SPOOL = Path("/var/lib/markship/stream")
 PAGE = 8192  # XLOG_BLCKSZ of every PostgreSQL build markship supports
-AHEAD_BYTES = 1 << 20  # received WAL not yet uploaded that ship_ahead() uploads
+AHEAD_BYTES = 4 << 20  # received WAL not yet uploaded that ship_ahead() uploads
 PARTIAL = layout.STREAM_PARTIAL
 
 
