@@ -19,6 +19,10 @@ Phases (see bench/README.md, "marks_bench.py"):
 
     latency     WAL receivers up; take_mark() in-process at 1 s, then `markship mark --json`,
                 under pgbench load; then receivers down and take_mark() with delivery "switch"
+    s3          delivery "stream" with the repository in S3 (moto's server on loopback: the
+                receivers write into a local spool, each mark uploads its WAL, see
+                markship.marks.upload) against the directory repository, in turns, idle and
+                under the same pgbench load
     rpo         the agent (which runs the receivers) at [marks] interval = 5 under pgbench
                 load: age of the newest complete mark, sampled every second
     throughput  a 2PC transfer workload (markship.client.group_transaction) and plain pgbench,
@@ -39,6 +43,7 @@ import multiprocessing.synchronize
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,7 +82,7 @@ from backup_bench import (
 from markship.client import group_transaction, setup_decisions
 from markship.config import model as config_mod
 from markship.errors import MarkshipError
-from markship.marks import stream
+from markship.marks import stream, upload
 from markship.marks.choose import latest_complete, mark_states
 from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
 from markship.pg import replication
@@ -85,13 +90,14 @@ from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer, chown_to, free_port
 from markship.repository.backends import location_of, open_repository
 
-PHASES = ("latency", "rpo", "throughput", "failover")
+PHASES = ("latency", "s3", "rpo", "throughput", "failover")
 GROUP = "bench"
 SCALE = 5
 ACCOUNTS = 100  # per server, for the 2PC transfer workload
 START_BALANCE = 1000
 TWOPC_WORKERS = 2
 MARK_INTERVAL_LATENCY = 1.0
+SPARSE_INTERVAL = 5.0  # the s3 phase's longer interval (uploads ahead matter there)
 RPO_INTERVAL = 5.0
 THROUGHPUT_INTERVAL = 1.0
 FAILOVER_INTERVAL = 2.0
@@ -202,7 +208,8 @@ def pg_dir(path: Path, mode: int = 0o755) -> Path:
 
 
 def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
-                     nices: list[int] | None, queue: multiprocessing.Queue[str]) -> None:
+                     nices: list[int] | None, upload_ahead: bool,
+                     queue: multiprocessing.Queue[str]) -> None:
     """take_mark() every `interval` s for `seconds` with `[marks] delivery` set to `delivery`
     ("stream": wait for the receivers, "switch": pg_switch_wal()); the timings go back as one
     JSON string.
@@ -228,6 +235,19 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
         markers = [priority.marking_thread(nice, refused) for nice in nices]
         osuser.switch_to(config.repository.os_user)
         repo = open_repository(location_of(config.repository))
+        # With object storage marks upload from the receivers' spool, as the agent's do, and
+        # between marks it uploads ahead, as the agent's loop does (about every second).
+        uploads = None if stream.in_place(repo) else upload.StreamUploads(config, repo)
+        ahead_stop = threading.Event()
+        if uploads is not None and upload_ahead:
+            servers = [s.name for s in config.servers]
+            shipping = uploads
+
+            def ahead() -> None:
+                while not ahead_stop.wait(1.0):
+                    shipping.ship_ahead(servers)
+
+            threading.Thread(target=ahead, daemon=True, name="bench-upload-ahead").start()
         conns = GroupConnections(config)
         conns.open()  # connections are opened once, as in the agent (not timed)
         samples: list[dict[str, Any]] = []
@@ -239,7 +259,8 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
             is the agent loop's, not the mark's)."""
             started = time.perf_counter()
             try:
-                outcome: MarkResult | MarkshipError = take_mark(config, repo, conns)
+                outcome: MarkResult | MarkshipError = take_mark(config, repo, conns,
+                                                                uploads=uploads)
             except MarkshipError as exc:
                 outcome = exc
             return outcome, (time.perf_counter() - started) * 1000
@@ -268,6 +289,7 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
                 tick += interval
                 time.sleep(max(0.0, tick - time.monotonic()))
         finally:
+            ahead_stop.set()
             conns.close()
         queue.put(json.dumps({"samples": samples}))
     except BaseException as exc:  # report anything, the parent decides
@@ -297,6 +319,7 @@ def _receivers_child(cfg: str, stop: multiprocessing.synchronize.Event,
         from markship import osuser
 
         config = config_mod.load(cfg)
+        upload.prepare_spool(config)  # as `markship run` does (used with object storage)
         osuser.switch_to(config.repository.os_user)
         repo = open_repository(location_of(config.repository))
         conns = GroupConnections(config)
@@ -463,6 +486,73 @@ class ReceiverHost:
 
 
 @dataclass
+class S3Bucket:
+    """moto's S3-compatible server on 127.0.0.1 (a process group of its own) and the bucket
+    the s3 phase uses as the repository."""
+
+    proc: subprocess.Popen[bytes]
+    endpoint: str
+    bucket: str
+    credentials: Path
+
+    def config_lines(self) -> str:
+        return (f'url = "s3://{self.bucket}/markship"\nendpoint = "{self.endpoint}"\n'
+                f'region = "us-east-1"\ncredentials_file = {json.dumps(str(self.credentials))}\n')
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="bench", aws_secret_access_key="bench")
+
+    def stream_objects(self) -> list[int]:
+        """Sizes of the objects under stream/ (the uploads marks made)."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix="markship/stream/")
+        return [item["Size"] for page in pages for item in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def start_s3(root: Path, port: int) -> S3Bucket:
+    """`python -m moto.server` on `port`, one bucket, a credentials file for os_user."""
+    import urllib.error
+    import urllib.request
+
+    with (root / "moto.log").open("wb") as log:
+        proc = subprocess.Popen([str(PYTHON), "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                 str(port)], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(endpoint + "/moto-api/data.json", timeout=2):
+                break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto did not start: {(root / 'moto.log').read_text()}"
+                                   ) from None
+            time.sleep(0.1)
+    credentials = root / "s3.env"
+    credentials.write_text("AWS_ACCESS_KEY_ID=bench\nAWS_SECRET_ACCESS_KEY=bench\n")
+    credentials.chmod(0o600)
+    chown_to(credentials, OS_USER)
+    found = S3Bucket(proc, endpoint, "markship-bench", credentials)
+    found.client().create_bucket(Bucket=found.bucket)
+    return found
+
+
+@dataclass
 class Bench:
     duration: int
     n_servers: int
@@ -479,6 +569,8 @@ class Bench:
     pgbenches: list[subprocess.Popen[str]] = field(default_factory=list)
     workloads: list[TwoPhaseWorkload] = field(default_factory=list)
     receiver_hosts: list[ReceiverHost] = field(default_factory=list)
+    s3: S3Bucket | None = None  # moto's server, for the s3 phase
+    on_s3: bool = False  # write_config() points the repository at `s3`
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -494,12 +586,15 @@ class Bench:
 
     def write_config(self, interval: float, dr_site: bool = False,
                      delivery: str = "stream") -> None:
-        text = (f'[group]\nname = "{GROUP}"\n\n[repository]\npath = {json.dumps(str(self.repo))}'
-                f'\nos_user = "{OS_USER}"\n')
+        where = (self.s3.config_lines() if self.on_s3 and self.s3 is not None
+                 else f'path = {json.dumps(str(self.repo))}\n')
+        text = f'[group]\nname = "{GROUP}"\n\n[repository]\n{where}os_user = "{OS_USER}"\n'
         for server in self.servers:
             text += (f'\n[[server]]\nname = "{server.name}"\nconninfo = "{server.conninfo()}"\n'
                      f'data_dir = "{server.data_dir}"\n')
         text += f'\n[marks]\ninterval = {interval:g}\ndelivery = "{delivery}"\n'
+        if self.on_s3:
+            text += f'stream_spool = {json.dumps(str(self.root / "spool"))}\n'
         if dr_site:
             text += '\n[dr_site]\nname = "dr"\n'
             for server, sb in zip(self.servers, self.standbys, strict=True):
@@ -889,13 +984,129 @@ class Bench:
                 "skipped or failed are listed above", "all", verdict(not bad)),
         ]
 
+    def bench_s3(self) -> None:
+        d = self.duration
+        half = max(5.0, d / 2)
+        say(f"== 1b. mark latency with the repository in S3 (moto's server on 127.0.0.1; the "
+            f"receivers write into a local spool, each mark uploads its WAL) against the "
+            f"directory repository, delivery stream, take_mark() in-process every "
+            f"{MARK_INTERVAL_LATENCY:g} s: idle 5 s each, then under pgbench -c {self.clients} "
+            f"-j {min(2, self.clients)} on each of {self.n_servers} servers in turns directory "
+            f"/ S3 / directory / S3, {half:g} s each")
+        self.s3 = start_s3(self.root, self.port())
+        ctx = multiprocessing.get_context("fork")
+        idle: dict[str, list[dict[str, Any]]] = {"fs": [], "s3": []}
+        loaded: dict[str, list[dict[str, Any]]] = {"fs": [], "s3": []}
+        sparse: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+        restarts = {"fs": 0, "s3": 0}
+        tps: dict[str, list[float]] = {"fs": [], "s3": []}
+
+        def window(kind: str, seconds: float, into: list[dict[str, Any]],
+                   interval: float = MARK_INTERVAL_LATENCY, ahead: bool = True) -> None:
+            self.on_s3 = kind == "s3"
+            self.write_config(30)
+            host = self.start_receivers(ctx)
+            commits, began = self.commits_total(), time.monotonic()
+            try:
+                into.extend(self.mark_loop(ctx, seconds, "stream", interval=interval,
+                                           upload_ahead=ahead))
+            finally:
+                events = self.stop_receivers(host)
+            if interval == MARK_INTERVAL_LATENCY:
+                tps[kind].append((self.commits_total() - commits) / (time.monotonic() - began))
+            restarts[kind] += sum(1 for e in events if e["event"] == "stream.exited")
+            if kind == "s3":  # the next S3 window's receivers start afresh, as an agent's do
+                shutil.rmtree(upload.spool_root(self.load_config()), ignore_errors=True)
+
+        try:
+            self.settle()
+            for kind in ("fs", "s3"):
+                window(kind, 5.0, idle[kind])
+            self.settle()
+            procs = self.start_pgbench(3 + 4 * half + 4 * d + 300)
+            time.sleep(3)
+            for kind in ("fs", "s3", "fs", "s3"):
+                window(kind, half, loaded[kind])
+            # A longer interval: what a mark uploads with and without uploads ahead.
+            for ahead in (True, False):
+                window("s3", 2.0 * d, sparse[ahead], interval=SPARSE_INTERVAL, ahead=ahead)
+            for proc in procs:
+                proc.send_signal(signal.SIGINT)
+            self.finish_pgbench(procs, check=False)
+        finally:
+            self.on_s3 = False
+            self.write_config(30)
+        sizes = self.s3.stream_objects()
+        out: dict[str, Any] = {"stream_objects": {"count": len(sizes),
+                                                  "bytes": dist([float(v) for v in sizes])}}
+        for kind in ("fs", "s3"):
+            ok = [s for s in loaded[kind] if s["outcome"] == "ok"]
+            idle_ok = [s for s in idle[kind] if s["outcome"] == "ok"]
+            streamed = sum(1 for s in ok if s.get("delivery")
+                           and all(v == "stream" for v in s["delivery"].values()))
+            out[kind] = {
+                "samples": loaded[kind], "idle_samples": idle[kind],
+                "total_ms": dist([s["total_ms"] for s in ok]),
+                "delivery_ms": dist([s["delivery_ms"] for s in ok]),
+                "record_ms": dist([s["record_ms"] for s in ok]),
+                "barrier_hold_ms": dist([s["barrier_hold_ms"] for s in ok]),
+                "idle_total_ms": dist([s["total_ms"] for s in idle_ok]),
+                "delivered_by_stream": streamed, "made": len(ok),
+                "attempted": len(loaded[kind]), "receiver_restarts": restarts[kind],
+                "commits_per_s": tps[kind]}
+        for ahead, label in ((True, "with_upload_ahead"), (False, "without_upload_ahead")):
+            ok = [s for s in sparse[ahead] if s["outcome"] == "ok"]
+            out[f"s3_every_{SPARSE_INTERVAL:g}s_{label}"] = {
+                "samples": sparse[ahead], "total_ms": dist([s["total_ms"] for s in ok]),
+                "delivery_ms": dist([s["delivery_ms"] for s in ok])}
+        self.results["s3"] = out
+        fs, s3 = out["fs"], out["s3"]
+        for kind, label in (("fs", "directory"), ("s3", "S3")):
+            r = out[kind]
+            say(f"{label:9s} idle total {fmt_dist(r['idle_total_ms'], digits=1)}")
+            say(f"{label:9s} load total {fmt_dist(r['total_ms'], digits=1)}")
+            say(f"{label:9s}      delivery {fmt_dist(r['delivery_ms'], digits=1)}; record "
+                f"{fmt_dist(r['record_ms'], digits=1)}; by stream {r['delivered_by_stream']} of "
+                f"{r['made']} (attempted {r['attempted']}); commits/s "
+                f"{', '.join(f'{v:.0f}' for v in r['commits_per_s'])}")
+        say(f"stream objects left in the bucket: {len(sizes)}, sizes "
+            f"{fmt_dist(out['stream_objects']['bytes'], 'bytes')}")
+        ratio = s3["total_ms"]["p50"] / fs["total_ms"]["p50"]
+        on = out[f"s3_every_{SPARSE_INTERVAL:g}s_with_upload_ahead"]
+        off = out[f"s3_every_{SPARSE_INTERVAL:g}s_without_upload_ahead"]
+        say(f"S3, a mark every {SPARSE_INTERVAL:g} s: with uploads ahead total "
+            f"{fmt_dist(on['total_ms'], digits=1)}; without {fmt_dist(off['total_ms'], digits=1)}")
+        self.rows += [
+            Row("mark latency, S3 repository, stream, p50", f"{s3['total_ms']['p50']:.1f} ms",
+                f"directory {fs['total_ms']['p50']:.1f} ms (x{ratio:.2f}); delivery p50 "
+                f"{s3['delivery_ms']['p50']:.1f} vs {fs['delivery_ms']['p50']:.1f} ms",
+                "< 50 ms", verdict(s3["total_ms"]["p50"] < 50)),
+            Row("mark latency, S3 repository, stream, p99", f"{s3['total_ms']['p99']:.1f} ms",
+                f"directory {fs['total_ms']['p99']:.1f} ms; max {s3['total_ms']['max']:.1f} ms,"
+                f" n={s3['made']}", "< 200 ms", verdict(s3["total_ms"]["p99"] < 200)),
+            Row("  (info) idle, p50 S3 / directory",
+                f"{s3['idle_total_ms']['p50']:.1f} / {fs['idle_total_ms']['p50']:.1f} ms",
+                f"record write p50 {s3['record_ms']['p50']:.1f} / "
+                f"{fs['record_ms']['p50']:.1f} ms under load", "-", "info"),
+            Row(f"  (info) S3, a mark every {SPARSE_INTERVAL:g} s, p50 / p99",
+                f"{on['total_ms']['p50']:.1f} / {on['total_ms']['p99']:.1f} ms",
+                f"without uploads ahead {off['total_ms']['p50']:.1f} / "
+                f"{off['total_ms']['p99']:.1f} ms", "-", "info"),
+            Row("marks on S3 delivered by stream on every server",
+                f"{s3['delivered_by_stream']} / {s3['made']}",
+                f"attempted {s3['attempted']}; receiver restarts {s3['receiver_restarts']}",
+                "all", verdict(s3["delivered_by_stream"] == s3["made"] == s3["attempted"] > 0)),
+        ]
+
     def mark_loop(self, ctx: multiprocessing.context.ForkContext, seconds: float,
-                  delivery: str, nices: list[int] | None = None) -> list[dict[str, Any]]:
-        """take_mark() every MARK_INTERVAL_LATENCY s in a forked child (see _mark_loop_child)."""
+                  delivery: str, nices: list[int] | None = None,
+                  interval: float = MARK_INTERVAL_LATENCY,
+                  upload_ahead: bool = True) -> list[dict[str, Any]]:
+        """take_mark() every `interval` s in a forked child (see _mark_loop_child)."""
         queue: multiprocessing.Queue[str] = ctx.Queue()
         child = ctx.Process(target=_mark_loop_child,
-                            args=(str(self.cfg), seconds, MARK_INTERVAL_LATENCY, delivery,
-                                  nices, queue))
+                            args=(str(self.cfg), seconds, interval, delivery, nices,
+                                  upload_ahead, queue))
         child.start()
         try:
             payload = json.loads(queue.get(timeout=seconds + 120))
@@ -1419,7 +1630,7 @@ class Bench:
                 "0.3 s) for barely more commits/s; pass --clients 4 to see it")
         self.setup()
         self.results["foreign_activity"] = [{"at": "start", **foreign_activity(self.root)}]
-        steps = {"latency": self.bench_latency, "rpo": self.bench_rpo,
+        steps = {"latency": self.bench_latency, "s3": self.bench_s3, "rpo": self.bench_rpo,
                  "throughput": self.bench_throughput, "failover": self.bench_failover}
         for phase in PHASES:
             if phase in self.phases:
@@ -1470,6 +1681,8 @@ class Bench:
                 proc.kill()
                 proc.wait()
         stop_servers([*reversed(self.standbys), *reversed(self.servers)])
+        if self.s3 is not None:
+            self.s3.stop()
         remove_root(getattr(self, "root", None), self.keep)
 
 

@@ -90,3 +90,19 @@ def test_readme_repeats_layouts_list_exactly() -> None:
     section = readme[readme.index("**Repository layout.**"):]
     assert layout.__doc__ is not None
     assert section.split("```\n", 2)[1] == layout.__doc__.split("```\n", 2)[1]
+
+
+def test_stream_folder_names_are_told_apart() -> None:
+    """pg_receivewal's own files and the pieces uploaded from the agent's spool name their
+    segment; anything else in a stream folder (its pid file, a segment being laid out, a
+    damaged name) names none."""
+    seg = "000000010000000A000000FE"
+    piece = layout.stream_piece_name(seg, 0x2000, 0x6000)
+    assert piece == f"{seg}.partial.00002000-00006000"
+    assert layout.split_stream_name(piece) == (seg, (0x2000, 0x6000))
+    assert layout.split_stream_name(seg) == (seg, None)
+    assert layout.split_stream_name(f"{seg}.partial") == (seg, None)
+    for other in ("receiver.pid", f".pad-{seg}", f"{seg}.partial.00006000-00002000",
+                  f"{seg}.partial.0000200-00006000", f"{seg}.partial.0000200G-00006000",
+                  f"{seg}.full", f"{seg}.partial.00002000"):
+        assert layout.split_stream_name(other) is None, other

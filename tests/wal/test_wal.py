@@ -615,3 +615,38 @@ def test_streamed_partial_segments_are_checked_too(workdir: Path) -> None:
 
     partial.write_bytes(wal_content("000000010000000000000006", os.urandom(1 << 16) * 256))
     _one_fatal_line(_fetch(config, wal), "0/6000000")
+
+
+def test_uploaded_stream_pieces_are_laid_down_in_order_and_padded_back(workdir: Path) -> None:
+    """The agent's uploads from its spool (object storage, markship.marks.upload) are pieces
+    of a partial segment, zstd frames without the zero padding; each begins with the last
+    page of the one before, which may have been written to since. wal-fetch lays them down
+    in order up to the first gap and pads the segment back to full size. The format is read
+    from the names and bytes, so a directory repository shows it as well."""
+    import zstandard
+
+    from markship.repository import layout
+
+    config, wal = _setup(workdir)
+    _mark_repository(workdir)
+    stream = workdir / "repo" / "stream" / "orders"
+    stream.mkdir(parents=True)
+    page = 8192
+    received = wal_content(SEGMENT, os.urandom(5 * page))
+    # The first upload caught page 3 half written; the second repeats it, whole.
+    earlier = received[:2 * page] + received[2 * page:2 * page + 4000] + bytes(page - 4000)
+    pieces = {(0, 3 * page): earlier, (2 * page, 5 * page): received[2 * page:],
+              (7 * page, 8 * page): os.urandom(page)}  # after a gap: never used
+    for (start, end), data in pieces.items():
+        path = stream / layout.stream_piece_name(SEGMENT, start, end)
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
+        chown_to(path, OS_USER)
+    for made in (stream.parent, stream):
+        chown_to(made, OS_USER)
+    assert _fetched(config, wal, SEGMENT) == received + bytes((16 << 20) - len(received))
+
+    # A whole segment must be whole: a short one is damage, not the end of WAL.
+    whole = stream / SEGMENT
+    whole.write_bytes(zstandard.ZstdCompressor().compress(received))
+    chown_to(whole, OS_USER)
+    _one_fatal_line(_fetch(config, wal), SEGMENT, "bytes")

@@ -32,12 +32,11 @@ from markship.agent.jobs import Jobs
 from markship.agent.log import EventLog
 from markship.config.model import Config
 from markship.errors import LockedError, MarkshipError
-from markship.marks import priority, stream
+from markship.marks import priority, stream, upload
 from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
 from markship.pg import programs, replication
 from markship.repository import records
 from markship.repository.base import Repository
-from markship.repository.fs import FsRepository
 from markship.timefmt import utcnow
 
 PRUNE_EVERY = 10.0  # seconds between clean-ups of streamed WAL that is archived
@@ -73,6 +72,9 @@ class Agent:
         # Marks are made on a thread of their own, at a raised priority (markship.marks.priority).
         self.marker = marker or marking_thread(config, log)
         self.receivers: dict[str, stream.Receiver] = {}
+        # With object storage the receivers write into a local spool, and marks upload
+        # from it (markship.marks.upload).
+        self.uploads = None if stream.in_place(repo) else upload.StreamUploads(config, repo, log)
         self.receiver_problems: set[str] = set()
         self.receivers_recognised: set[str] = set()  # checked once per server (see below)
         self.config_text: str | None = None  # the config as last journaled (redacted)
@@ -127,6 +129,8 @@ class Agent:
                     receiver.stop()
                 self.jobs.join()
                 self.marker.shutdown()
+                if self.uploads is not None and self.receivers:
+                    self.uploads.clear()
                 self.conns.close()
             self.journal_marks()
             self.journal("agent stop", "ok")
@@ -182,6 +186,8 @@ class Agent:
                 self.jobs.capture_changed_filesets()
                 self.jobs.maybe_dump()
             self.poll_receivers()
+            if self.uploads is not None and self.receivers:
+                self.uploads.ship_ahead(list(self.receivers))
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune_stream()
@@ -272,10 +278,12 @@ class Agent:
 
     def poll_receivers(self) -> None:
         """Keep one WAL receiver per reachable server running (marks use it; see stream)."""
-        if self.config.marks.delivery != "stream" or not isinstance(self.repo, FsRepository):
+        if self.config.marks.delivery != "stream":
             return
-        if self.config.encryption is not None:
-            return  # pg_receivewal writes plain WAL: with encryption on, marks switch WAL
+        if self.config.encryption is not None and self.uploads is None:
+            # pg_receivewal writes plain WAL: into an encrypted directory repository it may
+            # not (marks switch WAL); from a spool, uploads are encrypted like every object.
+            return
         for server in self.config.servers:
             receiver = self.receivers.get(server.name)
             if receiver is None:
@@ -293,8 +301,9 @@ class Agent:
                     continue
             try:
                 if receiver is None:
-                    receiver = stream.Receiver(self.repo, server.name, server.conninfo,
-                                               program, self.log)
+                    receiver = stream.Receiver(
+                        stream.receiver_folder(self.config, self.repo, server.name),
+                        server.name, server.conninfo, program, self.log)
                     self.receivers[server.name] = receiver
                 receiver.poll()
             except (OSError, MarkshipError) as exc:  # e.g. the stream folder is not writable
@@ -357,9 +366,11 @@ class Agent:
         for server in self.receivers:
             try:
                 stream.prune(self.repo, server)
-            except MarkshipError as exc:
+                if self.uploads is not None:
+                    self.uploads.prune(server)
+            except (OSError, MarkshipError) as exc:
                 self.log("stream.prune_failed", level="warning", server=server,
-                         reason=exc.message)
+                         reason=exc.message if isinstance(exc, MarkshipError) else str(exc))
 
     def mark(self, name: str | None = None, switch_wal: bool = True,
              **extra: str) -> MarkResult | MarkshipError:
@@ -367,7 +378,7 @@ class Agent:
         and logged; a failure is returned, not raised."""
         try:
             result = self.marker.submit(take_mark, self.config, self.repo, self.conns, name,
-                                        switch_wal=switch_wal).result()
+                                        switch_wal=switch_wal, uploads=self.uploads).result()
         except MarkshipError as exc:
             error = exc
         except psycopg.Error as exc:  # a connection that broke in a way not yet translated

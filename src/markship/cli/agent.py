@@ -21,6 +21,10 @@ def run_agent(ctx: Context, log_json: bool, standby_agent: bool) -> None:
     config = ctx.config
     log = EventLog(as_json=log_json)
     marker = marking_thread(config, log)  # made before markship becomes os_user
+    if config.repository.on_object_storage and config.marks.delivery == "stream":
+        from markship.marks.upload import prepare_spool
+
+        prepare_spool(config)  # likewise: /var/lib/markship may be root's alone
     Agent(config, ctx.repository(), log, config_path=str(ctx.config_path), marker=marker,
           standby=standby_agent).run()
 

@@ -158,8 +158,18 @@ class MarksSection(_Section):
     # back to a WAL switch for a server without a receiver) or "switch" (always switch).
     delivery: Literal["stream", "switch"] = "stream"
     stream_wait: Annotated[float, Field(gt=0, le=30)] = 1.0
+    # Where the receivers write when the repository is object storage (markship.marks.upload):
+    # a local directory of the agent's host; None: /var/lib/markship/stream.
+    stream_spool: Path | None = None
     # Nice value of the agent's marking thread (markship.marks.priority); 0 leaves it alone.
     nice: Annotated[int, Field(ge=-20, le=19)] = -10
+
+    @field_validator("stream_spool")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
 
 
 class ScheduleSection(_Section):

@@ -168,8 +168,10 @@ def _archiver(conn: sql.Connection, name: str) -> Check:
 
 
 def _streaming(config: Config) -> bool:
-    # With encryption the agent starts no receivers (they would write plain WAL).
-    return config.marks.delivery == "stream" and config.encryption is None
+    # With encryption and a directory repository the agent starts no receivers (they would
+    # write plain WAL into it); with object storage they write into its spool.
+    return config.marks.delivery == "stream" and (
+        config.encryption is None or config.repository.on_object_storage)
 
 
 def _receiver_progress(name: str, facts: roles.RoleFacts) -> Check:

@@ -1,16 +1,19 @@
 """WAL streaming into the repository: how a mark reaches the repository in milliseconds
 without a 16 MB WAL switch per mark.
 
-The agent runs one `pg_receivewal --synchronous` per server into `stream/<server>/` of the
-repository. The receiver writes the current segment as `SEG.partial` (padded to 16 MB) and
-renames it `SEG` when it is full; it flushes what it received before acknowledging it, so
+The agent runs one `pg_receivewal --synchronous` per server into `stream/<server>/` of a
+directory repository; with object storage, into a local spool from which the agent uploads
+what each mark needs before the mark is published (markship.marks.upload). The receiver
+writes the current segment as `SEG.partial` (padded to 16 MB) and renames it `SEG` when it
+is full; it flushes what it received before acknowledging it, so
 the server's `pg_stat_replication.flush_lsn` for the receiver says what is durably there.
 
 - A mark waits (briefly) until each server's receiver has flushed past the mark's restore
   point, and records `delivery = "stream"` for that server. A server without a receiver gets
   the old treatment: `pg_switch_wal()`, delivery `"switch"`.
 - A mark point delivered by stream counts as in the repository while the segment holding it
-  is archived *or* present in the stream folder (whole or partial).
+  is archived *or* present in the stream folder (whole or partial): for a directory
+  repository the receiver's own files, for object storage the uploaded copies.
 - `wal-fetch` serves a segment that is not archived yet from the stream folder (a partial one
   under the segment's name: recovery stops at the mark before the zero padding). Standbys
   only ever get whole segments.
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from markship.config.model import Config
+from markship.marks import upload
 from markship.pg import conninfo as conninfo_mod
 from markship.pg import fanout, programs, sql
 from markship.pg.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
@@ -86,17 +90,19 @@ def wait_flushed(conns: dict[str, sql.Connection], lsns: dict[str, int],
 
 
 def prune(repo: Repository, server: str) -> int:
-    """Delete streamed files whose segment is archived, keeping the newest two (the one the
-    receiver may be writing, and the next one laid out for it). Returns how many were
-    deleted."""
+    """Delete streamed files (and uploaded pieces) whose segment is archived, keeping the
+    newest two segments (the one the receiver may be writing, and the next one laid out for
+    it). Returns how many were deleted."""
     from markship.wal.stored import find_archived
 
-    names = repo.children(stream_prefix(server))
-    segments = sorted(n for n in names if len(n.removesuffix(PARTIAL)) == 24)
+    names = {name: parsed[0] for name in repo.children(stream_prefix(server))
+             if (parsed := layout.split_stream_name(name)) is not None}
+    # The newest two segments stay: the one being written may be the next, laid out ahead.
+    older = sorted(set(names.values()))[:-2]
+    archived = {segment for segment in older if find_archived(repo, server, segment)}
     deleted = 0
-    for name in segments[:-2]:  # the newest may be the next segment, laid out ahead
-        base = name.removesuffix(PARTIAL)
-        if find_archived(repo, server, base):
+    for name, segment in sorted(names.items()):
+        if segment in archived:
             repo.delete(stream_prefix(server) + name)
             deleted += 1
     return deleted
@@ -109,18 +115,18 @@ class ReceiverLog(Protocol):
 
 
 class Receiver:
-    """One supervised pg_receivewal for one server (the agent calls `poll()` often)."""
+    """One supervised pg_receivewal for one server, writing into `folder` (the agent calls
+    `poll()` often)."""
 
-    def __init__(self, repo: FsRepository, server: str, conninfo: str, pg_receivewal: str,
+    def __init__(self, folder: Path, server: str, conninfo: str, pg_receivewal: str,
                  log: ReceiverLog) -> None:
-        self.repo = repo
         self.server = server
         # Marks recognise the receiver by this name in pg_stat_replication; psycopg's
         # parser sets it on a URI as well as on key=value pairs.
         self.conninfo = conninfo_mod.with_params(conninfo, application_name=RECEIVER_NAME)
         self.pg_receivewal = pg_receivewal
         self.log = log
-        self.folder = Path(repo.root) / stream_prefix(server)
+        self.folder = folder
         self.proc: subprocess.Popen[bytes] | None = None
         self.login: conninfo_mod.ProgramConninfo | None = None  # while proc runs
         self.errors: deque[str] = deque(maxlen=5)
@@ -203,7 +209,7 @@ class Receiver:
                 child.unlink(missing_ok=True)
 
     def _start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._stop_orphan()
         self._drop_unused()
         self.errors.clear()
@@ -300,15 +306,26 @@ def _first_page_zero(path: Path) -> bool:
         return False
 
 
+def in_place(repo: Repository) -> bool:
+    """Whether the receivers write into the repository itself (a directory), rather than
+    into the spool of markship.marks.upload (object storage)."""
+    return isinstance(repo, FsRepository)
+
+
+def receiver_folder(config: Config, repo: Repository, server: str) -> Path:
+    """Where the receiver of `server` writes."""
+    if isinstance(repo, FsRepository):
+        return Path(repo.root) / stream_prefix(server)
+    return upload.spool_folder(config, server)
+
+
 def receivers(config: Config, repo: Repository, versions: dict[str, int],
               log: ReceiverLog) -> list[Receiver]:
     """One receiver per server (`versions`: server → PostgreSQL version number, to pick the
-    matching pg_receivewal). Streaming needs a repository on a file system."""
-    if not isinstance(repo, FsRepository):
-        return []
+    matching pg_receivewal)."""
     found = []
     for server in config.servers:
         tools = programs.bin_dir(server.bin_dir, versions[server.name])
-        found.append(Receiver(repo, server.name, server.conninfo,
-                              programs.tool(tools, "pg_receivewal"), log))
+        found.append(Receiver(receiver_folder(config, repo, server.name), server.name,
+                              server.conninfo, programs.tool(tools, "pg_receivewal"), log))
     return found

@@ -6,7 +6,8 @@ Steps of one mark:
 2. while holding it, create the restore point on every server at once (markship.pg.fanout);
    the same statement flushes it to disk;
 3. release the barrier, then get the mark's WAL into the repository: wait (briefly) for the
-   agent's WAL receiver to flush past the restore point, or switch WAL on a server without
+   agent's WAL receiver to flush past the restore point (with object storage, then upload
+   it from the receiver's spool, markship.marks.upload), or switch WAL on a server without
    one so its segment is archived now (see markship.marks.stream);
 4. write the mark record (stored during step 3, named once the WAL is delivered). A mark
    is *complete* once every server's WAL holding it is in the repository: the archived
@@ -32,7 +33,7 @@ from markship import names, perserver
 from markship.client import barrier_key
 from markship.config.model import Config
 from markship.errors import MarkshipError, ServerError, first_line
-from markship.marks import priority, stream
+from markship.marks import priority, stream, upload
 from markship.pg import fanout, replication, sql
 from markship.pg.lsn import parse_lsn, parse_segment_name
 from markship.repository import layout, records
@@ -98,10 +99,14 @@ class MarkResult:
 
 
 def take_mark(config: Config, repo: Repository, conns: GroupConnections,
-              name: str | None = None, switch_wal: bool = True) -> MarkResult:
+              name: str | None = None, switch_wal: bool = True,
+              uploads: upload.StreamUploads | None = None) -> MarkResult:
     """Make one group mark. Raises BadName (markship.names) for a name no mark can have,
     MarkSkipped when the barrier is busy, ServerError when a server fails (the mark is then
-    not recorded anywhere)."""
+    not recorded anywhere).
+
+    `uploads`: the agent's, which hold its receivers' spool; a repository in object storage
+    gets streamed WAL only through them (without, every server's WAL is switched)."""
     start = time.perf_counter()
     now = utcnow()
     name = names.check_restore_point(name if name is not None else
@@ -111,7 +116,8 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
         raise MarkshipError(f"mark {name} already exists",
                             "mark names must never repeat: choose another --name")
     conns.open()
-    streaming = switch_wal and config.marks.delivery == "stream"
+    streaming = (switch_wal and config.marks.delivery == "stream"
+                 and (uploads is not None or stream.in_place(repo)))
 
     def record_with(taken: _Taken, delivered: dict[str, Delivery]) -> MarkRecord:
         return MarkRecord(
@@ -138,7 +144,7 @@ def take_mark(config: Config, repo: Repository, conns: GroupConnections,
     try:
         taken = _under_barrier(config, conns, name, streaming, released)
         before = time.perf_counter()
-        delivered = _deliver(config, conns, taken, streaming) if switch_wal else {}
+        delivered = _deliver(config, conns, taken, streaming, uploads) if switch_wal else {}
     except BaseException:
         if staging is not None:
             staging.drop()
@@ -243,13 +249,15 @@ def _under_barrier(config: Config, conns: GroupConnections, name: str, streaming
     return taken(first_poll)
 
 
-def _deliver(config: Config, conns: GroupConnections, taken: _Taken,
-             streaming: bool) -> dict[str, Delivery]:
+def _deliver(config: Config, conns: GroupConnections, taken: _Taken, streaming: bool,
+             uploads: upload.StreamUploads | None) -> dict[str, Delivery]:
     """Step 3: the mark's WAL into the repository, by stream where the receiver gets there
-    within `[marks] stream_wait`, else by a WAL switch."""
+    within `[marks] stream_wait` (and, from a spool, is uploaded), else by a WAL switch."""
     lsns = {server: lsn for server, (lsn, _file) in taken.points.items()}
     streamed = (stream.wait_flushed(conns.conns, lsns, config.marks.stream_wait,
                                     taken.first_poll) if streaming else set())
+    if streamed and uploads is not None:
+        streamed = uploads.ship({server: taken.points[server] for server in streamed})
     rest = [server for server in conns.conns if server not in streamed]
     fanout.fan_out({server: (conns.conns[server], sql.SWITCH_WAL, ()) for server in rest})
     return {**dict.fromkeys(streamed, "stream"), **dict.fromkeys(rest, "switch")}

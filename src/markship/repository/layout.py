@@ -13,6 +13,7 @@ backups/_group/<set-id>/markship.toml        the markship config file at backup 
 wal/<server>/<timeline+log>/<segment>-b3.<blake3>.zst
 wal/<server>/history/<timeline>.history-b3.<blake3>.zst
 stream/<server>/<segment>[.partial]          WAL received by the agent's pg_receivewal
+stream/<server>/<segment>.partial.<from>-<to>  a piece of it, uploaded from the agent's spool
 gaps/<server>/<first-segment>.json           WAL dropped by pg_wal protection: the gap
 marks/<mark-name>.json                       group mark: its restore point on every server
 holds/<set-id>-<server>-<pid>.json           restore in progress: expire keeps its set
@@ -149,6 +150,33 @@ def gaps_prefix(server: str) -> str:
 def gap_key(server: str, first_segment: str) -> str:
     """The record of a gap: WAL of `server` dropped from segment `first_segment` on."""
     return f"{gaps_prefix(server)}{first_segment}{RECORD_SUFFIX}"
+
+
+def stream_piece_name(wal_name: str, start: int, end: int) -> str:
+    """The name (in stream_prefix) of bytes `start`..`end` of a partial segment, uploaded from
+    the agent's spool (see markship.marks.upload)."""
+    return f"{wal_name}{STREAM_PARTIAL}.{start:08X}-{end:08X}"
+
+
+def split_stream_name(name: str) -> tuple[str, tuple[int, int] | None] | None:
+    """(segment name, (start, end) of a piece or None) of a name in a stream folder — `SEG`,
+    `SEG.partial` or a piece `SEG.partial.SSSSSSSS-EEEEEEEE` — or None for any other name."""
+    segment, dot, rest = name.partition(".")
+    if len(segment) != 24:
+        return None
+    if not dot:
+        return segment, None
+    if rest == STREAM_PARTIAL[1:]:
+        return segment, None
+    kind, dot, span = rest.partition(".")
+    first, dash, last = span.partition("-")
+    if kind != STREAM_PARTIAL[1:] or not dot or not dash or len(first) != 8 or len(last) != 8:
+        return None
+    try:
+        start, end = int(first, 16), int(last, 16)
+    except ValueError:
+        return None
+    return (segment, (start, end)) if start < end else None
 
 
 # -- marks and the DR site ------------------------------------------------------------------------

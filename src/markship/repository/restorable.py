@@ -54,9 +54,8 @@ class WalIndex:
                     self.segments[seg.timeline].add(seg.number)
         # Segments the agent's receiver holds, whole or partial, not archived yet.
         self.streamed: set[str] = {
-            name.removesuffix(layout.STREAM_PARTIAL)
-            for name in repo.children(layout.stream_prefix(server))
-            if len(name.removesuffix(layout.STREAM_PARTIAL)) == 24}
+            streamed[0] for name in repo.children(layout.stream_prefix(server))
+            if (streamed := layout.split_stream_name(name)) is not None}
 
     def has(self, segment: Segment) -> bool:
         return segment.number in self.segments.get(segment.timeline, set())

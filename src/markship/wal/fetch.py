@@ -22,7 +22,9 @@ from markship.wal.stored import CHUNK, find_archived, open_archived
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the per-segment start-up
-    from markship.repository.base import Repository
+    from typing import BinaryIO
+
+    from markship.repository.base import Readable, Repository
 
 def standby_ceiling(repo: Repository, server: str, floor: str | None,
                     servers: frozenset[str]) -> Segment | None:
@@ -82,21 +84,40 @@ def _mark_points(repo: Repository, key: str,
 def _delivered(repo: Repository, server: str, wal_file: str, delivery: str) -> bool:
     if find_archived(repo, server, wal_file):
         return True
-    return delivery == "stream" and streamed_key(repo, server, wal_file, True) is not None
+    return delivery == "stream" and bool(streamed_copy(repo, server, wal_file, True))
 
 
-def streamed_key(repo: Repository, server: str, wal_name: str,
-                 allow_partial: bool) -> str | None:
-    """The stream-folder key holding `wal_name` (see markship.marks.stream): the whole file, else
-    (if allowed) the partial one; None when neither exists."""
+def streamed_copy(repo: Repository, server: str, wal_name: str,
+                  allow_partial: bool) -> list[tuple[str, int, int]]:
+    """The stream-folder objects holding `wal_name` (see markship.marks.stream), as (key,
+    start, end) in the order to lay them down: the whole file, else (if allowed) the
+    partial one, else the pieces uploaded from the agent's spool (markship.marks.upload) that
+    continue each other from the segment's start; empty when there is none. For one object
+    start and end are 0 and -1 (all of it)."""
     if len(wal_name) != 24:
-        return None
-    whole = layout.stream_prefix(server) + wal_name
-    if repo.exists(whole):
-        return whole
-    if allow_partial and repo.exists(whole + layout.STREAM_PARTIAL):
-        return whole + layout.STREAM_PARTIAL
-    return None
+        return []
+    prefix = layout.stream_prefix(server)
+    names = repo.children(prefix)
+    if wal_name in names:
+        return [(prefix + wal_name, 0, -1)]
+    if not allow_partial:
+        return []
+    if wal_name + layout.STREAM_PARTIAL in names:
+        return [(prefix + wal_name + layout.STREAM_PARTIAL, 0, -1)]
+    # Pieces go down in the order they were uploaded, which is that of their ends: a later
+    # one may begin inside an earlier one (the page that was still being written then) and
+    # replaces those bytes.
+    pieces = sorted((span[1], span[0], name) for name in names
+                    if (parsed := layout.split_stream_name(name)) is not None
+                    and parsed[0] == wal_name and (span := parsed[1]) is not None)
+    chain: list[tuple[str, int, int]] = []
+    reached = 0
+    for end, start, name in pieces:
+        if start > reached:
+            break  # a gap: what follows it cannot be used
+        chain.append((prefix + name, start, end))
+        reached = max(reached, end)
+    return chain
 
 
 def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
@@ -104,37 +125,107 @@ def fetch_streamed(repo: Repository, server: str, wal_name: str, dest: str,
     """Copy a segment that is not archived yet from the stream folder to `dest`.
 
     A partial segment is zero-padded to full size: recovery reads what was received and
-    treats the padding as the end of WAL. Raises ObjectMissing when there is no copy.
+    treats the padding as the end of WAL. A directory repository's stream folder holds
+    pg_receivewal's own files; one in object storage holds the agent's uploads
+    (markship.marks.upload): pieces of one zstd frame each, laid down in order, then padded
+    up to the segment size the WAL page header names. Raises ObjectMissing when there is no
+    copy.
     """
-    key = streamed_key(repo, server, wal_name, allow_partial)
-    if key is None:
+    sources = streamed_copy(repo, server, wal_name, allow_partial)
+    if not sources:
         raise ObjectMissing(f"{wal_name} of server {server} is not archived")
+    whole = sources[0][0].endswith(wal_name)
     folder, name = os.path.split(dest)
     temp = os.path.join(folder, f".{name}.markship-{os.getpid()}")
-    head = Head()
     try:
-        # Streamed files are pg_receivewal's own (never encrypted: streaming is off then).
-        with repo.open_stored(key) as source, open(temp, "wb") as out:
-            while chunk := source.read(CHUNK):
-                head.take(chunk)
-                out.write(chunk)
+        with open(temp, "w+b") as out:
+            size = 0
+            for key, start, end in sources:
+                out.seek(start)
+                copied = _copy_stored(repo, key, out, MAX_SEGMENT - start)
+                if end >= 0 and copied != end - start:
+                    raise CorruptObject(f"streamed copy {key} holds {copied} bytes, its name "
+                                        f"says {end - start}",
+                                        "run markship verify; this WAL must not be replayed")
+                size = max(size, start + copied)
+            out.seek(0)
+            head = out.read(WAL_HEADER_BYTES)
+            segment_size = _segment_size(head)
+            if not whole and segment_size and size < segment_size:
+                out.truncate(segment_size)  # the zero padding left out of the upload
+                size = segment_size
     except ObjectMissing:
         _discard(temp)  # archived and pruned meanwhile: the caller looks again
         raise
     except BaseException:
         _discard(temp)
         raise
-    if key.endswith(layout.STREAM_PARTIAL) and not head.data.strip(b"\0"):
+    if not whole and not head.strip(b"\0"):
         # The agent lays the receiver's next segment out ahead, zero-filled: nothing of this
         # segment has been received yet.
         _discard(temp)
         raise ObjectMissing(f"{wal_name} of server {server} is not archived")
-    problem = wal_header_problem(head.data, wal_name)
+    problem = wal_header_problem(head, wal_name)
+    if problem is None and size != segment_size:
+        problem = f"{size} bytes, not the {segment_size} of its segment size"
     if problem is not None:
         _discard(temp)
-        raise CorruptObject(f"streamed copy {key} is not WAL file {wal_name} ({problem})",
-                            "run markship verify; this WAL must not be replayed")
+        raise CorruptObject(f"streamed copy {sources[0][0]} is not WAL file {wal_name} "
+                            f"({problem})", "run markship verify; this WAL must not be replayed")
     os.replace(temp, dest)
+
+
+def _copy_stored(repo: Repository, key: str, out: BinaryIO, limit: int) -> int:
+    """Write the WAL bytes of one stream-folder object to `out` (decrypted and unpacked when
+    it is an upload); returns how many, stopping past `limit` (repository data is
+    untrusted)."""
+    copied = 0
+    with repo.open_stored(key) as stored:
+        first = stored.read(CHUNK)
+        source: Readable = stored
+        if first[:len(AGE_MAGIC)] == AGE_MAGIC:  # an upload to an encrypted repository
+            source = repo.plaintext(_Rejoined(first, stored), key)
+            first = source.read(CHUNK)
+        if first[:len(ZSTD_MAGIC)] == ZSTD_MAGIC:  # an upload from the agent's spool
+            from markship.wal import _zstd
+
+            source = _zstd.load().ZstdDecompressor().stream_reader(
+                _Rejoined(first, source), read_across_frames=True)
+            first = source.read(CHUNK)
+        chunk = first
+        while chunk:
+            copied += len(chunk)
+            if copied > limit:
+                break
+            out.write(chunk)
+            chunk = source.read(CHUNK)
+    return copied
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+AGE_MAGIC = b"age-encryption.org/v1\n"  # as markship.repository.crypto (not loaded here)
+MAX_SEGMENT = 1 << 30  # PostgreSQL's largest WAL segment size
+
+
+def _segment_size(head: bytes) -> int:
+    """The segment size a segment's long page header names (0 when too short to say)."""
+    return int.from_bytes(head[32:36], "little") if len(head) >= WAL_HEADER_BYTES else 0
+
+
+class _Rejoined:
+    """A reader of `first` followed by the rest of `rest` (bytes already read to sniff)."""
+
+    __slots__ = ("first", "rest")
+
+    def __init__(self, first: bytes, rest: Readable) -> None:
+        self.first, self.rest = first, rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self.first:
+            taken = self.first if size < 0 else self.first[:size]
+            self.first = self.first[len(taken):]
+            return taken
+        return self.rest.read(size)
 
 
 class Head:
