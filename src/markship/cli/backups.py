@@ -64,7 +64,7 @@ def list_sets(ctx: Context, as_json: bool) -> None:
     """Backup sets with times, sizes, compression ratio and completeness."""
     from markship.repository import catalog, restorable
 
-    repo = ctx.repository()
+    repo = ctx.repository(fallback=True)
     wal: dict[str, restorable.WalIndex] = {}
     states = [restorable.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
     output.writer(as_json).list_sets(states)
@@ -186,7 +186,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
         extra[key.strip()] = value.strip()
     config = ctx.config
     config.server(server)
-    repo = ctx.repository()
+    repo = ctx.repository(fallback=True)
     result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
                             start=start, port=port, extra_settings=extra)
     ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir)
@@ -198,7 +198,8 @@ def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base
     from markship.backup.group_restore import restore_group
 
     config = ctx.config
-    report = restore_group(config, ctx.repository(), mark_name, template, port_base, host)
+    report = restore_group(config, ctx.repository(fallback=True), mark_name, template,
+                           port_base, host)
     output.writer(as_json).restore_group(report, host)
 
 

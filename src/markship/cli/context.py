@@ -14,6 +14,7 @@ from markship.config import model as config_mod
 from markship.config.model import Config
 from markship.repository.backends import location_of, open_repository
 from markship.repository.base import Repository
+from markship.repository.copies import Copy
 
 
 class Context:
@@ -43,7 +44,8 @@ class Context:
             except ConfigError:
                 return
         try:
-            journal.append(self.repository(), command, outcome, user=self.user,
+            # Where the command's own writes go: the primary, or a copy when it is gone.
+            journal.append(self.repository(fallback=True), command, outcome, user=self.user,
                            objects=self.journal_objects)
         except ConfigError:
             return  # no repository to write to; the command's own error says why
@@ -57,20 +59,43 @@ class Context:
             self._config = config_mod.load(self.config_path)
         return self._config
 
-    def repository(self) -> Repository:
-        """Load the config, become the repository's OS user, open the repository."""
+    def repository(self, fallback: bool = False) -> Repository:
+        """Load the config, become the repository's OS user, open the repository.
+        `fallback`: reads fall back to the [[repository.copy]] repositories (see
+        markship.repository.fallback) — for commands the DR site runs when production's
+        repository may be gone (restore, failover, standbys, drills)."""
         osuser.switch_to(self.config.repository.os_user)
-        return self.reading_repository()
+        return self.reading_repository(fallback)
 
-    def reading_repository(self) -> Repository:
+    def reading_repository(self, fallback: bool = False) -> Repository:
         """The repository, opened as the user markship runs as: for commands that only read
         it (so no object gets another owner) and still need root afterwards (e.g. to give
         restored files their owners back)."""
         encryption = self.config.encryption
         if encryption is None:
-            return open_repository(location_of(self.config.repository))
-        return open_repository(location_of(self.config.repository), [encryption.recipient],
-                               encryption.identity_file, encryption.catalog_key_file)
+            primary = open_repository(location_of(self.config.repository))
+        else:
+            primary = open_repository(location_of(self.config.repository),
+                                      [encryption.recipient], encryption.identity_file,
+                                      encryption.catalog_key_file)
+        if not fallback or not self.config.repository.copies:
+            return primary
+        from markship.repository.fallback import Fallback
+
+        return Fallback(primary, [c.repo for c in self.copies()])
+
+    def copies(self, names: list[str] | None = None) -> list[Copy]:
+        """The configured copies (those named), opened; an unknown name is a ConfigError."""
+        from markship.errors import ConfigError
+        from markship.repository.copies import open_copies
+
+        known = [c.name for c in self.config.repository.copies]
+        for name in names or []:
+            if name not in known:
+                raise ConfigError(f"no [[repository.copy]] named {name!r} (configured: "
+                                  f"{', '.join(known) or 'none'})",
+                                  "use a name from a [[repository.copy]] table of the config")
+        return open_copies(self.config, names)
 
 
 pass_context = click.make_pass_decorator(Context)

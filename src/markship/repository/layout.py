@@ -207,3 +207,35 @@ def catalog_key_copy_name(stamp: str, fingerprint: str) -> str:
 
 def lock_key(name: str) -> str:
     return f"{LOCKS}{name}.lock"
+
+
+# -- copies ([[repository.copy]]) -----------------------------------------------------------------
+
+# Never copied: locks belong to the repository they lock, the stream folder is rewritten in
+# place by pg_receivewal and pruned within seconds, a hold protects a set from one
+# repository's own expire.
+NOT_COPIED = (LOCKS, STREAM, HOLDS)
+
+# Where retention deletes (markship.backup.retention), oldest name first within each folder.
+_EXPIRED_FOLDERS = (SETS, MARKS)
+_EXPIRED_PER_NAME = (WAL, BACKUPS, FILESETS, DUMPS)
+
+
+def copied(key: str) -> bool:
+    """Whether a copy of the repository holds this object too."""
+    return not key.startswith(NOT_COPIED)
+
+
+def expiry_folder(key: str) -> str | None:
+    """The folder in which retention deletes `key`'s object oldest name first (what a copy
+    compares against to mirror a deletion), or None when retention never deletes it: WAL of
+    one server (history files are kept for ever), backups of one server, sets, marks, the
+    captures of one file set, the dumps of one dump."""
+    if key.startswith(_EXPIRED_FOLDERS):
+        return key.split("/", 1)[0] + "/"
+    if key.startswith(_EXPIRED_PER_NAME):
+        parts = key.split("/")
+        if len(parts) < 3 or (key.startswith(WAL) and parts[2] == "history"):
+            return None
+        return f"{parts[0]}/{parts[1]}/"
+    return None

@@ -8,8 +8,12 @@ library, zstandard and the repository at start-up.
 Contract with PostgreSQL:
 - wal-push exits 0 only once the file is durably stored; pushing the same content again also
   exits 0; different content under an archived name exits 1 and keeps the stored object.
+- wal-push with `sync` copies ([[repository.copy]]) exits 0 only once every one of them holds
+  the file too; an unreachable sync copy fails the push with one line naming it.
 - wal-fetch exits 0 with the file at DEST and 1 quietly when it is not archived (PostgreSQL
-  then looks elsewhere or ends recovery). Every other failure exits 126 with one line: a
+  then looks elsewhere or ends recovery). With copies, it reads from the first reachable
+  repository (the primary first) that holds the file, and "not archived" means that no
+  reachable one holds it. Every other failure exits 126 with one line: a
   corrupt or foreign object, a key that does not open it, an unreadable or absent repository,
   a bad config, even a bug. PostgreSQL reads any exit below 126 as "not archived" and would
   end recovery there and promote, silently short of committed WAL; 126 and above make it stop
@@ -81,11 +85,11 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
     settings = load_settings(config_path)
     settings.check_server(server)
     osuser.switch_to(settings.os_user)
-    repo = settings.open_repository()
     # Each command imports only its own work: every module costs start-up, paid per segment.
     if command == "wal-push":
         from markship.wal.push import push
 
+        repo = settings.open_repository()
         path = positional[0]
         if not os.path.isfile(path):
             raise ObjectMissing(f"WAL file {path} does not exist",
@@ -95,8 +99,16 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
 
             push_ahead_in_background(repo, server, path, settings, spool_for=config_path)
         push(repo, server, path, settings.compression_level)
+        copies = settings.open_copies("sync") if settings.copies else []
+        if copies:  # also when it was archived before: a copy may have been down then
+            from markship.wal.copies import push_to_copies
+
+            push_to_copies(repo, copies, server, path)
         return 0
     from markship.wal.fetch import fetch, fetch_streamed, standby_ceiling
+
+    # The primary, and the copies behind it: the first reachable one holding the file serves.
+    repo = settings.reading_repository()
 
     name, dest = positional
     if standby and wal_file_kind(name) in ("segment", "partial"):
