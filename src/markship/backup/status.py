@@ -13,6 +13,7 @@ from markship.pg import sql
 from markship.pg.lsn import parse_segment_name
 from markship.repository import catalog, restorable
 from markship.repository.base import Repository
+from markship.repository.copies import Copy
 from markship.timefmt import utcnow
 
 
@@ -94,3 +95,51 @@ def group_status(config: Config, repo: Repository) -> list[ServerStatus]:
     last = _last_backups(repo)
     return list(perserver.gather({s.name: partial(server_status, repo, s, last.get(s.name))
                                   for s in config.servers}).values())
+
+
+@dataclass(frozen=True)
+class RepositoryStatus:
+    """The repository or one of its copies: reachable, and how far a copy is behind."""
+
+    name: str  # "primary", or the copy's name
+    location: str
+    mode: str  # "primary", "async" or "sync"
+    reachable: bool
+    error: str | None
+    lag_objects: int | None  # objects the copy lacks (or holds in an older version)
+    lag_bytes: int | None
+    lag_seconds: float | None  # age of the oldest of them (0: caught up)
+
+
+def repository_status(primary: Repository, copies: list[Copy]) -> list[RepositoryStatus]:
+    """Each repository's reachability (its marker object readable) and each copy's lag;
+    an unreachable one is reported, not fatal."""
+    from markship.repository import layout
+    from markship.repository.copies import lag
+
+    def reach(repo: Repository) -> str | None:
+        try:
+            if not repo.exists(layout.MARKER_KEY):
+                return (f"no {layout.MARKER_KEY} in {repo.location}: not mounted, not "
+                        "created, or (a copy) not synced yet")
+        except RepositoryError as exc:
+            return exc.one_line()
+        return None
+
+    primary_error = reach(primary)
+    found = [RepositoryStatus("primary", primary.location, "primary", primary_error is None,
+                              primary_error, None, None, None)]
+    for copy in copies:
+        error = reach(copy.repo)
+        behind = None
+        if primary_error is None:
+            try:
+                behind = lag(primary, copy.repo)
+            except RepositoryError as exc:
+                error = error or exc.one_line()
+        found.append(RepositoryStatus(
+            copy.name, copy.repo.location, copy.mode,
+            error is None or error.startswith(f"no {layout.MARKER_KEY}"), error,
+            behind.objects if behind else None, behind.bytes if behind else None,
+            round(behind.oldest_seconds, 3) if behind else None))
+    return found

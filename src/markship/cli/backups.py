@@ -87,10 +87,14 @@ def status(ctx: Context, as_json: bool) -> None:
     except RepositoryError as exc:  # a server's WAL folder cannot be read
         newest = None
         problems.append(f"the newest complete mark cannot be told: {exc.one_line()}")
+    from markship.backup.status import repository_status
     from markship.repository.keys import backup_warning
 
     key_warning = backup_warning(config, repo)
-    output.writer(as_json).status(result, newest, key_warning, problems)
+    repositories = repository_status(repo, ctx.copies())
+    problems += [f"repository {r.name} ({r.location}): {r.error}" for r in repositories
+                 if not r.reachable]
+    output.writer(as_json).status(result, newest, key_warning, problems, repositories)
     if problems or not all(s.reachable for s in result):
         sys.exit(1)
 
@@ -99,16 +103,20 @@ def status(ctx: Context, as_json: bool) -> None:
 @click.argument("set_id", required=False, metavar="[SET]")
 @click.option("--clean-temp", is_flag=True,
               help="Delete temp objects whose writer has died (partly written objects).")
+@click.option("--repository", "copy_name", metavar="NAME",
+              help="Verify this [[repository.copy]] instead of the repository.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
-def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) -> None:
+def verify(ctx: Context, set_id: str | None, clean_temp: bool, copy_name: str | None,
+           as_json: bool) -> None:
     """Re-read every object against its checksum and check WAL continuity."""
     from markship import names
     from markship.backup.verify import verify as run_verify
 
     if set_id is not None:
         names.check(set_id, "backup set id")
-    report = run_verify(ctx.repository(), set_id, clean_temp)
+    repo = ctx.copies([copy_name])[0].repo if copy_name else ctx.repository()
+    report = run_verify(repo, set_id, clean_temp)
     output.writer(as_json).verify(report)
     if not report.ok:
         raise MarkshipError("verify found problems (listed above)",

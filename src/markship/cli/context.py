@@ -80,14 +80,18 @@ class Context:
                                       encryption.catalog_key_file)
         if not fallback or not self.config.repository.copies:
             return primary
+        from markship.repository.copies import open_copies
         from markship.repository.fallback import Fallback
 
-        return Fallback(primary, [c.repo for c in self.copies()])
+        return Fallback(primary, [c.repo for c in open_copies(self.config)])
 
     def copies(self, names: list[str] | None = None) -> list[Copy]:
-        """The configured copies (those named), opened; an unknown name is a ConfigError."""
+        """The configured copies (those named), opened as the repository's OS user; an
+        unknown name is a ConfigError."""
         from markship.errors import ConfigError
         from markship.repository.copies import open_copies
+
+        osuser.switch_to(self.config.repository.os_user)
 
         known = [c.name for c in self.config.repository.copies]
         for name in names or []:
