@@ -107,7 +107,7 @@ def test_a_broken_primary_never_empties_its_copy(tmp_path: Path) -> None:
     assert sync(primary, copy).deleted_objects == 0
     # Unmounted (the directory answers like an empty one): refused before anything happens.
     (tmp_path / "primary").rename(tmp_path / "elsewhere")
-    with pytest.raises(RepositoryError, match="no markship.json"):
+    with pytest.raises(RepositoryError, match=r"no markship\.json"):
         sync(primary, copy)
     assert _keys(copy.repo) == held
 
@@ -149,3 +149,140 @@ def test_reads_fall_back_to_a_copy_when_the_primary_is_gone(tmp_path: Path) -> N
     reading.write_bytes("failovers/F1.json", b"{}")
     assert copy.repo.exists("failovers/F1.json")
     assert not (tmp_path / "primary").exists()
+
+
+# -- through the command line -------------------------------------------------------------------
+
+
+def _copy_config(path: Path, copy: Path, mode: str = "async") -> None:
+    path.write_text(path.read_text() + f'\n[[repository.copy]]\nname = "offsite"\n'
+                                       f'path = "{copy}"\nmode = "{mode}"\n')
+
+
+def _unreachable(folder: Path) -> None:
+    """A copy the postgres user can neither read nor write (a mount gone stale, a share
+    whose permissions were taken away)."""
+    folder.mkdir(exist_ok=True)
+    os.chown(folder, 0, 0)
+    folder.chmod(0o700)
+
+
+def _reachable(folder: Path) -> None:
+    folder.chmod(0o750)
+    chown_to(folder, OS_USER)
+
+
+def test_wal_push_waits_for_a_sync_copy_and_fetch_reads_it(workdir: Path) -> None:
+    from tests.support.servers import write_offline_config
+    from tests.wal.test_wal import SEGMENT, wal_content
+
+    config = workdir / "markship.toml"
+    write_offline_config(config, workdir / "repo")
+    offsite = workdir / "offsite"
+    _copy_config(config, offsite, "sync")
+    wal = workdir / "pg_wal"
+    wal.mkdir()
+    chown_to(wal, OS_USER)
+    content = wal_content(SEGMENT, os.urandom(1 << 16) * 256)
+    segment = wal / SEGMENT
+    segment.write_bytes(content)
+    chown_to(segment, OS_USER)
+    _mark_as_repository(workdir / "repo")
+
+    _unreachable(offsite)
+    refused = run_markship(config, "wal-push", "--server", "orders", str(segment), user=OS_USER)
+    assert refused.returncode != 0  # PostgreSQL keeps the segment and retries
+    line = one_error_line(refused.stderr, alone=True)
+    assert "copy offsite" in line and str(offsite) in line
+
+    _reachable(offsite)
+    pushed = run_markship(config, "wal-push", "--server", "orders", str(segment), user=OS_USER)
+    assert pushed.returncode == 0, pushed.stderr
+    stored = sorted(p.relative_to(workdir / "repo") for p in (workdir / "repo").rglob(
+        f"{SEGMENT}-*"))
+    assert len(stored) == 1
+    assert (offsite / stored[0]).read_bytes() == (workdir / "repo" / stored[0]).read_bytes()
+
+    # Production's repository gone: wal-fetch reads the copy; only "not archived anywhere"
+    # exits 1, as PostgreSQL's end of WAL.
+    sync_marker = run_markship(config, "repository", "sync")
+    assert sync_marker.returncode == 0, sync_marker.stderr
+    (workdir / "repo").rename(workdir / "repo-gone")
+    dest = wal / "RECOVERYXLOG"
+    fetched = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                           user=OS_USER)
+    assert fetched.returncode == 0, fetched.stderr
+    assert dest.read_bytes() == content
+    after = run_markship(config, "wal-fetch", "--server", "orders", "000000010000000000000008",
+                         str(wal / "NEXT"), user=OS_USER)
+    assert (after.returncode, after.stderr) == (1, "")
+    # Neither reachable: no longer "not archived" but a failure that stops recovery.
+    _unreachable(offsite)
+    lost = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                        user=OS_USER)
+    assert lost.returncode >= 126, lost.stderr
+    one_error_line(lost.stderr, alone=True)
+
+
+def _mark_as_repository(path: Path) -> None:
+    _repo(path)
+    for each in [path, *path.rglob("*")]:
+        chown_to(each, OS_USER)
+
+
+def _status(config: Path) -> dict[str, dict[str, object]]:
+    proc = run_markship(config, "status", "--json")
+    return {r["name"]: r for r in json.loads(proc.stdout)["repositories"]}
+
+
+def test_agent_catches_an_async_copy_up_after_an_outage(pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    offsite = group.workdir / "offsite"
+    _copy_config(group.config_path, offsite)
+    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    for server in group.servers:
+        server.psql("CREATE TABLE ticks (n int); INSERT INTO ticks VALUES (1)")
+    _unreachable(offsite)
+    with running_agent(group.config_path) as agent:
+        wait_for(lambda: any(s["complete"] for s in json.loads(group.ok("list", "--json"))),
+                 "the agent's first backup set", timeout=120, interval=0.3)
+        down = _status(group.config_path)["offsite"]
+        assert down["reachable"] is False and down["error"]
+        assert run_markship(group.config_path, "status").returncode != 0
+
+        _reachable(offsite)  # the outage ends: the agent catches up by itself
+        wait_for(lambda: _status(group.config_path)["offsite"]["lag_objects"] == 0,
+                 "the copy caught up", timeout=120, interval=0.5)
+        for server in group.servers:
+            server.psql("INSERT INTO ticks VALUES (2)")
+        mark = json.loads(group.ok("mark", "--json"))["name"]
+        wait_for(lambda: (offsite / layout.mark_key(mark)).exists(),
+                 "the new mark in the copy", timeout=60, interval=0.3)
+        log = stop_agent(agent)
+    assert "copy.failed" in log and "copy.recovered" in log and "Traceback" not in log
+    up = _status(group.config_path)
+    assert up["primary"]["reachable"] and up["offsite"]["reachable"]
+    verified = run_markship(group.config_path, "verify", "--repository", "offsite")
+    assert verified.returncode == 0, verified.stderr + verified.stdout
+    unknown = run_markship(group.config_path, "verify", "--repository", "nosuch")
+    assert unknown.returncode == 2 and "no [[repository.copy]] named 'nosuch'" in unknown.stderr
+
+
+def test_repository_sync_catches_a_copy_up_by_hand(pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    offsite = group.workdir / "offsite"
+    _copy_config(group.config_path, offsite)
+    group.ok("backup")
+    behind = json.loads(group.ok("repository", "sync", "--dry-run", "--json"))
+    assert behind["copies"][0]["copied_objects"] > 0 and not offsite.exists()
+    done = json.loads(group.ok("repository", "sync", "--json"))
+    assert done["copies"][0]["copied_objects"] == behind["copies"][0]["copied_objects"]
+    again = json.loads(group.ok("repository", "sync", "--json"))["copies"][0]
+    assert again["copied_objects"] <= 1  # nothing twice: only the first sync's journal entry
+    # everything but locks (never copied) and the journal (the last sync's own entry)
+    primary = {p.relative_to(group.repo) for p in group.repo.rglob("*") if p.is_file()
+               and not str(p.relative_to(group.repo)).startswith(("locks/", "journal/"))}
+    assert primary <= {p.relative_to(offsite) for p in offsite.rglob("*") if p.is_file()}
+    shutil.rmtree(group.repo / "wal")  # damaged: the copy keeps what it holds
+    group.ok("repository", "sync")
+    assert any((offsite / "wal").rglob("*.zst"))

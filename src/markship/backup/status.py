@@ -119,6 +119,7 @@ def repository_status(primary: Repository, copies: list[Copy]) -> list[Repositor
 
     def reach(repo: Repository) -> str | None:
         try:
+            repo.children("")  # a lookup takes an unreadable directory for an empty one
             if not repo.exists(layout.MARKER_KEY):
                 return (f"no {layout.MARKER_KEY} in {repo.location}: not mounted, not "
                         "created, or (a copy) not synced yet")
@@ -136,7 +137,7 @@ def repository_status(primary: Repository, copies: list[Copy]) -> list[Repositor
             try:
                 behind = lag(primary, copy.repo)
             except RepositoryError as exc:
-                error = error or exc.one_line()
+                error = exc.one_line()
         found.append(RepositoryStatus(
             copy.name, copy.repo.location, copy.mode,
             error is None or error.startswith(f"no {layout.MARKER_KEY}"), error,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from markship.cli import output
-from markship.cli.context import Context, journaled, pass_context
+from markship.cli.context import Context, pass_context
 from markship.errors import MarkshipError
 
 
@@ -20,7 +20,6 @@ def repository_group() -> None:
 @click.option("--dry-run", is_flag=True, help="Say how far each copy is behind; copy nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
-@journaled("repository sync")
 def sync_cmd(ctx: Context, copy_names: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Copy to each copy what it lacks, and delete from it what expire deleted (as the agent
     does every few seconds)."""
@@ -45,12 +44,17 @@ def sync_cmd(ctx: Context, copy_names: tuple[str, ...], dry_run: bool, as_json: 
             failed[copy.name] = exc.one_line()
             continue
         results.append(result)
-    ctx.note(copies=",".join(c.name for c in copies),
-             copied=sum(r.copied_objects for r in results))
     output.writer(as_json).repository_sync(results, failed, dry_run)
-    if failed:
-        raise MarkshipError(f"{len(failed)} of {len(copies)} copies could not be synced "
-                            f"({', '.join(failed)})", "see above; make them reachable and retry")
+    problem = None if not failed else MarkshipError(
+        f"{len(failed)} of {len(copies)} copies could not be synced ({', '.join(failed)})",
+        "see above; make them reachable and retry")
+    if not dry_run:
+        ctx.note(copies=",".join(c.name for c in copies),
+                 copied=sum(r.copied_objects for r in results),
+                 deleted=sum(r.deleted_objects for r in results))
+        ctx.journal("repository sync", f"failed: {problem.message}" if problem else "ok")
+    if problem:
+        raise problem
 
 
 COMMANDS = [repository_group]
