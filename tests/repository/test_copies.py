@@ -9,7 +9,10 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import pytest
 from markship.errors import ObjectMissing, RepositoryError
 from markship.pg.scratch import chown_to
 from markship.repository import catalog, layout
+from markship.repository.base import Repository
 from markship.repository.copies import Copy, expired, lag, sync
 from markship.repository.fallback import Fallback
 from markship.repository.fs import FsRepository
@@ -36,11 +40,11 @@ def _repo(path: Path) -> FsRepository:
     return repo
 
 
-def _put(repo: FsRepository, key: str, data: bytes, overwrite: bool = False) -> None:
+def _put(repo: Repository, key: str, data: bytes, overwrite: bool = False) -> None:
     repo.write(key, io.BytesIO(data), overwrite=overwrite)
 
 
-def _keys(repo: FsRepository) -> set[str]:
+def _keys(repo: Repository) -> set[str]:
     return {o.key for o in repo.iter_objects("")}
 
 
@@ -286,3 +290,108 @@ def test_repository_sync_catches_a_copy_up_by_hand(pg_group: GroupFactory) -> No
     shutil.rmtree(group.repo / "wal")  # damaged: the copy keeps what it holds
     group.ok("repository", "sync")
     assert any((offsite / "wal").rglob("*.zst"))
+
+
+# -- a copy in S3-compatible storage (moto's server on loopback) --------------------------------
+
+
+class _Moto:
+    """moto's standalone server as a process of its own (its buckets live in its memory: a
+    stopped server comes back empty)."""
+
+    def __init__(self, directory: Path) -> None:
+        from markship.pg.scratch import free_port
+
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, bucket: str) -> None:
+        import sys
+        import urllib.error
+        import urllib.request
+
+        log = open(self.directory / "moto.log", "ab")  # noqa: SIM115 - the server's to close
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log, stderr=log, start_new_session=True)
+        log.close()
+
+        def answers() -> bool:
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1).close()
+            except urllib.error.HTTPError:
+                return True
+            except OSError:
+                return False
+            return True
+
+        wait_for(answers, "moto's S3 server", timeout=60, interval=0.1)
+        request = urllib.request.Request(f"{self.endpoint}/{bucket}", method="PUT")
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self.process = None
+
+
+@pytest.fixture
+def moto(workdir: Path) -> Iterator[_Moto]:
+    server = _Moto(workdir)
+    yield server
+    server.stop()
+
+
+def test_a_sync_copy_in_object_storage(workdir: Path, moto: _Moto) -> None:
+    from tests.support.servers import write_offline_config
+    from tests.wal.test_wal import SEGMENT, wal_content
+
+    credentials = workdir / "s3.env"
+    credentials.write_text("AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n")
+    credentials.chmod(0o600)
+    chown_to(credentials, OS_USER)
+    config = workdir / "markship.toml"
+    write_offline_config(config, workdir / "repo")
+    config.write_text(config.read_text() + (
+        f'\n[[repository.copy]]\nname = "cloud"\nurl = "s3://offsite-bucket/markship"\n'
+        f'endpoint = "{moto.endpoint}"\nregion = "us-east-1"\n'
+        f'credentials_file = "{credentials}"\nmode = "sync"\n'))
+    _mark_as_repository(workdir / "repo")
+    wal = workdir / "pg_wal"
+    wal.mkdir()
+    chown_to(wal, OS_USER)
+    segment = wal / SEGMENT
+    content = wal_content(SEGMENT, os.urandom(1 << 16) * 256)
+    segment.write_bytes(content)
+    chown_to(segment, OS_USER)
+
+    # The copy's server is down: the archiver is told, in one line naming the copy.
+    refused = run_markship(config, "wal-push", "--server", "orders", str(segment), user=OS_USER)
+    assert refused.returncode != 0
+    line = one_error_line(refused.stderr, alone=True)
+    assert "copy cloud" in line and "testing" not in refused.stderr
+
+    moto.start("offsite-bucket")
+    pushed = run_markship(config, "wal-push", "--server", "orders", str(segment), user=OS_USER)
+    assert pushed.returncode == 0, pushed.stderr
+    synced = run_markship(config, "repository", "sync", "--json")
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["copies"][0]["copied_objects"] >= 1  # the marker
+
+    (workdir / "repo").rename(workdir / "repo-gone")
+    dest = wal / "RECOVERYXLOG"
+    fetched = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                           user=OS_USER)
+    assert fetched.returncode == 0, fetched.stderr
+    assert dest.read_bytes() == content
+    moto.stop()  # nothing reachable: recovery must stop, not end
+    lost = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                        user=OS_USER)
+    assert lost.returncode >= 126
+    one_error_line(lost.stderr, alone=True)
