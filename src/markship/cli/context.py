@@ -25,6 +25,7 @@ class Context:
         self._config: Config | None = None
         self.user = invoking_user()  # before markship switches to the repository's OS user
         self.journal_objects: dict[str, str] = {}
+        self.fell_back = False  # this command opened the repository with its copies behind
 
     def note(self, **objects: object) -> None:
         """Object ids for this command's journal entry (set=…, mark=…)."""
@@ -44,9 +45,10 @@ class Context:
             except ConfigError:
                 return
         try:
-            # Where the command's own writes go: the primary, or a copy when it is gone.
-            journal.append(self.repository(fallback=True), command, outcome, user=self.user,
-                           objects=self.journal_objects)
+            # Where the command's own writes went: for a command reading through the copies
+            # (the DR site's), a copy while the primary is gone; else the primary.
+            journal.append(self.repository(fallback=self.fell_back), command, outcome,
+                           user=self.user, objects=self.journal_objects)
         except ConfigError:
             return  # no repository to write to; the command's own error says why
         except MarkshipError as exc:
@@ -80,6 +82,7 @@ class Context:
                                       encryption.catalog_key_file)
         if not fallback or not self.config.repository.copies:
             return primary
+        self.fell_back = True
         from markship.repository.copies import open_copies
         from markship.repository.fallback import Fallback
 

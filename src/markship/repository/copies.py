@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from markship.repository.objects import ObjectInfo
 
 RECORD_SUFFIX = layout.RECORD_SUFFIX
+MTIME_SLACK = 1.0  # seconds; see _outdated
 
 
 class Copy:
@@ -129,9 +130,14 @@ def _check_primary(primary: Repository) -> None:
 
 def _outdated(primary: ObjectInfo, copy: ObjectInfo) -> bool:
     """A record the primary rewrote after it was copied (records are small and rewritten in
-    place; every other object is written once, and WAL is named by its content)."""
-    return primary.key.endswith(RECORD_SUFFIX) and (
-        primary.size != copy.size or primary.mtime > copy.mtime)
+    place; every other object is written once, and WAL is named by its content). A store
+    that keeps modification times in whole seconds (S3) cannot tell a rewrite in the second
+    the record was copied: there a record copied within MTIME_SLACK of its last write is
+    copied once more."""
+    if not primary.key.endswith(RECORD_SUFFIX):
+        return False
+    slack = MTIME_SLACK if primary.mtime == int(primary.mtime) else 0.0
+    return primary.size != copy.size or primary.mtime + slack > copy.mtime
 
 
 def expired(primary_keys: Collection[str], copy_keys: Iterable[str]) -> list[str]:
