@@ -116,6 +116,27 @@ def test_a_broken_primary_never_empties_its_copy(tmp_path: Path) -> None:
     assert _keys(copy.repo) == held
 
 
+def test_an_encrypted_repository_is_copied_still_encrypted(tmp_path: Path) -> None:
+    from pyrage import x25519
+
+    from markship.repository.encrypted import EncryptedFsRepository
+
+    identity = x25519.Identity.generate()
+    key_file = tmp_path / "identity.txt"
+    key_file.write_text(str(identity) + "\n")
+    key_file.chmod(0o600)
+    recipient = str(identity.to_public())
+    primary = EncryptedFsRepository(tmp_path / "primary", [recipient], key_file)
+    catalog.ensure_marker(primary, "testgroup", datetime.now(UTC))
+    primary.write_bytes("dumps/shop/D1.dump.zst", b"customer data")
+    copy = Copy("offsite", "async",
+                EncryptedFsRepository(tmp_path / "copy", [recipient], key_file))
+    sync(primary, copy)
+    stored = (tmp_path / "copy" / "dumps/shop/D1.dump.zst").read_bytes()
+    assert b"customer data" not in stored and stored.startswith(b"age-encryption.org/v1")
+    assert copy.repo.read_bytes("dumps/shop/D1.dump.zst") == b"customer data"
+
+
 @pytest.mark.parametrize(("primary", "copy", "gone"), [
     ([WAL_B, WAL_C], [WAL_A, WAL_B, WAL_C], [WAL_A]),
     ([], [WAL_A], []),  # the primary lists nothing there: nothing is taken as expired
