@@ -9,6 +9,7 @@ import json
 import pytest
 
 from markship.pg.datadir import stopped_at
+from markship.pg.scratch import chown_to
 from tests.support.checks import complete_marks
 from tests.support.fingerprints import Ledger
 from tests.support.servers import OS_USER, GroupFactory, add_dr_site, new_mark, run_markship
@@ -17,10 +18,11 @@ from tests.support.servers import OS_USER, GroupFactory, add_dr_site, new_mark, 
 @pytest.mark.reliability("primary repository gone, a copy up",
                          fault="production's repository directory disappears (renamed away: a "
                                "lost share or site) after the copy was synced; production dies",
-                         expected="wal-fetch, restore and failover read the copy: the restored "
-                                  "server and the promoted standbys hold every row committed "
-                                  "before their target; wal-fetch exits 1 only past the copy's "
-                                  "last segment; the failover is recorded in the copy")
+                         expected="wal-fetch, restore, a drill and failover read the copy: the "
+                                  "restored servers and the promoted standbys hold every row "
+                                  "committed before their target; wal-fetch exits 1 only past "
+                                  "the copy's last segment; the failover is recorded in the "
+                                  "copy")
 def test_restore_and_failover_read_the_copy_when_the_repository_is_gone(
         pg_group: GroupFactory) -> None:
     group = pg_group(2)
@@ -57,6 +59,19 @@ def test_restore_and_failover_read_the_copy_when_the_repository_is_gone(
     # A restore of one server, to the mark, entirely from the copy.
     restored = group.restore("alpha", "--name", mark)
     assert Ledger.count_on(restored) == rows
+
+    # A recovery drill: the group restored to the mark on scratch servers, checked, from the
+    # copy, its report stored in the copy.
+    parent = group.workdir / "drills"
+    parent.mkdir()
+    chown_to(parent, OS_USER)
+    checks = group.workdir / "rows.sql"
+    checks.write_text(f"[*] SELECT count(*) = {rows} FROM ledger\n")
+    drill = group.markship("drill", "--mark", mark, "--check-sql", str(checks), "--work-dir",
+                           str(parent), "--json")
+    assert drill.returncode == 0, drill.stderr
+    assert json.loads(drill.stdout)["ok"]
+    assert list((offsite / "drills").glob("*.md"))
 
     # The failover: every standby to the mark, from the copy.
     proc = group.markship("failover", "--json")
