@@ -137,6 +137,16 @@ def test_an_encrypted_repository_is_copied_still_encrypted(tmp_path: Path) -> No
     assert copy.repo.read_bytes("dumps/shop/D1.dump.zst") == b"customer data"
 
 
+def test_a_copy_holding_another_repository_is_left_alone(tmp_path: Path) -> None:
+    primary = _repo(tmp_path / "primary")
+    _put(primary, WAL_B, b"x")
+    other = _repo(tmp_path / "other")  # another group's repository, named as the copy
+    _put(other, WAL_A, b"theirs")
+    with pytest.raises(RepositoryError, match="holds another repository"):
+        sync(primary, Copy("offsite", "async", other))
+    assert other.read_bytes(WAL_A) == b"theirs" and not other.exists(WAL_B)
+
+
 @pytest.mark.parametrize(("primary", "copy", "gone"), [
     ([WAL_B, WAL_C], [WAL_A, WAL_B, WAL_C], [WAL_A]),
     ([], [WAL_A], []),  # the primary lists nothing there: nothing is taken as expired

@@ -128,6 +128,25 @@ def _check_primary(primary: Repository) -> None:
             "mount it or correct [repository]; the copies keep what they hold")
 
 
+def _check_same_repository(primary: Repository, copy: Copy) -> None:
+    """A copy that already holds a marker must hold the primary's very marker (written once,
+    copied byte for byte): syncing into another group's repository would delete its data."""
+    try:
+        with copy.repo.open_stored(layout.MARKER_KEY) as stored:
+            theirs = stored.read()
+    except ObjectMissing:
+        return  # a new copy
+    except RepositoryError as exc:
+        raise named(copy, exc) from None
+    with primary.open_stored(layout.MARKER_KEY) as stored:
+        ours = stored.read()
+    if theirs != ours:
+        raise RepositoryError(
+            f"copy {copy.name} ({copy.repo.location}) holds another repository (its "
+            f"{layout.MARKER_KEY} is not this repository's): nothing is copied or deleted",
+            "point the [[repository.copy]] at an empty place, or at this repository's own copy")
+
+
 def _outdated(primary: ObjectInfo, copy: ObjectInfo) -> bool:
     """A record the primary rewrote after it was copied (records are small and rewritten in
     place; every other object is written once, and WAL is named by its content). A store
@@ -183,6 +202,7 @@ def sync(primary: Repository, copy: Copy, known: dict[str, ObjectInfo] | None = 
     Raises RepositoryError (naming the copy when it is the copy that failed); what was
     copied before the failure stays copied."""
     _check_primary(primary)
+    _check_same_repository(primary, copy)
     source = _listing(primary)
     try:
         target = _listing(copy.repo) if known is None else known
