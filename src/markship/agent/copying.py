@@ -5,24 +5,21 @@ Every COPY_EVERY seconds each copy is synced (markship.repository.copies.sync): 
 copied, rewritten records copied again, expired ones deleted. `sync` copies get their WAL from
 wal-push already; everything else (backups, marks, records) reaches them here too. A copy
 that cannot be reached is logged once when it goes and once when it is back; the next round
-after it is back copies all it missed. The copy's listing is kept between rounds and listed
-again every RELIST_EVERY seconds (or after a failure), so a round normally lists only the
-primary.
+after it is back copies all it missed. Each round lists the primary and every copy (a
+record rewritten in place is told from its copy by the listings' times, see
+markship.repository.copies).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 from markship.agent.log import EventLog
 from markship.errors import MarkshipError
 from markship.repository.base import Repository
 from markship.repository.copies import Copy, sync
-from markship.repository.objects import ObjectInfo
 
 COPY_EVERY = 2.0  # seconds between rounds
-RELIST_EVERY = 600.0  # seconds between full listings of a copy
 
 
 class Copier:
@@ -33,9 +30,7 @@ class Copier:
         self.copies = copies
         self.log = log
         self.stop = threading.Event()
-        self.known: dict[str, dict[str, ObjectInfo]] = {}
-        self.listed_at: dict[str, float] = {}
-        self.failing: dict[str, str] = {}  # copy name → the problem logged
+        self.failing: dict[str, str] = {}  # copy name → the problem logged when it began
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -63,20 +58,14 @@ class Copier:
             self.sync_one(copy)
 
     def sync_one(self, copy: Copy) -> None:
-        if time.monotonic() - self.listed_at.get(copy.name, -RELIST_EVERY) >= RELIST_EVERY:
-            self.known.pop(copy.name, None)
-        known = self.known.get(copy.name)
         try:
-            if known is None:
-                known = {o.key: o for o in copy.repo.iter_objects("")}
-                self.known[copy.name] = known
-                self.listed_at[copy.name] = time.monotonic()
-            result = sync(self.primary, copy, known)
-        except MarkshipError as exc:
-            self.known.pop(copy.name, None)  # listed again once it is back
-            if self.failing.get(copy.name) != exc.message:
-                self.failing[copy.name] = exc.message
-                self.log("copy.failed", level="error", copy=copy.name, reason=exc.message,
+            result = sync(self.primary, copy)
+        except Exception as exc:  # the thread goes on whatever happened: logged, retried
+            reason = exc.message if isinstance(exc, MarkshipError) else \
+                f"unexpected {type(exc).__name__}: {exc}"
+            if copy.name not in self.failing:  # once per outage, not once per round
+                self.failing[copy.name] = reason
+                self.log("copy.failed", level="error", copy=copy.name, reason=reason,
                          detail="retried every few seconds; nothing is lost meanwhile")
             return
         if self.failing.pop(copy.name, None) is not None:

@@ -148,11 +148,13 @@ def _check_same_repository(primary: Repository, copy: Copy) -> None:
 
 
 def _outdated(primary: ObjectInfo, copy: ObjectInfo) -> bool:
-    """A record the primary rewrote after it was copied (records are small and rewritten in
-    place; every other object is written once, and WAL is named by its content). A store
-    that keeps modification times in whole seconds (S3) cannot tell a rewrite in the second
-    the record was copied: there a record copied within MTIME_SLACK of its last write is
-    copied once more."""
+    """A record the primary may have rewritten after it was copied (records are small and
+    rewritten in place; every other object is written once, and WAL is named by its
+    content): unless the copy's time proves it was copied after the primary's last write.
+    A primary keeping times in whole seconds (S3) proves nothing within that second, and a
+    copy in such a store shows a time truncated below the copy's real one: a record copied
+    in the second of its last write is copied once more, in a later second, and then no
+    more (the hosts' and stores' clocks agreeing, as for leases)."""
     if not primary.key.endswith(RECORD_SUFFIX):
         return False
     slack = MTIME_SLACK if primary.mtime == int(primary.mtime) else 0.0
@@ -195,17 +197,15 @@ def lag(primary: Repository, copy: Repository, now: float | None = None) -> Lag:
     return Lag(len(todo), sum(o.size for o in todo), max(0.0, now - oldest))
 
 
-def sync(primary: Repository, copy: Copy, known: dict[str, ObjectInfo] | None = None,
-         delete: bool = True) -> SyncResult:
-    """Catch `copy` up with `primary` (see the module docstring). `known`: the copy's
-    listing as a caller keeps it between runs (the agent; updated here), else listed now.
-    Raises RepositoryError (naming the copy when it is the copy that failed); what was
-    copied before the failure stays copied."""
+def sync(primary: Repository, copy: Copy, delete: bool = True) -> SyncResult:
+    """Catch `copy` up with `primary` (see the module docstring): both are listed, what the
+    copy lacks is copied, what expire deleted is deleted. Raises RepositoryError (naming the
+    copy when it is the copy that failed); what was copied before a failure stays copied."""
     _check_primary(primary)
     _check_same_repository(primary, copy)
     source = _listing(primary)
     try:
-        target = _listing(copy.repo) if known is None else known
+        target = _listing(copy.repo)
     except RepositoryError as exc:
         raise named(copy, exc) from None
     result = SyncResult(copy.name)
@@ -222,7 +222,7 @@ def sync(primary: Repository, copy: Copy, known: dict[str, ObjectInfo] | None = 
                 size = 0  # copied meanwhile by another syncer (the same bytes)
             except RepositoryError as exc:
                 raise named(copy, exc) from None
-        target[info.key] = type(info)(info.key, info.size, time.time())
+        target[info.key] = info
         if outdated:
             result.refreshed_objects += 1
         else:
