@@ -155,6 +155,13 @@ def test_a_copy_holding_another_repository_is_left_alone(tmp_path: Path) -> None
     (["marks/m2.json"], ["marks/m1.json", "failovers/F.json", "journal/HEAD.json"],
      ["marks/m1.json"]),
     (["wal/bravo/0000000100000000/x"], [WAL_A], []),  # another server's WAL says nothing
+    # the oldest set lost its record (damage, not expire): nothing of that set goes
+    (["backups/alpha/S2/base.tar.zst", "backups/alpha/S3/backup.json"],
+     ["backups/alpha/S1/base.tar.zst", "backups/alpha/S2/backup.json",
+      "backups/alpha/S2/base.tar.zst"], ["backups/alpha/S1/base.tar.zst"]),
+    (["dumps/shop/D2.json", "dumps/shop/D2.dump.zst"],
+     ["dumps/shop/D1.json", "dumps/shop/D1.dump.zst", "dumps/shop/D2.json"],
+     ["dumps/shop/D1.dump.zst", "dumps/shop/D1.json"]),
 ])
 def test_expired_keys(primary: list[str], copy: list[str], gone: list[str]) -> None:
     assert expired(set(primary), copy) == gone

@@ -11,12 +11,14 @@ What `sync` does to a copy:
 - a record (`.json`) the primary rewrote since it was copied (sets, the journal head, the
   agent's state, failover records) is copied again;
 - an object `expire` deleted from the primary is deleted from the copy. Retention deletes
-  oldest first within each of its folders (layout.expiry_folder: one server's WAL, one
-  server's backups, sets, marks, …), so the copy deletes an object only when the primary
-  still holds objects in that folder and every one of them sorts after it. A primary that
-  lists nothing in a folder (emptied, unmounted, or damaged) deletes nothing there, a
-  listing that fails stops the sync before anything is deleted, and a primary without its
-  marker object is not synced from at all: a broken primary never empties its copy.
+  oldest first within each of its folders (layout.expiry_unit: one server's WAL file by
+  file, one server's backups set by set, sets, marks, …), so the copy deletes an object
+  only when the primary still holds objects in that folder and every one of them belongs to
+  a later unit (a damaged primary that lost part of its oldest set deletes nothing of it).
+  A primary that lists nothing in a folder (emptied, unmounted, or damaged) deletes nothing
+  there, a listing that fails stops the sync before anything is deleted, and a primary
+  without its marker object is not synced from at all: a broken primary never empties its
+  copy.
 
 Module-level imports stay light: wal-push imports this module for `sync` copies.
 """
@@ -163,19 +165,22 @@ def _outdated(primary: ObjectInfo, copy: ObjectInfo) -> bool:
 
 def expired(primary_keys: Collection[str], copy_keys: Iterable[str]) -> list[str]:
     """The keys of `copy_keys` that retention deleted from the primary (see the module
-    docstring): in an expiry folder where the primary still holds objects, all sorting
-    after it. Pure: the listings in, the keys to delete out."""
+    docstring): in a folder where the primary still holds objects, of a unit (a WAL file, a
+    backup set, a mark, …) sorting before every unit the primary holds there. Pure: the
+    listings in, the keys to delete out."""
     oldest: dict[str, str] = {}
     for key in primary_keys:
-        folder = layout.expiry_folder(key)
-        if folder is not None and (folder not in oldest or key < oldest[folder]):
-            oldest[folder] = key
+        found = layout.expiry_unit(key)
+        if found is not None:
+            folder, unit = found
+            if folder not in oldest or unit < oldest[folder]:
+                oldest[folder] = unit
     present = set(primary_keys)
     gone = []
     for key in copy_keys:
-        folder = layout.expiry_folder(key)
-        if folder is not None and folder in oldest and key < oldest[folder] \
-                and key not in present:
+        found = layout.expiry_unit(key)
+        if found is not None and key not in present and found[0] in oldest \
+                and found[1] < oldest[found[0]]:
             gone.append(key)
     return sorted(gone)
 

@@ -226,16 +226,28 @@ def copied(key: str) -> bool:
     return not key.startswith(NOT_COPIED)
 
 
-def expiry_folder(key: str) -> str | None:
-    """The folder in which retention deletes `key`'s object oldest name first (what a copy
-    compares against to mirror a deletion), or None when retention never deletes it: WAL of
-    one server (history files are kept for ever), backups of one server, sets, marks, the
-    captures of one file set, the dumps of one dump."""
+def expiry_unit(key: str) -> tuple[str, str] | None:
+    """(folder, unit) of an object retention deletes oldest first: within the folder, units
+    are deleted in the order of their names (markship.repository.copies mirrors that). None
+    when retention never deletes the object. The folders: one server's WAL (the unit: the
+    WAL file's name; timeline history files are kept for ever), one server's backups (the
+    backup set), sets, marks, the captures of one file set and the dumps of one dump (the
+    capture or dump, its record and its archive together)."""
+    parts = key.split("/")
     if key.startswith(_EXPIRED_FOLDERS):
-        return key.split("/", 1)[0] + "/"
-    if key.startswith(_EXPIRED_PER_NAME):
-        parts = key.split("/")
-        if len(parts) < 3 or (key.startswith(WAL) and parts[2] == "history"):
+        return (parts[0] + "/", parts[1].removesuffix(RECORD_SUFFIX)) if len(parts) == 2 \
+            else None
+    if not key.startswith(_EXPIRED_PER_NAME) or len(parts) < 3:
+        return None
+    folder = f"{parts[0]}/{parts[1]}/"
+    if key.startswith(WAL):
+        wal = split_wal_key(key)
+        if wal is None or parts[2] == "history":
             return None
-        return f"{parts[0]}/{parts[1]}/"
-    return None
+        return folder, wal[0]
+    if key.startswith(BACKUPS):
+        return (folder, parts[2]) if len(parts) > 3 else None
+    unit = parts[2]  # a capture's or dump's id: its record and its archive
+    for suffix in (RECORD_SUFFIX, ".tar.zst", ".dump.zst"):
+        unit = unit.removesuffix(suffix)
+    return folder, unit
