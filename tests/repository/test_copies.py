@@ -245,12 +245,23 @@ def test_wal_push_waits_for_a_sync_copy_and_fetch_reads_it(workdir: Path) -> Non
     assert len(stored) == 1
     assert (offsite / stored[0]).read_bytes() == (workdir / "repo" / stored[0]).read_bytes()
 
+    # A damaged object in the repository: served intact from the copy.
+    dest = wal / "RECOVERYXLOG"
+    damaged = workdir / "repo" / stored[0]
+    intact = damaged.read_bytes()
+    damaged.write_bytes(intact[:100] + bytes([intact[100] ^ 0xFF]) + intact[101:])
+    fetched = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                           user=OS_USER)
+    assert fetched.returncode == 0, fetched.stderr
+    assert dest.read_bytes() == content
+    damaged.write_bytes(intact)
+
     # Production's repository gone: wal-fetch reads the copy; only "not archived anywhere"
     # exits 1, as PostgreSQL's end of WAL.
     sync_marker = run_markship(config, "repository", "sync")
     assert sync_marker.returncode == 0, sync_marker.stderr
     (workdir / "repo").rename(workdir / "repo-gone")
-    dest = wal / "RECOVERYXLOG"
+    dest.unlink()
     fetched = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
                            user=OS_USER)
     assert fetched.returncode == 0, fetched.stderr

@@ -13,7 +13,8 @@ Contract with PostgreSQL:
 - wal-fetch exits 0 with the file at DEST and 1 quietly when it is not archived (PostgreSQL
   then looks elsewhere or ends recovery). With copies, it reads from the first reachable
   repository (the primary first) that holds the file, and "not archived" means that no
-  reachable one holds it. Every other failure exits 126 with one line: a
+  reachable one holds it; a damaged object (checksum, page header) is fetched from a copy
+  holding it intact. Every other failure exits 126 with one line: a
   corrupt or foreign object, a key that does not open it, an unreadable or absent repository,
   a bad config, even a bug. PostgreSQL reads any exit below 126 as "not archived" and would
   end recovery there and promote, silently short of committed WAL; 126 and above make it stop
@@ -24,7 +25,13 @@ from __future__ import annotations
 
 import os
 
-from markship.errors import ConfigError, MarkshipError, ObjectMissing, RepositoryError
+from markship.errors import (
+    ConfigError,
+    CorruptObject,
+    MarkshipError,
+    ObjectMissing,
+    RepositoryError,
+)
 from markship.pg.lsn import parse_segment_name, wal_file_kind
 from markship.repository import layout
 from markship.wal.settings import load_settings
@@ -116,7 +123,14 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
         if ceiling is None or parse_segment_name(name[:24]) > ceiling:
             return 1  # withheld until the next group mark completes
     try:
-        fetch(repo, server, name, dest)
+        try:
+            fetch(repo, server, name, dest)
+        except CorruptObject:
+            if not settings.copies:
+                raise
+            from markship.wal.copies import fetch_intact
+
+            fetch_intact(settings.open_copies(), server, name, dest)
     except ObjectMissing:
         # Not archived yet: the agent's WAL receiver may hold it. A standby gets whole
         # segments only (a partial one would end its replay early).

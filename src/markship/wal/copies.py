@@ -1,13 +1,14 @@
-"""wal-push to the `sync` copies ([[repository.copy]] mode = "sync"): once the primary holds a
-WAL file, each sync copy gets the same stored object, so the archive_command succeeds only
-when every one of them holds the segment. `async` copies are the agent's
-(markship.agent.jobs)."""
+"""WAL and the copies of the repository ([[repository.copy]]): wal-push to the `sync` copies
+(once the primary holds a WAL file, each sync copy gets the same stored object, so the
+archive_command succeeds only when every one of them holds the segment; `async` copies are
+the agent's, markship.agent.copying), and wal-fetch of a file whose object in the primary is
+damaged from a copy holding it intact."""
 
 from __future__ import annotations
 
 import os
 
-from markship.errors import ConflictError, RepositoryError
+from markship.errors import ConflictError, CorruptObject, MarkshipError, RepositoryError
 from markship.repository.copies import copy_object, named
 from markship.wal.stored import find_archived
 
@@ -45,3 +46,20 @@ def push_to_copies(primary: Repository, copies: list[Copy], server: str, path: s
         except RepositoryError as exc:
             raise named(copy, exc) from None
     return copied
+
+
+def fetch_intact(copies: list[Copy], server: str, wal_name: str, dest: str) -> None:
+    """wal-fetch of `wal_name` from the first copy whose object passes the checks (digest,
+    page header) after the primary's failed them. Raises CorruptObject when none does."""
+    from markship.wal.fetch import fetch
+
+    for copy in copies:
+        try:
+            fetch(copy.repo, server, wal_name, dest)
+            return
+        except MarkshipError:
+            continue
+    raise CorruptObject(f"archived {wal_name} of server {server} is damaged, and no copy of "
+                        "the repository holds it intact",
+                        "run markship verify (and verify --repository NAME for each copy); "
+                        "this WAL must not be replayed")
