@@ -102,8 +102,8 @@ class TextOutput:
         if len(repositories) > 1:  # with [[repository.copy]]
             table("repositories", ["name", "location", "mode", "state", "copy lag"],
                   [[r.name, r.location, r.mode,
-                    "up" if r.reachable and not r.error else "DOWN" if not r.reachable
-                    else "not synced yet",
+                    "DOWN" if not r.reachable else "up" if r.marked else
+                    "empty (no backup yet)" if r.mode == "primary" else "not synced yet",
                     copy_lag(r.mode, r.lag_objects, r.lag_bytes, r.lag_seconds)]
                    for r in repositories])
         if key_warning:
