@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from markship.errors import ObjectMissing, RepositoryError
+from markship.errors import CorruptObject, ObjectMissing, RepositoryError
 from markship.pg.scratch import chown_to
 from markship.repository import catalog, layout
 from markship.repository.base import Repository
@@ -136,6 +136,12 @@ def test_an_encrypted_repository_is_copied_still_encrypted(tmp_path: Path) -> No
     assert b"customer data" not in stored and stored.startswith(b"age-encryption.org/v1")
     assert copy.repo.read_bytes("dumps/shop/D1.dump.zst") == b"customer data"
 
+    # An object that is not encrypted although encryption is on is damaged, never "missing"
+    # (for wal-fetch that would read as the end of WAL) when no copy holds it intact.
+    primary.write_stored("dumps/shop/D2.dump.zst", io.BytesIO(b"not encrypted"))
+    with pytest.raises(CorruptObject, match="not encrypted"):
+        Fallback(primary, [copy.repo]).read_bytes("dumps/shop/D2.dump.zst")
+
 
 def test_a_copy_holding_another_repository_is_left_alone(tmp_path: Path) -> None:
     primary = _repo(tmp_path / "primary")
@@ -245,6 +251,9 @@ def test_wal_push_waits_for_a_sync_copy_and_fetch_reads_it(workdir: Path) -> Non
     assert len(stored) == 1
     assert (offsite / stored[0]).read_bytes() == (workdir / "repo" / stored[0]).read_bytes()
 
+    sync_marker = run_markship(config, "repository", "sync")  # the copy gets the marker
+    assert sync_marker.returncode == 0, sync_marker.stderr
+
     # A damaged object in the repository: served intact from the copy.
     dest = wal / "RECOVERYXLOG"
     damaged = workdir / "repo" / stored[0]
@@ -256,10 +265,30 @@ def test_wal_push_waits_for_a_sync_copy_and_fetch_reads_it(workdir: Path) -> Non
     assert dest.read_bytes() == content
     damaged.write_bytes(intact)
 
+    # The repository unreachable (unreadable), the copy up: what the copy holds is served;
+    # what it lacks may be in the repository, so a recovery stops there (126), while a
+    # standby waits (1) and a history file PostgreSQL probes for is simply not there (1).
+    _unreachable(workdir / "repo")
+    dest.unlink()
+    fetched = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),
+                           user=OS_USER)
+    assert fetched.returncode == 0, fetched.stderr
+    assert dest.read_bytes() == content
+    later = "000000010000000000000008"
+    unasked = run_markship(config, "wal-fetch", "--server", "orders", later, str(wal / "NEXT"),
+                           user=OS_USER)
+    assert unasked.returncode >= 126
+    assert "could not be asked" in one_error_line(unasked.stderr, alone=True)
+    waiting = run_markship(config, "wal-fetch", "--server", "orders", "--standby", "--floor",
+                           later, later, str(wal / "NEXT"), user=OS_USER)
+    assert (waiting.returncode, waiting.stderr) == (1, "")
+    probe = run_markship(config, "wal-fetch", "--server", "orders", "00000002.history",
+                         str(wal / "HISTORY"), user=OS_USER)
+    assert (probe.returncode, probe.stderr) == (1, "")
+    _reachable(workdir / "repo")
+
     # Production's repository gone: wal-fetch reads the copy; only "not archived anywhere"
     # exits 1, as PostgreSQL's end of WAL.
-    sync_marker = run_markship(config, "repository", "sync")
-    assert sync_marker.returncode == 0, sync_marker.stderr
     (workdir / "repo").rename(workdir / "repo-gone")
     dest.unlink()
     fetched = run_markship(config, "wal-fetch", "--server", "orders", SEGMENT, str(dest),

@@ -4,8 +4,10 @@ site restores, fails over and feeds its standbys when production's repository is
 
 Reads:
 - an object (open, open_stored, read_bytes, size): the first repository that has it; an
-  unreachable repository is passed over. ObjectMissing only when no reachable repository has
-  it and at least one answered; the primary's error when none could be reached;
+  unreachable repository is passed over (and noted in `passed_over`). A damaged object
+  (CorruptObject) is raised when no other repository has it intact; ObjectMissing only when
+  no reachable repository has it and at least one answered; the primary's error when none
+  could be reached;
 - exists(): true when any reachable repository has it;
 - listings (children, iter_objects): the union of every reachable repository's listing (a
   WAL file or a mark the primary lacks is found in a copy), primary first; an unreachable
@@ -19,7 +21,7 @@ the DR site is then recorded in the copy (the copies are never synced back into 
 
 from __future__ import annotations
 
-from markship.errors import ObjectMissing, RepositoryError
+from markship.errors import CorruptObject, ObjectMissing, RepositoryError
 from markship.repository import layout
 
 TYPE_CHECKING = False
@@ -42,6 +44,9 @@ class Fallback:
         self.copies = copies
         self.location = primary.location
         self._writer: Repository | None = None
+        # location → why it could not be asked, for every member passed over so far: an
+        # answer "missing" is then only as good as what the others hold
+        self.passed_over: dict[str, str] = {}
 
     @property
     def members(self) -> list[Repository]:
@@ -49,16 +54,26 @@ class Fallback:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def _passed_over(self, repo: Repository, exc: RepositoryError) -> None:
+        self.passed_over.setdefault(repo.location, exc.one_line())
+
     def _first(self, call: Callable[[Repository], T]) -> T:
         missing: ObjectMissing | None = None
+        damaged: CorruptObject | None = None
         unreachable: RepositoryError | None = None
         for repo in self.members:
             try:
                 return call(repo)
             except ObjectMissing as exc:
                 missing = missing or exc
+            except CorruptObject as exc:  # e.g. not encrypted although encryption is on
+                damaged = damaged or exc
             except RepositoryError as exc:
                 unreachable = unreachable or exc
+                self._passed_over(repo, exc)
+        # A damaged object must never read as a missing one (wal-fetch: the end of WAL).
+        if damaged is not None:
+            raise damaged
         if missing is not None:
             raise missing
         assert unreachable is not None
@@ -89,6 +104,7 @@ class Fallback:
                 answered = True
             except RepositoryError as exc:
                 unreachable = unreachable or exc
+                self._passed_over(repo, exc)
         if not answered and unreachable is not None:
             raise unreachable
         return False
@@ -101,6 +117,7 @@ class Fallback:
                 found.append(listing(repo))
             except RepositoryError as exc:
                 unreachable = unreachable or exc
+                self._passed_over(repo, exc)
         if not found and unreachable is not None:
             raise unreachable
         return found
