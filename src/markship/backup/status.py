@@ -45,7 +45,11 @@ class ServerStatus:
 def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:
     newest: dict[str, catalog.BackupRecord] = {}
     wal: dict[str, restorable.WalIndex] = {}
-    for record in catalog.list_sets(repo):
+    try:
+        sets = catalog.list_sets(repo)
+    except RepositoryError:
+        return newest  # the repository cannot be read: each server's status says so
+    for record in sets:
         try:
             state = restorable.set_state(repo, record, wal)
         except RepositoryError:

@@ -90,7 +90,10 @@ def status(ctx: Context, as_json: bool) -> None:
     from markship.backup.status import repository_status
     from markship.repository.keys import backup_warning
 
-    key_warning = backup_warning(config, repo)
+    try:
+        key_warning = backup_warning(config, repo)
+    except RepositoryError:  # the repository cannot be read: said below
+        key_warning = None
     repositories = repository_status(repo, ctx.copies())
     problems += [f"repository {r.name} ({r.location}): {r.error}" for r in repositories
                  if not r.reachable]
@@ -195,6 +198,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
     config = ctx.config
     config.server(server)
     repo = ctx.repository(fallback=True)
+    _warn_reading_copies(repo)
     result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
                             start=start, port=port, extra_settings=extra)
     ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir)
@@ -206,9 +210,21 @@ def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base
     from markship.backup.group_restore import restore_group
 
     config = ctx.config
-    report = restore_group(config, ctx.repository(fallback=True), mark_name, template,
-                           port_base, host)
+    repo = ctx.repository(fallback=True)
+    _warn_reading_copies(repo)
+    report = restore_group(config, repo, mark_name, template, port_base, host)
     output.writer(as_json).restore_group(report, host)
+
+
+def _warn_reading_copies(repo: Repository) -> None:
+    """Say it when the repository is gone and a restore reads its copies alone."""
+    from markship.repository.fallback import Fallback
+
+    if isinstance(repo, Fallback) and repo.writer is not repo.primary:
+        click.echo(f"markship: warning: the repository {repo.primary.location} cannot be "
+                   f"reached: restoring from the copy at {repo.writer.location}; recovery "
+                   "ends where the copies' WAL ends (an async copy may lack the newest)",
+                   err=True)
 
 
 @click.command()

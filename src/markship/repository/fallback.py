@@ -50,7 +50,11 @@ class Fallback:
 
     @property
     def members(self) -> list[Repository]:
-        return [self.primary, *self.copies]
+        """The repositories to ask, in order: one that could not be reached once is passed
+        over for the rest of the command (each request to it may wait for its retries),
+        unless none is left."""
+        every = [self.primary, *self.copies]
+        return [r for r in every if r.location not in self.passed_over] or every
 
     # -- reading -------------------------------------------------------------------------------
 

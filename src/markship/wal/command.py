@@ -14,10 +14,10 @@ Contract with PostgreSQL:
   then looks elsewhere or ends recovery). With copies, it reads from the first reachable
   repository (the primary first) that holds the file; a damaged object (checksum, page
   header) is fetched from a copy holding it intact. "Not archived" (exit 1) means no
-  reachable repository holds it; while the primary cannot be asked, only a standby's
-  request (--standby) or a history file gets it, and a recovery's segment exits 126.
-  Every other failure exits 126 with one line: a corrupt or foreign object, a key that
-  does not open it, an unreadable or absent repository, a bad config, even a bug.
+  reachable repository holds it: while the primary cannot be reached, the copies' end is
+  the end of the archived WAL (what the DR site has). Every other failure exits 126 with
+  one line: a corrupt or foreign object, a key that does not open it, an unreadable or
+  absent repository, a bad config, even a bug.
   PostgreSQL reads any exit below 126 as "not archived" and would end recovery there and
   promote, silently short of committed WAL; 126 and above make it stop recovery with an
   error instead, so the operator fixes the cause and starts it again.
@@ -143,27 +143,8 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
                 fetch(repo, server, name, dest)  # archived while we looked
             except ObjectMissing:
                 _refuse_absent_repository(repo)
-                if not standby:
-                    _refuse_unasked(repo, name)
                 raise
     return 0
-
-
-def _refuse_unasked(repo: Repository, name: str) -> None:
-    """A WAL segment the copies lack while the primary could not be asked (the copies may be
-    behind it): that is not the end of the archived WAL. (A copy that could not be asked
-    changes nothing: it never holds WAL the primary lacks.) A standby (--standby) just asks
-    again later, and history files are only probed for (a missing one is the answer), so
-    only a recovery's segment stops here."""
-    passed_over: dict[str, str] = getattr(repo, "passed_over", {})
-    why = passed_over.get(repo.location)
-    if why is not None and wal_file_kind(name) in ("segment", "partial"):
-        raise RepositoryError(
-            f"{name} is in no copy of the repository, and the repository {repo.location} "
-            f"could not be asked ({why})",
-            "recovery stops here rather than end short of WAL that repository may hold: make "
-            "it reachable and start the server again, or restore to a mark (--name MARK) "
-            "the copies hold")
 
 
 def _refuse_absent_repository(repo: Repository) -> None:
