@@ -4,10 +4,10 @@ site restores, fails over and feeds its standbys when production's repository is
 
 Reads:
 - an object (open, open_stored, read_bytes, size): the first repository that has it; an
-  unreachable repository is passed over (and noted in `passed_over`). A damaged object
-  (CorruptObject) is raised when no other repository has it intact; ObjectMissing only when
-  no reachable repository has it and at least one answered; the primary's error when none
-  could be reached;
+  unreachable repository is passed over, for the rest of the command (`passed_over`). A
+  damaged object (CorruptObject) is raised when no other repository has it intact;
+  ObjectMissing only when no reachable repository has it and at least one answered; the
+  first error when none could be reached;
 - exists(): true when any reachable repository has it;
 - listings (children, iter_objects): the union of every reachable repository's listing (a
   WAL file or a mark the primary lacks is found in a copy), primary first; an unreachable
@@ -44,8 +44,7 @@ class Fallback:
         self.copies = copies
         self.location = primary.location
         self._writer: Repository | None = None
-        # location → why it could not be asked, for every member passed over so far: an
-        # answer "missing" is then only as good as what the others hold
+        # location → why it could not be reached, for every member passed over so far
         self.passed_over: dict[str, str] = {}
 
     @property
