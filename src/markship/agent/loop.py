@@ -3,7 +3,8 @@
 Marks every `[marks] interval`, and those `markship mark` asks for on the agent's socket
 (markship.agent.control), on a marking thread of their own; WAL receivers for their delivery;
 the scheduled jobs (markship.agent.jobs: backups, retention, file sets, dumps); the WAL gap
-records wal-push kept on this host (markship.wal.guard) written into the catalog. One agent per
+records wal-push kept on this host (markship.wal.guard) written into the catalog; the copies of
+the repository, kept caught up on a thread of their own (markship.agent.copying). One agent per
 group: it holds the repository's agent lock (an flock in a directory repository, released by
 the kernel when the process dies; a lease object in object storage, lost when its holder stops
 renewing it), so a crashed agent never leaves a stale lock behind. A standby agent
@@ -28,6 +29,7 @@ from types import FrameType
 import psycopg
 
 from markship.agent import control
+from markship.agent.copying import Copier
 from markship.agent.jobs import Jobs
 from markship.agent.log import EventLog
 from markship.config.model import Config
@@ -37,6 +39,7 @@ from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_
 from markship.pg import programs, replication
 from markship.repository import records
 from markship.repository.base import Repository
+from markship.repository.copies import open_copies
 from markship.timefmt import utcnow
 
 PRUNE_EVERY = 10.0  # seconds between clean-ups of streamed WAL that is archived
@@ -83,6 +86,8 @@ class Agent:
         self.mark_counts = {"made": 0, "skipped": 0, "failed": 0}
         self.newest_mark: str | None = None
         self.jobs = Jobs(config, repo, log, clock, self.journal, self.warn_key_backup)
+        # [[repository.copy]]: caught up on a thread of its own (markship.agent.copying)
+        self.copier = Copier(repo, open_copies(config), log)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
@@ -119,11 +124,13 @@ class Agent:
             self.journal("agent start", "ok")
             self.check_config_change()
             listener = self.listen()
+            self.copier.start()
             try:
                 self._loop()
             finally:
                 if listener is not None:
                     listener.close()
+                self.copier.close()
                 self.serve_requests()  # taken before the socket closed
                 for receiver in self.receivers.values():
                     receiver.stop()

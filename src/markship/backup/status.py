@@ -13,6 +13,7 @@ from markship.pg import sql
 from markship.pg.lsn import parse_segment_name
 from markship.repository import catalog, restorable
 from markship.repository.base import Repository
+from markship.repository.copies import Copy
 from markship.timefmt import utcnow
 
 
@@ -44,7 +45,11 @@ class ServerStatus:
 def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:
     newest: dict[str, catalog.BackupRecord] = {}
     wal: dict[str, restorable.WalIndex] = {}
-    for record in catalog.list_sets(repo):
+    try:
+        sets = catalog.list_sets(repo)
+    except RepositoryError:
+        return newest  # the repository cannot be read: each server's status says so
+    for record in sets:
         try:
             state = restorable.set_state(repo, record, wal)
         except RepositoryError:
@@ -94,3 +99,55 @@ def group_status(config: Config, repo: Repository) -> list[ServerStatus]:
     last = _last_backups(repo)
     return list(perserver.gather({s.name: partial(server_status, repo, s, last.get(s.name))
                                   for s in config.servers}).values())
+
+
+@dataclass(frozen=True)
+class RepositoryStatus:
+    """The repository or one of its copies: reachable, and how far a copy is behind."""
+
+    name: str  # "primary", or the copy's name
+    location: str
+    mode: str  # "primary", "async" or "sync"
+    reachable: bool
+    error: str | None  # why it cannot be reached (or listed)
+    marked: bool  # holds markship.json (none yet: no backup taken; a copy not synced yet)
+    lag_objects: int | None  # objects the copy lacks (or holds in an older version)
+    lag_bytes: int | None
+    lag_seconds: float | None  # age of the oldest of them (0: caught up)
+
+
+def repository_status(primary: Repository, copies: list[Copy]) -> list[RepositoryStatus]:
+    """Each repository's reachability (its top folder listed, its marker object looked up)
+    and each copy's lag; an unreachable one is reported, not fatal."""
+    from markship.repository import layout
+    from markship.repository.copies import lag
+
+    def reach(repo: Repository) -> tuple[str | None, bool]:
+        try:
+            repo.children("")  # a lookup takes an unreadable directory for an empty one
+            return None, repo.exists(layout.MARKER_KEY)
+        except RepositoryError as exc:
+            return exc.one_line(), False
+
+    primary_error, primary_marked = reach(primary)
+    reached = [(copy, *reach(copy.repo)) for copy in copies]
+    marked_copy = next((c.name for c, error, marked in reached if marked), None)
+    if primary_error is None and not primary_marked and marked_copy is not None:
+        # A directory that is not mounted (or was moved) looks empty, not unreachable.
+        primary_error = (f"no {layout.MARKER_KEY} in {primary.location}, while copy "
+                         f"{marked_copy} holds one: the repository is not mounted, moved "
+                         "or lost")
+    found = [RepositoryStatus("primary", primary.location, "primary", primary_error is None,
+                              primary_error, primary_marked, None, None, None)]
+    for copy, error, marked in reached:
+        behind = None
+        if primary_error is None and error is None:
+            try:
+                behind = lag(primary, copy.repo)
+            except RepositoryError as exc:
+                error = exc.one_line()
+        found.append(RepositoryStatus(
+            copy.name, copy.repo.location, copy.mode, error is None, error, marked,
+            behind.objects if behind else None, behind.bytes if behind else None,
+            round(behind.oldest_seconds, 3) if behind else None))
+    return found

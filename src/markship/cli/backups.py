@@ -64,7 +64,7 @@ def list_sets(ctx: Context, as_json: bool) -> None:
     """Backup sets with times, sizes, compression ratio and completeness."""
     from markship.repository import catalog, restorable
 
-    repo = ctx.repository()
+    repo = ctx.repository(fallback=True)
     wal: dict[str, restorable.WalIndex] = {}
     states = [restorable.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
     output.writer(as_json).list_sets(states)
@@ -104,10 +104,17 @@ def status(ctx: Context, as_json: bool) -> None:
     except RepositoryError as exc:  # a server's WAL folder cannot be read
         newest = None
         problems.append(f"the newest complete mark cannot be told: {exc.one_line()}")
+    from markship.backup.status import repository_status
     from markship.repository.keys import backup_warning
 
-    key_warning = backup_warning(config, repo)
-    output.writer(as_json).status(result, newest, key_warning, problems, gaps)
+    try:
+        key_warning = backup_warning(config, repo)
+    except RepositoryError:  # the repository cannot be read: said below
+        key_warning = None
+    repositories = repository_status(repo, ctx.copies())
+    problems += [f"repository {r.name} ({r.location}): {r.error}" for r in repositories
+                 if not r.reachable]
+    output.writer(as_json).status(result, newest, key_warning, problems, repositories, gaps)
     if problems or not all(s.reachable for s in result):
         sys.exit(1)
 
@@ -116,16 +123,20 @@ def status(ctx: Context, as_json: bool) -> None:
 @click.argument("set_id", required=False, metavar="[SET]")
 @click.option("--clean-temp", is_flag=True,
               help="Delete temp objects whose writer has died (partly written objects).")
+@click.option("--repository", "copy_name", metavar="NAME",
+              help="Verify this [[repository.copy]] instead of the repository.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
-def verify(ctx: Context, set_id: str | None, clean_temp: bool, as_json: bool) -> None:
+def verify(ctx: Context, set_id: str | None, clean_temp: bool, copy_name: str | None,
+           as_json: bool) -> None:
     """Re-read every object against its checksum and check WAL continuity."""
     from markship import names
     from markship.backup.verify import verify as run_verify
 
     if set_id is not None:
         names.check(set_id, "backup set id")
-    report = run_verify(ctx.repository(), set_id, clean_temp)
+    repo = ctx.copies([copy_name])[0].repo if copy_name else ctx.repository()
+    report = run_verify(repo, set_id, clean_temp)
     output.writer(as_json).verify(report)
     if not report.ok:
         raise MarkshipError("verify found problems (listed above)",
@@ -203,7 +214,8 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
         extra[key.strip()] = value.strip()
     config = ctx.config
     config.server(server)
-    repo = ctx.repository()
+    repo = ctx.repository(fallback=True)
+    _warn_reading_copies(repo)
     result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
                             start=start, port=port, extra_settings=extra)
     ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir)
@@ -215,8 +227,21 @@ def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base
     from markship.backup.group_restore import restore_group
 
     config = ctx.config
-    report = restore_group(config, ctx.repository(), mark_name, template, port_base, host)
+    repo = ctx.repository(fallback=True)
+    _warn_reading_copies(repo)
+    report = restore_group(config, repo, mark_name, template, port_base, host)
     output.writer(as_json).restore_group(report, host)
+
+
+def _warn_reading_copies(repo: Repository) -> None:
+    """Say it when the repository is gone and a restore reads its copies alone."""
+    from markship.repository.fallback import Fallback
+
+    if isinstance(repo, Fallback) and repo.writer is not repo.primary:
+        click.echo(f"markship: warning: the repository {repo.primary.location} cannot be "
+                   f"reached: restoring from the copy at {repo.writer.location}; recovery "
+                   "ends where the copies' WAL ends (an async copy may lack the newest)",
+                   err=True)
 
 
 @click.command()

@@ -14,6 +14,7 @@ from markship.config import model as config_mod
 from markship.config.model import Config
 from markship.repository.backends import location_of, open_repository
 from markship.repository.base import Repository
+from markship.repository.copies import Copy
 
 
 class Context:
@@ -24,6 +25,7 @@ class Context:
         self._config: Config | None = None
         self.user = invoking_user()  # before markship switches to the repository's OS user
         self.journal_objects: dict[str, str] = {}
+        self.fell_back = False  # this command opened the repository with its copies behind
 
     def note(self, **objects: object) -> None:
         """Object ids for this command's journal entry (set=…, mark=…)."""
@@ -43,8 +45,10 @@ class Context:
             except ConfigError:
                 return
         try:
-            journal.append(self.repository(), command, outcome, user=self.user,
-                           objects=self.journal_objects)
+            # Where the command's own writes went: for a command reading through the copies
+            # (the DR site's), a copy while the primary is gone; else the primary.
+            journal.append(self.repository(fallback=self.fell_back), command, outcome,
+                           user=self.user, objects=self.journal_objects)
         except ConfigError:
             return  # no repository to write to; the command's own error says why
         except MarkshipError as exc:
@@ -57,20 +61,48 @@ class Context:
             self._config = config_mod.load(self.config_path)
         return self._config
 
-    def repository(self) -> Repository:
-        """Load the config, become the repository's OS user, open the repository."""
+    def repository(self, fallback: bool = False) -> Repository:
+        """Load the config, become the repository's OS user, open the repository.
+        `fallback`: reads fall back to the [[repository.copy]] repositories (see
+        markship.repository.fallback) — for commands the DR site runs when production's
+        repository may be gone (restore, failover, standbys, drills)."""
         osuser.switch_to(self.config.repository.os_user)
-        return self.reading_repository()
+        return self.reading_repository(fallback)
 
-    def reading_repository(self) -> Repository:
+    def reading_repository(self, fallback: bool = False) -> Repository:
         """The repository, opened as the user markship runs as: for commands that only read
         it (so no object gets another owner) and still need root afterwards (e.g. to give
         restored files their owners back)."""
         encryption = self.config.encryption
         if encryption is None:
-            return open_repository(location_of(self.config.repository))
-        return open_repository(location_of(self.config.repository), [encryption.recipient],
-                               encryption.identity_file, encryption.catalog_key_file)
+            primary = open_repository(location_of(self.config.repository))
+        else:
+            primary = open_repository(location_of(self.config.repository),
+                                      [encryption.recipient], encryption.identity_file,
+                                      encryption.catalog_key_file)
+        if not fallback or not self.config.repository.copies:
+            return primary
+        self.fell_back = True
+        from markship.repository.copies import open_copies
+        from markship.repository.fallback import Fallback
+
+        return Fallback(primary, [c.repo for c in open_copies(self.config)])
+
+    def copies(self, names: list[str] | None = None) -> list[Copy]:
+        """The configured copies (those named), opened as the repository's OS user; an
+        unknown name is a ConfigError."""
+        from markship.errors import ConfigError
+        from markship.repository.copies import open_copies
+
+        osuser.switch_to(self.config.repository.os_user)
+
+        known = [c.name for c in self.config.repository.copies]
+        for name in names or []:
+            if name not in known:
+                raise ConfigError(f"no [[repository.copy]] named {name!r} (configured: "
+                                  f"{', '.join(known) or 'none'})",
+                                  "use a name from a [[repository.copy]] table of the config")
+        return open_copies(self.config, names)
 
 
 pass_context = click.make_pass_decorator(Context)

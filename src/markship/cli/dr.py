@@ -34,7 +34,7 @@ def standby_create(ctx: Context, servers: tuple[str, ...]) -> None:
     if not names:
         raise MarkshipError("no [dr_site] standbys configured",
                             "add [[dr_site.standby]] entries to the config")
-    results = create_standbys(config, ctx.repository(), names)
+    results = create_standbys(config, ctx.repository(fallback=True), names)
     ctx.note(servers=",".join(results))
     for name, result in results.items():
         sb = config.standby(name)
@@ -50,7 +50,7 @@ def standby_status_cmd(ctx: Context, as_json: bool) -> None:
     """Per standby: replayed LSN, the mark it sits at, lag, parity with production."""
     from markship.dr.standby import standby_status
 
-    result = standby_status(ctx.config, ctx.repository())
+    result = standby_status(ctx.config, ctx.repository(fallback=True))
     output.writer(as_json).standby_status(result)
     if not all(s.reachable for s in result):
         sys.exit(1)
@@ -71,7 +71,7 @@ def failover(ctx: Context, mark_name: str | None, dry_run: bool, force: bool,
 
     config = ctx.config
     try:
-        report = run_failover(config, ctx.repository(), mark_name, dry_run, force)
+        report = run_failover(config, ctx.repository(fallback=True), mark_name, dry_run, force)
     except MarkshipError as exc:
         if not dry_run:
             ctx.journal("failover", f"failed: {exc.message}")

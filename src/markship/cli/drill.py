@@ -55,7 +55,7 @@ def drill(ctx: Context, mark_name: str | None, check_files: tuple[Path, ...],
         except (OSError, UnicodeDecodeError) as exc:
             raise CheckFileError(f"cannot read check file {path}: {exc}") from None
         checks.extend(parse_checks(text, str(path), servers))
-    repo = ctx.repository()
+    repo = ctx.repository(fallback=True)
     say = None if as_json else click.echo
     record = run_drill(config, repo, checks, mark_name=mark_name, work_dir=work_dir,
                        progress=say)
@@ -84,7 +84,7 @@ def drills(ctx: Context, as_json: bool) -> None:
     """Past recovery drills: when, which mark, RTO, RPO, checks passed, result."""
     from markship.dr.drill import list_drills
 
-    records = list_drills(ctx.repository())
+    records = list_drills(ctx.repository(fallback=True))
     output.writer(as_json).drills(records)
 
 

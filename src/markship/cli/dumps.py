@@ -104,7 +104,7 @@ def dumps_restore(ctx: Context, name: str, at_text: str | None, conninfo: str,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--at") from None
     config = ctx.config
-    repo = ctx.repository()
+    repo = ctx.repository(fallback=True)
     record = choose(repo, name, at)
     started = time.monotonic()
     result = restore_dump(config, repo, record, conninfo)

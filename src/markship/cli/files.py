@@ -105,7 +105,7 @@ def files_restore(ctx: Context, name: str, mark: str | None, capture_id: str | N
         names.check(capture_id, "capture id (--id)")
     if mark is not None and capture_id is not None:
         raise MarkshipError("--mark and --id exclude each other", "give one of them")
-    repo = ctx.reading_repository()
+    repo = ctx.reading_repository(fallback=True)
     record = filesets.choose(repo, name, mark, capture_id)
     result = filesets.restore(repo, record, target_dir.absolute())
     output.TextOutput().files_restore(name, record, result)

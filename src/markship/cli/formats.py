@@ -54,3 +54,15 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 def mark_text(record: FilesetRecord | DumpRecord) -> str:
     return record.mark or "none"
+
+
+def copy_lag(mode: str, objects: int | None, size_bytes: int | None,
+             seconds: float | None) -> str:
+    """How far a copy of the repository is behind, in words ("-" for the primary)."""
+    if mode == "primary":
+        return "-"
+    if objects is None or size_bytes is None or seconds is None:
+        return "unknown"
+    if not objects:
+        return "caught up"
+    return f"{objects} objects, {size(size_bytes)}, oldest {seconds:.0f} s"

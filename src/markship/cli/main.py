@@ -23,6 +23,7 @@ from markship.cli import (
     keys,
     marks,
     preflight,
+    repository,
     wal,
 )
 from markship.cli.context import Context
@@ -73,6 +74,6 @@ def run(argv: list[str] | None = None) -> None:
 
 
 for _module in (config, preflight, backups, marks, agent, dr, drill, journal, keys, dumps, files,
-                wal):
+                repository, wal):
     for _command in _module.COMMANDS:
         cli.add_command(_command)

@@ -49,7 +49,7 @@ def marks(ctx: Context, limit: int, as_json: bool) -> None:
     from markship.marks.choose import mark_states
 
     config = ctx.config
-    states = mark_states(ctx.repository(), config, newest=limit or None)
+    states = mark_states(ctx.repository(fallback=True), config, newest=limit or None)
     output.writer(as_json).marks(states)
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from markship.cli.formats import emit_json, mark_text, size, table
+from markship.cli.formats import copy_lag, emit_json, mark_text, size, table
 from markship.timefmt import show
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from markship.backup.group_restore import GroupRestoreReport
     from markship.backup.restore import RestoreResult, Target
     from markship.backup.retention import Plan
-    from markship.backup.status import ServerStatus
+    from markship.backup.status import RepositoryStatus, ServerStatus
     from markship.backup.verify import Report as VerifyReport
     from markship.dr.checklist import Step
     from markship.dr.drill import DrillRecord
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from markship.marks.choose import MarkState
     from markship.marks.resolve import Resolution
     from markship.marks.take import MarkResult
+    from markship.repository.copies import SyncResult
     from markship.repository.journal import JournalEntry, Verification
     from markship.repository.keys import KeyStatus
     from markship.repository.restorable import GapState, SetState
@@ -77,6 +78,7 @@ class TextOutput:
 
     def status(self, result: list[ServerStatus], newest: MarkState | None,
                key_warning: str | None, problems: list[str],
+               repositories: list[RepositoryStatus],
                gaps: list[GapState] | None = None) -> None:
         rows = []
         for s in result:
@@ -98,6 +100,13 @@ class TextOutput:
             click.echo(f"latest complete mark: {newest.record.name}, made "
                        f"{show(newest.record.created_at)}, {newest.age_seconds:.0f} s ago "
                        "(the group's current recovery point)")
+        if len(repositories) > 1:  # with [[repository.copy]]
+            table("repositories", ["name", "location", "mode", "state", "copy lag"],
+                  [[r.name, r.location, r.mode,
+                    "DOWN" if not r.reachable else "up" if r.marked else
+                    "empty (no backup yet)" if r.mode == "primary" else "not synced yet",
+                    copy_lag(r.mode, r.lag_objects, r.lag_bytes, r.lag_seconds)]
+                   for r in repositories])
         if key_warning:
             click.echo(f"markship: warning: {key_warning}", err=True)
         for problem in problems:
@@ -393,6 +402,20 @@ class TextOutput:
                        "restore every owner)")
 
 
+    def repository_sync(self, results: list[SyncResult], failed: dict[str, str],
+                        dry_run: bool) -> None:
+        for r in results:
+            if dry_run:
+                click.echo(f"copy {r.name}: {r.copied_objects} objects ({size(r.copied_bytes)}) "
+                           "to copy")
+                continue
+            click.echo(f"✓ copy {r.name}: copied {r.copied_objects} objects "
+                       f"({size(r.copied_bytes)}), {r.refreshed_objects} records again, "
+                       f"deleted {r.deleted_objects} expired")
+        for name, problem in failed.items():
+            click.echo(f"✗ copy {name}: {problem}")
+
+
 class JsonOutput(TextOutput):
     """One JSON document on stdout (keys sorted, times with zone) for the --json commands."""
 
@@ -412,8 +435,10 @@ class JsonOutput(TextOutput):
 
     def status(self, result: list[ServerStatus], newest: MarkState | None,
                key_warning: str | None, problems: list[str],
+               repositories: list[RepositoryStatus],
                gaps: list[GapState] | None = None) -> None:
         emit_json({"servers": [asdict(s) | {"healthy": s.healthy} for s in result],
+                   "repositories": [asdict(r) for r in repositories],
                    "wal_gaps": [g.record.model_dump(mode="json") | {
                        "restorable_again": g.healed_by is not None,
                        "healed_by_set": g.healed_by.set_id if g.healed_by else None,
@@ -512,3 +537,10 @@ class JsonOutput(TextOutput):
 
     def files_list(self, records: list[FilesetRecord], name: str | None) -> None:
         emit_json([r.model_dump(mode="json") for r in records])
+
+    def repository_sync(self, results: list[SyncResult], failed: dict[str, str],
+                        dry_run: bool) -> None:
+        emit_json({"dry_run": dry_run, "failed": failed, "copies": [
+            {"name": r.name, "copied_objects": r.copied_objects,
+             "copied_bytes": r.copied_bytes, "refreshed_objects": r.refreshed_objects,
+             "deleted_objects": r.deleted_objects} for r in results]})

@@ -76,6 +76,13 @@ class Repository(Protocol):
     def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False,
                     metadata: bool = False) -> StoredObject: ...
 
+    def write_stored(self, key: str, source: Readable, *, overwrite: bool = False
+                     ) -> StoredObject:
+        """Store `source` under `key` byte for byte: bytes already as a repository stores
+        them (read with another repository's open_stored(); never encrypted again). Visible
+        only once complete; ConflictError as write()."""
+        ...
+
     def open(self, key: str) -> BinaryIO:
         """Open `key` for streaming reads; raise ObjectMissing when absent."""
         ...

@@ -146,13 +146,26 @@ class FsRepository:
                                    metadata=metadata)
 
     def write_by(self, key: str, fill: Callable[[Writable], None], *, overwrite: bool = False,
-                 metadata: bool = False) -> StoredObject:
-        """Like write(), for producers that push data into a key known beforehand."""
+                 metadata: bool = False, plain: bool = False) -> StoredObject:
+        """Like write(), for producers that push data into a key known beforehand. `plain`:
+        the bytes are stored as they come (already encoded, see write_stored)."""
         if not overwrite and os.path.exists(self._path(key)):
             raise ConflictError(f"object {key} already exists in the repository")
         folder, _sep, name = key.rpartition("/")
-        return self.write_named_by(folder + "/" if folder else "", fill, lambda: name,
-                                   overwrite=overwrite, metadata=metadata)
+        staged = self.stage(folder + "/" if folder else "", fill, metadata=metadata,
+                            plain=plain)
+        return staged.publish(lambda: name, overwrite=overwrite)
+
+    def write_stored(self, key: str, source: Readable, *, overwrite: bool = False
+                     ) -> StoredObject:
+        """Store `source` byte for byte under `key` (already encoded: a copy of an object of
+        another repository with the same keys); atomic and create-only as write()."""
+
+        def copy(sink: Writable) -> None:
+            while chunk := source.read(CHUNK):
+                sink.write(chunk)
+
+        return self.write_by(key, copy, overwrite=overwrite, plain=True)
 
     def write_named_by(self, folder: str, fill: Callable[[Writable], None],
                        name_for: Callable[[], str], *, overwrite: bool = False,
@@ -165,11 +178,12 @@ class FsRepository:
         return staged.publish(name_for, overwrite=overwrite)
 
     def stage(self, folder: str, fill: Callable[[Writable], None], *,
-              hashed: bool = True, metadata: bool = False) -> Staged:
+              hashed: bool = True, metadata: bool = False, plain: bool = False) -> Staged:
         """The first half of a write: `fill(sink)` goes into a temp object in `folder`,
         flushed to disk; `publish()` on the result gives it its name (or `discard()`).
-        `metadata` matters only to an encrypted repository."""
-        fill = self._encoded(fill, metadata)
+        `metadata` matters only to an encrypted repository; `plain`: stored as written."""
+        if not plain:
+            fill = self._encoded(fill, metadata)
         directory = self._path(folder.rstrip("/"))
         try:
             _makedirs(directory)

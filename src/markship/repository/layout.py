@@ -247,3 +247,47 @@ def catalog_key_copy_name(stamp: str, fingerprint: str) -> str:
 
 def lock_key(name: str) -> str:
     return f"{LOCKS}{name}.lock"
+
+
+# -- copies ([[repository.copy]]) -----------------------------------------------------------------
+
+# Never copied: locks belong to the repository they lock, the stream folder is rewritten in
+# place by pg_receivewal and pruned within seconds, a hold protects a set from one
+# repository's own expire.
+NOT_COPIED = (LOCKS, STREAM, HOLDS)
+
+# Where retention deletes (markship.backup.retention), oldest name first within each folder.
+_EXPIRED_FOLDERS = (SETS, MARKS)
+_EXPIRED_PER_NAME = (WAL, BACKUPS, FILESETS, DUMPS)
+
+
+def copied(key: str) -> bool:
+    """Whether a copy of the repository holds this object too."""
+    return not key.startswith(NOT_COPIED)
+
+
+def expiry_unit(key: str) -> tuple[str, str] | None:
+    """(folder, unit) of an object retention deletes oldest first: within the folder, units
+    are deleted in the order of their names (markship.repository.copies mirrors that). None
+    when retention never deletes the object. The folders: one server's WAL (the unit: the
+    WAL file's name; timeline history files are kept for ever), one server's backups (the
+    backup set), sets, marks, the captures of one file set and the dumps of one dump (the
+    capture or dump, its record and its archive together)."""
+    parts = key.split("/")
+    if key.startswith(_EXPIRED_FOLDERS):
+        return (parts[0] + "/", parts[1].removesuffix(RECORD_SUFFIX)) if len(parts) == 2 \
+            else None
+    if not key.startswith(_EXPIRED_PER_NAME) or len(parts) < 3:
+        return None
+    folder = f"{parts[0]}/{parts[1]}/"
+    if key.startswith(WAL):
+        wal = split_wal_key(key)
+        if wal is None or parts[2] == "history":
+            return None
+        return folder, wal[0]
+    if key.startswith(BACKUPS):
+        return (folder, parts[2]) if len(parts) > 3 else None
+    unit = parts[2]  # a capture's or dump's id: its record and its archive
+    for suffix in (RECORD_SUFFIX, ".tar.zst", ".dump.zst"):
+        unit = unit.removesuffix(suffix)
+    return folder, unit

@@ -245,6 +245,24 @@ class S3Repository:
         upload.finish()
         return StoredObject(key, sink.size, sink.digest.hexdigest())
 
+    def write_stored(self, key: str, source: Readable, *, overwrite: bool = False
+                     ) -> StoredObject:
+        """Store `source` byte for byte under `key` (already encoded: a copy of an object of
+        another repository with the same keys). Up to SPOOL_MEMORY in one conditional PUT
+        (create-only), larger ones streamed as write_by() does."""
+        import hashlib
+
+        head = source.read(SPOOL_MEMORY + 1)
+        if len(head) <= SPOOL_MEMORY:
+            self._put(key, head, overwrite)
+            return StoredObject(key, len(head), hashlib.sha256(head).hexdigest())
+
+        def fill(sink: Writable) -> None:
+            sink.write(head)
+            _copy(source, sink)
+
+        return self.write_by(key, fill, overwrite=overwrite, plain=True)
+
     def write_named(self, folder: str, source: Readable, name_for: Callable[[], str], *,
                     overwrite: bool = False, metadata: bool = False) -> StoredObject:
         return self.write_named_by(folder, lambda sink: _copy(source, sink), name_for,

@@ -64,11 +64,16 @@ def push_ahead(repo: Repository, server: str, path: str, settings: WalSettings,
 
     folder = spool.spool_dir(spool_for, server)
     directory = os.path.dirname(path)
+    copies = settings.open_copies("sync") if settings.copies else []
 
     def one(wal_name: str, fd: int) -> bool:
         wal_path = os.path.join(directory, wal_name)
         try:
             push(repo, server, wal_path, settings.compression_level)
+            if copies:  # the marker says "archived": in every sync copy too
+                from markship.wal.copies import push_to_copies
+
+                push_to_copies(repo, copies, server, wal_path)
             spool.mark_pushed(folder, wal_path)
         except (MarkshipError, OSError, ValueError):
             return False

@@ -11,12 +11,19 @@ Contract with PostgreSQL:
   The one exception is pg_wal protection (`[repository] archive_queue_max`, wal/guard.py):
   with the repository unwritable and more WAL waiting than that, the oldest segments exit 0
   unstored, recorded as a gap first.
+- wal-push with `sync` copies ([[repository.copy]]) exits 0 only once every one of them holds
+  the file too; an unreachable sync copy fails the push with one line naming it.
 - wal-fetch exits 0 with the file at DEST and 1 quietly when it is not archived (PostgreSQL
-  then looks elsewhere or ends recovery). Every other failure exits 126 with one line: a
-  corrupt or foreign object, a key that does not open it, an unreadable or absent repository,
-  a bad config, even a bug. PostgreSQL reads any exit below 126 as "not archived" and would
-  end recovery there and promote, silently short of committed WAL; 126 and above make it stop
-  recovery with an error instead, so the operator fixes the cause and starts it again.
+  then looks elsewhere or ends recovery). With copies, it reads from the first reachable
+  repository (the primary first) that holds the file; a damaged object (checksum, page
+  header) is fetched from a copy holding it intact. "Not archived" (exit 1) means no
+  reachable repository holds it: while the primary cannot be reached, the copies' end is
+  the end of the archived WAL (what the DR site has). Every other failure exits 126 with
+  one line: a corrupt or foreign object, a key that does not open it, an unreadable or
+  absent repository, a bad config, even a bug.
+  PostgreSQL reads any exit below 126 as "not archived" and would end recovery there and
+  promote, silently short of committed WAL; 126 and above make it stop recovery with an
+  error instead, so the operator fixes the cause and starts it again.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 from markship.errors import (
     ConfigError,
     ConflictError,
+    CorruptObject,
     MarkshipError,
     ObjectMissing,
     RepositoryError,
@@ -90,11 +98,11 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
     settings = load_settings(config_path)
     settings.check_server(server)
     osuser.switch_to(settings.os_user)
-    repo = settings.open_repository()
     # Each command imports only its own work: every module costs start-up, paid per segment.
     if command == "wal-push":
         from markship.wal.push import push
 
+        repo = settings.open_repository()
         path = positional[0]
         if not os.path.isfile(path):
             raise ObjectMissing(f"WAL file {path} does not exist",
@@ -111,6 +119,11 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
                                         settings.archive_queue_max, exc)):
                 raise
             return 0
+        copies = settings.open_copies("sync") if settings.copies else []
+        if copies:  # also when it was archived before: a copy may have been down then
+            from markship.wal.copies import push_to_copies
+
+            push_to_copies(repo, copies, server, path)
         from markship.wal import spool  # loaded already (the spool markers' fast path)
 
         if os.path.isdir(spool.gap_dir(config_path, server)):  # WAL was dropped: record it
@@ -118,13 +131,23 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
         return 0
     from markship.wal.fetch import fetch, fetch_streamed, standby_ceiling
 
+    # The primary, and the copies behind it: the first reachable one holding the file serves.
+    repo = settings.reading_repository()
+
     name, dest = positional
     if standby and wal_file_kind(name) in ("segment", "partial"):
         ceiling = standby_ceiling(repo, server, floor, settings.servers)
         if ceiling is None or parse_segment_name(name[:24]) > ceiling:
             return 1  # withheld until the next group mark completes
     try:
-        fetch(repo, server, name, dest)
+        try:
+            fetch(repo, server, name, dest)
+        except CorruptObject:
+            if not settings.copies:
+                raise
+            from markship.wal.copies import fetch_intact
+
+            fetch_intact(settings.open_copies(), server, name, dest)
     except ObjectMissing:
         # Not archived yet: the agent's WAL receiver may hold it. A standby gets whole
         # segments only (a partial one would end its replay early).

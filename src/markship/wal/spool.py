@@ -153,7 +153,7 @@ def forget_except(spool: str, keep: set[str]) -> None:
                 pass
 
 
-_Field = str | int | float | frozenset[str]
+_Field = str | int | float | frozenset[str] | tuple[tuple[str | float, ...], ...]
 
 
 def _settings_file(config_path: str) -> str:

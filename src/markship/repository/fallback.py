@@ -1,0 +1,200 @@
+"""Reading through the copies: a repository that reads from the primary and, when the primary
+cannot be reached or lacks an object, from the copies in their configured order — so the DR
+site restores, fails over and feeds its standbys when production's repository is gone.
+
+Reads:
+- an object (open, open_stored, read_bytes, size): the first repository that has it; an
+  unreachable repository is passed over, for the rest of the command (`passed_over`). A
+  damaged object (CorruptObject) is raised when no other repository has it intact;
+  ObjectMissing only when no reachable repository has it and at least one answered; the
+  first error when none could be reached;
+- exists(): true when any reachable repository has it;
+- listings (children, iter_objects): the union of every reachable repository's listing (a
+  WAL file or a mark the primary lacks is found in a copy), primary first; an unreachable
+  repository is passed over unless none answers.
+
+Writes, deletes and locks go to the primary. Only when the primary is gone — unreachable, or
+without its marker object (an unmounted or renamed directory answers like an empty one) — do
+they go to the first copy that holds its marker: a failover, a drill or a restore's hold at
+the DR site is then recorded in the copy (the copies are never synced back into the primary).
+"""
+
+from __future__ import annotations
+
+from markship.errors import CorruptObject, ObjectMissing, RepositoryError
+from markship.repository import layout
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from contextlib import AbstractContextManager
+    from typing import BinaryIO, TypeVar
+
+    from markship.repository.base import Readable, Repository, StagedObject, Writable
+    from markship.repository.objects import ObjectInfo, StoredObject, TempObject
+
+    T = TypeVar("T")
+
+
+class Fallback:
+    """The primary repository with its copies behind it (see the module docstring)."""
+
+    def __init__(self, primary: Repository, copies: list[Repository]) -> None:
+        self.primary = primary
+        self.copies = copies
+        self.location = primary.location
+        self._writer: Repository | None = None
+        # location → why it could not be reached, for every member passed over so far
+        self.passed_over: dict[str, str] = {}
+
+    @property
+    def members(self) -> list[Repository]:
+        """The repositories to ask, in order: one that could not be reached once is passed
+        over for the rest of the command (each request to it may wait for its retries),
+        unless none is left."""
+        every = [self.primary, *self.copies]
+        return [r for r in every if r.location not in self.passed_over] or every
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _passed_over(self, repo: Repository, exc: RepositoryError) -> None:
+        self.passed_over.setdefault(repo.location, exc.one_line())
+
+    def _first(self, call: Callable[[Repository], T]) -> T:
+        missing: ObjectMissing | None = None
+        damaged: CorruptObject | None = None
+        unreachable: RepositoryError | None = None
+        for repo in self.members:
+            try:
+                return call(repo)
+            except ObjectMissing as exc:
+                missing = missing or exc
+            except CorruptObject as exc:  # e.g. not encrypted although encryption is on
+                damaged = damaged or exc
+            except RepositoryError as exc:
+                unreachable = unreachable or exc
+                self._passed_over(repo, exc)
+        # A damaged object must never read as a missing one (wal-fetch: the end of WAL).
+        if damaged is not None:
+            raise damaged
+        if missing is not None:
+            raise missing
+        assert unreachable is not None
+        raise unreachable
+
+    def open(self, key: str) -> BinaryIO:
+        return self._first(lambda repo: repo.open(key))
+
+    def open_stored(self, key: str) -> BinaryIO:
+        return self._first(lambda repo: repo.open_stored(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._first(lambda repo: repo.read_bytes(key))
+
+    def size(self, key: str) -> int:
+        return self._first(lambda repo: repo.size(key))
+
+    def plaintext(self, stored: Readable, key: str) -> Readable:
+        return self.primary.plaintext(stored, key)  # every member holds the same encoding
+
+    def exists(self, key: str) -> bool:
+        unreachable: RepositoryError | None = None
+        answered = False
+        for repo in self.members:
+            try:
+                if repo.exists(key):
+                    return True
+                answered = True
+            except RepositoryError as exc:
+                unreachable = unreachable or exc
+                self._passed_over(repo, exc)
+        if not answered and unreachable is not None:
+            raise unreachable
+        return False
+
+    def _union(self, listing: Callable[[Repository], list[T]]) -> list[list[T]]:
+        found: list[list[T]] = []
+        unreachable: RepositoryError | None = None
+        for repo in self.members:
+            try:
+                found.append(listing(repo))
+            except RepositoryError as exc:
+                unreachable = unreachable or exc
+                self._passed_over(repo, exc)
+        if not found and unreachable is not None:
+            raise unreachable
+        return found
+
+    def children(self, prefix: str) -> list[str]:
+        names: set[str] = set()
+        for listed in self._union(lambda repo: repo.children(prefix)):
+            names.update(listed)
+        return sorted(names)
+
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        seen: set[str] = set()
+        for listed in self._union(lambda repo: list(repo.iter_objects(prefix))):
+            for info in listed:
+                if info.key not in seen:
+                    seen.add(info.key)
+                    yield info
+
+    # -- writing: the primary, or the first copy there when the primary is gone ----------------
+
+    @property
+    def writer(self) -> Repository:
+        """Where writes go (decided once: commands are short, and a repository that comes
+        back during one is written to by the next)."""
+        if self._writer is None:
+            self._writer = self.primary
+            for repo in self.members:
+                try:
+                    if repo.exists(layout.MARKER_KEY):
+                        self._writer = repo
+                        break
+                except RepositoryError:
+                    continue
+        return self._writer
+
+    def write(self, key: str, source: Readable, *, overwrite: bool = False,
+              metadata: bool = False) -> StoredObject:
+        return self.writer.write(key, source, overwrite=overwrite, metadata=metadata)
+
+    def write_named(self, folder: str, source: Readable, name_for: Callable[[], str], *,
+                    overwrite: bool = False, metadata: bool = False) -> StoredObject:
+        return self.writer.write_named(folder, source, name_for, overwrite=overwrite,
+                                       metadata=metadata)
+
+    def write_named_by(self, folder: str, fill: Callable[[Writable], None],
+                       name_for: Callable[[], str], *, overwrite: bool = False,
+                       hashed: bool = True, metadata: bool = False) -> StoredObject:
+        return self.writer.write_named_by(folder, fill, name_for, overwrite=overwrite,
+                                          hashed=hashed, metadata=metadata)
+
+    def write_by(self, key: str, fill: Callable[[Writable], None], *, overwrite: bool = False,
+                 metadata: bool = False) -> StoredObject:
+        return self.writer.write_by(key, fill, overwrite=overwrite, metadata=metadata)
+
+    def stage(self, folder: str, fill: Callable[[Writable], None], *,
+              hashed: bool = True, metadata: bool = False) -> StagedObject:
+        return self.writer.stage(folder, fill, hashed=hashed, metadata=metadata)
+
+    def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False,
+                    metadata: bool = False) -> StoredObject:
+        return self.writer.write_bytes(key, data, overwrite=overwrite, metadata=metadata)
+
+    def write_stored(self, key: str, source: Readable, *, overwrite: bool = False
+                     ) -> StoredObject:
+        return self.writer.write_stored(key, source, overwrite=overwrite)
+
+    def delete(self, key: str) -> None:
+        self.writer.delete(key)
+
+    def temp_objects(self) -> list[TempObject]:
+        return self.writer.temp_objects()
+
+    def lock(self, name: str, purpose: str) -> AbstractContextManager[None]:
+        return self.writer.lock(name, purpose)
+
+    def check_writable(self) -> None:
+        self.writer.check_writable()
