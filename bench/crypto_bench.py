@@ -104,6 +104,15 @@ def _ppid(pid: str) -> int | None:
         return None
 
 
+def _comm(pid: int) -> str:
+    """The command name of a process ("" once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
 def _status_kb(pid: int) -> tuple[int, int, str] | None:
     """(VmRSS, VmHWM, Name) of one process, in KiB; None once it is gone (or a zombie)."""
     rss = hwm = -1
@@ -132,11 +141,15 @@ class TreeRssPoller(threading.Thread):
     peak), and keeps each member's VmHWM (its exact own peak; their sum bounds the tree's peak
     from above). The descendants are found by scanning /proc every `scan_interval` s (this
     kernel has no /proc/PID/task/TID/children), and at once when the tree is first seen.
+    A descendant whose command name is in `exclude` is left out with its own descendants (a
+    PostgreSQL server that a restore starts is not part of the markship process tree).
     """
 
-    def __init__(self, pid: int, interval: float = 0.01, scan_interval: float = 0.1) -> None:
+    def __init__(self, pid: int, interval: float = 0.01, scan_interval: float = 0.1,
+                 exclude: frozenset[str] = frozenset()) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        self.exclude = exclude
         self.interval = interval
         self.scan_interval = scan_interval
         self.members: set[int] = {pid}
@@ -158,7 +171,7 @@ class TreeRssPoller(threading.Thread):
         todo = [self.pid]
         while todo:
             pid = todo.pop()
-            if pid not in found:
+            if pid not in found and (pid == self.pid or _comm(pid) not in self.exclude):
                 found.add(pid)
                 todo.extend(children.get(pid, ()))
         self.members |= found
@@ -177,6 +190,8 @@ class TreeRssPoller(threading.Thread):
                 if status is None:
                     continue
                 rss, hwm, name = status
+                if name in self.exclude:  # found while still pg_ctl's `sh`, now the server
+                    continue
                 alive += 1
                 total += rss
                 self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), hwm)
@@ -201,12 +216,14 @@ class TreeRssPoller(threading.Thread):
         }
 
 
-def run_tree_rss(argv: Sequence[str], timeout: float = 3600) -> tuple[Timed, dict[str, Any]]:
-    """Run a command to completion while TreeRssPoller samples it and its descendants."""
+def run_tree_rss(argv: Sequence[str], timeout: float = 3600,
+                 exclude: frozenset[str] = frozenset()) -> tuple[Timed, dict[str, Any]]:
+    """Run a command to completion while TreeRssPoller samples it and its descendants (those
+    named in `exclude` left out, with theirs)."""
     pollers: list[TreeRssPoller] = []
 
     def poller(pid: int) -> TreeRssPoller:
-        pollers.append(TreeRssPoller(pid))
+        pollers.append(TreeRssPoller(pid, exclude=exclude))
         return pollers[0]
 
     timed = run_timed(argv, timeout=timeout, poller=poller)

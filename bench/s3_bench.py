@@ -1,0 +1,739 @@
+#!/usr/bin/env python3
+"""S3 benchmark: markship against pgBackRest (repo1-type=s3) on ONE local S3-compatible server.
+
+Everything is measured in ONE invocation, side by side, on the same data, against the same
+moto server process (TLS on 127.0.0.1, one bucket per tool): these machines are shared and noisy,
+so the ratios are what counts. The page cache is warm and cannot be dropped.
+
+Run as root with the interpreter of the venv whose markship is measured:
+
+    /opt/markship/venv/bin/python bench/s3_bench.py                                # scale 50
+    /opt/markship/venv/bin/python bench/s3_bench.py --scale 1 --runs 1 --drain-segments 8 \\
+        --push-segments 4                                                          # smoke run
+
+ONE `pgbench -i` data directory, stopped cleanly and copied with `cp -a`, gives the servers,
+each with its own archive_command, so no tool's backup waits for the other's WAL push:
+
+    ms     archive_command = markship wal-push          → s3://markship-bench/bench
+    pgbr   archive_command = pgbackrest archive-push    → s3://pgbackrest-bench/pgbackrest (async)
+    plain  archive_command = cp into a staging directory (real segments for the wal-push timing)
+
+See bench/README.md ("S3-compatible repository") for what each phase measures and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import platform
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from backup_bench import (
+    MIB,
+    OS_USER,
+    WARM_CACHE,
+    Row,
+    ScratchFiles,
+    Timed,
+    as_pg,
+    dir_bytes,
+    drain_backlog,
+    fmt_s,
+    installed_at,
+    loadavg,
+    markship_inner_seconds,
+    markship_sizes,
+    median,
+    pg,
+    pgbench_fingerprint,
+    print_table,
+    ratio_verdict,
+    remove_root,
+    report_install_and_load,
+    run_guarded,
+    run_timed,
+    running_as_root,
+    save_results,
+    say,
+    settle,
+    sh_as_pg,
+    stop_servers,
+    tool_version,
+    wait_promoted,
+)
+from crypto_bench import installed_digest, package_version, run_tree_rss
+from markship.pg.scratch import ScratchServer, chown_to, wait_archived
+
+PHASES = ("backup", "restore", "drain", "walpush")
+REGION = "us-east-1"
+BUCKETS = {"markship": "markship-bench", "pgbackrest": "pgbackrest-bench"}
+# moto accepts any key pair; these stand in for real secrets and are handled like them (files
+# readable by the postgres OS user only, never in argv).
+ACCESS_KEY, SECRET_KEY = "bench-access-key", "bench-secret-key"
+RSS_LIMIT_MB = 150
+# The PostgreSQL server a restore starts is not part of the markship process tree.
+NOT_MARKSHIP = frozenset({"postgres"})
+
+
+# -- TLS and the S3 server -------------------------------------------------------------------------
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for IP 127.0.0.1 signed by it.
+
+    Returns (CA certificate, server certificate chain, server key). A separate CA rather than
+    one self-signed certificate: rustls (under obstore) refuses a CA certificate presented as
+    the server's own, OpenSSL (pgBackRest; it does not verify here anyway) accepts both.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+
+    def usage(cert_sign: bool) -> x509.KeyUsage:
+        return x509.KeyUsage(digital_signature=True, content_commitment=False,
+                             key_encipherment=False, data_encipherment=False,
+                             key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign,
+                             encipher_only=False, decipher_only=False)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "markship s3 bench CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(usage(cert_sign=True), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    ca_file, chain_file, key_file = (directory / "ca.pem", directory / "server.pem",
+                                     directory / "server.key")
+    ca_file.write_bytes(ca.public_bytes(pem))
+    chain_file.write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
+    key_file.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    ca_file.chmod(0o644)
+    chain_file.chmod(0o644)
+    return ca_file, chain_file, key_file
+
+
+@dataclass
+class MotoServer:
+    """moto's standalone S3-compatible server, one process, TLS on 127.0.0.1."""
+
+    port: int
+    chain: Path
+    key: Path
+    ca: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port),
+                 "-c", str(self.chain), "-k", str(self.key)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited ({self.proc.returncode}); see {self.log}")
+            try:
+                self.request("GET", "/")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        raise RuntimeError(f"moto server did not answer on {self.endpoint} in {timeout:.0f} s")
+
+    def request(self, method: str, path: str) -> int:
+        """One unsigned request (moto does not check signatures); the HTTP status."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        request = urllib.request.Request(self.endpoint + path, method=method)
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def create_bucket(self, name: str) -> None:
+        status = self.request("PUT", f"/{name}")
+        if status != 200:
+            raise RuntimeError(f"creating bucket {name} on {self.endpoint}: HTTP {status}")
+
+    def peak_rss_kb(self) -> int:
+        """VmHWM of the moto process (it holds every object in memory)."""
+        if self.proc is None:
+            return 0
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- configuration files ---------------------------------------------------------------------------
+
+
+def markship_s3_toml(endpoint: str, prefix: str, credentials: Path, ca: Path, port: int) -> str:
+    return (f'[group]\nname = "bench"\n\n[repository]\n'
+            f'url = "s3://{BUCKETS["markship"]}/{prefix}"\n'
+            f'endpoint = "{endpoint}"\nregion = "{REGION}"\n'
+            f"credentials_file = {json.dumps(str(credentials))}\n"
+            f"ca_file = {json.dumps(str(ca))}\n"
+            f'os_user = "{OS_USER}"\n\n[[server]]\nname = "src"\n'
+            f'conninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"\n')
+
+
+def pgbackrest_s3_conf(s3_port: int, repo_path: str, own: Path, server: ScratchServer,
+                       archive_async: bool = True) -> str:
+    """pgBackRest's settings from BENCHMARKS.md, with the repository in the moto bucket."""
+    return f"""[global]
+repo1-type=s3
+repo1-path={repo_path}
+repo1-s3-bucket={BUCKETS["pgbackrest"]}
+repo1-s3-endpoint=127.0.0.1
+repo1-storage-port={s3_port}
+repo1-s3-region={REGION}
+repo1-s3-uri-style=path
+repo1-storage-verify-tls=n
+repo1-s3-key={ACCESS_KEY}
+repo1-s3-key-secret={SECRET_KEY}
+repo1-retention-full=99
+spool-path={own / "spool"}
+lock-path={own / "lock"}
+log-path={own / "log"}
+archive-async={"y" if archive_async else "n"}
+process-max=2
+compress-type=zst
+compress-level=1
+start-fast=y
+log-level-console=warn
+log-level-file=info
+
+[bench]
+pg1-path={server.data_dir}
+pg1-port={server.port}
+pg1-socket-path={server.socket_dir}
+pg1-user=postgres
+"""
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Bench(ScratchFiles):
+    scale: int
+    runs: int
+    drain_segments: int
+    push_segments: int
+    keep: bool
+    phases: tuple[str, ...]
+    markship: Path
+    root: Path = field(init=False)
+    s3: MotoServer = field(init=False)
+    tracked: list[ScratchServer] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    used_ports: set[int] = field(default_factory=set)
+    data_bytes: int = 0
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def secret_file(self, path: Path, text: str) -> Path:
+        """A file with a secret in it: the postgres OS user's, mode 0600."""
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(text)
+        chown_to(path, OS_USER)
+        return path
+
+    def pgbackrest(self, conf: Path, *args: str) -> list[str]:
+        return as_pg(["pgbackrest", f"--config={conf}", "--stanza=bench", *args])
+
+    def copy_server(self, source: ScratchServer, name: str) -> ScratchServer:
+        """A physical copy of the (stopped) source cluster: identical data, same system id."""
+        server = ScratchServer(name, self.root / name, self.port())
+        self.pg_dir(server.base_dir, 0o755)
+        self.pg_dir(server.socket_dir, 0o755)
+        self.tracked.append(server)
+        subprocess.run(["cp", "-a", str(source.data_dir), str(server.data_dir)], check=True)
+        server.write_settings({"port": str(server.port),
+                               "unix_socket_directories": str(server.socket_dir)})
+        return server
+
+    def ms_toml(self, prefix: str) -> Path:
+        return self.write_file(self.root / f"markship-{prefix}.toml", markship_s3_toml(
+            self.s3.endpoint, prefix, self.credentials, self.ca, self.ms.port))
+
+    def pgbr_conf(self, name: str, repo_path: str, archive_async: bool = True) -> Path:
+        own = self.pg_dir(self.root / name)
+        for sub in ("spool", "lock", "log"):
+            self.pg_dir(own / sub)
+        return self.secret_file(self.root / f"{name}.conf", pgbackrest_s3_conf(
+            self.s3.port, repo_path, own, self.pgbr, archive_async))
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="markship-s3-bench-", dir="/tmp"))
+        chown_to(self.root, OS_USER)
+        self.root.chmod(0o755)
+        os.chdir(self.root)  # every tool, whichever user it runs as, can enter this directory
+        say(f"bench directory {self.root}")
+        say(WARM_CACHE)
+
+        tls = self.root / "tls"
+        tls.mkdir(mode=0o755)
+        self.ca, chain, key = make_tls_files(tls)
+        self.s3 = MotoServer(self.port(), chain, key, self.ca, self.root / "moto.log")
+        self.s3.start()
+        for bucket in BUCKETS.values():
+            self.s3.create_bucket(bucket)
+        say(f"moto S3 server up at {self.s3.endpoint}, buckets {', '.join(BUCKETS.values())}")
+        self.credentials = self.secret_file(
+            self.root / "s3.env", f"AWS_ACCESS_KEY_ID={ACCESS_KEY}\n"
+                                  f"AWS_SECRET_ACCESS_KEY={SECRET_KEY}\n")
+
+        ms = ScratchServer("ms", self.root / "ms", self.port(), settings={"archive_mode": "off"})
+        self.tracked.append(ms)
+        ms.initdb()
+        ms.start()
+        say(f"pgbench -i -s {self.scale} ...")
+        started = time.monotonic()
+        run_timed(as_pg([pg("pgbench"), "-h", ms.host, "-p", str(ms.port), "-U", "postgres",
+                         "-i", "-q", "-s", str(self.scale), "postgres"])).check("pgbench -i")
+        say(f"pgbench -i done in {time.monotonic() - started:.1f} s")
+        ms.stop()
+        self.data_bytes = dir_bytes(ms.data_dir, skip=("pg_wal",))
+        say(f"data directory without pg_wal: {self.data_bytes / MIB:.0f} MiB")
+        self.ms = ms
+        self.pgbr = self.copy_server(ms, "pgbr")
+        self.plain = self.copy_server(ms, "plain") if "walpush" in self.phases else None
+
+        self.ms_cfg = self.ms_toml("bench")
+        ms.write_settings({"archive_mode": "on", "archive_command":
+                           f"{self.markship} --config {self.ms_cfg} wal-push --server src %p"})
+        # pgBackRest: its own config, spool, lock and log paths; a second set for the restores
+        # (a restore on the same host wipes the stanza's spool).
+        self.pgbr_main = self.pgbr_conf("pgbackrest", "/pgbackrest")
+        self.pgbr_restore = self.pgbr_conf("pgbackrest-restore", "/pgbackrest")
+        self.pgbr.write_settings({"archive_mode": "on", "archive_command":
+                                  f"pgbackrest --config={self.pgbr_main} --stanza=bench "
+                                  "archive-push %p"})
+        if self.plain is not None:
+            self.raw_wal = self.pg_dir(self.root / "raw-wal")
+            self.plain.write_settings({"archive_mode": "on", "archive_command":
+                                       f"cp %p {self.raw_wal}/%f.part && "
+                                       f"mv {self.raw_wal}/%f.part {self.raw_wal}/%f"})
+        self.pg_dir(self.root / "restore", 0o755)
+        for server in self.tracked:
+            server.start()
+        run_timed(self.pgbackrest(self.pgbr_main, "stanza-create")).check("stanza-create")
+        run_timed(self.pgbackrest(self.pgbr_main, "check")).check("pgbackrest check")
+        wait_archived(ms)  # markship's archiving works, and its first push is out of the timings
+        say(f"servers up: ms :{ms.port} (markship wal-push → s3://{BUCKETS['markship']}/bench), "
+            f"pgbr :{self.pgbr.port} (pgBackRest async archive-push → "
+            f"s3://{BUCKETS['pgbackrest']}/pgbackrest)"
+            + (f", plain :{self.plain.port} (cp)" if self.plain else ""))
+        self.results["setup"] = {
+            "scale": self.scale, "data_bytes_without_pg_wal": self.data_bytes,
+            "s3_endpoint": self.s3.endpoint, "buckets": BUCKETS,
+            "markship_config": self.ms_cfg.read_text(),
+        }
+
+    # -- 1. full backups -------------------------------------------------------------------------
+
+    def bench_backups(self) -> None:
+        say(f"== full backups into S3: {self.runs} run(s), alternating")
+        times: dict[str, list[float]] = {"markship": [], "pgbackrest": []}
+        trees: dict[str, list[dict[str, Any]]] = {"markship": [], "pgbackrest": []}
+        inside: list[float] = []
+        sizes: dict[str, Any] = {}
+        argv = {"markship": [str(self.markship), "--config", str(self.ms_cfg), "backup",
+                             "--json"],
+                "pgbackrest": self.pgbackrest(self.pgbr_main, "--type=full", "backup")}
+        for run in range(self.runs):
+            order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
+            for name in order:
+                settle()
+                result, tree = run_tree_rss(argv[name])
+                result.check(f"{name} backup")
+                times[name].append(result.seconds)
+                trees[name].append(tree)
+                line = (f"run {run + 1} {name:<10} {fmt_s(result.seconds)}  (process tree peak "
+                        f"RSS {tree['tree_peak_sum_vmrss_kb'] / 1024:.0f} MB")
+                if name == "markship":
+                    inside.append(markship_inner_seconds(result.out))
+                    line += f"; set created→finished {inside[-1]:.2f} s"
+                    sizes.setdefault("markship", markship_sizes(result.out))
+                say(line + ")")
+        sizes["pgbackrest"] = self.pgbackrest_sizes()
+        med = {name: median(values) for name, values in times.items()}
+        peak = {name: max(t["tree_peak_sum_vmrss_kb"] for t in found) / 1024
+                for name, found in trees.items()}
+        self.results["backup"] = {"seconds": times, "median_seconds": med, "trees": trees,
+                                  "markship_set_created_to_finished_seconds": inside,
+                                  "sizes": sizes, "peak_tree_rss_mb": peak}
+        ratio = med["markship"] / med["pgbackrest"]
+        self.rows += [
+            Row("full backup into S3, median wall time", fmt_s(med["markship"]),
+                f"pgBackRest {fmt_s(med['pgbackrest'])}", ratio, "≤1.0",
+                ratio_verdict(ratio, 1.0)),
+            Row("peak RSS, markship backup process tree", f"{peak['markship']:.0f} MB",
+                f"pgBackRest tree {peak['pgbackrest']:.0f} MB", None, f"< {RSS_LIMIT_MB} MB",
+                "PASS" if peak["markship"] < RSS_LIMIT_MB else "MISS"),
+        ]
+
+    def pgbackrest_sizes(self) -> dict[str, Any]:
+        proc = run_timed(self.pgbackrest(self.pgbr_main, "info", "--output=json"))
+        try:
+            info = json.loads(proc.out)[0]["backup"][-1]["info"]
+            return {"raw_bytes": info["size"], "stored_bytes": info["repository"]["size"]}
+        except (ValueError, KeyError, IndexError, TypeError):
+            return {}
+
+    # -- 2. restores -----------------------------------------------------------------------------
+
+    def bench_restores(self) -> None:
+        say(f"== restores from S3 to a running, promoted server: {self.runs} run(s), alternating")
+        fingerprint = pgbench_fingerprint(self.ms)
+        times: dict[str, list[float]] = {"markship": [], "pgbackrest": []}
+        first_look: list[str] = []
+        rss: list[float] = []
+        checks: dict[str, bool] = {}
+        for run in range(self.runs):
+            order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
+            for name in order:
+                settle()
+                base = self.pg_dir(self.root / "restore" / f"{name}-{run + 1}", 0o755)
+                server = ScratchServer(f"{name}-restore-{run + 1}", base, self.port())
+                self.pg_dir(server.socket_dir, 0o755)
+                self.tracked.append(server)
+                started = time.perf_counter()
+                extra = ""
+                if name == "markship":
+                    result, tree = run_tree_rss(
+                        [str(self.markship), "--config", str(self.ms_cfg), "restore", "--server",
+                         "src", "--target-dir", str(server.data_dir), "--latest", "--start",
+                         "--port", str(server.port),
+                         "--setting", f"unix_socket_directories={server.socket_dir}"],
+                        exclude=NOT_MARKSHIP)
+                    result.check("markship restore")
+                    first_look.append(wait_promoted(server.port))
+                    rss.append(tree["tree_peak_sum_vmrss_kb"] / 1024)
+                    extra = (f"  (CLI {fmt_s(result.seconds)}; first look after it returned: "
+                             f"{first_look[-1]}; process tree peak RSS {rss[-1]:.0f} MB)")
+                else:
+                    self.restore_pgbackrest(server)
+                times[name].append(time.perf_counter() - started)
+                say(f"run {run + 1} {name:<10} {fmt_s(times[name][-1])}{extra}")
+                if run == 0:
+                    checks[name] = pgbench_fingerprint(server) == fingerprint
+                    say(f"  {name} restored data {'matches' if checks[name] else 'DIFFERS FROM'}"
+                        " the source (pgbench fingerprint)")
+                server.destroy()
+                self.tracked.remove(server)
+        med = {name: median(values) for name, values in times.items()}
+        self.results["restore"] = {"seconds": times, "median_seconds": med,
+                                   "markship_first_look_after_return": first_look,
+                                   "markship_peak_tree_rss_mb": rss,
+                                   "data_matches_source": checks}
+        ratio = med["markship"] / med["pgbackrest"]
+        self.rows += [
+            Row("restore from S3 to running promoted server, median", fmt_s(med["markship"]),
+                f"pgBackRest {fmt_s(med['pgbackrest'])}", ratio, "≤1.0",
+                ratio_verdict(ratio, 1.0)),
+            Row("peak RSS, markship restore process tree", f"{max(rss):.0f} MB",
+                "(its PostgreSQL server not counted)", None, f"< {RSS_LIMIT_MB} MB",
+                "PASS" if max(rss) < RSS_LIMIT_MB else "MISS"),
+            Row("restored data equals source (fingerprint)",
+                "yes" if checks.get("markship") else "NO",
+                f"pgBackRest {'yes' if checks.get('pgbackrest') else 'NO'}", None, "equal",
+                "PASS" if checks.get("markship") else "MISS"),
+            Row("  (info) markship restore --start returned once promoted",
+                f"{first_look.count('promoted')} of {len(first_look)} runs", "-", None, "-",
+                "info"),
+        ]
+
+    def restore_pgbackrest(self, server: ScratchServer) -> None:
+        """pgbackrest restore + pg_ctl start + wait until promoted (the caller times it)."""
+        self.pg_dir(server.data_dir, 0o700)
+        run_timed(self.pgbackrest(self.pgbr_restore, f"--pg1-path={server.data_dir}",
+                                  "--type=default", "--archive-mode=off", "restore")
+                  ).check("pgbackrest restore")
+        with (server.data_dir / "postgresql.auto.conf").open("a") as handle:
+            handle.write(f"\n# s3_bench\nport = '{server.port}'\n"
+                         f"unix_socket_directories = '{server.socket_dir}'\n")
+        server.run("pg_ctl", "-D", str(server.data_dir), "-l", str(server.log_file), "-w",
+                   "-t", "600", "start", timeout=700)
+        wait_promoted(server.port)
+
+    # -- 3. WAL backlog drain --------------------------------------------------------------------
+
+    def bench_drain(self) -> None:
+        say(f"== WAL backlog drain into S3: archive_command paused, ~{self.drain_segments} "
+            "segments queued, then resumed")
+        found: dict[str, dict[str, float]] = {}
+        for label, server in (("markship", self.ms), ("pgbackrest", self.pgbr)):
+            found[label] = drain_backlog(server, self.drain_segments)
+            say(f"{label:<10} {found[label]['segments']:.0f} segments in "
+                f"{found[label]['seconds']:.2f} s = {found[label]['per_s']:.1f} segments/s")
+        self.results["backlog_drain"] = found
+        ratio = found["markship"]["per_s"] / found["pgbackrest"]["per_s"]
+        self.rows.append(Row("WAL backlog drain rate into S3",
+                             f"{found['markship']['per_s']:.1f} seg/s",
+                             f"pgBackRest async {found['pgbackrest']['per_s']:.1f} seg/s", ratio,
+                             "≥1.0", ratio_verdict(ratio, 1.0, higher_is_better=True)))
+
+    # -- 4. wal-push per segment -----------------------------------------------------------------
+
+    def bench_walpush(self) -> None:
+        say(f"== wal-push per 16 MB segment into S3: {self.push_segments} real pgbench segments, "
+            "fresh prefixes, each command as `runuser -u postgres -- sh -c CMD`")
+        stage = self.real_segments()
+        names = sorted(p.name for p in stage.iterdir())
+        ms_cfg = self.ms_toml("walpush")
+        # A second pgBackRest repository (another path in its bucket), archive-async=n: one
+        # process per segment that returns once the segment is stored, like markship's.
+        conf = self.pgbr_conf("pgbackrest-walpush", "/walpush", archive_async=False)
+        run_timed(self.pgbackrest(conf, "stanza-create")).check("stanza-create (walpush)")
+        commands: dict[str, Callable[[str], list[str]]] = {
+            "markship": lambda name: sh_as_pg(
+                f"{self.markship} --config {ms_cfg} wal-push --server src {stage / name}"),
+            "pgbackrest": lambda name: sh_as_pg(
+                f"pgbackrest --config={conf} --stanza=bench archive-push {stage / name}"),
+        }
+        times: dict[str, list[float]] = {"markship": [], "pgbackrest": [], "runuser_sh_true": []}
+        rss: list[int] = []
+        for i, name in enumerate(names):
+            order = ["markship", "pgbackrest"] if i % 2 == 0 else ["pgbackrest", "markship"]
+            for label in order:
+                result: Timed = run_timed(commands[label](name)).check(f"{label} {name}")
+                times[label].append(result.seconds)
+                if label == "markship":
+                    rss.append(result.tree_maxrss_kb)
+            times["runuser_sh_true"].append(run_timed(sh_as_pg("true")).seconds)
+        med = {k: median(v) for k, v in times.items()}
+        self.results["wal_push"] = {"segments": names, "seconds": times, "median_seconds": med,
+                                    "markship_peak_rss_kb": rss}
+        for label, value in med.items():
+            say(f"{label:<16} median {value * 1000:.0f} ms")
+        ratio = med["markship"] / med["pgbackrest"]
+        self.rows += [
+            Row("wal-push per segment into S3, median (process start in)",
+                f"{med['markship'] * 1000:.0f} ms",
+                f"pgBackRest archive-push (sync) {med['pgbackrest'] * 1000:.0f} ms", ratio,
+                "-", "info"),
+            Row("peak RSS, markship wal-push process", f"{max(rss) / 1024:.0f} MB", "-", None,
+                f"< {RSS_LIMIT_MB} MB", "PASS" if max(rss) < RSS_LIMIT_MB * 1024 else "MISS"),
+        ]
+
+    def real_segments(self) -> Path:
+        """Full 16 MB segments written by pgbench on the plain server, copied by its archiver."""
+        assert self.plain is not None
+        plain = self.plain
+        before = {p.name for p in self.raw_wal.iterdir()}
+
+        def new_segments() -> list[Path]:
+            return sorted(p for p in self.raw_wal.iterdir()
+                          if p.name not in before and len(p.name) == 24)
+
+        # A CHECKPOINT before each short pgbench run: the next page touches write full-page
+        # images, as after every checkpoint in production (and a small scale fills a segment
+        # sooner).
+        deadline = time.monotonic() + 600
+        while len(new_segments()) < self.push_segments:
+            if time.monotonic() > deadline:
+                raise RuntimeError("pgbench did not produce enough WAL in 600 s")
+            plain.psql("CHECKPOINT")
+            run_timed(as_pg([pg("pgbench"), "-h", plain.host, "-p", str(plain.port), "-U",
+                             "postgres", "-n", "-c", "4", "-j", "2", "-T", "5", "postgres"])
+                      ).check("pgbench")
+        stage = self.pg_dir(self.root / "stage", 0o700)
+        for source in new_segments()[: self.push_segments]:
+            target = stage / source.name
+            subprocess.run(["cp", str(source), str(target)], check=True)
+            chown_to(target, OS_USER)
+            target.chmod(0o600)
+        return stage
+
+    # -- running it all --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.results["meta"] = {
+            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "page_cache": "warm (cannot be dropped on this machine)",
+            "options": {"scale": self.scale, "runs": self.runs,
+                        "drain_segments": self.drain_segments,
+                        "push_segments": self.push_segments, "phases": list(self.phases)},
+            "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                     "loadavg_at_start": loadavg()},
+            "versions": {
+                "markship": tool_version([str(self.markship), "--version"]),
+                "markship_executable": str(self.markship),
+                "markship_installed_at": installed_at(),
+                "markship_installed_digest": installed_digest(),
+                "work_tree_head": tool_version(["git", "-C", str(Path(__file__).resolve().parent),
+                                                "rev-parse", "--short", "HEAD"]),
+                "postgres": tool_version([pg("postgres"), "--version"]),
+                "pgbackrest": tool_version(["pgbackrest", "version"]),
+                "moto": package_version("moto"),
+                "obstore": package_version("obstore"),
+            },
+        }
+        self.setup()
+        steps: dict[str, Callable[[], None]] = {
+            "backup": self.bench_backups, "restore": self.bench_restores,
+            "drain": self.bench_drain, "walpush": self.bench_walpush}
+        for phase in PHASES:
+            if phase in self.phases:
+                steps[phase]()
+
+    def summary(self) -> Path:
+        print()
+        print("=" * 100)
+        if "failed" in self.results:
+            print(f"INCOMPLETE RUN, it failed: {self.results['failed']}")
+        print(f"markship S3 benchmark — pgbench scale {self.scale}, {self.data_bytes / MIB:.0f} "
+              f"MiB data, {os.cpu_count()} CPUs, runs={self.runs}, one moto server "
+              f"{self.results['meta']['versions']['moto']} with TLS on 127.0.0.1")
+        print(WARM_CACHE)
+        versions = self.results["meta"]["versions"]
+        print(f"{versions['markship']} ({versions['markship_executable']}, installed "
+              f"{versions['markship_installed_at']}, sources digest "
+              f"{versions['markship_installed_digest']}; work tree HEAD "
+              f"{versions['work_tree_head']}); obstore {versions['obstore']}; "
+              f"{versions['postgres']}; {versions['pgbackrest']}")
+        report_install_and_load(self.results)
+        moto_mb = self.s3.peak_rss_kb() / 1024 if hasattr(self, "s3") else 0.0
+        self.results["moto_peak_rss_mb"] = moto_mb
+        print(f"moto server peak RSS {moto_mb:.0f} MB (it keeps every object in memory)")
+        print("ratio = markship ÷ pgBackRest (for the drain rate: higher is better)")
+        print("=" * 100)
+        for phase, title in (("backup", "full backup into S3"),
+                             ("restore", "restore from S3 to a running promoted server")):
+            found = self.results.get(phase)
+            if found:
+                print(f"\n{title}, each run (s):")
+                print_table(["tool", "runs", "median"], [
+                    [name, " ".join(f"{v:.2f}" for v in values),
+                     f"{found['median_seconds'][name]:.2f}"]
+                    for name, values in found["seconds"].items()])
+        backup = self.results.get("backup")
+        if backup:
+            for name, entry in backup["sizes"].items():
+                if entry.get("raw_bytes") and entry.get("stored_bytes"):
+                    print(f"  {name}: {entry['raw_bytes'] / MIB:.0f} MiB → "
+                          f"{entry['stored_bytes'] / MIB:.1f} MiB stored "
+                          f"({entry['raw_bytes'] / entry['stored_bytes']:.1f}×)")
+        print()
+        print_table(["metric", "markship", "pgBackRest / anchor", "ratio", "target", "verdict"], [
+            [r.metric, r.markship, r.anchor, "-" if r.ratio is None else f"{r.ratio:.2f}",
+             r.target, r.verdict] for r in self.rows])
+        self.results["summary"] = [r.__dict__ for r in self.rows]
+        return save_results(self.results, "s3-")
+
+    def cleanup(self) -> None:
+        os.chdir("/")
+        stop_servers(list(reversed(self.tracked)))
+        if hasattr(self, "s3"):
+            self.s3.stop()
+        # pgBackRest's async archiver exits on its own once idle
+        remove_root(getattr(self, "root", None), self.keep, settle=0.5)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--scale", type=int, default=50, help="pgbench -i scale (default 50)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="timed backups and restores per tool (default 3)")
+    parser.add_argument("--drain-segments", type=int, default=64,
+                        help="size of the WAL backlog for the drain rate (default 64)")
+    parser.add_argument("--push-segments", type=int, default=20,
+                        help="real pgbench segments for the wal-push timing (default 20)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
+    parser.add_argument("--markship", type=Path, default=Path(sys.executable).parent / "markship",
+                        help="the markship executable (default: next to this interpreter)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the bench directory (servers are stopped anyway)")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.scale < 1 or args.drain_segments < 1 or args.push_segments < 1:
+        parser.error("--runs, --scale, --drain-segments and --push-segments must be at least 1")
+    chosen = set(args.phases.split(","))
+    if chosen - set(PHASES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(chosen - set(PHASES)))}")
+    if "restore" in chosen:
+        chosen.add("backup")  # the restores need the backups
+    args.phases = tuple(p for p in PHASES if p in chosen)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not running_as_root():
+        return 2
+    missing = [str(p) for p in (Path(pg("postgres")), args.markship, Path("/usr/bin/pgbackrest"))
+               if not p.exists()]
+    if missing:
+        print(f"missing: {', '.join(missing)} (./dev setup; apt-get install pgbackrest)",
+              file=sys.stderr)
+        return 2
+    bench = S3Bench(scale=args.scale, runs=args.runs, drain_segments=args.drain_segments,
+                    push_segments=args.push_segments, keep=args.keep, phases=args.phases,
+                    markship=args.markship)
+    return run_guarded(bench, lambda: bool(bench.data_bytes))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
