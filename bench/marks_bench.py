@@ -83,7 +83,7 @@ from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_
 from markship.pg import replication
 from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer, chown_to, free_port
-from markship.repository.backends import open_repository
+from markship.repository.backends import location_of, open_repository
 
 PHASES = ("latency", "rpo", "throughput", "failover")
 GROUP = "bench"
@@ -227,7 +227,7 @@ def _mark_loop_child(cfg: str, seconds: float, interval: float, delivery: str,
         # As `markship run` does: the marking threads are made before becoming os_user.
         markers = [priority.marking_thread(nice, refused) for nice in nices]
         osuser.switch_to(config.repository.os_user)
-        repo = open_repository(config.repository.path)
+        repo = open_repository(location_of(config.repository))
         conns = GroupConnections(config)
         conns.open()  # connections are opened once, as in the agent (not timed)
         samples: list[dict[str, Any]] = []
@@ -298,7 +298,7 @@ def _receivers_child(cfg: str, stop: multiprocessing.synchronize.Event,
 
         config = config_mod.load(cfg)
         osuser.switch_to(config.repository.os_user)
-        repo = open_repository(config.repository.path)
+        repo = open_repository(location_of(config.repository))
         conns = GroupConnections(config)
         conns.open()
         try:
@@ -961,7 +961,7 @@ class Bench:
         time.sleep(2)
         agent = self.start_agent(RPO_INTERVAL, "rpo")
         config = self.load_config()
-        repo = open_repository(config.repository.path)
+        repo = open_repository(location_of(config.repository))
         start_wall = datetime.now(UTC)
         first_complete: float | None = None
         deadline = time.monotonic() + 30
@@ -1243,7 +1243,7 @@ class Bench:
         started = time.perf_counter()
         try:
             data = [asdict(s) for s in standby_status(config,
-                                                      open_repository(config.repository.path))]
+                                                      open_repository(location_of(config.repository)))]
         except MarkshipError:
             data = []
         return data, time.perf_counter() - started

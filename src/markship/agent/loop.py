@@ -3,12 +3,16 @@
 Marks every `[marks] interval`, and those `markship mark` asks for on the agent's socket
 (markship.agent.control), on a marking thread of their own; WAL receivers for their delivery;
 the scheduled jobs (markship.agent.jobs: backups, retention, file sets, dumps). One agent per
-group: it holds the repository's agent lock (an flock, released by the kernel when the
-process dies, so a crashed agent never leaves a stale lock behind).
+group: it holds the repository's agent lock (an flock in a directory repository, released by
+the kernel when the process dies; a lease object in object storage, lost when its holder stops
+renewing it), so a crashed agent never leaves a stale lock behind. A standby agent
+(`run --standby-agent`, on another host) waits for that lock and takes over marking and
+backups when the first agent dies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pwd
 import queue
@@ -26,7 +30,7 @@ from markship.agent import control
 from markship.agent.jobs import Jobs
 from markship.agent.log import EventLog
 from markship.config.model import Config
-from markship.errors import MarkshipError
+from markship.errors import LockedError, MarkshipError
 from markship.marks import priority, stream
 from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
 from markship.pg import programs, replication
@@ -39,6 +43,7 @@ PRUNE_EVERY = 10.0  # seconds between clean-ups of streamed WAL that is archived
 MARKS_JOURNAL_EVERY = 600.0  # seconds between journal summaries of the agent's marks
 RECOGNISE_AFTER = 10.0  # seconds a receiver runs before marks must see it in the server
 CONTENT_CHECK_EVERY = 60.0  # seconds between file-set change checks and dump schedule checks
+STANDBY_POLL = 1.0  # seconds between a standby agent's attempts at the agent lock
 
 
 def marking_thread(config: Config, log: EventLog) -> ThreadPoolExecutor:
@@ -51,8 +56,10 @@ def marking_thread(config: Config, log: EventLog) -> ThreadPoolExecutor:
 class Agent:
     def __init__(self, config: Config, repo: Repository, log: EventLog,
                  clock: Callable[[], datetime] = utcnow, config_path: str | None = None,
-                 marker: ThreadPoolExecutor | None = None) -> None:
+                 marker: ThreadPoolExecutor | None = None, standby: bool = False) -> None:
         self.config = config
+        self.standby = standby  # wait for the agent lock instead of refusing to start
+        self.held: contextlib.AbstractContextManager[None] | None = None
         self.config_path = config_path  # where `markship mark` finds this agent's socket
         self.wakeup = threading.Event()  # ends the loop's nap: a signal or a request
         self.requests: queue.SimpleQueue[control.Request] = queue.SimpleQueue()
@@ -92,7 +99,17 @@ class Agent:
         records.on_damage(lambda damaged: self.log("record.damaged", level="warning",
                                                    key=damaged.key, reason=damaged.problem,
                                                    detail="skipped; run markship verify"))
-        with self.repo.lock("agent", f"markship run for group {self.config.group.name}"):
+        with contextlib.ExitStack() as locked:
+            purpose = f"markship run for group {self.config.group.name}"
+            if self.standby:
+                self.held = self.wait_for_lock(purpose)
+                if self.held is None:
+                    self.log("agent.stop", detail="stopped while waiting as a standby agent")
+                    return
+            else:
+                self.held = self.repo.lock("agent", purpose)
+                self.held.__enter__()
+            locked.push(self.held.__exit__)
             self.log("agent.start", group=self.config.group.name,
                      interval_s=self.config.marks.interval, servers=len(self.config.servers))
             self.warn_key_backup()
@@ -114,6 +131,33 @@ class Agent:
             self.journal("agent stop", "ok")
             self.log("agent.stop")
 
+    def wait_for_lock(self, purpose: str) -> contextlib.AbstractContextManager[None] | None:
+        """The agent lock, held, once it is free (a standby agent): None when stopped
+        before. The caller releases it (`__exit__`)."""
+        waiting = False
+        while not self.stop.is_set():
+            lock = self.repo.lock("agent", purpose)
+            try:
+                lock.__enter__()
+            except LockedError as exc:
+                if not waiting:
+                    self.log("agent.standby", holder=exc.message,
+                             detail="waiting to take over marks and backups when it stops")
+                    waiting = True
+            except MarkshipError as exc:  # the repository unreachable: keep waiting
+                self.log("agent.standby_problem", level="warning", reason=exc.one_line())
+            else:
+                if waiting:
+                    self.log("agent.takeover", detail="the agent lock is free: this agent "
+                             "takes over marking and backups")
+                return lock
+            self.stop.wait(STANDBY_POLL)
+        return None
+
+    def lock_lost(self) -> bool:
+        """Whether another agent took the agent lease over (this one could not renew it)."""
+        return bool(getattr(self.held, "lost", False))
+
     def _loop(self) -> None:
         interval = self.config.marks.interval
         next_mark = time.monotonic()
@@ -122,6 +166,11 @@ class Agent:
         next_content_check = time.monotonic() + 5
         next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY
         while not self.stop.is_set():
+            if self.lock_lost():
+                self.log("agent.lock_lost", level="error",
+                         detail="another agent holds the agent lease now: stopping")
+                self.stop.set()
+                break
             self.serve_requests()
             if time.monotonic() >= next_marks_summary:
                 next_marks_summary = time.monotonic() + MARKS_JOURNAL_EVERY

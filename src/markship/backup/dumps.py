@@ -204,8 +204,7 @@ def run_dump(config: Config, repo: Repository, dump: DumpSection) -> DumpRecord:
                                 "read every object), then run markship dumps run again")
 
         try:
-            stored = repo.write_named_by(dump_prefix(name), fill,
-                                         lambda: archive_key(name, dump_id).rsplit("/", 1)[1])
+            stored = repo.write_by(archive_key(name, dump_id), fill)
         finally:
             program.kill()  # a no-op once pg_dump exited
         record = DumpRecord(

@@ -215,10 +215,9 @@ def _capture(config: Config, repo: Repository, snapshot: Snapshot, reason: str,
     digest = hashlib.sha256()
     counts = _Counts()
     level = config.repository.compression_level
-    stored = repo.write_named_by(
-        fileset_prefix(name),
-        lambda sink: _write_archive(sink, snapshot, level, digest, counts),
-        lambda: layout.fileset_archive_name(capture_id))
+    stored = repo.write_by(
+        fileset_prefix(name) + layout.fileset_archive_name(capture_id),
+        lambda sink: _write_archive(sink, snapshot, level, digest, counts))
     record = FilesetRecord(
         name=name, id=capture_id, created_at=now, reason=reason, set_id=set_id, mark=mark,
         host=socket.gethostname(), roots=[str(p) for p in snapshot.fileset.paths],

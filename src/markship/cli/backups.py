@@ -11,7 +11,7 @@ from markship.cli import output
 from markship.cli.context import Context, journaled, pass_context
 from markship.config.model import Config
 from markship.errors import MarkshipError, RepositoryError
-from markship.repository.fs import FsRepository
+from markship.repository.base import Repository
 
 
 @click.command()
@@ -48,7 +48,7 @@ def backup(ctx: Context, servers: tuple[str, ...], as_json: bool) -> None:
     _warn_key_backup(config, repo)
 
 
-def _warn_key_backup(config: Config, repo: FsRepository) -> None:
+def _warn_key_backup(config: Config, repo: Repository) -> None:
     """Say it every time while the encryption key has no recorded backup."""
     from markship.repository.keys import backup_warning
 

@@ -12,8 +12,8 @@ import click
 from markship import osuser
 from markship.config import model as config_mod
 from markship.config.model import Config
-from markship.repository.backends import open_repository
-from markship.repository.fs import FsRepository
+from markship.repository.backends import location_of, open_repository
+from markship.repository.base import Repository
 
 
 class Context:
@@ -57,19 +57,19 @@ class Context:
             self._config = config_mod.load(self.config_path)
         return self._config
 
-    def repository(self) -> FsRepository:
+    def repository(self) -> Repository:
         """Load the config, become the repository's OS user, open the repository."""
         osuser.switch_to(self.config.repository.os_user)
         return self.reading_repository()
 
-    def reading_repository(self) -> FsRepository:
+    def reading_repository(self) -> Repository:
         """The repository, opened as the user markship runs as: for commands that only read
         it (so no object gets another owner) and still need root afterwards (e.g. to give
         restored files their owners back)."""
         encryption = self.config.encryption
         if encryption is None:
-            return open_repository(self.config.repository.path)
-        return open_repository(self.config.repository.path, [encryption.recipient],
+            return open_repository(location_of(self.config.repository))
+        return open_repository(location_of(self.config.repository), [encryption.recipient],
                                encryption.identity_file, encryption.catalog_key_file)
 
 

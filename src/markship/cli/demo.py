@@ -36,7 +36,7 @@ from markship.pg.scratch import (
     transfer_workload,
     wait_archived,
 )
-from markship.repository.backends import open_repository
+from markship.repository.backends import location_of, open_repository
 from markship.timefmt import show
 from markship.wal.spool import spool_dir
 
@@ -111,7 +111,7 @@ def _story(console: Console, workdir: Path, count: int, command: str,
     total = len(servers) * ACCOUNTS * START_BALANCE
     console.print(f"  invariant: the balances of all servers add up to {total}")
     config = config_mod.load(cfg_path)
-    repo = open_repository(config.repository.path)
+    repo = open_repository(location_of(config.repository))
 
     console.rule("[bold]2. markship backup: one backup set for the whole group")
     result = run_backup(config, repo, list(config.servers))

@@ -62,7 +62,7 @@ def drill(ctx: Context, mark_name: str | None, check_files: tuple[Path, ...],
     failed = [c for c in record.checks if not c.ok]
     ctx.note(drill=record.id, mark=record.mark, ok=record.ok,
              rto_seconds=record.rto_seconds, rpo_seconds=record.rpo_seconds)
-    output.writer(as_json).drill(record, config.repository.path)
+    output.writer(as_json).drill(record, config.repository.location)
     if record.error is not None:
         raise MarkshipError(f"drill {record.id} failed: {record.error}",
                             f"the report drills/{record.id}.md has the details")

@@ -97,17 +97,17 @@ def key_catalog(ctx: Context, target: Path) -> None:
     """Write the catalog key file production hosts read the catalog with (status, list, marks,
     journal, the agent's checks; never backups): the group's key, from the repository's copy
     where the identity is, or a new key when the group has none."""
-    from markship.repository.encrypted import EncryptedFsRepository
+    from markship.repository.encrypted import Encrypted
     from markship.repository.keys import catalog_key_file
 
     reading = ctx.reading_repository()  # as root: the file gets the repository user's name
-    if not isinstance(reading, EncryptedFsRepository):
+    if not isinstance(reading, Encrypted):
         raise MarkshipError("the repository is not encrypted (no [encryption] in the config)",
                             "a catalog key belongs to an encrypted repository")
     created, new = catalog_key_file(reading, target, owner=ctx.config.repository.os_user)
     if new:
         repo = ctx.repository()
-        assert isinstance(repo, EncryptedFsRepository)
+        assert isinstance(repo, Encrypted)
         repo.store_catalog_key(target.read_text())
     ctx.note(catalog_fingerprint=created.fingerprint, to=target, new=new)
     made = "new catalog key" if new else "the group's catalog key"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -253,7 +252,7 @@ class TextOutput:
         for check in results:
             click.echo(check.line())
 
-    def drill(self, record: DrillRecord, repository: Path) -> None:
+    def drill(self, record: DrillRecord, repository: str) -> None:
         for name, server in record.servers.items():
             state = ("did NOT come up" if not server.restored else "restored and promoted"
                      if record.error else "restored, promoted, open")
@@ -458,7 +457,7 @@ class JsonOutput(TextOutput):
         emit_json({"ok": not any(c.status == "fail" for c in results),
                    "checks": [c.as_dict() for c in results]})
 
-    def drill(self, record: DrillRecord, repository: Path) -> None:
+    def drill(self, record: DrillRecord, repository: str) -> None:
         emit_json(record.model_dump(mode="json"))
 
     def drills(self, records: list[DrillRecord]) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationError,
@@ -38,18 +39,83 @@ class GroupSection(_Section):
     name: ConfigName
 
 
-class RepositorySection(_Section):
-    path: Path
+# s3://BUCKET[/PREFIX]: S3 bucket naming rules (3-63 of a-z, 0-9, '.', '-'), a prefix of
+# plain key segments.
+S3_URL_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_.=+-]+)*/?$"
+
+
+class _Storage(_Section):
+    """Where a repository is: `path` (a local or mounted directory) or `url` (S3-compatible
+    object storage, with `endpoint`, `region`, `credentials_file`, `ca_file`)."""
+
+    path: Path | None = None
+    url: Annotated[str, Field(pattern=S3_URL_PATTERN)] | None = None
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^\s/@]+(/[^\s@]*)?$")] | None = None
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
+    credentials_file: Path | None = None
+    ca_file: Path | None = None
+    # S3 locks are leases: a holder that died loses its lock after this many seconds.
+    lease_seconds: Annotated[float, Field(ge=5, le=600)] = 15.0
+
+    @field_validator("path", "credentials_file", "ca_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _one_location(self) -> _Storage:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("set exactly one of path (a directory) and url "
+                             "(s3://bucket/prefix)")
+        if self.path is not None:
+            extra = [k for k in ("endpoint", "region", "credentials_file", "ca_file")
+                     if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} belong(s) to an S3 repository (url = "
+                                 "\"s3://…\"), not to path")
+        return self
+
+    @property
+    def location(self) -> str:
+        """The directory or URL, as shown to the user (never with credentials)."""
+        return str(self.path) if self.path is not None else str(self.url)
+
+    @property
+    def on_object_storage(self) -> bool:
+        return self.url is not None
+
+
+class CopySection(_Storage):
+    """A second repository every object also lands in ([[repository.copy]]): `async` (the
+    agent copies new objects within seconds) or `sync` (wal-push succeeds only once both
+    hold the segment)."""
+
+    name: ConfigName
+    mode: Literal["async", "sync"] = "async"
+
+
+class RepositorySection(_Storage):
     os_user: str = "postgres"
     compression_level: Annotated[int, Field(ge=1, le=19)] = 1
     push_ahead: Annotated[int, Field(ge=0, le=64)] = 8
+    # With the repositories unreachable and more WAL than this waiting, wal-push lets
+    # PostgreSQL recycle the oldest segments (recorded as a gap); None: never drop WAL.
+    archive_queue_max: ByteSize | None = None
+    copies: Annotated[list[CopySection], Field(alias="copy")] = []
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
+    @model_validator(mode="after")
+    def _copies(self) -> RepositorySection:
+        names = [c.name for c in self.copies]
+        if len(set(names)) != len(names):
+            raise ValueError("two [[repository.copy]] tables have the same name")
+        places = [self.location, *(c.location for c in self.copies)]
+        if len(set(places)) != len(places):
+            raise ValueError("a [[repository.copy]] names the repository itself or another "
+                             "copy: each copy must be a different place")
+        return self
 
 
 class EncryptionSection(_Section):

@@ -37,7 +37,8 @@ def local_checks(config: Config) -> list[Check]:
                       f"the repository, config file and key file are not checked: preflight "
                       f"runs as uid {os.geteuid()}, not as {user}",
                       f"run it as root or as {user}")]
-    checks = [_repository_check(config.repository.path, entry)]
+    checks = [_repository_check(config.repository.path, entry)
+              if config.repository.path is not None else _object_storage_check(config, entry)]
     if config.source is not None:
         checks.extend(_config_file_checks(config, entry))
     encryption = config.encryption
@@ -53,6 +54,21 @@ def local_checks(config: Config) -> list[Check]:
 def acting_as(entry: pwd.struct_passwd) -> bool:
     """Whether this process runs as that OS user (only then do its access checks hold)."""
     return os.geteuid() == entry.pw_uid
+
+
+def _object_storage_check(config: Config, entry: pwd.struct_passwd) -> Check:
+    """An S3 repository: this user can read its credentials and write an object."""
+    from markship.errors import MarkshipError
+    from markship.repository.backends import location_of, open_repository
+
+    where = config.repository.location
+    try:
+        open_repository(location_of(config.repository)).check_writable()
+    except MarkshipError as exc:
+        return Check("repository", "writable", "fail",
+                     f"{where} is not writable by {entry.pw_name}: {exc.message}",
+                     exc.hint or "check endpoint, credentials and the bucket policy")
+    return Check("repository", "writable", "ok", f"{where} is writable by {entry.pw_name}")
 
 
 def _repository_check(path: Path, entry: pwd.struct_passwd) -> Check:

@@ -1,4 +1,5 @@
-"""Opening a repository: which backend serves a configured location."""
+"""Opening a repository: which backend serves a configured location (a directory, or
+S3-compatible object storage)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from markship.repository.objects import ObjectInfo, StoredObject, TempObject
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from markship.config.model import CopySection, RepositorySection
     from markship.repository.base import Repository
+    from markship.repository.s3 import S3Location
 
 __all__ = ["FsRepository", "ObjectInfo", "Repository", "StoredObject", "TempObject",
-           "open_repository"]
+           "location_of", "open_repository"]
 
 
 def __getattr__(name: str) -> object:
@@ -25,16 +28,37 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_repository(path: str | os.PathLike[str], recipients: list[str] | None = None,
+def location_of(section: RepositorySection | CopySection) -> str | S3Location:
+    """Where the configured repository is: a directory, or an S3 location."""
+    if section.url is None:
+        assert section.path is not None  # the model requires one of them
+        return str(section.path)
+    from markship.repository.s3 import S3Location
+
+    return S3Location(section.url, section.endpoint or "", section.region or "",
+                      str(section.credentials_file or ""), str(section.ca_file or ""),
+                      section.lease_seconds)
+
+
+def open_repository(where: str | os.PathLike[str] | S3Location,
+                    recipients: list[str] | None = None,
                     identity_file: str | os.PathLike[str] | None = None,
                     catalog_key_file: str | os.PathLike[str] | None = None, *,
-                    strict_catalog: bool = True) -> FsRepository:
-    """Open the repository at a local or mounted directory; with recipients, every object
+                    strict_catalog: bool = True) -> Repository:
+    """Open the repository at a directory or S3 location; with recipients, every object
     is encrypted to them (and read with the identity file; records also with the catalog
     key file)."""
+    if not isinstance(where, (str, os.PathLike)):
+        from markship.repository import s3
+
+        if recipients:
+            return s3.EncryptedS3Repository(where, recipients, identity_file or None,
+                                            catalog_key_file or None,
+                                            strict_catalog=strict_catalog)
+        return s3.S3Repository(where)
     if recipients:
         from markship.repository.encrypted import EncryptedFsRepository
 
-        return EncryptedFsRepository(path, recipients, identity_file or None,
+        return EncryptedFsRepository(where, recipients, identity_file or None,
                                      catalog_key_file or None, strict_catalog=strict_catalog)
-    return FsRepository(path)
+    return FsRepository(where)

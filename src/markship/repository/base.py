@@ -38,7 +38,7 @@ class Repository(Protocol):
 
     def write(self, key: str, source: Readable, *, overwrite: bool = False,
               metadata: bool = False) -> StoredObject:
-        """Stream `source` into `key` atomically (temp object, then rename).
+        """Stream `source` into `key` atomically (visible only once complete).
 
         Raises ConflictError when `key` exists and `overwrite` is false (the stored object is
         kept), RepositoryError when the store is full or not writable.
@@ -56,6 +56,12 @@ class Repository(Protocol):
                        hashed: bool = True, metadata: bool = False) -> StoredObject:
         """Like write_named(), for producers that push: `fill(sink)` writes the bytes.
         `hashed=False` skips the sha256 of the stored bytes (the result's is then "")."""
+        ...
+
+    def write_by(self, key: str, fill: Callable[[Writable], None], *, overwrite: bool = False,
+                 metadata: bool = False) -> StoredObject:
+        """Like write(), for producers that push: `fill(sink)` writes the bytes of `key`
+        (streamed to object storage as they come)."""
         ...
 
     def stage(self, folder: str, fill: Callable[[Writable], None], *,

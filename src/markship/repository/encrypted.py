@@ -1,4 +1,5 @@
-"""A file-system repository whose every object is an age file (see markship.repository.crypto).
+"""Repositories whose every object is an age file (see markship.repository.crypto): the
+`Encrypted` layer over a backend's storage (a directory or S3-compatible object storage).
 
 Two keys open it:
 
@@ -21,7 +22,7 @@ import os
 
 from markship.errors import ConflictError, CorruptObject, KeyProblem
 from markship.repository import crypto, layout
-from markship.repository.fs import FsRepository, Staged
+from markship.repository.fs import FsRepository
 
 # wal-fetch opens this backend once per WAL file recovery asks for: no pathlib or typing
 # here, and pyrage loads only when an object is encrypted or decrypted.
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from pyrage.x25519 import Identity, Recipient
 
     from markship.repository.base import Readable, Writable
+    from markship.repository.objects import StoredObject
 
     KeyPath = str | os.PathLike[str]
 
@@ -40,11 +42,20 @@ CATALOG_FILE_FIX = ("copy it from another host of the group, or run `markship ke
                     "--to FILE` where the identity file is")
 
 
-class EncryptedFsRepository(FsRepository):
-    def __init__(self, root: str | os.PathLike[str], recipients: list[str],
-                 identity_file: KeyPath | None, catalog_key_file: KeyPath | None = None, *,
-                 strict_catalog: bool = True) -> None:
-        super().__init__(root)
+class Encrypted:
+    """Encryption for a backend: mixed in before the backend class, whose writes pass their
+    bytes through `_encoded` and whose reads come from `open_stored`."""
+
+    if TYPE_CHECKING:  # what the backend provides (FsRepository, S3Repository)
+        def children(self, prefix: str) -> list[str]: ...
+
+        def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False,
+                        metadata: bool = False) -> StoredObject: ...
+
+        def open_stored(self, key: str) -> BinaryIO: ...
+
+    def _keys(self, recipients: list[str], identity_file: KeyPath | None,
+              catalog_key_file: KeyPath | None, strict_catalog: bool) -> None:
         self._recipient_texts = recipients
         self._recipients: list[Recipient] | None = None
         self.identity_file = identity_file
@@ -193,22 +204,22 @@ class EncryptedFsRepository(FsRepository):
 
     # -- objects -------------------------------------------------------------------------------
 
-    def stage(self, folder: str, fill: Callable[[Writable], None], *,
-              hashed: bool = True, metadata: bool = False) -> Staged:
-        """Every write passes here (FsRepository.write_named_by stages first): encrypted, to
-        the catalog key as well when the object is a record."""
+    def _encoded(self, fill: Callable[[Writable], None], metadata: bool
+                 ) -> Callable[[Writable], None]:
+        """Every write's bytes pass here: encrypted, to the catalog key as well when the
+        object is a record."""
         recipients = self._metadata_recipients() if metadata else self.recipients
 
         def encrypt(sink: Writable) -> None:
             with crypto.EncryptingWriter(sink, recipients) as writer:
                 fill(writer)
 
-        return super().stage(folder, encrypt, hashed=hashed)
+        return encrypt
 
     def open(self, key: str) -> BinaryIO:
         raw = self.open_stored(key)
-        head = raw.read(len(crypto.AGE_MAGIC))
-        raw.seek(0)
+        # Both backends hand out buffered readers: the first bytes are looked at in place.
+        head = raw.peek(len(crypto.AGE_MAGIC))[:len(crypto.AGE_MAGIC)]  # type: ignore[attr-defined]
         if not crypto.is_encrypted(head):
             raw.close()
             raise CorruptObject(f"object {key} is not encrypted, but encryption is on",
@@ -229,3 +240,14 @@ class EncryptedFsRepository(FsRepository):
             while chunk := reader.read(crypto.CHUNK):
                 chunks.append(chunk)
         return b"".join(chunks)
+
+
+class EncryptedFsRepository(Encrypted, FsRepository):
+    """An encrypted repository in a local or mounted directory."""
+
+    def __init__(self, root: str | os.PathLike[str], recipients: list[str],
+                 identity_file: KeyPath | None, catalog_key_file: KeyPath | None = None, *,
+                 strict_catalog: bool = True) -> None:
+        FsRepository.__init__(self, root)
+        self._keys(recipients, identity_file, catalog_key_file, strict_catalog)
+

@@ -145,6 +145,15 @@ class FsRepository:
         return self.write_named_by(folder, copy, name_for, overwrite=overwrite,
                                    metadata=metadata)
 
+    def write_by(self, key: str, fill: Callable[[Writable], None], *, overwrite: bool = False,
+                 metadata: bool = False) -> StoredObject:
+        """Like write(), for producers that push data into a key known beforehand."""
+        if not overwrite and os.path.exists(self._path(key)):
+            raise ConflictError(f"object {key} already exists in the repository")
+        folder, _sep, name = key.rpartition("/")
+        return self.write_named_by(folder + "/" if folder else "", fill, lambda: name,
+                                   overwrite=overwrite, metadata=metadata)
+
     def write_named_by(self, folder: str, fill: Callable[[Writable], None],
                        name_for: Callable[[], str], *, overwrite: bool = False,
                        hashed: bool = True, metadata: bool = False) -> StoredObject:
@@ -160,6 +169,7 @@ class FsRepository:
         """The first half of a write: `fill(sink)` goes into a temp object in `folder`,
         flushed to disk; `publish()` on the result gives it its name (or `discard()`).
         `metadata` matters only to an encrypted repository."""
+        fill = self._encoded(fill, metadata)
         directory = self._path(folder.rstrip("/"))
         try:
             _makedirs(directory)
@@ -182,6 +192,12 @@ class FsRepository:
             _unlink(temp)
             raise
         return Staged(self, temp, sink)
+
+    def _encoded(self, fill: Callable[[Writable], None], metadata: bool
+                 ) -> Callable[[Writable], None]:
+        """What is stored of an object `fill` writes: here its bytes as they are (an
+        encrypted repository encrypts them; `metadata` says it is a catalog record)."""
+        return fill
 
     def _publish(self, temp: str, final: str, overwrite: bool) -> None:
         if overwrite:

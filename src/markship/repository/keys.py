@@ -17,7 +17,7 @@ from markship.timefmt import show, utcnow
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from markship.repository.encrypted import EncryptedFsRepository
+    from markship.repository.encrypted import Encrypted
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def create_identity(path: Path) -> CreatedKey:
     return CreatedKey(path, recipient, crypto.fingerprint(recipient))
 
 
-def catalog_key_file(repo: EncryptedFsRepository, target: Path,
+def catalog_key_file(repo: Encrypted, target: Path,
                      owner: str | None = None) -> tuple[CreatedKey, bool]:
     """Write the group's catalog key to `target` (0600, never over an existing file; owned by
     `owner` when run as root): the repository's copy when it has one (opened with the
@@ -80,11 +80,11 @@ class KeyStatus:
 def key_status(config: Config, repo: Repository) -> KeyStatus:
     from dataclasses import replace
 
-    from markship.repository.encrypted import EncryptedFsRepository
+    from markship.repository.encrypted import Encrypted
 
     status = _master_status(config, repo)
     encryption = config.encryption
-    if encryption is None or not isinstance(repo, EncryptedFsRepository):
+    if encryption is None or not isinstance(repo, Encrypted):
         return status
     path = encryption.catalog_key_file
     try:

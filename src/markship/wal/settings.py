@@ -15,19 +15,23 @@ from markship.repository.backends import open_repository
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the per-segment start-up
     from markship.config.model import Config
-    from markship.repository.fs import FsRepository
+    from markship.repository.base import Repository
+    from markship.repository.s3 import S3Location
 
 
 class WalSettings:
     """The few settings the WAL commands need, read without the full config model."""
 
-    __slots__ = ("catalog_key_file", "compression_level", "identity_file", "os_user",
-                 "push_ahead", "recipient", "repository_path", "servers")
+    __slots__ = ("ca_file", "catalog_key_file", "compression_level", "credentials_file",
+                 "endpoint", "identity_file", "lease_seconds", "os_user", "push_ahead",
+                 "recipient", "region", "repository", "servers")
 
-    def __init__(self, repository_path: str, os_user: str, compression_level: int,
+    def __init__(self, repository: str, os_user: str, compression_level: int,
                  servers: frozenset[str], push_ahead: int, recipient: str = "",
-                 identity_file: str = "", catalog_key_file: str = "") -> None:
-        self.repository_path = repository_path
+                 identity_file: str = "", catalog_key_file: str = "", endpoint: str = "",
+                 region: str = "", credentials_file: str = "", ca_file: str = "",
+                 lease_seconds: float = 15.0) -> None:
+        self.repository = repository  # a directory, or s3://bucket/prefix
         self.os_user = os_user
         self.compression_level = compression_level
         self.servers = servers
@@ -35,27 +39,42 @@ class WalSettings:
         self.recipient = recipient  # "" when the repository is not encrypted
         self.identity_file = identity_file
         self.catalog_key_file = catalog_key_file
+        self.endpoint = endpoint  # these for an S3 repository only
+        self.region = region
+        self.credentials_file = credentials_file
+        self.ca_file = ca_file
+        self.lease_seconds = lease_seconds
 
-    def fields(self) -> tuple[str, str, int, frozenset[str], int, str, str, str]:
-        return (self.repository_path, self.os_user, self.compression_level, self.servers,
-                self.push_ahead, self.recipient, self.identity_file, self.catalog_key_file)
+    def fields(self) -> tuple[str, str, int, frozenset[str], int, str, str, str, str, str, str,
+                              str, float]:
+        return (self.repository, self.os_user, self.compression_level, self.servers,
+                self.push_ahead, self.recipient, self.identity_file, self.catalog_key_file,
+                self.endpoint, self.region, self.credentials_file, self.ca_file,
+                self.lease_seconds)
 
-    def open_repository(self) -> FsRepository:
+    def open_repository(self) -> Repository:
+        where: str | S3Location = self.repository
+        if self.repository.startswith("s3://"):
+            from markship.repository.s3 import S3Location
+
+            where = S3Location(self.repository, self.endpoint, self.region,
+                               self.credentials_file, self.ca_file, self.lease_seconds)
         if self.recipient:
             # The archiver never stops over the catalog key (see EncryptedFsRepository).
-            return open_repository(self.repository_path, [self.recipient],
-                                   self.identity_file or None, self.catalog_key_file or None,
-                                   strict_catalog=False)
-        return open_repository(self.repository_path)
+            return open_repository(where, [self.recipient], self.identity_file or None,
+                                   self.catalog_key_file or None, strict_catalog=False)
+        return open_repository(where)
 
     @classmethod
     def from_config(cls, config: Config) -> WalSettings:
         repo, encryption = config.repository, config.encryption
-        return cls(str(repo.path), repo.os_user, repo.compression_level,
+        return cls(repo.location, repo.os_user, repo.compression_level,
                    frozenset(s.name for s in config.servers), repo.push_ahead,
                    encryption.recipient if encryption else "",
                    str(encryption.identity_file or "") if encryption else "",
-                   str(encryption.catalog_key_file or "") if encryption else "")
+                   str(encryption.catalog_key_file or "") if encryption else "",
+                   repo.endpoint or "", repo.region or "", str(repo.credentials_file or ""),
+                   str(repo.ca_file or ""), repo.lease_seconds)
 
     def check_server(self, server: str) -> None:
         if server not in self.servers:

@@ -130,7 +130,7 @@ def forget_except(spool: str, keep: set[str]) -> None:
                 pass
 
 
-_Field = str | int | frozenset[str]
+_Field = str | int | float | frozenset[str]
 
 
 def _settings_file(config_path: str) -> str:

@@ -1,0 +1,648 @@
+"""Repository in S3-compatible object storage (AWS S3, MinIO, Ceph RGW, …) through obstore.
+
+The same contract as the directory backend (markship.repository.fs), kept without rename:
+
+- An object is visible under its final key only once all of it is stored: large objects go up
+  as a multipart upload that is completed only when the producer finished (a failure aborts it,
+  so nothing is ever listed); small ones as one PUT.
+- Create-only writes use a conditional PUT (If-None-Match: *): two writers of one key never
+  both win, and a stored object is never replaced unless the caller asked for it.
+- Objects whose name depends on their content (WAL segments carry their digest) are staged in
+  memory (spilling to a local temp file past SPOOL_MEMORY) and put under their name at once.
+- Locks are lease objects: written create-only, renewed by their holder every third of the
+  lease, taken over (with a conditional write on the old one's ETag) only once expired.
+
+obstore is imported on first use: a config naming a directory never loads it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+
+from markship.errors import (
+    ConfigError,
+    ConflictError,
+    LockedError,
+    ObjectMissing,
+    RepositoryError,
+)
+from markship.repository import layout
+from markship.repository.encrypted import Encrypted
+from markship.repository.fs import AGE_MAGIC, Sink, _holder, _host_fingerprint
+from markship.repository.objects import ObjectInfo, StoredObject, TempObject
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import TracebackType
+    from typing import Any, BinaryIO
+
+    from markship.repository.base import Readable, Writable
+
+PART = 8 * 1024 * 1024  # multipart part size (S3's minimum is 5 MiB)
+UPLOADS = 4  # parts in flight per upload: PART × UPLOADS bounds the memory of a stream
+PIECE = 1024 * 1024  # what the producer hands the uploader at a time
+SPOOL_MEMORY = 32 * 1024 * 1024  # a staged object larger than this goes to a local temp file
+READ_CHUNK = 1024 * 1024
+CREDENTIAL_KEYS = {"aws_access_key_id": "access_key_id",
+                   "aws_secret_access_key": "secret_access_key",
+                   "aws_session_token": "session_token"}
+
+
+class S3Location:
+    """Where an S3 repository is: `s3://BUCKET[/PREFIX]` and how to reach it (plain values,
+    cached by the WAL commands between runs)."""
+
+    __slots__ = ("ca_file", "credentials_file", "endpoint", "lease_seconds", "region", "url")
+
+    def __init__(self, url: str, endpoint: str = "", region: str = "",
+                 credentials_file: str = "", ca_file: str = "",
+                 lease_seconds: float = 15.0) -> None:
+        self.url = url
+        self.endpoint = endpoint
+        self.region = region
+        self.credentials_file = credentials_file
+        self.ca_file = ca_file
+        self.lease_seconds = lease_seconds
+
+    def bucket_and_prefix(self) -> tuple[str, str]:
+        rest = self.url.removeprefix("s3://")
+        bucket, _sep, prefix = rest.partition("/")
+        return bucket, prefix.strip("/")
+
+
+def read_credentials(path: str) -> dict[str, str]:
+    """The access key (and secret, session token) in a credentials file: `KEY=VALUE` lines
+    (AWS_ACCESS_KEY_ID=…, as an environment file) or the AWS shared-credentials format
+    (`aws_access_key_id = …` under [default]). The file must be private to its owner."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ConfigError(f"S3 credentials_file {path} cannot be read ({exc.strerror})",
+                          "create it (mode 0600) readable by the repository's os_user") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"S3 credentials_file {path} is readable by other users "
+                f"(mode {mode & 0o777:04o})",
+                f"chmod 600 {path}: it holds the storage's secret key")
+        with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as handle:
+            text = handle.read(65536)
+    except BaseException:
+        try:  # noqa: SIM105
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+    found: dict[str, str] = {}
+    section = "default"
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or section != "default":
+            continue
+        field = CREDENTIAL_KEYS.get(name.strip().lower())
+        if field:
+            found[field] = value.strip().strip("'\"")
+    if "access_key_id" not in found or "secret_access_key" not in found:
+        raise ConfigError(
+            f"S3 credentials_file {path} names no access key and secret",
+            "write AWS_ACCESS_KEY_ID=… and AWS_SECRET_ACCESS_KEY=… lines into it")
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    """obstore's messages run over many lines (with a debug dump): the first, shortened."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 240 else text[:237] + "…"
+
+
+class S3Repository:
+    """Objects under `s3://BUCKET/PREFIX/`; keys as in the directory backend."""
+
+    temp_prefix = ".tmp~"  # never written here; kept so listings match the directory backend
+
+    def __init__(self, location: S3Location) -> None:
+        self.where = location
+        self.location = location.url
+        self._store: Any = None
+
+    # -- the connection ------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from datetime import timedelta
+
+            from obstore.store import S3Store
+
+            bucket, prefix = self.where.bucket_and_prefix()
+            config: dict[str, Any] = {"virtual_hosted_style_request": False}
+            if self.where.endpoint:
+                config["endpoint"] = self.where.endpoint
+            if self.where.region:
+                config["region"] = self.where.region
+            if self.where.credentials_file:
+                config.update(read_credentials(self.where.credentials_file))
+            client: dict[str, Any] = {"connect_timeout": timedelta(seconds=5),
+                                      "timeout": timedelta(seconds=120)}
+            if self.where.endpoint.startswith("http://"):
+                client["allow_http"] = True
+            if self.where.ca_file:
+                try:
+                    with open(self.where.ca_file, "rb") as handle:
+                        client["root_certificate"] = handle.read()
+                except OSError as exc:
+                    raise ConfigError(f"[repository] ca_file {self.where.ca_file} cannot be "
+                                      f"read ({exc.strerror})",
+                                      "point ca_file at the PEM certificate the endpoint "
+                                      "presents (or its CA)") from None
+            retry = {"max_retries": 4, "retry_timeout": timedelta(seconds=30),
+                     "backoff": {"init_backoff": timedelta(milliseconds=100),
+                                 "max_backoff": timedelta(seconds=5), "base": 2}}
+            try:
+                self._store = S3Store(bucket, prefix=prefix or None,
+                                      config=config,  # type: ignore[arg-type]
+                                      client_options=client,  # type: ignore[arg-type]
+                                      retry_config=retry)  # type: ignore[arg-type]
+            except Exception as exc:
+                raise ConfigError(f"[repository] {self.location}: {_first_line(exc)}",
+                                  "check url, endpoint and region in the config") from None
+        return self._store
+
+    def _error(self, exc: BaseException, key: str, doing: str) -> Exception:
+        """One clear error for a failed request (the message names no credential)."""
+        from obstore import exceptions as s3errors
+
+        if isinstance(exc, FileNotFoundError):
+            if "NoSuchBucket" in str(exc):
+                return RepositoryError(
+                    f"bucket of {self.location} does not exist at "
+                    f"{self.where.endpoint or 'the default endpoint'}",
+                    "create the bucket, or correct [repository] url/endpoint")
+            return ObjectMissing(f"object {key} is missing from the repository")
+        if isinstance(exc, (s3errors.AlreadyExistsError, s3errors.PreconditionError)):
+            return ConflictError(f"object {key} already exists in the repository")
+        if isinstance(exc, (PermissionError, s3errors.PermissionDeniedError,
+                            s3errors.UnauthenticatedError)):
+            return RepositoryError(
+                f"S3 refused {doing} {key} in {self.location}: {_first_line(exc)}",
+                "check the credentials (credentials_file or AWS_* variables) and the "
+                "bucket's policy for this user")
+        return RepositoryError(
+            f"S3 request failed {doing} {key} in {self.location} (retried): "
+            f"{_first_line(exc)}",
+            "check that the endpoint is reachable and healthy, then retry")
+
+    def _call(self, doing: str, key: str, function: Callable[..., Any], *args: Any,
+              **kwargs: Any) -> Any:
+        try:
+            return function(self.store, *args, **kwargs)
+        except (ConfigError, RepositoryError):
+            raise
+        except Exception as exc:
+            raise self._error(exc, key, doing) from None
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _encoded(self, fill: Callable[[Writable], None], metadata: bool
+                 ) -> Callable[[Writable], None]:
+        """What is stored of an object `fill` writes (the Encrypted layer encrypts)."""
+        return fill
+
+    def write(self, key: str, source: Readable, *, overwrite: bool = False,
+              metadata: bool = False) -> StoredObject:
+        return self.write_by(key, lambda sink: _copy(source, sink), overwrite=overwrite,
+                             metadata=metadata)
+
+    def write_by(self, key: str, fill: Callable[[Writable], None], *, overwrite: bool = False,
+                 metadata: bool = False, plain: bool = False) -> StoredObject:
+        """Stream what `fill` writes into `key` as a multipart upload, completed only once
+        `fill` returns (so a failure leaves nothing under `key`). `plain`: the bytes are
+        stored as they come (already encoded)."""
+        _check_key(key)
+        if not overwrite and self.exists(key):
+            raise ConflictError(f"object {key} already exists in the repository")
+        if not plain:
+            fill = self._encoded(fill, metadata)
+        upload = _Upload(self, key)
+        sink = Sink(upload, hashed=True)  # type: ignore[arg-type]
+        try:
+            fill(sink)
+        except BaseException as exc:
+            upload.abort(exc)
+            raise
+        upload.finish()
+        return StoredObject(key, sink.size, sink.digest.hexdigest())
+
+    def write_named(self, folder: str, source: Readable, name_for: Callable[[], str], *,
+                    overwrite: bool = False, metadata: bool = False) -> StoredObject:
+        return self.write_named_by(folder, lambda sink: _copy(source, sink), name_for,
+                                   overwrite=overwrite, metadata=metadata)
+
+    def write_named_by(self, folder: str, fill: Callable[[Writable], None],
+                       name_for: Callable[[], str], *, overwrite: bool = False,
+                       hashed: bool = True, metadata: bool = False) -> StoredObject:
+        staged = self.stage(folder, fill, hashed=hashed, metadata=metadata)
+        return staged.publish(name_for, overwrite=overwrite)
+
+    def stage(self, folder: str, fill: Callable[[Writable], None], *,
+              hashed: bool = True, metadata: bool = False) -> S3Staged:
+        """`fill(sink)` into a local buffer (memory, then a temp file); publish() puts it
+        under its name in one conditional request."""
+        import tempfile
+
+        fill = self._encoded(fill, metadata)
+        buffer = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+        try:
+            sink = Sink(buffer, hashed)  # type: ignore[arg-type]
+            fill(sink)
+        except BaseException:
+            buffer.close()
+            raise
+        return S3Staged(self, folder, buffer, sink)
+
+    def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False,
+                    metadata: bool = False) -> StoredObject:
+        folder, _sep, name = key.rpartition("/")
+        return self.write_named_by(folder + "/" if folder else "", lambda s: _write(s, data),
+                                   lambda: name, overwrite=overwrite, metadata=metadata)
+
+    def _put(self, key: str, data: bytes | BinaryIO, overwrite: bool) -> None:
+        import obstore
+
+        _check_key(key)
+        mode = "overwrite" if overwrite else "create"
+        self._call("writing", key, obstore.put, key, data, mode=mode, use_multipart=False)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def open_stored(self, key: str) -> BinaryIO:
+        import obstore
+
+        _check_key(key)
+        result = self._call("reading", key, obstore.get, key)
+        raw = _ObjectReader(self, key, result)
+        return io.BufferedReader(raw, buffer_size=256 * 1024)
+
+    def open(self, key: str) -> BinaryIO:
+        handle = self.open_stored(key)
+        if handle.peek(len(AGE_MAGIC))[:len(AGE_MAGIC)] == AGE_MAGIC:  # type: ignore[attr-defined]
+            handle.close()
+            raise RepositoryError(
+                f"object {key} is encrypted, but the config has no [encryption] section",
+                "add [encryption] with the repository's recipient and identity_file")
+        return handle
+
+    def plaintext(self, stored: Readable, key: str) -> Readable:
+        return stored
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as handle:
+            return handle.read()
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        import obstore
+
+        _check_key(key)
+        try:
+            return dict(self._call("looking up", key, obstore.head, key))
+        except ObjectMissing:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def size(self, key: str) -> int:
+        meta = self._head(key)
+        if meta is None:
+            raise ObjectMissing(f"object {key} is missing from the repository")
+        return int(meta["size"])
+
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        import obstore
+
+        # obstore lists by whole path segments: list the folder, keep what starts with prefix
+        folder = prefix if prefix.endswith("/") else prefix.rpartition("/")[0]
+        folder = folder.rstrip("/")
+        try:
+            for chunk in obstore.list(self.store, folder or None, chunk_size=1000):
+                for meta in chunk:
+                    key = meta["path"]
+                    if key.startswith(prefix) and not _is_temp(key):
+                        yield ObjectInfo(key, int(meta["size"]),
+                                         meta["last_modified"].timestamp())
+        except (ConfigError, RepositoryError):
+            raise
+        except Exception as exc:
+            raise self._error(exc, prefix, "listing") from None
+
+    def children(self, prefix: str) -> list[str]:
+        import obstore
+
+        folder = prefix.rstrip("/")
+        listed = self._call("listing", prefix, obstore.list_with_delimiter, folder or None)
+        names = {p.rstrip("/").rpartition("/")[2] for p in listed["common_prefixes"]}
+        names.update(o["path"].rpartition("/")[2] for o in listed["objects"])
+        return sorted(n for n in names if n and not n.startswith(self.temp_prefix))
+
+    def delete(self, key: str) -> None:
+        import obstore
+
+        _check_key(key)
+        try:  # noqa: SIM105 - contextlib stays off the WAL path
+            self._call("deleting", key, obstore.delete, key)
+        except ObjectMissing:
+            pass
+
+    def temp_objects(self) -> list[TempObject]:
+        """None: an unfinished upload is never listed (S3 keeps its parts aside until it is
+        completed or aborted; a bucket lifecycle rule removes abandoned ones)."""
+        return []
+
+    # -- locks and checks ----------------------------------------------------------------------
+
+    def lock(self, name: str, purpose: str) -> Lease:
+        return Lease(self, layout.lock_key(name), name, purpose, self.where.lease_seconds)
+
+    def check_writable(self) -> None:
+        key = f"{layout.lock_key('probe')}-{os.urandom(6).hex()}"
+        self._put(key, b"probe", overwrite=True)
+        self.delete(key)
+
+
+def _check_key(key: str) -> None:
+    if not key or key.startswith("/") or ".." in key.split("/") or "//" in key:
+        raise ValueError(f"invalid object key {key!r}")
+
+
+def _is_temp(key: str) -> bool:
+    return key.rpartition("/")[2].startswith(S3Repository.temp_prefix)
+
+
+def _write(sink: Writable, data: bytes) -> None:
+    sink.write(data)
+
+
+def _copy(source: Readable, sink: Writable) -> None:
+    while chunk := source.read(PIECE):
+        sink.write(chunk)
+
+
+class S3Staged:
+    """An object's bytes held locally, waiting for their name (S3Repository.stage)."""
+
+    def __init__(self, repo: S3Repository, folder: str, buffer: Any, sink: Sink) -> None:
+        self.repo, self.folder, self.buffer, self.sink = repo, folder, buffer, sink
+
+    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
+        try:
+            key = self.folder + name_for()
+            self.buffer.seek(0)
+            if self.sink.size <= SPOOL_MEMORY:
+                self.repo._put(key, self.buffer.read(), overwrite)
+            else:  # spilled to disk: streamed, as write_by() does
+                buffer = self.buffer
+                self.repo.write_by(key, lambda sink: _copy(buffer, sink), overwrite=overwrite,
+                                   plain=True)
+        finally:
+            self.buffer.close()
+        digest = self.sink.digest.hexdigest() if self.sink.hashed else ""
+        return StoredObject(key, self.sink.size, digest)
+
+    def discard(self) -> None:
+        self.buffer.close()
+
+
+class _Upload:
+    """The producer's side of a streaming multipart upload: pieces go through a small queue
+    to a thread running obstore.put over them; an exception put in the queue aborts it."""
+
+    def __init__(self, repo: S3Repository, key: str) -> None:
+        import queue
+
+        self.repo, self.key = repo, key
+        self.pending = bytearray()
+        self.queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"upload {key}", daemon=True)
+        self.thread.start()
+
+    def _pieces(self) -> Iterator[bytes]:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item  # obstore aborts the multipart upload
+            yield item
+
+    def _run(self) -> None:
+        import obstore
+
+        try:
+            obstore.put(self.repo.store, self.key, self._pieces(), chunk_size=PART,
+                        max_concurrency=UPLOADS)
+        except BaseException as exc:
+            self.failure = exc
+            while True:  # unblock a producer waiting on a full queue
+                try:
+                    self.queue.get_nowait()
+                except Exception:
+                    break
+
+    def _send(self, item: bytes | BaseException | None) -> None:
+        import queue
+
+        while self.failure is None and self.thread.is_alive():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        self._raise()
+
+    def _raise(self) -> None:
+        failure = self.failure
+        if failure is None:
+            raise RepositoryError(f"upload of {self.key} stopped", "retry")
+        if isinstance(failure, (ConfigError, RepositoryError)):
+            raise failure
+        raise self.repo._error(failure, self.key, "writing") from None
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        self.pending += data
+        if len(self.pending) >= PIECE:
+            self._send(bytes(self.pending))
+            self.pending.clear()
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        if self.pending:
+            self._send(bytes(self.pending))
+            self.pending.clear()
+        self._send(None)
+        self.thread.join()
+        if self.failure is not None:
+            self._raise()
+
+    def abort(self, cause: BaseException) -> None:
+        if self.thread.is_alive():
+            try:  # noqa: SIM105
+                self.queue.put(RuntimeError(f"upload abandoned: {type(cause).__name__}"),
+                               timeout=5)
+            except Exception:
+                pass
+            self.thread.join(timeout=30)
+
+
+class _ObjectReader(io.RawIOBase):
+    """The body of a GET, read as a stream of chunks."""
+
+    def __init__(self, repo: S3Repository, key: str, result: Any) -> None:
+        self.repo, self.key = repo, key
+        self.chunks = iter(result.stream(min_chunk_size=READ_CHUNK))
+        self.current = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.current:
+            try:
+                chunk = next(self.chunks)
+            except StopIteration:
+                return 0
+            except Exception as exc:
+                raise self.repo._error(exc, self.key, "reading") from None
+            self.current = memoryview(bytes(chunk))
+        size = min(len(buffer), len(self.current))
+        buffer[:size] = self.current[:size]
+        self.current = self.current[size:]
+        return size
+
+
+class Lease:
+    """A lock held as a lease object (see the module docstring)."""
+
+    def __init__(self, repo: S3Repository, key: str, name: str, purpose: str,
+                 seconds: float) -> None:
+        self.repo, self.key, self.name, self.purpose = repo, key, name, purpose
+        self.seconds = seconds
+        self.e_tag: str | None = None
+        self.lost = False
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _note(self) -> bytes:
+        import json
+
+        return json.dumps(
+            {"command": " ".join(self.purpose.split()[:2]), "pid": os.getpid(),
+             "host": _host_fingerprint(),
+             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "expires": time.time() + self.seconds}).encode()
+
+    def _write(self, mode: Any) -> str:
+        import obstore
+
+        result = self.repo._call("writing", self.key, obstore.put, self.key, self._note(),
+                                 mode=mode, use_multipart=False)
+        return str(result["e_tag"])
+
+    def acquire(self) -> None:
+        """Take the lease, or raise LockedError naming its live holder."""
+        import obstore
+
+        try:
+            self.e_tag = self._write("create")
+            return
+        except ConflictError:
+            pass
+        try:
+            current = self.repo._call("reading", self.key, obstore.get, self.key)
+        except ObjectMissing:  # released meanwhile
+            self.e_tag = self._write("create")
+            return
+        meta, note = current.meta, bytes(current.bytes())
+        expires = _expiry(note, meta["last_modified"].timestamp() + self.seconds)
+        if expires > time.time():
+            raise LockedError(
+                f"another job is running: {_holder(note.decode(errors='replace'))} holds the "
+                f"{self.name} lease (renewed until {expires - time.time():.0f} s from now)",
+                "wait for it to finish, or stop it; a holder that died loses it when the "
+                "lease expires")
+        try:  # expired: take it over, unless someone else did first
+            self.e_tag = self._write({"e_tag": meta["e_tag"]})
+        except ConflictError:
+            raise LockedError(f"another job took the expired {self.name} lease just now",
+                              "wait for it to finish, then retry") from None
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.e_tag = self._write({"e_tag": self.e_tag})
+            except ConflictError:
+                self.lost = True
+                import sys
+
+                print(f"markship: error: the {self.name} lease was taken over by another "
+                      "process (this one could not renew it in time)", file=sys.stderr)
+                return
+            except Exception:
+                continue  # an outage: keep trying until the lease expires
+
+    def __enter__(self) -> None:
+        self.acquire()
+        self._renewer = threading.Thread(target=self._renew, name=f"lease {self.name}",
+                                         daemon=True)
+        self._renewer.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        if self.lost:
+            return
+        try:
+            meta = self.repo._head(self.key)
+            if meta is not None and meta.get("e_tag") == self.e_tag:
+                self.repo.delete(self.key)
+        except RepositoryError:
+            pass  # it expires by itself
+
+
+def _expiry(note: bytes, fallback: float) -> float:
+    """When a lease note says it expires (repository data: a damaged note falls back to the
+    object's modification time plus the lease)."""
+    import json
+
+    try:
+        value = float(json.loads(note)["expires"])
+    except (ValueError, KeyError, TypeError):
+        return fallback
+    return value if value == value and abs(value) < 1e11 else fallback
+
+
+class EncryptedS3Repository(Encrypted, S3Repository):
+    """An encrypted repository in S3-compatible object storage."""
+
+    def __init__(self, location: S3Location, recipients: list[str],
+                 identity_file: str | os.PathLike[str] | None,
+                 catalog_key_file: str | os.PathLike[str] | None = None, *,
+                 strict_catalog: bool = True) -> None:
+        S3Repository.__init__(self, location)
+        self._keys(recipients, identity_file, catalog_key_file, strict_catalog)
