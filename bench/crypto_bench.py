@@ -64,7 +64,6 @@ from backup_bench import (
     markship_sizes,
     median,
     pg,
-    pgbench_fingerprint,
     print_table,
     ratio_verdict,
     remove_root,
@@ -80,6 +79,7 @@ from backup_bench import (
     wait_promoted,
 )
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
+from tests.support.fingerprints import pgbench_fingerprint  # importable once backup_bench is
 
 VARIANTS = ("plain", "enc")
 LABEL = {"plain": "encryption off", "enc": "encryption on (age)"}

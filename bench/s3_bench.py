@@ -58,7 +58,6 @@ from backup_bench import (
     markship_sizes,
     median,
     pg,
-    pgbench_fingerprint,
     print_table,
     ratio_verdict,
     remove_root,
@@ -76,6 +75,7 @@ from backup_bench import (
 )
 from crypto_bench import installed_digest, package_version, run_tree_rss
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
+from tests.support.fingerprints import pgbench_fingerprint  # importable once backup_bench is
 
 PHASES = ("backup", "restore", "drain", "walpush")
 REGION = "us-east-1"
@@ -151,7 +151,8 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
 
 @dataclass
 class MotoServer:
-    """moto's standalone S3-compatible server, one process, TLS on 127.0.0.1."""
+    """moto's S3-compatible server, one process, TLS on 127.0.0.1 (bench/moto_tls.py: moto's
+    own server, plus the TLS close_notify pgBackRest needs)."""
 
     port: int
     chain: Path
@@ -167,8 +168,8 @@ class MotoServer:
     def start(self, timeout: float = 60) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port),
-                 "-c", str(self.chain), "-k", str(self.key)],
+                [sys.executable, str(Path(__file__).with_name("moto_tls.py")), str(self.port),
+                 str(self.chain), str(self.key)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -234,8 +235,9 @@ def markship_s3_toml(endpoint: str, prefix: str, credentials: Path, ca: Path, po
 
 
 def pgbackrest_s3_conf(s3_port: int, repo_path: str, own: Path, server: ScratchServer,
-                       archive_async: bool = True) -> str:
-    """pgBackRest's settings from BENCHMARKS.md, with the repository in the moto bucket."""
+                       archive_async: bool = True, bundle: bool = False) -> str:
+    """pgBackRest's settings from BENCHMARKS.md, with the repository in the moto bucket;
+    `bundle`: also repo1-bundle=y (small files stored together, fewer requests)."""
     return f"""[global]
 repo1-type=s3
 repo1-path={repo_path}
@@ -248,6 +250,7 @@ repo1-storage-verify-tls=n
 repo1-s3-key={ACCESS_KEY}
 repo1-s3-key-secret={SECRET_KEY}
 repo1-retention-full=99
+{"repo1-bundle=y" if bundle else ""}
 spool-path={own / "spool"}
 lock-path={own / "lock"}
 log-path={own / "log"}
@@ -279,6 +282,7 @@ class S3Bench(ScratchFiles):
     keep: bool
     phases: tuple[str, ...]
     markship: Path
+    bundle: bool
     root: Path = field(init=False)
     s3: MotoServer = field(init=False)
     tracked: list[ScratchServer] = field(default_factory=list)
@@ -320,7 +324,7 @@ class S3Bench(ScratchFiles):
         for sub in ("spool", "lock", "log"):
             self.pg_dir(own / sub)
         return self.secret_file(self.root / f"{name}.conf", pgbackrest_s3_conf(
-            self.s3.port, repo_path, own, self.pgbr, archive_async))
+            self.s3.port, repo_path, own, self.pgbr, archive_async, self.bundle))
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -614,6 +618,7 @@ class S3Bench(ScratchFiles):
             "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "page_cache": "warm (cannot be dropped on this machine)",
             "options": {"scale": self.scale, "runs": self.runs,
+                        "pgbackrest_bundle": self.bundle,
                         "drain_segments": self.drain_segments,
                         "push_segments": self.push_segments, "phases": list(self.phases)},
             "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
@@ -647,6 +652,8 @@ class S3Bench(ScratchFiles):
         print(f"markship S3 benchmark — pgbench scale {self.scale}, {self.data_bytes / MIB:.0f} "
               f"MiB data, {os.cpu_count()} CPUs, runs={self.runs}, one moto server "
               f"{self.results['meta']['versions']['moto']} with TLS on 127.0.0.1")
+        print("pgBackRest: archive-async=y, process-max=2, compress-type=zst, compress-level=1, "
+              "start-fast=y" + (", repo1-bundle=y" if self.bundle else ", no repo1-bundle"))
         print(WARM_CACHE)
         versions = self.results["meta"]["versions"]
         print(f"{versions['markship']} ({versions['markship_executable']}, installed "
@@ -705,6 +712,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
     parser.add_argument("--markship", type=Path, default=Path(sys.executable).parent / "markship",
                         help="the markship executable (default: next to this interpreter)")
+    parser.add_argument("--pgbackrest-bundle", action="store_true",
+                        help="give pgBackRest repo1-bundle=y as well (not among BENCHMARKS.md's "
+                             "settings): fewer, larger objects")
     parser.add_argument("--keep", action="store_true",
                         help="keep the bench directory (servers are stopped anyway)")
     args = parser.parse_args(argv)
@@ -731,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bench = S3Bench(scale=args.scale, runs=args.runs, drain_segments=args.drain_segments,
                     push_segments=args.push_segments, keep=args.keep, phases=args.phases,
-                    markship=args.markship)
+                    markship=args.markship, bundle=args.pgbackrest_bundle)
     return run_guarded(bench, lambda: bool(bench.data_bytes))
 
 
