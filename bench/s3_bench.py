@@ -28,6 +28,7 @@ import ipaddress
 import json
 import os
 import platform
+import re
 import ssl
 import subprocess
 import sys
@@ -86,6 +87,8 @@ ACCESS_KEY, SECRET_KEY = "bench-access-key", "bench-secret-key"
 RSS_LIMIT_MB = 150
 # The PostgreSQL server a restore starts is not part of the markship process tree.
 NOT_MARKSHIP = frozenset({"postgres"})
+# A request line in moto's (werkzeug's) log: "PUT /bucket/key HTTP/1.1" 200 -
+REQUEST_LINE = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) /([^/?\s]+)')
 
 
 # -- TLS and the S3 server -------------------------------------------------------------------------
@@ -160,6 +163,7 @@ class MotoServer:
     ca: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -197,6 +201,20 @@ class MotoServer:
         status = self.request("PUT", f"/{name}")
         if status != 200:
             raise RuntimeError(f"creating bucket {name} on {self.endpoint}: HTTP {status}")
+
+    def count_requests(self) -> dict[str, dict[str, int]]:
+        """Requests logged since the last call, per bucket and method."""
+        counts: dict[str, dict[str, int]] = {}
+        with self.log.open("rb") as handle:
+            handle.seek(self.log_offset)
+            data = handle.read()
+        self.log_offset += len(data)
+        text = data.decode(errors="replace")
+        for found in REQUEST_LINE.finditer(text):
+            method, bucket = found.groups()
+            per_bucket = counts.setdefault(bucket, {})
+            per_bucket[method] = per_bucket.get(method, 0) + 1
+        return counts
 
     def peak_rss_kb(self) -> int:
         """VmHWM of the moto process (it holds every object in memory)."""
@@ -640,9 +658,13 @@ class S3Bench(ScratchFiles):
         steps: dict[str, Callable[[], None]] = {
             "backup": self.bench_backups, "restore": self.bench_restores,
             "drain": self.bench_drain, "walpush": self.bench_walpush}
+        requests: dict[str, dict[str, dict[str, int]]] = {}
+        self.results["s3_requests"] = requests
+        self.s3.count_requests()  # setup's requests are not a phase's
         for phase in PHASES:
             if phase in self.phases:
                 steps[phase]()
+                requests[phase] = self.s3.count_requests()
 
     def summary(self) -> Path:
         print()
@@ -683,6 +705,17 @@ class S3Bench(ScratchFiles):
                     print(f"  {name}: {entry['raw_bytes'] / MIB:.0f} MiB → "
                           f"{entry['stored_bytes'] / MIB:.1f} MiB stored "
                           f"({entry['raw_bytes'] / entry['stored_bytes']:.1f}×)")
+        requests = self.results.get("s3_requests")
+        if requests:
+            print("\nS3 requests received by moto per phase (all runs of the phase; a tool's "
+                  "bucket: its commands and its server's archiving):")
+            rows = []
+            for phase, counts in requests.items():
+                for tool, bucket in BUCKETS.items():
+                    methods = counts.get(bucket, {})
+                    rows.append([phase, tool, str(sum(methods.values())),
+                                 " ".join(f"{m} {n}" for m, n in sorted(methods.items()))])
+            print_table(["phase", "tool", "requests", "by method"], rows)
         print()
         print_table(["metric", "markship", "pgBackRest / anchor", "ratio", "target", "verdict"], [
             [r.metric, r.markship, r.anchor, "-" if r.ratio is None else f"{r.ratio:.2f}",
