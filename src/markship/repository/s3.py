@@ -10,7 +10,8 @@ The same contract as the directory backend (markship.repository.fs), kept withou
 - Objects whose name depends on their content (WAL segments carry their digest) are staged in
   memory (spilling to a local temp file past SPOOL_MEMORY) and put under their name at once.
 - Locks are lease objects: written create-only, renewed by their holder every third of the
-  lease, taken over (with a conditional write on the old one's ETag) only once expired.
+  lease, taken over (with a conditional write on the old one's ETag) only once expired — or at
+  once when the holder ran on this host and its process is gone.
 
 obstore is imported on first use: a config naming a directory never loads it.
 """
@@ -578,7 +579,7 @@ class Lease:
             return
         meta, note = current.meta, bytes(current.bytes())
         expires = _expiry(note, meta["last_modified"].timestamp() + self.seconds)
-        if expires > time.time():
+        if expires > time.time() and not _holder_died_here(note):
             raise LockedError(
                 f"another job is running: {_holder(note.decode(errors='replace'))} holds the "
                 f"{self.name} lease (renewed until {expires - time.time():.0f} s from now)",
@@ -623,6 +624,21 @@ class Lease:
                 self.repo.delete(self.key)
         except RepositoryError:
             pass  # it expires by itself
+
+
+def _holder_died_here(note: bytes) -> bool:
+    """Whether the lease's holder ran on this host and its process is gone (then nobody need
+    wait for the lease to expire)."""
+    import json
+
+    from markship.repository.fs import _pid_alive
+
+    try:
+        info = json.loads(note)
+        pid, host = int(info["pid"]), str(info["host"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    return host == _host_fingerprint() and pid > 0 and not _pid_alive(pid)
 
 
 def _expiry(note: bytes, fallback: float) -> float:
