@@ -74,7 +74,7 @@ from backup_bench import (
     tool_version,
     wait_promoted,
 )
-from crypto_bench import installed_digest, package_version, run_tree_rss
+from crypto_bench import installed_digest, package_version, restore_log, run_tree_rss
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
 from tests.support.fingerprints import pgbench_fingerprint  # importable once backup_bench is
 
@@ -87,8 +87,8 @@ ACCESS_KEY, SECRET_KEY = "bench-access-key", "bench-secret-key"
 RSS_LIMIT_MB = 150
 # The PostgreSQL server a restore starts is not part of the markship process tree.
 NOT_MARKSHIP = frozenset({"postgres"})
-# A request line in moto's (werkzeug's) log: "PUT /bucket/key HTTP/1.1" 200 -
-REQUEST_LINE = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) /([^/?\s]+)')
+# What bench/moto_tls.py logs per request: "took 12.3 ms: PUT /bucket/key?query"
+REQUEST_TIME = re.compile(r"took ([0-9.]+) ms: (GET|PUT|HEAD|POST|DELETE) /([^/?\s]+)(\S*)")
 
 
 # -- TLS and the S3 server -------------------------------------------------------------------------
@@ -202,18 +202,20 @@ class MotoServer:
         if status != 200:
             raise RuntimeError(f"creating bucket {name} on {self.endpoint}: HTTP {status}")
 
-    def count_requests(self) -> dict[str, dict[str, int]]:
-        """Requests logged since the last call, per bucket and method."""
-        counts: dict[str, dict[str, int]] = {}
+    def count_requests(self) -> dict[str, dict[str, list[float]]]:
+        """Requests logged since the last call: per bucket, per kind (LIST for a listing, else
+        the method), [count, milliseconds in the server]."""
+        counts: dict[str, dict[str, list[float]]] = {}
         with self.log.open("rb") as handle:
             handle.seek(self.log_offset)
             data = handle.read()
         self.log_offset += len(data)
-        text = data.decode(errors="replace")
-        for found in REQUEST_LINE.finditer(text):
-            method, bucket = found.groups()
-            per_bucket = counts.setdefault(bucket, {})
-            per_bucket[method] = per_bucket.get(method, 0) + 1
+        for found in REQUEST_TIME.finditer(data.decode(errors="replace")):
+            took, method, bucket, rest = found.groups()
+            kind = "LIST" if method == "GET" and "list-type=" in rest else method
+            entry = counts.setdefault(bucket, {}).setdefault(kind, [0, 0.0])
+            entry[0] += 1
+            entry[1] += float(took)
         return counts
 
     def peak_rss_kb(self) -> int:
@@ -296,6 +298,7 @@ class S3Bench(ScratchFiles):
     scale: int
     runs: int
     drain_segments: int
+    drain_runs: int
     push_segments: int
     keep: bool
     phases: tuple[str, ...]
@@ -473,6 +476,9 @@ class S3Bench(ScratchFiles):
         first_look: list[str] = []
         rss: list[float] = []
         checks: dict[str, bool] = {}
+        # unpack: files in place (markship: to the server's start, from its log; pgBackRest:
+        # its restore command); recovery: from there to promoted
+        split: dict[str, list[dict[str, Any]]] = {"markship": [], "pgbackrest": []}
         for run in range(self.runs):
             order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
             for name in order:
@@ -484,6 +490,7 @@ class S3Bench(ScratchFiles):
                 started = time.perf_counter()
                 extra = ""
                 if name == "markship":
+                    began = time.time()
                     result, tree = run_tree_rss(
                         [str(self.markship), "--config", str(self.ms_cfg), "restore", "--server",
                          "src", "--target-dir", str(server.data_dir), "--latest", "--start",
@@ -491,13 +498,20 @@ class S3Bench(ScratchFiles):
                          "--setting", f"unix_socket_directories={server.socket_dir}"],
                         exclude=NOT_MARKSHIP)
                     result.check("markship restore")
+                    returned = time.time()
                     first_look.append(wait_promoted(server.port))
+                    split[name].append(restore_log(server.data_dir, began, returned))
                     rss.append(tree["tree_peak_sum_vmrss_kb"] / 1024)
                     extra = (f"  (CLI {fmt_s(result.seconds)}; first look after it returned: "
                              f"{first_look[-1]}; process tree peak RSS {rss[-1]:.0f} MB)")
                 else:
-                    self.restore_pgbackrest(server)
+                    split[name].append(self.restore_pgbackrest(server))
                 times[name].append(time.perf_counter() - started)
+                found = split[name][-1]
+                if "unpack_s" in found:
+                    extra += (f"  unpack {found['unpack_s']:.2f} s, recovery "
+                              f"{found['recovery_s']:.2f} s, WAL files fetched "
+                              f"{found.get('wal_files_fetched', '?')}")
                 say(f"run {run + 1} {name:<10} {fmt_s(times[name][-1])}{extra}")
                 if run == 0:
                     checks[name] = pgbench_fingerprint(server) == fingerprint
@@ -508,7 +522,7 @@ class S3Bench(ScratchFiles):
         med = {name: median(values) for name, values in times.items()}
         self.results["restore"] = {"seconds": times, "median_seconds": med,
                                    "markship_first_look_after_return": first_look,
-                                   "markship_peak_tree_rss_mb": rss,
+                                   "markship_peak_tree_rss_mb": rss, "split": split,
                                    "data_matches_source": checks}
         ratio = med["markship"] / med["pgbackrest"]
         self.rows += [
@@ -522,39 +536,53 @@ class S3Bench(ScratchFiles):
                 "yes" if checks.get("markship") else "NO",
                 f"pgBackRest {'yes' if checks.get('pgbackrest') else 'NO'}", None, "equal",
                 "PASS" if checks.get("markship") else "MISS"),
+            *[Row(f"  (info) restore: {part}, median", fmt_s(values["markship"]),
+                  f"pgBackRest {fmt_s(values['pgbackrest'])}",
+                  values["markship"] / values["pgbackrest"], "-", "info")
+              for part, values in restore_parts(split).items()],
             Row("  (info) markship restore --start returned once promoted",
                 f"{first_look.count('promoted')} of {len(first_look)} runs", "-", None, "-",
                 "info"),
         ]
 
-    def restore_pgbackrest(self, server: ScratchServer) -> None:
-        """pgbackrest restore + pg_ctl start + wait until promoted (the caller times it)."""
+    def restore_pgbackrest(self, server: ScratchServer) -> dict[str, Any]:
+        """pgbackrest restore + pg_ctl start + wait until promoted (the caller times it); the
+        seconds of the restore command and of the rest, and the WAL files recovery fetched."""
         self.pg_dir(server.data_dir, 0o700)
-        run_timed(self.pgbackrest(self.pgbr_restore, f"--pg1-path={server.data_dir}",
-                                  "--type=default", "--archive-mode=off", "restore")
-                  ).check("pgbackrest restore")
+        restored = run_timed(self.pgbackrest(
+            self.pgbr_restore, f"--pg1-path={server.data_dir}", "--type=default",
+            "--archive-mode=off", "restore")).check("pgbackrest restore")
         with (server.data_dir / "postgresql.auto.conf").open("a") as handle:
             handle.write(f"\n# s3_bench\nport = '{server.port}'\n"
                          f"unix_socket_directories = '{server.socket_dir}'\n")
+        started = time.perf_counter()
         server.run("pg_ctl", "-D", str(server.data_dir), "-l", str(server.log_file), "-w",
                    "-t", "600", "start", timeout=700)
         wait_promoted(server.port)
+        log = server.log_file.read_text(errors="replace")
+        return {"unpack_s": restored.seconds, "recovery_s": time.perf_counter() - started,
+                "wal_files_fetched": log.count("restored log file")}
 
     # -- 3. WAL backlog drain --------------------------------------------------------------------
 
     def bench_drain(self) -> None:
         say(f"== WAL backlog drain into S3: archive_command paused, ~{self.drain_segments} "
-            "segments queued, then resumed")
-        found: dict[str, dict[str, float]] = {}
-        for label, server in (("markship", self.ms), ("pgbackrest", self.pgbr)):
-            found[label] = drain_backlog(server, self.drain_segments)
-            say(f"{label:<10} {found[label]['segments']:.0f} segments in "
-                f"{found[label]['seconds']:.2f} s = {found[label]['per_s']:.1f} segments/s")
-        self.results["backlog_drain"] = found
-        ratio = found["markship"]["per_s"] / found["pgbackrest"]["per_s"]
-        self.rows.append(Row("WAL backlog drain rate into S3",
-                             f"{found['markship']['per_s']:.1f} seg/s",
-                             f"pgBackRest async {found['pgbackrest']['per_s']:.1f} seg/s", ratio,
+            f"segments queued, then resumed; {self.drain_runs} run(s) per tool, alternating")
+        found: dict[str, list[dict[str, float]]] = {"markship": [], "pgbackrest": []}
+        servers = {"markship": self.ms, "pgbackrest": self.pgbr}
+        for run in range(self.drain_runs):
+            order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
+            for label in order:
+                found[label].append(drain_backlog(servers[label], self.drain_segments))
+                last = found[label][-1]
+                say(f"run {run + 1} {label:<10} {last['segments']:.0f} segments in "
+                    f"{last['seconds']:.2f} s = {last['per_s']:.1f} segments/s")
+        rate = {label: median([r["per_s"] for r in runs]) for label, runs in found.items()}
+        self.results["backlog_drain"] = {"runs": found, "median_per_s": rate}
+        ratio = rate["markship"] / rate["pgbackrest"]
+        self.rows.append(Row("WAL backlog drain rate into S3, median",
+                             f"{rate['markship']:.1f} seg/s",
+                             f"pgBackRest async {rate['pgbackrest']:.1f} seg/s", ratio,
                              "≥1.0", ratio_verdict(ratio, 1.0, higher_is_better=True)))
 
     # -- 4. wal-push per segment -----------------------------------------------------------------
@@ -638,6 +666,7 @@ class S3Bench(ScratchFiles):
             "options": {"scale": self.scale, "runs": self.runs,
                         "pgbackrest_bundle": self.bundle,
                         "drain_segments": self.drain_segments,
+                        "drain_runs": self.drain_runs,
                         "push_segments": self.push_segments, "phases": list(self.phases)},
             "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
                      "loadavg_at_start": loadavg()},
@@ -658,7 +687,7 @@ class S3Bench(ScratchFiles):
         steps: dict[str, Callable[[], None]] = {
             "backup": self.bench_backups, "restore": self.bench_restores,
             "drain": self.bench_drain, "walpush": self.bench_walpush}
-        requests: dict[str, dict[str, dict[str, int]]] = {}
+        requests: dict[str, dict[str, dict[str, list[float]]]] = {}
         self.results["s3_requests"] = requests
         self.s3.count_requests()  # setup's requests are not a phase's
         for phase in PHASES:
@@ -707,15 +736,19 @@ class S3Bench(ScratchFiles):
                           f"({entry['raw_bytes'] / entry['stored_bytes']:.1f}×)")
         requests = self.results.get("s3_requests")
         if requests:
-            print("\nS3 requests received by moto per phase (all runs of the phase; a tool's "
-                  "bucket: its commands and its server's archiving):")
+            print("\nS3 requests moto received per phase (all runs of the phase; a tool's bucket: "
+                  "its commands and its server's archiving), count and time in the server "
+                  "(first byte in to response out, so a streamed upload's time includes the "
+                  "client's compression):")
             rows = []
             for phase, counts in requests.items():
                 for tool, bucket in BUCKETS.items():
-                    methods = counts.get(bucket, {})
-                    rows.append([phase, tool, str(sum(methods.values())),
-                                 " ".join(f"{m} {n}" for m, n in sorted(methods.items()))])
-            print_table(["phase", "tool", "requests", "by method"], rows)
+                    kinds = counts.get(bucket, {})
+                    rows.append([phase, tool, str(sum(int(n) for n, _ in kinds.values())),
+                                 f"{sum(ms for _, ms in kinds.values()) / 1000:.1f}",
+                                 "  ".join(f"{kind} {int(n)} / {ms / 1000:.1f} s"
+                                           for kind, (n, ms) in sorted(kinds.items()))])
+            print_table(["phase", "tool", "requests", "seconds", "by kind: count / seconds"], rows)
         print()
         print_table(["metric", "markship", "pgBackRest / anchor", "ratio", "target", "verdict"], [
             [r.metric, r.markship, r.anchor, "-" if r.ratio is None else f"{r.ratio:.2f}",
@@ -732,6 +765,17 @@ class S3Bench(ScratchFiles):
         remove_root(getattr(self, "root", None), self.keep, settle=0.5)
 
 
+def restore_parts(split: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Median seconds of each part of the restores, per tool, where every tool has figures."""
+    found: dict[str, dict[str, float]] = {}
+    for key, part in (("unpack_s", "files in place"), ("recovery_s", "then to promoted")):
+        values = {tool: [entry[key] for entry in entries if key in entry]
+                  for tool, entries in split.items()}
+        if all(values.values()):
+            found[part] = {tool: median(v) for tool, v in values.items()}
+    return found
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--scale", type=int, default=50, help="pgbench -i scale (default 50)")
@@ -739,6 +783,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="timed backups and restores per tool (default 3)")
     parser.add_argument("--drain-segments", type=int, default=64,
                         help="size of the WAL backlog for the drain rate (default 64)")
+    parser.add_argument("--drain-runs", type=int, default=3,
+                        help="backlog drains per tool (default 3)")
     parser.add_argument("--push-segments", type=int, default=20,
                         help="real pgbench segments for the wal-push timing (default 20)")
     parser.add_argument("--phases", default=",".join(PHASES),
@@ -751,8 +797,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true",
                         help="keep the bench directory (servers are stopped anyway)")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.scale < 1 or args.drain_segments < 1 or args.push_segments < 1:
-        parser.error("--runs, --scale, --drain-segments and --push-segments must be at least 1")
+    if min(args.runs, args.scale, args.drain_segments, args.drain_runs, args.push_segments) < 1:
+        parser.error("--runs, --scale, --drain-segments, --drain-runs and --push-segments must "
+                     "be at least 1")
     chosen = set(args.phases.split(","))
     if chosen - set(PHASES):
         parser.error(f"unknown phase(s): {', '.join(sorted(chosen - set(PHASES)))}")
@@ -773,6 +820,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     bench = S3Bench(scale=args.scale, runs=args.runs, drain_segments=args.drain_segments,
+                    drain_runs=args.drain_runs,
                     push_segments=args.push_segments, keep=args.keep, phases=args.phases,
                     markship=args.markship, bundle=args.pgbackrest_bundle)
     return run_guarded(bench, lambda: bool(bench.data_bytes))
