@@ -2,14 +2,14 @@
 """S3 benchmark: markship against pgBackRest (repo1-type=s3) on ONE local S3-compatible server.
 
 Everything is measured in ONE invocation, side by side, on the same data, against the same
-moto server process (TLS on 127.0.0.1, one bucket per tool): these machines are shared and noisy,
-so the ratios are what counts. The page cache is warm and cannot be dropped.
+moto server process (bench/moto_tls.py: TLS on 127.0.0.1, one bucket per tool): these machines
+are shared and noisy, so the ratios are what counts. The page cache is warm and cannot be dropped.
 
 Run as root with the interpreter of the venv whose markship is measured:
 
     /opt/markship/venv/bin/python bench/s3_bench.py                                # scale 50
     /opt/markship/venv/bin/python bench/s3_bench.py --scale 1 --runs 1 --drain-segments 8 \\
-        --push-segments 4                                                          # smoke run
+        --drain-runs 1 --push-segments 4                                           # smoke run
 
 ONE `pgbench -i` data directory, stopped cleanly and copied with `cp -a`, gives the servers,
 each with its own archive_command, so no tool's backup waits for the other's WAL push:
