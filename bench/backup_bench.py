@@ -895,31 +895,7 @@ class Bench(ScratchFiles):
                              "≥1.0 (goal)", ratio_verdict(ratio, 1.0, higher_is_better=True)))
 
     def drain_once(self, server: ScratchServer) -> dict[str, float]:
-        with connect(server.port) as conn:
-            conn.execute("ALTER SYSTEM SET archive_command = ''")
-            conn.execute("SELECT pg_reload_conf()")
-            time.sleep(0.5)
-            # Bulk-load WAL like pgbench -i's (what BENCHMARKS.md's anchor drained).
-            conn.execute("DROP TABLE IF EXISTS bench_drain")
-            conn.execute("CREATE TABLE bench_drain (LIKE pgbench_accounts)")
-            deadline = time.monotonic() + 300
-            while count_ready(server.data_dir) < self.drain_segments:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("could not build the WAL backlog in 300 s")
-                conn.execute("INSERT INTO bench_drain SELECT * FROM pgbench_accounts "
-                             "LIMIT 200000")
-            queued = count_ready(server.data_dir)
-            conn.execute("ALTER SYSTEM RESET archive_command")
-            started = time.perf_counter()
-            conn.execute("SELECT pg_reload_conf()")
-            deadline = time.monotonic() + 600
-            while count_ready(server.data_dir) > 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("backlog not drained in 600 s")
-                time.sleep(0.01)
-            seconds = time.perf_counter() - started
-            conn.execute("DROP TABLE bench_drain")
-        return {"segments": queued, "seconds": seconds, "per_s": queued / seconds}
+        return drain_backlog(server, self.drain_segments)
 
     # -- 6. wal-push per segment -----------------------------------------------------------------
 
@@ -1093,6 +1069,37 @@ class Bench(ScratchFiles):
         stop_servers(list(reversed(self.tracked)))
         # pgBackRest's async archiver exits on its own once idle
         remove_root(getattr(self, "root", None), self.keep, settle=0.5)
+
+
+def drain_backlog(server: ScratchServer, segments: int) -> dict[str, float]:
+    """Pause archiving (`archive_command = ''`), let about `segments` segments of bulk-load WAL
+    pile up as .ready files, resume it and time until none is left; the server's own
+    archive_command does the draining."""
+    with connect(server.port) as conn:
+        conn.execute("ALTER SYSTEM SET archive_command = ''")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        # Bulk-load WAL like pgbench -i's (what BENCHMARKS.md's anchor drained).
+        conn.execute("DROP TABLE IF EXISTS bench_drain")
+        conn.execute("CREATE TABLE bench_drain (LIKE pgbench_accounts)")
+        deadline = time.monotonic() + 300
+        while count_ready(server.data_dir) < segments:
+            if time.monotonic() > deadline:
+                raise RuntimeError("could not build the WAL backlog in 300 s")
+            conn.execute("INSERT INTO bench_drain SELECT * FROM pgbench_accounts "
+                         "LIMIT 200000")
+        queued = count_ready(server.data_dir)
+        conn.execute("ALTER SYSTEM RESET archive_command")
+        started = time.perf_counter()
+        conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 600
+        while count_ready(server.data_dir) > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("backlog not drained in 600 s")
+            time.sleep(0.01)
+        seconds = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_drain")
+    return {"segments": queued, "seconds": seconds, "per_s": queued / seconds}
 
 
 def markship_toml(repo: Path, port: int) -> str:

@@ -64,7 +64,6 @@ from backup_bench import (
     markship_sizes,
     median,
     pg,
-    pgbench_fingerprint,
     print_table,
     ratio_verdict,
     remove_root,
@@ -80,6 +79,7 @@ from backup_bench import (
     wait_promoted,
 )
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
+from tests.support.fingerprints import pgbench_fingerprint  # importable once backup_bench is
 
 VARIANTS = ("plain", "enc")
 LABEL = {"plain": "encryption off", "enc": "encryption on (age)"}
@@ -102,6 +102,15 @@ def _ppid(pid: str) -> int | None:
         return int(text[text.rindex(")") + 2:].split()[1])
     except (ValueError, IndexError):
         return None
+
+
+def _comm(pid: int) -> str:
+    """The command name of a process ("" once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
 
 
 def _status_kb(pid: int) -> tuple[int, int, str] | None:
@@ -132,11 +141,15 @@ class TreeRssPoller(threading.Thread):
     peak), and keeps each member's VmHWM (its exact own peak; their sum bounds the tree's peak
     from above). The descendants are found by scanning /proc every `scan_interval` s (this
     kernel has no /proc/PID/task/TID/children), and at once when the tree is first seen.
+    A descendant whose command name is in `exclude` is left out with its own descendants (a
+    PostgreSQL server that a restore starts is not part of the markship process tree).
     """
 
-    def __init__(self, pid: int, interval: float = 0.01, scan_interval: float = 0.1) -> None:
+    def __init__(self, pid: int, interval: float = 0.01, scan_interval: float = 0.1,
+                 exclude: frozenset[str] = frozenset()) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        self.exclude = exclude
         self.interval = interval
         self.scan_interval = scan_interval
         self.members: set[int] = {pid}
@@ -158,7 +171,7 @@ class TreeRssPoller(threading.Thread):
         todo = [self.pid]
         while todo:
             pid = todo.pop()
-            if pid not in found:
+            if pid not in found and (pid == self.pid or _comm(pid) not in self.exclude):
                 found.add(pid)
                 todo.extend(children.get(pid, ()))
         self.members |= found
@@ -177,6 +190,8 @@ class TreeRssPoller(threading.Thread):
                 if status is None:
                     continue
                 rss, hwm, name = status
+                if name in self.exclude:  # found while still pg_ctl's `sh`, now the server
+                    continue
                 alive += 1
                 total += rss
                 self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), hwm)
@@ -201,12 +216,14 @@ class TreeRssPoller(threading.Thread):
         }
 
 
-def run_tree_rss(argv: Sequence[str], timeout: float = 3600) -> tuple[Timed, dict[str, Any]]:
-    """Run a command to completion while TreeRssPoller samples it and its descendants."""
+def run_tree_rss(argv: Sequence[str], timeout: float = 3600,
+                 exclude: frozenset[str] = frozenset()) -> tuple[Timed, dict[str, Any]]:
+    """Run a command to completion while TreeRssPoller samples it and its descendants (those
+    named in `exclude` left out, with theirs)."""
     pollers: list[TreeRssPoller] = []
 
     def poller(pid: int) -> TreeRssPoller:
-        pollers.append(TreeRssPoller(pid))
+        pollers.append(TreeRssPoller(pid, exclude=exclude))
         return pollers[0]
 
     timed = run_timed(argv, timeout=timeout, poller=poller)
