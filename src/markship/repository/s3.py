@@ -20,34 +20,28 @@ from __future__ import annotations
 
 import io
 import os
-import threading
-import time
 
 from markship.errors import (
     ConfigError,
     ConflictError,
-    LockedError,
     ObjectMissing,
     RepositoryError,
 )
 from markship.repository import layout
 from markship.repository.encrypted import Encrypted
-from markship.repository.fs import AGE_MAGIC, Sink, _holder, _host_fingerprint
+from markship.repository.fs import AGE_MAGIC, Sink
+from markship.repository.lease import Lease
 from markship.repository.objects import ObjectInfo, StoredObject, TempObject
+from markship.repository.s3stream import PIECE, ObjectReader, Upload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from types import TracebackType
     from typing import Any, BinaryIO
 
     from markship.repository.base import Readable, Writable
 
-PART = 8 * 1024 * 1024  # multipart part size (S3's minimum is 5 MiB)
-UPLOADS = 4  # parts in flight per upload: PART × UPLOADS bounds the memory of a stream
-PIECE = 1024 * 1024  # what the producer hands the uploader at a time
 SPOOL_MEMORY = 32 * 1024 * 1024  # a staged object larger than this goes to a local temp file
-READ_CHUNK = 1024 * 1024
 CREDENTIAL_KEYS = {"aws_access_key_id": "access_key_id",
                    "aws_secret_access_key": "secret_access_key",
                    "aws_session_token": "session_token"}
@@ -235,7 +229,7 @@ class S3Repository:
             raise ConflictError(f"object {key} already exists in the repository")
         if not plain:
             fill = self._encoded(fill, metadata)
-        upload = _Upload(self, key)
+        upload = Upload(self, key)
         sink = Sink(upload, hashed=True)  # type: ignore[arg-type]
         try:
             fill(sink)
@@ -310,7 +304,7 @@ class S3Repository:
 
         _check_key(key)
         result = self._call("reading", key, obstore.get, key)
-        raw = _ObjectReader(self, key, result)
+        raw = ObjectReader(self, key, result)
         return io.BufferedReader(raw, buffer_size=256 * 1024)
 
     def open(self, key: str) -> BinaryIO:
@@ -350,13 +344,19 @@ class S3Repository:
     def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         import obstore
 
-        # obstore lists by whole path segments: list the folder, keep what starts with prefix
+        # obstore lists by whole path segments: list the folder, keep what starts with prefix.
+        # A prefix inside a folder (e.g. one WAL segment's name) starts the listing after it
+        # (S3's start-after) and stops past it: keys come in order.
         folder = prefix if prefix.endswith("/") else prefix.rpartition("/")[0]
         folder = folder.rstrip("/")
+        offset = None if prefix.endswith("/") or not prefix else prefix
         try:
-            for chunk in obstore.list(self.store, folder or None, chunk_size=1000):
+            for chunk in obstore.list(self.store, folder or None, offset=offset,
+                                      chunk_size=1000):
                 for meta in chunk:
                     key = meta["path"]
+                    if offset is not None and not key.startswith(prefix) and key > prefix:
+                        return
                     if key.startswith(prefix) and not _is_temp(key):
                         yield ObjectInfo(key, int(meta["size"]),
                                          meta["last_modified"].timestamp())
@@ -440,235 +440,6 @@ class S3Staged:
 
     def discard(self) -> None:
         self.buffer.close()
-
-
-class _Upload:
-    """The producer's side of a streaming multipart upload: pieces go through a small queue
-    to a thread running obstore.put over them; an exception put in the queue aborts it."""
-
-    def __init__(self, repo: S3Repository, key: str) -> None:
-        import queue
-
-        self.repo, self.key = repo, key
-        self.pending = bytearray()
-        self.queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=f"upload {key}", daemon=True)
-        self.thread.start()
-
-    def _pieces(self) -> Iterator[bytes]:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item  # obstore aborts the multipart upload
-            yield item
-
-    def _run(self) -> None:
-        import obstore
-
-        try:
-            obstore.put(self.repo.store, self.key, self._pieces(), chunk_size=PART,
-                        max_concurrency=UPLOADS)
-        except BaseException as exc:
-            self.failure = exc
-            while True:  # unblock a producer waiting on a full queue
-                try:
-                    self.queue.get_nowait()
-                except Exception:
-                    break
-
-    def _send(self, item: bytes | BaseException | None) -> None:
-        import queue
-
-        while self.failure is None and self.thread.is_alive():
-            try:
-                self.queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-        self._raise()
-
-    def _raise(self) -> None:
-        failure = self.failure
-        if failure is None:
-            raise RepositoryError(f"upload of {self.key} stopped", "retry")
-        if isinstance(failure, (ConfigError, RepositoryError)):
-            raise failure
-        raise self.repo._error(failure, self.key, "writing") from None
-
-    def write(self, data: bytes | memoryview, /) -> int:
-        self.pending += data
-        if len(self.pending) >= PIECE:
-            self._send(bytes(self.pending))
-            self.pending.clear()
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        if self.pending:
-            self._send(bytes(self.pending))
-            self.pending.clear()
-        self._send(None)
-        self.thread.join()
-        if self.failure is not None:
-            self._raise()
-
-    def abort(self, cause: BaseException) -> None:
-        if self.thread.is_alive():
-            try:  # noqa: SIM105
-                self.queue.put(RuntimeError(f"upload abandoned: {type(cause).__name__}"),
-                               timeout=5)
-            except Exception:
-                pass
-            self.thread.join(timeout=30)
-
-
-class _ObjectReader(io.RawIOBase):
-    """The body of a GET, read as a stream of chunks."""
-
-    def __init__(self, repo: S3Repository, key: str, result: Any) -> None:
-        self.repo, self.key = repo, key
-        self.chunks = iter(result.stream(min_chunk_size=READ_CHUNK))
-        self.current = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self.current:
-            try:
-                chunk = next(self.chunks)
-            except StopIteration:
-                return 0
-            except Exception as exc:
-                raise self.repo._error(exc, self.key, "reading") from None
-            self.current = memoryview(bytes(chunk))
-        size = min(len(buffer), len(self.current))
-        buffer[:size] = self.current[:size]
-        self.current = self.current[size:]
-        return size
-
-
-class Lease:
-    """A lock held as a lease object (see the module docstring)."""
-
-    def __init__(self, repo: S3Repository, key: str, name: str, purpose: str,
-                 seconds: float) -> None:
-        self.repo, self.key, self.name, self.purpose = repo, key, name, purpose
-        self.seconds = seconds
-        self.e_tag: str | None = None
-        self.lost = False
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
-
-    def _note(self) -> bytes:
-        import json
-
-        return json.dumps(
-            {"command": " ".join(self.purpose.split()[:2]), "pid": os.getpid(),
-             "host": _host_fingerprint(),
-             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "expires": time.time() + self.seconds}).encode()
-
-    def _write(self, mode: Any) -> str:
-        import obstore
-
-        result = self.repo._call("writing", self.key, obstore.put, self.key, self._note(),
-                                 mode=mode, use_multipart=False)
-        return str(result["e_tag"])
-
-    def acquire(self) -> None:
-        """Take the lease, or raise LockedError naming its live holder."""
-        import obstore
-
-        try:
-            self.e_tag = self._write("create")
-            return
-        except ConflictError:
-            pass
-        try:
-            current = self.repo._call("reading", self.key, obstore.get, self.key)
-        except ObjectMissing:  # released meanwhile
-            self.e_tag = self._write("create")
-            return
-        meta, note = current.meta, bytes(current.bytes())
-        expires = _expiry(note, meta["last_modified"].timestamp() + self.seconds)
-        if expires > time.time() and not _holder_died_here(note):
-            raise LockedError(
-                f"another job is running: {_holder(note.decode(errors='replace'))} holds the "
-                f"{self.name} lease (renewed until {expires - time.time():.0f} s from now)",
-                "wait for it to finish, or stop it; a holder that died loses it when the "
-                "lease expires")
-        try:  # expired: take it over, unless someone else did first
-            self.e_tag = self._write({"e_tag": meta["e_tag"]})
-        except ConflictError:
-            raise LockedError(f"another job took the expired {self.name} lease just now",
-                              "wait for it to finish, then retry") from None
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.seconds / 3):
-            try:
-                self.e_tag = self._write({"e_tag": self.e_tag})
-            except ConflictError:
-                self.lost = True
-                import sys
-
-                print(f"markship: error: the {self.name} lease was taken over by another "
-                      "process (this one could not renew it in time)", file=sys.stderr)
-                return
-            except Exception:
-                continue  # an outage: keep trying until the lease expires
-
-    def __enter__(self) -> None:
-        self.acquire()
-        self._renewer = threading.Thread(target=self._renew, name=f"lease {self.name}",
-                                         daemon=True)
-        self._renewer.start()
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join()
-        if self.lost:
-            return
-        try:
-            meta = self.repo._head(self.key)
-            if meta is not None and meta.get("e_tag") == self.e_tag:
-                self.repo.delete(self.key)
-        except RepositoryError:
-            pass  # it expires by itself
-
-
-def _holder_died_here(note: bytes) -> bool:
-    """Whether the lease's holder ran on this host and its process is gone (then nobody need
-    wait for the lease to expire)."""
-    import json
-
-    from markship.repository.fs import _pid_alive
-
-    try:
-        info = json.loads(note)
-        pid, host = int(info["pid"]), str(info["host"])
-    except (ValueError, KeyError, TypeError):
-        return False
-    return host == _host_fingerprint() and pid > 0 and not _pid_alive(pid)
-
-
-def _expiry(note: bytes, fallback: float) -> float:
-    """When a lease note says it expires (repository data: a damaged note falls back to the
-    object's modification time plus the lease)."""
-    import json
-
-    try:
-        value = float(json.loads(note)["expires"])
-    except (ValueError, KeyError, TypeError):
-        return fallback
-    return value if value == value and abs(value) < 1e11 else fallback
 
 
 class EncryptedS3Repository(Encrypted, S3Repository):

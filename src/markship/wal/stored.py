@@ -20,11 +20,15 @@ def find_archived(repo: Repository, server: str, wal_name: str) -> list[tuple[st
     """(key, content digest) of every stored copy of `wal_name` (normally zero or one)."""
     folder = layout.wal_dir(server, wal_name)
     found = []
-    for child in repo.children(folder):
-        if child.startswith(wal_name + "-"):
-            parsed = layout.split_wal_key(child)
-            if parsed and parsed[0] == wal_name:
-                found.append((folder + child, parsed[1]))
+    # Only the names starting with this one: object storage then lists from there instead of
+    # the whole folder (up to 256 segments), once per segment archived.
+    for info in repo.iter_objects(folder + wal_name + "-"):
+        child = info.key[len(folder):]
+        if "/" in child:
+            continue
+        parsed = layout.split_wal_key(child)
+        if parsed and parsed[0] == wal_name:
+            found.append((folder + child, parsed[1]))
     return found
 
 
