@@ -62,7 +62,7 @@ def _arguments(workdir: Path, segment: Path) -> dict[str, list[str]]:
         "key export": ["--to", str(workdir / "export.age"), "--hint", "the usual"],
         "key import": ["--from", str(workdir / "export.age")],
         "key rotate": [], "key status": [], "list": [], "mark": [], "marks": [],
-        "parity": [], "preflight": [], "run": [], "standby create": [],
+        "parity": [], "preflight": [], "repository sync": [], "run": [], "standby create": [],
         "standby status": [], "status": [], "verify": [],
         "restore": ["--server", "alpha", "--target-dir", str(workdir / "restored")],
         "wal-fetch": ["--server", "alpha", segment.name, str(workdir / "fetched")],
