@@ -21,6 +21,8 @@ the DR site is then recorded in the copy (the copies are never synced back into 
 
 from __future__ import annotations
 
+import threading
+
 from markship.errors import CorruptObject, ObjectMissing, RepositoryError
 from markship.repository import layout
 
@@ -44,6 +46,7 @@ class Fallback:
         self.copies = copies
         self.location = primary.location
         self._writer: Repository | None = None
+        self._deciding = threading.Lock()  # parallel restores ask for the writer at once
         # location → why it could not be reached, for every member passed over so far
         self.passed_over: dict[str, str] = {}
 
@@ -145,16 +148,18 @@ class Fallback:
     def writer(self) -> Repository:
         """Where writes go (decided once: commands are short, and a repository that comes
         back during one is written to by the next)."""
-        if self._writer is None:
-            self._writer = self.primary
-            for repo in self.members:
-                try:
-                    if repo.exists(layout.MARKER_KEY):
-                        self._writer = repo
-                        break
-                except RepositoryError:
-                    continue
-        return self._writer
+        with self._deciding:
+            if self._writer is None:
+                chosen = self.primary  # not set before the members are asked: other threads
+                for repo in self.members:  # wait here instead of taking it half-decided
+                    try:
+                        if repo.exists(layout.MARKER_KEY):
+                            chosen = repo
+                            break
+                    except RepositoryError:
+                        continue
+                self._writer = chosen
+            return self._writer
 
     def write(self, key: str, source: Readable, *, overwrite: bool = False,
               metadata: bool = False) -> StoredObject:
