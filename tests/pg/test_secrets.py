@@ -26,7 +26,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from markship.pg.scratch import ScratchServer, chown_to, free_port
+from markship.dr.drill import free_port_range
+from markship.pg.scratch import ScratchServer, chown_to
 from markship.repository.journal import redact
 from tests.support.checks import marks_of, wait_for
 from tests.support.servers import (
@@ -162,7 +163,7 @@ def test_a_password_never_shows_from_backup_to_failback(pg_group: GroupFactory) 
         restored = group.workdir / "group-restore"
         restored.mkdir()
         chown_to(restored, OS_USER)
-        port_base = free_port()
+        port_base = free_port_range(len(group.servers))
         try:
             report = json.loads(ok("restore", "--group", "--mark", mark, "--target-dir",
                                    f"{restored}/{{server}}", "--port-base", str(port_base),
