@@ -11,8 +11,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src" / "markship"
 
 # Highest first. A module may import its own package and any package below its own.
-LAYERS = ["_entry", "cli", "agent", "dr", "backup", "marks", "wal", "repository", "pg", "config",
-          "shared"]
+LAYERS = ["_entry", "cli", "agent", "monitor", "dr", "backup", "marks", "wal", "repository", "pg",
+          "config", "shared"]
 # Leaves every layer may use: they import only each other (and the standard library or
 # third-party packages). `client` is the applications' 2PC helper, a public import path.
 SHARED = {"__init__", "errors", "timefmt", "osuser", "names", "privatefile", "perserver", "argv",

@@ -10,7 +10,7 @@ import click
 from markship.cli import output
 from markship.cli.context import Context, journaled, pass_context
 from markship.config.model import Config
-from markship.errors import MarkshipError, RepositoryError
+from markship.errors import MarkshipError
 from markship.repository.base import Repository
 
 
@@ -76,46 +76,11 @@ def list_sets(ctx: Context, as_json: bool) -> None:
 def status(ctx: Context, as_json: bool) -> None:
     """Per server: last backup, archived WAL, archive lag and archiver failures; WAL dropped
     by pg_wal protection and the time it puts out of reach."""
-    from markship.backup.status import group_status
-    from markship.marks.choose import newest_complete
-    from markship.repository.restorable import Gaps
+    from markship.monitor.snapshot import group_status
 
-    config = ctx.config
-    repo = ctx.repository()
-    result = group_status(config, repo)
-    problems = [f"{s.server}: {s.repository_error}" for s in result if s.repository_error]
-    try:
-        gaps = Gaps(repo).states()
-    except RepositoryError as exc:
-        gaps = []
-        problems.append(f"WAL gaps cannot be told: {exc.one_line()}")
-    problems += [f"{g.text()} (markship backup; the agent takes one as soon as the "
-                 "repository can be written)" for g in gaps if g.healed_by is None]
-    from markship.wal import guard
-
-    assert config.source is not None
-    waiting = [gap for s in config.servers for gap in guard.unrecorded(str(config.source), s.name)]
-    problems += [f"WAL of server {g['server']} dropped by pg_wal protection on this host: "
-                 f"{g['first_segment']}..{g['last_segment']} ({g['segments']} segments, written "
-                 f"{g['wal_from']} to {g['wal_to']}), not in the repository yet: it cannot be "
-                 "written" for g in waiting]
-    try:
-        newest = newest_complete(repo, config)
-    except RepositoryError as exc:  # a server's WAL folder cannot be read
-        newest = None
-        problems.append(f"the newest complete mark cannot be told: {exc.one_line()}")
-    from markship.backup.status import repository_status
-    from markship.repository.keys import backup_warning
-
-    try:
-        key_warning = backup_warning(config, repo)
-    except RepositoryError:  # the repository cannot be read: said below
-        key_warning = None
-    repositories = repository_status(repo, ctx.copies())
-    problems += [f"repository {r.name} ({r.location}): {r.error}" for r in repositories
-                 if not r.reachable]
-    output.writer(as_json).status(result, newest, key_warning, problems, repositories, gaps)
-    if problems or not all(s.reachable for s in result):
+    result = group_status(ctx.config, ctx.repository(), ctx.copies())
+    output.writer(as_json).status(result)
+    if not result.healthy:
         sys.exit(1)
 
 

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from markship.backup.group_restore import GroupRestoreReport
     from markship.backup.restore import RestoreResult, Target
     from markship.backup.retention import Plan
-    from markship.backup.status import RepositoryStatus, ServerStatus
     from markship.backup.verify import Report as VerifyReport
     from markship.dr.checklist import Step
     from markship.dr.drill import DrillRecord
@@ -28,10 +27,11 @@ if TYPE_CHECKING:
     from markship.marks.choose import MarkState
     from markship.marks.resolve import Resolution
     from markship.marks.take import MarkResult
+    from markship.monitor.snapshot import GroupStatus
     from markship.repository.copies import SyncResult
     from markship.repository.journal import JournalEntry, Verification
     from markship.repository.keys import KeyStatus
-    from markship.repository.restorable import GapState, SetState
+    from markship.repository.restorable import SetState
 
 
 class JsonOutput(TextOutput):
@@ -51,23 +51,10 @@ class JsonOutput(TextOutput):
             "backups": {k: b.model_dump(mode="json") for k, b in s.backups.items()},
         } for s in states])
 
-    def status(self, result: list[ServerStatus], newest: MarkState | None,
-               key_warning: str | None, problems: list[str],
-               repositories: list[RepositoryStatus],
-               gaps: list[GapState] | None = None) -> None:
-        emit_json({"servers": [asdict(s) | {"healthy": s.healthy} for s in result],
-                   "repositories": [asdict(r) for r in repositories],
-                   "wal_gaps": [g.record.model_dump(mode="json") | {
-                       "restorable_again": g.healed_by is not None,
-                       "healed_by_set": g.healed_by.set_id if g.healed_by else None,
-                       "unrestorable_from": g.record.wal_from,
-                       "unrestorable_until": g.unrestorable_until,
-                       "text": g.text()} for g in gaps or []],
-                   "latest_complete_mark": None if newest is None else {
-                       "name": newest.record.name, "created_at": newest.record.created_at,
-                       "age_seconds": round(newest.age_seconds, 3)},
-                   "warnings": [key_warning] if key_warning else [],
-                   "problems": problems})
+    def status(self, status: GroupStatus) -> None:
+        from markship.monitor.snapshot import status_json
+
+        emit_json(status_json(status))
 
     def verify(self, report: VerifyReport) -> None:
         emit_json(asdict(report) | {"ok": report.ok})

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from markship.backup.group_restore import GroupRestoreReport
     from markship.backup.restore import RestoreResult, Target
     from markship.backup.retention import Plan
-    from markship.backup.status import RepositoryStatus, ServerStatus
     from markship.backup.verify import Report as VerifyReport
     from markship.dr.checklist import Step
     from markship.dr.drill import DrillRecord
@@ -37,10 +36,11 @@ if TYPE_CHECKING:
     from markship.marks.choose import MarkState
     from markship.marks.resolve import Resolution
     from markship.marks.take import MarkResult
+    from markship.monitor.snapshot import GroupStatus
     from markship.repository.copies import SyncResult
     from markship.repository.journal import JournalEntry, Verification
     from markship.repository.keys import KeyStatus
-    from markship.repository.restorable import GapState, SetState
+    from markship.repository.restorable import SetState
 
 
 class TextOutput:
@@ -70,12 +70,10 @@ class TextOutput:
         table("backup sets (times in UTC)", ["set", "created", "servers", "data", "stored",
                                              "ratio", "state"], rows)
 
-    def status(self, result: list[ServerStatus], newest: MarkState | None,
-               key_warning: str | None, problems: list[str],
-               repositories: list[RepositoryStatus],
-               gaps: list[GapState] | None = None) -> None:
+    def status(self, status: GroupStatus) -> None:
+        newest, repositories = status.newest, status.repositories
         rows = []
-        for s in result:
+        for s in status.servers:
             failures = (f"{s.archiver_failed_count} (last {s.last_failed_wal} at "
                         f"{show(s.last_failed_at)})" if s.archiver_failed_count else "0")
             lag = (f"{size(s.archive_lag_bytes)} / {s.archive_lag_seconds:.0f} s"
@@ -101,11 +99,11 @@ class TextOutput:
                     "empty (no backup yet)" if r.mode == "primary" else "not synced yet",
                     copy_lag(r.mode, r.lag_objects, r.lag_bytes, r.lag_seconds)]
                    for r in repositories])
-        if key_warning:
-            click.echo(f"markship: warning: {key_warning}", err=True)
-        for problem in problems:
+        if status.key_warning:
+            click.echo(f"markship: warning: {status.key_warning}", err=True)
+        for problem in status.problems:
             click.echo(f"✗ {problem}")
-        for gap in gaps or []:
+        for gap in status.gaps:
             if gap.healed_by is not None:  # the unhealed ones are among the problems
                 click.echo(f"! {gap.text()}")
 

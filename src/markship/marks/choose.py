@@ -24,23 +24,31 @@ class MarkState:
     unrestorable: dict[str, str] = field(default_factory=dict)
 
 
-def mark_states(repo: Repository, config: Config, newest: int | None = None) -> list[MarkState]:
+def mark_states(repo: Repository, config: Config, newest: int | None = None,
+                known: dict[str, MarkRecord] | None = None) -> list[MarkState]:
     """Marks with their completeness, oldest first: all of them, or the `newest` N (damaged
-    records are reported and left out: records.Damaged)."""
+    records are reported and left out: records.Damaged). `known` keeps the records read, by
+    file name, for the next call (a mark record is written once): a caller asking again and
+    again (the agent's snapshot) reads only the new ones; it forgets marks no longer listed."""
     files = sorted(n for n in repo.children(layout.MARKS) if n.endswith(".json"))
     if newest is not None:
         files = files[-newest:] if newest > 0 else []
     wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
     gaps = restorable.Gaps(repo, wal)
-    return [state for file in files if (state := _state(repo, file, wal, gaps)) is not None]
+    cache: dict[str, MarkRecord] = {} if known is None else known
+    for gone in set(cache).difference(files):
+        del cache[gone]
+    found = []
+    for file in files:
+        record = cache.get(file) or _record(repo, file)
+        if record is not None:
+            cache[file] = record
+            found.append(_state_of(repo, record, wal, gaps))
+    return found
 
 
-def _state(repo: Repository, file_name: str, wal: dict[str, restorable.WalIndex],
-           gaps: restorable.Gaps) -> MarkState | None:
-    record = records.read_good(repo, layout.MARKS + file_name, MarkRecord, lambda m: m.name)
-    if record is None:
-        return None
-    return _state_of(repo, record, wal, gaps)
+def _record(repo: Repository, file_name: str) -> MarkRecord | None:
+    return records.read_good(repo, layout.MARKS + file_name, MarkRecord, lambda m: m.name)
 
 
 def _state_of(repo: Repository, record: MarkRecord, wal: dict[str, restorable.WalIndex],
@@ -73,8 +81,8 @@ def newest_complete(repo: Repository, config: Config) -> MarkState | None:
     wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
     gaps = restorable.Gaps(repo, wal)
     for file in files:
-        state = _state(repo, file, wal, gaps)
-        if state is not None and state.complete:
+        record = _record(repo, file)
+        if record is not None and (state := _state_of(repo, record, wal, gaps)).complete:
             return state
     return None
 
