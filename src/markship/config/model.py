@@ -6,12 +6,14 @@ Validation errors name the key, the value found and the fix.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ByteSize,
     ConfigDict,
     Field,
@@ -29,6 +31,22 @@ from markship.errors import ConfigError
 # (failover clients) and stay readable in paths and logs.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 ConfigName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(names.validated)]
+
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _seconds(value: object) -> object:
+    """'90s', '5min', '2h', '1d' or a bare number of seconds → seconds."""
+    if not isinstance(value, str):
+        return value
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value)
+    if found is None or found.group(2) not in _UNIT_SECONDS:
+        raise ValueError("must be a duration such as 90s, 5min, 2h or 1d")
+    return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+
+
+# A length of time: a number of seconds, or a string with a unit (s, min, h, d).
+Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
 
 class _Section(BaseModel):
@@ -218,6 +236,9 @@ class StandbySection(_Section):
 
 class DrSiteSection(_Section):
     name: ConfigName = "dr"
+    # The agent switches WAL on a server whose standby would otherwise sit further behind
+    # than this (None: never; each switch costs one WAL segment, like archive_timeout).
+    max_replay_delay: Duration | None = None
     standbys: Annotated[list[StandbySection], Field(alias="standby")] = []
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -303,6 +324,27 @@ class FailoverSection(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class WebSection(_Section):
+    """The agent's read-only HTTP server: the status page, /metrics and /api/status.
+    Off unless `listen` is set."""
+
+    listen: str | None = None  # "127.0.0.1:9187"
+    auth: Literal["token", "basic", "none"] = "token"
+    token_file: Path | None = None
+    basic_auth_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    refresh: Duration = 10.0  # seconds between two snapshots of the group
+
+
+class CheckSection(_Section):
+    """Thresholds of `markship check`, also the colours of the status page. None: derived
+    from the rest of the config (see markship.monitor.health)."""
+
+    rpo_warning: Duration | None = None
+    rpo_critical: Duration | None = None
+
+
 class Config(_Section):
     """The whole group: servers, repository and how backups run."""
 
@@ -318,6 +360,8 @@ class Config(_Section):
     encryption: EncryptionSection | None = None
     filesets: Annotated[list[FilesetSection], Field(alias="fileset")] = []
     dumps: Annotated[list[DumpSection], Field(alias="dump")] = []
+    web: WebSection = WebSection()
+    check: CheckSection = CheckSection()
     source: Path | None = Field(default=None, exclude=True)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
