@@ -28,14 +28,10 @@ import ipaddress
 import json
 import os
 import platform
-import re
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -76,6 +72,7 @@ from backup_bench import (
 )
 from crypto_bench import installed_digest, package_version, restore_log, run_tree_rss
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
+from moto_server import MotoServer, TlsFiles
 from tests.support.fingerprints import pgbench_fingerprint  # importable once backup_bench is
 
 PHASES = ("backup", "restore", "drain", "walpush")
@@ -87,11 +84,9 @@ ACCESS_KEY, SECRET_KEY = "bench-access-key", "bench-secret-key"
 RSS_LIMIT_MB = 150
 # The PostgreSQL server a restore starts is not part of the markship process tree.
 NOT_MARKSHIP = frozenset({"postgres"})
-# What bench/moto_tls.py logs per request: "took 12.3 ms: PUT /bucket/key?query"
-REQUEST_TIME = re.compile(r"took ([0-9.]+) ms: (GET|PUT|HEAD|POST|DELETE) /([^/?\s]+)(\S*)")
 
 
-# -- TLS and the S3 server -------------------------------------------------------------------------
+# -- TLS for the S3 server -------------------------------------------------------------------------
 
 
 def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
@@ -150,95 +145,6 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     ca_file.chmod(0o644)
     chain_file.chmod(0o644)
     return ca_file, chain_file, key_file
-
-
-@dataclass
-class MotoServer:
-    """moto's S3-compatible server, one process, TLS on 127.0.0.1 (bench/moto_tls.py: moto's
-    own server, plus the TLS close_notify pgBackRest needs)."""
-
-    port: int
-    chain: Path
-    key: Path
-    ca: Path
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    log_offset: int = 0
-
-    @property
-    def endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("moto_tls.py")), str(self.port),
-                 str(self.chain), str(self.key)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto server exited ({self.proc.returncode}); see {self.log}")
-            try:
-                self.request("GET", "/")
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        raise RuntimeError(f"moto server did not answer on {self.endpoint} in {timeout:.0f} s")
-
-    def request(self, method: str, path: str) -> int:
-        """One unsigned request (moto does not check signatures); the HTTP status."""
-        context = ssl.create_default_context(cafile=str(self.ca))
-        request = urllib.request.Request(self.endpoint + path, method=method)
-        try:
-            with urllib.request.urlopen(request, context=context, timeout=10) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-
-    def create_bucket(self, name: str) -> None:
-        status = self.request("PUT", f"/{name}")
-        if status != 200:
-            raise RuntimeError(f"creating bucket {name} on {self.endpoint}: HTTP {status}")
-
-    def count_requests(self) -> dict[str, dict[str, list[float]]]:
-        """Requests logged since the last call: per bucket, per kind (LIST for a listing, else
-        the method), [count, milliseconds in the server]."""
-        counts: dict[str, dict[str, list[float]]] = {}
-        with self.log.open("rb") as handle:
-            handle.seek(self.log_offset)
-            data = handle.read()
-        self.log_offset += len(data)
-        for found in REQUEST_TIME.finditer(data.decode(errors="replace")):
-            took, method, bucket, rest = found.groups()
-            kind = "LIST" if method == "GET" and "list-type=" in rest else method
-            entry = counts.setdefault(bucket, {}).setdefault(kind, [0, 0.0])
-            entry[0] += 1
-            entry[1] += float(took)
-        return counts
-
-    def peak_rss_kb(self) -> int:
-        """VmHWM of the moto process (it holds every object in memory)."""
-        if self.proc is None:
-            return 0
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # -- configuration files ---------------------------------------------------------------------------
@@ -360,7 +266,7 @@ class S3Bench(ScratchFiles):
         tls = self.root / "tls"
         tls.mkdir(mode=0o755)
         self.ca, chain, key = make_tls_files(tls)
-        self.s3 = MotoServer(self.port(), chain, key, self.ca, self.root / "moto.log")
+        self.s3 = MotoServer(self.port(), self.root / "moto.log", TlsFiles(self.ca, chain, key))
         self.s3.start()
         for bucket in BUCKETS.values():
             self.s3.create_bucket(bucket)
