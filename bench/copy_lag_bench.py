@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from backup_bench import OS_USER, pg, print_table, running_as_root, save_results, say
+from common import OS_USER, pg, print_table, running_as_root, save_results, say
 from markship.pg.scratch import ScratchServer, chown_to, free_port
 from markship.repository.backends import open_repository
 from markship.repository.copies import lag

@@ -59,7 +59,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from backup_bench import (
+from common import (
     MARKSHIP,
     OS_USER,
     PG_BIN,
