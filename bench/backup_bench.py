@@ -23,259 +23,75 @@ See bench/README.md for what each phase measures and why.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
-import psycopg
-from psycopg.rows import TupleRow
+from common import (
+    MARKSHIP,
+    MIB,
+    OS_USER,
+    PG_BIN,
+    WARM_CACHE,
+    Conn,
+    Row,
+    Timed,
+    as_pg,
+    chosen_phases,
+    connect,
+    count_ready,
+    fmt_s,
+    median,
+    pg,
+    print_table,
+    ratio_verdict,
+    remove_root,
+    report_install_and_load,
+    run_guarded,
+    run_meta,
+    run_timed,
+    running_as_root,
+    save_results,
+    say,
+    scalar,
+    settle,
+    sh_as_pg,
+    stop_servers,
+    summary_head,
+    tool_version,
+    wait_promoted,
+)
+from markship.pg.scratch import ScratchServer, chown_to
+from side_by_side import (
+    ScratchFiles,
+    alternating,
+    bench_root,
+    drain_backlog,
+    make_wal,
+    markship_inner_seconds,
+    markship_sizes,
+    markship_toml,
+    pgbackrest_conf,
+    pgbackrest_sizes,
+    print_sizes,
+    same_data,
+    same_data_row,
+)
+from tests.support.fingerprints import pgbench_fingerprint  # importable once common is
 
-import markship
-from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
-
-# The checkout, for the test suite's helpers (run as `python bench/backup_bench.py`).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.fingerprints import pgbench_fingerprint
-
-# The markship of the interpreter running the bench (its virtualenv's): the in-process calls
-# and the commands then measure the same install.
-MARKSHIP = Path(sys.executable).parent / "markship"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-OS_USER = "postgres"
 SEGMENT = 16 * 1024 * 1024
-MIB = 1024 * 1024
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PHASES = ("backup", "restore", "switch", "sustained", "drain", "walpush")
-WARM_CACHE = ("page cache WARM: it cannot be dropped on this machine, so every figure below is a "
-              "warm-cache figure (data just written or read)")
-
-Conn = psycopg.Connection[TupleRow]
-_T0 = time.monotonic()
-
-
-def say(message: str) -> None:
-    elapsed = time.monotonic() - _T0
-    print(f"[{int(elapsed) // 60:02d}:{elapsed % 60:04.1f}] {message}", flush=True)
-
-
-# -- running and timing commands -------------------------------------------------------------------
-
-
-class HwmPoller(threading.Thread):
-    """Polls VmHWM (peak resident set) of ONE process in /proc, children not included."""
-
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.interval = interval
-        self.peak_kb = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        path = f"/proc/{self.pid}/status"
-        while not self.done.is_set():
-            try:
-                with open(path) as handle:
-                    for line in handle:
-                        if line.startswith("VmHWM:"):
-                            self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-                            break
-            except (OSError, ValueError):
-                pass
-            self.done.wait(self.interval)
-
-    def process_hwm_kb(self) -> int | None:
-        return self.peak_kb
-
-
-@dataclass
-class Timed:
-    argv: list[str]
-    seconds: float
-    code: int
-    out: str
-    err: str
-    tree_maxrss_kb: int  # wait4: the largest peak RSS of the child and its waited-for descendants
-    hwm_kb: int | None  # VmHWM of the direct child alone (polled), when asked for
-
-    def check(self, what: str) -> Timed:
-        if self.code != 0:
-            tail = (self.err or self.out).strip()[-1500:]
-            raise RuntimeError(f"{what} failed (exit {self.code}): {' '.join(self.argv)}\n{tail}")
-        return self
-
-
-class Poller(Protocol):
-    """A thread that samples a running process (HwmPoller, crypto_bench.TreeRssPoller)."""
-
-    done: threading.Event
-
-    def start(self) -> None: ...
-
-    def join(self) -> None: ...
-
-    def process_hwm_kb(self) -> int | None: ...
-
-
-def run_timed(argv: Sequence[str], *, poll_rss: bool = False, discard_stdout: bool = False,
-              timeout: float = 3600, poller: Callable[[int], Poller] | None = None) -> Timed:
-    """Run a command to completion; wall time includes process start (fork/exec) and exit.
-    `poll_rss`: sample the child's VmHWM (HwmPoller); `poller`: another sampler, made with the
-    child's pid (the caller keeps it for its report)."""
-    if poll_rss and poller is None:
-        poller = HwmPoller
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        stdout: Any = subprocess.DEVNULL if discard_stdout else out
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=stdout, stderr=err, stdin=subprocess.DEVNULL)
-        sampler = poller(proc.pid) if poller is not None else None
-        if sampler is not None:
-            sampler.start()
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            timer.cancel()
-            if sampler is not None:
-                sampler.done.set()
-                sampler.join()
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Timed(list(argv), seconds, proc.returncode, out.read().decode(errors="replace"),
-                     err.read().decode(errors="replace"), usage.ru_maxrss,
-                     sampler.process_hwm_kb() if sampler is not None else None)
-
-
-def settle(seconds: float = 1.0) -> None:
-    """Before a timed run: flush the dirty pages earlier steps left (a restore leaves a whole
-    data directory to write back), then let background work calm down, so no run pays for the
-    previous one's writeback."""
-    os.sync()
-    time.sleep(seconds)
-
-
-def pg(tool: str) -> str:
-    return str(PG_BIN / tool)
-
-
-def as_pg(argv: Sequence[str]) -> list[str]:
-    return as_user([str(a) for a in argv], OS_USER)
-
-
-def sh_as_pg(command: str) -> list[str]:
-    """`runuser -u postgres -- sh -c COMMAND`: how PostgreSQL runs an archive_command."""
-    return as_pg(["sh", "-c", command])
-
-
-def connect(port: int, timeout: int = 5) -> Conn:
-    return psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres "
-                           f"connect_timeout={timeout}", autocommit=True)
-
-
-def scalar(conn: Conn, sql: str) -> Any:
-    row = conn.execute(sql).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def wait_promoted(port: int, timeout: float = 600) -> str:
-    """Wait until a server on `port` accepts connections and pg_is_in_recovery() is false.
-
-    Returns what the first look found: "promoted", "in recovery" or "refused: <error>".
-    """
-    deadline = time.monotonic() + timeout
-    conn: Conn | None = None
-    first: str | None = None
-    try:
-        while time.monotonic() < deadline:
-            try:
-                if conn is None:
-                    conn = connect(port, timeout=2)
-                if not scalar(conn, "SELECT pg_is_in_recovery()"):
-                    return first or "promoted"
-                first = first or "in recovery"
-            except psycopg.OperationalError as exc:
-                if conn is not None:
-                    conn.close()
-                conn = None
-                first = first or f"refused: {str(exc).strip().splitlines()[-1][:120]}"
-            time.sleep(0.02)
-    finally:
-        if conn is not None:
-            conn.close()
-    raise RuntimeError(f"server on port {port} was not promoted within {timeout:.0f} s")
-
-
-def count_ready(data_dir: Path) -> int:
-    """WAL files PostgreSQL has finished but not archived yet (archive_status/*.ready)."""
-    try:
-        names = os.listdir(data_dir / "pg_wal" / "archive_status")
-    except FileNotFoundError:
-        return 0
-    return sum(1 for name in names if name.endswith(".ready"))
 
 
 def segment_index(wal_name: str) -> int:
     """Position of a 16 MB segment in the WAL stream, from its file name (timeline ignored)."""
     return int(wal_name[8:16], 16) * 0x100 + int(wal_name[16:24], 16)
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
-
-
-def dir_bytes(path: Path, skip: tuple[str, ...] = ()) -> int:
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = [d for d in dirnames if d not in skip]
-        for name in filenames:
-            try:
-                total += (Path(dirpath) / name).lstat().st_size
-            except FileNotFoundError:
-                continue
-    return total
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def installed_at() -> str:
-    """When the markship package in the venv was (re)installed: ./dev setup rewrites it."""
-    return datetime.fromtimestamp(Path(markship.__file__).stat().st_mtime, UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
-
-
-def tool_version(argv: Sequence[str]) -> str:
-    try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
-    except OSError as exc:
-        return f"unavailable ({exc})"
-    return (proc.stdout or proc.stderr).strip().splitlines()[0] if proc.returncode == 0 else "?"
 
 
 def ensure_tools() -> None:
@@ -291,173 +107,6 @@ def ensure_tools() -> None:
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
                        stdout=subprocess.DEVNULL)
-
-
-# -- verdicts and the summary table ----------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    metric: str
-    markship: str
-    anchor: str
-    ratio: float | None
-    target: str
-    verdict: str
-
-
-def ratio_verdict(ratio: float, target: float, aim: float | None = None,
-                  goal: float | None = None, higher_is_better: bool = False) -> str:
-    """PASS(goal) / PASS(aim) / PASS(target) / MISS for a ratio against its thresholds."""
-    def ok(limit: float) -> bool:
-        return ratio >= limit if higher_is_better else ratio <= limit
-
-    if ratio != ratio:  # NaN
-        return "n/a"
-    if goal is not None and ok(goal):
-        return "PASS (goal)"
-    if aim is not None and ok(aim):
-        return "PASS (aim)"
-    if not ok(target):
-        return "MISS"
-    return "PASS (target)" if aim is not None or goal is not None else "PASS"
-
-
-def fmt_s(seconds: float) -> str:
-    return f"{seconds:.3f} s" if seconds < 10 else f"{seconds:.2f} s"
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    print(line)
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-
-
-def save_results(results: dict[str, Any], prefix: str = "") -> Path:
-    """Write a run's results to bench/results/<prefix><UTC time>.json and say where."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"{prefix}{stamp}.json"
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"\nresults written to {path}")
-    return path
-
-
-def stop_servers(servers: Sequence[ScratchServer]) -> None:
-    """Stop every server (immediate), reporting the ones that would not stop."""
-    for server in servers:
-        try:
-            server.stop(mode="immediate")
-        except Exception as exc:  # keep cleaning up the others
-            say(f"could not stop {server.name}: {exc}")
-
-
-def remove_root(root: Path | None, keep: bool, settle: float = 0.0) -> None:
-    """Delete the bench directory (after `settle` seconds), unless --keep."""
-    if root is None:
-        return
-    if keep:
-        say(f"--keep: servers stopped, directory kept: {root}")
-        return
-    time.sleep(settle)
-    shutil.rmtree(root, ignore_errors=True)
-    say(f"removed {root}")
-
-
-def report_install_and_load(results: dict[str, Any]) -> None:
-    """Say if markship was reinstalled during the run, and the load average at its end."""
-    versions = results["meta"]["versions"]
-    if installed_at() != versions["markship_installed_at"]:
-        print(f"WARNING: markship was reinstalled during this run (at {installed_at()}, was "
-              f"{versions['markship_installed_at']}): phases may have run different code")
-    host = results["meta"]["host"]
-    host["loadavg_at_end"] = loadavg()
-    print(f"load average (1/5/15 min) at start {host['loadavg_at_start']}, at end "
-          f"{host['loadavg_at_end']}: other work on this shared machine adds noise")
-
-
-class ScratchFiles:
-    """Ports, directories and files for a bench's scratch servers (a mixin for the benches'
-    dataclasses, which hold `used_ports`)."""
-
-    used_ports: set[int]
-
-    def port(self) -> int:
-        while True:
-            candidate = free_port()
-            if candidate not in self.used_ports:
-                self.used_ports.add(candidate)
-                return candidate
-
-    def pg_dir(self, path: Path, mode: int = 0o750) -> Path:
-        """A directory owned by the postgres OS user."""
-        path.mkdir(parents=True, exist_ok=True)
-        chown_to(path, OS_USER)
-        path.chmod(mode)
-        return path
-
-    def write_file(self, path: Path, text: str) -> Path:
-        path.write_text(text)
-        path.chmod(0o644)
-        return path
-
-
-class Guarded(Protocol):
-    results: dict[str, Any]
-
-    def run(self) -> None: ...
-
-    def summary(self) -> Path: ...
-
-    def cleanup(self) -> None: ...
-
-
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-def running_as_root() -> bool:
-    if os.geteuid() == 0:
-        return True
-    print("run as root: servers and tools are started as the postgres OS user via runuser",
-          file=sys.stderr)
-    return False
-
-
-def run_guarded(bench: Guarded, has_figures: Callable[[], bool]) -> int:
-    """Run a bench; whatever happens, print the summary (when `has_figures()`) and clean up.
-    SIGTERM/SIGHUP end the run like Ctrl-C; a second signal cannot cut the clean-up short.
-    Returns the exit status (1 when the run failed)."""
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _terminate)
-    failed = False
-    try:
-        bench.run()
-    except BaseException as exc:
-        failed = True
-        bench.results["failed"] = f"{type(exc).__name__}: {exc}"
-        say(f"benchmark FAILED: {type(exc).__name__}: {exc}")
-        if not isinstance(exc, Exception):
-            raise
-    finally:
-        previous: dict[int, Any] = {
-            signum: signal.signal(signum, signal.SIG_IGN)
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        try:
-            if has_figures():
-                try:
-                    bench.summary()
-                except Exception as exc:  # the clean-up still runs
-                    say(f"summary failed: {type(exc).__name__}: {exc}")
-        finally:
-            bench.cleanup()
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-    return 1 if failed else 0
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -488,38 +137,11 @@ class Bench(ScratchFiles):
     # -- setup -----------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="markship-bench-", dir="/tmp"))
-        chown_to(self.root, OS_USER)
-        self.root.chmod(0o755)
-        os.chdir(self.root)  # every tool, whichever user it runs as, can enter this directory
-        say(f"bench directory {self.root}")
-        say(WARM_CACHE)
-
-        ms = ScratchServer("ms", self.root / "ms", self.port(), settings={"archive_mode": "off"})
-        self.tracked.append(ms)
-        ms.initdb()
-        ms.start()
-        say(f"pgbench -i -s {self.scale} ...")
-        started = time.monotonic()
-        proc = run_timed(self.pgbench_argv(ms, "-i", "-q", "-s", str(self.scale)))
-        proc.check("pgbench -i")
-        say(f"pgbench -i done in {time.monotonic() - started:.1f} s")
-        ms.stop()
-        self.data_bytes = dir_bytes(ms.data_dir, skip=("pg_wal",))
-        say(f"data directory without pg_wal: {self.data_bytes / MIB:.0f} MiB")
-
+        self.root = bench_root("markship-bench-")
+        ms, self.data_bytes = self.pgbench_source("ms", self.scale)
         # Two physical copies of the same stopped cluster: identical data for every tool.
-        copies: dict[str, ScratchServer] = {}
-        for name in ("pgbr", "plain"):
-            server = ScratchServer(name, self.root / name, self.port())
-            self.pg_dir(server.base_dir, 0o755)
-            self.pg_dir(server.socket_dir, 0o755)
-            subprocess.run(["cp", "-a", str(ms.data_dir), str(server.data_dir)], check=True)
-            server.write_settings({"port": str(server.port),
-                                   "unix_socket_directories": str(server.socket_dir)})
-            self.tracked.append(server)
-            copies[name] = server
-        self.ms, self.pgbr, self.plain = ms, copies["pgbr"], copies["plain"]
+        self.ms, self.pgbr, self.plain = ms, self.copy_server(ms, "pgbr"), self.copy_server(
+            ms, "plain")
 
         # markship: repository, config, archive_command.
         self.ms_repo = self.pg_dir(self.root / "ms-repo")
@@ -532,12 +154,12 @@ class Bench(ScratchFiles):
         # the restores: a restore on the same host wipes the stanza's spool).
         self.pgbr_conf = self.write_file(
             self.root / "pgbackrest.conf",
-            pgbackrest_conf(self.pg_dir(self.root / "pgbackrest"), self.root / "pgbackrest",
-                            self.pgbr))
+            pgbackrest_conf(f"repo1-path={self.pg_dir(self.root / 'pgbackrest') / 'repo'}",
+                            self.root / "pgbackrest", self.pgbr))
         self.pgbr_restore_conf = self.write_file(
             self.root / "pgbackrest-restore.conf",
-            pgbackrest_conf(self.root / "pgbackrest", self.pg_dir(self.root / "pgbackrest-restore"),
-                            self.pgbr))
+            pgbackrest_conf(f"repo1-path={self.root / 'pgbackrest' / 'repo'}",
+                            self.pg_dir(self.root / "pgbackrest-restore"), self.pgbr))
         for sub in ("repo", "spool", "lock", "log"):
             self.pg_dir(self.root / "pgbackrest" / sub)
         for sub in ("spool", "lock", "log"):
@@ -604,7 +226,8 @@ class Bench(ScratchFiles):
                     if "markship" not in sizes:
                         sizes["markship"] = markship_sizes(result.out)
                 say(line)
-        sizes["pgbackrest"] = self.pgbackrest_sizes()
+        sizes["pgbackrest"] = pgbackrest_sizes(self.pgbackrest(self.pgbr_conf, "info",
+                                                               "--output=json"))
         med = {name: median(values) for name, values in times.items()}
         self.results["backup"] = {"seconds": times, "median_seconds": med,
                                   "markship_peak_rss_kb": rss, "sizes": sizes,
@@ -632,14 +255,6 @@ class Bench(ScratchFiles):
         return as_pg([pg("pg_basebackup"), "-d", server.conninfo(), "-D", "-", "-Ft", "-X", "none",
                       "-c", "fast", "--compress=server-zstd:1", "--no-manifest"])
 
-    def pgbackrest_sizes(self) -> dict[str, Any]:
-        proc = run_timed(self.pgbackrest(self.pgbr_conf, "info", "--output=json"))
-        try:
-            info = json.loads(proc.out)[0]["backup"][-1]["info"]
-            return {"raw_bytes": info["size"], "stored_bytes": info["repository"]["size"]}
-        except (ValueError, KeyError, IndexError, TypeError):
-            return {}
-
     # -- 2. restores -----------------------------------------------------------------------------
 
     def bench_restores(self) -> None:
@@ -652,13 +267,9 @@ class Bench(ScratchFiles):
         rss: list[int] = []
         checks: dict[str, bool] = {}
         for run in range(self.runs):
-            order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
-            for name in order:
+            for name in alternating(["markship", "pgbackrest"], run):
                 settle()
-                base = self.pg_dir(self.root / "restore" / f"{name}-{run + 1}", 0o755)
-                server = ScratchServer(f"{name}-restore-{run + 1}", base, self.port())
-                self.pg_dir(server.socket_dir, 0o755)
-                self.tracked.append(server)
+                server = self.restore_target(name, run + 1)
                 started = time.perf_counter()
                 if name == "markship":
                     result = run_timed(
@@ -685,11 +296,8 @@ class Bench(ScratchFiles):
                              f"RSS {rss[-1] / 1024:.0f} MB)")
                 say(f"run {run + 1} {name:<10} {fmt_s(total)}{extra}")
                 if run == 0:
-                    checks[name] = pgbench_fingerprint(server) == fingerprint
-                    say(f"  {name} restored data {'matches' if checks[name] else 'DIFFERS FROM'}"
-                        " the source (pgbench fingerprint)")
-                server.destroy()
-                self.tracked.remove(server)
+                    checks[name] = same_data(name, server, fingerprint)
+                self.drop(server)
         med = {name: median(values) for name, values in times.items()}
         self.results["restore"] = {"seconds": times, "median_seconds": med,
                                    "markship_cli_seconds": cli_times,
@@ -708,10 +316,7 @@ class Bench(ScratchFiles):
                 f"max {max(after_return) * 1000:.0f} ms to writable after return", None,
                 "all runs", "PASS" if first_look.count("promoted") == len(first_look)
                 else "MISS"),
-            Row("restored data equals source (fingerprint)",
-                "yes" if checks.get("markship") else "NO",
-                f"pgBackRest {'yes' if checks.get('pgbackrest') else 'NO'}", None, "equal",
-                "PASS" if checks.get("markship") else "MISS"),
+            same_data_row(checks),
         ]
 
     def restore_pgbackrest(self, server: ScratchServer) -> None:
@@ -972,16 +577,7 @@ class Bench(ScratchFiles):
             return sorted(p for p in self.plain_archive.iterdir()
                           if p.name not in before and len(p.name) == 28 and p.suffix == ".zst")
 
-        # A CHECKPOINT before each short pgbench run makes the next page touches write full-page
-        # images, as after every checkpoint in production; without it a small scale writes so
-        # little WAL that collecting the segments would take minutes.
-        deadline = time.monotonic() + 300
-        while len(new_segments()) < self.segments:
-            if time.monotonic() > deadline:
-                raise RuntimeError("pgbench did not produce enough WAL in 300 s")
-            self.plain.psql("CHECKPOINT")
-            run_timed(self.pgbench_argv(self.plain, "-n", "-c", "4", "-j", "2", "-T", "5")
-                      ).check("pgbench")
+        make_wal(self.plain, lambda: len(new_segments()) >= self.segments, timeout=300)
         stage = self.pg_dir(self.root / "wal" / "stage", 0o700)
         for source in new_segments()[: self.segments]:
             target = stage / source.stem
@@ -993,24 +589,12 @@ class Bench(ScratchFiles):
     # -- running it all --------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.results["meta"] = {
-            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "page_cache": "warm (cannot be dropped on this machine)",
-            "options": {"scale": self.scale, "duration": self.duration, "runs": self.runs,
-                        "samples": self.samples, "segments": self.segments,
-                        "drain_segments": self.drain_segments, "phases": list(self.phases)},
-            "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                     "loadavg_at_start": loadavg()},
-            "versions": {
-                "markship": tool_version([str(MARKSHIP), "--version"]),
-                "markship_installed_at": installed_at(),
-                "work_tree_head": tool_version(["git", "-C", str(Path(__file__).resolve().parent),
-                                                "rev-parse", "--short", "HEAD"]),
-                "postgres": tool_version([pg("postgres"), "--version"]),
-                "pgbackrest": tool_version(["pgbackrest", "version"]),
-                "zstd": tool_version(["zstd", "--version"]),
-            },
-        }
+        self.results["meta"] = run_meta(
+            MARKSHIP, {"scale": self.scale, "duration": self.duration, "runs": self.runs,
+                       "samples": self.samples, "segments": self.segments,
+                       "drain_segments": self.drain_segments, "phases": list(self.phases)},
+            pgbackrest=tool_version(["pgbackrest", "version"]),
+            zstd=tool_version(["zstd", "--version"]))
         self.setup()
         steps: dict[str, Callable[[], None]] = {
             "backup": self.bench_backups, "restore": self.bench_restores,
@@ -1022,13 +606,9 @@ class Bench(ScratchFiles):
                 steps[phase]()
 
     def summary(self) -> Path:
-        print()
-        print("=" * 100)
-        if "failed" in self.results:
-            print(f"INCOMPLETE RUN, it failed: {self.results['failed']}")
-        print(f"markship benchmark summary — pgbench scale {self.scale}, "
-              f"{self.data_bytes / MIB:.0f} MiB data, {os.cpu_count()} CPUs, runs={self.runs}")
-        print(WARM_CACHE)
+        summary_head(self.results, f"markship benchmark summary — pgbench scale {self.scale}, "
+                     f"{self.data_bytes / MIB:.0f} MiB data, {os.cpu_count()} CPUs, "
+                     f"runs={self.runs}", WARM_CACHE)
         versions = self.results["meta"]["versions"]
         print(f"{versions['markship']} (installed {versions['markship_installed_at']}, work tree "
               f"HEAD {versions['work_tree_head']}); {versions['postgres']}; "
@@ -1044,12 +624,7 @@ class Bench(ScratchFiles):
                  f"{backup['median_seconds'][name]:.2f}",
                  f"{backup['median_mib_per_s'].get(name, 0):.0f}"]
                 for name, values in backup["seconds"].items()])
-            sizes = backup["sizes"]
-            for name, entry in sizes.items():
-                if entry.get("raw_bytes") and entry.get("stored_bytes"):
-                    print(f"  {name}: {entry['raw_bytes'] / MIB:.0f} MiB → "
-                          f"{entry['stored_bytes'] / MIB:.1f} MiB stored "
-                          f"({entry['raw_bytes'] / entry['stored_bytes']:.1f}×)")
+            print_sizes(backup["sizes"])
         restore = self.results.get("restore")
         if restore:
             print("\nrestore to a running promoted server, each run (s):")
@@ -1069,85 +644,6 @@ class Bench(ScratchFiles):
         stop_servers(list(reversed(self.tracked)))
         # pgBackRest's async archiver exits on its own once idle
         remove_root(getattr(self, "root", None), self.keep, settle=0.5)
-
-
-def drain_backlog(server: ScratchServer, segments: int) -> dict[str, float]:
-    """Pause archiving (`archive_command = ''`), let about `segments` segments of bulk-load WAL
-    pile up as .ready files, resume it and time until none is left; the server's own
-    archive_command does the draining."""
-    with connect(server.port) as conn:
-        conn.execute("ALTER SYSTEM SET archive_command = ''")
-        conn.execute("SELECT pg_reload_conf()")
-        time.sleep(0.5)
-        # Bulk-load WAL like pgbench -i's (what BENCHMARKS.md's anchor drained).
-        conn.execute("DROP TABLE IF EXISTS bench_drain")
-        conn.execute("CREATE TABLE bench_drain (LIKE pgbench_accounts)")
-        deadline = time.monotonic() + 300
-        while count_ready(server.data_dir) < segments:
-            if time.monotonic() > deadline:
-                raise RuntimeError("could not build the WAL backlog in 300 s")
-            conn.execute("INSERT INTO bench_drain SELECT * FROM pgbench_accounts "
-                         "LIMIT 200000")
-        queued = count_ready(server.data_dir)
-        conn.execute("ALTER SYSTEM RESET archive_command")
-        started = time.perf_counter()
-        conn.execute("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + 600
-        while count_ready(server.data_dir) > 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError("backlog not drained in 600 s")
-            time.sleep(0.01)
-        seconds = time.perf_counter() - started
-        conn.execute("DROP TABLE bench_drain")
-    return {"segments": queued, "seconds": seconds, "per_s": queued / seconds}
-
-
-def markship_toml(repo: Path, port: int) -> str:
-    return (f'[group]\nname = "bench"\n\n[repository]\npath = {json.dumps(str(repo))}\n'
-            f'os_user = "{OS_USER}"\n\n[[server]]\nname = "src"\n'
-            f'conninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"\n')
-
-
-def pgbackrest_conf(repo_base: Path, own: Path, server: ScratchServer) -> str:
-    return f"""[global]
-repo1-path={repo_base / "repo"}
-repo1-retention-full=99
-spool-path={own / "spool"}
-lock-path={own / "lock"}
-log-path={own / "log"}
-archive-async=y
-process-max=2
-compress-type=zst
-compress-level=1
-start-fast=y
-log-level-console=warn
-log-level-file=info
-
-[bench]
-pg1-path={server.data_dir}
-pg1-port={server.port}
-pg1-socket-path={server.socket_dir}
-pg1-user=postgres
-"""
-
-
-def markship_inner_seconds(output: str) -> float:
-    """Time between the backup set's created_at and finished_at, from `backup --json`."""
-    try:
-        record = json.loads(output)["set"]
-        created = datetime.fromisoformat(record["created_at"].replace("Z", "+00:00"))
-        finished = datetime.fromisoformat(record["finished_at"].replace("Z", "+00:00"))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return float("nan")
-    return (finished - created).total_seconds()
-
-
-def markship_sizes(output: str) -> dict[str, Any]:
-    try:
-        backup = json.loads(output)["backups"]["src"]
-        return {"raw_bytes": backup["raw_size"], "stored_bytes": backup["archive"]["size"]}
-    except (ValueError, KeyError, TypeError):
-        return {}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1170,12 +666,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 2:
         parser.error("--runs must be at least 2")
-    chosen = set(args.phases.split(","))
-    if chosen - set(PHASES):
-        parser.error(f"unknown phase(s): {', '.join(sorted(chosen - set(PHASES)))}")
-    if "restore" in chosen:
-        chosen.add("backup")  # the restores need the backups
-    args.phases = ",".join(p for p in PHASES if p in chosen)
+    args.phases = chosen_phases(parser, args.phases, PHASES)
     return args
 
 
@@ -1187,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(scale=args.scale, duration=args.duration, runs=args.runs, keep=args.keep,
                   samples=args.samples, segments=args.segments,
                   drain_segments=args.drain_segments,
-                  phases=tuple(p for p in PHASES if p in args.phases.split(",")))
+                  phases=args.phases)
     return run_guarded(bench, lambda: hasattr(bench, "data_bytes"))
 
 

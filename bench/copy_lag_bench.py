@@ -18,23 +18,21 @@ Run as root with the markship virtualenv's interpreter:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from backup_bench import OS_USER, pg, print_table, running_as_root, save_results, say
+from common import OS_USER, pg, print_table, running_as_root, save_results, say
 from markship.pg.scratch import ScratchServer, chown_to, free_port
 from markship.repository.backends import open_repository
 from markship.repository.copies import lag
 from markship.repository.s3 import S3Location
+from moto_server import MotoServer
 
 BUCKET = "copy-lag-bench"
 MARKSHIP = Path(sys.executable).parent / "markship"  # this interpreter's install
@@ -56,28 +54,6 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def start_moto(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    with open(root / "moto.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                 str(port)], stdout=log, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("moto's server did not start") from None
-            time.sleep(0.1)
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT"),
-                           timeout=10).close()
-    return proc, endpoint
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of pgbench load")
@@ -94,12 +70,15 @@ def main() -> int:
     server = ScratchServer("src", root / "src", free_port(), os_user=OS_USER, settings={
         "archive_mode": "on", "fsync": "off", "shared_buffers": "64MB",
         "archive_command": f"{MARKSHIP} --config {config} wal-push --server src %p"})
-    moto: subprocess.Popen[bytes] | None = None
+    moto: MotoServer | None = None
     agent: subprocess.Popen[str] | None = None
     try:
         copy_where: str | S3Location
         if args.s3:
-            moto, endpoint = start_moto(root)
+            moto = MotoServer(free_port(), root / "moto.log")
+            moto.start()
+            moto.create_bucket(BUCKET)
+            endpoint = moto.endpoint
             credentials = root / "s3.env"
             credentials.write_text("AWS_ACCESS_KEY_ID=bench\nAWS_SECRET_ACCESS_KEY=bench\n")
             credentials.chmod(0o600)
@@ -161,8 +140,7 @@ def main() -> int:
             agent.communicate(timeout=60)
         server.stop(mode="immediate")
         if moto is not None:
-            os.killpg(moto.pid, signal.SIGTERM)
-            moto.wait(timeout=30)
+            moto.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -28,58 +28,55 @@ and neither variant waits for the other's archiver. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import backup_bench
-import markship
-from backup_bench import (
+import side_by_side
+from common import (
     MARKSHIP,
     MIB,
     OS_USER,
     WARM_CACHE,
     Row,
-    ScratchFiles,
     Timed,
-    as_pg,
     dir_bytes,
     fmt_s,
-    installed_at,
-    loadavg,
-    markship_inner_seconds,
-    markship_sizes,
     median,
+    package_version,
     pg,
     print_table,
     ratio_verdict,
     remove_root,
     report_install_and_load,
     run_guarded,
+    run_meta,
     run_timed,
     running_as_root,
     save_results,
     say,
     settle,
     stop_servers,
-    tool_version,
+    summary_head,
     wait_promoted,
 )
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
-from tests.support.fingerprints import pgbench_fingerprint  # importable once backup_bench is
+from side_by_side import (
+    ScratchFiles,
+    alternating,
+    bench_root,
+    markship_inner_seconds,
+    markship_sizes,
+    restore_log,
+    same_data,
+)
+from tests.support.fingerprints import pgbench_fingerprint  # importable once common is
+from tree_rss import run_tree_rss
 
 VARIANTS = ("plain", "enc")
 LABEL = {"plain": "encryption off", "enc": "encryption on (age)"}
@@ -88,153 +85,11 @@ RSS_LIMIT_MB = 150
 ONE_MB = 1024 * 1024  # RSS figures in MB as backup_bench prints them (KiB / 1024)
 
 
-# -- peak RSS of a whole process tree --------------------------------------------------------------
-
-
-def _ppid(pid: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            text = handle.read()
-    except OSError:
-        return None
-    # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'
-    try:
-        return int(text[text.rindex(")") + 2:].split()[1])
-    except (ValueError, IndexError):
-        return None
-
-
-def _comm(pid: int) -> str:
-    """The command name of a process ("" once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/comm") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
-def _status_kb(pid: int) -> tuple[int, int, str] | None:
-    """(VmRSS, VmHWM, Name) of one process, in KiB; None once it is gone (or a zombie)."""
-    rss = hwm = -1
-    name = "?"
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("Name:"):
-                    name = line.split(None, 1)[1].strip()
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1])
-                elif line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                    break  # VmRSS comes after VmHWM
-    except (OSError, ValueError):
-        return None
-    if rss < 0 or hwm < 0:
-        return None
-    return rss, hwm, name
-
-
-class TreeRssPoller(threading.Thread):
-    """Samples the resident set of a process and all its descendants.
-
-    Every `interval` s it sums VmRSS over the known members of the tree (the sampled tree
-    peak), and keeps each member's VmHWM (its exact own peak; their sum bounds the tree's peak
-    from above). The descendants are found by scanning /proc every `scan_interval` s (this
-    kernel has no /proc/PID/task/TID/children), and at once when the tree is first seen.
-    A descendant whose command name is in `exclude` is left out with its own descendants (a
-    PostgreSQL server that a restore starts is not part of the markship process tree).
-    """
-
-    def __init__(self, pid: int, interval: float = 0.01, scan_interval: float = 0.1,
-                 exclude: frozenset[str] = frozenset()) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.exclude = exclude
-        self.interval = interval
-        self.scan_interval = scan_interval
-        self.members: set[int] = {pid}
-        self.peak_sum_kb = 0
-        self.hwm_kb: dict[int, int] = {}
-        self.names: dict[int, str] = {}
-        self.samples = 0
-        self.most_members = 1
-        self.done = threading.Event()
-
-    def _scan(self) -> None:
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                parent = _ppid(entry)
-                if parent is not None:
-                    children.setdefault(parent, []).append(int(entry))
-        found: set[int] = set()
-        todo = [self.pid]
-        while todo:
-            pid = todo.pop()
-            if pid not in found and (pid == self.pid or _comm(pid) not in self.exclude):
-                found.add(pid)
-                todo.extend(children.get(pid, ()))
-        self.members |= found
-
-    def run(self) -> None:
-        next_scan = 0.0
-        while not self.done.is_set():
-            now = time.monotonic()
-            if now >= next_scan:
-                self._scan()
-                next_scan = now + self.scan_interval
-            total = 0
-            alive = 0
-            for pid in list(self.members):
-                status = _status_kb(pid)
-                if status is None:
-                    continue
-                rss, hwm, name = status
-                if name in self.exclude:  # found while still pg_ctl's `sh`, now the server
-                    continue
-                alive += 1
-                total += rss
-                self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), hwm)
-                self.names[pid] = name
-            self.peak_sum_kb = max(self.peak_sum_kb, total)
-            self.most_members = max(self.most_members, alive)
-            self.samples += 1
-            self.done.wait(self.interval)
-
-    def process_hwm_kb(self) -> int | None:
-        return self.hwm_kb.get(self.pid)
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "tree_peak_sum_vmrss_kb": self.peak_sum_kb,
-            "sum_of_member_vmhwm_kb": sum(self.hwm_kb.values()),
-            "members": [{"pid": pid, "name": self.names.get(pid, "?"), "vmhwm_kb": kb}
-                        for pid, kb in sorted(self.hwm_kb.items())],
-            "markship_process_vmhwm_kb": self.hwm_kb.get(self.pid, 0),
-            "samples": self.samples,
-            "most_members_at_once": self.most_members,
-        }
-
-
-def run_tree_rss(argv: Sequence[str], timeout: float = 3600,
-                 exclude: frozenset[str] = frozenset()) -> tuple[Timed, dict[str, Any]]:
-    """Run a command to completion while TreeRssPoller samples it and its descendants (those
-    named in `exclude` left out, with theirs)."""
-    pollers: list[TreeRssPoller] = []
-
-    def poller(pid: int) -> TreeRssPoller:
-        pollers.append(TreeRssPoller(pid, exclude=exclude))
-        return pollers[0]
-
-    timed = run_timed(argv, timeout=timeout, poller=poller)
-    return timed, pollers[0].report()
-
-
 # -- helpers ---------------------------------------------------------------------------------------
 
 
 def markship_toml(repo: Path, port: int, encryption: tuple[str, Path] | None) -> str:
-    text = backup_bench.markship_toml(repo, port)
+    text = side_by_side.markship_toml(repo, port)
     if encryption is not None:
         recipient, identity = encryption
         text += (f"\n[encryption]\nrecipient = {json.dumps(recipient)}\n"
@@ -264,38 +119,6 @@ def json_warnings(output: str) -> list[str]:
     return [f"(JSON warning) {item}" for item in found]
 
 
-def _log_time(line: str) -> float | None:
-    """The wall-clock time of a server log line (log_line_prefix '%m [%p] ')."""
-    try:
-        stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")
-    except ValueError:
-        return None
-    return stamp.replace(tzinfo=UTC).timestamp()
-
-
-def restore_log(data_dir: Path, began: float, returned: float) -> dict[str, Any]:
-    """What the restored server's log (markship-restore.log) says about a restore.
-
-    `began`/`returned` are the wall-clock times (time.time()) of markship restore's start and
-    exit: the log's first line splits the run into unpacking (up to the server's start) and
-    recovery (up to "ready to accept connections", i.e. promoted); the rest is markship
-    noticing it. Also the WAL files fetched through restore_command.
-    """
-    try:
-        lines = (data_dir / "markship-restore.log").read_text(errors="replace").splitlines()
-    except OSError:
-        return {}
-    stamps = [t for t in (_log_time(line) for line in lines) if t is not None]
-    ready = next((_log_time(line) for line in lines
-                  if "database system is ready to accept connections" in line), None)
-    found: dict[str, Any] = {
-        "wal_files_fetched": sum(1 for line in lines if "restored log file" in line)}
-    if stamps and ready is not None:
-        found.update(unpack_s=stamps[0] - began, recovery_s=ready - stamps[0],
-                     after_ready_s=returned - ready)
-    return found
-
-
 def repo_sizes(repo: Path) -> dict[str, int]:
     """Bytes in the repository: the whole, base backups, WAL, everything else."""
     total = dir_bytes(repo)
@@ -307,23 +130,6 @@ def repo_sizes(repo: Path) -> dict[str, int]:
         if (repo / "wal").exists() else 0
     return {"total": total, "backups": backups, "base_tar": base, "wal": wal,
             "wal_objects": wal_objects, "other": total - backups - wal}
-
-
-def installed_digest() -> str:
-    """A digest of the installed markship sources: the work tree's HEAD says nothing about what
-    was installed into the venv (from a snapshot, maybe commits ago)."""
-    root = Path(markship.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -356,30 +162,6 @@ class CryptoBench(ScratchFiles):
                 say(f"  markship said: {line}")
             self.notes[line] = self.notes.get(line, 0) + 1
 
-    def pgbench_init(self, server: ScratchServer, scale: int) -> None:
-        say(f"pgbench -i -s {scale} on {server.name} ...")
-        started = time.monotonic()
-        run_timed(as_pg([pg("pgbench"), "-h", server.host, "-p", str(server.port), "-U",
-                         "postgres", "-i", "-q", "-s", str(scale), "postgres"])
-                  ).check("pgbench -i")
-        say(f"pgbench -i done in {time.monotonic() - started:.1f} s")
-
-    def new_server(self, name: str, **settings: str) -> ScratchServer:
-        server = ScratchServer(name, self.root / name, self.port(), settings=dict(settings))
-        self.tracked.append(server)
-        return server
-
-    def copy_server(self, source: ScratchServer, name: str) -> ScratchServer:
-        """A physical copy of the (stopped) source cluster: identical data."""
-        server = ScratchServer(name, self.root / name, self.port())
-        self.pg_dir(server.base_dir, 0o755)
-        self.pg_dir(server.socket_dir, 0o755)
-        self.tracked.append(server)
-        subprocess.run(["cp", "-a", str(source.data_dir), str(server.data_dir)], check=True)
-        server.write_settings({"port": str(server.port),
-                               "unix_socket_directories": str(server.socket_dir)})
-        return server
-
     def archive_to(self, server: ScratchServer, *configs: Path) -> None:
         command = " && ".join(f"{MARKSHIP} --config {cfg} wal-push --server src %p"
                               for cfg in configs)
@@ -391,12 +173,7 @@ class CryptoBench(ScratchFiles):
     # -- setup -----------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="markship-crypto-bench-", dir="/tmp"))
-        chown_to(self.root, OS_USER)
-        self.root.chmod(0o755)
-        os.chdir(self.root)  # every tool, whichever user it runs as, can enter this directory
-        say(f"bench directory {self.root}")
-        say(WARM_CACHE)
+        self.root = bench_root("markship-crypto-bench-")
 
         # The key: created by markship, readable by the repository's OS user only.
         self.identity = self.root / "key.txt"
@@ -407,13 +184,7 @@ class CryptoBench(ScratchFiles):
         self.identity.chmod(0o600)
         say(f"age key created: {created.out.strip().splitlines()[0]}")
 
-        plain = self.new_server("plain", archive_mode="off")
-        plain.initdb()
-        plain.start()
-        self.pgbench_init(plain, self.scale)
-        plain.stop()
-        self.data_bytes = dir_bytes(plain.data_dir, skip=("pg_wal",))
-        say(f"data directory without pg_wal: {self.data_bytes / MIB:.0f} MiB")
+        plain, self.data_bytes = self.pgbench_source("plain", self.scale)
         enc = self.copy_server(plain, "enc")
         self.servers = {"plain": plain, "enc": enc}
 
@@ -445,8 +216,7 @@ class CryptoBench(ScratchFiles):
         rss: dict[str, list[int]] = {v: [] for v in VARIANTS}
         sizes: dict[str, Any] = {}
         for run in range(self.runs):
-            order = list(VARIANTS) if run % 2 == 0 else list(reversed(VARIANTS))
-            for variant in order:
+            for variant in alternating(VARIANTS, run):
                 settle()
                 result = run_timed(self.backup_argv(variant), poll_rss=True).check(
                     f"markship backup ({variant})")
@@ -506,13 +276,9 @@ class CryptoBench(ScratchFiles):
         logs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
         checks: dict[str, bool] = {}
         for run in range(self.runs):
-            order = list(VARIANTS) if run % 2 == 0 else list(reversed(VARIANTS))
-            for variant in order:
+            for variant in alternating(VARIANTS, run):
                 settle()
-                base = self.pg_dir(self.root / "restore" / f"{variant}-{run + 1}", 0o755)
-                server = ScratchServer(f"{variant}-restore-{run + 1}", base, self.port())
-                self.pg_dir(server.socket_dir, 0o755)
-                self.tracked.append(server)
+                server = self.restore_target(variant, run + 1)
                 started = time.perf_counter()
                 began = time.time()
                 result = run_timed(
@@ -537,11 +303,8 @@ class CryptoBench(ScratchFiles):
                     f"{phases}first look after return: {first_look[variant][-1]}; markship "
                     f"process peak RSS {(result.hwm_kb or 0) / 1024:.0f} MB)")
                 if run == 0:
-                    checks[variant] = pgbench_fingerprint(server) == fingerprint
-                    say(f"  {variant} restored data "
-                        f"{'matches' if checks[variant] else 'DIFFERS FROM'} the source")
-                server.destroy()
-                self.tracked.remove(server)
+                    checks[variant] = same_data(variant, server, fingerprint)
+                self.drop(server)
         med = {v: median(times[v]) for v in VARIANTS}
         med_cli = {v: median(cli[v]) for v in VARIANTS}
         self.results["restore"] = {"seconds": times, "median_seconds": med,
@@ -586,16 +349,8 @@ class CryptoBench(ScratchFiles):
         say(f"== peak RSS of an encrypted markship backup, pgbench scale {self.rss_scale}")
         # The scale-50 servers are done with: free their memory and disk first.
         for name in VARIANTS:
-            server = self.servers.pop(name)
-            server.destroy()
-            self.tracked.remove(server)
-        big = self.new_server("rss", archive_mode="off")
-        big.initdb()
-        big.start()
-        self.pgbench_init(big, self.rss_scale)
-        big.stop()
-        data_bytes = dir_bytes(big.data_dir, skip=("pg_wal",))
-        say(f"data directory without pg_wal: {data_bytes / MIB:.0f} MiB")
+            self.drop(self.servers.pop(name))
+        big, data_bytes = self.pgbench_source("rss", self.rss_scale)
         configs: dict[str, Path] = {}
         for variant in VARIANTS:
             repo = self.pg_dir(self.root / f"rss-{variant}-repo")
@@ -645,29 +400,14 @@ class CryptoBench(ScratchFiles):
                 f"{found['plain']['markship_process_vmhwm_kb'] / 1024:.0f} MB", None, "-",
                 "info"),
         ]
-        big.destroy()
-        self.tracked.remove(big)
+        self.drop(big)
 
     # -- running it all --------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.results["meta"] = {
-            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "page_cache": "warm (cannot be dropped on this machine)",
-            "options": {"scale": self.scale, "rss_scale": self.rss_scale, "runs": self.runs},
-            "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                     "loadavg_at_start": loadavg()},
-            "versions": {
-                "markship": tool_version([str(MARKSHIP), "--version"]),
-                "markship_installed_at": installed_at(),
-                "markship_installed_digest": installed_digest(),
-                "work_tree_head": tool_version(["git", "-C", str(Path(__file__).resolve().parent),
-                                                "rev-parse", "--short", "HEAD"]),
-                "postgres": tool_version([pg("postgres"), "--version"]),
-                "pyrage": package_version("pyrage"),
-                "zstandard": package_version("zstandard"),
-            },
-        }
+        self.results["meta"] = run_meta(
+            MARKSHIP, {"scale": self.scale, "rss_scale": self.rss_scale, "runs": self.runs},
+            pyrage=package_version("pyrage"), zstandard=package_version("zstandard"))
         self.setup()
         self.bench_backups()
         self.bench_restores()
@@ -675,14 +415,12 @@ class CryptoBench(ScratchFiles):
             self.bench_rss()
 
     def summary(self) -> Path:
-        print()
-        print("=" * 100)
-        if "failed" in self.results:
-            print(f"INCOMPLETE RUN, it failed: {self.results['failed']}")
-        print(f"markship encryption benchmark — pgbench scale {self.scale}, "
-              f"{self.data_bytes / MIB:.0f} MiB data, {os.cpu_count()} CPUs, runs={self.runs}"
-              + (f", RSS run at scale {self.rss_scale}" if self.rss_scale else ", no RSS run"))
-        print(WARM_CACHE)
+        summary_head(
+            self.results,
+            f"markship encryption benchmark — pgbench scale {self.scale}, "
+            f"{self.data_bytes / MIB:.0f} MiB data, {os.cpu_count()} CPUs, runs={self.runs}"
+            + (f", RSS run at scale {self.rss_scale}" if self.rss_scale else ", no RSS run"),
+            WARM_CACHE)
         versions = self.results["meta"]["versions"]
         print(f"{versions['markship']} (installed {versions['markship_installed_at']}, sources "
               f"digest {versions['markship_installed_digest']}; work tree HEAD "

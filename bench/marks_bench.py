@@ -59,7 +59,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from backup_bench import (
+from common import (
     MARKSHIP,
     OS_USER,
     PG_BIN,
@@ -89,6 +89,7 @@ from markship.pg import replication
 from markship.pg.datadir import stopped_at
 from markship.pg.scratch import ScratchServer, chown_to, free_port
 from markship.repository.backends import location_of, open_repository
+from moto_server import MotoServer
 
 PHASES = ("latency", "s3", "rpo", "throughput", "failover")
 GROUP = "bench"
@@ -487,22 +488,21 @@ class ReceiverHost:
 
 @dataclass
 class S3Bucket:
-    """moto's S3-compatible server on 127.0.0.1 (a process group of its own) and the bucket
-    the s3 phase uses as the repository."""
+    """moto's S3-compatible server on 127.0.0.1 and the bucket the s3 phase uses as the
+    repository."""
 
-    proc: subprocess.Popen[bytes]
-    endpoint: str
+    server: MotoServer
     bucket: str
     credentials: Path
 
     def config_lines(self) -> str:
-        return (f'url = "s3://{self.bucket}/markship"\nendpoint = "{self.endpoint}"\n'
+        return (f'url = "s3://{self.bucket}/markship"\nendpoint = "{self.server.endpoint}"\n'
                 f'region = "us-east-1"\ncredentials_file = {json.dumps(str(self.credentials))}\n')
 
     def client(self) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+        return boto3.client("s3", endpoint_url=self.server.endpoint, region_name="us-east-1",
                             aws_access_key_id="bench", aws_secret_access_key="bench")
 
     def stream_objects(self) -> list[int]:
@@ -512,43 +512,19 @@ class S3Bucket:
         return [item["Size"] for page in pages for item in page.get("Contents", [])]
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.server.stop()
 
 
 def start_s3(root: Path, port: int) -> S3Bucket:
-    """`python -m moto.server` on `port`, one bucket, a credentials file for os_user."""
-    import urllib.error
-    import urllib.request
-
-    with (root / "moto.log").open("wb") as log:
-        proc = subprocess.Popen([str(PYTHON), "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                 str(port)], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(endpoint + "/moto-api/data.json", timeout=2):
-                break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto did not start: {(root / 'moto.log').read_text()}"
-                                   ) from None
-            time.sleep(0.1)
+    """moto's server (plain HTTP) on `port`, one bucket, a credentials file for os_user."""
+    server = MotoServer(port, root / "moto.log")
+    server.start()
     credentials = root / "s3.env"
     credentials.write_text("AWS_ACCESS_KEY_ID=bench\nAWS_SECRET_ACCESS_KEY=bench\n")
     credentials.chmod(0o600)
     chown_to(credentials, OS_USER)
-    found = S3Bucket(proc, endpoint, "markship-bench", credentials)
-    found.client().create_bucket(Bucket=found.bucket)
+    found = S3Bucket(server, "markship-bench", credentials)
+    server.create_bucket(found.bucket)
     return found
 
 

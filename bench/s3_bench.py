@@ -27,43 +27,33 @@ import argparse
 import ipaddress
 import json
 import os
-import platform
-import re
-import ssl
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backup_bench import (
+from common import (
     MIB,
     OS_USER,
     WARM_CACHE,
     Row,
-    ScratchFiles,
     Timed,
     as_pg,
-    dir_bytes,
-    drain_backlog,
+    chosen_phases,
     fmt_s,
-    installed_at,
-    loadavg,
-    markship_inner_seconds,
-    markship_sizes,
     median,
+    package_version,
     pg,
     print_table,
     ratio_verdict,
     remove_root,
     report_install_and_load,
     run_guarded,
+    run_meta,
     run_timed,
     running_as_root,
     save_results,
@@ -71,12 +61,29 @@ from backup_bench import (
     settle,
     sh_as_pg,
     stop_servers,
+    summary_head,
     tool_version,
     wait_promoted,
 )
-from crypto_bench import installed_digest, package_version, restore_log, run_tree_rss
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
-from tests.support.fingerprints import pgbench_fingerprint  # importable once backup_bench is
+from moto_server import MotoServer, TlsFiles
+from side_by_side import (
+    ScratchFiles,
+    alternating,
+    bench_root,
+    drain_backlog,
+    make_wal,
+    markship_inner_seconds,
+    markship_sizes,
+    pgbackrest_conf,
+    pgbackrest_sizes,
+    print_sizes,
+    restore_log,
+    same_data,
+    same_data_row,
+)
+from tests.support.fingerprints import pgbench_fingerprint  # importable once common is
+from tree_rss import run_tree_rss
 
 PHASES = ("backup", "restore", "drain", "walpush")
 REGION = "us-east-1"
@@ -87,11 +94,9 @@ ACCESS_KEY, SECRET_KEY = "bench-access-key", "bench-secret-key"
 RSS_LIMIT_MB = 150
 # The PostgreSQL server a restore starts is not part of the markship process tree.
 NOT_MARKSHIP = frozenset({"postgres"})
-# What bench/moto_tls.py logs per request: "took 12.3 ms: PUT /bucket/key?query"
-REQUEST_TIME = re.compile(r"took ([0-9.]+) ms: (GET|PUT|HEAD|POST|DELETE) /([^/?\s]+)(\S*)")
 
 
-# -- TLS and the S3 server -------------------------------------------------------------------------
+# -- TLS for the S3 server -------------------------------------------------------------------------
 
 
 def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
@@ -152,95 +157,6 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     return ca_file, chain_file, key_file
 
 
-@dataclass
-class MotoServer:
-    """moto's S3-compatible server, one process, TLS on 127.0.0.1 (bench/moto_tls.py: moto's
-    own server, plus the TLS close_notify pgBackRest needs)."""
-
-    port: int
-    chain: Path
-    key: Path
-    ca: Path
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    log_offset: int = 0
-
-    @property
-    def endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("moto_tls.py")), str(self.port),
-                 str(self.chain), str(self.key)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto server exited ({self.proc.returncode}); see {self.log}")
-            try:
-                self.request("GET", "/")
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        raise RuntimeError(f"moto server did not answer on {self.endpoint} in {timeout:.0f} s")
-
-    def request(self, method: str, path: str) -> int:
-        """One unsigned request (moto does not check signatures); the HTTP status."""
-        context = ssl.create_default_context(cafile=str(self.ca))
-        request = urllib.request.Request(self.endpoint + path, method=method)
-        try:
-            with urllib.request.urlopen(request, context=context, timeout=10) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-
-    def create_bucket(self, name: str) -> None:
-        status = self.request("PUT", f"/{name}")
-        if status != 200:
-            raise RuntimeError(f"creating bucket {name} on {self.endpoint}: HTTP {status}")
-
-    def count_requests(self) -> dict[str, dict[str, list[float]]]:
-        """Requests logged since the last call: per bucket, per kind (LIST for a listing, else
-        the method), [count, milliseconds in the server]."""
-        counts: dict[str, dict[str, list[float]]] = {}
-        with self.log.open("rb") as handle:
-            handle.seek(self.log_offset)
-            data = handle.read()
-        self.log_offset += len(data)
-        for found in REQUEST_TIME.finditer(data.decode(errors="replace")):
-            took, method, bucket, rest = found.groups()
-            kind = "LIST" if method == "GET" and "list-type=" in rest else method
-            entry = counts.setdefault(bucket, {}).setdefault(kind, [0, 0.0])
-            entry[0] += 1
-            entry[1] += float(took)
-        return counts
-
-    def peak_rss_kb(self) -> int:
-        """VmHWM of the moto process (it holds every object in memory)."""
-        if self.proc is None:
-            return 0
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 # -- configuration files ---------------------------------------------------------------------------
 
 
@@ -258,36 +174,12 @@ def pgbackrest_s3_conf(s3_port: int, repo_path: str, own: Path, server: ScratchS
                        archive_async: bool = True, bundle: bool = False) -> str:
     """pgBackRest's settings from BENCHMARKS.md, with the repository in the moto bucket;
     `bundle`: also repo1-bundle=y (small files stored together, fewer requests)."""
-    return f"""[global]
-repo1-type=s3
-repo1-path={repo_path}
-repo1-s3-bucket={BUCKETS["pgbackrest"]}
-repo1-s3-endpoint=127.0.0.1
-repo1-storage-port={s3_port}
-repo1-s3-region={REGION}
-repo1-s3-uri-style=path
-repo1-storage-verify-tls=n
-repo1-s3-key={ACCESS_KEY}
-repo1-s3-key-secret={SECRET_KEY}
-repo1-retention-full=99
-{"repo1-bundle=y" if bundle else ""}
-spool-path={own / "spool"}
-lock-path={own / "lock"}
-log-path={own / "log"}
-archive-async={"y" if archive_async else "n"}
-process-max=2
-compress-type=zst
-compress-level=1
-start-fast=y
-log-level-console=warn
-log-level-file=info
-
-[bench]
-pg1-path={server.data_dir}
-pg1-port={server.port}
-pg1-socket-path={server.socket_dir}
-pg1-user=postgres
-"""
+    repo = (f"repo1-type=s3\nrepo1-path={repo_path}\nrepo1-s3-bucket={BUCKETS['pgbackrest']}\n"
+            f"repo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={s3_port}\n"
+            f"repo1-s3-region={REGION}\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\n"
+            f"repo1-s3-key={ACCESS_KEY}\nrepo1-s3-key-secret={SECRET_KEY}"
+            + ("\nrepo1-bundle=y" if bundle else ""))
+    return pgbackrest_conf(repo, own, server, archive_async)
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -325,17 +217,6 @@ class S3Bench(ScratchFiles):
     def pgbackrest(self, conf: Path, *args: str) -> list[str]:
         return as_pg(["pgbackrest", f"--config={conf}", "--stanza=bench", *args])
 
-    def copy_server(self, source: ScratchServer, name: str) -> ScratchServer:
-        """A physical copy of the (stopped) source cluster: identical data, same system id."""
-        server = ScratchServer(name, self.root / name, self.port())
-        self.pg_dir(server.base_dir, 0o755)
-        self.pg_dir(server.socket_dir, 0o755)
-        self.tracked.append(server)
-        subprocess.run(["cp", "-a", str(source.data_dir), str(server.data_dir)], check=True)
-        server.write_settings({"port": str(server.port),
-                               "unix_socket_directories": str(server.socket_dir)})
-        return server
-
     def ms_toml(self, prefix: str) -> Path:
         return self.write_file(self.root / f"markship-{prefix}.toml", markship_s3_toml(
             self.s3.endpoint, prefix, self.credentials, self.ca, self.ms.port))
@@ -350,17 +231,12 @@ class S3Bench(ScratchFiles):
     # -- setup -----------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="markship-s3-bench-", dir="/tmp"))
-        chown_to(self.root, OS_USER)
-        self.root.chmod(0o755)
-        os.chdir(self.root)  # every tool, whichever user it runs as, can enter this directory
-        say(f"bench directory {self.root}")
-        say(WARM_CACHE)
+        self.root = bench_root("markship-s3-bench-")
 
         tls = self.root / "tls"
         tls.mkdir(mode=0o755)
         self.ca, chain, key = make_tls_files(tls)
-        self.s3 = MotoServer(self.port(), chain, key, self.ca, self.root / "moto.log")
+        self.s3 = MotoServer(self.port(), self.root / "moto.log", TlsFiles(self.ca, chain, key))
         self.s3.start()
         for bucket in BUCKETS.values():
             self.s3.create_bucket(bucket)
@@ -369,18 +245,7 @@ class S3Bench(ScratchFiles):
             self.root / "s3.env", f"AWS_ACCESS_KEY_ID={ACCESS_KEY}\n"
                                   f"AWS_SECRET_ACCESS_KEY={SECRET_KEY}\n")
 
-        ms = ScratchServer("ms", self.root / "ms", self.port(), settings={"archive_mode": "off"})
-        self.tracked.append(ms)
-        ms.initdb()
-        ms.start()
-        say(f"pgbench -i -s {self.scale} ...")
-        started = time.monotonic()
-        run_timed(as_pg([pg("pgbench"), "-h", ms.host, "-p", str(ms.port), "-U", "postgres",
-                         "-i", "-q", "-s", str(self.scale), "postgres"])).check("pgbench -i")
-        say(f"pgbench -i done in {time.monotonic() - started:.1f} s")
-        ms.stop()
-        self.data_bytes = dir_bytes(ms.data_dir, skip=("pg_wal",))
-        say(f"data directory without pg_wal: {self.data_bytes / MIB:.0f} MiB")
+        ms, self.data_bytes = self.pgbench_source("ms", self.scale)
         self.ms = ms
         self.pgbr = self.copy_server(ms, "pgbr")
         self.plain = self.copy_server(ms, "plain") if "walpush" in self.phases else None
@@ -428,8 +293,7 @@ class S3Bench(ScratchFiles):
                              "--json"],
                 "pgbackrest": self.pgbackrest(self.pgbr_main, "--type=full", "backup")}
         for run in range(self.runs):
-            order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
-            for name in order:
+            for name in alternating(["markship", "pgbackrest"], run):
                 settle()
                 result, tree = run_tree_rss(argv[name])
                 result.check(f"{name} backup")
@@ -442,7 +306,8 @@ class S3Bench(ScratchFiles):
                     line += f"; set created→finished {inside[-1]:.2f} s"
                     sizes.setdefault("markship", markship_sizes(result.out))
                 say(line + ")")
-        sizes["pgbackrest"] = self.pgbackrest_sizes()
+        sizes["pgbackrest"] = pgbackrest_sizes(self.pgbackrest(self.pgbr_main, "info",
+                                                               "--output=json"))
         med = {name: median(values) for name, values in times.items()}
         peak = {name: max(t["tree_peak_sum_vmrss_kb"] for t in found) / 1024
                 for name, found in trees.items()}
@@ -459,14 +324,6 @@ class S3Bench(ScratchFiles):
                 "PASS" if peak["markship"] < RSS_LIMIT_MB else "MISS"),
         ]
 
-    def pgbackrest_sizes(self) -> dict[str, Any]:
-        proc = run_timed(self.pgbackrest(self.pgbr_main, "info", "--output=json"))
-        try:
-            info = json.loads(proc.out)[0]["backup"][-1]["info"]
-            return {"raw_bytes": info["size"], "stored_bytes": info["repository"]["size"]}
-        except (ValueError, KeyError, IndexError, TypeError):
-            return {}
-
     # -- 2. restores -----------------------------------------------------------------------------
 
     def bench_restores(self) -> None:
@@ -480,13 +337,9 @@ class S3Bench(ScratchFiles):
         # its restore command); recovery: from there to promoted
         split: dict[str, list[dict[str, Any]]] = {"markship": [], "pgbackrest": []}
         for run in range(self.runs):
-            order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
-            for name in order:
+            for name in alternating(["markship", "pgbackrest"], run):
                 settle()
-                base = self.pg_dir(self.root / "restore" / f"{name}-{run + 1}", 0o755)
-                server = ScratchServer(f"{name}-restore-{run + 1}", base, self.port())
-                self.pg_dir(server.socket_dir, 0o755)
-                self.tracked.append(server)
+                server = self.restore_target(name, run + 1)
                 started = time.perf_counter()
                 extra = ""
                 if name == "markship":
@@ -514,11 +367,8 @@ class S3Bench(ScratchFiles):
                               f"{found.get('wal_files_fetched', '?')}")
                 say(f"run {run + 1} {name:<10} {fmt_s(times[name][-1])}{extra}")
                 if run == 0:
-                    checks[name] = pgbench_fingerprint(server) == fingerprint
-                    say(f"  {name} restored data {'matches' if checks[name] else 'DIFFERS FROM'}"
-                        " the source (pgbench fingerprint)")
-                server.destroy()
-                self.tracked.remove(server)
+                    checks[name] = same_data(name, server, fingerprint)
+                self.drop(server)
         med = {name: median(values) for name, values in times.items()}
         self.results["restore"] = {"seconds": times, "median_seconds": med,
                                    "markship_first_look_after_return": first_look,
@@ -532,10 +382,7 @@ class S3Bench(ScratchFiles):
             Row("peak RSS, markship restore process tree", f"{max(rss):.0f} MB",
                 "(its PostgreSQL server not counted)", None, f"< {RSS_LIMIT_MB} MB",
                 "PASS" if max(rss) < RSS_LIMIT_MB else "MISS"),
-            Row("restored data equals source (fingerprint)",
-                "yes" if checks.get("markship") else "NO",
-                f"pgBackRest {'yes' if checks.get('pgbackrest') else 'NO'}", None, "equal",
-                "PASS" if checks.get("markship") else "MISS"),
+            same_data_row(checks),
             *[Row(f"  (info) restore: {part}, median", fmt_s(values["markship"]),
                   f"pgBackRest {fmt_s(values['pgbackrest'])}",
                   values["markship"] / values["pgbackrest"], "-", "info")
@@ -571,8 +418,7 @@ class S3Bench(ScratchFiles):
         found: dict[str, list[dict[str, float]]] = {"markship": [], "pgbackrest": []}
         servers = {"markship": self.ms, "pgbackrest": self.pgbr}
         for run in range(self.drain_runs):
-            order = ["markship", "pgbackrest"] if run % 2 == 0 else ["pgbackrest", "markship"]
-            for label in order:
+            for label in alternating(["markship", "pgbackrest"], run):
                 found[label].append(drain_backlog(servers[label], self.drain_segments))
                 last = found[label][-1]
                 say(f"run {run + 1} {label:<10} {last['segments']:.0f} segments in "
@@ -606,8 +452,7 @@ class S3Bench(ScratchFiles):
         times: dict[str, list[float]] = {"markship": [], "pgbackrest": [], "runuser_sh_true": []}
         rss: list[int] = []
         for i, name in enumerate(names):
-            order = ["markship", "pgbackrest"] if i % 2 == 0 else ["pgbackrest", "markship"]
-            for label in order:
+            for label in alternating(["markship", "pgbackrest"], i):
                 result: Timed = run_timed(commands[label](name)).check(f"{label} {name}")
                 times[label].append(result.seconds)
                 if label == "markship":
@@ -631,24 +476,13 @@ class S3Bench(ScratchFiles):
     def real_segments(self) -> Path:
         """Full 16 MB segments written by pgbench on the plain server, copied by its archiver."""
         assert self.plain is not None
-        plain = self.plain
         before = {p.name for p in self.raw_wal.iterdir()}
 
         def new_segments() -> list[Path]:
             return sorted(p for p in self.raw_wal.iterdir()
                           if p.name not in before and len(p.name) == 24)
 
-        # A CHECKPOINT before each short pgbench run: the next page touches write full-page
-        # images, as after every checkpoint in production (and a small scale fills a segment
-        # sooner).
-        deadline = time.monotonic() + 600
-        while len(new_segments()) < self.push_segments:
-            if time.monotonic() > deadline:
-                raise RuntimeError("pgbench did not produce enough WAL in 600 s")
-            plain.psql("CHECKPOINT")
-            run_timed(as_pg([pg("pgbench"), "-h", plain.host, "-p", str(plain.port), "-U",
-                             "postgres", "-n", "-c", "4", "-j", "2", "-T", "5", "postgres"])
-                      ).check("pgbench")
+        make_wal(self.plain, lambda: len(new_segments()) >= self.push_segments, timeout=600)
         stage = self.pg_dir(self.root / "stage", 0o700)
         for source in new_segments()[: self.push_segments]:
             target = stage / source.name
@@ -660,29 +494,14 @@ class S3Bench(ScratchFiles):
     # -- running it all --------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.results["meta"] = {
-            "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "page_cache": "warm (cannot be dropped on this machine)",
-            "options": {"scale": self.scale, "runs": self.runs,
-                        "pgbackrest_bundle": self.bundle,
-                        "drain_segments": self.drain_segments,
-                        "drain_runs": self.drain_runs,
-                        "push_segments": self.push_segments, "phases": list(self.phases)},
-            "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                     "loadavg_at_start": loadavg()},
-            "versions": {
-                "markship": tool_version([str(self.markship), "--version"]),
-                "markship_executable": str(self.markship),
-                "markship_installed_at": installed_at(),
-                "markship_installed_digest": installed_digest(),
-                "work_tree_head": tool_version(["git", "-C", str(Path(__file__).resolve().parent),
-                                                "rev-parse", "--short", "HEAD"]),
-                "postgres": tool_version([pg("postgres"), "--version"]),
-                "pgbackrest": tool_version(["pgbackrest", "version"]),
-                "moto": package_version("moto"),
-                "obstore": package_version("obstore"),
-            },
-        }
+        self.results["meta"] = run_meta(
+            self.markship, {"scale": self.scale, "runs": self.runs,
+                            "pgbackrest_bundle": self.bundle,
+                            "drain_segments": self.drain_segments,
+                            "drain_runs": self.drain_runs,
+                            "push_segments": self.push_segments, "phases": list(self.phases)},
+            pgbackrest=tool_version(["pgbackrest", "version"]), moto=package_version("moto"),
+            obstore=package_version("obstore"))
         self.setup()
         steps: dict[str, Callable[[], None]] = {
             "backup": self.bench_backups, "restore": self.bench_restores,
@@ -696,16 +515,14 @@ class S3Bench(ScratchFiles):
                 requests[phase] = self.s3.count_requests()
 
     def summary(self) -> Path:
-        print()
-        print("=" * 100)
-        if "failed" in self.results:
-            print(f"INCOMPLETE RUN, it failed: {self.results['failed']}")
-        print(f"markship S3 benchmark — pgbench scale {self.scale}, {self.data_bytes / MIB:.0f} "
-              f"MiB data, {os.cpu_count()} CPUs, runs={self.runs}, one moto server "
-              f"{self.results['meta']['versions']['moto']} with TLS on 127.0.0.1")
-        print("pgBackRest: archive-async=y, process-max=2, compress-type=zst, compress-level=1, "
-              "start-fast=y" + (", repo1-bundle=y" if self.bundle else ", no repo1-bundle"))
-        print(WARM_CACHE)
+        summary_head(
+            self.results,
+            f"markship S3 benchmark — pgbench scale {self.scale}, {self.data_bytes / MIB:.0f} "
+            f"MiB data, {os.cpu_count()} CPUs, runs={self.runs}, one moto server "
+            f"{self.results['meta']['versions']['moto']} with TLS on 127.0.0.1",
+            "pgBackRest: archive-async=y, process-max=2, compress-type=zst, compress-level=1, "
+            "start-fast=y" + (", repo1-bundle=y" if self.bundle else ", no repo1-bundle"),
+            WARM_CACHE)
         versions = self.results["meta"]["versions"]
         print(f"{versions['markship']} ({versions['markship_executable']}, installed "
               f"{versions['markship_installed_at']}, sources digest "
@@ -729,11 +546,7 @@ class S3Bench(ScratchFiles):
                     for name, values in found["seconds"].items()])
         backup = self.results.get("backup")
         if backup:
-            for name, entry in backup["sizes"].items():
-                if entry.get("raw_bytes") and entry.get("stored_bytes"):
-                    print(f"  {name}: {entry['raw_bytes'] / MIB:.0f} MiB → "
-                          f"{entry['stored_bytes'] / MIB:.1f} MiB stored "
-                          f"({entry['raw_bytes'] / entry['stored_bytes']:.1f}×)")
+            print_sizes(backup["sizes"])
         requests = self.results.get("s3_requests")
         if requests:
             print("\nS3 requests moto received per phase (all runs of the phase; a tool's bucket: "
@@ -800,12 +613,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.runs, args.scale, args.drain_segments, args.drain_runs, args.push_segments) < 1:
         parser.error("--runs, --scale, --drain-segments, --drain-runs and --push-segments must "
                      "be at least 1")
-    chosen = set(args.phases.split(","))
-    if chosen - set(PHASES):
-        parser.error(f"unknown phase(s): {', '.join(sorted(chosen - set(PHASES)))}")
-    if "restore" in chosen:
-        chosen.add("backup")  # the restores need the backups
-    args.phases = tuple(p for p in PHASES if p in chosen)
+    args.phases = chosen_phases(parser, args.phases, PHASES)
     return args
 
 

@@ -128,6 +128,15 @@ def s3_tls_store(s3_tls_server: S3Server, workdir: Path) -> Iterator[S3Store]:
 
 
 @pytest.fixture
+def own_s3_server(workdir: Path) -> Iterator[S3Server]:
+    """moto's server for this test alone, its port chosen but not started: the test starts
+    and stops it (a stopped server comes back empty, with no bucket); stopped at the end."""
+    server = S3Server(workdir, free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def s3_relay(s3_server: S3Server) -> Iterator[Relay]:
     """A relay to the session's S3 server that the test can cut (tests/support/netcut.py)."""
     with Relay(s3_server.port) as relay:

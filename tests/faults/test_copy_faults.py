@@ -5,8 +5,6 @@ bring back every row committed before their target."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +12,7 @@ from markship.pg.datadir import stopped_at
 from markship.pg.scratch import chown_to
 from tests.support.checks import complete_marks
 from tests.support.fingerprints import Ledger
-from tests.support.moto import Moto, running_moto
+from tests.support.s3 import S3Server, new_store
 from tests.support.servers import (
     OS_USER,
     Group,
@@ -23,12 +21,6 @@ from tests.support.servers import (
     new_mark,
     run_markship,
 )
-
-
-@pytest.fixture
-def moto(workdir: Path) -> Iterator[Moto]:
-    with running_moto(workdir) as server:
-        yield server
 
 
 @pytest.mark.reliability("primary repository gone, a copy up",
@@ -42,8 +34,9 @@ def moto(workdir: Path) -> Iterator[Moto]:
                                   "copy")
 @pytest.mark.parametrize("primary", ["directory", "s3"])
 def test_restore_and_failover_read_the_copy_when_the_repository_is_gone(
-        pg_group: GroupFactory, moto: Moto, primary: str) -> None:
+        pg_group: GroupFactory, own_s3_server: S3Server, primary: str) -> None:
     group = pg_group(2)
+    moto = own_s3_server
     if primary == "s3":
         _repository_in_s3(group, moto)
     offsite = group.workdir / "offsite"
@@ -115,15 +108,9 @@ def test_restore_and_failover_read_the_copy_when_the_repository_is_gone(
         assert not group.repo.exists()  # never re-created where production's repository was
 
 
-def _repository_in_s3(group: Group, moto: Moto) -> None:
+def _repository_in_s3(group: Group, moto: S3Server) -> None:
     """The group's repository in a bucket on moto's server instead of its directory."""
-    moto.start("production")
-    credentials = group.workdir / "s3.env"
-    credentials.write_text("AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n")
-    credentials.chmod(0o600)
-    chown_to(credentials, OS_USER)
-    text = group.config_path.read_text().replace(
-        f'path = "{group.repo}"',
-        f'url = "s3://production/markship"\nendpoint = "{moto.endpoint}"\n'
-        f'region = "us-east-1"\ncredentials_file = "{credentials}"')
-    group.config_path.write_text(text)
+    moto.start()
+    store = new_store(moto, group.workdir)
+    group.config_path.write_text(group.config_path.read_text().replace(
+        f'path = "{group.repo}"\n', store.config_lines()))

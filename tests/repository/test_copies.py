@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from markship.repository.copies import Copy, expired, lag, sync
 from markship.repository.fallback import Fallback
 from markship.repository.fs import FsRepository
 from tests.support.checks import one_error_line, wait_for
-from tests.support.moto import Moto, running_moto
+from tests.support.s3 import SECRET_ACCESS_KEY, S3Server, write_credentials
 from tests.support.servers import OS_USER, GroupFactory, run_markship, running_agent, stop_agent
 
 WAL_A = "wal/alpha/0000000100000000/000000010000000000000003-b3." + "a" * 64 + ".zst"
@@ -363,20 +362,12 @@ def test_repository_sync_catches_a_copy_up_by_hand(pg_group: GroupFactory) -> No
 # -- a copy in S3-compatible storage (moto's server on loopback) --------------------------------
 
 
-@pytest.fixture
-def moto(workdir: Path) -> Iterator[Moto]:
-    with running_moto(workdir) as server:
-        yield server
-
-
-def test_a_sync_copy_in_object_storage(workdir: Path, moto: Moto) -> None:
+def test_a_sync_copy_in_object_storage(workdir: Path, own_s3_server: S3Server) -> None:
     from tests.support.servers import write_offline_config
     from tests.wal.test_wal import SEGMENT, wal_content
 
-    credentials = workdir / "s3.env"
-    credentials.write_text("AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n")
-    credentials.chmod(0o600)
-    chown_to(credentials, OS_USER)
+    moto = own_s3_server
+    credentials = write_credentials(workdir / "s3.env")
     config = workdir / "markship.toml"
     write_offline_config(config, workdir / "repo")
     config.write_text(config.read_text() + (
@@ -396,9 +387,10 @@ def test_a_sync_copy_in_object_storage(workdir: Path, moto: Moto) -> None:
     refused = run_markship(config, "wal-push", "--server", "orders", str(segment), user=OS_USER)
     assert refused.returncode != 0
     line = one_error_line(refused.stderr, alone=True)
-    assert "copy cloud" in line and "testing" not in refused.stderr
+    assert "copy cloud" in line and SECRET_ACCESS_KEY not in refused.stderr
 
-    moto.start("offsite-bucket")
+    moto.start()
+    moto.client().create_bucket(Bucket="offsite-bucket")
     pushed = run_markship(config, "wal-push", "--server", "orders", str(segment), user=OS_USER)
     assert pushed.returncode == 0, pushed.stderr
     synced = run_markship(config, "repository", "sync", "--json")

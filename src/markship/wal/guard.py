@@ -104,15 +104,10 @@ def unrecorded(config_path: str, server: str) -> list[dict[str, Any]]:
     import hashlib
     import json
 
-    from markship.wal import spool
-
-    folder = spool.gap_dir(config_path, server)
-    try:
-        files = sorted(f for f in os.listdir(folder) if f.endswith(SUFFIX))
-    except FileNotFoundError:
+    listed = _records(config_path, server)
+    if listed is None:
         return []
-    if not spool.trusted():
-        return []
+    folder, files = listed
     found = []
     for file in files:
         raw = _read_bytes(os.path.join(folder, file))
@@ -138,15 +133,10 @@ def flush(repo: Repository, config_path: str, server: str,
     """
     import hashlib
 
-    from markship.wal import spool
-
-    folder = spool.gap_dir(config_path, server)
-    try:
-        files = sorted(f for f in os.listdir(folder) if f.endswith(SUFFIX))
-    except FileNotFoundError:
+    listed = _records(config_path, server)
+    if listed is None:
         return []
-    if not spool.trusted():
-        return []
+    folder, files = listed
     written = []
     for file in files:
         path = os.path.join(folder, file)
@@ -170,6 +160,22 @@ def flush(repo: Repository, config_path: str, server: str,
     if pushed is not None:
         _remove_if_empty(folder)
     return written
+
+
+def _records(config_path: str, server: str) -> tuple[str, list[str]] | None:
+    """The spool's gap folder of `server` and the names of the records in it, sorted; None
+    when there is no such folder or the spool is not trusted (a record another user could
+    have written is no record)."""
+    from markship.wal import spool
+
+    folder = spool.gap_dir(config_path, server)
+    try:
+        files = sorted(f for f in os.listdir(folder) if f.endswith(SUFFIX))
+    except FileNotFoundError:
+        return None
+    if not spool.trusted():
+        return None
+    return folder, files
 
 
 def _store(repo: Repository, server: str, raw: bytes, path: str) -> str | None:
