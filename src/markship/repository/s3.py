@@ -49,19 +49,22 @@ CREDENTIAL_KEYS = {"aws_access_key_id": "access_key_id",
 
 class S3Location:
     """Where an S3 repository is: `s3://BUCKET[/PREFIX]` and how to reach it (plain values,
-    cached by the WAL commands between runs)."""
+    cached by the WAL commands between runs). `retries`: how often a failed request is tried
+    again (with backoff, within 30 s)."""
 
-    __slots__ = ("ca_file", "credentials_file", "endpoint", "lease_seconds", "region", "url")
+    __slots__ = ("ca_file", "credentials_file", "endpoint", "lease_seconds", "region",
+                 "retries", "url")
 
     def __init__(self, url: str, endpoint: str = "", region: str = "",
                  credentials_file: str = "", ca_file: str = "",
-                 lease_seconds: float = 15.0) -> None:
+                 lease_seconds: float = 15.0, retries: int = 4) -> None:
         self.url = url
         self.endpoint = endpoint
         self.region = region
         self.credentials_file = credentials_file
         self.ca_file = ca_file
         self.lease_seconds = lease_seconds
+        self.retries = retries
 
     def bucket_and_prefix(self) -> tuple[str, str]:
         rest = self.url.removeprefix("s3://")
@@ -161,7 +164,7 @@ class S3Repository:
                                       f"read ({exc.strerror})",
                                       "point ca_file at the PEM certificate the endpoint "
                                       "presents (or its CA)") from None
-            retry = {"max_retries": 4, "retry_timeout": timedelta(seconds=30),
+            retry = {"max_retries": self.where.retries, "retry_timeout": timedelta(seconds=30),
                      "backoff": {"init_backoff": timedelta(milliseconds=100),
                                  "max_backoff": timedelta(seconds=5), "base": 2}}
             try:
