@@ -95,8 +95,8 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory,
     alpha = group.servers[0]
     text = group.config_path.read_text()
     group.config_path.write_text(text.replace(
-        f'os_user = "{OS_USER}"\n', f'os_user = "{OS_USER}"\narchive_queue_max = "64MiB"\n', 1)
-        + '\n[marks]\ninterval = 3600\ndelivery = "switch"\n')
+        f'os_user = "{OS_USER}"\n', f'os_user = "{OS_USER}"\narchive_queue_max = "64MiB"\n', 1))
+    group.add_config('\n[marks]\ninterval = 3600\ndelivery = "switch"\n')
     load_pgbench(alpha)
     alpha.psql("CREATE TABLE bulk (id bigint, pad text)")
     ledger = Ledger(group)
