@@ -197,8 +197,8 @@ class S3Repository:
                 "check the credentials (credentials_file or AWS_* variables) and the "
                 "bucket's policy for this user")
         return RepositoryError(
-            f"S3 request failed {doing} {key} in {self.location} (retried): "
-            f"{_first_line(exc)}",
+            f"S3 request failed {doing} {key} in {self.location}"
+            f"{' (retried)' if self.where.retries else ''}: {_first_line(exc)}",
             "check that the endpoint is reachable and healthy, then retry")
 
     def _call(self, doing: str, key: str, function: Callable[..., Any], *args: Any,
