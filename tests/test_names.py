@@ -257,7 +257,7 @@ def _raw_request(group: Group, line: bytes) -> bytes:
                                   "follows")
 def test_agent_survives_hostile_mark_requests(pg_group: GroupFactory) -> None:
     group = pg_group(2)
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 3600\n")
+    group.add_config("\n[marks]\ninterval = 3600\n")
     with running_agent(group.config_path) as agent:
         wait_for(lambda: json.loads(group.ok("marks", "--json")), "the agent's first mark",
                  timeout=90, interval=0.3)

@@ -23,7 +23,7 @@ from tests.support.servers import (
 
 def test_agent_marks_backs_up_and_survives_kill_9(pg_group: GroupFactory) -> None:
     group = pg_group(2)
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    group.add_config("\n[marks]\ninterval = 1\n")
     for server in group.servers:
         server.psql("CREATE TABLE ticks (n int)")
     agent = start_agent(group.config_path)
@@ -80,7 +80,7 @@ def test_mark_command_is_made_by_the_running_agent(pg_group: GroupFactory) -> No
     from tests.support.servers import run_markship
 
     group = pg_group(2)
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 3600\n")
+    group.add_config("\n[marks]\ninterval = 3600\n")
     with running_agent(group.config_path) as agent:
         wait_for(lambda: len(marks_of(group)) >= 1, "the agent's first mark", timeout=90,
                  interval=0.3)
@@ -125,8 +125,7 @@ def test_receiver_finds_its_next_segment_laid_out(pg_group: GroupFactory) -> Non
     alpha = group.servers[0]
     alpha.psql("CREATE TABLE ticks (n int)")
     folder = group.repo / "stream" / "alpha"
-    group.config_path.write_text(group.config_path.read_text()
-                                 + "\n[marks]\ninterval = 3600\n")
+    group.add_config("\n[marks]\ninterval = 3600\n")
 
     def laid_out() -> list[str]:
         """`.partial` files whose first page is still zero: written by the agent, unused."""
@@ -210,8 +209,7 @@ def test_marks_run_on_a_thread_of_raised_priority(pg_group: GroupFactory) -> Non
     every thread runs as os_user; started as os_user, it says once that it cannot and goes
     on marking."""
     group = pg_group(1)
-    group.config_path.write_text(group.config_path.read_text()
-                                 + "\n[marks]\ninterval = 1\nnice = -7\n")
+    group.add_config("\n[marks]\ninterval = 1\nnice = -7\n")
     with running_agent(group.config_path) as agent:
         wait_for(lambda: any(m["delivery"] == {"alpha": "stream"} for m in marks_of(group)),
                  "a mark delivered by stream", timeout=90, interval=0.3)

@@ -22,7 +22,7 @@ def _standby(group: Group) -> subprocess.Popen[str]:
 @ON_FS_AND_S3
 def test_standby_agent_takes_over_when_the_agent_is_killed(pg_group: GroupFactory) -> None:
     group = pg_group(2)
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    group.add_config("\n[marks]\ninterval = 1\n")
     for server in group.servers:
         server.psql("CREATE TABLE ticks (n int)")
     first = start_agent(group.config_path)

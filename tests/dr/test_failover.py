@@ -40,7 +40,7 @@ def _dr_config(group: Group) -> dict[str, ScratchServer]:
              "statement = \"UPDATE peers SET host = '{bravo.host}', port = {bravo.port} "
              "WHERE name = 'bravo'\"\n"
              f'\n[[failover.hook]]\ncommand = ["{hook}"]\n')
-    group.config_path.write_text(group.config_path.read_text() + text)
+    group.add_config(text)
     return standbys
 
 

@@ -313,7 +313,7 @@ def test_agent_killed_mid_mark(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     group.ok("backup")
     ledger = Ledger(group)
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    group.add_config("\n[marks]\ninterval = 1\n")
     stop = threading.Event()
 
     def commit_steadily() -> None:

@@ -2,19 +2,25 @@
 cannot be written no longer fills PostgreSQL's disk. wal-push gives up the oldest WAL beyond
 the limit, records the gap, and everything that reads the catalog knows what it cost: status
 and checklist show the time that cannot be restored, marks in or behind the gap are refused,
-and the agent's next full backup makes new marks restorable again."""
+and the agent's next full backup makes new marks restorable again.
+
+The scenario runs on a directory and on S3: "the repository cannot be written" is a folder
+PostgreSQL's OS user may not enter on the one, an S3 server that no longer answers on the
+other."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from markship.pg.lsn import parse_segment_name
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
+from markship.repository import layout
 from tests.support.checks import (
     complete_marks,
     marks_of,
@@ -24,8 +30,10 @@ from tests.support.checks import (
     wait_for,
 )
 from tests.support.fingerprints import Ledger, load_pgbench
+from tests.support.netcut import Relay
 from tests.support.servers import (
     OS_USER,
+    Group,
     GroupFactory,
     add_dr_site,
     new_mark,
@@ -47,48 +55,71 @@ def _wal_written(server: ScratchServer, since: str) -> int:
     return int(server.psql(f"SELECT pg_current_wal_lsn() - '{since}'::pg_lsn"))
 
 
+def _repository_down(group: Group, request: pytest.FixtureRequest) -> Callable[[], None]:
+    """Make the repository refuse alpha's WAL; returns what gives it back. On a directory
+    wal/alpha/ becomes root's, mode 000 (the rest stays writable). On S3 the connection to
+    the server is cut (refused, as a server that is down): the whole repository is gone
+    for markship, while the server keeps what it holds (restarting moto would lose it)."""
+    if group.store.kind == "fs":
+        folder = group.repo / "wal" / "alpha"
+        folder.chmod(0o000)
+        os.chown(folder, 0, 0)
+
+        def writable_again() -> None:
+            chown_to(folder, OS_USER)
+            folder.chmod(0o750)
+
+        return writable_again
+    relay: Relay = request.getfixturevalue("s3_relay")  # the one markship reaches S3 by
+    relay.cut()
+    return relay.restore
+
+
 @pytest.mark.reliability(
     "repository unwritable with archive_queue_max (pg_wal protection)",
-    fault="wal/<server>/ root-owned, mode 000, while pgbench and bulk inserts write ~35 "
-          "segments; archive_queue_max = 64 MiB",
+    fault="directory: wal/<server>/ root-owned, mode 000; S3: the connection to the S3 "
+          "server refused; meanwhile pgbench and bulk inserts write 60 segments; "
+          "archive_queue_max = 64 MiB",
     expected="pg_wal stays below the limit plus a few segments; the oldest WAL is dropped "
              "and recorded as a gap once the repository is back; status and checklist show "
              "✗ with its time range; marks in and after the gap are refused by restore "
              "--group and failover in one line; the agent's next full backup makes a new "
              "mark complete and a restore to it has every row; failover to it is refused "
              "while a standby stands before the gap")
-def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> None:
+@pytest.mark.parametrize("repository_kind",
+                         ["fs", pytest.param("s3-relay", marks=pytest.mark.s3)])
+def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory,
+                                                   request: pytest.FixtureRequest) -> None:
     # Small max_wal_size: checkpoints come often, so pg_wal holds little besides the backlog.
     group = pg_group(1, settings={"max_wal_size": "32MB", "min_wal_size": "32MB"})
     alpha = group.servers[0]
     text = group.config_path.read_text()
     group.config_path.write_text(text.replace(
-        f'os_user = "{OS_USER}"\n', f'os_user = "{OS_USER}"\narchive_queue_max = "64MiB"\n', 1)
-        + '\n[marks]\ninterval = 3600\ndelivery = "switch"\n')
+        f'os_user = "{OS_USER}"\n', f'os_user = "{OS_USER}"\narchive_queue_max = "64MiB"\n', 1))
+    group.add_config('\n[marks]\ninterval = 3600\ndelivery = "switch"\n')
     load_pgbench(alpha)
     alpha.psql("CREATE TABLE bulk (id bigint, pad text)")
     ledger = Ledger(group)
     ledger.commit(20)
     group.ok("backup")
     before = new_mark(group)
-    assert before in complete_marks(group)
+    wait_for(lambda: before in complete_marks(group), "the mark before the outage to complete",
+             timeout=60, interval=0.3)
+    # A mark whose WAL is not switched out: its point lies in the segment being written, the
+    # first one to wait once the repository is down (on S3 no mark can be recorded then).
+    in_gap = str(json.loads(group.ok("mark", "--no-switch", "--json"))["name"])
 
-    folder = group.repo / "wal" / "alpha"
-    folder.chmod(0o000)
-    os.chown(folder, 0, 0)
+    repository_back = _repository_down(group, request)
     start_lsn = alpha.psql("SELECT pg_current_wal_lsn()")
     load = subprocess.Popen(as_user([str(alpha.bin_dir / "pgbench"), "-n", "-c", "2", "-T",
                                      "900", "-d", alpha.conninfo()], OS_USER),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    in_gap = ""
     largest = 0
     samples: list[tuple[int, int]] = []  # (pg_wal MiB, segments waiting), for the message
     try:
         while _wal_written(alpha, start_lsn) < 60 * SEGMENT:
             alpha.psql("INSERT INTO bulk SELECT g, repeat('x', 400) "
                        "FROM generate_series(1, 30000) g")
-            if not in_gap:
-                in_gap = new_mark(group)  # its segment is among the first given up
             largest = max(largest, _pg_wal_bytes(alpha))
             samples.append((_pg_wal_bytes(alpha) >> 20, len(ready_files(alpha))))
         wait_for(lambda: len(ready_files(alpha)) * SEGMENT <= QUEUE_MAX + SEGMENT,
@@ -103,22 +134,22 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
     assert largest <= QUEUE_MAX + 12 * SEGMENT, f"pg_wal grew to {largest >> 20} MiB: {samples}"
     # Once the gap is open, what waits goes into it too: the backlog stays under the limit.
     settled = samples[len(samples) // 2:]
-    assert max(waiting for _, waiting in settled) * SEGMENT <= QUEUE_MAX, samples
+    assert max(waiting for _, waiting in settled) * SEGMENT <= QUEUE_MAX, f"{samples}"
     log = alpha.log_file.read_text(errors="replace")
     assert "Traceback" not in log
     assert "given up so PostgreSQL can recycle them, recorded as a WAL gap" in log
     # The repository cannot be written: the gap waits on this host, not in the catalog, and
     # status run here says so already.
-    assert not (group.repo / "gaps").exists()
+    assert group.store.stored_keys("gaps/") == []
     status = group.markship("status", "--json")
     assert status.returncode == 1
     assert any(p.startswith("WAL of server alpha dropped by pg_wal protection on this host: ")
                for p in json.loads(status.stdout)["problems"]), status.stdout
 
-    chown_to(folder, OS_USER)
-    folder.chmod(0o750)
+    repository_back()
     switch_wal(alpha)  # the next successful push writes the gap record
-    wait_for(lambda: list((group.repo / "gaps" / "alpha").glob("*.json")),
+    # Looked for in the store itself (on S3: an object in the bucket, read past markship).
+    wait_for(lambda: group.store.stored_keys("gaps/alpha/"),
              "the gap record in the repository", timeout=90, interval=0.3)
     after = new_mark(group)  # after the gap, before any new full backup
 
@@ -132,8 +163,15 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory) -> No
     assert last.number - first.number + 1 == gap["segments"] >= 60 - 16, gap
     assert gap["wal_from"].endswith("Z") and gap["wal_to"].endswith("Z")
     assert gap["wal_from"] <= gap["wal_to"] and gap["unrestorable_until"] is None
+    record_key = layout.gap_key("alpha", gap["first_segment"])
+    assert group.store.stored_keys("gaps/") == [record_key]
+    record = json.loads(group.store.read(record_key))["body"]
+    assert record["last_segment"] == gap["last_segment"], record
     mark_file = next(m for m in marks_of(group) if m["name"] == in_gap)["points"]["alpha"]
     assert first <= parse_segment_name(mark_file["wal_file"]) <= last
+    for segment in (gap["first_segment"], mark_file["wal_file"], gap["last_segment"]):
+        found = group.store.stored_keys(layout.wal_dir("alpha", segment) + segment)
+        assert found == [], f"{segment} lies in the gap, yet it was stored: {found}"
     text_status = group.markship("status").stdout
     assert (f"✗ WAL of server alpha dropped by pg_wal protection: {gap['first_segment']}.."
             f"{gap['last_segment']}") in text_status, text_status

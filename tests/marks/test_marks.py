@@ -52,7 +52,7 @@ def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)
 
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    group.add_config("\n[marks]\ninterval = 1\n")
     agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     worker = threading.Thread(target=workload)
@@ -138,8 +138,7 @@ def test_two_servers_restored_to_one_mark_agree(pg_group: GroupFactory) -> None:
 
 def test_busy_barrier_skips_the_mark_instead_of_blocking(pg_group: GroupFactory) -> None:
     group = pg_group(2)
-    group.config_path.write_text(group.config_path.read_text()
-                                 + "\n[marks]\nbarrier_timeout = 0.5\n")
+    group.add_config("\n[marks]\nbarrier_timeout = 0.5\n")
     key = barrier_key("testgroup")
     with psycopg.connect(group.servers[0].conninfo(), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock_shared(%s)", (key,))
@@ -213,7 +212,7 @@ def test_streamed_mark_restores_before_its_segment_is_archived(pg_group: GroupFa
     alpha = group.servers[0]
     alpha.psql("CREATE TABLE notes (id int)")
     group.ok("backup")
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    group.add_config("\n[marks]\ninterval = 1\n")
     agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -258,7 +257,7 @@ def test_receiver_starts_over_when_its_folder_cannot_be_resumed(pg_group: GroupF
     stale.write_bytes(b"\x10\xd1\x06\x00" + bytes((16 << 20) - 4))
     for path in (group.repo / "stream", folder, stale):
         chown_to(path, OS_USER)
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    group.add_config("\n[marks]\ninterval = 1\n")
     agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -223,7 +223,7 @@ def test_a_password_never_shows_from_backup_to_failback(pg_group: GroupFactory) 
 def test_a_uri_conninfo_streams_marks_and_shows_no_password(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     _require_passwords(group, "uri")
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    group.add_config("\n[marks]\ninterval = 1\n")
     with PsWatch() as watch, running_agent(group.config_path) as agent:
         wait_for(lambda: any(m["delivery"] == {"alpha": "stream", "bravo": "stream"}
                              for m in marks_of(group)), "a mark delivered by stream",

@@ -310,7 +310,7 @@ def test_agent_catches_an_async_copy_up_after_an_outage(pg_group: GroupFactory) 
     group = pg_group(2)
     offsite = group.workdir / "offsite"
     _copy_config(group.config_path, offsite)
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    group.add_config("\n[marks]\ninterval = 1\n")
     for server in group.servers:
         server.psql("CREATE TABLE ticks (n int); INSERT INTO ticks VALUES (1)")
     _unreachable(offsite)

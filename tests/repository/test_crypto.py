@@ -221,7 +221,7 @@ def test_production_reads_the_catalog_with_its_key_but_never_a_backup(
         group.ok("key", "status")
 
     # The agent checks schedules and journals on production: nothing it needs is closed to it.
-    group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+    group.add_config("\n[marks]\ninterval = 1\n")
     agent = subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(5)

@@ -262,7 +262,7 @@ def test_credentials_never_show(pg_group: GroupFactory) -> None:
             alpha.psql("SELECT pg_switch_wal()")
         wait_archived(alpha)
         outputs.append(group.markship("mark", "--json"))
-        group.config_path.write_text(group.config_path.read_text() + "\n[marks]\ninterval = 1\n")
+        group.add_config("\n[marks]\ninterval = 1\n")
         with running_agent(group.config_path) as agent:
             time.sleep(5)
             agent_log = stop_agent(agent)

@@ -105,6 +105,11 @@ class Group:
             f"this test reads the repository as a directory; it is {self.store.kind}"
         return self.store.path
 
+    def add_config(self, text: str) -> None:
+        """Add TOML `text` to the group's config (see merge_config: a `[marks]` table the
+        config has already takes the keys of the one in `text`)."""
+        self.config_path.write_text(merge_config(self.config_path.read_text(), text))
+
     def markship(self, *args: str, user: str | None = None,
                  timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return run_markship(self.config_path, *args, user=user, timeout=timeout)
@@ -142,15 +147,49 @@ def new_mark(group: Group) -> str:
     return str(json.loads(group.ok("mark", "--json"))["name"])
 
 
+def merge_config(text: str, addition: str) -> str:
+    """TOML `addition` appended to config `text`, except that the keys under a `[table]`
+    header `text` has already go into that table (TOML allows a table to be declared once).
+    Array-of-tables headers (`[[server]]`) always add an entry."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    chunks: list[list[str]] = [[]]
+    for line in addition.splitlines(keepends=True):
+        if line.startswith("["):
+            chunks.append([])
+        chunks[-1].append(line)
+    tail = "".join(chunks[0])
+    for chunk in chunks[1:]:
+        header = chunk[0].strip()
+        existing = [i for i, line in enumerate(lines) if line.strip() == header]
+        if header.startswith("[[") or not existing:
+            tail += "".join(chunk)
+            continue
+        keys = chunk[1:]
+        while keys and not keys[-1].strip():  # the blank lines before the next table
+            tail += keys.pop()
+        lines[existing[0] + 1:existing[0] + 1] = [k if k.endswith("\n") else k + "\n"
+                                                  for k in keys]
+    return "".join(lines) + tail
+
+
 def write_config(path: Path, repo: Path | RepoStore, servers: list[ScratchServer],
                  extra: str = "") -> None:
-    """`repo`: a directory, or any repository store."""
-    location = (FsStore(repo) if isinstance(repo, Path) else repo).config_lines()
-    text = f'[group]\nname = "testgroup"\n\n[repository]\n{location}os_user = "{OS_USER}"\n'
+    """`repo`: a directory, or any repository store. With object storage, the WAL receivers'
+    spool (`[marks] stream_spool`) is `stream/` beside the config, in the test's workdir:
+    the default (/var/lib/markship/stream) would keep a folder per test, made by the agent
+    as root and left behind by it as the repository's OS user (add to `[marks]` with
+    merge_config or Group.add_config)."""
+    store = FsStore(repo) if isinstance(repo, Path) else repo
+    text = (f'[group]\nname = "testgroup"\n\n[repository]\n{store.config_lines()}'
+            f'os_user = "{OS_USER}"\n')
     for server in servers:
         text += (f'\n[[server]]\nname = "{server.name}"\nconninfo = "{server.conninfo()}"\n'
                  f'data_dir = "{server.data_dir}"\n')
-    path.write_text(text + extra)
+    if store.kind != "fs":
+        text += f'\n[marks]\nstream_spool = "{path.parent / "stream"}"\n'
+    path.write_text(merge_config(text, extra))
     path.chmod(0o644)
 
 

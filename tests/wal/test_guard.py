@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 from pathlib import Path
 
 from markship.pg.scratch import chown_to
+from tests.support.s3 import write_credentials
 from tests.support.servers import OS_USER, run_markship, write_offline_config
 
 SEGMENTS = [f"0000000100000000000000{n:02X}" for n in range(7, 13)]  # 07 … 0C
@@ -108,3 +111,53 @@ def test_the_oldest_wal_beyond_the_limit_is_given_up_and_recorded(workdir: Path)
     spool = [p for p in Path("/var/tmp").glob("markship-spool-*/*/~gaps/orders")
              if str(workdir).replace("/", "%2F") in str(p)]
     assert spool == []
+
+
+class _Unanswering:
+    """An S3 endpoint on 127.0.0.1 that takes each connection and closes it unanswered,
+    counting them: every request markship sends fails, and each try is one connection."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.tries = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.tries += 1
+            conn.close()
+
+
+def test_while_a_gap_is_open_an_s3_push_is_tried_once(workdir: Path) -> None:
+    """Retries only keep WAL waiting in pg_wal once a gap is open (the WAL after it cannot
+    be restored before the next full backup): the push fails at its first try."""
+    wal = _pg_wal(workdir)
+    config = _config(workdir, "32MiB")
+    s3 = _Unanswering()
+    try:
+        credentials = write_credentials(workdir / "s3.env")
+        config.write_text(config.read_text().replace(
+            f'path = "{workdir / "repo"}"\n',
+            f'url = "s3://walprot-test/markship"\nendpoint = "{s3.endpoint}"\n'
+            f'region = "us-east-1"\ncredentials_file = "{credentials}"\n', 1))
+        # No gap yet: the failing request is retried (4 retries) before WAL is given up.
+        code, stderr = _push(config, wal, SEGMENTS[0])
+        assert code == 0 and "3 segments from 000000010000000000000007 on given up" in stderr
+        assert s3.tries == 5 and "(retried)" in stderr, stderr
+        for name in SEGMENTS[1:3]:  # answered from their spool markers, S3 not asked
+            assert _push(config, wal, name)[0] == 0
+        assert s3.tries == 5
+        _add(wal, SEGMENTS[5:6])
+        code, stderr = _push(config, wal, SEGMENTS[3])
+        assert code == 0 and "3 segments from 00000001000000000000000A on given up" in stderr
+        assert s3.tries == 5 + 1 and "(retried)" not in stderr, stderr
+    finally:
+        s3.listener.close()

@@ -49,19 +49,22 @@ CREDENTIAL_KEYS = {"aws_access_key_id": "access_key_id",
 
 class S3Location:
     """Where an S3 repository is: `s3://BUCKET[/PREFIX]` and how to reach it (plain values,
-    cached by the WAL commands between runs)."""
+    cached by the WAL commands between runs). `retries`: how often a failed request is tried
+    again (with backoff, within 30 s)."""
 
-    __slots__ = ("ca_file", "credentials_file", "endpoint", "lease_seconds", "region", "url")
+    __slots__ = ("ca_file", "credentials_file", "endpoint", "lease_seconds", "region",
+                 "retries", "url")
 
     def __init__(self, url: str, endpoint: str = "", region: str = "",
                  credentials_file: str = "", ca_file: str = "",
-                 lease_seconds: float = 15.0) -> None:
+                 lease_seconds: float = 15.0, retries: int = 4) -> None:
         self.url = url
         self.endpoint = endpoint
         self.region = region
         self.credentials_file = credentials_file
         self.ca_file = ca_file
         self.lease_seconds = lease_seconds
+        self.retries = retries
 
     def bucket_and_prefix(self) -> tuple[str, str]:
         rest = self.url.removeprefix("s3://")
@@ -161,7 +164,7 @@ class S3Repository:
                                       f"read ({exc.strerror})",
                                       "point ca_file at the PEM certificate the endpoint "
                                       "presents (or its CA)") from None
-            retry = {"max_retries": 4, "retry_timeout": timedelta(seconds=30),
+            retry = {"max_retries": self.where.retries, "retry_timeout": timedelta(seconds=30),
                      "backoff": {"init_backoff": timedelta(milliseconds=100),
                                  "max_backoff": timedelta(seconds=5), "base": 2}}
             try:
@@ -194,8 +197,8 @@ class S3Repository:
                 "check the credentials (credentials_file or AWS_* variables) and the "
                 "bucket's policy for this user")
         return RepositoryError(
-            f"S3 request failed {doing} {key} in {self.location} (retried): "
-            f"{_first_line(exc)}",
+            f"S3 request failed {doing} {key} in {self.location}"
+            f"{' (retried)' if self.where.retries else ''}: {_first_line(exc)}",
             "check that the endpoint is reachable and healthy, then retry")
 
     def _call(self, doing: str, key: str, function: Callable[..., Any], *args: Any,

@@ -100,9 +100,16 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
     osuser.switch_to(settings.os_user)
     # Each command imports only its own work: every module costs start-up, paid per segment.
     if command == "wal-push":
+        from markship.wal import spool  # loaded already (the spool markers' fast path)
         from markship.wal.push import push
 
-        repo = settings.open_repository()
+        # WAL of this server was dropped and its gap is still open (or its record not yet in
+        # the repository): the repository failed the last push, and WAL after the gap cannot
+        # be restored before the next full backup. With pg_wal protection on, one try then:
+        # a failure gives the segment up at once instead of letting WAL pile up in pg_wal
+        # while requests are retried (up to 30 s on object storage).
+        gap_waiting = os.path.isdir(spool.gap_dir(config_path, server))
+        repo = settings.open_repository(retry=not (gap_waiting and settings.archive_queue_max))
         path = positional[0]
         if not os.path.isfile(path):
             raise ObjectMissing(f"WAL file {path} does not exist",
@@ -124,9 +131,7 @@ def _run(command: str, argv: list[str], config: str | None) -> int:
             from markship.wal.copies import push_to_copies
 
             push_to_copies(repo, copies, server, path)
-        from markship.wal import spool  # loaded already (the spool markers' fast path)
-
-        if os.path.isdir(spool.gap_dir(config_path, server)):  # WAL was dropped: record it
+        if gap_waiting:  # WAL was dropped: record it
             _flush_gaps(repo, config_path, server, os.path.basename(path))
         return 0
     from markship.wal.fetch import fetch, fetch_streamed, standby_ceiling

@@ -14,7 +14,9 @@ agent. A record stays in the spool while its gap may still grow (until a later s
 server is stored), and is written again whenever it grew, so one outage is one gap record.
 
 Only a failed push looks at the backlog; a push that succeeds pays one stat() (is a record
-waiting?). Module-level imports: the standard library only.
+waiting?). While a record waits, wal-push tries an S3 repository once, without retries: a
+failure then gives its segment up at once rather than after up to 30 s of retries, during
+which pg_wal would keep filling. Module-level imports: the standard library only.
 """
 
 from __future__ import annotations

@@ -62,9 +62,10 @@ class WalSettings:
                 self.endpoint, self.region, self.credentials_file, self.ca_file,
                 self.lease_seconds, self.archive_queue_max, self.copies)
 
-    def open_repository(self) -> Repository:
+    def open_repository(self, retry: bool = True) -> Repository:
+        """The repository; with `retry` False, a failed S3 request is not tried again."""
         return self._open(self.repository, self.endpoint, self.region, self.credentials_file,
-                          self.ca_file, self.lease_seconds)
+                          self.ca_file, self.lease_seconds, retry)
 
     def open_copies(self, mode: str | None = None) -> list[Copy]:
         """The [[repository.copy]] repositories in their order (only those of `mode`)."""
@@ -85,13 +86,15 @@ class WalSettings:
         return Fallback(primary, [c.repo for c in self.open_copies()])
 
     def _open(self, location: str, endpoint: str, region: str, credentials_file: str,
-              ca_file: str, lease_seconds: float) -> Repository:
+              ca_file: str, lease_seconds: float, retry: bool = True) -> Repository:
         where: str | S3Location = location
         if location.startswith("s3://"):
             from markship.repository.s3 import S3Location
 
             where = S3Location(location, endpoint, region, credentials_file, ca_file,
                                lease_seconds)
+            if not retry:
+                where.retries = 0
         if self.recipient:
             # The archiver never stops over the catalog key (see EncryptedFsRepository).
             return open_repository(where, [self.recipient], self.identity_file or None,
