@@ -14,6 +14,7 @@ from markship import __version__
 from markship.cli import (
     agent,
     backups,
+    check,
     config,
     dr,
     drill,
@@ -73,7 +74,7 @@ def run(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-for _module in (config, preflight, backups, marks, agent, dr, drill, journal, keys, dumps, files,
-                repository, wal):
+for _module in (config, preflight, backups, check, marks, agent, dr, drill, journal, keys, dumps,
+                files, repository, wal):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
