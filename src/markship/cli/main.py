@@ -11,6 +11,7 @@ import sys
 import click
 
 from markship import __version__
+from markship.agent.log import journal_stream
 from markship.cli import (
     agent,
     backups,
@@ -60,7 +61,9 @@ def run(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="markship", standalone_mode=False)
     except MarkshipError as exc:
-        click.echo(f"markship: error: {exc.one_line()}", err=True)
+        # under systemd, the journal gives the line error priority (sd-daemon prefix)
+        prefix = "<3>" if journal_stream() else ""
+        click.echo(f"{prefix}markship: error: {exc.one_line()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("markship: aborted", err=True)
