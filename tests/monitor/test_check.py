@@ -12,7 +12,7 @@ import pytest
 from markship.config.model import Config
 from markship.monitor import health
 from tests.support.checks import archiver, switch_wal, wait_for
-from tests.support.servers import Group, GroupFactory, new_mark, run_markship
+from tests.support.servers import Group, GroupFactory, add_dr_site, new_mark, run_markship
 
 # A group mark made seconds ago must read as OK however slow the machine is.
 LENIENT_RPO = '\n[check]\nrpo_warning = "1h"\nrpo_critical = "2h"\n'
@@ -99,6 +99,25 @@ def test_no_backup_is_critical(pg_group: GroupFactory) -> None:
         assert f"{server}: no restorable backup" in text
         assert perf[f"last_backup_age_{server}"]["value"] == "U"
     assert "no complete mark" in text and perf["rpo"]["value"] == "U"
+
+
+def test_a_standby_out_of_reach_is_a_warning(pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    standby = add_dr_site(group, LENIENT_RPO)["alpha"]
+    group.ok("backup")
+    group.ok("standby", "create")
+    new_mark(group)
+    code, text, perf, _rest = plugin(group)
+    assert code == 0, text
+    assert perf["standby_lag_alpha"]["unit"] == "B" and perf["standby_lag_alpha"]["value"] != "U"
+    assert perf["standby_lag_alpha"]["warn"] == "1073741824"
+
+    standby.stop(mode="immediate")
+    code, text, perf, _rest = plugin(group)
+    assert code == 1, text
+    assert text.startswith(f"MARKSHIP WARNING - alpha: standby at 127.0.0.1:{standby.port} "
+                           "cannot be reached: "), text
+    assert perf["standby_lag_alpha"]["value"] == "U"
 
 
 @pytest.mark.pg  # the installed markship command
