@@ -126,7 +126,10 @@ def test_an_unreadable_config_is_unknown(tmp_path: Path) -> None:
     proc = run_markship(missing, "check", "--nagios")
     assert proc.returncode == 3
     assert proc.stdout.startswith("MARKSHIP UNKNOWN - cannot check the group: "), proc.stdout
-    assert str(missing) in proc.stdout and "Traceback" not in proc.stderr
+    assert str(missing) in proc.stdout
+    # and the usual error line for a person
+    assert proc.stderr.startswith("markship: error: ") and str(missing) in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
 
 
 def _config(check: str = "", frequency: str = "daily") -> Config:

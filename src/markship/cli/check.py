@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from markship.cli import output
 from markship.cli.context import Context, pass_context
 from markship.errors import first_line
+
+if TYPE_CHECKING:
+    from markship.monitor.check import CheckResult
 
 
 @click.command("check")
@@ -26,12 +30,21 @@ def check(ctx: Context, nagios: bool, as_json: bool) -> None:
     try:
         result = check_mod.check(ctx.config, ctx.repository(), ctx.copies())
     except Exception as exc:  # a plugin must answer UNKNOWN, never crash with 1 (WARNING)
+        # stdout for the monitoring system, the usual error line for a person
+        click.echo(f"markship: error: {first_line(exc)}", err=True)
         result = check_mod.unknown(f"cannot check the group: {first_line(exc)}")
+        if nagios or as_json:
+            _show(result, nagios, as_json)
+        sys.exit(result.exit_code)
+    _show(result, nagios, as_json)
+    sys.exit(result.exit_code)
+
+
+def _show(result: CheckResult, nagios: bool, as_json: bool) -> None:
     if nagios:
         click.echo(result.plugin_output())
     else:
         output.writer(as_json).check(result)
-    sys.exit(result.exit_code)
 
 
 COMMANDS = [check]
