@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 def check(ctx: Context, nagios: bool, as_json: bool) -> None:
     """Judge the group against the [check] thresholds: RPO, archiving, archive lag, backup
     age, WAL gaps, servers, repositories and standbys. Exit 0 OK, 1 WARNING, 2 CRITICAL,
-    3 UNKNOWN (the group could not be checked)."""
+    3 UNKNOWN (the config, the repository or a part of the group could not be read)."""
     from markship.monitor import check as check_mod
 
     try:
         result = check_mod.check(ctx.config, ctx.repository(), ctx.copies())
     except Exception as exc:  # a plugin must answer UNKNOWN, never crash with 1 (WARNING)
-        # stdout for the monitoring system, the usual error line for a person
+        # the usual error line for a person; the plugin line or JSON for the monitoring
         click.echo(f"markship: error: {first_line(exc)}", err=True)
         result = check_mod.unknown(f"cannot check the group: {first_line(exc)}")
         if nagios or as_json:
