@@ -51,8 +51,8 @@ NO_CONFIG = {"demo", "resolve", "key create"}
 def _arguments(workdir: Path, segment: Path) -> dict[str, list[str]]:
     """Arguments that get each command as far as reading its config."""
     return {
-        "backup": [], "checklist": [], "client-sql": [], "config check": [], "drill": [],
-        "drills": [], "dumps list": [], "dumps run": [],
+        "backup": [], "check": [], "checklist": [], "client-sql": [], "config check": [],
+        "drill": [], "drills": [], "dumps list": [], "dumps run": [],
         "dumps restore": ["--dump", "x", "--conninfo", "host=127.0.0.1 port=1"],
         "expire": ["--dry-run"], "failback prepare": ["--new-config", str(workdir / "n.toml")],
         "failover": ["--dry-run"], "files capture": [], "files list": [],

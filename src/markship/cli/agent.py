@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from markship.cli.context import Context, pass_context
@@ -9,17 +11,30 @@ from markship.cli.context import Context, pass_context
 
 @click.command("run")
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Append the log to PATH (created with mode 0600) instead of stderr; "
+                   "reopened when moved away (logrotate).")
+@click.option("--journald", is_flag=True,
+              help="Start each line with its journald priority (<3> error, <4> warning, "
+                   "<6> info); the default when stderr is the journal (JOURNAL_STREAM).")
 @click.option("--standby-agent", is_flag=True,
               help="Wait while another agent runs for the group (e.g. on another host) and "
                    "take over when it stops or dies, instead of refusing to start.")
 @pass_context
-def run_agent(ctx: Context, log_json: bool, standby_agent: bool) -> None:
+def run_agent(ctx: Context, log_json: bool, log_file: Path | None, journald: bool,
+              standby_agent: bool) -> None:
     """The agent: marks every interval, full backups on schedule, retention after backups."""
     from markship.agent.log import EventLog
     from markship.agent.loop import Agent, marking_thread
+    from markship.errors import MarkshipError
 
     config = ctx.config
-    log = EventLog(as_json=log_json)
+    try:  # before markship becomes os_user: the file may be in a folder only root writes
+        log = EventLog(as_json=log_json, journald=True if journald else None, file=log_file)
+    except OSError as exc:
+        raise MarkshipError(f"cannot open the log file {log_file}: {exc.strerror}",
+                            "give --log-file a path in an existing folder markship may "
+                            "write") from None
     marker = marking_thread(config, log)  # made before markship becomes os_user
     if config.repository.on_object_storage and config.marks.delivery == "stream":
         from markship.marks.upload import prepare_spool

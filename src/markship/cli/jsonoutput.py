@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from markship.marks.choose import MarkState
     from markship.marks.resolve import Resolution
     from markship.marks.take import MarkResult
+    from markship.monitor.check import CheckResult
     from markship.monitor.snapshot import GroupStatus
     from markship.repository.copies import SyncResult
     from markship.repository.journal import JournalEntry, Verification
@@ -55,6 +56,14 @@ class JsonOutput(TextOutput):
         from markship.monitor.snapshot import status_json
 
         emit_json(status_json(status))
+
+    def check(self, result: CheckResult) -> None:
+        emit_json({"state": result.state, "exit_code": result.exit_code,
+                   "checked_at": result.checked_at,
+                   "findings": [asdict(f) for f in result.findings],
+                   "perfdata": [{"label": p.label, "value": p.value, "unit": p.unit,
+                                 "warning": p.thresholds[0], "critical": p.thresholds[1]}
+                                for p in result.perfdata]})
 
     def verify(self, report: VerifyReport) -> None:
         emit_json(asdict(report) | {"ok": report.ok})

@@ -11,9 +11,11 @@ import sys
 import click
 
 from markship import __version__
+from markship.agent.log import journal_stream
 from markship.cli import (
     agent,
     backups,
+    check,
     config,
     dr,
     drill,
@@ -59,7 +61,9 @@ def run(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="markship", standalone_mode=False)
     except MarkshipError as exc:
-        click.echo(f"markship: error: {exc.one_line()}", err=True)
+        # under systemd, the journal gives the line error priority (sd-daemon prefix)
+        prefix = "<3>" if journal_stream() else ""
+        click.echo(f"{prefix}markship: error: {exc.one_line()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("markship: aborted", err=True)
@@ -73,7 +77,7 @@ def run(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-for _module in (config, preflight, backups, marks, agent, dr, drill, journal, keys, dumps, files,
-                repository, wal):
+for _module in (config, preflight, backups, check, marks, agent, dr, drill, journal, keys, dumps,
+                files, repository, wal):
     for _command in _module.COMMANDS:
         cli.add_command(_command)

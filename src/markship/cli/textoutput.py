@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from markship.marks.choose import MarkState
     from markship.marks.resolve import Resolution
     from markship.marks.take import MarkResult
+    from markship.monitor.check import CheckResult
     from markship.monitor.snapshot import GroupStatus
     from markship.repository.copies import SyncResult
     from markship.repository.journal import JournalEntry, Verification
@@ -106,6 +107,14 @@ class TextOutput:
         for gap in status.gaps:
             if gap.healed_by is not None:  # the unhealed ones are among the problems
                 click.echo(f"! {gap.text()}")
+
+    def check(self, result: CheckResult) -> None:
+        table(f"markship check at {show(result.checked_at)}",
+              ["check", "about", "state", "value", "detail"],
+              [[f.check, f.subject, f.state.upper(), f.value,
+                f.detail if f.state != "ok" or f.check in ("rpo", "backup") else ""]
+               for f in result.findings])
+        click.echo(f"{result.state.upper()} (exit {result.exit_code})")
 
     def verify(self, report: VerifyReport) -> None:
         click.echo(f"checked {report.objects_checked} objects ({size(report.bytes_checked)})")

@@ -337,12 +337,37 @@ class WebSection(_Section):
     refresh: Duration = 10.0  # seconds between two snapshots of the group
 
 
+# A size in bytes: a number, or a string with a unit ("256MiB", "1GiB"); more than zero.
+Size = Annotated[ByteSize, Field(gt=0)]
+
+
 class CheckSection(_Section):
-    """Thresholds of `markship check`, also the colours of the status page. None: derived
-    from the rest of the config (see markship.monitor.health)."""
+    """Thresholds of `markship check`, also the colours of the status page and the example
+    alert rules. None: the default of markship.monitor.health (some derived from the rest of
+    the config). A figure above its warning threshold is a warning, above its critical one
+    critical."""
 
     rpo_warning: Duration | None = None
     rpo_critical: Duration | None = None
+    archive_lag_warning: Duration | None = None  # a finished segment waiting this long
+    archive_lag_critical: Duration | None = None
+    archive_lag_bytes_warning: Size | None = None  # WAL written, not in the repository
+    archive_lag_bytes_critical: Size | None = None
+    backup_age_warning: Duration | None = None  # the newest restorable base backup's age
+    backup_age_critical: Duration | None = None
+    standby_lag_bytes_warning: Size | None = None  # archived WAL a standby has not replayed
+    standby_lag_bytes_critical: Size | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CheckSection:
+        for figure in ("rpo", "archive_lag", "archive_lag_bytes", "backup_age",
+                       "standby_lag_bytes"):
+            warning = getattr(self, f"{figure}_warning")
+            critical = getattr(self, f"{figure}_critical")
+            if warning is not None and critical is not None and warning > critical:
+                raise ValueError(f"{figure}_warning ({warning:g}) is above {figure}_critical "
+                                 f"({critical:g}): the warning must come first")
+        return self
 
 
 class Config(_Section):
