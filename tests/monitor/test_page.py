@@ -176,9 +176,10 @@ def test_failed_archiving_turns_the_card_red(pg_group: GroupFactory, chromium: B
     bravo.psql("ALTER SYSTEM SET archive_command = 'false'")
     bravo.psql("SELECT pg_reload_conf()")
     failed_before = int(archiver(bravo)["failed_count"])
-    switch_wal(bravo)
-    wait_for(lambda: int(archiver(bravo)["failed_count"]) > failed_before,
-             "bravo's archiver to report a failure")
+    # A segment finished before the archiver reloads goes out with the old command: finish
+    # one more each second until the archiver reports a failure.
+    wait_for(lambda: switch_wal(bravo) and int(archiver(bravo)["failed_count"]) > failed_before,
+             "bravo's archiver to report a failure", interval=1)
 
     snapshot, config, before, _after = _same_moment(group)
     tab = _open(chromium, page.render(snapshot, config), DESKTOP, "archive-failed-desktop.png")

@@ -42,7 +42,8 @@ gap:.25rem 1.5rem;align-items:baseline}
 .problems{background:#fdecea;border:1px solid var(--critical);border-radius:8px;
 padding:.5rem 1rem;margin:1rem 0}
 .problems li{margin:.2rem 0}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(17rem,1fr));gap:.75rem}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(22rem,100%),1fr));
+gap:.75rem}
 .card{background:var(--card);border:1px solid var(--line);border-left:8px solid var(--ok);
 border-radius:8px;padding:.75rem 1rem}
 .card.critical{border-left-color:var(--critical);background:#fff5f5}
@@ -51,14 +52,16 @@ border-radius:8px;padding:.75rem 1rem}
 background:var(--ok);white-space:nowrap}
 .card.critical .badge{background:var(--critical)}
 .card .why{color:var(--critical);font-weight:600;margin:.2rem 0 .4rem}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.15rem .75rem;margin:0}
-dt{color:var(--muted)}dd{margin:0}
+dl{display:grid;grid-template-columns:8.5rem minmax(0,1fr);gap:.3rem .75rem;margin:0}
+dt{color:var(--muted)}dd{margin:0}.t{font-size:.85rem;color:var(--muted);white-space:nowrap}
+.wal{font:.85rem ui-monospace,monospace}.nw{white-space:nowrap}
 .scroll{overflow-x:auto;background:var(--card);border:1px solid var(--line);border-radius:8px;
-padding:.5rem}
-#timeline{display:block;width:100%;min-width:560px;height:auto;font:11px system-ui,sans-serif}
+padding:.5rem;direction:rtl}
+#timeline{display:block;width:100%;min-width:720px;height:auto;font:13px system-ui,sans-serif;
+direction:ltr}
 #timeline text{fill:var(--muted)}#timeline .lane{font-weight:600}
 #timeline .grid{stroke:#eceef1}#timeline .axis{stroke:#8c959f}
-#timeline .mark{stroke:var(--ok);fill:var(--ok)}
+#timeline .mark{stroke:var(--ok);fill:var(--ok)}#timeline line.mark{stroke-width:2}
 #timeline .mark.incomplete{stroke:var(--warning);fill:var(--warning)}
 #timeline .backup{fill:#1f6feb}#timeline .backup.running{fill:#79b8ff}
 #timeline .backup.failed{fill:var(--critical)}
@@ -131,7 +134,7 @@ def _rpo(snapshot: Snapshot, config: Config) -> str:
     else:
         figure = duration(age)
         what = (f"since the newest complete mark {_e(newest.record.name)} "
-                f"({_e(show(newest.record.created_at))})")
+                f'(<span class="nw">{_e(show(newest.record.created_at))}</span>)')
     return (f'<section id="rpo" class="rpo {level}" data-rpo-seconds="{_attr(age)}" '
             f'data-level="{level}"><div><div class="what">RPO now</div>'
             f'<div class="figure" id="rpo-figure">{_e(figure)}</div></div>'
@@ -194,6 +197,12 @@ def _card(snapshot: Snapshot, server: ServerStatus) -> str:
                   else round((snapshot.taken_at - server.last_backup_at).total_seconds(), 3))
     standby = next((s for s in snapshot.standbys if s.server == server.server), None)
     failed = server.archiver_failed_count
+    lag = ("-" if server.archive_lag_bytes is None and server.archive_lag_seconds is None
+           else f"{size(server.archive_lag_bytes)}, {duration(server.archive_lag_seconds)}")
+    backup_when = "none" if backup_age is None else f"{duration(backup_age)} ago"
+    backup_detail = "" if server.last_backup_set is None else (
+        f'<br><span class="t">{_e(show(server.last_backup_at))}</span>'
+        f'<br><span class="t">set {_e(server.last_backup_set)}</span>')
     last_failure = (f" (last {_e(server.last_failed_wal or '')} {_e(show(server.last_failed_at))})"
                     if server.last_failed_at else "")
     why_html = "".join(f'<div class="why">{_e(line)}</div>' for line in why)
@@ -206,13 +215,10 @@ def _card(snapshot: Snapshot, server: ServerStatus) -> str:
             f'data-last-backup-age-seconds="{_attr(backup_age)}">'
             f'<h3><span>{_e(server.server)}</span><span class="badge">'
             f'{"ok" if state == "ok" else "attention"}</span></h3>{why_html}<dl>'
-            f"<dt>last backup</dt><dd>{_e(server.last_backup_set or 'none')}"
-            f"{'' if backup_age is None else ', ' + _e(duration(backup_age)) + ' ago'}"
-            f"<br><span class=\"small muted\">{_e(show(server.last_backup_at))}</span></dd>"
-            f"<dt>archive lag</dt><dd>{_e(size(server.archive_lag_bytes))}, "
-            f"{_e(duration(server.archive_lag_seconds))}</dd>"
-            f"<dt>last archived</dt><dd>{_e(server.last_archived_wal or '-')}<br>"
-            f'<span class="small muted">{_e(show(server.last_archived_at))}</span></dd>'
+            f"<dt>last backup</dt><dd>{_e(backup_when)}{backup_detail}</dd>"
+            f"<dt>archive lag</dt><dd>{_e(lag)}</dd>"
+            f'<dt>last archived</dt><dd><span class="wal">{_e(server.last_archived_wal or "-")}'
+            f'</span><br><span class="t">{_e(show(server.last_archived_at))}</span></dd>'
             f"<dt>archiver failures</dt><dd>{_e('-' if failed is None else failed)}"
             f"{last_failure}</dd>{_standby_rows(standby)}</dl></article>")
 
@@ -277,7 +283,8 @@ def render(snapshot: Snapshot, config: Config) -> str:
         f"gathered in {snapshot.seconds:.2f} s, reloads every {refresh} s</span></header>"
         f"{_rpo(snapshot, config)}{_problems(snapshot)}"
         f'<h2>Servers</h2><section id="servers" class="cards">{cards}</section>'
-        f"<h2>Last 24 hours</h2><section class=\"scroll\">{drawing}</section>{_legend()}"
+        '<h2>Last 24 hours</h2><section class="scroll" title="newest on the right">'
+        f"{drawing}</section>{_legend()}"
         f'<p class="small muted">{counts.marks} marks, {counts.backups} backups, '
         f"{counts.failures} failures, {counts.gaps} WAL gaps, {counts.events} failovers, "
         "drills and restores (times in UTC)</p>"
