@@ -160,7 +160,8 @@ def _why_red(server: ServerStatus, open_gap: bool) -> list[str]:
         why.append(f"down: {server.error or 'unreachable'}")
     if server.last_failed_at is not None and (
             server.last_archived_at is None or server.last_failed_at > server.last_archived_at):
-        why.append(f"archiving failing since {show(server.last_failed_at)}")
+        why.append(f"archiving failing: last failure {show(server.last_failed_at)}, none "
+                   "archived since")
     if server.last_backup_set is None:
         why.append("no restorable backup")
     if server.repository_error:
@@ -203,7 +204,8 @@ def _card(snapshot: Snapshot, server: ServerStatus) -> str:
     backup_detail = "" if server.last_backup_set is None else (
         f'<br><span class="t">{_e(show(server.last_backup_at))}</span>'
         f'<br><span class="t">set {_e(server.last_backup_set)}</span>')
-    last_failure = (f" (last {_e(server.last_failed_wal or '')} {_e(show(server.last_failed_at))})"
+    last_failure = (f'<br><span class="wal">{_e(server.last_failed_wal or "")}</span>'
+                    f'<br><span class="t">{_e(show(server.last_failed_at))}</span>'
                     if server.last_failed_at else "")
     why_html = "".join(f'<div class="why">{_e(line)}</div>' for line in why)
     return (f'<article class="card {state}" data-server="{_e(server.server)}" '
