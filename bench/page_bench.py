@@ -37,6 +37,8 @@ from markship.repository.base import Repository
 from markship.repository.catalog import MarkPoint, MarkRecord
 
 CHROMIUM = "/usr/bin/chromium"
+KINDS = ("fresh", "reload", "baseline fresh", "baseline reload")
+MARKS_SPAN = timedelta(hours=23, minutes=30)  # inside the snapshot's 24 h once written
 SERVERS = ("alpha", "bravo")
 MARKS_PER_SEGMENT = 20
 SET_EVERY = timedelta(hours=4)
@@ -78,9 +80,9 @@ def build(root: Path, marks: int, sets: int, now: datetime) -> Path:
             id=set_id, group="bench", servers=list(SERVERS), created_at=at, status="done",
             finished_at=at + timedelta(minutes=3), pid=1, host="bench"))
         segment += 1
-    step = timedelta(hours=24) / marks
+    step = MARKS_SPAN / marks
     for index in range(marks):
-        at = now - timedelta(hours=24) + step * (index + 1)
+        at = now - MARKS_SPAN + step * (index + 1)
         if index % MARKS_PER_SEGMENT == 0:
             segment += 1
             for server in SERVERS:
@@ -134,21 +136,21 @@ PAINT = """() => {
 
 def browser_times(html: str, runs: int) -> dict[str, list[dict[str, float]]]:
     """Paint and load times of `html`: in a fresh tab each time ("fresh"), reloaded in one tab
-    as its refresh does ("reload"), and of a one-line page reloaded the same way ("baseline":
-    what the browser costs whatever the page)."""
+    as its refresh does ("reload"), and of a one-line page both ways ("baseline ...": what
+    the browser costs whatever the page)."""
     from playwright.sync_api import sync_playwright
 
     trivial = b"<!DOCTYPE html><html><body><h1>markship</h1></body></html>"
-    found: dict[str, list[dict[str, float]]] = {"fresh": [], "reload": [], "baseline": []}
+    found: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     with sync_playwright() as driver:
         chromium = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
-        for kind, body in (("fresh", html.encode()), ("reload", html.encode()),
-                           ("baseline", trivial)):
+        for kind in KINDS:
+            body = trivial if kind.startswith("baseline") else html.encode()
             server, url = _serve(body)
             context = None
             try:
                 for run in range(runs + 1):  # the first load warms the browser up: not counted
-                    if context is None or kind == "fresh":
+                    if context is None or kind.endswith("fresh"):
                         if context is not None:
                             context.close()
                         context = chromium.new_context(viewport={"width": 1280, "height": 900})
@@ -202,7 +204,8 @@ def main() -> None:
               f"{statistics.median(renders):.1f} ms (min {min(renders):.1f})")
         times = browser_times(html, args.runs)
         for kind, what in (("fresh", "in a new tab"), ("reload", "reloaded (its refresh)"),
-                           ("baseline", "a one-line page, reloaded")):
+                           ("baseline fresh", "a one-line page in a new tab"),
+                           ("baseline reload", "a one-line page reloaded")):
             fcp = statistics.median(t["fcp"] for t in times[kind])
             load = statistics.median(t["load"] for t in times[kind])
             print(f"browser, {what}: first contentful paint {fcp:.0f} ms, load event "
