@@ -3,6 +3,7 @@ never as markup, and a long mark history is drawn in a bounded number of shapes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -10,11 +11,13 @@ from pathlib import Path
 from markship.backup.status import ServerStatus
 from markship.config import model
 from markship.dr.checklist import Step
+from markship.dr.standby import StandbyStatus
 from markship.marks.choose import MarkState
 from markship.monitor import page, timeline
 from markship.monitor.snapshot import GroupStatus, Snapshot
-from markship.repository.catalog import MarkPoint, MarkRecord
+from markship.repository.catalog import GapRecord, MarkPoint, MarkRecord
 from markship.repository.journal import JournalEntry
+from markship.repository.restorable import GapState
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 HOSTILE = '<script>alert(1)</script><img src=x onerror="alert(2)">'
@@ -112,3 +115,22 @@ def test_ten_thousand_marks_are_drawn_in_bins(tmp_path: Path) -> None:
     few = marks[-5:]
     drawing, counts = timeline.svg(_snapshot(few))
     assert counts.marks == 5 and drawing.count("<line class=\"mark") == 5
+
+
+def test_an_open_wal_gap_and_a_standby(tmp_path: Path) -> None:
+    gap = GapRecord(server="alpha", timeline=1, first_segment="00000001000000000000000A",
+                    last_segment="00000001000000000000000C", segments=3,
+                    wal_from=NOW - timedelta(hours=2), wal_to=NOW - timedelta(hours=1),
+                    dropped_at=NOW - timedelta(hours=1), last_dropped_at=NOW - timedelta(hours=1),
+                    queue_max_bytes=1 << 30, backlog_bytes=1 << 30, host="db1",
+                    reason="repository unreachable")
+    standby = StandbyStatus("alpha", "10.0.0.9:5432", True, None, True, 1, "m1", 3, 16384,
+                            None, ["max_connections 100 < 200"])
+    base = _snapshot([_mark(NOW - timedelta(seconds=20))])
+    status = replace(base.status, gaps=[GapState(gap, None)])
+    html = page.render(replace(base, status=status, standbys=[standby]), _config(tmp_path))
+    assert 'data-server="alpha" data-state="critical"' in html
+    assert 'data-open-gap="true"' in html and "open WAL gap" in html
+    assert 'data-gaps="1"' in html  # drawn on the timeline
+    assert 'data-standby-lag-bytes="16384" data-standby-marks-behind="3"' in html
+    assert 'data-parity-problems="1"' in html and "max_connections 100 &lt; 200" in html
