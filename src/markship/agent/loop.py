@@ -400,10 +400,12 @@ class Agent:
             self.conns.drop_broken()
             error = MarkshipError(f"mark failed: {str(exc).strip() or repr(exc)}")
         else:
+            took = time.monotonic() - started
             self.mark_counts["made"] += 1
-            self.feed.made(time.monotonic() - started, result.record.barrier_hold_ms / 1000)
+            self.feed.made(took, result.record.barrier_hold_ms / 1000)
             self.newest_mark = result.record.name
             self.log("mark.ok", name=result.record.name, hold_ms=result.record.barrier_hold_ms,
+                     total_ms=round(took * 1000, 1),
                      delivery_ms=round(result.switch_ms, 1),
                      delivery=",".join(sorted(set(result.record.delivery.values()))), **extra)
             return result
