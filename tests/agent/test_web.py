@@ -190,8 +190,9 @@ def test_metrics_of_a_running_group_while_scraped(pg_group: GroupFactory) -> Non
 def test_api_status_matches_status_json(pg_group: GroupFactory) -> None:
     group = pg_group(2)
     port = free_port()
-    group.config_path.write_text(group.config_path.read_text() + (
-        "\n[marks]\ninterval = 3600\n" + _web_config("none", port)))
+    group.config_path.write_text(group.config_path.read_text().replace(
+        "user=postgres", "user=postgres password=hunter2")  # trust: the password is unused
+        + "\n[marks]\ninterval = 3600\n" + _web_config("none", port))
     group.ok("backup")
     client = Client(f"http://127.0.0.1:{port}", None)
     with running_agent(group.config_path) as agent:
@@ -203,7 +204,9 @@ def test_api_status_matches_status_json(pg_group: GroupFactory) -> None:
             return code == 200 and json.loads(body)["latest_complete_mark"] is not None
 
         wait_for(settled, "the agent's first mark in /api/status", timeout=120, interval=0.5)
-        served = json.loads(client.get("/api/status")[2])
+        answers = [client.get(path)[2] for path in ("/api/status", "/metrics", "/")]
+        assert not any(b"hunter2" in body for body in answers)
+        served = json.loads(answers[0])
         status = json.loads(group.ok("status", "--json"))
         marks = json.loads(group.ok("marks", "--json"))
         stop_agent(agent)
