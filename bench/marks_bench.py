@@ -1634,6 +1634,7 @@ class Bench:
         holds: dict[str, list[float]] = {"off": [], "on": []}
         polls: list[float] = []
         poll_codes: dict[str, int] = {}
+        snapshots: dict[str, float] = {}  # markship_snapshot_duration_seconds by taken_at
         agents: list[dict[str, Any]] = []
         for number in range(WEB_TURNS):
             for mode in ("off", "on"):
@@ -1643,7 +1644,7 @@ class Bench:
                 began = datetime.now(UTC)
                 stop = threading.Event()
                 poller = threading.Thread(target=self._poll_web, daemon=True, args=(
-                    f"http://127.0.0.1:{port}", token, stop, polls, poll_codes))
+                    f"http://127.0.0.1:{port}", token, stop, polls, poll_codes, snapshots))
                 if mode == "on":
                     poller.start()
                 time.sleep(turn)
@@ -1663,15 +1664,18 @@ class Bench:
         ratio50 = on["p50"] / off["p50"] if off["p50"] else float("nan")
         ratio99 = on["p99"] / off["p99"] if off["p99"] else float("nan")
         poll = dist(polls)
+        taking = dist([v * 1000 for v in snapshots.values()])
         self.results["web"] = {"turn_seconds": turn, "turns": WEB_TURNS,
                                "interval_s": WEB_INTERVAL, "total_ms": {"off": off, "on": on},
                                "hold_ms": {k: dist(v) for k, v in holds.items()},
                                "p50_ratio": ratio50, "p99_ratio": ratio99,
-                               "poll_ms": poll, "poll_codes": poll_codes, "agents": agents}
+                               "poll_ms": poll, "poll_codes": poll_codes, "agents": agents,
+                               "snapshot_ms": taking}
         say(f"mark latency without [web]: {fmt_dist(off, digits=1)}")
         say(f"mark latency with [web] polled: {fmt_dist(on, digits=1)}")
         say(f"ratio on/off: p50 {ratio50:.3f}, p99 {ratio99:.3f}; polls answered "
-            f"{poll_codes}, {fmt_dist(poll, digits=1)}")
+            f"{poll_codes}, {fmt_dist(poll, digits=1)}; each snapshot took "
+            f"{fmt_dist(taking, digits=0)}")
         good = poll_codes and set(poll_codes) == {"200"}
         self.rows += [
             Row("mark latency, [web] polled every 100 ms vs off, p50 ratio", f"{ratio50:.3f}",
@@ -1687,7 +1691,7 @@ class Bench:
 
     @staticmethod
     def _poll_web(base: str, token: str, stop: threading.Event, times: list[float],
-                  codes: dict[str, int]) -> None:
+                  codes: dict[str, int], snapshots: dict[str, float]) -> None:
         """GET /metrics and / every WEB_POLL seconds until `stop` (a scraper and a browser)."""
         while not stop.wait(WEB_POLL):
             for path in ("/metrics", "/"):
@@ -1696,8 +1700,15 @@ class Bench:
                 started = time.perf_counter()
                 try:
                     with urllib.request.urlopen(request, timeout=10) as answer:
-                        answer.read()
+                        body = answer.read().decode(errors="replace")
                         code = str(answer.status)
+                    if path == "/metrics":
+                        found = dict(line.split(" ", 1) for line in body.splitlines()
+                                     if line.startswith("markship_snapshot_"))
+                        if "markship_snapshot_duration_seconds" in found:
+                            age = float(found["markship_snapshot_age_seconds"])
+                            taken = f"{time.time() - age:.0f}"  # one key per snapshot
+                            snapshots[taken] = float(found["markship_snapshot_duration_seconds"])
                 except urllib.error.HTTPError as exc:
                     code = str(exc.code)
                 except OSError as exc:

@@ -214,6 +214,7 @@ class Agent:
                 next_mark = started + interval
                 if next_mark < time.monotonic():
                     next_mark = time.monotonic()
+                self.feed.planned(next_mark)
             if time.monotonic() >= next_backup_check:
                 next_backup_check = time.monotonic() + 5
                 self.jobs.maybe_backup()

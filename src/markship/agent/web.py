@@ -4,8 +4,9 @@ Off unless `[web] listen` is set. Every answer comes from the last snapshot of t
 (markship.monitor.snapshot), which a thread of its own takes every `[web] refresh` seconds:
 a request asks no server and lists nothing, so scrapers cannot load the group or slow marks.
 The refresher and the request threads run at a raised nice value and share no lock with the
-marking thread. Only GET and HEAD are answered (405 otherwise); every path needs the
-configured credentials: a bearer token, or a user and password checked against PBKDF2-SHA256
+marking thread; a snapshot that would still run when the next mark is due starts after it.
+
+Only GET and HEAD are answered (405 otherwise); every path needs the configured credentials: a bearer token, or a user and password checked against PBKDF2-SHA256
 hashes (the `pbkdf2_sha256$ITERATIONS$SALT$HASH` lines Django also writes), unless
 `auth = "none"` is written. TLS when `tls_cert` and `tls_key` are set.
 
@@ -26,6 +27,7 @@ import socket
 import ssl
 import stat
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +46,8 @@ from markship.repository.base import Repository
 from markship.timefmt import show
 
 WEB_NICE = 10  # the refresher and request threads yield the CPU to marks
+GAP_MARGIN = 0.2  # seconds: a snapshot due closer than its own duration + this to the next
+# mark waits for that mark to finish first (the two would compete for the CPU and the GIL)
 REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request (and TLS handshake)
 MIN_ITERATIONS = 100_000  # PBKDF2 rounds a basic_auth_file line must have at least
 VERIFIED_KEEP = 64  # successful basic-auth headers remembered (PBKDF2 is slow on purpose)
@@ -265,6 +269,7 @@ class WebServer:
 
         self.config, self.repo, self.prepared, self.log = config, repo, prepared, log
         self.gate = prepared.gate
+        self.feed = feed
         self.copies = open_copies(config)
         self.history = metrics.History()
         self.published: _Published | None = None
@@ -303,6 +308,7 @@ class WebServer:
         priority.set_for_thread(WEB_NICE)  # raising nice is always allowed
         known: dict[str, Any] = {}
         while not self.stopping.is_set():
+            self._wait_for_gap()
             try:
                 taken = snapshot.take(self.config, self.repo, self.copies, known_marks=known)
                 self.history.update(self.repo, self.copies, taken)
@@ -322,6 +328,20 @@ class WebServer:
                          detail=f"the last state is served; tried again in "
                                 f"{self.config.web.refresh:g} s")
             self.stopping.wait(self.config.web.refresh)
+
+    def _wait_for_gap(self) -> None:
+        """When the next planned mark is due before a snapshot would be done, wait until that
+        mark finished (at most one mark interval): marks then rarely share the CPU with it."""
+        published = self.published
+        expected = published.view.snapshot.seconds if (
+            published is not None and published.view.snapshot is not None) else 1.0
+        planned = self.feed.next_at
+        if planned is None or planned - time.monotonic() > expected + GAP_MARGIN:
+            return
+        self.feed.finished.clear()
+        if self.feed.next_at != planned:  # it finished meanwhile: the gap begins now
+            return
+        self.feed.finished.wait(min(self.config.marks.interval, self.config.web.refresh) + 1)
 
     def answer(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for GET `path`."""

@@ -65,27 +65,38 @@ class _Histogram:
 
 class MarkFeed:
     """What the agent tells on each mark: its duration and barrier hold, or that it was
-    skipped or failed. Cheap (a lock held for a few additions), called after the mark."""
+    skipped or failed. Cheap (a lock held for a few additions), called after the mark.
+
+    Also when its next mark is due (`planned`), and `finished` is set after each mark: the
+    snapshot refresher starts its work in the gap between two marks (see agent.web)."""
 
     def __init__(self) -> None:
+        self.finished = threading.Event()
+        self.next_at: float | None = None  # time.monotonic() the next planned mark is due
         self._lock = threading.Lock()
         self._duration = _Histogram()
         self._hold = _Histogram()
         self._skipped = 0
         self._failed = 0
 
+    def planned(self, at_monotonic: float) -> None:
+        self.next_at = at_monotonic
+
     def made(self, duration_seconds: float, barrier_hold_seconds: float) -> None:
         with self._lock:
             self._duration.observe(duration_seconds)
             self._hold.observe(barrier_hold_seconds)
+        self.finished.set()
 
     def skipped(self) -> None:
         with self._lock:
             self._skipped += 1
+        self.finished.set()
 
     def failed(self) -> None:
         with self._lock:
             self._failed += 1
+        self.finished.set()
 
     def families(self) -> list[Metric]:
         with self._lock:
