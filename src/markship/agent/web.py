@@ -6,9 +6,10 @@ a request asks no server and lists nothing, so scrapers cannot load the group or
 The refresher and the request threads run at a raised nice value and share no lock with the
 marking thread; a snapshot that would still run when the next mark is due starts after it.
 
-Only GET and HEAD are answered (405 otherwise); every path needs the configured credentials: a bearer token, or a user and password checked against PBKDF2-SHA256
-hashes (the `pbkdf2_sha256$ITERATIONS$SALT$HASH` lines Django also writes), unless
-`auth = "none"` is written. TLS when `tls_cert` and `tls_key` are set.
+Only GET and HEAD are answered (405 otherwise); every path needs the configured credentials:
+a bearer token, or a user and password checked against PBKDF2-SHA256 hashes (the
+`pbkdf2_sha256$ITERATIONS$SALT$HASH` lines Django also writes), unless `auth = "none"` is
+written. TLS when `tls_cert` and `tls_key` are set.
 
 `prepare` reads the credential files, loads the certificate and binds the port before
 markship becomes the repository's OS user (the files may be root's alone, the port may be
