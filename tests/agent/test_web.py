@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from markship.agent.web import Gate, parse_users
 from markship.errors import ConfigError
 from markship.pg.scratch import free_port
-from tests.support.checks import wait_for
+from tests.support.checks import marks_of, wait_for
 from tests.support.s3 import make_certificate
 from tests.support.servers import MARKSHIP, GroupFactory, add_dr_site, running_agent, stop_agent
 
@@ -151,6 +151,7 @@ def test_metrics_of_a_running_group_while_scraped(pg_group: GroupFactory) -> Non
 
         # A scraper every 100 ms: marks go on, each one in the histogram.
         made = one("markship_mark_duration_seconds_count")
+        complete_before = sum(1 for m in marks_of(group) if m["complete"])
         codes: list[int] = []
         stop = threading.Event()
 
@@ -168,6 +169,8 @@ def test_metrics_of_a_running_group_while_scraped(pg_group: GroupFactory) -> Non
             stop.set()
             scraper.join()
         assert codes and set(codes) == {200}
+        wait_for(lambda: sum(1 for m in marks_of(group) if m["complete"]) >= complete_before + 5,
+                 "the marks made while scraped complete", timeout=120, interval=0.5)
 
         # Credentials, methods, paths.
         assert client.get("/metrics", header="")[0] == 401

@@ -27,6 +27,7 @@ import secrets
 import socket
 import ssl
 import stat
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,11 @@ from markship.repository.base import Repository
 from markship.timefmt import show
 
 WEB_NICE = 10  # the refresher and request threads yield the CPU to marks
+# While the web server runs, a thread waiting for the interpreter lock (the marking thread,
+# back from a server's answer) gets it after at most this many seconds, not after Python's
+# default 5 ms: a mark's few round trips would each wait that long behind a snapshot or a
+# request being answered.
+GIL_SLICE = 0.0005
 GAP_MARGIN = 0.2  # seconds: a snapshot due closer than its own duration + this to the next
 # mark waits for that mark to finish first (the two would compete for the CPU and the GIL)
 REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request (and TLS handshake)
@@ -276,6 +282,8 @@ class WebServer:
         self.published: _Published | None = None
         self.registry = metrics.registry(config, self.view, feed)
         self.stopping = threading.Event()
+        self.said: dict[str, str] = {}  # the refresher's failures as last logged
+        self.switch_interval = sys.getswitchinterval()  # Python's, restored at close
         self.refresher = threading.Thread(target=self._refresh_loop, daemon=True,
                                           name="markship-web-refresh")
         self.serving = threading.Thread(target=prepared.server.serve_forever, daemon=True,
@@ -289,6 +297,7 @@ class WebServer:
         return published.view
 
     def start(self) -> None:
+        sys.setswitchinterval(GIL_SLICE)
         self.refresher.start()
         self.serving.start()
         host, port = self.prepared.server.server_address[:2]
@@ -302,6 +311,7 @@ class WebServer:
             self.prepared.server.shutdown()
         self.prepared.server.server_close()
         self.refresher.join(timeout=5)
+        sys.setswitchinterval(self.switch_interval)
 
     def _refresh_loop(self) -> None:
         from markship.monitor import page, snapshot
@@ -317,18 +327,25 @@ class WebServer:
                                  sort_keys=True).encode()
                 try:
                     rendered: bytes | None = page.render(taken, self.config).encode()
+                    self.said.pop("web.page_failed", None)
                 except Exception as exc:  # the page's defect must not take /metrics along
                     rendered = None
-                    self.log("web.page_failed", level="error",
-                             reason=f"{type(exc).__name__}: {exc}")
+                    self._once("web.page_failed", "error", f"{type(exc).__name__}: {exc}")
                 self.published = _Published(metrics.View(taken, self.history.copy()),
                                             rendered, api)
             except Exception as exc:  # whatever happens, the agent and its marks go on
-                self.log("web.snapshot_failed", level="warning",
-                         reason=f"{type(exc).__name__}: {exc}",
-                         detail=f"the last state is served; tried again in "
-                                f"{self.config.web.refresh:g} s")
+                self._once("web.snapshot_failed", "warning", f"{type(exc).__name__}: {exc}",
+                           detail=f"the last state is served; tried again every "
+                                  f"{self.config.web.refresh:g} s")
+            else:
+                self.said.pop("web.snapshot_failed", None)
             self.stopping.wait(self.config.web.refresh)
+
+    def _once(self, event: str, level: str, reason: str, **fields: str) -> None:
+        """Log a failure of the refresher, not again each refresh while it stays the same."""
+        if self.said.get(event) != reason:
+            self.said[event] = reason
+            self.log(event, level=level, reason=reason, **fields)
 
     def _wait_for_gap(self) -> None:
         """When the next planned mark is due before a snapshot would be done, wait until that
