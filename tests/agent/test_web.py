@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import secrets
+import socket
 import ssl
 import subprocess
 import threading
@@ -259,6 +260,9 @@ def test_basic_auth_over_tls_and_config_errors(pg_group: GroupFactory) -> None:
         plain = Client(f"http://127.0.0.1:{port}", good)
         with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
             plain.get("/metrics")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"\x00garbage\r\n\r\n")  # no TLS, no HTTP
+        assert client.get("/metrics")[0] == 200  # the agent serves on
         err = stop_agent(agent)
     assert agent.returncode == 0, err
     assert "correct horse" not in err
