@@ -43,6 +43,7 @@ import multiprocessing.synchronize
 import os
 import platform
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,7 +94,7 @@ from markship.pg.scratch import ScratchServer, chown_to, free_port
 from markship.repository.backends import location_of, open_repository
 from moto_server import MotoServer
 
-PHASES = ("latency", "s3", "rpo", "throughput", "failover")
+PHASES = ("latency", "s3", "rpo", "throughput", "failover", "web")
 GROUP = "bench"
 SCALE = 5
 ACCOUNTS = 100  # per server, for the 2PC transfer workload
@@ -102,6 +105,9 @@ SPARSE_INTERVAL = 5.0  # the s3 phase's longer interval (uploads ahead matter th
 RPO_INTERVAL = 5.0
 THROUGHPUT_INTERVAL = 1.0
 FAILOVER_INTERVAL = 2.0
+WEB_INTERVAL = 1.0  # the web phase's [marks] interval
+WEB_TURNS = 2  # the web phase alternates off/on this many times (drift hits both alike)
+WEB_POLL = 0.1  # seconds between two polls of /metrics and of / (the issue's scraper)
 PYTHON = Path(sys.executable)
 
 Conn = psycopg.Connection[TupleRow]
@@ -561,7 +567,7 @@ class Bench:
         return [str(MARKSHIP), "--config", str(self.cfg), *args]
 
     def write_config(self, interval: float, dr_site: bool = False,
-                     delivery: str = "stream") -> None:
+                     delivery: str = "stream", extra: str = "") -> None:
         where = (self.s3.config_lines() if self.on_s3 and self.s3 is not None
                  else f'path = {json.dumps(str(self.repo))}\n')
         text = f'[group]\nname = "{GROUP}"\n\n[repository]\n{where}os_user = "{OS_USER}"\n'
@@ -585,7 +591,7 @@ class Bench:
                      f"statement = \"UPDATE peers SET host = '{{{peer}.host}}', port = "
                      f"{{{peer}.port}} WHERE name = '{peer}'\"\n"
                      '\n[[failover.hook]]\ncommand = ["/bin/true"]\n')
-        write_atomic(self.cfg, text)
+        write_atomic(self.cfg, text + extra)
 
     def pgbench_argv(self, server: ScratchServer, *options: str) -> list[str]:
         """pgbench runs as root (a TCP client needs no file access): signals reach it."""
@@ -612,10 +618,12 @@ class Bench:
             tps.append(pgbench_tps(out))
         return tps
 
-    def start_agent(self, interval: float, label: str, delivery: str = "stream") -> Agent:
+    def start_agent(self, interval: float, label: str, delivery: str = "stream",
+                    extra: str = "") -> Agent:
         """`markship run --log-json`; with delivery "stream" it runs the WAL receivers itself
-        (they start once its first mark has connected to the servers)."""
-        self.write_config(interval, dr_site=bool(self.standbys), delivery=delivery)
+        (they start once its first mark has connected to the servers). `extra`: config text
+        appended (e.g. a [web] section)."""
+        self.write_config(interval, dr_site=bool(self.standbys), delivery=delivery, extra=extra)
         log = self.root / f"agent-{label}.log"
         with log.open("wb") as handle:
             proc = subprocess.Popen(self.ms("run", "--log-json"), stdout=subprocess.DEVNULL,
@@ -1581,6 +1589,109 @@ class Bench:
                              and out["reference_applied"])
         return out
 
+    # -- 6. the agent's web server: marks with /metrics and / polled vs without [web] ---------
+
+    def bench_web(self) -> None:
+        turn = max(10, self.duration // 2)
+        say(f"== 6. the agent's web server: the agent at [marks] interval = {WEB_INTERVAL:g} s, "
+            f"idle, without [web] and with [web] (default refresh) and a client polling "
+            f"/metrics and / every {WEB_POLL * 1000:.0f} ms, in {WEB_TURNS} alternating turns "
+            f"of {turn} s each; mark latency = the agent's own total_ms per mark.ok, marks "
+            "delivered by stream only")
+        self.settle()
+        token_file = self.root / "web-token"
+        token = secrets.token_hex(24)
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        port = self.port()
+        web = (f'\n[web]\nlisten = "127.0.0.1:{port}"\nauth = "token"\n'
+               f'token_file = "{token_file}"\n')
+        totals: dict[str, list[float]] = {"off": [], "on": []}
+        holds: dict[str, list[float]] = {"off": [], "on": []}
+        polls: list[float] = []
+        poll_codes: dict[str, int] = {}
+        snapshots: dict[str, float] = {}  # markship_snapshot_duration_seconds by taken_at
+        agents: list[dict[str, Any]] = []
+        for number in range(WEB_TURNS):
+            for mode in ("off", "on"):
+                agent = self.start_agent(WEB_INTERVAL, f"web-{mode}-{number}",
+                                         extra=web if mode == "on" else "")
+                self.wait_agent_marked(agent, timeout=60, delivery="stream")
+                began = datetime.now(UTC)
+                stop = threading.Event()
+                poller = threading.Thread(target=self._poll_web, daemon=True, args=(
+                    f"http://127.0.0.1:{port}", token, stop, polls, poll_codes, snapshots))
+                if mode == "on":
+                    poller.start()
+                time.sleep(turn)
+                stop.set()
+                if mode == "on":
+                    poller.join()
+                stats = self.stop_agent(agent)
+                agents.append({"mode": mode, **{k: stats[k] for k in (
+                    "exit_code", "marks_ok", "marks_skipped", "marks_failed", "cpu_s")}})
+                for event in agent_events(agent.log):
+                    if (event["event"] == "mark.ok" and event.get("delivery") == "stream"
+                            and datetime.fromisoformat(event["time"]) >= began
+                            and "total_ms" in event):
+                        totals[mode].append(float(event["total_ms"]))
+                        holds[mode].append(float(event["hold_ms"]))
+        off, on = dist(totals["off"]), dist(totals["on"])
+        ratio50 = on["p50"] / off["p50"] if off["p50"] else float("nan")
+        ratio99 = on["p99"] / off["p99"] if off["p99"] else float("nan")
+        poll = dist(polls)
+        taking = dist([v * 1000 for v in snapshots.values()])
+        self.results["web"] = {"turn_seconds": turn, "turns": WEB_TURNS,
+                               "interval_s": WEB_INTERVAL, "total_ms": {"off": off, "on": on},
+                               "hold_ms": {k: dist(v) for k, v in holds.items()},
+                               "p50_ratio": ratio50, "p99_ratio": ratio99,
+                               "poll_ms": poll, "poll_codes": poll_codes, "agents": agents,
+                               "snapshot_ms": taking}
+        say(f"mark latency without [web]: {fmt_dist(off, digits=1)}")
+        say(f"mark latency with [web] polled: {fmt_dist(on, digits=1)}")
+        say(f"ratio on/off: p50 {ratio50:.3f}, p99 {ratio99:.3f}; polls answered "
+            f"{poll_codes}, {fmt_dist(poll, digits=1)}; each snapshot took "
+            f"{fmt_dist(taking, digits=0)}")
+        good = poll_codes and set(poll_codes) == {"200"}
+        self.rows += [
+            Row("mark latency, [web] polled every 100 ms vs off, p50 ratio", f"{ratio50:.3f}",
+                f"on {on['p50']:.1f} ms / off {off['p50']:.1f} ms (n={int(on['n'])}/"
+                f"{int(off['n'])})", "≤ 1.05", verdict(ratio50 <= 1.05)),
+            Row("mark latency, [web] polled every 100 ms vs off, p99 ratio", f"{ratio99:.3f}",
+                f"on {on['p99']:.1f} ms / off {off['p99']:.1f} ms", "≤ 1.05",
+                verdict(ratio99 <= 1.05)),
+            Row("  (info) /metrics and / answers while polled", f"{sum(poll_codes.values())}",
+                f"codes {poll_codes}, p50 {poll['p50']:.1f} ms, p99 {poll['p99']:.1f} ms",
+                "all 200", verdict(bool(good))),
+        ]
+
+    @staticmethod
+    def _poll_web(base: str, token: str, stop: threading.Event, times: list[float],
+                  codes: dict[str, int], snapshots: dict[str, float]) -> None:
+        """GET /metrics and / every WEB_POLL seconds until `stop` (a scraper and a browser)."""
+        while not stop.wait(WEB_POLL):
+            for path in ("/metrics", "/"):
+                request = urllib.request.Request(base + path,
+                                                 headers={"Authorization": f"Bearer {token}"})
+                started = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as answer:
+                        body = answer.read().decode(errors="replace")
+                        code = str(answer.status)
+                    if path == "/metrics":
+                        found = dict(line.split(" ", 1) for line in body.splitlines()
+                                     if line.startswith("markship_snapshot_"))
+                        if "markship_snapshot_duration_seconds" in found:
+                            age = float(found["markship_snapshot_age_seconds"])
+                            taken = f"{time.time() - age:.0f}"  # one key per snapshot
+                            snapshots[taken] = float(found["markship_snapshot_duration_seconds"])
+                except urllib.error.HTTPError as exc:
+                    code = str(exc.code)
+                except OSError as exc:
+                    code = type(exc).__name__
+                times.append((time.perf_counter() - started) * 1000)
+                codes[code] = codes.get(code, 0) + 1
+
     # -- running it all --------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -1607,7 +1718,8 @@ class Bench:
         self.setup()
         self.results["foreign_activity"] = [{"at": "start", **foreign_activity(self.root)}]
         steps = {"latency": self.bench_latency, "s3": self.bench_s3, "rpo": self.bench_rpo,
-                 "throughput": self.bench_throughput, "failover": self.bench_failover}
+                 "throughput": self.bench_throughput, "failover": self.bench_failover,
+                 "web": self.bench_web}
         for phase in PHASES:
             if phase in self.phases:
                 steps[phase]()

@@ -28,7 +28,7 @@ from types import FrameType
 
 import psycopg
 
-from markship.agent import control
+from markship.agent import control, web
 from markship.agent.copying import Copier
 from markship.agent.jobs import Jobs
 from markship.agent.log import EventLog
@@ -36,6 +36,7 @@ from markship.config.model import Config
 from markship.errors import LockedError, MarkshipError
 from markship.marks import priority, stream, upload
 from markship.marks.take import GroupConnections, MarkResult, MarkSkipped, take_mark
+from markship.monitor.metrics import MarkFeed
 from markship.pg import programs, replication
 from markship.repository import records
 from markship.repository.base import Repository
@@ -59,8 +60,11 @@ def marking_thread(config: Config, log: EventLog) -> ThreadPoolExecutor:
 class Agent:
     def __init__(self, config: Config, repo: Repository, log: EventLog,
                  clock: Callable[[], datetime] = utcnow, config_path: str | None = None,
-                 marker: ThreadPoolExecutor | None = None, standby: bool = False) -> None:
+                 marker: ThreadPoolExecutor | None = None, standby: bool = False,
+                 web_server: web.Prepared | None = None) -> None:
         self.config = config
+        self.web_server = web_server  # [web], bound before markship became os_user
+        self.feed = MarkFeed()  # what /metrics tells of the marks made here
         self.standby = standby  # wait for the agent lock instead of refusing to start
         self.held: contextlib.AbstractContextManager[None] | None = None
         self.config_path = config_path  # where `markship mark` finds this agent's socket
@@ -125,9 +129,12 @@ class Agent:
             self.check_config_change()
             listener = self.listen()
             self.copier.start()
+            site = web.started(self.config, self.repo, self.web_server, self.feed, self.log)
             try:
                 self._loop()
             finally:
+                if site is not None:
+                    site.close()
                 if listener is not None:
                     listener.close()
                 self.copier.close()
@@ -207,6 +214,7 @@ class Agent:
                 next_mark = started + interval
                 if next_mark < time.monotonic():
                     next_mark = time.monotonic()
+                self.feed.planned(next_mark)
             if time.monotonic() >= next_backup_check:
                 next_backup_check = time.monotonic() + 5
                 self.jobs.maybe_backup()
@@ -383,6 +391,7 @@ class Agent:
              **extra: str) -> MarkResult | MarkshipError:
         """One mark (the agent's own or a requested one), made on the marking thread, counted
         and logged; a failure is returned, not raised."""
+        started = time.monotonic()
         try:
             result = self.marker.submit(take_mark, self.config, self.repo, self.conns, name,
                                         switch_wal=switch_wal, uploads=self.uploads).result()
@@ -392,14 +401,18 @@ class Agent:
             self.conns.drop_broken()
             error = MarkshipError(f"mark failed: {str(exc).strip() or repr(exc)}")
         else:
+            took = time.monotonic() - started
             self.mark_counts["made"] += 1
+            self.feed.made(took, result.record.barrier_hold_ms / 1000)
             self.newest_mark = result.record.name
             self.log("mark.ok", name=result.record.name, hold_ms=result.record.barrier_hold_ms,
+                     total_ms=round(took * 1000, 1),
                      delivery_ms=round(result.switch_ms, 1),
                      delivery=",".join(sorted(set(result.record.delivery.values()))), **extra)
             return result
         skipped = isinstance(error, MarkSkipped)
         self.mark_counts["skipped" if skipped else "failed"] += 1
+        (self.feed.skipped if skipped else self.feed.failed)()
         self.log("mark.skipped" if skipped else "mark.failed",
                  level="warning" if skipped else "error", reason=error.message, **extra)
         return error

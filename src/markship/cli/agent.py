@@ -24,6 +24,7 @@ from markship.cli.context import Context, pass_context
 def run_agent(ctx: Context, log_json: bool, log_file: Path | None, journald: bool,
               standby_agent: bool) -> None:
     """The agent: marks every interval, full backups on schedule, retention after backups."""
+    from markship.agent import web
     from markship.agent.log import EventLog
     from markship.agent.loop import Agent, marking_thread
     from markship.errors import MarkshipError
@@ -40,8 +41,10 @@ def run_agent(ctx: Context, log_json: bool, log_file: Path | None, journald: boo
         from markship.marks.upload import prepare_spool
 
         prepare_spool(config)  # likewise: /var/lib/markship may be root's alone
+    # Like the marking thread: the credentials may be root's alone, the port privileged.
+    web_server = web.prepare(config)
     Agent(config, ctx.repository(), log, config_path=str(ctx.config_path), marker=marker,
-          standby=standby_agent).run()
+          standby=standby_agent, web_server=web_server).run()
 
 
 COMMANDS = [run_agent]

@@ -92,6 +92,7 @@ def status(ctx: Context, as_json: bool) -> None:
               help="Verify this [[repository.copy]] instead of the repository.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
+@journaled("verify")  # its outcome and age are on the agent's /metrics
 def verify(ctx: Context, set_id: str | None, clean_temp: bool, copy_name: str | None,
            as_json: bool) -> None:
     """Re-read every object against its checksum and check WAL continuity."""
@@ -100,6 +101,7 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, copy_name: str | 
 
     if set_id is not None:
         names.check(set_id, "backup set id")
+    ctx.note(**{k: v for k, v in (("set", set_id), ("copy", copy_name)) if v})
     repo = ctx.copies([copy_name])[0].repo if copy_name else ctx.repository()
     report = run_verify(repo, set_id, clean_temp)
     output.writer(as_json).verify(report)

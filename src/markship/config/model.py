@@ -336,6 +336,44 @@ class WebSection(_Section):
     tls_key: Path | None = None
     refresh: Duration = 10.0  # seconds between two snapshots of the group
 
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+    @field_validator("token_file", "basic_auth_file", "tls_cert", "tls_key")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> WebSection:
+        if self.auth == "token" and self.listen is not None and self.token_file is None:
+            raise ValueError('auth = "token" needs token_file (a file holding the token, '
+                             'mode 0600), or write auth = "basic" or auth = "none"')
+        if self.auth == "basic" and self.listen is not None and self.basic_auth_file is None:
+            raise ValueError('auth = "basic" needs basic_auth_file (lines user:hash, see '
+                             "markship's README)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key (TLS), or neither (plain HTTP)")
+        return self
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:9187` for an IPv6 address) → (host, port); ValueError otherwise."""
+    found = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", value)
+    if found is None:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:9187 or [::1]:9187")
+    host = found.group(1) or found.group(3)
+    port = int(found.group(2) or found.group(4))
+    if not 0 < port < 65536:
+        raise ValueError("the port must be between 1 and 65535")
+    return host, port
+
 
 # A size in bytes: a number, or a string with a unit ("256MiB", "1GiB"); more than zero.
 Size = Annotated[ByteSize, Field(gt=0)]
