@@ -39,6 +39,15 @@ GROUP = ["markship_up", "markship_snapshot_age_seconds", "markship_snapshot_dura
 HISTOGRAMS = ["markship_mark_duration_seconds", "markship_mark_barrier_hold_seconds"]
 
 
+def test_the_checked_metrics_are_the_documented_ones() -> None:
+    """The lists checked below cover monitor.names.METRIC_NAMES, the names the README and the
+    alert rules promise, and no more."""
+    from markship.monitor.names import METRIC_NAMES
+
+    checked = [*GROUP, *PER_SERVER, *PER_REPOSITORY, *HISTOGRAMS, "markship_copy_lag_seconds"]
+    assert sorted(checked) == sorted(METRIC_NAMES)
+
+
 def _password_line(user: str, password: str, iterations: int = 100_000) -> str:
     salt = secrets.token_hex(8)
     digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations)

@@ -10,6 +10,7 @@ agent's own web server is tested in tests/agent. Screenshots of every page looke
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,11 @@ import pytest
 from markship.config import model
 from markship.monitor import page
 from markship.monitor.snapshot import Snapshot, status_json, take
+from markship.pg.scratch import free_port
 from markship.repository.backends import open_repository
 from tests.support import browser
 from tests.support.checks import archiver, switch_wal, wait_for
-from tests.support.servers import Group, GroupFactory, new_mark
+from tests.support.servers import Group, GroupFactory, new_mark, running_agent, stop_agent
 
 if TYPE_CHECKING:  # imported by the tests themselves only once a browser is known to be here
     from playwright.sync_api import Browser, Page, ViewportSize
@@ -195,3 +197,65 @@ def test_failed_archiving_turns_the_card_red(pg_group: GroupFactory, chromium: B
         "e => getComputedStyle(e).borderLeftColor") != RED
     assert int(tab.locator("#timeline").get_attribute("data-failures") or 0) >= 1
     tab.context.close()
+
+
+def test_the_agents_page_in_a_browser_needs_its_token(pg_group: GroupFactory,
+                                                      chromium: Browser) -> None:
+    """The page as the agent serves it ([web], token auth): refused without the token; with
+    it, the page shows the RPO and servers of the agent's `/api/status` (one snapshot)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    group = pg_group(2)
+    group.ok("backup")
+    mark = new_mark(group)
+    wait_for(lambda: (_cli_status(group)["latest_complete_mark"] or {}).get("name") == mark,
+             f"mark {mark} complete")
+    token = secrets.token_hex(24)
+    token_file = group.workdir / "web-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    # Marks by hand only and one snapshot for the whole test: the page and /api/status agree.
+    group.add_config(f'\n[marks]\ninterval = 3600\n\n[web]\nlisten = "127.0.0.1:{port}"\n'
+                     f'auth = "token"\ntoken_file = "{token_file}"\nrefresh = 3600\n')
+    url = f"http://127.0.0.1:{port}/"
+    with running_agent(group.config_path) as agent:
+        anonymous = chromium.new_context(viewport=DESKTOP)
+        tab = anonymous.new_page()
+
+        def answered() -> bool:
+            try:
+                response = tab.goto(url, wait_until="load")
+            except PlaywrightError:  # nothing listens yet: the agent is starting
+                return False
+            return response is not None and response.status == 401
+        wait_for(answered, "the agent's page refusing a browser without the token",
+                 timeout=120, interval=0.5)
+        assert mark not in tab.content()
+        anonymous.close()
+
+        context = chromium.new_context(viewport=DESKTOP, extra_http_headers={
+            "Authorization": f"Bearer {token}"})
+        tab = context.new_page()
+        answer = tab.goto(url + "api/status")
+        assert answer is not None and answer.status == 200
+        status = json.loads(answer.text())
+        response = tab.goto(url, wait_until="load")
+        assert response is not None and response.status == 200
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(ARTIFACTS / "agent-page.png"), full_page=True)
+        newest = status["latest_complete_mark"]
+        assert newest["name"] == mark
+        rpo = tab.locator("#rpo")
+        assert mark in rpo.inner_text()
+        assert float(rpo.get_attribute("data-rpo-seconds") or "nan") == newest["age_seconds"]
+        for row in status["servers"]:
+            card = tab.locator(f'[data-server="{row["server"]}"]')
+            assert card.get_attribute("data-state") == "ok"
+            assert _number(card.get_attribute("data-archive-lag-bytes")) == \
+                row["archive_lag_bytes"]
+            assert row["last_backup_set"] in card.inner_text()
+        context.close()
+        err = stop_agent(agent)
+    assert agent.returncode == 0, err
+    assert token not in err

@@ -253,7 +253,7 @@ def _checklist(snapshot: Snapshot) -> str:
 
 def _journal_line(entry: JournalEntry) -> str:
     outcome = _e(entry.outcome)
-    shown = outcome if entry.outcome == "ok" else f'<span class="failed">{outcome}</span>'
+    shown = f'<span class="failed">{outcome}</span>' if entry.failed else outcome
     objects = ", ".join(f"{_e(k)} {_e(v)}" for k, v in entry.objects.items())
     return (f'<li data-seq="{entry.seq}"><span><strong>{_e(entry.command)}</strong> {shown}'
             f'{" — " + objects if objects else ""}<br><span class="small muted">'

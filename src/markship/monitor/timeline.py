@@ -150,7 +150,7 @@ def _event_elements(snapshot: Snapshot, axis: _Axis) -> tuple[list[str], int, in
     for entry in snapshot.journal:
         if not axis.inside(entry.time):
             continue
-        failed = entry.outcome != "ok"
+        failed = entry.failed
         kind = EVENT_COMMANDS.get(entry.command)
         if not failed and kind is None:
             continue

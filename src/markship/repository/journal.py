@@ -41,11 +41,15 @@ class JournalEntry(Record):
     user: str
     host: str
     command: str
-    outcome: str  # "ok", or "failed: <reason>"
+    outcome: str  # "ok", "failed: <reason>", or what an entry that is neither says
     objects: dict[str, str] = Field(default_factory=dict)
     diff: str | None = None  # config changes: a unified diff, secrets redacted
     config_text: str | None = None  # the (redacted) config this entry's diff leads to
     prev: str  # stored_hash of the previous entry ("" for the first); older: entry_hash
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome.startswith("failed")
 
 
 class JournalHead(Record):
