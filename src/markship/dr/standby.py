@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 
 from markship import perserver
+from markship.backup.basebackup import ProgressFn
 from markship.backup.restore import RestoreResult, Target, restore_server
 from markship.config.model import Config, StandbySection
 from markship.dr import lag
@@ -40,16 +41,18 @@ def server_settings(standby: StandbySection) -> dict[str, str]:
             "unix_socket_directories": str(standby.socket_dir) if standby.socket_dir else ""}
 
 
-def create_standbys(config: Config, repo: Repository,
-                    servers: list[str]) -> dict[str, RestoreResult]:
-    """Build and start one standby per server, in parallel. Raises MarkshipError naming the
-    servers whose standby could not be built."""
+def create_standbys(config: Config, repo: Repository, servers: list[str],
+                    on_progress: ProgressFn | None = None) -> dict[str, RestoreResult]:
+    """Build and start one standby per server, in parallel (`on_progress`: as
+    restore_server's). Raises MarkshipError naming the servers whose standby could not be
+    built."""
 
     def build(server: str) -> RestoreResult:
         standby = config.standby(server)
         return restore_server(config, repo, server, standby.data_dir, Target("standby"),
                               start=True, port=standby.port,
-                              extra_settings=server_settings(standby), standby=True)
+                              extra_settings=server_settings(standby), standby=True,
+                              on_progress=on_progress)
 
     results, failures = perserver.settle({s: partial(build, s) for s in servers},
                                          MarkshipError)
