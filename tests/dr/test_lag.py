@@ -23,7 +23,7 @@ def _index(tmp_path: Path, archived: list[int], streamed: tuple[int, ...] = ()) 
 
 
 def test_failover_reaches_the_newest_mark_with_every_segment_held(tmp_path: Path) -> None:
-    index = _index(tmp_path, [3, 4, 5], streamed=[6])
+    index = _index(tmp_path, [3, 4, 5], streamed=(6,))
     replayed = 4 * SEG + 100
     marks = [3 * SEG + 10, 5 * SEG + 10, 6 * SEG + 10]
     found = ahead(index, 1, replayed, marks)
