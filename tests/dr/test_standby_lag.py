@@ -146,3 +146,4 @@ def _replay_lsn(sb: ScratchServer) -> int:
     text = sb.psql("SELECT pg_last_wal_replay_lsn()")
     high, low = text.split("/")
     return (int(high, 16) << 32) | int(low, 16)
+

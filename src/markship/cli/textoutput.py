@@ -234,10 +234,10 @@ class TextOutput:
                            f"{size(s.to_newest_wal_bytes)} of WAL up to the newest held")
                 continue
             seconds = s.failover_seconds_estimate or 0.0
+            took = f"about {seconds:.0f} s" if seconds >= 1 else "under 1 s"
             click.echo(f"{s.server}: failover reaches mark {s.reachable_mark}: "
-                       f"{size(s.to_mark_bytes)} of WAL to fetch and replay (about "
-                       f"{max(seconds, 1):.0f} s), {size(s.to_newest_wal_bytes)} up to the "
-                       "newest WAL held")
+                       f"{size(s.to_mark_bytes)} of WAL to fetch and replay ({took}), "
+                       f"{size(s.to_newest_wal_bytes)} up to the newest WAL held")
         if any(s.failover_seconds_estimate is not None for s in result):
             click.echo(f"(times: WAL to replay at {size(RATE)}/s, an assumed rate, not "
                        "measured; the restart and promotion come on top)")

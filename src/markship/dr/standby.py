@@ -7,6 +7,7 @@ Also their status, and the parity rules a standby must meet against its producti
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -190,16 +191,17 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
     # of them is counted against every mark (read only then).
     states = mark_states(repo, config, newest=100)
     wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
-    all_states: list[MarkState] | None = None
+    every: list[list[MarkState]] = []
+    reading = threading.Lock()  # standbys are asked in parallel: every mark is read once
 
     def complete_marks(server: str, timeline: int, replayed: int) -> list[MarkState]:
-        nonlocal all_states
         found = [s for s in states if s.complete]
         if not any(s.record.points[server].lsn <= replayed for s in found
                    if server in s.record.points) and len(states) >= 100:
-            if all_states is None:
-                all_states = mark_states(repo, config)
-            found = [s for s in all_states if s.complete]
+            with reading:
+                if not every:
+                    every.append(mark_states(repo, config))
+            found = [s for s in every[0] if s.complete]
         # Marks of this standby's timeline only: LSNs of other timelines do not compare.
         return [s for s in found if server in s.record.points
                 and s.record.points[server].timeline == timeline]
