@@ -32,6 +32,7 @@ from markship.agent import control, web
 from markship.agent.copying import Copier
 from markship.agent.jobs import Jobs
 from markship.agent.log import EventLog
+from markship.agent.replaypace import ReplayPacer
 from markship.config.model import Config
 from markship.errors import LockedError, MarkshipError
 from markship.marks import priority, stream, upload
@@ -92,6 +93,8 @@ class Agent:
         self.jobs = Jobs(config, repo, log, clock, self.journal, self.warn_key_backup)
         # [[repository.copy]]: caught up on a thread of its own (markship.agent.copying)
         self.copier = Copier(repo, open_copies(config), log)
+        # [dr_site] max_replay_delay: WAL switches for the standbys (markship.agent.replaypace)
+        self.pacer = ReplayPacer(config, log)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
@@ -138,6 +141,7 @@ class Agent:
                 if listener is not None:
                     listener.close()
                 self.copier.close()
+                self.pacer.close()
                 self.serve_requests()  # taken before the socket closed
                 for receiver in self.receivers.values():
                     receiver.stop()
@@ -218,6 +222,7 @@ class Agent:
             if time.monotonic() >= next_backup_check:
                 next_backup_check = time.monotonic() + 5
                 self.jobs.maybe_backup()
+            self.pacer.tick()
             wake = min(next_mark, next_backup_check, next_prune, time.monotonic() + 1.0)
             self.wakeup.wait(max(0.0, wake - time.monotonic()))
             self.wakeup.clear()

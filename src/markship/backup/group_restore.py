@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 
 from markship import perserver
+from markship.backup.basebackup import ProgressFn
 from markship.backup.restore import RestoreResult, Target, restore_server
 from markship.config.model import Config
 from markship.errors import MarkshipError, RestoreError
@@ -28,9 +29,11 @@ class GroupRestoreReport:
 
 
 def restore_group(config: Config, repo: Repository, mark_name: str | None, dir_template: str,
-                  port_base: int, host: str = "127.0.0.1") -> GroupRestoreReport:
+                  port_base: int, host: str = "127.0.0.1",
+                  on_progress: ProgressFn | None = None) -> GroupRestoreReport:
     """Every server restored to the same complete mark, started, promoted, and its prepared
-    transactions settled from the decision table. Raises RestoreError naming failed servers."""
+    transactions settled from the decision table (`on_progress`: as restore_server's, per
+    server). Raises RestoreError naming failed servers."""
     import time
 
     if "{server}" not in dir_template:
@@ -46,7 +49,8 @@ def restore_group(config: Config, repo: Repository, mark_name: str | None, dir_t
                               Target("name", name=mark.name, mark=mark), start=True,
                               port=ports[server],
                               extra_settings={"listen_addresses": host,
-                                              "unix_socket_directories": str(dirs[server])})
+                                              "unix_socket_directories": str(dirs[server])},
+                              on_progress=on_progress)
 
     _, failures = perserver.settle({s.name: partial(one, s.name) for s in config.servers},
                                    MarkshipError)

@@ -13,12 +13,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from markship.backup.basebackup import ProgressFn
 from markship.backup.holds import hold
 from markship.config.model import Config
 from markship.errors import CorruptObject, RestoreError
@@ -169,8 +170,10 @@ def refuse_incomplete_mark(repo: Repository, server: str, mark: catalog.MarkReco
 _TAR = ["tar", "--blocking-factor=2048", "-x", "-f", "-", "-C"]
 
 
-def extract(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
+def extract(repo: Repository, backup: BackupRecord, target_dir: Path,
+            on_progress: ProgressFn | None = None) -> None:
     """Stream the base backup into `target_dir`; remove what was written if it is corrupt.
+    `on_progress` hears (server, stored bytes read, stored size) as the backup is read.
 
     Reading and hashing happen here; decompression runs in the `zstd` program when it is
     installed (one more process, so reading, decompressing and unpacking use both cores),
@@ -178,6 +181,9 @@ def extract(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
     """
     stored = repo.open_stored(backup.archive.key)
     hashed = HashingReader(stored)  # the checksum covers the stored (maybe encrypted) bytes
+    if on_progress is not None:
+        stored_size = backup.archive.size
+        hashed = _Reported(stored, lambda done: on_progress(backup.server, done, stored_size))
     source = repo.plaintext(hashed, backup.archive.key)
     zstd = shutil.which("zstd")
     problem: str | None = None
@@ -201,6 +207,19 @@ def extract(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:
             f"base backup {backup.archive.key} {problem}; nothing was restored",
             "run markship verify and restore from another backup set (--set)",
         )
+
+
+class _Reported(HashingReader):
+    """A HashingReader that tells how many bytes went by after each read."""
+
+    def __init__(self, inner: Readable, report: Callable[[int], None]) -> None:
+        super().__init__(inner)
+        self.report = report
+
+    def read(self, size: int = -1, /) -> bytes:
+        chunk = super().read(size)
+        self.report(self.size)
+        return chunk
 
 
 class _Flusher:
@@ -367,8 +386,11 @@ def claimed_target_dir(target_dir: Path) -> Iterator[None]:
 def restore_server(config: Config, repo: Repository, server: str, target_dir: Path,
                    target: Target, *, set_id: str | None = None, start: bool = False,
                    port: int | None = None, extra_settings: dict[str, str] | None = None,
-                   wait_seconds: float = 600, standby: bool = False) -> RestoreResult:
+                   wait_seconds: float = 600, standby: bool = False,
+                   on_progress: ProgressFn | None = None) -> RestoreResult:
     """Build a new data directory for `server` recovering to `target`; start it if asked.
+    `on_progress` hears how much of the base backup was read (see extract); recovery after it
+    is not counted.
 
     With `standby`, the server stays in continuous recovery from the repository, fed only up
     to the newest complete group mark (see wal.fetch.standby_ceiling).
@@ -385,7 +407,7 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
     if target.kind == "latest":
         refuse_gaps(repo, server, backup)
     with claimed_target_dir(target_dir), hold(repo, backup):
-        extract(repo, backup, target_dir)
+        extract(repo, backup, target_dir, on_progress)
         if not (target_dir / "postgresql.conf").exists():
             _place_captured_config(repo, backup, target_dir)
         neutralize_paths(target_dir / "postgresql.conf")

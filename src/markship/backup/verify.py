@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from markship.backup.basebackup import ProgressFn
 from markship.errors import CorruptObject, ObjectMissing
-from markship.pg.lsn import Segment, wal_header_problem
+from markship.pg.lsn import DEFAULT_SEGMENT_SIZE, Segment, wal_header_problem
 from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
 from markship.repository.catalog import SetRecord
@@ -40,19 +41,37 @@ class Report:
         return not self.problems and not self.unrestorable_sets and not self.damaged_records
 
 
-def _sha256_of(repo: Repository, key: str) -> tuple[str, int]:
+class Meter:
+    """Bytes read so far against an estimate of the whole, told to an `on_progress` callback
+    as ("repository", done, total)."""
+
+    def __init__(self, on_progress: ProgressFn | None, total: int = 0) -> None:
+        self.on_progress = on_progress
+        self.total = total
+        self.done = 0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.on_progress is not None:
+            self.on_progress("repository", self.done, max(self.total, self.done))
+
+
+def _sha256_of(repo: Repository, key: str, meter: Meter | None = None) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
     with repo.open_stored(key) as handle:  # stored bytes: no key needed to verify
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
+            if meter is not None:
+                meter.add(len(chunk))
     return digest.hexdigest(), size
 
 
-def check_object(repo: Repository, ref: records.ObjectRef, report: Report) -> bool:
+def check_object(repo: Repository, ref: records.ObjectRef, report: Report,
+                 meter: Meter | None = None) -> bool:
     try:
-        digest, size = _sha256_of(repo, ref.key)
+        digest, size = _sha256_of(repo, ref.key, meter)
     except ObjectMissing:
         report.problems.append(f"missing object: {ref.key}")
         return False
@@ -64,7 +83,8 @@ def check_object(repo: Repository, ref: records.ObjectRef, report: Report) -> bo
     return True
 
 
-def check_wal_object(repo: Repository, server: str, name: str, report: Report) -> bool:
+def check_wal_object(repo: Repository, server: str, name: str, report: Report,
+                     meter: Meter | None = None) -> bool:
     import zstandard
 
     head = Head()
@@ -76,6 +96,8 @@ def check_wal_object(repo: Repository, server: str, name: str, report: Report) -
                 head.take(chunk)
                 digest.update(chunk)
                 report.bytes_checked += len(chunk)
+                if meter is not None:
+                    meter.add(len(chunk))
     except (ObjectMissing, CorruptObject) as exc:
         report.problems.append(exc.message)
         return False
@@ -94,10 +116,13 @@ def check_wal_object(repo: Repository, server: str, name: str, report: Report) -
     return True
 
 
-def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False) -> Report:
+def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False,
+           on_progress: ProgressFn | None = None) -> Report:
     """Check every object (or those of one set and the WAL it needs) and WAL continuity, and
     list every damaged record (of sets and their backups; with no `set_id` also of marks,
-    file sets and dumps)."""
+    file sets and dumps). `on_progress` hears ("repository", bytes read, estimated total):
+    the backups' stored sizes plus a whole segment per WAL file (WAL is checked
+    decompressed)."""
     report = Report()
     damaged: list[records.Damaged] = []
     sets: list[SetRecord] = catalog.list_sets(repo, damaged)
@@ -111,8 +136,10 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
     wal: dict[str, restorable.WalIndex] = {}
     bad_wal: dict[str, set[str]] = {}
     checked_wal: set[tuple[str, str]] = set()
-    for record in sets:
-        state = restorable.set_state(repo, record, wal, damaged)
+    states = [(record, restorable.set_state(repo, record, wal, damaged)) for record in sets]
+    meter = Meter(on_progress, _estimate(repo, states, wal, set_id is None)
+                  if on_progress is not None else 0)
+    for record, state in states:
         reasons = list(state.problems)
         checked = state.backups
         if record.status != "done":
@@ -120,12 +147,13 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
             # still be used to restore those servers alone, so they are checked.
             report.incomplete_sets[record.id] = state.problems
             checked = state.restorable
-        if record.config_file is not None and not check_object(repo, record.config_file, report):
+        if record.config_file is not None and not check_object(repo, record.config_file, report,
+                                                                  meter):
             reasons.append(f"bad object {record.config_file.key}")
         for server, backup in checked.items():
             refs = [backup.archive, *backup.config_files.values()]
             for ref in refs:
-                if not check_object(repo, ref, report):
+                if not check_object(repo, ref, report, meter):
                     reasons.append(f"{server}: bad object {ref.key}")
             index = wal[server]
             gaps = _unrecorded(index.gaps_after(backup.start_segment), server, recorded,
@@ -143,7 +171,7 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
                 name = Segment(first.timeline, number).name(backup.wal_segment_size)
                 if (server, name) not in checked_wal:
                     checked_wal.add((server, name))
-                    if not check_wal_object(repo, server, name, report):
+                    if not check_wal_object(repo, server, name, report, meter):
                         bad_wal.setdefault(server, set()).add(name)
                 if name in bad_wal.get(server, set()):
                     reasons.append(f"{server}: bad WAL {name}")
@@ -154,11 +182,37 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
         elif reasons:
             report.unrestorable_sets[record.id] = sorted(set(reasons))
     if set_id is None:
-        _check_remaining_wal(repo, wal, checked_wal, report)
+        _check_remaining_wal(repo, wal, checked_wal, report, meter)
         _check_side_records(repo, damaged)
     _list_damaged(damaged, report)
     _temp(repo, report, clean_temp)
     return report
+
+
+def _estimate(repo: Repository, states: list[tuple[SetRecord, restorable.SetState]],
+              wal: dict[str, restorable.WalIndex], every_wal: bool) -> int:
+    """What verify will read, roughly: the stored size of each backup object it checks, and a
+    whole segment per WAL file (all of them, or those from each checked backup's start)."""
+    total = 0
+    first: dict[str, Segment] = {}
+    for record, state in states:
+        if record.config_file is not None:
+            total += record.config_file.size
+        checked = state.backups if record.status == "done" else state.restorable
+        for server, backup in checked.items():
+            total += backup.archive.size + sum(r.size for r in backup.config_files.values())
+            if server not in first or backup.start_segment < first[server]:
+                first[server] = backup.start_segment
+    if every_wal:
+        for server in repo.children(layout.WAL):
+            index = wal.get(server) or restorable.WalIndex(repo, server)
+            wal[server] = index
+            total += sum(len(n) for n in index.segments.values()) * DEFAULT_SEGMENT_SIZE
+    else:
+        for server, start in first.items():
+            numbers = wal[server].segments.get(start.timeline, set())
+            total += sum(1 for n in numbers if n >= start.number) * DEFAULT_SEGMENT_SIZE
+    return total
 
 
 def _unrecorded(missing: list[Segment], server: str, recorded: list[catalog.GapRecord],
@@ -194,13 +248,14 @@ def _list_damaged(damaged: list[records.Damaged], report: Report) -> None:
 
 
 def _check_remaining_wal(repo: Repository, wal: dict[str, restorable.WalIndex],
-                         checked: set[tuple[str, str]], report: Report) -> None:
+                         checked: set[tuple[str, str]], report: Report,
+                         meter: Meter | None = None) -> None:
     """Objects no set needs are still checked: a damaged archive is worth knowing about."""
     for server in repo.children(layout.WAL):
         index = wal.get(server) or restorable.WalIndex(repo, server)
         for name in sorted(index.keys):
             if (server, name) not in checked:
-                check_wal_object(repo, server, name, report)
+                check_wal_object(repo, server, name, report, meter)
 
 
 def _temp(repo: Repository, report: Report, clean: bool) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from markship.cli import output
+from markship.cli import output, progress
 from markship.cli.context import Context, journaled, pass_context
 from markship.config.model import Config
 from markship.errors import MarkshipError
@@ -27,19 +27,8 @@ def backup(ctx: Context, servers: tuple[str, ...], as_json: bool) -> None:
     config = ctx.config
     chosen = config.select(servers)
     repo = ctx.repository()
-    if as_json or not sys.stderr.isatty():
-        result = run_backup(config, repo, chosen)
-    else:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-        with Progress("[bold]{task.description}", BarColumn(), DownloadColumn(),
-                      TimeRemainingColumn(), transient=True) as bar:
-            tasks = {s.name: bar.add_task(s.name, total=None) for s in chosen}
-
-            def progress(name: str, done: int, total: int) -> None:
-                bar.update(tasks[name], completed=done, total=total)
-
-            result = run_backup(config, repo, chosen, progress)
+    with progress.shown("backup", as_json) as on_progress:
+        result = run_backup(config, repo, chosen, on_progress)
     ctx.note(set=result.record.id)
     output.writer(as_json).backup(result)
     # Warnings go to stderr with --json too: they must not be missed by scripts' logs.
@@ -103,7 +92,8 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, copy_name: str | 
         names.check(set_id, "backup set id")
     ctx.note(**{k: v for k, v in (("set", set_id), ("copy", copy_name)) if v})
     repo = ctx.copies([copy_name])[0].repo if copy_name else ctx.repository()
-    report = run_verify(repo, set_id, clean_temp)
+    with progress.shown("verify", as_json) as on_progress:
+        report = run_verify(repo, set_id, clean_temp, on_progress)
     output.writer(as_json).verify(report)
     if not report.ok:
         raise MarkshipError("verify found problems (listed above)",
@@ -183,8 +173,10 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
     config.server(server)
     repo = ctx.repository(fallback=True)
     _warn_reading_copies(repo)
-    result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
-                            start=start, port=port, extra_settings=extra)
+    with progress.shown("restore", as_json) as on_progress:
+        result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
+                                start=start, port=port, extra_settings=extra,
+                                on_progress=on_progress)
     ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir)
     output.writer(as_json).restore(server, target, result)
 
@@ -196,7 +188,8 @@ def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base
     config = ctx.config
     repo = ctx.repository(fallback=True)
     _warn_reading_copies(repo)
-    report = restore_group(config, repo, mark_name, template, port_base, host)
+    with progress.shown("restore", as_json) as on_progress:
+        report = restore_group(config, repo, mark_name, template, port_base, host, on_progress)
     output.writer(as_json).restore_group(report, host)
 
 

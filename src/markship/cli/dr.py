@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from markship.cli import output
+from markship.cli import output, progress
 from markship.cli.context import Context, journaled, pass_context
 from markship.errors import MarkshipError
 
@@ -34,7 +34,8 @@ def standby_create(ctx: Context, servers: tuple[str, ...]) -> None:
     if not names:
         raise MarkshipError("no [dr_site] standbys configured",
                             "add [[dr_site.standby]] entries to the config")
-    results = create_standbys(config, ctx.repository(fallback=True), names)
+    with progress.shown("standby create", as_json=False) as on_progress:
+        results = create_standbys(config, ctx.repository(fallback=True), names, on_progress)
     ctx.note(servers=",".join(results))
     for name, result in results.items():
         sb = config.standby(name)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from markship.cli import output
+from markship.cli import output, progress
 from markship.cli.context import Context, journaled, pass_context
 from markship.errors import MarkshipError
 
@@ -57,8 +57,9 @@ def drill(ctx: Context, mark_name: str | None, check_files: tuple[Path, ...],
         checks.extend(parse_checks(text, str(path), servers))
     repo = ctx.repository(fallback=True)
     say = None if as_json else click.echo
-    record = run_drill(config, repo, checks, mark_name=mark_name, work_dir=work_dir,
-                       progress=say)
+    with progress.shown("drill restore", as_json) as on_progress:
+        record = run_drill(config, repo, checks, mark_name=mark_name, work_dir=work_dir,
+                           progress=say, on_progress=on_progress)
     failed = [c for c in record.checks if not c.ok]
     ctx.note(drill=record.id, mark=record.mark, ok=record.ok,
              rto_seconds=record.rto_seconds, rpo_seconds=record.rpo_seconds)

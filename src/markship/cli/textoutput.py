@@ -223,17 +223,33 @@ class TextOutput:
     # -- DR site ----------------------------------------------------------------------------------
 
     def standby_status(self, result: list[StandbyStatus]) -> None:
+        from markship.dr.standby import REPLAY_ESTIMATE_BYTES_PER_SECOND as RATE
         from markship.pg.lsn import format_lsn
 
         rows = [[s.server, s.address, ("standby" if s.in_recovery else "PRIMARY")
                  if s.reachable else f"DOWN: {s.error}",
                  format_lsn(s.replay_lsn) if s.replay_lsn is not None else "-",
                  s.at_mark or "-", "-" if s.marks_behind is None else str(s.marks_behind),
-                 size(s.lag_bytes),
                  "-" if s.lag_seconds is None else f"{s.lag_seconds:.0f} s",
                  "ok" if not s.parity else "; ".join(s.parity)] for s in result]
         table("DR site", ["server", "standby", "state", "replayed", "at mark", "marks behind",
-                          "lag", "mark age", "parity"], rows)
+                          "mark age", "parity"], rows)
+        # What a failover would do, one line per standby: the table has no room for it.
+        for s in result:
+            if not s.reachable:
+                continue
+            if s.reachable_mark is None or s.to_mark_bytes is None:
+                click.echo(f"{s.server}: no complete mark to fail over to; "
+                           f"{size(s.to_newest_wal_bytes)} of WAL up to the newest held")
+                continue
+            seconds = s.failover_seconds_estimate or 0.0
+            took = f"about {seconds:.0f} s" if seconds >= 1 else "under 1 s"
+            click.echo(f"{s.server}: failover reaches mark {s.reachable_mark}: "
+                       f"{size(s.to_mark_bytes)} of WAL to fetch and replay ({took}), "
+                       f"{size(s.to_newest_wal_bytes)} up to the newest WAL held")
+        if any(s.failover_seconds_estimate is not None for s in result):
+            click.echo(f"(times: WAL to replay at {size(RATE)}/s, an assumed rate, not "
+                       "measured; the restart and promotion come on top)")
 
     def failover(self, report: FailoverReport, dry_run: bool) -> None:
         head = "would fail over" if dry_run else ("resumed failover" if report.resumed

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from pydantic import Field
@@ -48,6 +49,9 @@ from markship.repository import layout, records
 from markship.repository.base import Repository
 from markship.repository.records import Record
 from markship.timefmt import show, utcnow
+
+if TYPE_CHECKING:
+    from markship.backup.basebackup import ProgressFn
 
 HOST = "127.0.0.1"
 _SOCKET_PATH_MAX = 107  # sun_path, less the terminating NUL
@@ -107,8 +111,11 @@ def list_drills(repo: Repository) -> list[DrillRecord]:
 
 def run_drill(config: Config, repo: Repository, checks: list[Check], *,
               mark_name: str | None = None, work_dir: Path | None = None,
-              progress: Progress | None = None) -> DrillRecord:
+              progress: Progress | None = None,
+              on_progress: ProgressFn | None = None) -> DrillRecord:
     """Restore the group to a mark on scratch servers, check it, measure it, report, clean up.
+    `progress` hears what the drill does, in sentences; `on_progress` how much of each
+    server's base backup was read (as restore_server's).
 
     Raises MarkshipError before anything starts when there is no usable mark or no scratch
     directory; a group that does not come up or a failing check is a failed drill (recorded,
@@ -140,7 +147,8 @@ def run_drill(config: Config, repo: Repository, checks: list[Check], *,
         with _sigterm_interrupts():
             try:
                 template = str(temp).replace("{", "{{").replace("}", "}}") + "/{server}"
-                report = restore_group(config, repo, mark.name, template, port_base, HOST)
+                report = restore_group(config, repo, mark.name, template, port_base, HOST,
+                                       on_progress)
                 resolved = [DrillResolution(server=r.server, database=r.database, gid=r.gid,
                                             action=r.action) for r in report.resolutions]
                 conninfos = {n: info["conninfo"] for n, info in report.servers.items()}

@@ -7,6 +7,7 @@ Also their status, and the parity rules a standby must meet against its producti
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -14,10 +15,12 @@ from pathlib import Path
 import psycopg
 
 from markship import perserver
+from markship.backup.basebackup import ProgressFn
 from markship.backup.restore import RestoreResult, Target, restore_server
 from markship.config.model import Config, StandbySection
+from markship.dr import lag
 from markship.errors import MarkshipError
-from markship.marks.choose import mark_states
+from markship.marks.choose import MarkState, mark_states
 from markship.pg import recovery, sql
 from markship.repository import restorable
 from markship.repository.base import Repository
@@ -39,16 +42,18 @@ def server_settings(standby: StandbySection) -> dict[str, str]:
             "unix_socket_directories": str(standby.socket_dir) if standby.socket_dir else ""}
 
 
-def create_standbys(config: Config, repo: Repository,
-                    servers: list[str]) -> dict[str, RestoreResult]:
-    """Build and start one standby per server, in parallel. Raises MarkshipError naming the
-    servers whose standby could not be built."""
+def create_standbys(config: Config, repo: Repository, servers: list[str],
+                    on_progress: ProgressFn | None = None) -> dict[str, RestoreResult]:
+    """Build and start one standby per server, in parallel (`on_progress`: as
+    restore_server's). Raises MarkshipError naming the servers whose standby could not be
+    built."""
 
     def build(server: str) -> RestoreResult:
         standby = config.standby(server)
         return restore_server(config, repo, server, standby.data_dir, Target("standby"),
                               start=True, port=standby.port,
-                              extra_settings=server_settings(standby), standby=True)
+                              extra_settings=server_settings(standby), standby=True,
+                              on_progress=on_progress)
 
     results, failures = perserver.settle({s: partial(build, s) for s in servers},
                                          MarkshipError)
@@ -60,6 +65,18 @@ def create_standbys(config: Config, repo: Repository,
 
 @dataclass(frozen=True)
 class StandbyStatus:
+    """One standby as `standby status` shows it.
+
+    `lag_bytes` is how far the newest WAL segment archived lies ahead of its replay position;
+    the standby takes whole segments only, so under light load it reads 0 while marks lie in
+    WAL not archived yet (streamed, or still in production's pg_wal). What a failover would
+    have to do is in the fields after it: `to_mark_bytes` to fetch and replay up to
+    `reachable_mark` (the newest complete mark of its timeline the repository holds all WAL
+    for, from its position), `to_newest_wal_bytes` up to the newest WAL the repository holds,
+    and `failover_seconds_estimate` (to_mark_bytes at REPLAY_ESTIMATE_BYTES_PER_SECOND).
+    `marks_behind` counts the complete marks of its timeline it has not replayed; with
+    `at_mark` None, that is all of them."""
+
     server: str
     address: str
     reachable: bool
@@ -71,6 +88,17 @@ class StandbyStatus:
     lag_bytes: int | None
     lag_seconds: float | None
     parity: list[str]
+    reachable_mark: str | None = None
+    to_mark_bytes: int | None = None
+    to_newest_wal_bytes: int | None = None
+    failover_seconds_estimate: float | None = None
+
+
+# Fetching and replaying WAL, as assumed for the estimate: a fixed figure, not a measurement
+# of this standby (recovery reports no rate). Each segment is one wal-fetch run; on the 2-core
+# test machine a standby fetched and replayed 240 MiB of pgbench WAL from a directory
+# repository at 62 MiB/s, so 32 MiB/s errs on the long side.
+REPLAY_ESTIMATE_BYTES_PER_SECOND = 32 * 2**20
 
 
 # Settings a standby needs at least as high as its primary's (recovery or promotion fails
@@ -157,10 +185,26 @@ def parity_problems(production: HostFacts, standby: HostFacts,
 
 
 def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
-    # A standby is at most a few marks behind; the newest 100 are plenty to place it.
+    """Each configured standby: where it is, the marks it has not replayed and what a failover
+    would have to fetch and replay. A standby that cannot be reached is reported, not raised."""
+    # A standby is normally a few marks behind: the newest 100 place it. One that reached none
+    # of them is counted against every mark (read only then).
     states = mark_states(repo, config, newest=100)
-    complete = [s for s in states if s.complete]
     wal = restorable.wal_indexes(repo, [s.name for s in config.servers])
+    every: list[list[MarkState]] = []
+    reading = threading.Lock()  # standbys are asked in parallel: every mark is read once
+
+    def complete_marks(server: str, timeline: int, replayed: int) -> list[MarkState]:
+        found = [s for s in states if s.complete]
+        if not any(s.record.points[server].lsn <= replayed for s in found
+                   if server in s.record.points) and len(states) >= 100:
+            with reading:
+                if not every:
+                    every.append(mark_states(repo, config))
+            found = [s for s in every[0] if s.complete]
+        # Marks of this standby's timeline only: LSNs of other timelines do not compare.
+        return [s for s in found if server in s.record.points
+                and s.record.points[server].timeline == timeline]
 
     def one(standby: StandbySection) -> StandbyStatus:
         address = f"{standby.host}:{standby.port}"
@@ -173,14 +217,15 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
             return StandbyStatus(standby.server, address, False, exc.message, None, None, None,
                                  None, None, None, [])
         replayed = here.lsn
-        # Marks of this standby's timeline only: LSNs of other timelines do not compare.
-        same_tl = [s for s in complete
-                   if s.record.points[standby.server].timeline == here.timeline]
+        same_tl = complete_marks(standby.server, here.timeline, replayed)
         reached = [s for s in same_tl if s.record.points[standby.server].lsn <= replayed]
         at = reached[-1] if reached else None
-        behind = len(same_tl) - len(reached)
-        newest = wal[standby.server].newest()
+        index = wal[standby.server]
+        newest = index.newest()
         lag_bytes = max(newest.next().start_lsn() - replayed, 0) if newest else None
+        ahead = lag.ahead(index, here.timeline, replayed,
+                          [s.record.points[standby.server].lsn for s in same_tl])
+        target = same_tl[ahead.mark_index] if ahead.mark_index is not None else None
         try:
             parity = parity_problems(host_facts(config.server(standby.server).conninfo,
                                                 standby.server), mine,
@@ -188,8 +233,13 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
         except MarkshipError:
             parity = ["production unreachable: parity not checked"]
         return StandbyStatus(standby.server, address, True, None, here.in_recovery, replayed,
-                             at.record.name if at else None, behind, lag_bytes,
-                             at.age_seconds if at else None, parity)
+                             at.record.name if at else None, len(same_tl) - len(reached),
+                             lag_bytes, at.age_seconds if at else None, parity,
+                             reachable_mark=target.record.name if target else None,
+                             to_mark_bytes=ahead.to_mark_bytes,
+                             to_newest_wal_bytes=ahead.to_newest_bytes,
+                             failover_seconds_estimate=None if ahead.to_mark_bytes is None
+                             else ahead.to_mark_bytes / REPLAY_ESTIMATE_BYTES_PER_SECOND)
 
     standbys = config.dr_site.standbys if config.dr_site else []
     return list(perserver.gather({sb.server: partial(one, sb) for sb in standbys}).values())

@@ -234,6 +234,12 @@ standbys."""
 SWITCH_WAL = "SELECT pg_switch_wal()"
 
 
+def switch_wal(conn: Connection) -> None:
+    """pg_switch_wal(): close the current segment so the archiver takes it now (a server
+    that wrote nothing since the last switch keeps its segment)."""
+    conn.execute(SWITCH_WAL)
+
+
 # -- changes, and statements the config declares -------------------------------------------------
 
 
