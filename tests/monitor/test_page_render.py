@@ -134,3 +134,9 @@ def test_an_open_wal_gap_and_a_standby(tmp_path: Path) -> None:
     assert 'data-gaps="1"' in html  # drawn on the timeline
     assert 'data-standby-lag-bytes="16384" data-standby-marks-behind="3"' in html
     assert 'data-parity-problems="1"' in html and "max_connections 100 &lt; 200" in html
+    assert "no complete mark it can reach yet" in html
+    # What a failover would replay, not the archive lag (0 under light load), once known.
+    honest = replace(standby, lag_bytes=0, reachable_mark="m2", to_mark_bytes=5 << 20,
+                     failover_seconds_estimate=0.2)
+    html = page.render(replace(base, status=status, standbys=[honest]), _config(tmp_path))
+    assert 'data-standby-lag-bytes="5242880"' in html and 'data-reachable-mark="m2"' in html

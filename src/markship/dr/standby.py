@@ -93,6 +93,12 @@ class StandbyStatus:
     to_newest_wal_bytes: int | None = None
     failover_seconds_estimate: float | None = None
 
+    @property
+    def failover_bytes(self) -> int | None:
+        """The WAL a failover would fetch and replay: up to the reachable mark when there is
+        one, else the archive lag — what monitoring reads as the standby's lag."""
+        return self.to_mark_bytes if self.to_mark_bytes is not None else self.lag_bytes
+
 
 # Fetching and replaying WAL, as assumed for the estimate: a fixed figure, not a measurement
 # of this standby (recovery reports no rate). Each segment is one wal-fetch run; on the 2-core

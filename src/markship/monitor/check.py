@@ -191,7 +191,7 @@ def evaluate(config: Config, status: GroupStatus,
                                     f"the standbys cannot be told: {standby_error}"))
         for standby in standbys or []:
             findings.append(_standby_finding(standby, config))
-            perf.append(Perf(f"standby_lag_{standby.server}", standby.lag_bytes
+            perf.append(Perf(f"standby_lag_{standby.server}", standby.failover_bytes
                              if standby.reachable else None, "B",
                              health.standby_lag_bytes_thresholds(config)))
     return CheckResult(findings, perf, now)
@@ -251,11 +251,11 @@ def _standby_finding(standby: StandbyStatus, config: Config) -> Finding:
     if not standby.reachable:
         return Finding("standby", standby.server, health.STANDBY_UNREACHABLE, "down",
                        f"standby at {standby.address} cannot be reached: {standby.error}")
-    lag = "-" if standby.lag_bytes is None else _size(standby.lag_bytes)
+    lag = "-" if standby.failover_bytes is None else _size(standby.failover_bytes)
     behind = "" if standby.marks_behind is None else f", {standby.marks_behind} marks behind"
-    return Finding("standby", standby.server, health.standby_lag_level(standby.lag_bytes,
-                                                                       config),
-                   lag, f"standby replay lag {lag}{behind}")
+    return Finding("standby", standby.server,
+                   health.standby_lag_level(standby.failover_bytes, config),
+                   lag, f"standby: {lag} of WAL to replay on failover{behind}")
 
 
 def check(config: Config, repo: Repository, copies: list[Copy]) -> CheckResult:

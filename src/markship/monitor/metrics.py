@@ -224,7 +224,7 @@ def snapshot_families(snapshot: Snapshot, history: History, config: Config,
                 for name, b in backups.items()])
     yield _per("markship_standby_replay_lag_bytes",
                "WAL the standby would fetch and replay on failover", "server",
-               [(s.server, s.lag_bytes) for s in snapshot.standbys])
+               [(s.server, s.failover_bytes) for s in snapshot.standbys])
     yield _per("markship_standby_marks_behind", "Marks the standby has not replayed", "server",
                [(s.server, s.marks_behind) for s in snapshot.standbys])
 

@@ -181,12 +181,22 @@ def _standby_rows(standby: StandbyStatus | None) -> str:
     parity = "ok" if not standby.parity else "; ".join(standby.parity)
     return (f'<dt>standby</dt><dd data-standby="{_e(standby.address)}">{_e(standby.address)}'
             f"{'' if standby.in_recovery else ' (not in recovery)'}</dd>"
-            f'<dt>standby lag</dt><dd data-standby-lag-bytes="{_attr(standby.lag_bytes)}" '
+            f'<dt>standby lag</dt><dd data-standby-lag-bytes="{_attr(standby.failover_bytes)}" '
             f'data-standby-marks-behind="{_attr(standby.marks_behind)}">'
-            f"{_e(size(standby.lag_bytes))}, {_e(behind)} behind"
+            f"{_e(size(standby.failover_bytes))} to replay on failover, {_e(behind)} behind"
             f"{', at ' + _e(standby.at_mark) if standby.at_mark else ''}</dd>"
+            f"{_failover_rows(standby)}"
             f'<dt>parity</dt><dd class="{"" if not standby.parity else "why"}" '
             f'data-parity-problems="{len(standby.parity)}">{_e(parity)}</dd>')
+
+
+def _failover_rows(standby: StandbyStatus) -> str:
+    if standby.reachable_mark is None:
+        return "<dt>failover</dt><dd>no complete mark it can reach yet</dd>"
+    took = standby.failover_seconds_estimate
+    guess = "" if took is None else f", about {took:.0f} s of replay (estimate)"
+    return (f'<dt>failover</dt><dd data-reachable-mark="{_e(standby.reachable_mark)}">'
+            f"reaches {_e(standby.reachable_mark)}{guess}</dd>")
 
 
 def _card(snapshot: Snapshot, server: ServerStatus) -> str:
