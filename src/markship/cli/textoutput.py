@@ -403,6 +403,12 @@ class TextOutput:
                 click.echo(f"copy {r.name}: {r.copied_objects} objects ({size(r.copied_bytes)}) "
                            "to copy")
                 continue
+            if r.returned_objects:
+                click.echo(f"✓ copy {r.name}: brought back {r.returned_objects} objects "
+                           f"({size(r.returned_bytes)}) written to it while the repository "
+                           "was gone")
+            for line in r.conflicts:
+                click.echo(f"✗ {line}")
             click.echo(f"✓ copy {r.name}: copied {r.copied_objects} objects "
                        f"({size(r.copied_bytes)}), {r.refreshed_objects} records again, "
                        f"deleted {r.deleted_objects} expired")

@@ -73,6 +73,16 @@ def _link_to(repo: Repository, entry: JournalEntry, link: str) -> str:
     return stored_hash(repo, entry.seq) if link.startswith(STORED) else entry_hash(entry)
 
 
+def head_fits(repo: Repository, head: JournalHead) -> bool:
+    """Whether `repo` holds the entry `head` names, with the hash `head` carries (a head
+    brought back from a copy may replace the repository's only then)."""
+    try:
+        entry = records.read_record(repo, layout.journal_entry_key(head.seq), JournalEntry)
+        return _link_to(repo, entry, head.hash) == head.hash
+    except MarkshipError:
+        return False
+
+
 def redact(text: str) -> str:
     """Config text with passwords and other secrets replaced: every libpq form (`password=`,
     `sslpassword=`, quoted or not, a URI's `user:secret@` and `?password=`), and other
