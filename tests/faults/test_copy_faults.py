@@ -20,6 +20,7 @@ from tests.support.servers import (
     Group,
     GroupFactory,
     add_dr_site,
+    markship_ok,
     new_mark,
     run_markship,
 )
@@ -127,3 +128,79 @@ def _repository_in_s3(group: Group, moto: Moto) -> None:
         f'url = "s3://production/markship"\nendpoint = "{moto.endpoint}"\n'
         f'region = "us-east-1"\ncredentials_file = "{credentials}"')
     group.config_path.write_text(text)
+
+
+@pytest.mark.reliability("repository back after the DR site wrote to its copy",
+                         fault="production's repository unreachable (a directory unmounted, "
+                               "or its S3 endpoint cut) while the DR site restores and drills "
+                               "from the copy; then it comes back",
+                         expected="`repository sync` brings back to the repository what was "
+                                  "written to the copy meanwhile (journal entries, the drill's "
+                                  "record and report); the repository alone, without the "
+                                  "copy, then shows them, its journal verifies, and a restore "
+                                  "from it alone reaches the mark with its rows")
+@pytest.mark.parametrize("repository_kind", ["fs", pytest.param("s3-relay", marks=pytest.mark.s3)])
+def test_what_the_dr_site_wrote_to_the_copy_is_brought_back_to_the_repository(
+        pg_group: GroupFactory, request: pytest.FixtureRequest, repository_kind: str) -> None:
+    group = pg_group(2)
+    primary_only = group.workdir / "primary-only.toml"  # the repository, no copy behind it
+    primary_only.write_text(group.config_path.read_text())
+    primary_only.chmod(0o644)
+    offsite = group.workdir / "offsite"
+    group.config_path.write_text(group.config_path.read_text() + (
+        f'\n[[repository.copy]]\nname = "offsite"\npath = "{offsite}"\n'))
+    ledger = Ledger(group)
+    ledger.commit(20)
+    group.ok("backup")
+    rows = ledger.commit(30)
+    mark = new_mark(group)
+    group.ok("repository", "sync")
+
+    # The repository goes away; the DR site restores and drills from the copy meanwhile.
+    if repository_kind == "fs":
+        away = group.workdir / "repo-away"
+        group.repo.rename(away)
+    else:
+        relay = request.getfixturevalue("s3_relay")
+        relay.cut()
+    restored = group.restored("alpha")
+    proc = group.markship("restore", "--server", "alpha", "--name", mark, "--target-dir",
+                          str(restored.data_dir))
+    assert proc.returncode == 0, proc.stderr
+    parent = group.workdir / "drills"
+    parent.mkdir()
+    chown_to(parent, OS_USER)
+    checks = group.workdir / "rows.sql"
+    checks.write_text(f"[*] SELECT count(*) = {rows} FROM ledger\n")
+    drill = group.markship("drill", "--mark", mark, "--check-sql", str(checks), "--work-dir",
+                           str(parent), "--json")
+    assert drill.returncode == 0, drill.stderr
+    drill_id = str(json.loads(drill.stdout)["id"])
+    assert list((offsite / "owed").rglob("*.md/*"))  # the report, noted as owed
+
+    # The repository is back: one sync brings back what the copy holds for it.
+    if repository_kind == "fs":
+        away.rename(group.repo)
+    else:
+        relay.restore()
+    synced = group.markship("repository", "sync", "--json")
+    assert synced.returncode == 0, synced.stderr
+    report = json.loads(synced.stdout)["copies"][0]
+    assert report["conflicts"] == []
+    assert report["returned_objects"] >= 4  # 2 journal entries, the drill's record and report
+    assert not [p for p in (offsite / "owed").rglob("*") if p.is_file()]
+
+    # The repository alone holds it all now.
+    entries = json.loads(markship_ok(primary_only, "journal", "--json"))
+    from_copy = [e["command"] for e in entries if e["objects"].get("from_copy") == "offsite"]
+    assert any(c.startswith("restore") for c in from_copy), entries
+    assert any(c.startswith("drill") for c in from_copy), entries
+    markship_ok(primary_only, "journal", "verify")
+    assert drill_id in markship_ok(primary_only, "drills", "--json")
+    again = group.restored("alpha")
+    proc = run_markship(primary_only, "restore", "--server", "alpha", "--name", mark,
+                        "--target-dir", str(again.data_dir), "--start", "--port",
+                        str(again.port), "--setting",
+                        f"unix_socket_directories={again.base_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert Ledger.count_on(again) == rows

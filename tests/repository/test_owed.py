@@ -146,14 +146,21 @@ def test_a_record_rewritten_in_place_the_newer_wins(tmp_path: Path) -> None:
     assert site.copy.repo.read_bytes("failovers/F2.json") == b'{"stage": "done"}'
 
 
-def test_a_journal_head_never_names_an_entry_the_repository_lacks(tmp_path: Path) -> None:
+def test_journal_entries_of_a_copy_that_went_its_own_way_are_chained_after(
+        tmp_path: Path) -> None:
     site = Site(tmp_path)
+    journal.append(site.primary, "repository sync", "ok")  # entry 2: the copy never got it
     dr = site.gone()
-    journal.append(dr, "drill", "ok")  # entry 2 in the copy
+    journal.append(dr, "restore", "ok")  # entry 2 in the copy
+    journal.append(dr, "drill", "ok")  # entry 3 in the copy
     site.back()
-    journal.append(site.primary, "backup", "ok")  # entry 2 in the repository too, later
 
     result = sync(site.primary, site.copy)
-    assert len(result.conflicts) == 1 and "journal/000000000002.json" in result.conflicts[0]
-    assert journal.verify(site.primary).ok  # the repository's chain and head stand
-    assert [e.command for e in journal.entries(site.primary)][:2] == ["backup", "backup"]
+    assert result.conflicts == [] and result.returned_objects >= 2
+    found = journal.entries(site.primary)
+    assert [e.command for e in found] == ["backup", "repository sync", "restore", "drill"]
+    assert [(e.objects["from_copy"], e.objects["copy_seq"]) for e in found[2:]] == \
+        [("offsite", "2"), ("offsite", "3")]
+    assert journal.verify(site.primary).ok  # one unbroken chain, the head at its end
+    assert journal.verify(site.copy.repo).ok and \
+        [e.command for e in journal.entries(site.copy.repo)] == [e.command for e in found]

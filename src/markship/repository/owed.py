@@ -16,6 +16,12 @@ owes is overwritten or deleted in it first):
 - the copy no longer holds it (deleted there since, or a writer that died between the note
   and the object): nothing is owed; the note goes once it is STALE_SECONDS old (a younger
   one may belong to a write still in flight);
+- a journal entry: copied back as stored when it continues the repository's chain (its
+  number next, its link to the repository's newest entry); else — the copy lacked the
+  newest entries when the repository went (its own `repository sync` entry, say), or both
+  were written to meanwhile — added to the repository's chain as it was (time, user,
+  command, outcome) under the next number, naming the copy and its number there; the
+  journal head is then the repository's own;
 - the repository lacks it: copied back as stored, create-only;
 - the repository holds the same content: nothing to do (WAL is named by its content);
 - a record rewritten in place (noted by a write that may overwrite: failover records, the
@@ -27,7 +33,8 @@ owes is overwritten or deleted in it first):
   wrote meanwhile, equal times included): a conflict. The repository's object stays, the
   copy's is kept beside it in the repository under `conflicts/<copy>/<key>`, and the
   conflict is reported: one line in the result and a journal entry (when the journal can be
-  written).
+  written). The copy's key then takes the repository's object (its own is kept in the
+  repository), as after a journal entry is chained anew.
 A key's notes are deleted only once it is settled; a failure stops the settling with the
 rest still owed.
 """
@@ -115,7 +122,11 @@ def _copy_stored(source: Repository, target: Repository, key: str, target_key: s
 
 
 def _info(repo: Repository, key: str) -> ObjectInfo | None:
-    return next((o for o in repo.iter_objects(key) if o.key == key), None)
+    """`key` as listed (its time), found in its folder's listing: a listing from the key
+    itself may start after it (S3's start-after)."""
+    folder = key.rpartition("/")[0]
+    return next((o for o in repo.iter_objects(folder + "/" if folder else "")
+                 if o.key == key), None)
 
 
 def _settle_key(primary: Repository, copy: _Copy, key: str, notes: list[ObjectInfo],
@@ -125,6 +136,8 @@ def _settle_key(primary: Repository, copy: _Copy, key: str, notes: list[ObjectIn
     if mine is None:
         return all(now - n.mtime >= STALE_SECONDS for n in notes)
     theirs = _info(primary, key)
+    if key.startswith(layout.JOURNAL) and key != layout.JOURNAL_HEAD_KEY:
+        return _settle_entry(primary, copy, key, theirs is not None, result)
     if theirs is None:
         try:
             result.returned_bytes += _copy_stored(copy.repo, primary, key, key)
@@ -145,6 +158,38 @@ def _settle_key(primary: Repository, copy: _Copy, key: str, notes: list[ObjectIn
         return True  # the primary's is the newer: sync refreshes the copy from it
     _keep_both(primary, copy, key, result)
     return True
+
+
+def _settle_entry(primary: Repository, copy: _Copy, key: str, taken: bool,
+                  result: Settled) -> bool:
+    """A journal entry the copy owes: copied as stored when it continues the repository's
+    chain; else (the copy's journal went its own way: it lacked the newest entries when the
+    repository went, or both were written meanwhile) added to the repository's chain as it
+    was, under the next number, naming the copy and its number there."""
+    from markship.repository import journal, records
+
+    if taken and _same(primary, copy.repo, key):
+        return True
+    entry = records.read_record(copy.repo, key, journal.JournalEntry)
+    if not taken and journal.fits(primary, entry):
+        try:
+            result.returned_bytes += _copy_stored(copy.repo, primary, key, key)
+            result.returned_objects += 1
+            return True
+        except ConflictError:
+            pass  # a writer took this number meanwhile: chained after it instead
+    journal.rechain(primary, entry, {"from_copy": copy.name, "copy_seq": str(entry.seq)})
+    result.returned_objects += 1
+    _align(primary, copy, key)
+    return True
+
+
+def _align(primary: Repository, copy: _Copy, key: str) -> None:
+    """The copy's `key` replaced by the repository's now that the copy's content is kept in
+    the repository (rechained, or under conflicts/): `sync` refreshes a record only when the
+    listings show it rewritten, and the repository's may look older."""
+    with contextlib.suppress(ObjectMissing):
+        _copy_stored(primary, copy.repo, key, key, overwrite=True)
 
 
 def _overwrites(copy: Repository, note_key: str) -> bool:
@@ -191,6 +236,7 @@ def _keep_both(primary: Repository, copy: _Copy, key: str, result: Settled) -> N
     kept = layout.conflict_key(copy.name, key)
     with contextlib.suppress(ConflictError):  # kept by an earlier round
         _copy_stored(copy.repo, primary, key, kept)
+    _align(primary, copy, key)
     line = (f"copy {copy.name}: {key} differs from the repository's: the repository's is "
             f"kept, the copy's is kept beside it as {kept}; compare them")
     result.conflicts.append(line)
