@@ -6,11 +6,14 @@ kept beside the repository's, loudly."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from markship.agent.copying import Copier
+from markship.agent.log import EventLog
 from markship.repository import catalog, journal, layout
 from markship.repository.base import Writable
 from markship.repository.copies import Copy, sync
@@ -164,3 +167,15 @@ def test_journal_entries_of_a_copy_that_went_its_own_way_are_chained_after(
     assert journal.verify(site.primary).ok  # one unbroken chain, the head at its end
     assert journal.verify(site.copy.repo).ok and \
         [e.command for e in journal.entries(site.copy.repo)] == [e.command for e in found]
+
+
+def test_the_agents_copy_round_brings_it_back_and_says_so(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    dr = site.gone()
+    dr.write_bytes("failovers/F1.json", b'{"stage": "done"}', overwrite=True)
+    site.back()
+    out = io.StringIO()
+    Copier(site.primary, [site.copy], EventLog(as_json=True, stream=out)).round()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["event"], e.get("returned")) for e in events][:1] == [("copy.returned", 1)]
+    assert site.primary.read_bytes("failovers/F1.json") == b'{"stage": "done"}'

@@ -25,6 +25,7 @@ def sync_cmd(ctx: Context, copy_names: tuple[str, ...], dry_run: bool, as_json: 
     to each copy what it lacks, and delete from it what expire deleted (as the agent does
     every few seconds)."""
     from markship.repository.copies import SyncResult, lag, sync
+    from markship.repository.owed import owed
 
     copies = ctx.copies(list(copy_names) or None)
     if not copies:
@@ -39,6 +40,7 @@ def sync_cmd(ctx: Context, copy_names: tuple[str, ...], dry_run: bool, as_json: 
                 behind = lag(primary, copy.repo)
                 result = SyncResult(copy.name)
                 result.copied_objects, result.copied_bytes = behind.objects, behind.bytes
+                result.returned_objects = len(owed(copy.repo))
             else:
                 result = sync(primary, copy)
         except MarkshipError as exc:

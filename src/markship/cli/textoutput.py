@@ -401,7 +401,7 @@ class TextOutput:
         for r in results:
             if dry_run:
                 click.echo(f"copy {r.name}: {r.copied_objects} objects ({size(r.copied_bytes)}) "
-                           "to copy")
+                           f"to copy, {r.returned_objects} owed back to the repository")
                 continue
             if r.returned_objects:
                 click.echo(f"✓ copy {r.name}: brought back {r.returned_objects} objects "
