@@ -123,6 +123,7 @@ def test_a_different_object_in_the_repository_is_kept_and_so_is_the_copys(
     assert site.primary.read_bytes("drills/D1.json") == b'{"from": "production"}'
     kept = layout.conflict_key("offsite", "drills/D1.json")
     assert site.primary.read_bytes(kept) == b'{"from": "the copy"}'
+    assert site.copy.repo.read_bytes("drills/D1.json") == b'{"from": "production"}'
     assert journal.entries(site.primary)[-1].outcome.startswith("conflict: copy offsite:")
     assert owed(site.copy.repo) == {}
     assert sync(site.primary, site.copy).conflicts == []  # reported once
