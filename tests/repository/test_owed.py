@@ -180,3 +180,20 @@ def test_the_agents_copy_round_brings_it_back_and_says_so(tmp_path: Path) -> Non
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(e["event"], e.get("returned")) for e in events][:1] == [("copy.returned", 1)]
     assert site.primary.read_bytes("failovers/F1.json") == b'{"stage": "done"}'
+
+
+def test_a_journal_entry_chained_anew_before_a_crash_is_not_added_twice(
+        tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    journal.append(site.primary, "repository sync", "ok")
+    dr = site.gone()
+    journal.append(dr, "restore", "ok")
+    site.back()
+    # A settling that chained the entry anew, then died before deleting its note.
+    entry = journal.entries(site.copy.repo)[-1]
+    journal.rechain(site.primary, entry, {"from_copy": "offsite", "copy_seq": "2"})
+
+    sync(site.primary, site.copy)
+    assert [e.command for e in journal.entries(site.primary)] == \
+        ["backup", "repository sync", "restore"]
+    assert owed(site.copy.repo) == {}

@@ -141,6 +141,12 @@ def rechain(repo: Repository, entry: JournalEntry, objects: dict[str, str]) -> J
         update={"seq": seq, "prev": prev, "objects": {**entry.objects, **objects}}))
 
 
+def newest(repo: Repository, count: int) -> list[JournalEntry]:
+    """The newest `count` entries, oldest first."""
+    return [records.read_record(repo, layout.JOURNAL + n, JournalEntry)
+            for n in _entry_names(repo)[-count:]]
+
+
 def fits(repo: Repository, entry: JournalEntry) -> bool:
     """Whether `entry` continues `repo`'s chain as it stands: its number is the next one and
     it links to the newest entry."""

@@ -20,8 +20,10 @@ owes is overwritten or deleted in it first):
   number next, its link to the repository's newest entry); else — the copy lacked the
   newest entries when the repository went (its own `repository sync` entry, say), or both
   were written to meanwhile — added to the repository's chain as it was (time, user,
-  command, outcome) under the next number, naming the copy and its number there; the
-  journal head is then the repository's own;
+  command, outcome) under the next number, naming the copy and its number there — once:
+  an entry found so among the repository's newest RECHAINED_WINDOW is not added again
+  (a settling that stopped before deleting its notes); the journal head is then the
+  repository's own;
 - the repository lacks it: copied back as stored, create-only;
 - the repository holds the same content: nothing to do (WAL is named by its content);
 - a record rewritten in place (noted by a write that may overwrite: failover records, the
@@ -53,9 +55,11 @@ from markship.repository import layout
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from markship.repository.base import Repository
+    from markship.repository.journal import JournalEntry
     from markship.repository.objects import ObjectInfo
 
 STALE_SECONDS = 3600.0  # a note without its object, older than this, owes nothing
+RECHAINED_WINDOW = 64  # newest journal entries looked at for one already chained anew
 CHUNK = 1 << 20
 
 
@@ -178,10 +182,19 @@ def _settle_entry(primary: Repository, copy: _Copy, key: str, taken: bool,
             return True
         except ConflictError:
             pass  # a writer took this number meanwhile: chained after it instead
-    journal.rechain(primary, entry, {"from_copy": copy.name, "copy_seq": str(entry.seq)})
-    result.returned_objects += 1
+    marks = {"from_copy": copy.name, "copy_seq": str(entry.seq)}
+    if not any(_rechained(e, entry, marks) for e in journal.newest(primary, RECHAINED_WINDOW)):
+        journal.rechain(primary, entry, marks)
+        result.returned_objects += 1
     _align(primary, copy, key)
     return True
+
+
+def _rechained(found: JournalEntry, entry: JournalEntry, marks: dict[str, str]) -> bool:
+    """Whether `found` is `entry` chained anew already (by a settling that stopped before
+    deleting the notes, or one running at once)."""
+    return (found.time, found.host, found.command) == (entry.time, entry.host, entry.command) \
+        and all(found.objects.get(k) == v for k, v in marks.items())
 
 
 def _align(primary: Repository, copy: _Copy, key: str) -> None:
