@@ -205,8 +205,10 @@ def test_what_the_dr_site_wrote_to_the_copy_is_brought_back_to_the_repository(
         away.rename(group.repo)
     else:
         relay.restore()
+    assert _owed_shown(group) >= 4  # `status` says what the copy owes
     synced = group.markship("repository", "sync", "--json")
     assert synced.returncode == 0, synced.stderr
+    assert _owed_shown(group) == 0
     report = json.loads(synced.stdout)["copies"][0]
     assert report["conflicts"] == []
     assert report["returned_objects"] >= 4  # 2 journal entries, the drill's record and report
@@ -226,6 +228,13 @@ def test_what_the_dr_site_wrote_to_the_copy_is_brought_back_to_the_repository(
                         f"unix_socket_directories={again.base_dir}")
     assert proc.returncode == 0, proc.stderr
     assert Ledger.count_on(again) == rows
+
+
+def _owed_shown(group: Group) -> int:
+    shown = group.markship("status", "--json")
+    assert shown.stdout, shown.stderr
+    copies = {r["name"]: r for r in json.loads(shown.stdout)["repositories"]}
+    return int(copies["offsite"]["owed_objects"])
 
 
 # What a DR-site process writing through the copies does while the repository is gone, as

@@ -99,7 +99,9 @@ class TextOutput:
                   [[r.name, r.location, r.mode,
                     "DOWN" if not r.reachable else "up" if r.marked else
                     "empty (no backup yet)" if r.mode == "primary" else "not synced yet",
-                    copy_lag(r.mode, r.lag_objects, r.lag_bytes, r.lag_seconds)]
+                    copy_lag(r.mode, r.lag_objects, r.lag_bytes, r.lag_seconds)
+                    + (f"; owes the repository {r.owed_objects} objects" if r.owed_objects
+                       else "")]
                    for r in repositories])
         if key_warning:
             click.echo(f"markship: warning: {key_warning}", err=True)
