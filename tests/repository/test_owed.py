@@ -197,3 +197,20 @@ def test_a_journal_entry_chained_anew_before_a_crash_is_not_added_twice(
     assert [e.command for e in journal.entries(site.primary)] == \
         ["backup", "repository sync", "restore"]
     assert owed(site.copy.repo) == {}
+
+
+def test_a_damaged_owed_journal_entry_is_kept_and_reported_never_blocking(
+        tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    dr = site.gone()
+    journal.append(dr, "restore", "ok")
+    dr.write_bytes("drills/D1.json", b"{}")
+    entry = tmp_path / "copy" / "journal" / "000000000002.json"
+    entry.write_bytes(entry.read_bytes().replace(b"restore", b"rest0re"))
+    site.back()
+
+    result = sync(site.primary, site.copy)
+    assert len(result.conflicts) == 1 and "journal/000000000002.json" in result.conflicts[0]
+    assert site.primary.exists(layout.conflict_key("offsite", "journal/000000000002.json"))
+    assert site.primary.exists("drills/D1.json")  # the rest came back all the same
+    assert owed(site.copy.repo) == {}

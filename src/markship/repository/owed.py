@@ -32,7 +32,8 @@ owes is overwritten or deleted in it first):
   the journal head, only when the repository then holds the entry it names; otherwise the
   repository's stays and `sync` refreshes the copy from it;
 - anything else that differs (an object written once under a key the repository also
-  wrote meanwhile, equal times included): a conflict. The repository's object stays, the
+  wrote meanwhile, equal times included), and a journal entry that cannot be read as one:
+  a conflict. The repository's object stays, the
   copy's is kept beside it in the repository under `conflicts/<copy>/<key>`, and the
   conflict is reported: one line in the result and a journal entry (when the journal can be
   written). The copy's key then takes the repository's object (its own is kept in the
@@ -49,7 +50,7 @@ import os
 import secrets
 import time
 
-from markship.errors import ConflictError, MarkshipError, ObjectMissing
+from markship.errors import ConflictError, CorruptObject, MarkshipError, ObjectMissing
 from markship.repository import layout
 
 TYPE_CHECKING = False
@@ -174,7 +175,11 @@ def _settle_entry(primary: Repository, copy: _Copy, key: str, taken: bool,
 
     if taken and _same(primary, copy.repo, key):
         return True
-    entry = records.read_record(copy.repo, key, journal.JournalEntry)
+    try:
+        entry = records.read_record(copy.repo, key, journal.JournalEntry)
+    except CorruptObject:  # kept as it is, and reported: it never blocks the rest
+        _keep_both(primary, copy, key, result)
+        return True
     if not taken and journal.fits(primary, entry):
         try:
             result.returned_bytes += _copy_stored(copy.repo, primary, key, key)
@@ -208,7 +213,7 @@ def _align(primary: Repository, copy: _Copy, key: str) -> None:
 def _overwrites(copy: Repository, note_key: str) -> bool:
     try:
         return bool(json.loads(copy.read_bytes(note_key)).get("overwrite"))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, CorruptObject):
         return False  # a damaged note: the stricter reading (create-only)
 
 
@@ -250,8 +255,8 @@ def _keep_both(primary: Repository, copy: _Copy, key: str, result: Settled) -> N
     with contextlib.suppress(ConflictError):  # kept by an earlier round
         _copy_stored(copy.repo, primary, key, kept)
     _align(primary, copy, key)
-    line = (f"copy {copy.name}: {key} differs from the repository's: the repository's is "
-            f"kept, the copy's is kept beside it as {kept}; compare them")
+    line = (f"copy {copy.name}: {key} differs from the repository's (or is damaged): the "
+            f"repository's is kept, the copy's is kept beside it as {kept}; compare them")
     result.conflicts.append(line)
     with contextlib.suppress(MarkshipError):  # the line above is reported anyway
         journal.append(primary, "repository sync", f"conflict: {line}", objects={"key": key})
