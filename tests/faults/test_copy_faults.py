@@ -5,19 +5,24 @@ bring back every row committed before their target."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from collections.abc import Callable
 
 import pytest
 
 from markship.pg.datadir import stopped_at
-from markship.pg.scratch import chown_to
+from markship.pg.scratch import as_user, chown_to
 from tests.support.checks import complete_marks
 from tests.support.fingerprints import Ledger
 from tests.support.s3 import S3Server, new_store
 from tests.support.servers import (
+    MARKSHIP,
     OS_USER,
     Group,
     GroupFactory,
     add_dr_site,
+    markship_ok,
     new_mark,
     run_markship,
 )
@@ -114,3 +119,194 @@ def _repository_in_s3(group: Group, moto: S3Server) -> None:
     store = new_store(moto, group.workdir)
     group.config_path.write_text(group.config_path.read_text().replace(
         f'path = "{group.repo}"\n', store.config_lines()))
+
+
+@pytest.mark.reliability("repository back after the DR site wrote to its copy",
+                         fault="production's repository unreachable (a directory unmounted, "
+                               "or its S3 endpoint cut) while the DR site restores and drills "
+                               "from the copy; then it comes back",
+                         expected="`repository sync` brings back to the repository what was "
+                                  "written to the copy meanwhile (journal entries, the drill's "
+                                  "record and report); the repository alone, without the "
+                                  "copy, then shows them, its journal verifies, and a restore "
+                                  "from it alone reaches the mark with its rows")
+@pytest.mark.parametrize("repository_kind", ["fs", pytest.param("s3-relay", marks=pytest.mark.s3)])
+def test_what_the_dr_site_wrote_to_the_copy_is_brought_back_to_the_repository(
+        pg_group: GroupFactory, request: pytest.FixtureRequest, repository_kind: str) -> None:
+    group = pg_group(2)
+    primary_only = group.workdir / "primary-only.toml"  # the repository, no copy behind it
+    primary_only.write_text(group.config_path.read_text())
+    primary_only.chmod(0o644)
+    # The copy: a directory, or (with the repository in S3) a bucket of its own.
+    owed: Callable[[], list[str]]
+    if repository_kind == "fs":
+        offsite = group.workdir / "offsite"
+        where = f'path = "{offsite}"\n'
+
+        def owed() -> list[str]:
+            return [str(p.relative_to(offsite)) for p in offsite.glob("owed/**/*")
+                    if p.is_file()]
+    else:
+        credentials = group.workdir / "offsite-s3"
+        credentials.mkdir()
+        chown_to(credentials, OS_USER)
+        store = new_store(request.getfixturevalue("s3_server"), credentials)
+        request.addfinalizer(store.drop)
+        where = store.config_lines()
+
+        def owed() -> list[str]:
+            return store.stored_keys("owed/")
+    group.config_path.write_text(group.config_path.read_text() + (
+        f'\n[[repository.copy]]\nname = "offsite"\n{where}'))
+    ledger = Ledger(group)
+    ledger.commit(20)
+    group.ok("backup")
+    rows = ledger.commit(30)
+    mark = new_mark(group)
+    group.ok("repository", "sync")
+
+    # The repository goes away; the DR site restores and drills from the copy meanwhile.
+    if repository_kind == "fs":
+        away = group.workdir / "repo-away"
+        group.repo.rename(away)
+    else:
+        relay = request.getfixturevalue("s3_relay")
+        relay.cut()
+    restored = group.restored("alpha")
+    proc = group.markship("restore", "--server", "alpha", "--name", mark, "--target-dir",
+                          str(restored.data_dir))
+    assert proc.returncode == 0, proc.stderr
+    parent = group.workdir / "drills"
+    parent.mkdir()
+    chown_to(parent, OS_USER)
+    checks = group.workdir / "rows.sql"
+    checks.write_text(f"[*] SELECT count(*) = {rows} FROM ledger\n")
+    drill = group.markship("drill", "--mark", mark, "--check-sql", str(checks), "--work-dir",
+                           str(parent), "--json")
+    assert drill.returncode == 0, drill.stderr
+    drill_id = str(json.loads(drill.stdout)["id"])
+    assert [k for k in owed() if ".md/" in k]  # the drill's report, noted as owed
+
+    # The repository is back: one sync brings back what the copy holds for it.
+    if repository_kind == "fs":
+        away.rename(group.repo)
+    else:
+        relay.restore()
+    assert _owed_shown(group) >= 4  # `status` says what the copy owes
+    synced = group.markship("repository", "sync", "--json")
+    assert synced.returncode == 0, synced.stderr
+    assert _owed_shown(group) == 0
+    report = json.loads(synced.stdout)["copies"][0]
+    assert report["conflicts"] == []
+    assert report["returned_objects"] >= 4  # 2 journal entries, the drill's record and report
+    assert owed() == []  # settled
+
+    # The repository alone holds it all now.
+    entries = json.loads(markship_ok(primary_only, "journal", "--json"))
+    from_copy = [e["command"] for e in entries if e["objects"].get("from_copy") == "offsite"]
+    assert any(c.startswith("restore") for c in from_copy), entries
+    assert any(c.startswith("drill") for c in from_copy), entries
+    markship_ok(primary_only, "journal", "verify")
+    assert drill_id in markship_ok(primary_only, "drills", "--json")
+    again = group.restored("alpha")
+    proc = run_markship(primary_only, "restore", "--server", "alpha", "--name", mark,
+                        "--target-dir", str(again.data_dir), "--start", "--port",
+                        str(again.port), "--setting",
+                        f"unix_socket_directories={again.base_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert Ledger.count_on(again) == rows
+
+
+def _owed_shown(group: Group) -> int:
+    shown = group.markship("status", "--json")
+    assert shown.stdout, shown.stderr
+    copies = {r["name"]: r for r in json.loads(shown.stdout)["repositories"]}
+    return int(copies["offsite"]["owed_objects"])
+
+
+# What a DR-site process writing through the copies does while the repository is gone, as
+# the postgres user: a mark, then every WAL file PostgreSQL could not archive (its .ready
+# files), both through the fallback writer — the objects land in the copy, noted as owed.
+_WRITE_THROUGH_THE_COPY = """
+import glob, os, sys
+from markship.config import model
+from markship.marks.take import GroupConnections, take_mark
+from markship.repository.backends import location_of, open_repository
+from markship.repository.copies import open_copies
+from markship.repository.fallback import Fallback
+from markship.wal.push import push
+
+config = model.load(sys.argv[1])
+repo = Fallback(open_repository(location_of(config.repository)),
+                [c.repo for c in open_copies(config)])
+conns = GroupConnections(config)
+try:
+    mark = take_mark(config, repo, conns).record.name
+finally:
+    conns.close()
+for server in config.servers:
+    for ready in sorted(glob.glob(f"{server.data_dir}/pg_wal/archive_status/*.ready")):
+        name = os.path.basename(ready)[: -len(".ready")]
+        push(repo, server.name, f"{server.data_dir}/pg_wal/{name}")
+print(mark)
+"""
+
+
+@pytest.mark.reliability("WAL and a mark only in the copy, repository back",
+                         fault="the repository unmounted under load; WAL and a mark written "
+                               "through the copies land in the copy only; production dies; "
+                               "the repository comes back",
+                         expected="`repository sync` brings the WAL and the mark back: the "
+                                  "repository alone (no copy configured) lists the mark "
+                                  "complete and a restore from it reaches the mark with every "
+                                  "row committed before it")
+def test_wal_and_a_mark_only_in_the_copy_make_the_repository_whole_again(
+        pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    primary_only = group.workdir / "primary-only.toml"
+    primary_only.write_text(group.config_path.read_text())
+    primary_only.chmod(0o644)
+    offsite = group.workdir / "offsite"
+    group.config_path.write_text(group.config_path.read_text() + (
+        f'\n[[repository.copy]]\nname = "offsite"\npath = "{offsite}"\n'))
+    ledger = Ledger(group)
+    ledger.commit(20)
+    group.ok("backup")
+    group.ok("repository", "sync")
+
+    # The repository becomes unreachable: a share whose permissions were taken away (a
+    # directory renamed away would not do: wal-push, which writes to the repository only,
+    # creates a fresh one in its place and archives into it).
+    mode = group.repo.stat().st_mode
+    os.chown(group.repo, 0, 0)
+    group.repo.chmod(0o700)
+    rows = ledger.commit(40)  # archiving fails now: PostgreSQL keeps the WAL in pg_wal
+    wrote = subprocess.run(
+        as_user([str(MARKSHIP.parent / "python"), "-c", _WRITE_THROUGH_THE_COPY,
+                 str(group.config_path)], OS_USER),
+        capture_output=True, text=True, timeout=300, check=False)
+    assert wrote.returncode == 0, wrote.stderr
+    mark = wrote.stdout.strip()
+    assert (offsite / "marks" / f"{mark}.json").exists()
+    assert not (group.repo / "marks" / f"{mark}.json").exists()
+    for server in group.servers:  # production dies before its archiver could catch up
+        server.kill9()
+    only_in_copy = {p.name for p in (offsite / "wal").rglob("*.zst")} - \
+        {p.name for p in (group.repo / "wal").rglob("*.zst")}
+    assert only_in_copy  # the hole a repository-only restore would fall into
+
+    chown_to(group.repo, OS_USER)
+    group.repo.chmod(mode)
+    group.ok("repository", "sync")
+
+    held = {p.name for p in (group.repo / "wal").rglob("*.zst")}
+    assert only_in_copy <= held
+    listed = json.loads(markship_ok(primary_only, "marks", "--json", "--limit", "0"))
+    assert [m["complete"] for m in listed if m["name"] == mark] == [True]
+    restored = group.restored("alpha")
+    proc = run_markship(primary_only, "restore", "--server", "alpha", "--name", mark,
+                        "--target-dir", str(restored.data_dir), "--start", "--port",
+                        str(restored.port), "--setting",
+                        f"unix_socket_directories={restored.base_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert Ledger.count_on(restored) == rows

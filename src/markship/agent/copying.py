@@ -1,9 +1,12 @@
 """The agent's copier: keeps every [[repository.copy]] caught up with the primary, on a thread
 of its own so marks never wait for it.
 
-Every COPY_EVERY seconds each copy is synced (markship.repository.copies.sync): new objects
-copied, rewritten records copied again, expired ones deleted. `sync` copies get their WAL from
-wal-push already; everything else (backups, marks, records) reaches them here too. A copy
+Every COPY_EVERY seconds each copy is synced (markship.repository.copies.sync): first what the
+DR site wrote to the copy while the repository was gone is brought back to the repository
+(markship.repository.owed; a key the repository holds otherwise is logged as
+`copy.conflict`, an error, and journaled), then new objects copied, rewritten records
+copied again, expired ones deleted. `sync` copies get their WAL from wal-push already;
+everything else (backups, marks, records) reaches them here too. A copy
 that cannot be reached is logged once when it goes and once when it is back; the next round
 after it is back copies all it missed. Each round lists the primary and every copy (a
 record rewritten in place is told from its copy by the listings' times, see
@@ -70,6 +73,12 @@ class Copier:
             return
         if self.failing.pop(copy.name, None) is not None:
             self.log("copy.recovered", copy=copy.name)
+        for line in result.conflicts:
+            self.log("copy.conflict", level="error", copy=copy.name, reason=line)
+        if result.returned_objects:
+            self.log("copy.returned", copy=copy.name, returned=result.returned_objects,
+                     returned_bytes=result.returned_bytes,
+                     detail="written to the copy while the repository was gone")
         if result.copied_objects or result.refreshed_objects or result.deleted_objects:
             self.log("copy.ok", copy=copy.name, copied=result.copied_objects,
                      copied_bytes=result.copied_bytes, refreshed=result.refreshed_objects,

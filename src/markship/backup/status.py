@@ -114,6 +114,8 @@ class RepositoryStatus:
     lag_objects: int | None  # objects the copy lacks (or holds in an older version)
     lag_bytes: int | None
     lag_seconds: float | None  # age of the oldest of them (0: caught up)
+    # keys written to the copy while the repository was gone, not brought back yet
+    owed_objects: int | None = None
 
 
 def repository_status(primary: Repository, copies: list[Copy]) -> list[RepositoryStatus]:
@@ -121,6 +123,7 @@ def repository_status(primary: Repository, copies: list[Copy]) -> list[Repositor
     and each copy's lag; an unreachable one is reported, not fatal."""
     from markship.repository import layout
     from markship.repository.copies import lag
+    from markship.repository.owed import owed
 
     def reach(repo: Repository) -> tuple[str | None, bool]:
         try:
@@ -141,13 +144,16 @@ def repository_status(primary: Repository, copies: list[Copy]) -> list[Repositor
                               primary_error, primary_marked, None, None, None)]
     for copy, error, marked in reached:
         behind = None
-        if primary_error is None and error is None:
+        owes = None
+        if error is None:
             try:
-                behind = lag(primary, copy.repo)
+                owes = len(owed(copy.repo))
+                if primary_error is None:
+                    behind = lag(primary, copy.repo)
             except RepositoryError as exc:
                 error = exc.one_line()
         found.append(RepositoryStatus(
             copy.name, copy.repo.location, copy.mode, error is None, error, marked,
             behind.objects if behind else None, behind.bytes if behind else None,
-            round(behind.oldest_seconds, 3) if behind else None))
+            round(behind.oldest_seconds, 3) if behind else None, owes))
     return found

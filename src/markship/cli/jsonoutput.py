@@ -157,4 +157,6 @@ class JsonOutput(TextOutput):
         emit_json({"dry_run": dry_run, "failed": failed, "copies": [
             {"name": r.name, "copied_objects": r.copied_objects,
              "copied_bytes": r.copied_bytes, "refreshed_objects": r.refreshed_objects,
-             "deleted_objects": r.deleted_objects} for r in results]})
+             "deleted_objects": r.deleted_objects, "returned_objects": r.returned_objects,
+             "returned_bytes": r.returned_bytes, "conflicts": r.conflicts}
+            for r in results]})

@@ -98,7 +98,9 @@ class TextOutput:
                   [[r.name, r.location, r.mode,
                     "DOWN" if not r.reachable else "up" if r.marked else
                     "empty (no backup yet)" if r.mode == "primary" else "not synced yet",
-                    copy_lag(r.mode, r.lag_objects, r.lag_bytes, r.lag_seconds)]
+                    copy_lag(r.mode, r.lag_objects, r.lag_bytes, r.lag_seconds)
+                    + (f"; owes the repository {r.owed_objects} objects" if r.owed_objects
+                       else "")]
                    for r in repositories])
         if status.key_warning:
             click.echo(f"markship: warning: {status.key_warning}", err=True)
@@ -424,8 +426,14 @@ class TextOutput:
         for r in results:
             if dry_run:
                 click.echo(f"copy {r.name}: {r.copied_objects} objects ({size(r.copied_bytes)}) "
-                           "to copy")
+                           f"to copy, {r.returned_objects} owed back to the repository")
                 continue
+            if r.returned_objects:
+                click.echo(f"✓ copy {r.name}: brought back {r.returned_objects} objects "
+                           f"({size(r.returned_bytes)}) written to it while the repository "
+                           "was gone")
+            for line in r.conflicts:
+                click.echo(f"✗ {line}")
             click.echo(f"✓ copy {r.name}: copied {r.copied_objects} objects "
                        f"({size(r.copied_bytes)}), {r.refreshed_objects} records again, "
                        f"deleted {r.deleted_objects} expired")

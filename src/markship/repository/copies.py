@@ -6,6 +6,8 @@ objects stay encrypted in the copy: it is opened with the same keys). Objects ar
 stored (`open_stored` → `write_stored`): streamed, create-only, visible only once complete.
 
 What `sync` does to a copy:
+- first, what the copy owes the repository (objects the DR site wrote to it while the
+  repository was gone) is brought back to the repository: markship.repository.owed;
 - every object the copy lacks is copied (except locks, the stream folder and holds:
   layout.NOT_COPIED);
 - a record (`.json`) the primary rewrote since it was copied (sets, the journal head, the
@@ -98,10 +100,14 @@ def named(copy: Copy, exc: RepositoryError) -> RepositoryError:
 class SyncResult:
     """What one sync did to a copy."""
 
-    __slots__ = ("copied_bytes", "copied_objects", "deleted_objects", "name", "refreshed_objects")
+    __slots__ = ("conflicts", "copied_bytes", "copied_objects", "deleted_objects", "name",
+                 "refreshed_objects", "returned_bytes", "returned_objects")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.returned_objects = 0  # owed by the copy: brought back to the repository
+        self.returned_bytes = 0
+        self.conflicts: list[str] = []  # owed keys the repository holds otherwise: one line each
         self.copied_objects = 0
         self.copied_bytes = 0
         self.refreshed_objects = 0  # records the primary rewrote, copied again
@@ -204,16 +210,29 @@ def lag(primary: Repository, copy: Repository, now: float | None = None) -> Lag:
 
 def sync(primary: Repository, copy: Copy, delete: bool = True) -> SyncResult:
     """Catch `copy` up with `primary` (see the module docstring): both are listed, what the
-    copy lacks is copied, what expire deleted is deleted. Raises RepositoryError (naming the
-    copy when it is the copy that failed); what was copied before a failure stays copied."""
+    copy lacks is copied, what expire deleted is deleted — after what the copy owes the
+    repository is brought back. Raises RepositoryError (naming the copy when it is the copy
+    that failed); what was copied before a failure stays copied."""
+    from markship.repository.owed import settle
+
     _check_primary(primary)
     _check_same_repository(primary, copy)
+    result = SyncResult(copy.name)
+    try:
+        settled = settle(primary, copy.repo, copy.name)
+    except RepositoryError as exc:
+        raise RepositoryError(f"bringing back what copy {copy.name} ({copy.repo.location}) "
+                              f"holds for the repository: {exc.message}",
+                              exc.hint or "make both reachable and writable, then retry"
+                              ) from None
+    result.returned_objects, result.returned_bytes = \
+        settled.returned_objects, settled.returned_bytes
+    result.conflicts = settled.conflicts
     source = _listing(primary)
     try:
         target = _listing(copy.repo)
     except RepositoryError as exc:
         raise named(copy, exc) from None
-    result = SyncResult(copy.name)
     for info in _missing(source, target):
         outdated = info.key in target
         try:

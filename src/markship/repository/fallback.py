@@ -16,7 +16,14 @@ Reads:
 Writes, deletes and locks go to the primary. Only when the primary is gone — unreachable, or
 without its marker object (an unmounted or renamed directory answers like an empty one) — do
 they go to the first copy that holds its marker: a failover, a drill or a restore's hold at
-the DR site is then recorded in the copy (the copies are never synced back into the primary).
+the DR site is then recorded in the copy. Each object written to a copy that way (except what
+is never copied: locks, holds, the stream folder) is noted as owed back first: an
+`owed/<key>` object in that copy, written before the object itself, so a crash between the
+two leaves a note without an object (settled as nothing owed) and never an object without a
+note. When the primary answers again, markship.repository.owed brings the noted objects back
+to it; a note per key (not one per process) needs no read-modify-write, so parallel writers
+to the copy cannot lose each other's notes, and a key is settled, and its note deleted, on
+its own. Deleting on a copy leaves the note: a key no longer in the copy is owed nothing.
 """
 
 from __future__ import annotations
@@ -161,36 +168,66 @@ class Fallback:
                 self._writer = chosen
             return self._writer
 
+    def _owe(self, writer: Repository, key: str, overwrite: bool) -> None:
+        """Note `key` as owed back to the primary when `writer` is a copy (before the write)."""
+        if writer is not self.primary and layout.copied(key):
+            from markship.repository.owed import note
+
+            note(writer, key, overwrite)
+
+    def _owing(self, writer: Repository, folder: str, name_for: Callable[[], str],
+               overwrite: bool) -> Callable[[], str]:
+        """`name_for`, noting the key it names as owed before the object takes that name."""
+        def named() -> str:
+            name = name_for()
+            self._owe(writer, folder + name, overwrite)
+            return name
+        return named
+
     def write(self, key: str, source: Readable, *, overwrite: bool = False,
               metadata: bool = False) -> StoredObject:
-        return self.writer.write(key, source, overwrite=overwrite, metadata=metadata)
+        writer = self.writer
+        self._owe(writer, key, overwrite)
+        return writer.write(key, source, overwrite=overwrite, metadata=metadata)
 
     def write_named(self, folder: str, source: Readable, name_for: Callable[[], str], *,
                     overwrite: bool = False, metadata: bool = False) -> StoredObject:
-        return self.writer.write_named(folder, source, name_for, overwrite=overwrite,
-                                       metadata=metadata)
+        writer = self.writer
+        return writer.write_named(folder, source,
+                                  self._owing(writer, folder, name_for, overwrite),
+                                  overwrite=overwrite, metadata=metadata)
 
     def write_named_by(self, folder: str, fill: Callable[[Writable], None],
                        name_for: Callable[[], str], *, overwrite: bool = False,
                        hashed: bool = True, metadata: bool = False) -> StoredObject:
-        return self.writer.write_named_by(folder, fill, name_for, overwrite=overwrite,
-                                          hashed=hashed, metadata=metadata)
+        writer = self.writer
+        return writer.write_named_by(folder, fill,
+                                     self._owing(writer, folder, name_for, overwrite),
+                                     overwrite=overwrite, hashed=hashed, metadata=metadata)
 
     def write_by(self, key: str, fill: Callable[[Writable], None], *, overwrite: bool = False,
                  metadata: bool = False) -> StoredObject:
-        return self.writer.write_by(key, fill, overwrite=overwrite, metadata=metadata)
+        writer = self.writer
+        self._owe(writer, key, overwrite)
+        return writer.write_by(key, fill, overwrite=overwrite, metadata=metadata)
 
     def stage(self, folder: str, fill: Callable[[Writable], None], *,
               hashed: bool = True, metadata: bool = False) -> StagedObject:
-        return self.writer.stage(folder, fill, hashed=hashed, metadata=metadata)
+        writer = self.writer
+        staged = writer.stage(folder, fill, hashed=hashed, metadata=metadata)
+        return staged if writer is self.primary else _OwingStage(self, writer, folder, staged)
 
     def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False,
                     metadata: bool = False) -> StoredObject:
-        return self.writer.write_bytes(key, data, overwrite=overwrite, metadata=metadata)
+        writer = self.writer
+        self._owe(writer, key, overwrite)
+        return writer.write_bytes(key, data, overwrite=overwrite, metadata=metadata)
 
     def write_stored(self, key: str, source: Readable, *, overwrite: bool = False
                      ) -> StoredObject:
-        return self.writer.write_stored(key, source, overwrite=overwrite)
+        writer = self.writer
+        self._owe(writer, key, overwrite)
+        return writer.write_stored(key, source, overwrite=overwrite)
 
     def delete(self, key: str) -> None:
         self.writer.delete(key)
@@ -203,3 +240,19 @@ class Fallback:
 
     def check_writable(self) -> None:
         self.writer.check_writable()
+
+
+class _OwingStage:
+    """An object staged in a copy: its key is noted as owed when it is published."""
+
+    def __init__(self, fallback: Fallback, writer: Repository, folder: str,
+                 staged: StagedObject) -> None:
+        self.fallback, self.writer, self.folder, self.staged = fallback, writer, folder, staged
+
+    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
+        return self.staged.publish(
+            self.fallback._owing(self.writer, self.folder, name_for, overwrite),
+            overwrite=overwrite)
+
+    def discard(self) -> None:
+        self.staged.discard()

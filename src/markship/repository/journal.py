@@ -22,6 +22,7 @@ import json
 import os
 import pwd
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -77,6 +78,16 @@ def _link_to(repo: Repository, entry: JournalEntry, link: str) -> str:
     return stored_hash(repo, entry.seq) if link.startswith(STORED) else entry_hash(entry)
 
 
+def head_fits(repo: Repository, head: JournalHead) -> bool:
+    """Whether `repo` holds the entry `head` names, with the hash `head` carries (a head
+    brought back from a copy may replace the repository's only then)."""
+    try:
+        entry = records.read_record(repo, layout.journal_entry_key(head.seq), JournalEntry)
+        return _link_to(repo, entry, head.hash) == head.hash
+    except MarkshipError:
+        return False
+
+
 def redact(text: str) -> str:
     """Config text with passwords and other secrets replaced: every libpq form (`password=`,
     `sslpassword=`, quoted or not, a URI's `user:secret@` and `?password=`), and other
@@ -120,14 +131,44 @@ def append(repo: Repository, command: str, outcome: str, *, user: str | None = N
            objects: dict[str, str] | None = None, diff: str | None = None,
            config_text: str | None = None) -> JournalEntry:
     """Add one entry after the newest one (retrying after a concurrent writer)."""
+    return _chain(repo, lambda seq, prev: JournalEntry(
+        seq=seq, time=utcnow(), user=user or invoking_user(), host=socket.gethostname(),
+        command=command, outcome=outcome, objects=objects or {}, diff=diff,
+        config_text=config_text, prev=prev))
+
+
+def rechain(repo: Repository, entry: JournalEntry, objects: dict[str, str]) -> JournalEntry:
+    """Add `entry` (another chain's: a copy's, written while the repository was gone) after
+    the newest one, as it was (time, user, host, command, outcome) but under the next number,
+    linked to this chain, with `objects` added."""
+    return _chain(repo, lambda seq, prev: entry.model_copy(
+        update={"seq": seq, "prev": prev, "objects": {**entry.objects, **objects}}))
+
+
+def newest(repo: Repository, count: int) -> list[JournalEntry]:
+    """The newest `count` entries, oldest first."""
+    return [records.read_record(repo, layout.JOURNAL + n, JournalEntry)
+            for n in _entry_names(repo)[-count:]]
+
+
+def fits(repo: Repository, entry: JournalEntry) -> bool:
+    """Whether `entry` continues `repo`'s chain as it stands: its number is the next one and
+    it links to the newest entry."""
+    names = _entry_names(repo)
+    last = int(names[-1][:-5]) if names else 0
+    if entry.seq != last + 1:
+        return False
+    if not last:
+        return entry.prev == ""
+    previous = records.read_record(repo, layout.journal_entry_key(last), JournalEntry)
+    return bool(entry.prev) and _link_to(repo, previous, entry.prev) == entry.prev
+
+
+def _chain(repo: Repository, make: Callable[[int, str], JournalEntry]) -> JournalEntry:
     for _attempt in range(100):
         names = _entry_names(repo)
         last = int(names[-1][:-5]) if names else 0
-        entry = JournalEntry(
-            seq=last + 1, time=utcnow(), user=user or invoking_user(),
-            host=socket.gethostname(), command=command, outcome=outcome,
-            objects=objects or {}, diff=diff, config_text=config_text,
-            prev=stored_hash(repo, last) if last else "")
+        entry = make(last + 1, stored_hash(repo, last) if last else "")
         try:
             stored = records.write_record(repo, layout.journal_entry_key(entry.seq), entry)
         except ConflictError:

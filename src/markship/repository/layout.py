@@ -30,6 +30,8 @@ agent/state.json                             what the agent remembers between ru
 keys/exports/<time>.json                     that a key backup exists (fingerprints only)
 keys/catalog/<time>-<fingerprint>.age        the catalog key, encrypted to the repository key
 locks/<name>.lock                            a lock (backup, agent, dump-<name>)
+owed/<key>/<note>                            in a copy: <key> written there while the repo was gone
+conflicts/<copy>/<key>                       a copy's <key> that differed from the repo's, kept
 ```
 The digest in a WAL object's name is the BLAKE3 of the uncompressed file (objects archived
 before carry a bare sha256 instead; see repository.walsum), so a second push of the same file can
@@ -63,6 +65,8 @@ AGENT_STATE_KEY = "agent/state.json"
 KEY_EXPORTS = "keys/exports/"
 CATALOG_KEY_COPIES = "keys/catalog/"
 LOCKS = "locks/"
+OWED = "owed/"
+CONFLICTS = "conflicts/"
 
 RECORD_SUFFIX = ".json"
 WAL_SUFFIX = ".zst"
@@ -253,12 +257,24 @@ def lock_key(name: str) -> str:
 
 # Never copied: locks belong to the repository they lock, the stream folder is rewritten in
 # place by pg_receivewal and pruned within seconds, a hold protects a set from one
-# repository's own expire.
-NOT_COPIED = (LOCKS, STREAM, HOLDS)
+# repository's own expire, and what a copy owes the repository is the copy's own bookkeeping.
+NOT_COPIED = (LOCKS, STREAM, HOLDS, OWED)
 
 # Where retention deletes (markship.backup.retention), oldest name first within each folder.
 _EXPIRED_FOLDERS = (SETS, MARKS)
 _EXPIRED_PER_NAME = (WAL, BACKUPS, FILESETS, DUMPS)
+
+
+def owed_key(key: str) -> str:
+    """In a copy: the note that `key` was written to the copy while the repository was gone,
+    so it is owed back to the repository (markship.repository.owed)."""
+    return f"{OWED}{key}"
+
+
+def conflict_key(copy_name: str, key: str) -> str:
+    """In the repository: copy `copy_name`'s version of `key`, kept because the repository
+    held a different one when the copy's was brought back."""
+    return f"{CONFLICTS}{copy_name}/{key}"
 
 
 def copied(key: str) -> bool:
