@@ -156,7 +156,7 @@ def test_hostile_names_on_the_command_line_are_refused(workdir: Path) -> None:
     entries = json.loads(markship_ok(cfg, "journal", "--json"))
     failed = [(e["command"], e["outcome"]) for e in entries if e["outcome"] != "ok"]
     expected = ["mark", "mark", "restore", "restore", "restore", "files restore",
-                "files restore", "files restore", "dumps restore"]
+                "files restore", "files restore", "dumps restore", "verify"]
     assert [c for c, _ in failed] == expected, failed
     assert all("is not a usable" in outcome and "\n" not in outcome
                for _, outcome in failed), failed
