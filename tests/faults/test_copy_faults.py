@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -90,15 +91,7 @@ def test_restore_and_failover_read_the_copy_when_the_repository_is_gone(
 
     # A recovery drill: the group restored to the mark on scratch servers, checked, from the
     # copy, its report stored in the copy.
-    parent = group.workdir / "drills"
-    parent.mkdir()
-    chown_to(parent, OS_USER)
-    checks = group.workdir / "rows.sql"
-    checks.write_text(f"[*] SELECT count(*) = {rows} FROM ledger\n")
-    drill = group.markship("drill", "--mark", mark, "--check-sql", str(checks), "--work-dir",
-                           str(parent), "--json")
-    assert drill.returncode == 0, drill.stderr
-    assert json.loads(drill.stdout)["ok"]
+    assert _drill(group, mark, rows)["ok"]
     assert list((offsite / "drills").glob("*.md"))
 
     # The failover: every standby to the mark, from the copy.
@@ -111,6 +104,19 @@ def test_restore_and_failover_read_the_copy_when_the_repository_is_gone(
     assert list((offsite / "failovers").glob("*.json"))  # recorded where it can be read
     if primary == "directory":
         assert not group.repo.exists()  # never re-created where production's repository was
+
+
+def _drill(group: Group, mark: str, rows: int) -> dict[str, Any]:
+    """A recovery drill of `mark` checking the ledger's `rows`; its JSON report."""
+    parent = group.workdir / "drills"
+    parent.mkdir()
+    chown_to(parent, OS_USER)
+    checks = group.workdir / "rows.sql"
+    checks.write_text(f"[*] SELECT count(*) = {rows} FROM ledger\n")
+    drill = group.markship("drill", "--mark", mark, "--check-sql", str(checks), "--work-dir",
+                           str(parent), "--json")
+    assert drill.returncode == 0, drill.stderr
+    return dict(json.loads(drill.stdout))
 
 
 def _repository_in_s3(group: Group, moto: S3Server) -> None:
@@ -176,15 +182,7 @@ def test_what_the_dr_site_wrote_to_the_copy_is_brought_back_to_the_repository(
     proc = group.markship("restore", "--server", "alpha", "--name", mark, "--target-dir",
                           str(restored.data_dir))
     assert proc.returncode == 0, proc.stderr
-    parent = group.workdir / "drills"
-    parent.mkdir()
-    chown_to(parent, OS_USER)
-    checks = group.workdir / "rows.sql"
-    checks.write_text(f"[*] SELECT count(*) = {rows} FROM ledger\n")
-    drill = group.markship("drill", "--mark", mark, "--check-sql", str(checks), "--work-dir",
-                           str(parent), "--json")
-    assert drill.returncode == 0, drill.stderr
-    drill_id = str(json.loads(drill.stdout)["id"])
+    drill_id = str(_drill(group, mark, rows)["id"])
     assert [k for k in owed() if ".md/" in k]  # the drill's report, noted as owed
 
     # The repository is back: one sync brings back what the copy holds for it.

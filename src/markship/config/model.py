@@ -45,6 +45,14 @@ def _seconds(value: object) -> object:
     return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
 
 
+def _absolute_path(value: Path) -> Path:
+    if not value.is_absolute():
+        raise ValueError("must be an absolute path")
+    return value
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute_path)]
+
 # A length of time: a number of seconds, or a string with a unit (s, min, h, d).
 Duration = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
@@ -66,21 +74,14 @@ class _Storage(_Section):
     """Where a repository is: `path` (a local or mounted directory) or `url` (S3-compatible
     object storage, with `endpoint`, `region`, `credentials_file`, `ca_file`)."""
 
-    path: Path | None = None
+    path: AbsolutePath | None = None
     url: Annotated[str, Field(pattern=S3_URL_PATTERN)] | None = None
     endpoint: Annotated[str, Field(pattern=r"^https?://[^\s/@]+(/[^\s@]*)?$")] | None = None
     region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
-    credentials_file: Path | None = None
-    ca_file: Path | None = None
+    credentials_file: AbsolutePath | None = None
+    ca_file: AbsolutePath | None = None
     # S3 locks are leases: a holder that died loses its lock after this many seconds.
     lease_seconds: Annotated[float, Field(ge=5, le=600)] = 15.0
-
-    @field_validator("path", "credentials_file", "ca_file")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
 
     @model_validator(mode="after")
     def _one_location(self) -> _Storage:
@@ -178,16 +179,9 @@ class MarksSection(_Section):
     stream_wait: Annotated[float, Field(gt=0, le=30)] = 1.0
     # Where the receivers write when the repository is object storage (markship.marks.upload):
     # a local directory of the agent's host; None: /var/lib/markship/stream.
-    stream_spool: Path | None = None
+    stream_spool: AbsolutePath | None = None
     # Nice value of the agent's marking thread (markship.marks.priority); 0 leaves it alone.
     nice: Annotated[int, Field(ge=-20, le=19)] = -10
-
-    @field_validator("stream_spool")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
 
 
 class ScheduleSection(_Section):
@@ -221,17 +215,10 @@ class RetentionSection(_Section):
 
 class StandbySection(_Section):
     server: str
-    data_dir: Path
+    data_dir: AbsolutePath
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)]
     socket_dir: Path | None = None
-
-    @field_validator("data_dir")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
 
 
 class DrSiteSection(_Section):
@@ -330,10 +317,10 @@ class WebSection(_Section):
 
     listen: str | None = None  # "127.0.0.1:9187"
     auth: Literal["token", "basic", "none"] = "token"
-    token_file: Path | None = None
-    basic_auth_file: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    token_file: AbsolutePath | None = None
+    basic_auth_file: AbsolutePath | None = None
+    tls_cert: AbsolutePath | None = None
+    tls_key: AbsolutePath | None = None
     refresh: Duration = 10.0  # seconds between two snapshots of the group
 
     @field_validator("listen")
@@ -341,13 +328,6 @@ class WebSection(_Section):
     def _host_port(cls, value: str | None) -> str | None:
         if value is not None:
             listen_address(value)
-        return value
-
-    @field_validator("token_file", "basic_auth_file", "tls_cert", "tls_key")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError("must be an absolute path")
         return value
 
     @model_validator(mode="after")
