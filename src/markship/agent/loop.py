@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 
 import psycopg
@@ -49,6 +50,7 @@ MARKS_JOURNAL_EVERY = 600.0  # seconds between journal summaries of the agent's 
 RECOGNISE_AFTER = 10.0  # seconds a receiver runs before marks must see it in the server
 CONTENT_CHECK_EVERY = 60.0  # seconds between file-set change checks and dump schedule checks
 STANDBY_POLL = 1.0  # seconds between a standby agent's attempts at the agent lock
+ROLES_EVERY_POLLS = 5  # a standby agent looks for a failover every this many attempts
 
 
 def marking_thread(config: Config, log: EventLog) -> ThreadPoolExecutor:
@@ -95,6 +97,10 @@ class Agent:
         self.copier = Copier(repo, open_copies(config), log)
         # [dr_site] max_replay_delay: WAL switches for the standbys (markship.agent.replaypace)
         self.pacer = ReplayPacer(config, log)
+        # A failover made another site production (check_roles): the role-swapped config to
+        # run with instead (`markship run` execs itself with it), or why the agent stopped.
+        self.switch_to: Path | None = None
+        self.superseded: MarkshipError | None = None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
@@ -114,6 +120,8 @@ class Agent:
         records.on_damage(lambda damaged: self.log("record.damaged", level="warning",
                                                    key=damaged.key, reason=damaged.problem,
                                                    detail="skipped; run markship verify"))
+        if self.check_roles():
+            return
         with contextlib.ExitStack() as locked:
             purpose = f"markship run for group {self.config.group.name}"
             if self.standby:
@@ -158,7 +166,11 @@ class Agent:
         """The agent lock, held, once it is free (a standby agent): None when stopped
         before. The caller releases it (`__exit__`)."""
         waiting = False
+        polls = 0
         while not self.stop.is_set():
+            polls += 1
+            if polls % ROLES_EVERY_POLLS == 0 and self.check_roles():
+                return None
             lock = self.repo.lock("agent", purpose)
             try:
                 lock.__enter__()
@@ -209,6 +221,8 @@ class Agent:
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune_stream()
+                if self.check_roles():
+                    break
                 self.check_config_change()
                 if self.record_gaps():
                     next_backup_check = 0.0  # a full backup makes new marks restorable
@@ -466,6 +480,37 @@ class Agent:
             "" if before is None else "; restart the agent to apply it"),
                      diff=journal.config_diff(before, text), config_text=text,
                      file=str(self.config.source))
+
+    def check_roles(self) -> bool:
+        """Whether a failover made another site production than this config names (then the
+        agent stops: its servers are not the group's primaries). When that failover wrote
+        its role-swapped config on this host, the agent goes on with it (`switch_to`)."""
+        from markship.dr import history, sites
+
+        try:
+            record = history.newest_done(self.repo)
+        except MarkshipError as exc:
+            self.log("agent.roles_unknown", level="warning", reason=exc.one_line())
+            return False
+        if record is None or not sites.superseded(self.config, record):
+            return False
+        path = sites.successor(self.config, record)
+        if path is not None:
+            self.switch_to = path
+            self.log("agent.switch", failover=record.id, config=str(path),
+                     detail=f"failover {record.id} made site {record.to_site} production: "
+                            "restarting with the config it wrote")
+        else:
+            self.superseded = MarkshipError(
+                f"failover {record.id} made site {record.to_site} production; this config "
+                f"still names site {self.config.site.name} as production",
+                "run the agent with the config that failover wrote ("
+                f"{record.new_config or 'see markship journal'} on host {record.host})")
+            self.log("agent.superseded", level="error", reason=self.superseded.message,
+                     detail="stopping: " + (self.superseded.hint or ""))
+        self.stop.set()
+        self.wakeup.set()
+        return True
 
     def warn_key_backup(self) -> None:
         from markship.repository.keys import backup_warning

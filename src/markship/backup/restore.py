@@ -22,7 +22,7 @@ from pathlib import Path
 from markship.backup.basebackup import ProgressFn
 from markship.backup.holds import hold
 from markship.config.model import Config
-from markship.errors import CorruptObject, RestoreError
+from markship.errors import CorruptObject, ObjectMissing, RestoreError
 from markship.pg.commands import fetch_command
 from markship.pg.datadir import (
     DataDir,
@@ -120,6 +120,13 @@ def choose_backup(repo: Repository, server: str, target: Target,
                                "choose a mark made while this server was in the group")
         usable = [b for b in backups
                   if b.timeline == point.timeline and b.stop_lsn <= point.lsn]
+        if not usable and any(b.timeline < point.timeline for b in backups):
+            # A mark made after a failover: a backup from before it still reaches the mark
+            # when it was consistent before its timeline branched off toward the mark's
+            # (recovery follows the history file, as the standbys did).
+            branched = dict(_ancestry(repo, server, point.timeline))
+            usable = [b for b in backups if b.timeline in branched
+                      and b.stop_lsn <= branched[b.timeline]]
         if not usable:
             raise RestoreError(
                 f"mark {target.mark.name} is older than every backup of server {server}",
@@ -136,6 +143,18 @@ def choose_backup(repo: Repository, server: str, target: Target,
             )
         return usable[0]
     return backups[0]
+
+
+def _ancestry(repo: Repository, server: str, timeline: int) -> list[tuple[int, int]]:
+    from markship.wal.stored import read_history
+
+    try:
+        return read_history(repo, server, timeline)
+    except ObjectMissing:
+        raise RestoreError(f"timeline {timeline} of server {server} has no history file in "
+                           "the repository: no backup from before it reaches it",
+                           "take a backup (markship backup) and restore to a mark after it") \
+            from None
 
 
 def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
@@ -325,6 +344,10 @@ def recovery_settings(config: Config, server: str, target: Target,
         "recovery_init_sync_method": "syncfs",
     }
     settings.update(target.settings())
+    if target.mark is not None and server in target.mark.points:
+        # The mark's own timeline: after a failover an older mark may lie on a timeline
+        # that branched off ('latest' would follow the newer one and never reach it).
+        settings["recovery_target_timeline"] = str(target.mark.points[server].timeline)
     if port is not None:
         settings["port"] = str(port)
     settings.update(extra)

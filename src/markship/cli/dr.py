@@ -63,24 +63,32 @@ def standby_status_cmd(ctx: Context, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Say which mark and what would be lost; change "
               "nothing.")
 @click.option("--force", is_flag=True, help="Go on although a production server still answers.")
+@click.option("--new-config", type=click.Path(path_type=Path, resolve_path=True, dir_okay=False),
+              help="Where to write the role-swapped config (default: NAME.SITE.toml beside "
+                   "the config, or the group's own file on a return trip).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def failover(ctx: Context, mark_name: str | None, dry_run: bool, force: bool,
-             as_json: bool) -> None:
-    """Bring every standby to one mark, promote, settle 2PC, update references."""
+             new_config: Path | None, as_json: bool) -> None:
+    """Bring every standby to one mark, promote, settle 2PC, update references; the new
+    primaries archive at once, and the role-swapped config is written."""
     from markship.dr.failover import failover as run_failover
 
     config = ctx.config
     try:
-        report = run_failover(config, ctx.repository(fallback=True), mark_name, dry_run, force)
+        report = run_failover(config, ctx.repository(fallback=True), mark_name, dry_run, force,
+                              new_config)
     except MarkshipError as exc:
         if not dry_run:
             ctx.journal("failover", f"failed: {exc.message}")
         raise
     if not dry_run:
         ctx.note(mark=report.mark, rto_s=f"{report.rto_seconds:.1f}",
-                 rpo_s=f"{report.rpo_seconds:.1f}")
-        ctx.journal("failover", "ok")
+                 rpo_s=f"{report.rpo_seconds:.1f}", site=report.site,
+                 new_config=report.new_config)
+        ctx.journal("failover", "ok" if report.protected else
+                    "ok: promoted, but " + "; ".join(a.line() for a in report.archiving
+                                                     if not a.ok))
     output.writer(as_json).failover(report, dry_run)
 
 
@@ -118,20 +126,24 @@ def failback_group() -> None:
 
 
 @failback_group.command("prepare")
-@click.option("--new-config", required=True, type=click.Path(path_type=Path, resolve_path=True),
-              help="Where to write the next generation of the config (roles swapped).")
+@click.option("--new-config", type=click.Path(path_type=Path, resolve_path=True),
+              help="Only after a failover that wrote no config (older markship): run with the "
+                   "config from before it, and write the role-swapped one here.")
 @pass_context
 @journaled("failback prepare")
-def failback_prepare(ctx: Context, new_config: Path) -> None:
-    """Protect the new primaries (archiving, backup) and rebuild the old site as standbys."""
+def failback_prepare(ctx: Context, new_config: Path | None) -> None:
+    """Run with the config the failover wrote: a new backup set of the new primaries, and the
+    old site rebuilt as their standbys."""
     from markship.dr.failback import prepare
 
     report = prepare(ctx.config, ctx.repository(), new_config)
-    click.echo(f"✓ new primaries archive into the repository; backup set {report.backup_set}")
+    if report.archiving_enabled:
+        click.echo(f"✓ archiving turned on for {', '.join(report.archiving_enabled)}")
+    click.echo(f"✓ backup set {report.backup_set} of the new primaries")
     for name, where in report.standbys.items():
         click.echo(f"  standby of {name}: {where}")
-    click.echo(f"✓ from now on use --config {report.new_config}; `markship failover` with it "
-               "switches back to the old site")
+    click.echo(f"✓ the old site follows; `markship --config {report.config} failover` "
+               "switches back to it")
 
 
 COMMANDS = [standby_group, failover, checklist_cmd, parity_cmd, failback_group]

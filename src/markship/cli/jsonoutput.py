@@ -106,7 +106,7 @@ class JsonOutput(TextOutput):
         emit_json([asdict(s) for s in result])
 
     def failover(self, report: FailoverReport, dry_run: bool) -> None:
-        emit_json(asdict(report))
+        emit_json({**asdict(report), "protected": report.protected})
 
     def checklist(self, steps: list[Step]) -> None:
         emit_json([asdict(s) for s in steps])

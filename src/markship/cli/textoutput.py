@@ -10,6 +10,7 @@ Warnings on stderr, exit codes and errors stay with the commands. The small form
 from __future__ import annotations
 
 import os
+import shlex
 from typing import TYPE_CHECKING
 
 import click
@@ -272,6 +273,25 @@ class TextOutput:
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
         click.echo(f"✓ group promoted at {report.mark}: RTO {report.rto_seconds:.1f} s "
                    f"({phases}); RPO {report.rpo_seconds:.1f} s")
+        archived = [a for a in report.archiving if a.ok]
+        if archived:
+            click.echo("✓ archiving into the repository on the new timeline: "
+                       + ", ".join(a.line() for a in archived))
+        failing: dict[str, list[str]] = {}
+        for a in report.archiving:
+            if not a.ok:
+                failing.setdefault(a.problem or "unknown", []).append(f"{a.server} ({a.place})")
+        for problem, where in failing.items():
+            click.echo(f"✗ not protected: {', '.join(where)} cannot archive ({problem}); "
+                       "PostgreSQL keeps the WAL in pg_wal and retries: fix it, then markship "
+                       "checklist")
+        config = shlex.quote(report.new_config)
+        click.echo(f"site {report.site} is production now; site {report.rebuild_site} is the "
+                   f"site to rebuild. Role-swapped config: {report.new_config}")
+        click.echo(f"next: markship --config {config} run   (the agent: marks resume; an agent "
+                   "already running on this host with the old config switches to it by itself)")
+        click.echo(f"then: markship --config {config} failback prepare   (rebuild site "
+                   f"{report.rebuild_site} as standbys)")
 
     def checklist(self, steps: list[Step]) -> None:
         from markship.dr.checklist import MISSING

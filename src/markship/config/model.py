@@ -221,6 +221,13 @@ class StandbySection(_Section):
     socket_dir: Path | None = None
 
 
+class SiteSection(_Section):
+    """The site whose servers are the group's primaries now. Its name and the DR site's are
+    the operator's: a failover swaps the two sections' roles, never their names."""
+
+    name: ConfigName = "production"
+
+
 class DrSiteSection(_Section):
     name: ConfigName = "dr"
     # The agent switches WAL on a server whose standby would otherwise sit further behind
@@ -394,6 +401,7 @@ class Config(_Section):
     group: GroupSection
     repository: RepositorySection
     servers: Annotated[list[ServerSection], Field(alias="server", min_length=1)]
+    site: SiteSection = SiteSection()
     backup: BackupSection = BackupSection()
     marks: MarksSection = MarksSection()
     schedule: ScheduleSection = ScheduleSection()
@@ -430,6 +438,9 @@ class Config(_Section):
         if self.marks.barrier_server is not None and self.marks.barrier_server not in seen:
             raise ValueError(f"marks.barrier_server {self.marks.barrier_server!r} is not a "
                              "configured server name")
+        if self.dr_site is not None and self.dr_site.name == self.site.name:
+            raise ValueError(f"[site] and [dr_site] are both named {self.site.name!r}: give each "
+                             "side its own name (a failover swaps their roles by name)")
         fileset_names = [f.name for f in self.filesets]
         if len(set(fileset_names)) != len(fileset_names):
             raise ValueError("two [[fileset]] tables have the same name")

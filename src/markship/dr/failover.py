@@ -22,12 +22,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any, Literal
+from pathlib import Path
 
 import psycopg
-from pydantic import Field
 
 from markship.config.model import Config, StandbySection
+from markship.dr import history, sites
+from markship.dr.history import FailoverRecord
+from markship.dr.protect import ARCHIVE_WAIT, Archiving, check_archiving
 from markship.dr.standby import standby_conninfo
 from markship.errors import MarkshipError, first_line
 from markship.marks.choose import choose_mark
@@ -35,7 +37,7 @@ from markship.marks.resolve import Resolution, resolve_in_doubt
 from markship.perserver import each, gather
 from markship.pg import recovery
 from markship.pg import sql as postgres
-from markship.pg.commands import fetch_command
+from markship.pg.commands import archive_command, fetch_command, markship_command
 from markship.pg.conninfo import scrub, secrets_of
 from markship.pg.datadir import (
     DataDir,
@@ -51,17 +53,8 @@ from markship.privatefile import write_private
 from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
 from markship.repository.catalog import GapRecord, MarkRecord
+from markship.repository.fallback import Fallback
 from markship.timefmt import show, utcnow
-
-
-class FailoverRecord(records.Record):
-    id: str
-    mark: str
-    started_at: datetime
-    status: Literal["running", "done", "failed"]
-    finished_at: datetime | None = None
-    promoted: list[str] = Field(default_factory=list)
-    report: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +72,16 @@ class Report:
     phases: dict[str, float] = field(default_factory=dict)
     rto_seconds: float = 0.0
     rpo_seconds: float = 0.0
+    # After the promotion: the site now production, the one to rebuild, the role-swapped
+    # config and whether each new primary archives into the repository.
+    site: str = ""
+    rebuild_site: str = ""
+    new_config: str = ""
+    archiving: list[Archiving] = field(default_factory=list)
+
+    @property
+    def protected(self) -> bool:
+        return bool(self.archiving) and all(a.ok for a in self.archiving)
 
 
 def production_answering(config: Config) -> list[str]:
@@ -94,8 +97,10 @@ def production_answering(config: Config) -> list[str]:
 
 
 def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
-                    wait_seconds: float = 600) -> str:
+                    archive: str | None = None, wait_seconds: float = 600) -> str:
     """Restart a standby with the mark as recovery target; it stops there and promotes.
+    `archive`: the archive_command it archives with from its promotion on (its new timeline's
+    WAL, the history file and the old timeline's last partial segment).
 
     The standby never received the segment holding the mark (see wal.fetch.standby_ceiling), so it
     has not replayed past it. Returns what it did ('promoted' or 'already promoted').
@@ -121,12 +126,18 @@ def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
     directory = _directory(config, standby)
     if postmaster_status(data_dir) is not None:
         directory.stop()
-    write_settings(data_dir, {
+    settings = {
         "restore_command": fetch_command(config, standby.server),
         "recovery_target_name": mark.name,
         "recovery_target_action": "promote",
         "recovery_target_timeline": "latest",
-    }, f"markship failover {show(utcnow())}: stop at mark {mark.name} and promote")
+    }
+    if archive is not None:
+        # Not during recovery (archive_mode = on archives nothing restored), from the
+        # promotion on: the group is protected again from its first new segment.
+        settings.update(archive_mode="on", archive_command=archive)
+    write_settings(data_dir, settings,
+                   f"markship failover {show(utcnow())}: stop at mark {mark.name} and promote")
     directory.start_and_wait(wait_seconds)
     end = recovery_end(data_dir)
     if end is None or end.reason != wanted:
@@ -277,16 +288,11 @@ def run_hooks(config: Config, mark: str) -> list[str]:
     return results
 
 
-def _unfinished(repo: Repository) -> FailoverRecord | None:
-    for name in reversed(repo.children(layout.FAILOVERS)):
-        record = records.read_record(repo, layout.FAILOVERS + name, FailoverRecord)
-        if record.status == "running":
-            return record
-    return None
-
-
 def failover(config: Config, repo: Repository, mark_name: str | None = None,
-             dry_run: bool = False, force: bool = False) -> Report:
+             dry_run: bool = False, force: bool = False, new_config: Path | None = None,
+             archive_wait: float = ARCHIVE_WAIT) -> Report:
+    """`new_config`: where the role-swapped config goes (default: see sites.write_generation).
+    `archive_wait`: how long each new primary's archiver has to store its first segment."""
     began = time.monotonic()
     if config.dr_site is None or not config.dr_site.standbys:
         raise MarkshipError("no [dr_site] standbys configured",
@@ -296,7 +302,7 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     if missing:
         raise MarkshipError(f"no standby for server(s) {', '.join(missing)}",
                             "every server needs a [[dr_site.standby]]")
-    resumed = _unfinished(repo) if not dry_run else None
+    resumed = history.unfinished(repo) if not dry_run else None
     state = choose_mark(config, repo, resumed.mark if resumed else mark_name)
     mark = state.record
     report = Report(mark=mark.name, mark_time=mark.created_at, dry_run=dry_run,
@@ -312,16 +318,28 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
                             "failing over now would leave two primaries (split brain)",
                             "stop them first, or pass --force if they are fenced off")
     refuse_standbys_past(config, mark, catalog.list_gaps(repo))
+    # The role-swapped config comes first: the promoted servers' archive_command names it.
+    if new_config is None and resumed is not None and resumed.new_config:
+        new_config = Path(resumed.new_config)
+    generation, _written = sites.write_generation(config, new_config)
+    assert generation.source is not None
+    report.site, report.rebuild_site = generation.site.name, config.site.name
+    report.new_config = str(generation.source)
     started = utcnow()
     record = resumed or FailoverRecord(id=started.strftime("%Y%m%dT%H%M%SZ"), mark=mark.name,
                                        started_at=started, status="running")
+    record = record.model_copy(update={
+        "from_site": config.site.name, "to_site": generation.site.name,
+        "new_config": str(generation.source), "host": sites.this_host()})
     key = layout.failover_key(record.id)
     records.write_record(repo, key, record, overwrite=True)
     report.phases["choose"] = time.monotonic() - began
 
     phase = time.monotonic()
-    promoted = each({sb.server: partial(promote_to_mark, config, sb, mark)
-                         for sb in config.dr_site.standbys})
+    program = markship_command()
+    promoted = each({sb.server: partial(promote_to_mark, config, sb, mark,
+                                        archive_command(program, generation.source, sb.server))
+                     for sb in config.dr_site.standbys})
     record = record.model_copy(update={"promoted": sorted(promoted)})
     records.write_record(repo, key, record, overwrite=True)
     report.phases["promote"] = time.monotonic() - phase
@@ -340,6 +358,9 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
 
     report.rto_seconds = time.monotonic() - began
     report.rpo_seconds = (record.started_at - mark.created_at).total_seconds()
+    # Archive_command writes to the repository itself, never to a copy.
+    primary = repo.primary if isinstance(repo, Fallback) else repo
+    report.archiving = check_archiving(generation, primary, archive_wait)
     final = record.model_copy(update={"status": "done", "finished_at": utcnow(),
                                       "report": json.loads(json.dumps(asdict(report),
                                                                       default=str))})

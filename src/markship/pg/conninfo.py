@@ -56,6 +56,19 @@ def with_params(conninfo: str, **params: str) -> str:
     return psycopg.conninfo.make_conninfo(**{**parse(conninfo), **params})
 
 
+def place(conninfo: str) -> str:
+    """Where the conninfo connects, as host:port for a message (never a secret): libpq's
+    defaults (a local socket, port 5432) stand in for what it leaves out; the first of a list
+    of hosts."""
+    try:
+        params = parse(conninfo)
+    except ConfigError:
+        return "an unreadable conninfo"
+    host = (params.get("host") or params.get("hostaddr") or "local socket").split(",")[0]
+    port = (params.get("port") or "5432").split(",")[0]
+    return f"{host}:{port}"
+
+
 def has_secret(conninfo: str) -> bool:
     """True when the conninfo carries a password or a key passphrase (in any form)."""
     try:

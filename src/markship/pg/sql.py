@@ -240,6 +240,15 @@ def switch_wal(conn: Connection) -> None:
     conn.execute(SWITCH_WAL)
 
 
+def switch_wal_file(conn: Connection) -> str:
+    """pg_switch_wal(), and the name of the segment it closed (the one the archiver takes
+    next; the segment before the current position when nothing was written since the last
+    switch)."""
+    row = conn.execute("SELECT pg_walfile_name(pg_switch_wal()) AS name").fetchone()
+    assert row is not None
+    return str(row["name"])
+
+
 # -- changes, and statements the config declares -------------------------------------------------
 
 

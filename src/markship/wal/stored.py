@@ -49,3 +49,37 @@ def open_archived(repo: Repository, server: str, wal_name: str) -> tuple[BinaryI
     key, digest = found[0]
     stored = repo.open(key)
     return zstandard.ZstdDecompressor().stream_reader(stored, closefd=True), digest
+
+
+HISTORY_LIMIT = 1 << 20  # a timeline history file is a few lines per timeline
+
+
+def read_history(repo: Repository, server: str, timeline: int) -> list[tuple[int, int]]:
+    """The ancestry of `timeline` from its archived history file: (parent timeline, LSN where
+    the next one branched off), oldest first; [] for timeline 1. The file is checked against
+    the digest its name carries (the repository is not trusted).
+
+    Raises ObjectMissing when it is not archived, CorruptObject when it is damaged."""
+    from markship.pg.lsn import parse_history
+    from markship.repository.walsum import ContentHash
+
+    if timeline <= 1:
+        return []
+    name = f"{timeline:08X}.history"
+    reader, digest = open_archived(repo, server, name)
+    with reader:
+        data = reader.read(HISTORY_LIMIT + 1)
+    check = ContentHash(digest)
+    check.update(data)
+    if len(data) > HISTORY_LIMIT or check.result() != digest:
+        raise CorruptObject(f"{name} of server {server} does not match its digest",
+                            "run markship verify; restore it from a copy or the server's pg_wal")
+    try:
+        entries = parse_history(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptObject(f"{name} of server {server} is not a timeline history file: {exc}",
+                            "run markship verify") from None
+    if any(parent >= timeline for parent, _ in entries):
+        raise CorruptObject(f"{name} of server {server} names a parent timeline not below "
+                            f"{timeline}", "run markship verify")
+    return entries
