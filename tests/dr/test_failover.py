@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -193,10 +194,14 @@ def test_failback_switches_roles_back(pg_group: GroupFactory) -> None:
     older = group.markship("failover", "--mark", first)
     assert older.returncode != 0 and "already replayed past mark" in older.stderr
     assert all((sb.data_dir / "standby.signal").exists() for sb in standbys.values())
-    group.ok("failover")
-
-    new_config = group.workdir / "markship-back.toml"
-    proc = group.markship("failback", "prepare", "--new-config", str(new_config), timeout=240)
+    report = json.loads(group.ok("failover", "--json"))
+    assert report["protected"] and (report["site"], report["rebuild_site"]) == ("dr", "production")
+    new_config = Path(report["new_config"])
+    assert new_config == group.workdir / "markship.dr.toml"
+    # The config from before the failover is refused, naming the one to use.
+    stale = group.markship("failback", "prepare")
+    assert stale.returncode != 0 and str(new_config) in stale.stderr, stale.stderr
+    proc = run_markship(new_config, "failback", "prepare", timeout=240)
     assert proc.returncode == 0, proc.stderr
     back = json.loads(run_markship(new_config, "standby", "status", "--json").stdout)
     assert [s["in_recovery"] for s in back] == [True, True]
@@ -207,7 +212,12 @@ def test_failback_switches_roles_back(pg_group: GroupFactory) -> None:
         sb.stop()
     proc = run_markship(new_config, "failover", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["mark"] == back_mark
+    returned = json.loads(proc.stdout)
+    assert returned["mark"] == back_mark and returned["protected"]
+    # Home again: the group's own file describes these roles, so it is the config again;
+    # the sites keep the names the operator gave them.
+    assert returned["new_config"] == str(group.config_path)
+    assert (returned["site"], returned["rebuild_site"]) == ("production", "dr")
     old_site = [ScratchServer(s.name, s.base_dir, s.port, os_user=OS_USER) for s in group.servers]
     assert [s.psql("SELECT balance FROM accounts WHERE id = 2") for s in old_site] == \
         [str(START + 7), str(START - 7)]

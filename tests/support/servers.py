@@ -189,6 +189,11 @@ def write_config(path: Path, repo: Path | RepoStore, servers: list[ScratchServer
                  f'data_dir = "{server.data_dir}"\n')
     if store.kind != "fs":
         text += f'\n[marks]\nstream_spool = "{path.parent / "stream"}"\n'
+    elif isinstance(store, FsStore) and not store.path.exists() and store.path.parent.is_dir():
+        # wal-push never creates a missing repository folder (a share not mounted): the
+        # folder is made as an operator makes it (markship config check would).
+        store.path.mkdir()
+        chown_to(store.path, OS_USER)
     path.write_text(merge_config(text, extra))
     path.chmod(0o644)
 

@@ -467,6 +467,28 @@ def test_fetch_from_an_absent_repository_stops_recovery(workdir: Path) -> None:
     _one_fatal_line(_fetch(config, wal), "markship.json", "not mounted")
 
 
+@pytest.mark.reliability("wal-push: repository not mounted",
+                         fault="the repository directory is gone (an unmounted share, a disk "
+                               "not attached)",
+                         expected="wal-push fails with one line saying the repository path "
+                                  "does not exist; it never creates an empty repository in "
+                                  "its place")
+def test_push_into_an_absent_repository_fails_and_creates_nothing(workdir: Path) -> None:
+    config, wal = _setup(workdir)
+    _pushed(config, wal)
+    (workdir / "repo").rename(workdir / "repo-elsewhere")
+    path = _segment(wal, wal_content("000000010000000000000008", os.urandom(1 << 20) * 16),
+                    "000000010000000000000008")
+    proc = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr, proc.stderr
+    assert not (workdir / "repo").exists()
+    # Back in place, the same segment archives.
+    (workdir / "repo-elsewhere").rename(workdir / "repo")
+    again = run_markship(config, "wal-push", "--server", "orders", str(path), user=OS_USER)
+    assert again.returncode == 0, again.stderr
+
+
 @pytest.mark.reliability("wal-fetch and wal-push: invalid config",
                          fault="compression_level = \"high\", an unknown key, a relative path",
                          expected="wal-push exit 2 and wal-fetch exit 126, one line each; "

@@ -53,7 +53,6 @@ from markship.privatefile import write_private
 from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
 from markship.repository.catalog import GapRecord, MarkRecord
-from markship.repository.fallback import Fallback
 from markship.timefmt import show, utcnow
 
 
@@ -358,9 +357,7 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
 
     report.rto_seconds = time.monotonic() - began
     report.rpo_seconds = (record.started_at - mark.created_at).total_seconds()
-    # Archive_command writes to the repository itself, never to a copy.
-    primary = repo.primary if isinstance(repo, Fallback) else repo
-    report.archiving = check_archiving(generation, primary, archive_wait)
+    report.archiving = check_archiving(generation, archive_wait)
     final = record.model_copy(update={"status": "done", "finished_at": utcnow(),
                                       "report": json.loads(json.dumps(asdict(report),
                                                                       default=str))})

@@ -19,7 +19,7 @@ from markship.perserver import gather
 from markship.pg import sql as postgres
 from markship.pg.commands import archive_command_problem
 from markship.pg.conninfo import place
-from markship.repository.base import Repository
+from markship.wal.settings import WalSettings
 
 ARCHIVE_WAIT = 30.0  # seconds a new primary's archiver has to store its first segment
 POLL = 0.2
@@ -74,13 +74,12 @@ def _watch(config: Config, server: str, repository_problem: str | None,
         return Archiving(server, where, False, None, exc.one_line())
 
 
-def check_archiving(config: Config, repo: Repository,
-                    wait: float = ARCHIVE_WAIT) -> list[Archiving]:
+def check_archiving(config: Config, wait: float = ARCHIVE_WAIT) -> list[Archiving]:
     """Each server of `config` (the new primaries): closes a segment and waits for the
-    archiver to store it. `repo`: the repository archive_command writes to, asked first
-    whether it can be written (its answer is the reason shown when archiving fails)."""
+    archiver to store it. The repository is first asked, as archive_command opens it, whether
+    it can be written: its answer is the reason shown when archiving fails."""
     try:
-        repo.check_writable()
+        WalSettings.from_config(config).open_repository().check_writable()
         problem = None
     except MarkshipError as exc:
         problem = f"the repository cannot be written: {exc.one_line()}"

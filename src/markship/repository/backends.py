@@ -44,10 +44,11 @@ def open_repository(where: str | os.PathLike[str] | S3Location,
                     recipients: list[str] | None = None,
                     identity_file: str | os.PathLike[str] | None = None,
                     catalog_key_file: str | os.PathLike[str] | None = None, *,
-                    strict_catalog: bool = True) -> Repository:
+                    strict_catalog: bool = True, make_root: bool = True) -> Repository:
     """Open the repository at a directory or S3 location; with recipients, every object
     is encrypted to them (and read with the identity file; records also with the catalog
-    key file)."""
+    key file). `make_root` False: a directory repository whose folder is missing refuses
+    writes instead of creating it (the WAL commands)."""
     if not isinstance(where, (str, os.PathLike)):
         from markship.repository import s3
 
@@ -60,5 +61,6 @@ def open_repository(where: str | os.PathLike[str] | S3Location,
         from markship.repository.encrypted import EncryptedFsRepository
 
         return EncryptedFsRepository(where, recipients, identity_file or None,
-                                     catalog_key_file or None, strict_catalog=strict_catalog)
-    return FsRepository(where)
+                                     catalog_key_file or None, strict_catalog=strict_catalog,
+                                     make_root=make_root)
+    return FsRepository(where, make_root)

@@ -247,7 +247,7 @@ class EncryptedFsRepository(Encrypted, FsRepository):
 
     def __init__(self, root: str | os.PathLike[str], recipients: list[str],
                  identity_file: KeyPath | None, catalog_key_file: KeyPath | None = None, *,
-                 strict_catalog: bool = True) -> None:
-        FsRepository.__init__(self, root)
+                 strict_catalog: bool = True, make_root: bool = True) -> None:
+        FsRepository.__init__(self, root, make_root)
         self._keys(recipients, identity_file, catalog_key_file, strict_catalog)
 

@@ -111,9 +111,20 @@ def _os_error(exc: OSError, path: str, reading: bool = False) -> RepositoryError
 class FsRepository:
     """Objects are files below `root`; writes go to a temp file, fsync, then rename."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], make_root: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.location = self.root
+        # False for the WAL commands: a repository whose folder is gone (a share not
+        # mounted, a disk not attached) must fail archiving, not get a new empty folder
+        # in the mountpoint that takes the WAL as if it were the repository.
+        self.make_root = make_root
+
+    def _root_present(self) -> None:
+        if not self.make_root and not os.path.isdir(self.root):
+            raise RepositoryError(
+                f"repository path {self.root} does not exist (a share not mounted?)",
+                "mount or restore it; markship backup or markship config check creates a new "
+                "repository there")
 
     def _path(self, key: str) -> str:
         if key.startswith("/") or ".." in key.split("/"):
@@ -185,6 +196,7 @@ class FsRepository:
         if not plain:
             fill = self._encoded(fill, metadata)
         directory = self._path(folder.rstrip("/"))
+        self._root_present()
         try:
             _makedirs(directory)
         except OSError as exc:
@@ -352,6 +364,7 @@ class FsRepository:
         return _FileLock(self._path(layout.lock_key(name)), name, purpose)
 
     def check_writable(self) -> None:
+        self._root_present()
         if not os.path.exists(self.root):
             try:
                 _makedirs(self.root, 0o750)

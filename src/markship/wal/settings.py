@@ -98,8 +98,9 @@ class WalSettings:
         if self.recipient:
             # The archiver never stops over the catalog key (see EncryptedFsRepository).
             return open_repository(where, [self.recipient], self.identity_file or None,
-                                   self.catalog_key_file or None, strict_catalog=False)
-        return open_repository(where)
+                                   self.catalog_key_file or None, strict_catalog=False,
+                                   make_root=False)
+        return open_repository(where, make_root=False)
 
     @classmethod
     def from_config(cls, config: Config) -> WalSettings:
