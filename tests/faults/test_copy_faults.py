@@ -95,13 +95,20 @@ def test_restore_and_failover_read_the_copy_when_the_repository_is_gone(
     assert list((offsite / "drills").glob("*.md"))
 
     # The failover: every standby to the mark, from the copy.
-    proc = group.markship("failover", "--json")
+    proc = group.markship("failover")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["mark"] == mark
+    # Promoted, but not protected: the new primaries cannot archive, one line says why.
+    lost = [line for line in proc.stdout.splitlines() if line.startswith("✗")]
+    assert len(lost) == 1 and "alpha (127.0.0.1:" in lost[0] and "bravo" in lost[0], proc.stdout
+    assert "the repository cannot be written" in lost[0], lost
+    records = [json.loads(p.read_text())["body"]
+               for p in (offsite / "failovers").glob("*.json")]
+    assert [r["mark"] for r in records] == [mark]  # recorded where it can be read
+    for state in records[0]["report"]["archiving"]:
+        assert not state["ok"] and "the repository cannot be written" in state["problem"], state
     for name, sb in standbys.items():
         assert stopped_at(sb.data_dir) == f'at restore point "{mark}"', name
         assert Ledger.count_on(sb) == rows, name
-    assert list((offsite / "failovers").glob("*.json"))  # recorded where it can be read
     if primary == "directory":
         assert not group.repo.exists()  # never re-created where production's repository was
 

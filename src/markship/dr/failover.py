@@ -302,8 +302,20 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
         raise MarkshipError(f"no standby for server(s) {', '.join(missing)}",
                             "every server needs a [[dr_site.standby]]")
     resumed = history.unfinished(repo) if not dry_run else None
+    last = history.newest_done(repo) if resumed is None else None
+    if last is not None and sites.superseded(config, last):
+        raise MarkshipError(
+            f"failover {last.id} already made site {last.to_site} production (at mark "
+            f"{last.mark}); this config describes the roles before it",
+            f"use the config it wrote: markship --config {last.new_config or 'PATH'} failover "
+            "(it switches back)")
     state = choose_mark(config, repo, resumed.mark if resumed else mark_name)
     mark = state.record
+    if mark_name is None and last is not None and mark.created_at <= last.started_at:
+        raise MarkshipError(
+            f"no complete mark since failover {last.id} ({show(last.started_at)}): the newest, "
+            f"{mark.name}, is from before it",
+            "run the agent with this config (markship run) or markship mark, then retry")
     report = Report(mark=mark.name, mark_time=mark.created_at, dry_run=dry_run,
                     resumed=resumed is not None,
                     points={s: format_lsn(p.lsn) for s, p in mark.points.items()},
