@@ -285,6 +285,14 @@ def _unfinished(repo: Repository) -> FailoverRecord | None:
     return None
 
 
+def last_done(repo: Repository) -> FailoverRecord | None:
+    """The failover that finished most recently (by its start), None when none did. Damaged
+    records are reported and passed over (records.read_good)."""
+    done = [r for r in records.read_folder(repo, layout.FAILOVERS, FailoverRecord,
+                                           lambda r: r.id) if r.status == "done"]
+    return max(done, key=lambda r: r.started_at, default=None)
+
+
 def failover(config: Config, repo: Repository, mark_name: str | None = None,
              dry_run: bool = False, force: bool = False) -> Report:
     began = time.monotonic()
