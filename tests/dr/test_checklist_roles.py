@@ -97,6 +97,29 @@ def test_lock_holder_names_only_a_live_holder(kind: str, workdir: Path,
         assert repo.lock_holder("agent") is None
 
 
+def test_last_done_failover_passes_over_damaged_and_unfinished_records(workdir: Path) -> None:
+    from datetime import UTC, datetime
+
+    from markship.dr.failover import FailoverRecord, last_done
+    from markship.repository import records
+    from markship.repository.fs import FsRepository
+
+    repo = FsRepository(str(workdir / "repo"))
+    assert last_done(repo) is None
+
+    def record(day: int, status: str) -> FailoverRecord:
+        started = datetime(2026, 12, day, 10, 0, tzinfo=UTC)
+        return FailoverRecord(id=started.strftime("%Y%m%dT%H%M%SZ"), mark=f"m{day}",
+                              started_at=started, status=status)  # type: ignore[arg-type]
+
+    for day, status in ((1, "done"), (2, "done"), (4, "running")):
+        rec = record(day, status)
+        records.write_record(repo, layout.failover_key(rec.id), rec)
+    (workdir / "repo" / layout.failover_key("20261203T100000Z")).write_bytes(b"{damaged")
+    found = last_done(repo)
+    assert found is not None and found.mark == "m2"
+
+
 def _states(proc: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:
     assert "Traceback" not in proc.stderr, proc.stderr
     return {s["title"]: s for s in json.loads(proc.stdout)}
