@@ -223,3 +223,12 @@ def test_checklist_after_failover_tells_the_current_roles(pg_group: GroupFactory
         assert "Traceback" not in stop_agent(agent)
     stopped = _checklist(after)[AGENT]
     assert stopped["state"] == "✗" and "no agent holds" in stopped["evidence"]
+
+    # The old site rebuilt as standbys: the old config's servers answer, in recovery.
+    assert run_markship(after, "standby", "create").returncode == 0
+    rebuilt = _checklist(after)["Prepare the disaster recovery site"]
+    assert rebuilt["state"] == "✓", rebuilt
+    stale = _checklist(group.config_path)[ARCHIVING]
+    assert stale["state"] == "✗"
+    assert f"server alpha at 127.0.0.1:{production.port} is in recovery" in stale["evidence"]
+    assert "config written by the last failover" in stale["fix"]

@@ -129,9 +129,10 @@ def _roles(states: list[StandbyStatus]) -> str:
 
 
 def _rebuild_fix(f: _Facts, otherwise: str) -> str:
-    """Rebuilding the DR site after a failover or when a DR-site server is a primary, else
-    `otherwise`."""
-    return REBUILD if f.dr_primaries() or f.failover is not None else otherwise
+    """Rebuilding the DR site when a DR-site server is a primary, or when none is a standby
+    after a failover; else `otherwise`."""
+    rebuild = f.dr_primaries() or (f.failover is not None and not f.in_recovery())
+    return REBUILD if rebuild else otherwise
 
 
 def _journal(f: _Facts) -> Step:
