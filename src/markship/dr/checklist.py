@@ -409,7 +409,7 @@ def _key_restore(f: _Facts) -> Step:
 def _databases(f: _Facts) -> Step:
     title = "Restore the databases"
     states = f.standbys()
-    if states and len(f.in_recovery()) == len(states):
+    if states and len(f.in_recovery()) == len(states) >= len(f.config.servers):
         return Step("restore", title, DONE, f"{len(states)} standby(s) in recovery, ready to "
                     "promote to the mark")
     if f.newest_set is not None:
