@@ -21,7 +21,7 @@ from markship.repository import layout
 from markship.repository.backends import location_of, open_repository
 from markship.repository.base import Repository
 from tests.support.checks import wait_for
-from tests.support.s3 import S3Store
+from tests.support.s3 import ON_FS_AND_S3, S3Store
 from tests.support.servers import (
     MARKSHIP,
     FsStore,
@@ -157,6 +157,7 @@ def _after_failover_config(group: Group, promoted: dict[str, ScratchServer]) -> 
     return path
 
 
+@ON_FS_AND_S3
 def test_checklist_after_failover_tells_the_current_roles(pg_group: GroupFactory) -> None:
     group = pg_group(1)
     group.add_config("[marks]\ninterval = 2\n")
