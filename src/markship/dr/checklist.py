@@ -3,6 +3,11 @@
 Each step says ✓ (done, with the evidence), ✗ (not done: the command that fixes it) or —
 (not used by this group). Required steps that are ✗ make the command exit non-zero. The steps
 follow the reference checklist's order (backing up, then restoring), in markship's own terms.
+
+Evidence comes from the servers in the role they have now, not the one the config gives them:
+a DR-site server that is not in recovery is no standby, a configured server in recovery is no
+primary. "The agent runs" means a live holder of the agent lock, and only marks made after the
+last finished failover count (the ones before it describe a group that is gone).
 """
 
 from __future__ import annotations
@@ -10,17 +15,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
-from markship.config.model import Config
+from markship import perserver
+from markship.config.model import Config, ServerSection
+from markship.dr import sites
+from markship.dr.history import newest_done
 from markship.dr.standby import StandbyStatus, standby_status
 from markship.errors import MarkshipError
 from markship.pg import sql as postgres
 from markship.pg import twophase
+from markship.pg.conninfo import place
 from markship.repository import catalog, crypto, journal, restorable
 from markship.repository.base import Repository
 from markship.timefmt import age_seconds, show, utcnow
 
 DONE, MISSING, UNUSED = "✓", "✗", "—"
+
+REBUILD = ("markship failback prepare (rebuilds the old site as standbys), or markship standby "
+           "create")
 
 
 @dataclass(frozen=True)
@@ -51,7 +64,13 @@ class _Facts:
 
         self.config = config
         self.repo = repo
-        self.newest_mark = newest_complete(repo, config)
+        self.failover = newest_done(repo)
+        newest = newest_complete(repo, config)
+        # A mark made before the last failover belongs to the group as it was: no failover
+        # or restore from now on should land there.
+        before = (newest is not None and self.failover is not None
+                  and newest.record.created_at <= self.failover.started_at)
+        self.newest_mark = None if before else newest
         wal: dict[str, restorable.WalIndex] = {}
         states = [restorable.set_state(repo, r, wal) for r in catalog.list_sets(repo)]
         complete = [s for s in states if s.complete]
@@ -63,6 +82,55 @@ class _Facts:
             self._standbys = (standby_status(self.config, self.repo)
                               if self.config.dr_site else [])
         return self._standbys
+
+    def in_recovery(self) -> list[StandbyStatus]:
+        """The DR-site servers that are standbys now: answering and in recovery."""
+        return [s for s in self.standbys() if s.reachable and s.in_recovery]
+
+    def dr_primaries(self) -> list[StandbyStatus]:
+        """DR-site servers that answer as primaries (promoted, or never a standby)."""
+        return [s for s in self.standbys() if s.reachable and s.in_recovery is False]
+
+    def servers_in_recovery(self) -> list[ServerSection]:
+        """Configured servers that answer but are in recovery: standbys, not primaries."""
+        def one(server: ServerSection) -> bool:
+            try:
+                with postgres.connect(server.conninfo, server.name, timeout=3) as conn:
+                    return postgres.in_recovery(conn)
+            except MarkshipError:
+                return False  # unreachable: the archiving step says so
+
+        roles = perserver.gather({s.name: partial(one, s) for s in self.config.servers})
+        return [s for s in self.config.servers if roles[s.name]]
+
+    def failover_config(self) -> str:
+        """The fix for a config whose roles are past: the config the last failover wrote."""
+        record = self.failover
+        if record is not None and record.new_config:
+            return (f"use the config failover {record.id} wrote: markship --config "
+                    f"{record.new_config} checklist")
+        return "use the config written by the last failover (markship failover prints its path)"
+
+    def no_mark_since_failover(self) -> str:
+        """Why there is no mark to count: none complete, or none since the last failover."""
+        if self.failover is None:
+            return "no complete mark"
+        return (f"no complete mark since failover {self.failover.id} at "
+                f"{show(self.failover.started_at)}")
+
+
+def _roles(states: list[StandbyStatus]) -> str:
+    """What each DR-site server that is no standby is instead: '; ADDR (NAME) is a primary'."""
+    return "".join(f"; {s.address} ({s.server}) "
+                   + ("is a primary" if s.reachable else "does not answer")
+                   for s in states if not (s.reachable and s.in_recovery))
+
+
+def _rebuild_fix(f: _Facts, otherwise: str) -> str:
+    """Rebuilding the DR site when a DR-site server is a primary, or when none is a standby
+    after a failover; else `otherwise`."""
+    rebuild = f.dr_primaries() or (f.failover is not None and not f.in_recovery())
+    return REBUILD if rebuild else otherwise
 
 
 def _journal(f: _Facts) -> Step:
@@ -109,6 +177,10 @@ def _parity(f: _Facts) -> Step:
     if f.config.dr_site is None or not f.config.dr_site.standbys:
         return Step("backup", title, MISSING, "no [dr_site] standbys configured",
                     "describe one [[dr_site.standby]] per server, then markship parity")
+    primaries = f.dr_primaries()
+    if primaries:
+        return Step("backup", title, MISSING, f"{primaries[0].address} "
+                    f"({primaries[0].server}) is a primary, not a standby", REBUILD)
     report = parity(f.config)
     bad = [c for c in report.checks if not c.ok and not c.warning]
     if bad:
@@ -123,10 +195,11 @@ def _dr_site(f: _Facts) -> Step:
     if f.config.dr_site is None or not f.config.dr_site.standbys:
         return Step("backup", title, MISSING, "no standbys", "markship standby create")
     states = f.standbys()
-    up = [s for s in states if s.reachable and s.in_recovery]
+    up = f.in_recovery()
     if len(up) < len(f.config.servers):
-        return Step("backup", title, MISSING, f"{len(up)}/{len(f.config.servers)} standbys "
-                    "running in recovery", "markship standby create; markship standby status")
+        return Step("backup", title, MISSING, f"{len(up)}/{len(f.config.servers)} DR-site "
+                    f"servers in recovery{_roles(states)}",
+                    _rebuild_fix(f, "markship standby create; markship standby status"))
     return Step("backup", title, DONE, f"{len(up)}/{len(up)} standbys in continuous recovery")
 
 
@@ -152,14 +225,27 @@ def _archiving(f: _Facts) -> Step:
     from markship.backup.status import group_status
 
     title = "Ship the WAL (log shipping) continuously"
+    if f.failover is not None and sites.superseded(f.config, f.failover):
+        return Step("backup", title, MISSING, f"this config names site {f.config.site.name} "
+                    f"as production, but failover {f.failover.id} made site "
+                    f"{f.failover.to_site} production", f.failover_config())
+    standbys = f.servers_in_recovery()
+    if standbys:
+        return Step("backup", title, MISSING, f"server {standbys[0].name} at "
+                    f"{place(standbys[0].conninfo)} is in recovery, not a primary: this "
+                    "config describes roles that are not the current ones", f.failover_config())
     result = group_status(f.config, f.repo)
     bad = [s for s in result if not s.reachable or s.last_archived_wal is None
            or (s.last_failed_at is not None and (s.last_archived_at is None
                                                  or s.last_failed_at > s.last_archived_at))]
     if bad:
-        return Step("backup", title, MISSING, f"server {bad[0].server} is not archiving "
-                    f"({bad[0].error or 'archiver failing or nothing archived'})",
-                    "markship status; markship preflight")
+        where = place(f.config.server(bad[0].server).conninfo)
+        fix = "markship status; markship preflight"
+        if not bad[0].reachable and f.failover is not None:
+            fix = f"{f.failover_config()}; markship status"
+        return Step("backup", title, MISSING, f"server {bad[0].server} at {where} is not "
+                    f"archiving ({bad[0].error or 'archiver failing or nothing archived'})",
+                    fix)
     lag = max((s.archive_lag_seconds or 0.0) for s in result)
     return Step("backup", title, DONE, f"{len(result)} servers archiving, lag ≤ {lag:.0f} s")
 
@@ -188,13 +274,22 @@ def _agent(f: _Facts) -> Step:
     title = "Run the backup job (marks, schedule, retention)"
     limit = 3 * f.config.marks.interval + 30
     mark = f.newest_mark
+    holder = f.repo.lock_holder("agent")
+    start = "start markship run (see contrib/markship@.service)"
     if mark is None:
-        return Step("backup", title, MISSING, "no complete mark", "markship run (the agent)")
+        held = f"; {holder} holds the agent lock" if holder else ""
+        return Step("backup", title, MISSING, f.no_mark_since_failover() + held,
+                    "markship status (why marks fail)" if holder else start)
+    if holder is None:
+        return Step("backup", title, MISSING, "no agent holds the agent lock (the last complete "
+                    f"mark, {mark.age_seconds:.0f} s ago, was made by hand or by an agent that "
+                    "stopped)", start)
     if mark.age_seconds > limit:
         return Step("backup", title, MISSING, f"last complete mark {mark.age_seconds:.0f} s ago "
-                    f"(interval {f.config.marks.interval:g} s): the agent is not marking",
-                    "start markship run (see contrib/markship@.service)")
-    return Step("backup", title, DONE, f"last complete mark {mark.age_seconds:.0f} s ago")
+                    f"(interval {f.config.marks.interval:g} s): the agent, {holder}, is not "
+                    "marking", "markship status; the agent's log says why its marks fail")
+    return Step("backup", title, DONE, f"last complete mark {mark.age_seconds:.0f} s ago; the "
+                f"agent lock is held by {holder}")
 
 
 def _standby_feed(f: _Facts) -> Step:
@@ -202,11 +297,19 @@ def _standby_feed(f: _Facts) -> Step:
     states = f.standbys()
     if not states:
         return Step("backup", title, MISSING, "no standbys", "markship standby create")
-    behind = [s.marks_behind for s in states]
-    if any(b is None for b in behind):
-        return Step("backup", title, MISSING, "a standby is unreachable or has no mark yet",
-                    "markship standby status")
-    worst = max(b for b in behind if b is not None)
+    fed = f.in_recovery()
+    if len(fed) < len(states):
+        return Step("backup", title, MISSING, f"{len(fed)}/{len(states)} DR-site servers are "
+                    f"standbys to feed{_roles(states)}",
+                    _rebuild_fix(f, "markship standby status"))
+    # No mark replayed and none to replay is "no mark yet", not "0 behind".
+    waiting = [s for s in fed if s.marks_behind is None
+               or (s.at_mark is None and s.marks_behind == 0)]
+    if waiting:
+        return Step("backup", title, MISSING, f"standby of {waiting[0].server} at "
+                    f"{waiting[0].address} has replayed no mark yet",
+                    "markship run (the agent marks; standbys replay up to each mark)")
+    worst = max(s.marks_behind or 0 for s in fed)
     return Step("backup", title, DONE, f"standbys at most {worst} mark(s) behind")
 
 
@@ -266,7 +369,8 @@ def _key_backup(f: _Facts) -> Step:
 def _failover_target(f: _Facts) -> Step:
     title = "Restore the group to one mark"
     if f.newest_mark is None:
-        return Step("restore", title, MISSING, "no complete mark to fail over to",
+        return Step("restore", title, MISSING, f"{f.no_mark_since_failover()}: nothing to "
+                    "fail over to",
                     "markship mark (or run the agent)")
     return Step("restore", title, DONE, f"failover would use mark {f.newest_mark.record.name} "
                 f"({f.newest_mark.age_seconds:.0f} s old): markship failover --dry-run")
@@ -307,8 +411,9 @@ def _key_restore(f: _Facts) -> Step:
 def _databases(f: _Facts) -> Step:
     title = "Restore the databases"
     states = f.standbys()
-    if states and all(s.reachable for s in states):
-        return Step("restore", title, DONE, "standbys ready to promote to the mark")
+    if states and len(f.in_recovery()) == len(states) >= len(f.config.servers):
+        return Step("restore", title, DONE, f"{len(states)} standby(s) in recovery, ready to "
+                    "promote to the mark")
     if f.newest_set is not None:
         return Step("restore", title, DONE, f"from backup set {f.newest_set.record.id}: "
                     "markship restore --group")

@@ -45,4 +45,4 @@ def unfinished(repo: Repository) -> FailoverRecord | None:
 def newest_done(repo: Repository) -> FailoverRecord | None:
     """The newest failover that finished: marks made before it started are history."""
     done = [r for r in failovers(repo) if r.status == "done"]
-    return done[-1] if done else None
+    return max(done, key=lambda r: r.started_at, default=None)

@@ -117,6 +117,11 @@ class Repository(Protocol):
         """Hold an exclusive named lock; raise LockedError when someone else holds it."""
         ...
 
+    def lock_holder(self, name: str) -> str | None:
+        """Who holds lock `name` now, as LockedError would name it (command, pid, host, since),
+        or None when nobody does. Only looks: never creates, takes or changes the lock."""
+        ...
+
     def check_writable(self) -> None:
         """Raise RepositoryError naming the problem when objects cannot be written."""
         ...

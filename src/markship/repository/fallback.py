@@ -238,6 +238,9 @@ class Fallback:
     def lock(self, name: str, purpose: str) -> AbstractContextManager[None]:
         return self.writer.lock(name, purpose)
 
+    def lock_holder(self, name: str) -> str | None:
+        return self.writer.lock_holder(name)
+
     def check_writable(self) -> None:
         self.writer.check_writable()
 

@@ -363,6 +363,30 @@ class FsRepository:
     def lock(self, name: str, purpose: str) -> _FileLock:
         return _FileLock(self._path(layout.lock_key(name)), name, purpose)
 
+    def lock_holder(self, name: str) -> str | None:
+        # A shared flock() that fails means an exclusive one is held. It is let go at once;
+        # an agent starting in that instant would find its lock busy, which a probe rarely
+        # meets (the checklist asks once per run). The file is only opened, never created.
+        path = self._path(layout.lock_key(name))
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _os_error(exc, path, reading=True) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            note = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            return _holder(note)
+        except OSError as exc:
+            raise _os_error(exc, path, reading=True) from exc
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def check_writable(self) -> None:
         self._root_present()
         if not os.path.exists(self.root):

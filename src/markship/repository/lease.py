@@ -64,8 +64,8 @@ class Lease:
             self.e_tag = self._write("create")
             return
         meta, note = current.meta, bytes(current.bytes())
-        expires = _expiry(note, meta["last_modified"].timestamp() + self.seconds)
-        if expires > time.time() and not _holder_died_here(note):
+        expires = _live_until(note, meta, self.seconds)
+        if expires is not None:
             raise LockedError(
                 f"another job is running: {_holder(note.decode(errors='replace'))} holds the "
                 f"{self.name} lease (renewed until {expires - time.time():.0f} s from now)",
@@ -110,6 +110,31 @@ class Lease:
                 self.repo.delete(self.key)
         except RepositoryError:
             pass  # it expires by itself
+
+
+def holder(repo: Any, key: str, seconds: float) -> str | None:
+    """Who holds the lease at `key` (as LockedError names them), None when nobody does: no
+    lease object, an expired one, or one whose holder died on this host. Only reads."""
+    import obstore
+
+    try:
+        current = repo._call("reading", key, obstore.get, key)
+    except ObjectMissing:
+        return None
+    note = bytes(current.bytes())
+    if _live_until(note, current.meta, seconds) is None:
+        return None
+    return _holder(note.decode(errors="replace"))
+
+
+def _live_until(note: bytes, meta: Any, seconds: float) -> float | None:
+    """When a lease (its note and object metadata) runs out; None when it is not held any
+    more: expired, or its holder ran on this host and is gone. `acquire` and `holder` judge
+    by this one rule."""
+    expires = _expiry(note, meta["last_modified"].timestamp() + seconds)
+    if expires <= time.time() or _holder_died_here(note):
+        return None
+    return expires
 
 
 def _holder_died_here(note: bytes) -> bool:

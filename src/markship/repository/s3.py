@@ -27,7 +27,7 @@ from markship.errors import (
     ObjectMissing,
     RepositoryError,
 )
-from markship.repository import layout
+from markship.repository import layout, lease
 from markship.repository.encrypted import Encrypted
 from markship.repository.fs import AGE_MAGIC, Sink
 from markship.repository.lease import Lease
@@ -395,6 +395,9 @@ class S3Repository:
 
     def lock(self, name: str, purpose: str) -> Lease:
         return Lease(self, layout.lock_key(name), name, purpose, self.where.lease_seconds)
+
+    def lock_holder(self, name: str) -> str | None:
+        return lease.holder(self, layout.lock_key(name), self.where.lease_seconds)
 
     def check_writable(self) -> None:
         key = f"{layout.lock_key('probe')}-{os.urandom(6).hex()}"
