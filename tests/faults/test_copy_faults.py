@@ -106,6 +106,10 @@ def test_restore_and_failover_read_the_copy_when_the_repository_is_gone(
     assert [r["mark"] for r in records] == [mark]  # recorded where it can be read
     for state in records[0]["report"]["archiving"]:
         assert not state["ok"] and "the repository cannot be written" in state["problem"], state
+    steps = {s["title"]: s for s in json.loads(run_markship(
+        group.workdir / "markship.dr.toml", "checklist", "--json").stdout)}
+    assert steps["Ship the WAL (log shipping) continuously"]["state"] == "✗", steps
+    assert steps["Store backups and WAL where they survive the primary site"]["state"] == "✗"
     for name, sb in standbys.items():
         assert stopped_at(sb.data_dir) == f'at restore point "{mark}"', name
         assert Ledger.count_on(sb) == rows, name

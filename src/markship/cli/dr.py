@@ -100,7 +100,9 @@ def checklist_cmd(ctx: Context, as_json: bool) -> None:
     ✗ with the command that fixes it, — when not used. Non-zero exit on any ✗."""
     from markship.dr.checklist import MISSING, checklist
 
-    steps = checklist(ctx.config, ctx.repository())
+    # Read from a copy while the repository is gone (the DR site's view); the steps about
+    # writing check the repository itself.
+    steps = checklist(ctx.config, ctx.repository(fallback=True))
     output.writer(as_json).checklist(steps)
     if any(s.state == MISSING for s in steps):
         sys.exit(1)

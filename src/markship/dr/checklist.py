@@ -162,12 +162,16 @@ def _permissions(f: _Facts) -> Step:
 
 
 def _repository(f: _Facts) -> Step:
+    from markship.wal.settings import WalSettings
+
     title = "Store backups and WAL where they survive the primary site"
+    # The repository itself, opened as archive_command opens it (never a copy standing in
+    # for it, and a missing folder is not created).
     try:
-        f.repo.check_writable()
+        WalSettings.from_config(f.config).open_repository().check_writable()
     except MarkshipError as exc:
         return Step("backup", title, MISSING, exc.message, "markship config check")
-    return Step("backup", title, DONE, f"repository {f.repo.location} is writable")
+    return Step("backup", title, DONE, f"repository {f.config.repository.location} is writable")
 
 
 def _parity(f: _Facts) -> Step:
