@@ -188,10 +188,10 @@ def test_a_password_never_shows_from_backup_to_failback(pg_group: GroupFactory) 
         for server in group.servers:
             server.kill9()
             shutil.rmtree(server.data_dir)
-        assert json.loads(ok("failover", "--json"))["mark"] == newest
-
-        new_config = group.workdir / "markship-back.toml"
-        ok("failback", "prepare", "--new-config", str(new_config))
+        report = json.loads(ok("failover", "--json"))
+        assert report["mark"] == newest and report["protected"]
+        new_config = Path(report["new_config"])  # the role-swapped config failover wrote
+        ok("failback", "prepare", config=new_config)
         back = json.loads(ok("standby", "status", "--json", config=new_config))
         assert [s["in_recovery"] for s in back] == [True, True]
 

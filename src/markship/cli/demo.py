@@ -183,6 +183,9 @@ def _story(console: Console, workdir: Path, count: int, command: str,
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
     console.print(f"  promoted at {report.mark}: RTO {report.rto_seconds:.1f} s ({phases}), "
                   f"RPO {report.rpo_seconds:.1f} s")
+    for state in report.archiving:
+        console.print(f"  {'✓' if state.ok else '✗'} {state.line()}")
+    console.print(f"  site {report.site} is production now; its config: {report.new_config}")
 
     console.rule("[bold]8. does the group agree?")
     balance = sum(int(sb.psql("SELECT sum(balance) FROM accounts")) for sb in standbys.values())
