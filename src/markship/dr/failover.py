@@ -5,7 +5,7 @@
 3. bring every standby exactly to that mark and promote it; verify where each stopped;
 4. settle prepared transactions the same way everywhere (the decision table);
 5. apply the reference map, write client connection files, run hooks;
-6. record and report: mark, LSN per server, RTO, RPO.
+6. record and report: mark, LSN per server, RTO, RPO and the WAL discarded (dr.loss).
 
 A failover interrupted half-way is resumed by running the command again: the record of the
 unfinished failover fixes the mark, and standbys already promoted at it are left as they are.
@@ -28,6 +28,7 @@ import psycopg
 from pydantic import Field
 
 from markship.config.model import Config, StandbySection
+from markship.dr.loss import UNARCHIVED_NOTE, Loss, discarded
 from markship.dr.standby import standby_conninfo
 from markship.errors import MarkshipError, first_line
 from markship.marks.choose import choose_mark
@@ -36,7 +37,7 @@ from markship.perserver import each, gather
 from markship.pg import recovery
 from markship.pg import sql as postgres
 from markship.pg.commands import fetch_command
-from markship.pg.conninfo import scrub, secrets_of
+from markship.pg.conninfo import place, scrub, secrets_of
 from markship.pg.datadir import (
     DataDir,
     ask_for_recovery,
@@ -71,26 +72,32 @@ class Report:
     dry_run: bool
     resumed: bool = False
     points: dict[str, str] = field(default_factory=dict)
-    discarded_wal: dict[str, str] = field(default_factory=dict)
+    # Per server, the WAL the repository holds after the mark, which the failover discards.
+    lost: dict[str, Loss] = field(default_factory=dict)
     resolutions: list[Resolution] = field(default_factory=list)
     references: list[str] = field(default_factory=list)
     client_files: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
     rto_seconds: float = 0.0
+    # What was lost in time: from the mark to the newest WAL or mark the repository holds
+    # after it, on any server (the largest Loss.lost_seconds). Production may have run longer.
     rpo_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
-def production_answering(config: Config) -> list[str]:
-    def alive(conninfo: str, name: str) -> bool:
+def production_answering(config: Config) -> dict[str, str]:
+    """The production servers that accept a connection → where they answered (`host:port`, or
+    the socket file, as libpq connected: no secret)."""
+    def where(conninfo: str, name: str) -> str | None:
         try:
-            with postgres.connect(conninfo, name, timeout=2):
-                return True
+            with postgres.connect(conninfo, name, timeout=2) as conn:
+                return place(conn.info.host, conn.info.port)
         except MarkshipError:
-            return False
+            return None
 
-    answers = gather({s.name: partial(alive, s.conninfo, s.name) for s in config.servers})
-    return [name for name, up in answers.items() if up]
+    answers = gather({s.name: partial(where, s.conninfo, s.name) for s in config.servers})
+    return {name: at for name, at in answers.items() if at is not None}
 
 
 def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
@@ -183,16 +190,6 @@ def refuse_standbys_past(config: Config, mark: MarkRecord,
 
 def _directory(config: Config, standby: StandbySection) -> DataDir:
     return DataDir.at(standby.data_dir, config.server(standby.server).bin_dir)
-
-
-def _discarded(repo: Repository, config: Config, mark: MarkRecord) -> dict[str, str]:
-    """Per server, the newest archived WAL file beyond the mark's segment (what is lost)."""
-    lost = {}
-    for server, point in mark.points.items():
-        newest = restorable.WalIndex(repo, server).newest()
-        if newest is not None and newest.name() > point.wal_file:
-            lost[server] = newest.name()
-    return lost
 
 
 def _addresses(config: Config) -> dict[str, dict[str, str]]:
@@ -302,15 +299,17 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     report = Report(mark=mark.name, mark_time=mark.created_at, dry_run=dry_run,
                     resumed=resumed is not None,
                     points={s: format_lsn(p.lsn) for s, p in mark.points.items()},
-                    discarded_wal=_discarded(repo, config, mark))
+                    lost=discarded(repo, config, mark),
+                    notes=[UNARCHIVED_NOTE] if dry_run else [])
+    report.rpo_seconds = max((loss.lost_seconds for loss in report.lost.values()), default=0.0)
     if dry_run:
-        report.rpo_seconds = (utcnow() - mark.created_at).total_seconds()
         return report
     answering = production_answering(config)
     if answering and not force:
-        raise MarkshipError(f"production server(s) {', '.join(answering)} still answer: "
-                            "failing over now would leave two primaries (split brain)",
-                            "stop them first, or pass --force if they are fenced off")
+        where = ", ".join(f"{name} ({at})" for name, at in answering.items())
+        raise MarkshipError(f"production server(s) {where} still answer: failing over now "
+                            "would leave two primaries (split brain)",
+                            "stop them there first, or pass --force if they are fenced off")
     refuse_standbys_past(config, mark, catalog.list_gaps(repo))
     started = utcnow()
     record = resumed or FailoverRecord(id=started.strftime("%Y%m%dT%H%M%SZ"), mark=mark.name,
@@ -339,7 +338,6 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     report.phases["references"] = time.monotonic() - phase
 
     report.rto_seconds = time.monotonic() - began
-    report.rpo_seconds = (record.started_at - mark.created_at).total_seconds()
     final = record.model_copy(update={"status": "done", "finished_at": utcnow(),
                                       "report": json.loads(json.dumps(asdict(report),
                                                                       default=str))})

@@ -76,6 +76,44 @@ def without_secrets(conninfo: str) -> str:
         **{key: value for key, value in params.items() if key not in SECRET_KEYS})
 
 
+# Where libpq looks for a server's socket when neither the conninfo nor PGHOST names a host:
+# the directory compiled into the libpq psycopg's binary package ships (Debian's too).
+DEFAULT_SOCKET_DIR = "/var/run/postgresql"
+DEFAULT_PORT = "5432"
+
+
+def address(conninfo: str) -> str:
+    """Where libpq connects for this conninfo, fit to show: `host:port` for TCP (`[::1]:5432`
+    for IPv6), the socket file for a directory (`/var/run/postgresql/.s.PGSQL.5432`), several
+    comma-separated for a multi-host conninfo. Without host or port in the conninfo, PGHOST /
+    PGPORT and then libpq's defaults, as libpq does; `hostaddr` before `host` (libpq connects
+    to it). Never a secret: "unreadable conninfo" when libpq's grammar refuses it."""
+    try:
+        params = parse(conninfo)
+    except ConfigError:
+        return "unreadable conninfo"
+    hosts = (params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST")
+             or DEFAULT_SOCKET_DIR).split(",")
+    ports = (params.get("port") or os.environ.get("PGPORT") or DEFAULT_PORT).split(",")
+    if len(ports) == 1:
+        ports *= len(hosts)
+    places = []
+    for host, port in zip(hosts, ports, strict=False):
+        host = host.strip() or DEFAULT_SOCKET_DIR
+        port = port.strip() or DEFAULT_PORT
+        places.append(place(host, port))
+    return ", ".join(places)
+
+
+def place(host: str, port: str | int) -> str:
+    """One host (a name, an address or a socket directory) and port as `address` shows them."""
+    if host.startswith(("/", "@")):
+        return f"{host.rstrip('/')}/.s.PGSQL.{port}"
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
 class ProgramConninfo:
     """One conninfo split for one run of a PostgreSQL program.
 
