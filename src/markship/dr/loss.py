@@ -19,11 +19,11 @@ from markship.repository.catalog import MarkRecord
 # What an operator can still save when the old site's disks survive. True of any failover:
 # markship cannot see another host's pg_wal, nor know that its disk is gone.
 UNARCHIVED_NOTE = (
-    "the old primaries' pg_wal may hold WAL never archived: if their disks survive, push each "
-    "segment that has a .ready file in pg_wal/archive_status/, and the newest segment, with "
-    "`markship wal-push --server NAME FILE` before failing over (as the repository's OS user "
-    "can read them); a later mark waiting for that WAL then becomes complete and failover "
-    "takes it (markship marks)")
+    "the old primaries' pg_wal may hold WAL never archived. If their disks survive, push it "
+    "before failing over: each pg_wal/ segment that has a .ready file in pg_wal/archive_status/, "
+    "and the newest segment, with `markship wal-push --server NAME FILE` (files the "
+    "repository's OS user can read); a later mark waiting for that WAL becomes complete and "
+    "failover takes it (markship marks)")
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,11 @@ class Loss:
 
     `lost_bytes`: from the mark's point to the end of the newest WAL the repository holds on
     the mark's timeline: whole segments archived or streamed by the agent's
-    receiver (a segment closed early by a WAL switch counts whole), a partly streamed one up
-    to its newest uploaded piece. WAL after the point inside the mark's own segment counts
-    only as far as a later mark's point or a streamed piece shows it (names tell no more).
+    receiver, a partly streamed one up to its newest uploaded piece. A segment closed by a
+    later mark's WAL switch counts up to that mark's point; one closed by any other switch
+    (archive_timeout, pg_switch_wal) counts whole: names do not tell where its WAL ends.
+    WAL after the point inside the mark's own segment counts only as far as a later mark's
+    point or a streamed piece shows it.
     `newest_wal`: the newest WAL file held after the mark's segment, `newest_wal_stored_at`
     when the repository stored it (its object's modification time: after its last write).
     `later_marks`: marks made after this one with a point on the server's timeline there,
@@ -117,6 +119,13 @@ def server_loss(repo: Repository, config: Config, mark: MarkRecord, server: str,
             newest = _Newest(end, parsed[0], None, datetime.fromtimestamp(info.mtime, UTC))
     mine = [m for m in later
             if server in m.points and m.points[server].timeline == own.timeline]
+    for other in mine:
+        there = other.points[server]
+        if other.delivery.get(server) == "switch" and newest.wal == there.wal_file and \
+                newest.lsn == (there.lsn // size + 1) * size:
+            # The mark's WAL switch closed this segment: what follows its point there is
+            # mostly the switch's padding, not WAL production wrote.
+            newest = _Newest(there.lsn, newest.wal, newest.key, newest.stored_at)
     for other in mine:  # a later mark's point shows how far WAL held in its segment goes
         there = other.points[server]
         held = there.wal_file in index.keys or there.wal_file in index.streamed
