@@ -271,8 +271,10 @@ class TextOutput:
                            "no WAL after it")
                 continue
             later = f"{loss.later_marks} later mark{'s' if loss.later_marks != 1 else ''}"
-            click.echo(f"  {server} ({loss.address}): mark at {lsn}; {size(loss.lost_bytes)} "
-                       f"of WAL after it, up to {show(loss.lost_until)} ({later}) — {verb}")
+            amount = (f"{size(loss.lost_bytes)} of WAL" if loss.lost_bytes
+                      else "WAL (its size unknown)")
+            click.echo(f"  {server} ({loss.address}): mark at {lsn}; {amount} after it, up to "
+                       f"{show(loss.lost_until)} ({later}) — {verb}")
         for note in report.notes:
             click.echo(f"  note: {note}")
         if dry_run:

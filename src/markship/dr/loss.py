@@ -37,8 +37,9 @@ class Loss:
     (archive_timeout, pg_switch_wal) counts whole: names do not tell where its WAL ends.
     WAL after the point inside the mark's own segment counts only as far as a later mark's
     point or a streamed piece shows it.
-    `newest_wal`: the newest WAL file held after the mark's segment, `newest_wal_stored_at`
-    when the repository stored it (its object's modification time: after its last write).
+    `newest_wal`: the newest WAL file held after the mark's segment (or the mark's own one
+    while the agent's receiver still writes it), `newest_wal_stored_at` when the repository
+    stored it (its object's modification time: after its last write).
     `later_marks`: marks made after this one with a point on the server's timeline there,
     complete or not;
     `newest_mark_at`: when the newest of them was made.
@@ -104,18 +105,27 @@ def server_loss(repo: Repository, config: Config, mark: MarkRecord, server: str,
             if after(segment) and (number + 1) * size > newest.lsn:
                 name = segment.name(size)
                 newest = _Newest((number + 1) * size, name, index.keys.get(name))
+    receiving: tuple[Segment, datetime] | None = None
     for info in repo.iter_objects(layout.stream_prefix(server)):
         parsed = layout.split_stream_name(info.key.rpartition("/")[2])
         if parsed is None:
             continue
         segment = parse_segment_name(parsed[0], size)
+        if not (after(segment) or segment == own):
+            continue
         if parsed[1] is not None:  # a piece uploaded from the agent's spool: its end is known
             end = segment.start_lsn(size) + parsed[1][1]
-        elif info.key.endswith(layout.STREAM_PARTIAL) or not after(segment):
-            continue  # pg_receivewal's partial file is full size, filled to an unknown end
+        elif info.key.endswith(layout.STREAM_PARTIAL):
+            # pg_receivewal's own partial file: full size, filled to an end names do not
+            # tell; its modification time is that of the newest WAL received.
+            if receiving is None or segment > receiving[0]:
+                receiving = (segment, datetime.fromtimestamp(info.mtime, UTC))
+            continue
+        elif segment == own:
+            continue
         else:
             end = segment.start_lsn(size) + size
-        if (after(segment) or segment == own) and end > newest.lsn:
+        if end > newest.lsn:
             newest = _Newest(end, parsed[0], None, datetime.fromtimestamp(info.mtime, UTC))
     mine = [m for m in later
             if server in m.points and m.points[server].timeline == own.timeline]
@@ -132,6 +142,10 @@ def server_loss(repo: Repository, config: Config, mark: MarkRecord, server: str,
         if held and there.lsn > newest.lsn:
             newest = _Newest(there.lsn, newest.wal, newest.key, newest.stored_at)
     stored = _stored_at(repo, newest.key) if newest.key is not None else newest.stored_at
+    if receiving is not None and receiving[0].start_lsn(size) >= newest.lsn - size:
+        # The segment being received is the newest WAL held (no whole segment after it).
+        name, stored = receiving[0].name(size), max(receiving[1], stored or receiving[1])
+        newest = _Newest(newest.lsn, name, None, stored)
     newest_mark_at = mine[-1].created_at if mine else None
     times = [t for t in (stored, newest_mark_at) if t is not None]
     until = max(times) if times else None
