@@ -6,13 +6,21 @@ says "no mark yet" rather than "0 behind" for a standby that has no mark to be b
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 from markship.pg.lsn import parse_lsn
-from markship.pg.scratch import ScratchServer
+from markship.pg.scratch import ScratchServer, chown_to
 from markship.timefmt import parse_aware
 from tests.support.checks import archiver, refused_line, switch_wal, wait_for
-from tests.support.servers import Group, GroupFactory, add_dr_site, new_mark, run_markship
+from tests.support.servers import (
+    OS_USER,
+    Group,
+    GroupFactory,
+    add_dr_site,
+    new_mark,
+    run_markship,
+)
 
 FILLER_BYTES = 2 * 2**20  # at least this much WAL written on each server after the first mark
 
@@ -95,6 +103,39 @@ def test_dry_run_says_what_each_server_loses(pg_group: GroupFactory) -> None:
         assert line.endswith("discarded"), line
     assert "pg_wal may hold WAL never archived" in text and "markship wal-push --server" in text
     assert all(_complete(group, m) for m in (first, second))  # a dry run changed nothing
+
+
+def test_surviving_pg_wal_pushed_by_hand_completes_a_later_mark(pg_group: GroupFactory) -> None:
+    """What the dry run's note tells an operator whose old primary's disk survived: push
+    the segments pg_wal still has to archive, and the later mark waiting for them becomes
+    the one failover takes."""
+    group = pg_group(2)
+    add_dr_site(group)
+    first = new_mark(group)
+    wait_for(lambda: _complete(group, first), "the first mark complete", timeout=60,
+             interval=0.3)
+    alpha = group.server("alpha")
+    alpha.psql("ALTER SYSTEM SET archive_command = '/bin/false'")
+    alpha.psql("SELECT pg_reload_conf()")
+    _write_filler(alpha)
+    second = new_mark(group)  # its segment on alpha is never archived
+    status = alpha.data_dir / "pg_wal" / "archive_status"
+    wait_for(lambda: any(status.glob("*.ready")) and _complete(group, second) is False
+             and int(archiver(alpha)["failed_count"]) > 0, "alpha's archiver failing",
+             timeout=60, interval=0.3)
+    alpha.kill9()
+    assert json.loads(group.ok("failover", "--dry-run", "--json"))["mark"] == first
+
+    rescued = group.workdir / "rescued-pg_wal"
+    rescued.mkdir()
+    chown_to(rescued, OS_USER)
+    for ready in sorted(status.glob("*.ready")):
+        segment = rescued / ready.name.removesuffix(".ready")
+        shutil.copyfile(alpha.data_dir / "pg_wal" / segment.name, segment)
+        chown_to(segment, OS_USER)
+        group.ok("wal-push", "--server", "alpha", str(segment))
+    assert _complete(group, second)
+    assert json.loads(group.ok("failover", "--dry-run", "--json"))["mark"] == second
 
 
 def test_split_brain_refusal_names_where_production_answers(pg_group: GroupFactory) -> None:
