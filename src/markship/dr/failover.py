@@ -299,9 +299,15 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     report = Report(mark=mark.name, mark_time=mark.created_at, dry_run=dry_run,
                     resumed=resumed is not None,
                     points={s: format_lsn(p.lsn) for s, p in mark.points.items()},
-                    lost=discarded(repo, config, mark),
                     notes=[UNARCHIVED_NOTE] if dry_run else [])
-    report.rpo_seconds = max((loss.lost_seconds for loss in report.lost.values()), default=0.0)
+    try:
+        report.lost = discarded(repo, config, mark)
+        report.rpo_seconds = max((loss.lost_seconds for loss in report.lost.values()),
+                                 default=0.0)
+    except MarkshipError as exc:  # the report falls short; the failover must not
+        report.rpo_seconds = (utcnow() - mark.created_at).total_seconds()
+        report.notes.append(f"what the failover discards is unknown ({exc.one_line()}); "
+                            "RPO is the mark's age, an upper bound")
     if dry_run:
         return report
     answering = production_answering(config)

@@ -31,8 +31,8 @@ class Loss:
     """One server's WAL after the mark, as far as the repository shows it.
 
     `lost_bytes`: from the mark's point to the end of the newest WAL the repository holds on
-    the mark's timeline: whole segments archived or streamed by the agent's
-    receiver, a partly streamed one up to its newest uploaded piece. A segment closed by a
+    the mark's timeline: whole segments archived or streamed by the agent's receiver, a
+    partly streamed one up to its newest uploaded piece. A segment closed by a
     later mark's WAL switch counts up to that mark's point; one closed by any other switch
     (archive_timeout, pg_switch_wal) counts whole: names do not tell where its WAL ends.
     WAL after the point inside the mark's own segment counts only as far as a later mark's
@@ -41,8 +41,7 @@ class Loss:
     while the agent's receiver still writes it), `newest_wal_stored_at` when the repository
     stored it (its object's modification time: after its last write).
     `later_marks`: marks made after this one with a point on the server's timeline there,
-    complete or not;
-    `newest_mark_at`: when the newest of them was made.
+    complete or not; `newest_mark_at`: when the newest of them was made.
     `lost_until`: the later of those two times; `lost_seconds`: from the mark's time to it,
     0 when the repository holds nothing after the mark. Production may have run longer than
     the repository shows (see UNARCHIVED_NOTE)."""
@@ -60,9 +59,11 @@ class Loss:
 
 def later_marks(repo: Repository, mark: MarkRecord) -> list[MarkRecord]:
     """The marks made after `mark`, complete or not, oldest first (damaged records are
-    reported and left out). Mark names sort by their time: only the newer files are read."""
-    files = sorted(n for n in repo.children(layout.MARKS) if n.endswith(".json"))
-    newer = [n for n in files if n > f"{mark.name}.json"]
+    reported and left out). Default mark names sort by their time: of those, only the newer
+    files are read; marks named by `mark --name` always are."""
+    own, default = f"{mark.name}.json", f"ms-{mark.group}-"
+    newer = [n for n in repo.children(layout.MARKS) if n.endswith(".json") and n != own
+             and (n > own or not n.startswith(default) or not own.startswith(default))]
     found = (records.read_good(repo, layout.MARKS + n, MarkRecord, lambda m: m.name)
              for n in newer)
     return sorted((m for m in found if m is not None and m.created_at > mark.created_at),
@@ -110,7 +111,10 @@ def server_loss(repo: Repository, config: Config, mark: MarkRecord, server: str,
         parsed = layout.split_stream_name(info.key.rpartition("/")[2])
         if parsed is None:
             continue
-        segment = parse_segment_name(parsed[0], size)
+        try:
+            segment = parse_segment_name(parsed[0], size)
+        except ValueError:  # not a segment name: not markship's
+            continue
         if not (after(segment) or segment == own):
             continue
         if parsed[1] is not None:  # a piece uploaded from the agent's spool: its end is known

@@ -75,8 +75,9 @@ class StandbyStatus:
     for, from its position), `to_newest_wal_bytes` up to the newest WAL the repository holds,
     and `failover_seconds_estimate` (to_mark_bytes at REPLAY_ESTIMATE_BYTES_PER_SECOND).
     `marks_behind` counts the complete marks of its timeline it has not replayed; with
-    `at_mark` None, that is all of them, and None when there is none either (a standby on a
-    new timeline, after failback prepare: no mark yet, not "0 behind")."""
+    `at_mark` None, that is all of them, and None when there is none either (right after
+    standby create, or on a new timeline after failback prepare: no mark yet, not "0
+    behind")."""
 
     server: str
     address: str
