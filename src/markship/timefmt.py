@@ -16,6 +16,12 @@ def show(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def show_exact(moment: datetime) -> str:
+    """`2026-11-25T19:02:11.123456Z` (UTC, microseconds): for machines, where two times a
+    second apart must not read the same."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_aware(text: str) -> datetime:
     """Parse an ISO 8601 time that states its zone (`Z` or `+01:00`); raise ValueError else."""
     cleaned = text.strip()

@@ -207,6 +207,8 @@ def test_failback_switches_roles_back(pg_group: GroupFactory) -> None:
     assert proc.returncode == 0, proc.stderr
     back = json.loads(run_markship(new_config, "standby", "status", "--json").stdout)
     assert [s["in_recovery"] for s in back] == [True, True]
+    # On the new timeline no mark is complete yet: no mark to be behind of, not "0 behind".
+    assert [(s["at_mark"], s["marks_behind"]) for s in back] == [(None, None), (None, None)]
     standbys["alpha"].psql("UPDATE accounts SET balance = balance + 7 WHERE id = 2")
     standbys["bravo"].psql("UPDATE accounts SET balance = balance - 7 WHERE id = 2")
     back_mark = json.loads(run_markship(new_config, "mark", "--json").stdout)["name"]

@@ -417,3 +417,24 @@ def test_a_malformed_conninfo_is_refused_without_quoting_it() -> None:
         sql.connect("host=127.0.0.1 port=1 password s3cret", "alpha", timeout=1)
     assert "s3cret" not in refused.value.one_line()
     assert "server alpha" in refused.value.one_line()
+
+
+def test_a_server_is_shown_where_libpq_connects_without_its_secrets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What messages name as a server's place: host:port, the socket file for a socket
+    directory, libpq's defaults for what the conninfo leaves out, never a password."""
+    from markship.pg.conninfo import address
+
+    monkeypatch.delenv("PGHOST", raising=False)
+    monkeypatch.delenv("PGPORT", raising=False)
+    assert address("host=127.0.0.1 port=5433 password=s3cret") == "127.0.0.1:5433"
+    assert address("postgresql://u:s3cret@db.example:6432/app") == "db.example:6432"
+    assert address("host=db hostaddr=10.0.0.5") == "10.0.0.5:5432"
+    assert address("host=::1 port=5440") == "[::1]:5440"
+    assert address("host=/tmp/pg port=5440") == "/tmp/pg/.s.PGSQL.5440"
+    assert address("dbname=app") == "/var/run/postgresql/.s.PGSQL.5432"
+    assert address("host=a,b port=5001,5002") == "a:5001, b:5002"
+    assert address("host=h port=1 password s3cret") == "unreadable conninfo"
+    monkeypatch.setenv("PGHOST", "10.1.1.1")
+    monkeypatch.setenv("PGPORT", "7000")
+    assert address("dbname=app") == "10.1.1.1:7000"

@@ -106,7 +106,7 @@ class JsonOutput(TextOutput):
         emit_json([asdict(s) for s in result])
 
     def failover(self, report: FailoverReport, dry_run: bool) -> None:
-        emit_json({**asdict(report), "protected": report.protected})
+        emit_json(_exact_times({**asdict(report), "protected": report.protected}))
 
     def checklist(self, steps: list[Step]) -> None:
         emit_json([asdict(s) for s in steps])
@@ -160,3 +160,18 @@ class JsonOutput(TextOutput):
              "deleted_objects": r.deleted_objects, "returned_objects": r.returned_objects,
              "returned_bytes": r.returned_bytes, "conflicts": r.conflicts}
             for r in results]})
+
+
+def _exact_times(value: object) -> object:
+    """`value` with every time as an ISO 8601 string to the microsecond, with zone."""
+    from datetime import datetime
+
+    from markship.timefmt import show_exact
+
+    if isinstance(value, datetime):
+        return show_exact(value)
+    if isinstance(value, dict):
+        return {k: _exact_times(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_exact_times(v) for v in value]
+    return value

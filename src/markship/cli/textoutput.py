@@ -232,7 +232,7 @@ class TextOutput:
         rows = [[s.server, s.address, ("standby" if s.in_recovery else "PRIMARY")
                  if s.reachable else f"DOWN: {s.error}",
                  format_lsn(s.replay_lsn) if s.replay_lsn is not None else "-",
-                 s.at_mark or "-", "-" if s.marks_behind is None else str(s.marks_behind),
+                 s.at_mark or "-", _behind(s),
                  "-" if s.lag_seconds is None else f"{s.lag_seconds:.0f} s",
                  "ok" if not s.parity else "; ".join(s.parity)] for s in result]
         table("DR site", ["server", "standby", "state", "replayed", "at mark", "marks behind",
@@ -255,15 +255,32 @@ class TextOutput:
                        "measured; the restart and promotion come on top)")
 
     def failover(self, report: FailoverReport, dry_run: bool) -> None:
+        from markship.timefmt import age_seconds
+
         head = "would fail over" if dry_run else ("resumed failover" if report.resumed
                                                  else "failed over")
-        click.echo(f"{head} to mark {report.mark} (made {show(report.mark_time)}, "
-                   f"{report.rpo_seconds:.0f} s before {'now' if dry_run else 'the failover'})")
+        age = f"{age_seconds(report.mark_time):.0f} s ago" if dry_run else "before the failover"
+        click.echo(f"{head} to mark {report.mark} (made {show(report.mark_time)}, {age})")
         for server, lsn in report.points.items():
-            lost = report.discarded_wal.get(server)
-            tail = f"; WAL after it up to {lost} is discarded" if lost else ""
-            click.echo(f"  {server}: mark at {lsn}{tail}")
+            loss = report.lost.get(server)
+            if loss is None:
+                click.echo(f"  {server}: mark at {lsn}")
+                continue
+            verb = "discarded" if dry_run else "was discarded"
+            if loss.lost_bytes == 0 and loss.lost_until is None:
+                click.echo(f"  {server} ({loss.address}): mark at {lsn}; the repository holds "
+                           "no WAL after it")
+                continue
+            later = f"{loss.later_marks} later mark{'s' if loss.later_marks != 1 else ''}"
+            amount = (f"{size(loss.lost_bytes)} of WAL" if loss.lost_bytes
+                      else "WAL (its size unknown)")
+            click.echo(f"  {server} ({loss.address}): mark at {lsn}; {amount} after it, up to "
+                       f"{show(loss.lost_until)} ({later}) — {verb}")
+        for note in report.notes:
+            click.echo(f"  note: {note}")
         if dry_run:
+            click.echo(f"RPO {report.rpo_seconds:.1f} s: from the mark to the newest WAL or "
+                       "mark the repository holds after it")
             return
         for r in report.resolutions:
             click.echo(f"  {r.server}/{r.database}: {r.action} prepared transaction {r.gid}")
@@ -459,3 +476,10 @@ class TextOutput:
                        f"deleted {r.deleted_objects} expired")
         for name, problem in failed.items():
             click.echo(f"✗ copy {name}: {problem}")
+
+
+def _behind(status: StandbyStatus) -> str:
+    """The standby's "marks behind" cell: "no mark yet" when it has none to be behind of."""
+    if status.marks_behind is not None:
+        return str(status.marks_behind)
+    return "no mark yet" if status.reachable else "-"

@@ -25,7 +25,7 @@ from markship.dr.standby import StandbyStatus, standby_status
 from markship.errors import MarkshipError
 from markship.pg import sql as postgres
 from markship.pg import twophase
-from markship.pg.conninfo import place
+from markship.pg.conninfo import address
 from markship.repository import catalog, crypto, journal, restorable
 from markship.repository.base import Repository
 from markship.timefmt import age_seconds, show, utcnow
@@ -236,14 +236,14 @@ def _archiving(f: _Facts) -> Step:
     standbys = f.servers_in_recovery()
     if standbys:
         return Step("backup", title, MISSING, f"server {standbys[0].name} at "
-                    f"{place(standbys[0].conninfo)} is in recovery, not a primary: this "
+                    f"{address(standbys[0].conninfo)} is in recovery, not a primary: this "
                     "config describes roles that are not the current ones", f.failover_config())
     result = group_status(f.config, f.repo)
     bad = [s for s in result if not s.reachable or s.last_archived_wal is None
            or (s.last_failed_at is not None and (s.last_archived_at is None
                                                  or s.last_failed_at > s.last_archived_at))]
     if bad:
-        where = place(f.config.server(bad[0].server).conninfo)
+        where = address(f.config.server(bad[0].server).conninfo)
         fix = "markship status; markship preflight"
         if not bad[0].reachable and f.failover is not None:
             fix = f"{f.failover_config()}; markship status"

@@ -43,6 +43,7 @@ from markship.dr.drillchecks import label as target_label
 from markship.errors import MarkshipError, first_line
 from markship.pg import recovery
 from markship.pg import sql as postgres
+from markship.pg.conninfo import address
 from markship.pg.datadir import in_production, postmaster_status, server_log, stop_immediately
 from markship.pg.lsn import format_lsn
 from markship.repository import layout, records
@@ -258,10 +259,11 @@ def _confirm_open(conninfos: dict[str, str]) -> None:
     for name, conninfo in conninfos.items():
         with postgres.connect(conninfo, name) as conn:
             state = recovery.open_state(conn)
+        where = address(conninfo)
         if state is None or state.recovering:
-            raise MarkshipError(f"scratch server {name} is still in recovery")
+            raise MarkshipError(f"scratch server {name} ({where}) is still in recovery")
         if state.archive_mode != "off":
-            raise MarkshipError(f"scratch server {name} runs with archive_mode = "
+            raise MarkshipError(f"scratch server {name} ({where}) runs with archive_mode = "
                                 f"{state.archive_mode}: it could archive into production's "
                                 "repository", "report this as a markship bug")
 

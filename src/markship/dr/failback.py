@@ -23,7 +23,7 @@ from markship.dr.standby import create_standbys
 from markship.errors import MarkshipError
 from markship.pg import sql as postgres
 from markship.pg.commands import archive_command, archive_command_problem, markship_command
-from markship.pg.conninfo import place
+from markship.pg.conninfo import address
 from markship.pg.datadir import DataDir, postmaster_status
 from markship.repository.base import Repository
 from markship.wal.push import push as push_wal
@@ -57,7 +57,7 @@ def ensure_archiving(config: Config) -> list[str]:
         command = archive_command(markship_command(), config.source, server.name)
         with postgres.connect(server.conninfo, server.name) as conn:
             if postgres.in_recovery(conn):
-                raise MarkshipError(f"{server.name} at {place(server.conninfo)} is still in "
+                raise MarkshipError(f"{server.name} at {address(server.conninfo)} is still in "
                                     "recovery", "run markship failover first")
             facts = postgres.facts(conn)
             if facts.archive_mode in ("on", "always") and archive_command_problem(

@@ -5,7 +5,7 @@
 3. bring every standby exactly to that mark and promote it; verify where each stopped;
 4. settle prepared transactions the same way everywhere (the decision table);
 5. apply the reference map, write client connection files, run hooks;
-6. record and report: mark, LSN per server, RTO, RPO.
+6. record and report: mark, LSN per server, RTO, RPO and the WAL discarded (dr.loss).
 
 A failover interrupted half-way is resumed by running the command again: the record of the
 unfinished failover fixes the mark, and standbys already promoted at it are left as they are.
@@ -29,6 +29,7 @@ import psycopg
 from markship.config.model import Config, StandbySection
 from markship.dr import history, sites
 from markship.dr.history import FailoverRecord
+from markship.dr.loss import UNARCHIVED_NOTE, Loss, discarded
 from markship.dr.protect import ARCHIVE_WAIT, Archiving, check_archiving
 from markship.dr.standby import standby_conninfo
 from markship.errors import MarkshipError, first_line
@@ -38,7 +39,7 @@ from markship.perserver import each, gather
 from markship.pg import recovery
 from markship.pg import sql as postgres
 from markship.pg.commands import archive_command, fetch_command, markship_command
-from markship.pg.conninfo import scrub, secrets_of
+from markship.pg.conninfo import place, scrub, secrets_of
 from markship.pg.datadir import (
     DataDir,
     ask_for_recovery,
@@ -63,13 +64,16 @@ class Report:
     dry_run: bool
     resumed: bool = False
     points: dict[str, str] = field(default_factory=dict)
-    discarded_wal: dict[str, str] = field(default_factory=dict)
+    # Per server, the WAL the repository holds after the mark, which the failover discards.
+    lost: dict[str, Loss] = field(default_factory=dict)
     resolutions: list[Resolution] = field(default_factory=list)
     references: list[str] = field(default_factory=list)
     client_files: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
     rto_seconds: float = 0.0
+    # What was lost in time: from the mark to the newest WAL or mark the repository holds
+    # after it, on any server (the largest Loss.lost_seconds). Production may have run longer.
     rpo_seconds: float = 0.0
     # After the promotion: the site now production, the one to rebuild, the role-swapped
     # config and whether each new primary archives into the repository.
@@ -81,18 +85,21 @@ class Report:
     @property
     def protected(self) -> bool:
         return bool(self.archiving) and all(a.ok for a in self.archiving)
+    notes: list[str] = field(default_factory=list)
 
 
-def production_answering(config: Config) -> list[str]:
-    def alive(conninfo: str, name: str) -> bool:
+def production_answering(config: Config) -> dict[str, str]:
+    """The production servers that accept a connection → where they answered (`host:port`, or
+    the socket file, as libpq connected: no secret)."""
+    def where(conninfo: str, name: str) -> str | None:
         try:
-            with postgres.connect(conninfo, name, timeout=2):
-                return True
+            with postgres.connect(conninfo, name, timeout=2) as conn:
+                return place(conn.info.host, conn.info.port)
         except MarkshipError:
-            return False
+            return None
 
-    answers = gather({s.name: partial(alive, s.conninfo, s.name) for s in config.servers})
-    return [name for name, up in answers.items() if up]
+    answers = gather({s.name: partial(where, s.conninfo, s.name) for s in config.servers})
+    return {name: at for name, at in answers.items() if at is not None}
 
 
 def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
@@ -193,16 +200,6 @@ def refuse_standbys_past(config: Config, mark: MarkRecord,
 
 def _directory(config: Config, standby: StandbySection) -> DataDir:
     return DataDir.at(standby.data_dir, config.server(standby.server).bin_dir)
-
-
-def _discarded(repo: Repository, config: Config, mark: MarkRecord) -> dict[str, str]:
-    """Per server, the newest archived WAL file beyond the mark's segment (what is lost)."""
-    lost = {}
-    for server, point in mark.points.items():
-        newest = restorable.WalIndex(repo, server).newest()
-        if newest is not None and newest.name() > point.wal_file:
-            lost[server] = newest.name()
-    return lost
 
 
 def _addresses(config: Config) -> dict[str, dict[str, str]]:
@@ -319,15 +316,23 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     report = Report(mark=mark.name, mark_time=mark.created_at, dry_run=dry_run,
                     resumed=resumed is not None,
                     points={s: format_lsn(p.lsn) for s, p in mark.points.items()},
-                    discarded_wal=_discarded(repo, config, mark))
-    if dry_run:
+                    notes=[UNARCHIVED_NOTE] if dry_run else [])
+    try:
+        report.lost = discarded(repo, config, mark)
+        report.rpo_seconds = max((loss.lost_seconds for loss in report.lost.values()),
+                                 default=0.0)
+    except MarkshipError as exc:  # the report falls short; the failover must not
         report.rpo_seconds = (utcnow() - mark.created_at).total_seconds()
+        report.notes.append(f"what the failover discards is unknown ({exc.one_line()}); "
+                            "RPO is the mark's age, an upper bound")
+    if dry_run:
         return report
     answering = production_answering(config)
     if answering and not force:
-        raise MarkshipError(f"production server(s) {', '.join(answering)} still answer: "
-                            "failing over now would leave two primaries (split brain)",
-                            "stop them first, or pass --force if they are fenced off")
+        where = ", ".join(f"{name} ({at})" for name, at in answering.items())
+        raise MarkshipError(f"production server(s) {where} still answer: failing over now "
+                            "would leave two primaries (split brain)",
+                            "stop them there first, or pass --force if they are fenced off")
     refuse_standbys_past(config, mark, catalog.list_gaps(repo))
     # The role-swapped config comes first: the promoted servers' archive_command names it.
     if new_config is None and resumed is not None and resumed.new_config:
@@ -368,7 +373,6 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     report.phases["references"] = time.monotonic() - phase
 
     report.rto_seconds = time.monotonic() - began
-    report.rpo_seconds = (record.started_at - mark.created_at).total_seconds()
     report.archiving = check_archiving(generation, archive_wait)
     final = record.model_copy(update={"status": "done", "finished_at": utcnow(),
                                       "report": json.loads(json.dumps(asdict(report),

@@ -18,7 +18,7 @@ from markship.errors import MarkshipError
 from markship.perserver import gather
 from markship.pg import sql as postgres
 from markship.pg.commands import archive_command_problem
-from markship.pg.conninfo import place
+from markship.pg.conninfo import address
 from markship.wal.settings import WalSettings
 
 ARCHIVE_WAIT = 30.0  # seconds a new primary's archiver has to store its first segment
@@ -44,7 +44,7 @@ class Archiving:
 def _watch(config: Config, server: str, repository_problem: str | None,
            wait: float) -> Archiving:
     section = config.server(server)
-    where = place(section.conninfo)
+    where = address(section.conninfo)
     try:
         with postgres.connect(section.conninfo, server, timeout=5) as conn:
             conn.autocommit = True

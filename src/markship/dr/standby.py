@@ -21,7 +21,7 @@ from markship.config.model import Config, StandbySection
 from markship.dr import lag
 from markship.errors import MarkshipError
 from markship.marks.choose import MarkState, mark_states
-from markship.pg import recovery, sql
+from markship.pg import conninfo, recovery, sql
 from markship.repository import restorable
 from markship.repository.base import Repository
 
@@ -75,7 +75,9 @@ class StandbyStatus:
     for, from its position), `to_newest_wal_bytes` up to the newest WAL the repository holds,
     and `failover_seconds_estimate` (to_mark_bytes at REPLAY_ESTIMATE_BYTES_PER_SECOND).
     `marks_behind` counts the complete marks of its timeline it has not replayed; with
-    `at_mark` None, that is all of them."""
+    `at_mark` None, that is all of them, and None when there is none either (right after
+    standby create, or on a new timeline after failback prepare: no mark yet, not "0
+    behind")."""
 
     server: str
     address: str
@@ -226,6 +228,7 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
         same_tl = complete_marks(standby.server, here.timeline, replayed)
         reached = [s for s in same_tl if s.record.points[standby.server].lsn <= replayed]
         at = reached[-1] if reached else None
+        behind = len(same_tl) - len(reached) if same_tl else None
         index = wal[standby.server]
         newest = index.newest()
         lag_bytes = max(newest.next().start_lsn() - replayed, 0) if newest else None
@@ -237,9 +240,10 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
                                                 standby.server), mine,
                                      free_bytes(standby.data_dir))
         except MarkshipError:
-            parity = ["production unreachable: parity not checked"]
+            where = conninfo.address(config.server(standby.server).conninfo)
+            parity = [f"production ({where}) unreachable: parity not checked"]
         return StandbyStatus(standby.server, address, True, None, here.in_recovery, replayed,
-                             at.record.name if at else None, len(same_tl) - len(reached),
+                             at.record.name if at else None, behind,
                              lag_bytes, at.age_seconds if at else None, parity,
                              reachable_mark=target.record.name if target else None,
                              to_mark_bytes=ahead.to_mark_bytes,

@@ -56,19 +56,6 @@ def with_params(conninfo: str, **params: str) -> str:
     return psycopg.conninfo.make_conninfo(**{**parse(conninfo), **params})
 
 
-def place(conninfo: str) -> str:
-    """Where the conninfo connects, as host:port for a message (never a secret): libpq's
-    defaults (a local socket, port 5432) stand in for what it leaves out; the first of a list
-    of hosts."""
-    try:
-        params = parse(conninfo)
-    except ConfigError:
-        return "an unreadable conninfo"
-    host = (params.get("host") or params.get("hostaddr") or "local socket").split(",")[0]
-    port = (params.get("port") or "5432").split(",")[0]
-    return f"{host}:{port}"
-
-
 def has_secret(conninfo: str) -> bool:
     """True when the conninfo carries a password or a key passphrase (in any form)."""
     try:
@@ -87,6 +74,44 @@ def without_secrets(conninfo: str) -> str:
         return redact_text(conninfo)
     return psycopg.conninfo.make_conninfo(
         **{key: value for key, value in params.items() if key not in SECRET_KEYS})
+
+
+# Where libpq looks for a server's socket when neither the conninfo nor PGHOST names a host:
+# the directory compiled into the libpq psycopg's binary package ships (Debian's too).
+DEFAULT_SOCKET_DIR = "/var/run/postgresql"
+DEFAULT_PORT = "5432"
+
+
+def address(conninfo: str) -> str:
+    """Where libpq connects for this conninfo, fit to show: `host:port` for TCP (`[::1]:5432`
+    for IPv6), the socket file for a directory (`/var/run/postgresql/.s.PGSQL.5432`), several
+    comma-separated for a multi-host conninfo. Without host or port in the conninfo, PGHOST /
+    PGPORT and then libpq's defaults, as libpq does; `hostaddr` before `host` (libpq connects
+    to it). Never a secret: "unreadable conninfo" when libpq's grammar refuses it."""
+    try:
+        params = parse(conninfo)
+    except ConfigError:
+        return "unreadable conninfo"
+    hosts = (params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST")
+             or DEFAULT_SOCKET_DIR).split(",")
+    ports = (params.get("port") or os.environ.get("PGPORT") or DEFAULT_PORT).split(",")
+    if len(ports) == 1:
+        ports *= len(hosts)
+    places = []
+    for host, port in zip(hosts, ports, strict=False):
+        host = host.strip() or DEFAULT_SOCKET_DIR
+        port = port.strip() or DEFAULT_PORT
+        places.append(place(host, port))
+    return ", ".join(places)
+
+
+def place(host: str, port: str | int) -> str:
+    """One host (a name, an address or a socket directory) and port as `address` shows them."""
+    if host.startswith(("/", "@")):
+        return f"{host.rstrip('/')}/.s.PGSQL.{port}"
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
 
 
 class ProgramConninfo:
