@@ -103,7 +103,7 @@ def test_failover_leaves_the_group_protected(pg_group: GroupFactory) -> None:
             if agent.poll() is None:
                 agent.terminate()
         _out, dr_log = dr_agent.communicate(timeout=120)
-    assert "agent.switch" in dr_log and "Traceback" not in dr_log, dr_log[-3000:]
+    assert "agent.switched" in dr_log and "Traceback" not in dr_log, dr_log[-3000:]
 
     restored = group.workdir / "after"
     restored.mkdir()

@@ -98,7 +98,7 @@ class Agent:
         # [dr_site] max_replay_delay: WAL switches for the standbys (markship.agent.replaypace)
         self.pacer = ReplayPacer(config, log)
         # A failover made another site production (check_roles): the role-swapped config to
-        # run with instead (`markship run` execs itself with it), or why the agent stopped.
+        # go on with (`markship run` starts a new Agent with it), or why the agent stopped.
         self.switch_to: Path | None = None
         self.superseded: MarkshipError | None = None
 

@@ -43,31 +43,29 @@ def run_agent(ctx: Context, log_json: bool, log_file: Path | None, journald: boo
         prepare_spool(config)  # likewise: /var/lib/markship may be root's alone
     # Like the marking thread: the credentials may be root's alone, the port privileged.
     web_server = web.prepare(config)
-    agent = Agent(config, ctx.repository(), log, config_path=str(ctx.config_path),
-                  marker=marker, standby=standby_agent, web_server=web_server)
-    agent.run()
-    if agent.switch_to is not None:
-        _restart_with(agent.switch_to)
-    if agent.superseded is not None:
-        raise agent.superseded
-
-
-def _restart_with(config: Path) -> None:
-    """Run this same `markship run` again, with `config` (a failover's role-swapped config)."""
-    import os
-    import sys
-
-    from markship import argv as options
-
-    _, _, rest = options.parse(sys.argv[1:], options=("--config",), leading=True)
-    args = ["--config", str(config), *rest]
-    program = sys.argv[0]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if os.path.basename(program) == "markship" and os.access(program, os.X_OK):
-        os.execv(program, [program, *args])
-    os.execv(sys.executable, [sys.executable, "-c", "from markship._entry import main; main()",
-                              *args])
+    here: Context = ctx
+    while True:
+        agent = Agent(config, here.repository(), log, config_path=str(here.config_path),
+                      marker=marker, standby=standby_agent, web_server=web_server)
+        agent.run()
+        if agent.superseded is not None:
+            raise agent.superseded
+        if agent.switch_to is None:
+            return
+        # A failover made another site production and wrote its config here: the same
+        # agent goes on with it (the log, its file and the marking thread stay as they are).
+        here = Context(str(agent.switch_to))
+        config = here.config
+        marker = marking_thread(config, log)  # the last one was shut down with its agent
+        web_server = None
+        try:
+            web_server = web.prepare(config)
+        except MarkshipError as exc:
+            log("web.unavailable", level="warning", reason=exc.one_line(),
+                detail="the status page is not served after the switch: restart the agent "
+                       f"with --config {agent.switch_to}")
+        log("agent.switched", config=str(agent.switch_to), group=config.group.name,
+            site=config.site.name)
 
 
 COMMANDS = [run_agent]
