@@ -11,7 +11,15 @@ from pathlib import Path
 from markship.dr.drill import free_port_range
 from markship.pg.scratch import chown_to
 from tests.support.fingerprints import load_pgbench
-from tests.support.servers import OS_USER, PG_BIN, Group, GroupFactory, add_dr_site, run_markship
+from tests.support.servers import (
+    OS_USER,
+    PG_BIN,
+    Group,
+    GroupFactory,
+    add_dr_site,
+    run_markship,
+    stop_postmaster,
+)
 
 # A line for every read after the first (the interval is a millisecond).
 FAST = {"MARKSHIP_PROGRESS_INTERVAL": "0.001"}
@@ -35,10 +43,6 @@ def _scratch(group: Group, name: str) -> Path:
     chown_to(path, OS_USER)
     return path
 
-
-def _stop(data_dir: Path) -> None:
-    subprocess.run(["runuser", "-u", OS_USER, "--", str(PG_BIN / "pg_ctl"), "-D", str(data_dir),
-                    "-m", "immediate", "-w", "stop"], capture_output=True, check=False)
 
 
 def test_progress_lines_on_stderr_json_on_stdout(pg_group: GroupFactory) -> None:
@@ -81,7 +85,7 @@ def test_progress_lines_on_stderr_json_on_stdout(pg_group: GroupFactory) -> None
         assert check.stdout.strip() == "500000"
     finally:
         for name in ("alpha", "bravo"):
-            _stop(restored / name)
+            stop_postmaster(restored / name)
 
     out, err = _run(group, "verify", "--json")
     assert json.loads(out)["ok"]

@@ -55,6 +55,18 @@ def _setup(group: Group) -> None:
         setup_decisions(conn)
 
 
+def standby_pair(group: Group, moved: int) -> dict[str, ScratchServer]:
+    """The ledger on both servers of `group`, a backup, DR standbys, and `moved` moved from
+    alpha's account 1 to bravo's; the standbys."""
+    _setup(group)
+    group.ok("backup")
+    standbys = _dr_config(group)
+    group.ok("standby", "create")
+    group.servers[0].psql(f"UPDATE accounts SET balance = balance + {moved} WHERE id = 1")
+    group.servers[1].psql(f"UPDATE accounts SET balance = balance - {moved} WHERE id = 1")
+    return standbys
+
+
 def _replay_lsn(sb: ScratchServer) -> int:
     text = sb.psql("SELECT pg_last_wal_replay_lsn()")
     high, low = text.split("/")
@@ -176,12 +188,7 @@ def test_group_failover_to_one_mark(pg_group: GroupFactory) -> None:
 
 def test_failback_switches_roles_back(pg_group: GroupFactory) -> None:
     group = pg_group(2)
-    _setup(group)
-    group.ok("backup")
-    standbys = _dr_config(group)
-    group.ok("standby", "create")
-    group.servers[0].psql("UPDATE accounts SET balance = balance + 5 WHERE id = 1")
-    group.servers[1].psql("UPDATE accounts SET balance = balance - 5 WHERE id = 1")
+    standbys = standby_pair(group, 5)
     first = json.loads(group.ok("mark", "--json"))["name"]
     group.servers[0].psql("UPDATE accounts SET balance = balance + 1 WHERE id = 5")
     group.servers[1].psql("UPDATE accounts SET balance = balance - 1 WHERE id = 5")

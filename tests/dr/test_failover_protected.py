@@ -17,9 +17,15 @@ import psycopg
 
 from markship.dr.drill import free_port_range
 from markship.pg.scratch import chown_to
-from tests.dr.test_failover import _dr_config, _setup
+from tests.dr.test_failover import standby_pair
 from tests.support.checks import wait_for
-from tests.support.servers import MARKSHIP, OS_USER, PG_BIN, GroupFactory, run_markship
+from tests.support.servers import (
+    MARKSHIP,
+    OS_USER,
+    GroupFactory,
+    run_markship,
+    stop_postmaster,
+)
 
 
 def _marks(config: Path) -> list[dict[str, Any]]:
@@ -29,19 +35,10 @@ def _marks(config: Path) -> list[dict[str, Any]]:
     return result
 
 
-def _stop(data_dir: Path) -> None:
-    subprocess.run(["runuser", "-u", OS_USER, "--", str(PG_BIN / "pg_ctl"), "-D", str(data_dir),
-                    "-m", "immediate", "-w", "stop"], capture_output=True, check=False)
-
 
 def test_failover_leaves_the_group_protected(pg_group: GroupFactory) -> None:
     group = pg_group(2)
-    _setup(group)
-    group.ok("backup")
-    standbys = _dr_config(group)
-    group.ok("standby", "create")
-    group.servers[0].psql("UPDATE accounts SET balance = balance + 3 WHERE id = 1")
-    group.servers[1].psql("UPDATE accounts SET balance = balance - 3 WHERE id = 1")
+    standbys = standby_pair(group, 3)
     group.ok("mark")
 
     # Production's agent, and the DR host's standby agent waiting for the agent lock.
@@ -124,4 +121,4 @@ def test_failover_leaves_the_group_protected(pg_group: GroupFactory) -> None:
             assert balance == ((1003,) if name == "alpha" else (997,))
     finally:
         for name in standbys:
-            _stop(restored / name)
+            stop_postmaster(restored / name)

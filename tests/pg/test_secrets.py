@@ -38,6 +38,7 @@ from tests.support.servers import (
     add_dr_site,
     run_markship,
     running_agent,
+    stop_postmaster,
 )
 
 ROLE = "app_admin"
@@ -122,10 +123,6 @@ def _private(path: Path) -> None:
     assert mode & 0o077 == 0, f"{path} is mode {mode:04o}: others may read its password"
 
 
-def _stop_postmaster(data_dir: Path) -> None:
-    subprocess.run(["runuser", "-u", OS_USER, "--", str(PG_BIN / "pg_ctl"), "-D", str(data_dir),
-                    "-m", "immediate", "-w", "stop"], capture_output=True, check=False)
-
 
 def _dr_site(group: Group) -> dict[str, ScratchServer]:
     """A DR site, the client files failover writes, and a reference statement that stores
@@ -170,7 +167,7 @@ def test_a_password_never_shows_from_backup_to_failback(pg_group: GroupFactory) 
                                    "--json"))
         finally:
             for name in ("alpha", "bravo"):
-                _stop_postmaster(restored / name)
+                stop_postmaster(restored / name)
         shown = report["servers"]["alpha"]["conninfo"]
         assert f"user={ROLE}" in shown and f"port={port_base}" in shown  # still usable
         assert "password" not in shown

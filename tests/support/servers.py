@@ -218,6 +218,12 @@ def add_dr_site(group: Group, extra: str = "") -> dict[str, ScratchServer]:
     return standbys
 
 
+def stop_postmaster(data_dir: Path) -> None:
+    """Stop a server markship started in `data_dir` (a restore's), if one runs there."""
+    subprocess.run(["runuser", "-u", OS_USER, "--", str(PG_BIN / "pg_ctl"), "-D", str(data_dir),
+                    "-m", "immediate", "-w", "stop"], capture_output=True, check=False)
+
+
 def start_agent(config: Path) -> subprocess.Popen[str]:
     """`markship run` for the group of `config` (stdout and stderr piped)."""
     return subprocess.Popen([str(MARKSHIP), "--config", str(config), "run"],
