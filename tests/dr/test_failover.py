@@ -234,3 +234,14 @@ def test_failback_switches_roles_back(pg_group: GroupFactory) -> None:
         [str(START + 7), str(START - 7)]
     assert sum(int(s.psql("SELECT sum(balance) FROM accounts")) for s in old_site) == \
         2 * ACCOUNTS * START
+
+    # The checklist of the round trip's config tells the current roles: the DR site's servers
+    # are stopped primaries, no agent runs, and the marks before the return are history.
+    steps = {s["title"]: s for s in json.loads(group.markship("checklist", "--json").stdout)}
+    for title in ("Prepare the disaster recovery site", "Feed the DR site from the repository",
+                  "Standby servers match production in count and capacity"):
+        assert steps[title]["state"] == "✗", steps[title]
+    assert "ready to promote" not in steps["Restore the databases"]["evidence"]
+    assert steps["Run the backup job (marks, schedule, retention)"]["state"] == "✗"
+    assert back_mark not in steps["Restore the group to one mark"]["evidence"]
+    assert steps["Ship the WAL (log shipping) continuously"]["state"] == "✓", steps
