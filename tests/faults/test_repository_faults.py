@@ -170,7 +170,7 @@ def shim_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def faulty(pg_group: GroupFactory, shim_library: Path) -> Iterator[Faulty]:
     """One server archiving into a 48 MiB tmpfs repository, backed up once."""
     group = pg_group(1)
-    group.repo.mkdir()
+    group.repo.mkdir(exist_ok=True)  # made by the fixture; the tmpfs is mounted on it
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0750", "tmpfs",
                     str(group.repo)], check=True)
     try:

@@ -56,6 +56,8 @@ from markship.repository.base import Repository
 from markship.repository.catalog import GapRecord, MarkRecord
 from markship.timefmt import show, utcnow
 
+PROMOTION_WAIT = 60.0  # seconds a standby found mid-promotion gets to write its history file
+
 
 @dataclass
 class Report:
@@ -114,6 +116,14 @@ def promote_to_mark(config: Config, standby: StandbySection, mark: MarkRecord,
     data_dir = standby.data_dir
     wanted = f'at restore point "{mark.name}"'
     signals = (data_dir / "standby.signal").exists() or (data_dir / "recovery.signal").exists()
+    if not signals and stopped_at(data_dir) is None and postmaster_status(data_dir) is not None:
+        # Restarted by a failover that was interrupted, and promoting at this moment:
+        # PostgreSQL removed the signal file and is about to write the history file (it asks
+        # the archive for the newest timeline first). Its end decides what follows.
+        deadline = time.monotonic() + PROMOTION_WAIT
+        while stopped_at(data_dir) is None and postmaster_status(data_dir) is not None and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
     if not signals and stopped_at(data_dir) != wanted and stopped_in_archive_recovery(data_dir):
         # PostgreSQL removes the signal files just before it writes the new timeline's history
         # file: stopped in between (a failover killed while a standby promoted), the directory
