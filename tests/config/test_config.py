@@ -9,7 +9,7 @@ import pytest
 from markship.config import model as config_mod
 from markship.errors import ConfigError
 from tests.support.checks import one_error_line
-from tests.support.servers import run_markship
+from tests.support.servers import GroupFactory, run_markship
 
 GOOD = """
 [group]
@@ -88,3 +88,13 @@ def test_unreachable_server_and_unwritable_repository(workdir: Path) -> None:
     assert backup.returncode != 0
     line = one_error_line(backup.stderr, alone=True)
     assert "cannot connect to server orders" in line
+
+
+def test_check_names_each_server_version_the_tested_one_plainly(pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    out = group.ok("config", "check")
+    for name in ("alpha", "bravo"):
+        line = next(x for x in out.splitlines() if x.startswith(f"✓ server {name}: "))
+        # PostgreSQL 15, the version the suite runs: no "untested version" note
+        assert line.startswith(f"✓ server {name}: PostgreSQL 15.")
+        assert line.endswith(", archive_mode on") and "untested" not in line

@@ -118,6 +118,11 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
                 f"set archive_mode = on and archive_command = "
                 f"'{archive_command('markship', config.source, server.name)}', then restart it",
             )
+        if facts.version_num < programs.OLDEST_SUPPORTED:
+            raise BackupError(
+                f"server {server.name} runs PostgreSQL {facts.version}, which markship does "
+                "not support",
+                "markship supports PostgreSQL 13 and later (tested with 15): upgrade the server")
         config_refs = capture_config_files(conn, repo, server, set_id, facts.config_files)
     tools = programs.bin_dir(server.bin_dir, facts.version_num)
     label = f"markship:{set_id}:{server.name}"
@@ -131,6 +136,7 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
         programs.tool(tools, "pg_basebackup"), server.conninfo, label,
         level=config.backup.compression_level, workers=config.backup.compress_workers,
         archive_wait_seconds=config.backup.archive_wait_seconds, on_progress=progress,
+        server_zstd=facts.version_num >= programs.SERVER_ZSTD_FROM,
     )
     key = layout.base_archive_key(server.name, set_id)
     try:

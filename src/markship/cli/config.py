@@ -17,7 +17,7 @@ def config_group() -> None:
 @pass_context
 def config_check(ctx: Context) -> None:
     """Validate the config, connect to every server, check the repository is writable."""
-    from markship.pg import sql
+    from markship.pg import programs, sql
 
     config = ctx.config
     click.echo(f"✓ {config.source}: valid ({len(config.servers)} servers, group "
@@ -31,8 +31,16 @@ def config_check(ctx: Context) -> None:
             with sql.connect(server.conninfo, server.name) as conn:
                 facts = sql.facts(conn)
             archiving = "archive_mode on" if facts.archive_mode != "off" else "archive_mode OFF"
-            mark = "✓" if facts.archive_mode != "off" else "✗"
-            click.echo(f"{mark} server {server.name}: PostgreSQL {facts.version}, {archiving}")
+            too_old = facts.version_num < programs.OLDEST_SUPPORTED
+            mark = "✗" if facts.archive_mode == "off" or too_old else "✓"
+            # README "Supported PostgreSQL versions": the suite runs against 15 only
+            note = ("" if facts.version_num // 10000 == 15 else
+                    " (not supported: 13 and later are)" if too_old else " (untested version)")
+            click.echo(f"{mark} server {server.name}: PostgreSQL {facts.version}{note}, "
+                       f"{archiving}")
+            if too_old:
+                failed.append(f"server {server.name} runs PostgreSQL {facts.version}, older "
+                              "than 13")
             if facts.archive_mode == "off":
                 failed.append(f"archive_mode is off on server {server.name}")
         except MarkshipError as exc:

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from markship.errors import BackupError, ServerError
 from markship.pg.conninfo import ProgramConninfo
@@ -50,21 +50,36 @@ def kill_running() -> None:
             proc.kill()
 
 
+class ByteStream(Protocol):
+    """What a backup's stdout offers: `read(size)`."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+# pg_basebackup compresses with zstd on the server from PostgreSQL 15 on; before, markship does.
+SERVER_ZSTD_FROM = 150000
+# The oldest PostgreSQL markship backs up (README "Supported PostgreSQL versions").
+OLDEST_SUPPORTED = 130000
+
+
 class BaseBackupProcess:
-    """`pg_basebackup` writing one zstd-compressed tar to stdout, watched on stderr.
+    """`pg_basebackup` writing one tar to stdout, watched on stderr; `stdout` gives the tar
+    zstd-compressed either way: by the server (`server_zstd`, PostgreSQL 15 and later) or by
+    markship as it streams (13 and 14, whose pg_basebackup has no zstd).
 
     The caller reads `stdout` to the end, then calls `finish()`, which raises BackupError when
     pg_basebackup failed; the streamed bytes must then be discarded.
     """
 
     def __init__(self, pg_basebackup: str, conninfo: str, label: str, *, level: int,
-                 workers: int, archive_wait_seconds: int,
+                 workers: int, archive_wait_seconds: int, server_zstd: bool = True,
                  on_progress: Callable[[int, int], None] | None = None) -> None:
         detail = f"level={level}" + (f",workers={workers}" if workers else "")
+        compress = [f"--compress=server-zstd:{detail}"] if server_zstd else []
         # The password travels in the environment, never on the command line (see conninfo).
         self.login = ProgramConninfo(conninfo)
         self.argv = [pg_basebackup, "-d", self.login.argv, "-D", "-", "-Ft", "-X", "none",
-                     "--checkpoint=fast", f"--compress=server-zstd:{detail}", "--no-manifest",
+                     "--checkpoint=fast", *compress, "--no-manifest",
                      "-l", label, "--progress", "--no-password"]
         self.archive_wait_seconds = archive_wait_seconds
         self.on_progress = on_progress
@@ -81,7 +96,12 @@ class BaseBackupProcess:
             raise
         _RUNNING.add(self.proc)
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.stdout: IO[bytes] = self.proc.stdout
+        self.stdout: ByteStream = self.proc.stdout
+        if not server_zstd:
+            import zstandard
+
+            self.stdout = zstandard.ZstdCompressor(level=level, threads=workers).stream_reader(
+                self.proc.stdout, closefd=False)
         self._watcher = threading.Thread(target=self._watch, args=(self.proc.stderr,),
                                          daemon=True)
         self._watcher.start()
