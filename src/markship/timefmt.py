@@ -22,6 +22,18 @@ def show_exact(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def exact_times(value: object) -> object:
+    """`value` with every time inside it (in dicts, lists and tuples) as `show_exact` writes
+    it: what every JSON document markship prints or serves goes through."""
+    if isinstance(value, datetime):
+        return show_exact(value)
+    if isinstance(value, dict):
+        return {key: exact_times(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [exact_times(item) for item in value]
+    return value
+
+
 def parse_aware(text: str) -> datetime:
     """Parse an ISO 8601 time that states its zone (`Z` or `+01:00`); raise ValueError else."""
     cleaned = text.strip()

@@ -21,6 +21,7 @@ import pytest
 from markship.pg.lsn import parse_segment_name
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
 from markship.repository import layout
+from markship.timefmt import parse_aware, show
 from tests.support.checks import (
     complete_marks,
     marks_of,
@@ -173,12 +174,13 @@ def test_pg_wal_stays_bounded_and_the_gap_is_known(pg_group: GroupFactory,
         found = group.store.stored_keys(layout.wal_dir("alpha", segment) + segment)
         assert found == [], f"{segment} lies in the gap, yet it was stored: {found}"
     text_status = group.markship("status").stdout
+    shown_from = show(parse_aware(gap["wal_from"]))  # text: to the second, JSON: exact
     assert (f"✗ WAL of server alpha dropped by pg_wal protection: {gap['first_segment']}.."
             f"{gap['last_segment']}") in text_status, text_status
-    assert f"no point from {gap['wal_from']} on can be restored" in text_status
+    assert f"no point from {shown_from} on can be restored" in text_status
     steps = {s["title"]: s for s in json.loads(group.markship("checklist", "--json").stdout)}
     step = next(s for t, s in steps.items() if "pg_wal protection" in t)
-    assert step["state"] == "✗" and gap["wal_from"] in step["evidence"], step
+    assert step["state"] == "✗" and shown_from in step["evidence"], step
     journal = json.loads(group.ok("journal", "--json"))
     assert any(e["objects"].get("gap") and e["outcome"].startswith("failed: WAL of server "
                "alpha dropped") for e in journal), journal[-3:]

@@ -1,5 +1,6 @@
 """Event log of long-running commands: one line per event with its level (info, warning,
-error) and a UTC timestamp, on stderr or appended to a file.
+error) and a UTC timestamp (to the millisecond in text, to the microsecond in JSON lines), on
+stderr or appended to a file.
 
 When stderr is systemd's journal (JOURNAL_STREAM names it, see systemd.exec(5)), or when
 asked, each line starts with its sd-daemon priority prefix (`<6>` info, `<4>` warning,
@@ -15,6 +16,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
+
+from markship.timefmt import exact_times
 
 LEVELS = ("info", "warning", "error")
 # sd-daemon(3): SD_ERR, SD_WARNING, SD_INFO
@@ -91,9 +94,9 @@ class EventLog:
             level = "error"  # a level markship does not know is a defect: make it seen
         now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-        if self.as_json:
-            line = json.dumps({"time": stamp, "level": level, "event": event, **fields},
-                              default=str)
+        if self.as_json:  # a JSON document: its times like every other markship prints
+            line = json.dumps(exact_times({"time": now, "level": level, "event": event,
+                                           **fields}), default=str)
         else:
             parts = [stamp, level, event]
             for key, value in fields.items():

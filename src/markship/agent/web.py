@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from markship.monitor import metrics
 from markship.monitor.snapshot import Snapshot, status_json
 from markship.pg.conninfo import redact_text
 from markship.repository.base import Repository
-from markship.timefmt import show
+from markship.timefmt import exact_times
 
 WEB_NICE = 10  # the refresher and request threads yield the CPU to marks
 # While the web server runs, a thread waiting for the interpreter lock (the marking thread,
@@ -245,12 +244,13 @@ class _Published:
 
 
 def api_status(snapshot: Snapshot) -> dict[str, Any]:
-    """`/api/status`: `markship status --json` plus marks, standbys, checklist, taken_at."""
+    """`/api/status`: `markship status --json` plus marks, standbys, checklist, taken_at
+    (times as datetimes: see `_api_bytes`)."""
     return status_json(snapshot.status) | {
-        "taken_at": show(snapshot.taken_at),
+        "taken_at": snapshot.taken_at,
         "snapshot_seconds": round(snapshot.seconds, 3),
         "snapshot_problems": snapshot.problems,
-        "marks": [s.record.model_dump(mode="json") | {
+        "marks": [s.record.model_dump() | {
             "complete": s.complete, "waiting_for": s.waiting_for,
             "unrestorable": s.unrestorable, "age_seconds": round(s.age_seconds, 3)}
             for s in snapshot.marks],
@@ -259,9 +259,13 @@ def api_status(snapshot: Snapshot) -> dict[str, Any]:
         "checklist": [asdict(s) for s in snapshot.checklist]}
 
 
+def _api_bytes(snapshot: Snapshot) -> bytes:
+    """`/api/status` as served: times to the microsecond with zone, as `--json` prints them."""
+    return json.dumps(exact_times(api_status(snapshot)), default=_json_default, indent=2,
+                      sort_keys=True).encode()
+
+
 def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        return show(value)
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
@@ -323,8 +327,7 @@ class WebServer:
             try:
                 taken = snapshot.take(self.config, self.repo, self.copies, known_marks=known)
                 self.history.update(self.repo, self.copies, taken)
-                api = json.dumps(api_status(taken), default=_json_default, indent=2,
-                                 sort_keys=True).encode()
+                api = _api_bytes(taken)
                 try:
                     rendered: bytes | None = page.render(taken, self.config).encode()
                     self.said.pop("web.page_failed", None)

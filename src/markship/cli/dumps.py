@@ -51,7 +51,7 @@ def dumps_run(ctx: Context, names: tuple[str, ...], as_json: bool) -> None:
             out.dump_failed(dump.dump_name, exc.one_line())
             continue
         seconds = time.monotonic() - started
-        done.append({**record.model_dump(mode="json"), "seconds": round(seconds, 3)})
+        done.append({**record.model_dump(), "seconds": round(seconds, 3)})
         out.dump_done(record, seconds)
     out.dumps_run(done, failed)
     if failed:

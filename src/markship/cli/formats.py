@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from markship.timefmt import show
+from markship.timefmt import exact_times
 
 if TYPE_CHECKING:
     from markship.backup.dumps import DumpRecord
@@ -17,15 +16,15 @@ if TYPE_CHECKING:
 
 
 def _default(value: object) -> object:
-    if isinstance(value, datetime):
-        return show(value)
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def emit_json(data: object) -> None:
-    click.echo(json.dumps(data, default=_default, indent=2, sort_keys=True))
+    """`data` as one JSON document on stdout, every time in it to the microsecond with its
+    zone (`timefmt.exact_times`): pass records as `model_dump()`, not `mode="json"`."""
+    click.echo(json.dumps(exact_times(data), default=_default, indent=2, sort_keys=True))
 
 
 def size(n: int | None) -> str:

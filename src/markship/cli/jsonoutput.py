@@ -36,11 +36,12 @@ if TYPE_CHECKING:
 
 
 class JsonOutput(TextOutput):
-    """One JSON document on stdout (keys sorted, times with zone) for the --json commands."""
+    """One JSON document on stdout (keys sorted, times to the microsecond with zone: see
+    formats.emit_json) for the --json commands."""
 
     def backup(self, result: SetResult) -> None:
-        emit_json({"set": result.record.model_dump(mode="json"),
-                   "backups": {k: v.model_dump(mode="json") for k, v in result.backups.items()}})
+        emit_json({"set": result.record.model_dump(),
+                   "backups": {k: v.model_dump() for k, v in result.backups.items()}})
 
     def list_sets(self, states: list[SetState]) -> None:
         emit_json([{
@@ -49,7 +50,7 @@ class JsonOutput(TextOutput):
             "servers": s.record.servers, "problems": s.problems,
             "raw_bytes": sum(b.raw_size for b in s.backups.values()),
             "stored_bytes": sum(b.archive.size for b in s.backups.values()),
-            "backups": {k: b.model_dump(mode="json") for k, b in s.backups.items()},
+            "backups": {k: b.model_dump() for k, b in s.backups.items()},
         } for s in states])
 
     def status(self, status: GroupStatus) -> None:
@@ -88,7 +89,7 @@ class JsonOutput(TextOutput):
         emit_json(result_json(result, "command"))
 
     def marks(self, states: list[MarkState]) -> None:
-        emit_json([s.record.model_dump(mode="json") | {
+        emit_json([s.record.model_dump() | {
             "complete": s.complete, "waiting_for": s.waiting_for,
             "unrestorable": s.unrestorable,
             "age_seconds": round(s.age_seconds, 3)} for s in states])
@@ -97,7 +98,7 @@ class JsonOutput(TextOutput):
         emit_json([asdict(r) for r in done])
 
     def journal(self, found: list[JournalEntry]) -> None:
-        emit_json([e.model_dump(mode="json") for e in found])
+        emit_json([e.model_dump() for e in found])
 
     def journal_verify(self, result: Verification) -> None:
         emit_json({"entries": result.entries, "ok": result.ok, "problem": result.problem})
@@ -106,7 +107,7 @@ class JsonOutput(TextOutput):
         emit_json([asdict(s) for s in result])
 
     def failover(self, report: FailoverReport, dry_run: bool) -> None:
-        emit_json(_exact_times({**asdict(report), "protected": report.protected}))
+        emit_json({**asdict(report), "protected": report.protected})
 
     def checklist(self, steps: list[Step]) -> None:
         emit_json([asdict(s) for s in steps])
@@ -119,10 +120,10 @@ class JsonOutput(TextOutput):
                    "checks": [c.as_dict() for c in results]})
 
     def drill(self, record: DrillRecord, repository: str) -> None:
-        emit_json(record.model_dump(mode="json"))
+        emit_json(record.model_dump())
 
     def drills(self, records: list[DrillRecord]) -> None:
-        emit_json([r.model_dump(mode="json") for r in records])
+        emit_json([r.model_dump() for r in records])
 
     def key_status(self, status: KeyStatus) -> None:
         emit_json(asdict(status))
@@ -137,20 +138,20 @@ class JsonOutput(TextOutput):
         emit_json({"dumps": done, "failed": failed})
 
     def dumps_list(self, dumps: list[DumpRecord], name: str | None) -> None:
-        emit_json([d.model_dump(mode="json") for d in dumps])
+        emit_json([d.model_dump() for d in dumps])
 
     def dumps_restore(self, record: DumpRecord, result: DumpRestoreResult,
                       seconds: float) -> None:
-        emit_json({"dump": record.model_dump(mode="json"), "target": result.target,
+        emit_json({"dump": record.model_dump(), "target": result.target,
                    "seconds": round(seconds, 3)})
 
     def files_capture(self, results: list[tuple[str, FilesetRecord | None]]) -> None:
         emit_json([{"name": name, "captured": record is not None,
-                    "record": None if record is None else record.model_dump(mode="json")}
+                    "record": None if record is None else record.model_dump()}
                    for name, record in results])
 
     def files_list(self, records: list[FilesetRecord], name: str | None) -> None:
-        emit_json([r.model_dump(mode="json") for r in records])
+        emit_json([r.model_dump() for r in records])
 
     def repository_sync(self, results: list[SyncResult], failed: dict[str, str],
                         dry_run: bool) -> None:
@@ -161,17 +162,3 @@ class JsonOutput(TextOutput):
              "returned_bytes": r.returned_bytes, "conflicts": r.conflicts}
             for r in results]})
 
-
-def _exact_times(value: object) -> object:
-    """`value` with every time as an ISO 8601 string to the microsecond, with zone."""
-    from datetime import datetime
-
-    from markship.timefmt import show_exact
-
-    if isinstance(value, datetime):
-        return show_exact(value)
-    if isinstance(value, dict):
-        return {k: _exact_times(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_exact_times(v) for v in value]
-    return value

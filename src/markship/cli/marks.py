@@ -78,18 +78,28 @@ def resolve(servers: tuple[str, ...], decisions: str, dry_run: bool, as_json: bo
 
 
 @click.command("client-sql")
+@click.option("--setup", is_flag=True,
+              help="Only the DDL of the decision table (idempotent; needs no config): "
+                   "markship client-sql --setup | psql … on the barrier server.")
+@click.option("--protocol", is_flag=True,
+              help="Only the commit protocol, annotated, with the group's barrier key.")
 @pass_context
-def client_sql(ctx: Context) -> None:
-    """Print the SQL of the two-phase commit protocol (decision table, barrier key)."""
-    from markship.client import SETUP_SQL, barrier_key
+def client_sql(ctx: Context, setup: bool, protocol: bool) -> None:
+    """Print two-phase commit in SQL: the decision table's DDL and the commit protocol.
 
-    key = barrier_key(ctx.config.group.name)
-    click.echo(f"-- on the barrier server ({ctx.config.barrier_server.name}), once:{SETUP_SQL}")
-    click.echo(f"""-- per cross-server commit, after PREPARE TRANSACTION 'gid' on each participant:
-SELECT pg_advisory_lock_shared({key});            -- on the barrier server
-INSERT INTO markship.decisions (gid) VALUES ('gid');  -- committed on its own
-COMMIT PREPARED 'gid';                                -- on every participant
-SELECT pg_advisory_unlock_shared({key});          -- on the barrier server""")
+    Without --setup or --protocol both are printed, to read; only --setup is meant for psql."""
+    from markship.client import SETUP_SQL, protocol_sql
+
+    both = not setup and not protocol
+    if setup or both:
+        click.echo("-- markship decision table: run once on the barrier server ([marks] "
+                   "barrier_server,\n-- else the first [[server]]); creates nothing that "
+                   f"exists already.\n{SETUP_SQL}", nl=False)
+    if both:
+        click.echo()
+    if protocol or both:
+        config = ctx.config
+        click.echo(protocol_sql(config.group.name, config.barrier_server.name), nl=False)
 
 
 COMMANDS = [mark, marks, resolve, client_sql]

@@ -445,7 +445,9 @@ def _in_doubt(f: _Facts) -> Step:
         return Step("restore", title, UNUSED, "no two-phase commit in use")
     if not setup.decision_table:
         return Step("restore", title, MISSING, "prepared transactions are enabled but there "
-                    "is no decision table", "markship client-sql (create markship.decisions)")
+                    "is no decision table",
+                    f"markship client-sql --setup | psql (on {barrier.name}: creates "
+                    "markship.decisions)")
     return Step("restore", title, DONE, f"decisions recorded on {barrier.name}: settled at "
                 "failover")
 

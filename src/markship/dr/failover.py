@@ -54,7 +54,7 @@ from markship.privatefile import write_private
 from markship.repository import catalog, layout, records, restorable
 from markship.repository.base import Repository
 from markship.repository.catalog import GapRecord, MarkRecord
-from markship.timefmt import show, utcnow
+from markship.timefmt import exact_times, show, utcnow
 
 PROMOTION_WAIT = 60.0  # seconds a standby found mid-promotion gets to write its history file
 
@@ -385,7 +385,7 @@ def failover(config: Config, repo: Repository, mark_name: str | None = None,
     report.rto_seconds = time.monotonic() - began
     report.archiving = check_archiving(generation, archive_wait)
     final = record.model_copy(update={"status": "done", "finished_at": utcnow(),
-                                      "report": json.loads(json.dumps(asdict(report),
+                                      "report": json.loads(json.dumps(exact_times(asdict(report)),
                                                                       default=str))})
     records.write_record(repo, key, final, overwrite=True)
     return report

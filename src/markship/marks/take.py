@@ -178,9 +178,12 @@ def result_line(result: MarkResult) -> str:
 
 
 def result_json(result: MarkResult, taken_by: str) -> dict[str, object]:
-    """What `markship mark --json` prints; `taken_by`: "command" or "agent"."""
-    return result.record.model_dump(mode="json") | {"delivery_ms": result.switch_ms,
-                                                      "taken_by": taken_by}
+    """What `markship mark --json` prints, ready for json.dumps (times as
+    `timefmt.exact_times` writes them); `taken_by`: "command" or "agent"."""
+    from markship.timefmt import exact_times
+
+    shown = {key: exact_times(value) for key, value in result.record.model_dump().items()}
+    return shown | {"delivery_ms": result.switch_ms, "taken_by": taken_by}
 
 
 @dataclass(frozen=True)

@@ -89,11 +89,12 @@ def group_status(config: Config, repo: Repository, copies: list[Copy]) -> GroupS
 
 
 def status_json(status: GroupStatus) -> dict[str, Any]:
-    """`markship status --json` (and the `status` part of `/api/status`)."""
+    """`markship status --json` (and the `status` part of `/api/status`); its times are
+    datetimes, written by `timefmt.exact_times` where it is printed."""
     newest = status.newest
     return {"servers": [asdict(s) | {"healthy": s.healthy} for s in status.servers],
             "repositories": [asdict(r) for r in status.repositories],
-            "wal_gaps": [g.record.model_dump(mode="json") | {
+            "wal_gaps": [g.record.model_dump() | {
                 "restorable_again": g.healed_by is not None,
                 "healed_by_set": g.healed_by.set_id if g.healed_by else None,
                 "unrestorable_from": g.record.wal_from,
