@@ -305,6 +305,10 @@ def claimed_target_dir(target_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+# What start_and_wait waits for, per recovery_target_action.
+_UNTIL = {"promote": "promoted", "pause": "paused", "shutdown": "shutdown"}
+
+
 def restore_server(config: Config, repo: Repository, server: str, target_dir: Path,
                    target: Target, *, set_id: str | None = None, start: bool = False,
                    port: int | None = None, extra_settings: dict[str, str] | None = None,
@@ -352,12 +356,11 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
         stopped: str | None = None
         if start:
             directory = DataDir.at(target_dir, section.bin_dir, backup.pg_version_num)
-            until = "standby" if standby else target.action
-            directory.start_and_wait(wait_seconds, until="promoted" if until == "promote"
-                                     else until)
-            if until == "promote":
+            until = "standby" if standby else _UNTIL[target.action]
+            directory.start_and_wait(wait_seconds, until=until)
+            if until == "promoted":
                 reached = check_recovery_end(repo, server, backup, target, directory)
-            elif until in ("pause", "shutdown"):
+            elif until in ("paused", "shutdown"):
                 stopped = stop_reason(target_dir)
     return RestoreResult(server, backup.set_id, target_dir, target, start, port,
                          time.monotonic() - began, *reached, stopped_at=stopped)

@@ -70,11 +70,12 @@ class DataDir:
         log = server_log(self.path)
         if until in ("paused", "shutdown"):
             offset = log.stat().st_size if log.exists() else 0
-            # pg_ctl's own wait ends at 'standby' (or fails when the server shuts down at
-            # the target on purpose): the log says when the target was reached.
-            proc = start(self.pg_ctl, self.path, log, wait_seconds, wait=False)
-            if proc.returncode != 0 or not wait_for_target(self.path, offset, until,
-                                                           wait_seconds):
+            # pg_ctl's own wait ends once the server is a consistent standby, before it reaches
+            # the target (and it fails when the server already shut down there on purpose): the
+            # log says when the target was reached.
+            proc = start(self.pg_ctl, self.path, log, wait_seconds)
+            started = proc.returncode == 0 or until == "shutdown"
+            if not started or not wait_for_target(self.path, offset, until, wait_seconds):
                 fail_start(self.path, log, proc.stderr, wait_seconds)
             return
         proc = start(self.pg_ctl, self.path, log, wait_seconds)
