@@ -76,6 +76,11 @@ class DataDir:
             proc = start(self.pg_ctl, self.path, log, wait_seconds)
             started = proc.returncode == 0 or until == "shutdown"
             if not started or not wait_for_target(self.path, offset, until, wait_seconds):
+                if until == "paused" and in_production(self.path):
+                    raise RestoreError(
+                        "the restored server promoted at its target instead of pausing "
+                        "(PostgreSQL does so when it could not open for reading there)",
+                        f"it is open for writes now; see {log}")
                 fail_start(self.path, log, proc.stderr, wait_seconds)
             return
         proc = start(self.pg_ctl, self.path, log, wait_seconds)
@@ -244,7 +249,7 @@ def wait_for_target(data_dir: Path, offset: int, until: str, wait_seconds: float
     while time.monotonic() < deadline:
         running = postmaster_status(data_dir) is not None
         reached = line in _log_since(log, offset)
-        if until == "paused" and (reached or not running):
+        if until == "paused" and (reached or not running or in_production(data_dir)):
             return reached and running
         if until == "shutdown" and reached and not postmaster_alive(data_dir):
             return True
