@@ -140,3 +140,26 @@ def test_group_paused_at_a_mark_settles_on_resume(pg_group: GroupFactory) -> Non
         assert handle.psql("SELECT count(*) FROM pg_prepared_xacts") == "0"
         end = recovery_end(Path(template.format(server=name)))
         assert end is not None and f'at restore point "{mark}"' in end.reason
+
+
+def test_shutdown_at_the_target_then_resume(pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    alpha = group.servers[0]
+    alpha.psql("CREATE TABLE orders (id int)")
+    group.ok("backup")
+    alpha.psql("INSERT INTO orders SELECT generate_series(1, 10)")
+    wait_archived(alpha)
+
+    handle = group.restored("alpha")
+    proc = group.markship("restore", "--server", "alpha", "--target-dir", str(handle.data_dir),
+                          "--immediate", "--action", "shutdown", "--start", "--port",
+                          str(handle.port), "--setting",
+                          f"unix_socket_directories={handle.base_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "shut down there" in proc.stdout
+    assert not (handle.data_dir / "postmaster.pid").exists()
+    assert recovery_end(handle.data_dir) is None  # not promoted
+    # --resume starts it with promote as the action: the backup's state, open for writes.
+    group.ok("restore", "--resume", "--target-dir", str(handle.data_dir))
+    assert handle.psql("SELECT count(*) FROM orders") == "0"
+    handle.psql("INSERT INTO orders VALUES (0)")

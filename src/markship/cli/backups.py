@@ -268,9 +268,12 @@ def _target(at_time: str | None, point_name: str | None, lsn: str | None, xid: s
 
 
 def _resume(ctx: Context, target_dir: Path, whole_group: bool, as_json: bool) -> None:
+    from markship import osuser
     from markship.backup.group_restore import resume_group
     from markship.backup.paused import resume
 
+    # The restore's OS user: it owns the data directory, and pg_ctl refuses to run as root.
+    osuser.switch_to(ctx.config.repository.os_user)
     if whole_group:
         report = resume_group(ctx.config, str(target_dir))
         ctx.note(group="all servers", resumed=target_dir)
