@@ -163,3 +163,30 @@ def test_shutdown_at_the_target_then_resume(pg_group: GroupFactory) -> None:
     group.ok("restore", "--resume", "--target-dir", str(handle.data_dir))
     assert handle.psql("SELECT count(*) FROM orders") == "0"
     handle.psql("INSERT INTO orders VALUES (0)")
+
+
+def test_advance_by_time_and_never_back(pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    alpha = group.servers[0]
+    alpha.psql("CREATE TABLE orders (id int)")
+    group.ok("backup")
+    times = []
+    for first in (1, 11, 21):
+        alpha.psql(f"INSERT INTO orders SELECT generate_series({first}, {first + 9})")
+        times.append(alpha.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+                                "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"))
+    # Recovery to a time stops at the first commit after it: one more, archived.
+    alpha.psql("INSERT INTO orders SELECT generate_series(31, 40)")
+    wait_archived(alpha)
+
+    paused = group.restore("alpha", "--time", times[1], "--action", "pause")
+    assert paused.psql("SELECT count(*) FROM orders") == "20"
+    back = group.markship("restore", "--advance-to", "--time", times[0], "--target-dir",
+                          str(paused.data_dir))
+    assert back.returncode != 0 and "lies before the last transaction" in back.stderr
+    assert back.stderr.count("\n") == 1, back.stderr
+    assert paused.psql("SELECT count(*) FROM orders") == "20"  # untouched, still paused
+    group.ok("restore", "--advance-to", "--time", times[2], "--target-dir",
+             str(paused.data_dir))
+    assert paused.psql("SELECT count(*) FROM orders") == "30"
+    assert paused.psql("SELECT pg_is_in_recovery()") == "t"
