@@ -140,6 +140,12 @@ def test_group_paused_at_a_mark_settles_on_resume(pg_group: GroupFactory) -> Non
         assert handle.psql("SELECT count(*) FROM pg_prepared_xacts") == "0"
         end = recovery_end(Path(template.format(server=name)))
         assert end is not None and f'at restore point "{mark}"' in end.reason
+    # Run again (as after a resume that failed on one server): the promoted ones count as
+    # done, and nothing is left to settle.
+    again = group.markship("restore", "--group", "--resume", "--json", "--target-dir",
+                           template)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["resolutions"] == []
 
 
 def test_shutdown_at_the_target_then_resume(pg_group: GroupFactory) -> None:

@@ -88,8 +88,10 @@ def restore_group(config: Config, repo: Repository, mark_name: str | None, dir_t
 
 def resume_group(config: Config, dir_template: str) -> GroupRestoreReport:
     """Promote every server of a group restored paused (`restore_group(action="pause")`)
-    and settle its prepared transactions, as restore_group does after promotion. Raises
-    RestoreError naming the servers that could not be promoted."""
+    and settle its prepared transactions, as restore_group does after promotion. Servers
+    promoted already (by an earlier run that failed on another server) count as done, so
+    the same command can be run again. Raises RestoreError naming the servers that could not
+    be promoted."""
     import time
 
     if "{server}" not in dir_template:
@@ -98,13 +100,13 @@ def resume_group(config: Config, dir_template: str) -> GroupRestoreReport:
     began = time.monotonic()
     dirs = {s.name: Path(dir_template.format(server=s.name)) for s in config.servers}
     done, failures = perserver.settle(
-        {name: partial(resume, config, directory) for name, directory in dirs.items()},
-        MarkshipError)
+        {name: partial(resume, config, directory, again=True)
+         for name, directory in dirs.items()}, MarkshipError)
     if failures:
         detail = "; ".join(f"{n}: {e.one_line()}" for n, e in failures.items())
         raise RestoreError(f"group resume failed ({detail})")
     results: dict[str, PausedResult] = done
-    marks = {r.target for r in results.values()}
+    marks = {r.target.removeprefix("restore point ") for r in results.values()}
     report = GroupRestoreReport(mark=", ".join(sorted(marks)), action="resumed")
     report.resolutions = resolve_in_doubt({n: r.conninfo for n, r in results.items()},
                                           config.barrier_server.name)

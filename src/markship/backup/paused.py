@@ -55,32 +55,40 @@ class PausedResult:
     port: int | None = None
 
 
-def resume(config: Config, target_dir: Path, wait_seconds: float = 600) -> PausedResult:
+def resume(config: Config, target_dir: Path, wait_seconds: float = 600,
+           again: bool = False) -> PausedResult:
     """Promote the restore in `target_dir`, paused at its target (or shut down there).
 
-    Raises RestoreError when it is not a markship restore, was promoted already, or is
+    Raises RestoreError when it is not a markship restore, was promoted already (unless
+    `again`: a group resume run once more after some of its servers were promoted), or is
     running without being paused at its target."""
     began = time.monotonic()
     state = read_state(target_dir)
-    directory = _directory(config, target_dir, state)
     target_conninfo = conninfo(config, state)
-    if postmaster_status(target_dir) is None:
-        # Shut down at the target (or stopped while paused): it promotes on its next start.
-        write_settings(target_dir, {"recovery_target_action": "promote"},
-                       f"markship restore --resume {show(utcnow())}")
-        directory.start_and_wait(wait_seconds, "promoted")
-    else:
-        with connect(target_conninfo, state.server) as conn:
-            _require_paused(recovery.pause(conn), target_dir)
-            recovery.resume_replay(conn)
-        if not wait_until(target_dir, "promoted", wait_seconds):
-            fail_start(target_dir, server_log(target_dir), "", wait_seconds)
+    if not (again and in_production(target_dir)):
+        _promote(_directory(config, target_dir, state), state, target_conninfo, wait_seconds)
     end = recovery_end(target_dir)
     write_state(target_dir, replace(state, action="promote"))
     return PausedResult(state.server, target_dir, "promoted", state.target,
                         None if end is None else format_lsn(end.lsn),
                         None if end is None else end.reason, target_conninfo,
                         time.monotonic() - began, state.port)
+
+
+def _promote(directory: DataDir, state: RestoreState, target_conninfo: str,
+             wait_seconds: float) -> None:
+    target_dir = directory.path
+    if postmaster_status(target_dir) is None:
+        # Shut down at the target (or stopped while paused): it promotes on its next start.
+        write_settings(target_dir, {"recovery_target_action": "promote"},
+                       f"markship restore --resume {show(utcnow())}")
+        directory.start_and_wait(wait_seconds, "promoted")
+        return
+    with connect(target_conninfo, state.server) as conn:
+        _require_paused(recovery.pause(conn), target_dir)
+        recovery.resume_replay(conn)
+    if not wait_until(target_dir, "promoted", wait_seconds):
+        fail_start(target_dir, server_log(target_dir), "", wait_seconds)
 
 
 def advance(config: Config, repo: Repository, target_dir: Path, target: Target,
