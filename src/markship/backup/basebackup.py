@@ -123,6 +123,16 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
                 f"server {server.name} runs PostgreSQL {facts.version}, which markship does "
                 "not support",
                 "markship supports PostgreSQL 13 and later (tested with 15): upgrade the server")
+        spaces = sql.tablespaces(conn)
+        if spaces:
+            # pg_basebackup streams a single tablespace to stdout and fails on the others
+            # half-way through: refuse before anything is written.
+            listed = ", ".join(f"{name} ({where})" for name, where in spaces.items())
+            raise BackupError(
+                f"server {server.name} has tablespaces outside its data directory: {listed}; "
+                "markship backs up the default tablespace only",
+                "move their tables to pg_default (ALTER TABLE … SET TABLESPACE pg_default) "
+                "and drop them, or back this server up with another tool")
         config_refs = capture_config_files(conn, repo, server, set_id, facts.config_files)
     tools = programs.bin_dir(server.bin_dir, facts.version_num)
     label = f"markship:{set_id}:{server.name}"

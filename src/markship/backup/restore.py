@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from markship.backup.basebackup import ProgressFn
 from markship.backup.holds import hold
+from markship.backup.restorestate import RestoreState, restored_host, write_state
+from markship.backup.targets import Target, choose_backup
 from markship.config.model import Config
-from markship.errors import CorruptObject, ObjectMissing, RestoreError
+from markship.errors import CorruptObject, RestoreError
 from markship.pg.commands import fetch_command
 from markship.pg.datadir import (
     DataDir,
@@ -30,6 +31,7 @@ from markship.pg.datadir import (
     postmaster_status,
     recovery_end,
     server_log,
+    stop_reason,
     write_settings,
 )
 from markship.pg.lsn import format_lsn, segment_holding_end
@@ -38,33 +40,6 @@ from markship.repository.base import Readable, Repository
 from markship.repository.catalog import BackupRecord
 from markship.repository.hashing import HashingReader
 from markship.timefmt import show, utcnow
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where recovery stops: the end of the archive, a time, or a named restore point."""
-
-    kind: str  # "latest" | "time" | "name" | "standby" (continuous recovery, no target)
-    time: datetime | None = None
-    name: str | None = None
-    mark: catalog.MarkRecord | None = None  # set when `name` is a group mark
-
-    def settings(self) -> dict[str, str]:
-        if self.kind == "time" and self.time is not None:
-            return {"recovery_target_time": self.time.isoformat(),
-                    "recovery_target_action": "promote"}
-        if self.kind == "name" and self.name is not None:
-            return {"recovery_target_name": self.name, "recovery_target_action": "promote"}
-        return {}
-
-    def describe(self) -> str:
-        if self.kind == "time":
-            return f"time {show(self.time)}"
-        if self.kind == "name":
-            return f"restore point {self.name}"
-        if self.kind == "standby":
-            return "continuous recovery up to the newest complete mark"
-        return "the end of the archived WAL"
 
 
 @dataclass(frozen=True)
@@ -78,83 +53,7 @@ class RestoreResult:
     seconds: float
     recovery_end_lsn: str | None = None  # where recovery stopped (when started)
     archive_end_lsn: str | None = None  # how far it had to reach: the target, or the archive
-
-
-def complete_backups(repo: Repository, server: str) -> list[BackupRecord]:
-    """This server's finished backups with their WAL archived, newest first.
-
-    A server's backup is usable for restoring that server alone even when another server of
-    its set failed; group restores (later) need complete sets.
-    """
-    found = []
-    wal: dict[str, restorable.WalIndex] = {}
-    for record in catalog.list_sets(repo):
-        if server not in record.servers:
-            continue
-        state = restorable.set_state(repo, record, wal)
-        if server in state.restorable:
-            found.append(state.restorable[server])
-    return sorted(found, key=lambda b: b.consistent_at, reverse=True)
-
-
-def choose_backup(repo: Repository, server: str, target: Target,
-                  set_id: str | None = None) -> BackupRecord:
-    """The newest complete backup from which `target` can be reached.
-
-    Raises RestoreError when there is none, or the target lies before every backup's
-    consistency point.
-    """
-    backups = complete_backups(repo, server)
-    if set_id is not None:
-        backups = [b for b in backups if b.set_id == set_id]
-        if not backups:
-            raise RestoreError(f"backup set {set_id} has no usable backup of server {server}",
-                               "pick a set that markship list shows as complete")
-    if not backups:
-        raise RestoreError(f"no usable backup of server {server} in the repository",
-                           "run markship backup first (markship list shows what exists)")
-    if target.mark is not None:
-        point = target.mark.points.get(server)
-        if point is None:
-            raise RestoreError(f"mark {target.mark.name} has no restore point on server {server}",
-                               "choose a mark made while this server was in the group")
-        usable = [b for b in backups
-                  if b.timeline == point.timeline and b.stop_lsn <= point.lsn]
-        if not usable and any(b.timeline < point.timeline for b in backups):
-            # A mark made after a failover: a backup from before it still reaches the mark
-            # when it was consistent before its timeline branched off toward the mark's
-            # (recovery follows the history file, as the standbys did).
-            branched = dict(_ancestry(repo, server, point.timeline))
-            usable = [b for b in backups if b.timeline in branched
-                      and b.stop_lsn <= branched[b.timeline]]
-        if not usable:
-            raise RestoreError(
-                f"mark {target.mark.name} is older than every backup of server {server}",
-                "choose a newer mark (markship marks)")
-        return usable[0]
-    if target.kind == "time" and target.time is not None:
-        usable = [b for b in backups if b.consistent_at <= target.time]
-        if not usable:
-            oldest = min(backups, key=lambda b: b.consistent_at)
-            raise RestoreError(
-                f"{target.describe()} is before the consistency point of every backup of "
-                f"server {server} (the oldest is consistent from {show(oldest.consistent_at)})",
-                "choose a later time",
-            )
-        return usable[0]
-    return backups[0]
-
-
-def _ancestry(repo: Repository, server: str, timeline: int) -> list[tuple[int, int]]:
-    from markship.wal.stored import read_history
-
-    try:
-        return read_history(repo, server, timeline)
-    except ObjectMissing:
-        raise RestoreError(f"timeline {timeline} of server {server} has no history file in "
-                           "the repository: no backup from before it reaches it",
-                           "take a backup (markship backup) and restore to a mark after it") \
-            from None
+    stopped_at: str | None = None  # PostgreSQL's words where it paused or shut down
 
 
 def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
@@ -406,12 +305,17 @@ def claimed_target_dir(target_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+# What start_and_wait waits for, per recovery_target_action.
+_UNTIL = {"promote": "promoted", "pause": "paused", "shutdown": "shutdown"}
+
+
 def restore_server(config: Config, repo: Repository, server: str, target_dir: Path,
                    target: Target, *, set_id: str | None = None, start: bool = False,
                    port: int | None = None, extra_settings: dict[str, str] | None = None,
                    wait_seconds: float = 600, standby: bool = False,
                    on_progress: ProgressFn | None = None) -> RestoreResult:
-    """Build a new data directory for `server` recovering to `target`; start it if asked.
+    """Build a new data directory for `server` recovering to `target`; start it if asked and
+    wait until it did the target's action (promoted, paused there, or shut down there).
     `on_progress` hears how much of the base backup was read (see extract); recovery after it
     is not counted.
 
@@ -423,7 +327,7 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
     if target.kind == "name" and target.name and target.mark is None:
         mark = catalog.read_mark(repo, target.name)
         if mark is not None:
-            target = Target("name", name=target.name, mark=mark)
+            target = Target("name", name=target.name, mark=mark, action=target.action)
     if target.mark is not None:
         refuse_incomplete_mark(repo, server, target.mark)
     backup = choose_backup(repo, server, target, set_id)
@@ -442,47 +346,55 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
         write_settings(target_dir, settings,
                        f"markship {'standby' if standby else 'restore'} {show(utcnow())}: "
                        f"backup set {backup.set_id}, target {target.describe()}")
+        if not standby:
+            timeline = settings.get("recovery_target_timeline")
+            write_state(target_dir, RestoreState(
+                server, backup.set_id, backup.pg_version_num, port, restored_host(settings),
+                target.describe(), target.action, int(timeline) if timeline else None))
         (target_dir / UNFINISHED).unlink()
         reached: tuple[str | None, str | None] = (None, None)
+        stopped: str | None = None
         if start:
             directory = DataDir.at(target_dir, section.bin_dir, backup.pg_version_num)
-            directory.start_and_wait(wait_seconds, until="standby" if standby else "promoted")
-            if not standby:
+            until = "standby" if standby else _UNTIL[target.action]
+            directory.start_and_wait(wait_seconds, until=until)
+            if until == "promoted":
                 reached = check_recovery_end(repo, server, backup, target, directory)
+            elif until in ("paused", "shutdown"):
+                stopped = stop_reason(target_dir)
     return RestoreResult(server, backup.set_id, target_dir, target, start, port,
-                         time.monotonic() - began, *reached)
+                         time.monotonic() - began, *reached, stopped_at=stopped)
 
 
-def check_recovery_end(repo: Repository, server: str, backup: BackupRecord, target: Target,
-                       directory: DataDir) -> tuple[str, str | None]:
+def check_recovery_end(repo: Repository, server: str, backup: BackupRecord | None,
+                       target: Target, directory: DataDir) -> tuple[str, str | None]:
     """Where recovery stopped and where it should have reached (as LSN text), compared.
 
     PostgreSQL ends recovery at the first WAL file restore_command does not deliver and
     promotes, so a fetch that failed quietly (a wrapper, an older markship, a bug) would look
     like the end of the archive. The archive holds the truth: recovery to the latest point
-    must have reached its newest segment on the timeline recovery ended on, and recovery to a
-    mark that mark's restore point. Raises RestoreError, after stopping the server so nothing
-    writes to a database missing committed data, when recovery stopped short.
+    must have reached its newest segment on the timeline recovery ended on (`backup` gives
+    the segment size), recovery to a mark that mark's restore point, to an LSN (inclusive)
+    that LSN. Raises RestoreError, after stopping the server so nothing writes to a database
+    missing committed data, when recovery stopped short.
     """
     data_dir = directory.path
     end = recovery_end(data_dir)
     if end is None:
         raise RestoreError(f"restored server {server} promoted without a timeline history file",
                            f"inspect {data_dir}; do not use it before the cause is known")
-    size = backup.wal_segment_size
-    # PostgreSQL itself refuses to promote short of a time or a bare name: nothing to compare.
-    expected: int | None = None
-    short = False
-    if target.kind == "latest":
+    # PostgreSQL itself refuses to promote short of a time, an xid or a bare name, and an
+    # 'immediate' target is wherever the backup became consistent: nothing to compare.
+    expected = expected_lsn(target, server)
+    short = expected is not None and end.lsn < expected
+    if target.kind == "latest" and backup is not None:
+        size = backup.wal_segment_size
         newest = max(restorable.WalIndex(repo, server, size).segments.get(end.timeline, ()),
                      default=None)
         if newest is not None:
             expected = (newest + 1) * size  # the end of the newest archived segment
             stopped = segment_holding_end(end.timeline, end.lsn, size).number
             short = stopped < newest
-    elif target.mark is not None:
-        expected = target.mark.points[server].lsn
-        short = end.lsn < expected
     if short and expected is not None:
         directory.stop()
         raise RestoreError(
@@ -492,6 +404,16 @@ def check_recovery_end(repo: Repository, server: str, backup: BackupRecord, targ
             f"find the failed WAL fetch in {server_log(data_dir)}, fix it and "
             "restore again into an empty directory")
     return format_lsn(end.lsn), None if expected is None else format_lsn(expected)
+
+
+def expected_lsn(target: Target, server: str) -> int | None:
+    """How far recovery to `target` must at least replay, when that is known as an LSN: a
+    mark's restore point, an inclusive LSN target (an exclusive one stops just before it)."""
+    if target.mark is not None and server in target.mark.points:
+        return target.mark.points[server].lsn
+    if target.kind == "lsn" and target.inclusive:
+        return target.lsn
+    return None
 
 
 def _place_captured_config(repo: Repository, backup: BackupRecord, target_dir: Path) -> None:

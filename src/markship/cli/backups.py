@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,9 @@ from markship.cli.context import Context, journaled, pass_context
 from markship.config.model import Config
 from markship.errors import MarkshipError
 from markship.repository.base import Repository
+
+if TYPE_CHECKING:
+    from markship.backup.targets import Target
 
 
 @click.command()
@@ -106,34 +110,61 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, copy_name: str | 
 @click.option("--group", "whole_group", is_flag=True,
               help="Restore every server to one mark (--mark), started and settled.")
 @click.option("--mark", "mark_name", metavar="NAME",
-              help="With --group: the mark (default: the newest complete one).")
+              help="The group mark to recover to (with --group default: the newest complete "
+                   "one); with --server the same as --name.")
 @click.option("--port-base", type=int, help="With --group: first port; servers take the next.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="With --group: address the restored servers listen on.")
 @click.option("--target-dir", required=True, type=click.Path(path_type=Path, resolve_path=True),
-              help="New (or empty) data directory; with --group a template with {server}.")
+              help="New (or empty) data directory; with --group a template with {server}. "
+                   "With --resume or --advance-to: the directory of a paused restore.")
 @click.option("--latest", "kind", flag_value="latest", default=True,
               help="Recover to the end of the archived WAL (default).")
 @click.option("--time", "at_time", metavar="TIMESTAMP",
               help="Recover to this time; must carry a zone, e.g. 2026-11-25T19:02:11Z.")
 @click.option("--name", "point_name", metavar="RESTORE_POINT",
-              help="Recover to this named restore point.")
+              help="Recover to this named restore point (or group mark).")
+@click.option("--lsn", metavar="LSN",
+              help="Recover to this WAL location (X/Y in hex, e.g. 0/3000060); the backup "
+                   "is the newest that ends before it.")
+@click.option("--xid", metavar="XID",
+              help="Recover to the commit of this transaction id; uses the newest backup "
+                   "(or --set): an xid older than that backup needs --set with an older set.")
+@click.option("--immediate", is_flag=True,
+              help="Recover only until the backup is consistent (the newest, or --set).")
+@click.option("--exclusive", is_flag=True,
+              help="Stop just before the --time, --lsn or --xid target instead of just after "
+                   "it (default: inclusive).")
+@click.option("--action", type=click.Choice(["promote", "pause", "shutdown"]),
+              default="promote", show_default=True,
+              help="At the target: promote; pause (read-only, for inspection; then --resume "
+                   "or --advance-to); shut down.")
+@click.option("--resume", is_flag=True,
+              help="Promote the paused restore in --target-dir (with --group: every server, "
+                   "then settle prepared transactions).")
+@click.option("--advance-to", "advance", is_flag=True,
+              help="Move the paused restore in --target-dir on to a later target (--time, "
+                   "--name, --mark, --lsn or --xid) and pause there.")
 @click.option("--set", "set_id", metavar="SET", help="Use this backup set.")
-@click.option("--start", is_flag=True, help="Start the server and wait until it is promoted.")
+@click.option("--start", is_flag=True,
+              help="Start the server and wait until it did the --action at the target.")
 @click.option("--port", type=int, help="Port for the restored server.")
 @click.option("--setting", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Extra server setting for the restored server (repeatable).")
+              help="Extra server setting for the restored server (repeatable), e.g. "
+                   "unix_socket_directories=/tmp on a host lacking production's paths.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 @journaled("restore")
 def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str | None,
             port_base: int | None, host: str, target_dir: Path, kind: str, at_time: str | None,
-            point_name: str | None, set_id: str | None, start: bool, port: int | None,
-            settings: tuple[str, ...], as_json: bool) -> None:
-    """Restore one server (to the latest point, a time or a name) or the group (to a mark)."""
+            point_name: str | None, lsn: str | None, xid: str | None, immediate: bool,
+            exclusive: bool, action: str, resume: bool, advance: bool, set_id: str | None,
+            start: bool, port: int | None, settings: tuple[str, ...], as_json: bool) -> None:
+    """Restore one server (to the latest point, a time, a name, an LSN, an xid or the
+    backup's consistency point) or the group (to a mark); promote a paused one or move it
+    on."""
     from markship import names
-    from markship.backup.restore import Target, restore_server
-    from markship.timefmt import parse_aware
+    from markship.backup.restore import restore_server
 
     if mark_name is not None:
         names.check_restore_point(mark_name, "mark name (--mark)")
@@ -141,28 +172,42 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
         names.check_restore_point(point_name, "restore point name (--name)")
     if set_id is not None:
         names.check(set_id, "backup set id (--set)")
+    targets = [flag for flag, given in (("--time", at_time), ("--name", point_name),
+                                        ("--lsn", lsn), ("--xid", xid),
+                                        ("--immediate", immediate)) if given]
+    if not whole_group and mark_name is not None:
+        targets.append("--mark")
+    if len(targets) > 1:
+        raise MarkshipError(f"{' and '.join(targets)} are two recovery targets",
+                            "give exactly one of --latest, --time, --name (--mark), --lsn, "
+                            "--xid, --immediate")
+    if resume:
+        if targets or advance or server or set_id or start or port or settings:
+            raise MarkshipError("--resume takes only --target-dir (and --group, --json)",
+                                "run markship restore --resume --target-dir DIR")
+        _resume(ctx, target_dir, whole_group, as_json)
+        return
     if whole_group:
-        if server or at_time or point_name or set_id or port:
-            raise click.UsageError("--group takes --mark, --target-dir, --port-base, --host")
+        if server or targets or set_id or port or advance or exclusive:
+            raise click.UsageError("--group takes --mark, --target-dir, --port-base, --host, "
+                                   "--action")
         if port_base is None:
             raise click.UsageError("--group needs --port-base")
-        _restore_group(ctx, mark_name, str(target_dir), port_base, host, as_json)
-        ctx.note(group="all servers", into=target_dir)
+        _restore_group(ctx, mark_name, str(target_dir), port_base, host, action, as_json)
+        ctx.note(group="all servers", into=target_dir, action=action)
+        return
+    target = _target(at_time, point_name or mark_name, lsn, xid, immediate, exclusive, action)
+    if advance:
+        if not target.stops or target.kind == "immediate":
+            raise MarkshipError("--advance-to needs a later target",
+                                "add --time, --name, --mark, --lsn or --xid")
+        if server or set_id or start or port or settings:
+            raise MarkshipError("--advance-to takes a target and --target-dir only",
+                                "the server, port and settings are the restore's own")
+        _advance(ctx, target_dir, target, as_json)
         return
     if not server:
         raise click.UsageError("give --server NAME, or --group")
-
-    if at_time and point_name:
-        raise click.UsageError("give at most one of --time and --name")
-    if at_time:
-        try:
-            target = Target("time", time=parse_aware(at_time))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--time") from None
-    elif point_name:
-        target = Target("name", name=point_name)
-    else:
-        target = Target("latest")
     extra: dict[str, str] = {}
     for item in settings:
         key, sep, value = item.partition("=")
@@ -177,19 +222,86 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
         result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
                                 start=start, port=port, extra_settings=extra,
                                 on_progress=on_progress)
-    ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir)
-    output.writer(as_json).restore(server, target, result)
+    ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir,
+             action=action)
+    output.writer(as_json).restore(server, result.target, result)
+
+
+def _target(at_time: str | None, point_name: str | None, lsn: str | None, xid: str | None,
+            immediate: bool, exclusive: bool, action: str) -> Target:
+    """The one recovery target the options give, checked; one line for a bad value."""
+    from markship.backup.targets import Target
+    from markship.pg.lsn import parse_lsn
+    from markship.timefmt import parse_aware
+
+    inclusive = not exclusive
+    if exclusive and not (at_time or lsn or xid):
+        raise MarkshipError("--exclusive applies to a --time, --lsn or --xid target",
+                            "drop --exclusive, or give one of those targets")
+    if at_time:
+        try:
+            return Target("time", time=parse_aware(at_time), inclusive=inclusive,
+                          action=action)
+        except ValueError as exc:
+            raise MarkshipError(f"--time: {exc}",
+                                "write it with a zone, e.g. 2026-11-25T19:02:11Z") from None
+    if point_name:
+        return Target("name", name=point_name, action=action)
+    if lsn:
+        try:
+            return Target("lsn", lsn=parse_lsn(lsn), inclusive=inclusive, action=action)
+        except ValueError:
+            raise MarkshipError(f"--lsn {lsn!r} is not an LSN",
+                                "write it as PostgreSQL does: two hex numbers, e.g. "
+                                "0/3000060 (pg_current_wal_lsn())") from None
+    if xid is not None:
+        if not xid.isdigit() or not 0 < int(xid) < 1 << 64:
+            raise MarkshipError(f"--xid {xid!r} is not a transaction id",
+                                "give a positive integer, e.g. what txid_current() returned")
+        return Target("xid", xid=int(xid), inclusive=inclusive, action=action)
+    if immediate:
+        return Target("immediate", action=action)
+    if action != "promote":
+        raise MarkshipError(f"--action {action} needs a recovery target: the end of the "
+                            "archive is none", "add --time, --name, --lsn, --xid or --immediate")
+    return Target("latest")
+
+
+def _resume(ctx: Context, target_dir: Path, whole_group: bool, as_json: bool) -> None:
+    from markship import osuser
+    from markship.backup.group_restore import resume_group
+    from markship.backup.paused import resume
+
+    # The restore's OS user: it owns the data directory, and pg_ctl refuses to run as root.
+    osuser.switch_to(ctx.config.repository.os_user)
+    if whole_group:
+        report = resume_group(ctx.config, str(target_dir))
+        ctx.note(group="all servers", resumed=target_dir)
+        output.writer(as_json).restore_group(report, "")
+        return
+    result = resume(ctx.config, target_dir)
+    ctx.note(server=result.server, resumed=target_dir)
+    output.writer(as_json).restore_paused(result)
+
+
+def _advance(ctx: Context, target_dir: Path, target: Target, as_json: bool) -> None:
+    from markship.backup.paused import advance
+
+    result = advance(ctx.config, ctx.repository(fallback=True), target_dir, target)
+    ctx.note(server=result.server, advanced=target_dir, target=result.target)
+    output.writer(as_json).restore_paused(result)
 
 
 def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base: int,
-                   host: str, as_json: bool) -> None:
+                   host: str, action: str, as_json: bool) -> None:
     from markship.backup.group_restore import restore_group
 
     config = ctx.config
     repo = ctx.repository(fallback=True)
     _warn_reading_copies(repo)
     with progress.shown("restore", as_json) as on_progress:
-        report = restore_group(config, repo, mark_name, template, port_base, host, on_progress)
+        report = restore_group(config, repo, mark_name, template, port_base, host, on_progress,
+                               action)
     output.writer(as_json).restore_group(report, host)
 
 

@@ -20,7 +20,8 @@ from rich.console import Console
 
 from markship import osuser
 from markship.backup.basebackup import run_backup
-from markship.backup.restore import Target, restore_server
+from markship.backup.restore import restore_server
+from markship.backup.targets import Target
 from markship.client import setup_decisions
 from markship.config import model as config_mod
 from markship.dr.failover import failover

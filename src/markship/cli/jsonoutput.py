@@ -15,8 +15,10 @@ if TYPE_CHECKING:
     from markship.backup.dumps import RestoreResult as DumpRestoreResult
     from markship.backup.filesets import FilesetRecord
     from markship.backup.group_restore import GroupRestoreReport
-    from markship.backup.restore import RestoreResult, Target
+    from markship.backup.paused import PausedResult
+    from markship.backup.restore import RestoreResult
     from markship.backup.retention import Plan
+    from markship.backup.targets import Target
     from markship.backup.verify import Report as VerifyReport
     from markship.dr.checklist import Step
     from markship.dr.drill import DrillRecord
@@ -71,6 +73,11 @@ class JsonOutput(TextOutput):
 
     def restore(self, server: str, target: Target, result: RestoreResult) -> None:
         emit_json(asdict(result))
+
+    def restore_paused(self, result: PausedResult) -> None:
+        from markship.pg.conninfo import without_secrets
+
+        emit_json(asdict(result) | {"conninfo": without_secrets(result.conninfo)})
 
     def restore_group(self, report: GroupRestoreReport, host: str) -> None:
         from markship.pg.conninfo import without_secrets

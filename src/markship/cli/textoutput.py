@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from markship.backup.filesets import FilesetRecord
     from markship.backup.filesets import RestoreResult as FilesRestoreResult
     from markship.backup.group_restore import GroupRestoreReport
-    from markship.backup.restore import RestoreResult, Target
+    from markship.backup.paused import PausedResult
+    from markship.backup.restore import RestoreResult
     from markship.backup.retention import Plan
+    from markship.backup.targets import Target
     from markship.backup.verify import Report as VerifyReport
     from markship.dr.checklist import Step
     from markship.dr.drill import DrillRecord
@@ -143,18 +145,37 @@ class TextOutput:
     def restore(self, server: str, target: Target, result: RestoreResult) -> None:
         from markship.pg.datadir import START_BY_HAND
 
-        state = "started and promoted" if result.started else f"ready to start ({START_BY_HAND})"
+        done = {"promote": "started and promoted",
+                "pause": "started and paused there, read-only (markship restore --resume "
+                         "promotes it, --advance-to moves it on)",
+                "shutdown": "started and shut down there"}[target.action]
+        state = done if result.started else f"ready to start ({START_BY_HAND})"
         click.echo(f"✓ {server} restored from backup set {result.set_id} into "
                    f"{result.target_dir}, recovering to {target.describe()}; {state} in "
                    f"{result.seconds:.1f} s")
+        if result.stopped_at:
+            click.echo(f"  recovery stopped {result.stopped_at}")
+
+    def restore_paused(self, result: PausedResult) -> None:
+        where = f" at {result.lsn}" if result.lsn else ""
+        click.echo(f"✓ {result.server} in {result.target_dir} {result.done}{where} "
+                   f"({result.target}) in {result.seconds:.1f} s")
+        if result.stopped_at:
+            click.echo(f"  recovery stopped {result.stopped_at}")
 
     def restore_group(self, report: GroupRestoreReport, host: str) -> None:
         for name, info in report.servers.items():
-            click.echo(f"  {name}: {info['data_dir']} on {host}:{info['port']}, at "
-                       f"{info['mark_lsn']}")
+            place = f" on {host}:{info['port']}" if host and "port" in info else ""
+            click.echo(f"  {name}: {info['data_dir']}{place}, at {info['mark_lsn']}")
         for r in report.resolutions:
             click.echo(f"  {r.server}/{r.database}: {r.action} prepared transaction {r.gid}")
-        click.echo(f"✓ group restored to mark {report.mark} in {report.seconds:.1f} s")
+        state = {"promote": "restored to", "pause": "restored and paused, read-only, at",
+                 "shutdown": "restored and shut down at", "resumed": "promoted at"}
+        click.echo(f"✓ group {state[report.action]} mark {report.mark} in "
+                   f"{report.seconds:.1f} s")
+        if report.action == "pause":
+            click.echo("  prepared transactions are settled on markship restore --group "
+                       "--resume")
 
     def expire(self, result: Plan, dry_run: bool) -> None:
         verb = "would delete" if dry_run else "deleted"

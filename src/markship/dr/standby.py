@@ -16,7 +16,8 @@ import psycopg
 
 from markship import perserver
 from markship.backup.basebackup import ProgressFn
-from markship.backup.restore import RestoreResult, Target, restore_server
+from markship.backup.restore import RestoreResult, restore_server
+from markship.backup.targets import Target
 from markship.config.model import Config, StandbySection
 from markship.dr import lag
 from markship.errors import MarkshipError

@@ -61,11 +61,28 @@ class DataDir:
 
     def start_and_wait(self, wait_seconds: float, until: str = "promoted") -> None:
         """Start a recovering server and wait until it is promoted (recovery ended and it
-        accepts writes) or, with until="standby", until it is a consistent hot standby.
+        accepts writes), with until="standby" until it is a consistent hot standby, with
+        "paused" until it pauses at its recovery target, with "shutdown" until it has shut
+        down there.
 
         Raises RestoreError when it did not get there within `wait_seconds`, with the reason
         its log gives."""
         log = server_log(self.path)
+        if until in ("paused", "shutdown"):
+            offset = log.stat().st_size if log.exists() else 0
+            # pg_ctl's own wait ends once the server is a consistent standby, before it reaches
+            # the target (and it fails when the server already shut down there on purpose): the
+            # log says when the target was reached.
+            proc = start(self.pg_ctl, self.path, log, wait_seconds)
+            started = proc.returncode == 0 or until == "shutdown"
+            if not started or not wait_for_target(self.path, offset, until, wait_seconds):
+                if until == "paused" and in_production(self.path):
+                    raise RestoreError(
+                        "the restored server promoted at its target instead of pausing "
+                        "(PostgreSQL does so when it could not open for reading there)",
+                        f"it is open for writes now; see {log}")
+                fail_start(self.path, log, proc.stderr, wait_seconds)
+            return
         proc = start(self.pg_ctl, self.path, log, wait_seconds)
         if not wait_until(self.path, until, wait_seconds) or proc.returncode != 0:
             fail_start(self.path, log, proc.stderr, wait_seconds)
@@ -214,6 +231,49 @@ def wait_until(data_dir: Path, until: str, wait_seconds: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+# PostgreSQL's log lines at a recovery target (in English, as the other lines read here).
+PAUSED_LINE = "pausing at the end of recovery"
+SHUTDOWN_LINE = "shutdown at recovery target"
+STOPPING_LINE = "recovery stopping "
+
+
+def wait_for_target(data_dir: Path, offset: int, until: str, wait_seconds: float) -> bool:
+    """Poll the server log from byte `offset` until the server paused at its recovery target
+    (until="paused", still running) or shut down there (until="shutdown"). False if it
+    stopped otherwise or timed out."""
+    log = server_log(data_dir)
+    line = PAUSED_LINE if until == "paused" else SHUTDOWN_LINE
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        running = postmaster_status(data_dir) is not None
+        reached = line in _log_since(log, offset)
+        if until == "paused" and (reached or not running or in_production(data_dir)):
+            return reached and running
+        if until == "shutdown" and reached and not postmaster_alive(data_dir):
+            return True
+        if until == "shutdown" and not running and not reached:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def stop_reason(data_dir: Path, offset: int = 0) -> str | None:
+    """PostgreSQL's 'recovery stopping …' line (where it stopped at its target) in the server
+    log after byte `offset`, or None."""
+    lines = [line for line in _log_since(server_log(data_dir), offset).splitlines()
+             if STOPPING_LINE in line]
+    return lines[-1].split(STOPPING_LINE, 1)[1].strip() if lines else None
+
+
+def _log_since(log: Path, offset: int) -> str:
+    try:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def fail_start(data_dir: Path, log: Path, stderr: str, wait_seconds: float) -> None:

@@ -108,6 +108,16 @@ def facts(conn: Connection) -> ServerFacts:
     )
 
 
+def tablespaces(conn: Connection) -> dict[str, str]:
+    """The server's tablespaces outside its data directory: name → location (pg_default and
+    pg_global live inside it, and so do in-place ones, whose location is relative)."""
+    rows = conn.execute("SELECT spcname, pg_tablespace_location(oid) AS location "
+                        "FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') "
+                        "ORDER BY spcname").fetchall()
+    return {row["spcname"]: row["location"] for row in rows
+            if row["location"].startswith("/")}
+
+
 def _size_setting(text: str) -> int:
     units = {"kB": 1024, "MB": 1024**2, "GB": 1024**3}
     for unit, factor in units.items():
