@@ -19,12 +19,13 @@ by `markship client-sql`.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+
+from markship.barrierkey import barrier_key as barrier_key
 
 DECISIONS_TABLE = "markship.decisions"
 
@@ -35,12 +36,6 @@ CREATE TABLE IF NOT EXISTS markship.decisions (
     decided_at timestamptz NOT NULL DEFAULT now()
 );
 """
-
-
-def barrier_key(group: str) -> int:
-    """The advisory-lock key of a group's barrier (a signed 64-bit integer)."""
-    digest = hashlib.blake2b(f"markship-barrier:{group}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def setup_decisions(conn: psycopg.Connection[Any]) -> None:
