@@ -68,19 +68,19 @@ def main(args: list[str], config: str | None) -> int | None:
                                switch_wal="--no-switch" not in flags)
         finally:
             conns.close()
+        if "--json" in flags:
+            import json
+
+            print(json.dumps(result_json(result, "command"), indent=2, sort_keys=True))
+        else:
+            print(result_line(result))
+        sys.stdout.flush()
     except MarkshipError as exc:
         _journal(repo, wal, f"failed: {exc.message}", user, {})
         raise
-    except Exception as exc:
+    except Exception as exc:  # e.g. stdout closed: recorded as the full command line does
         _journal(repo, wal, f"failed: unexpected {type(exc).__name__}: {exc}"[:500], user, {})
         raise
-    if "--json" in flags:
-        import json
-
-        print(json.dumps(result_json(result, "command"), indent=2, sort_keys=True))
-    else:
-        print(result_line(result))
-    sys.stdout.flush()
     _journal(repo, wal, "ok", user, {"mark": str(result.body["name"])})
     return 0
 

@@ -5,12 +5,16 @@ the lean path of `markship mark` makes its marks through markship.marks.take too
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 
 from markship.pg import fanout
 from markship.pg.marksql import RECEIVER_FLUSHED
-from markship.repository.base import Repository
 from markship.repository.fs import FsRepository
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from markship.repository.base import Repository
 
 
 def wait_flushed(conns: Mapping[str, fanout.Link], lsns: dict[str, int],

@@ -12,6 +12,11 @@ Steps of one mark:
 4. write the mark record (stored during step 3, named once the WAL is delivered). A mark
    is *complete* once every server's WAL holding it is in the repository: the archived
    segment, or for a streamed point the stream folder's copy.
+
+Both `markship mark` paths and the agent make marks here. The module loads neither pydantic
+nor psycopg: the record is built in its JSON form (`mark_body`) and sealed by
+markship.repository.envelope, and the connections are psycopg's (`GroupConnections`) or, on
+the lean path of `markship mark` (markship.marks.command), markship.pg.libpq's.
 """
 
 from __future__ import annotations
@@ -21,11 +26,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Literal, TypeVar, cast
 
 from markship import names
 from markship.barrierkey import barrier_key
@@ -35,18 +37,20 @@ from markship.marks.settings import MarkSettings
 from markship.pg import fanout, marksql
 from markship.pg.lsn import parse_lsn, parse_segment_name
 from markship.repository import envelope, layout
-from markship.repository.base import Repository, StagedObject
 from markship.timefmt import as_json, utcnow
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # the lean path of `markship mark` loads neither pydantic nor psycopg
+if TYPE_CHECKING:  # the lean path of `markship mark` loads neither pydantic, psycopg nor typing
+    from collections.abc import Callable
+    from typing import Literal
+
     from markship.config.model import Config
     from markship.marks import upload
     from markship.pg import sql
+    from markship.repository.base import Repository, StagedObject
     from markship.repository.catalog import MarkRecord
 
-T = TypeVar("T")
-Delivery = Literal["stream", "switch"]
+    Delivery = Literal["stream", "switch"]
 
 
 class MarkSkipped(MarkshipError):
@@ -125,7 +129,7 @@ class GroupConnections:
     def psycopg_conn(self, server: str) -> sql.Connection | None:
         """The psycopg connection to `server` (the agent's), None when not open."""
         assert not self.lean
-        return cast("sql.Connection | None", self.conns.get(server))
+        return self.conns.get(server)  # type: ignore[return-value]
 
     def close(self) -> None:
         for conn in [*self.conns.values(), self.barrier]:
@@ -142,12 +146,16 @@ class GroupConnections:
             self.barrier = None
 
 
-@dataclass(frozen=True)
 class MarkResult:
-    body: dict[str, object]  # the mark record in its JSON form (MarkRecord's model_dump)
-    switch_ms: float  # time from releasing the barrier until the WAL was delivered
-    prepare_ms: float = 0.0  # before the barrier: name check, connections
-    record_ms: float = 0.0  # writing the mark record (durably) into the repository
+    """A mark made: its record, and where its time went. (No dataclass: that module loads
+    `inspect`, ~10 ms of the lean path's start-up.)"""
+
+    def __init__(self, body: dict[str, object], switch_ms: float, prepare_ms: float = 0.0,
+                 record_ms: float = 0.0) -> None:
+        self.body = body  # the mark record in its JSON form (MarkRecord's model_dump)
+        self.switch_ms = switch_ms  # from releasing the barrier until the WAL was delivered
+        self.prepare_ms = prepare_ms  # before the barrier: name check, connections
+        self.record_ms = record_ms  # writing the mark record (durably) into the repository
 
     @cached_property
     def record(self) -> MarkRecord:
@@ -252,15 +260,16 @@ def result_json(result: MarkResult, taken_by: str) -> dict[str, object]:
     return result.body | {"delivery_ms": result.switch_ms, "taken_by": taken_by}
 
 
-@dataclass(frozen=True)
 class _Taken:
     """What a mark did under the barrier."""
 
-    points: dict[str, tuple[int, str]]  # server → (restore point LSN, WAL file)
-    began: float  # time.perf_counter() when the barrier was asked for
-    wait_ms: float
-    hold_ms: float
-    first_poll: dict[str, fanout.Rows]  # the receivers' positions (RECEIVER_FLUSHED)
+    def __init__(self, points: dict[str, tuple[int, str]], began: float, wait_ms: float,
+                 hold_ms: float, first_poll: dict[str, fanout.Rows]) -> None:
+        self.points = points  # server → (restore point LSN, WAL file)
+        self.began = began  # time.perf_counter() when the barrier was asked for
+        self.wait_ms = wait_ms
+        self.hold_ms = hold_ms
+        self.first_poll = first_poll  # the receivers' positions (RECEIVER_FLUSHED)
 
 
 def _under_barrier(settings: MarkSettings, conns: GroupConnections, name: str,
@@ -333,7 +342,7 @@ def _deliver(settings: MarkSettings, conns: GroupConnections, taken: _Taken, str
 
 
 class _Staging:
-    """A mark record stored under a temp name in the background (records.stage_record).
+    """A mark record stored under a temp name in the background (envelope.stage_sealed).
 
     Begun before the barrier: the writer thread opens the temp object at once, then waits
     for `fill()`, so that once the barrier is released only the write and its fsync are

@@ -3,7 +3,9 @@ markship.pg.libpq's on the lean path of `markship mark`). Standard library only.
 
 from __future__ import annotations
 
-from markship.pg.fanout import Link
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from markship.pg.fanout import Link
 
 LOCK_NOT_AVAILABLE = b"55P03"  # SQLSTATE of a lock_timeout
 FATAL_ERROR = 7  # libpq's PGRES_FATAL_ERROR

@@ -4,11 +4,14 @@ record and journal entry in the very bytes the models would."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable
+from hashlib import sha256 as sha256
 
-from markship.repository.base import Repository, StagedObject, Writable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the lean path of `markship mark`
+    from collections.abc import Callable
+
+    from markship.repository.base import Repository, StagedObject, Writable
 
 FORMAT = 1
 
@@ -18,7 +21,7 @@ def seal(kind: str, body: dict[str, object]) -> bytes:
     `kind`: the model's class name."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     envelope = {"kind": kind, "format": FORMAT,
-                "sha256": hashlib.sha256(canonical).hexdigest(), "body": body}
+                "sha256": sha256(canonical).hexdigest(), "body": body}
     return json.dumps(envelope, indent=1, sort_keys=True).encode() + b"\n"
 
 

@@ -5,20 +5,23 @@ verifies and appends through this one implementation."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pwd
-import socket
-from collections.abc import Callable
-from datetime import datetime
-from typing import TypeVar
 
 from markship.errors import ConflictError, MarkshipError
 from markship.repository import envelope, layout
-from markship.repository.base import Repository
 from markship.timefmt import as_json
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the lean path of `markship mark`
+    from collections.abc import Callable
+    from datetime import datetime
+    from typing import TypeVar
+
+    from markship.repository.base import Repository
+
+    T = TypeVar("T")
+
 STORED = "stored-sha256:"
 
 
@@ -42,7 +45,7 @@ def entry_body(seq: int, prev: str, time: datetime, command: str, outcome: str, 
                ) -> dict[str, object]:
     """A new journal entry in its JSON form (the body of a JournalEntry record)."""
     return {"seq": seq, "time": as_json(time), "user": user or invoking_user(),
-            "host": socket.gethostname(), "command": command, "outcome": outcome,
+            "host": os.uname().nodename, "command": command, "outcome": outcome,
             "objects": dict(objects or {}), "diff": diff, "config_text": config_text,
             "prev": prev}
 
@@ -55,7 +58,7 @@ def entry_names(repo: Repository) -> list[str]:
 def stored_hash(repo: Repository, seq: int) -> str:
     """The chain link to entry `seq`: the sha256 of its bytes as stored."""
     with repo.open_stored(layout.journal_entry_key(seq)) as handle:
-        return STORED + hashlib.sha256(handle.read()).hexdigest()
+        return STORED + envelope.sha256(handle.read()).hexdigest()
 
 
 def append(repo: Repository, make: Callable[[int, str], tuple[T, bytes]]) -> T:
