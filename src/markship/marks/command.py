@@ -46,20 +46,21 @@ def main(args: list[str], config: str | None) -> int | None:
         return None  # the full command line says what is wrong with the config
     if wal.recipient:
         return None  # an encrypted repository: its keys are the full command line's
+    if settings.nice:  # as the agent does; best effort here, and before the imports below
+        from markship.marks import priority
+
+        priority.set_for_thread(settings.nice)
     from markship.repository.journalchain import invoking_user
 
     user = invoking_user()  # before switching to the repository's OS user
     repo: Repository | None = None
     try:
         from markship import names, osuser
-        from markship.marks import priority
         from markship.marks.take import GroupConnections, result_json, result_line, take_mark
 
         name = found.get("--name")
         if name is not None:
             names.check_restore_point(name, "mark name (--name)")
-        if settings.nice:
-            priority.set_for_thread(settings.nice)  # as the agent does; best effort here
         osuser.switch_to(wal.os_user)
         repo = wal.open_repository(make_root=True)
         conns = GroupConnections(settings, lean=True)
