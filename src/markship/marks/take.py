@@ -205,11 +205,14 @@ def take_mark(config: Config | MarkSettings, repo: Repository, conns: GroupConne
     def body_with(taken: _Taken, delivered: dict[str, Delivery]) -> dict[str, object]:
         return mark_body(name, settings.group, now, settings.barrier_server, taken, delivered)
 
-    # Nearly every mark is delivered by stream on every server: the record saying so is
-    # stored (and flushed to disk) from the moment the barrier is released, while the
-    # receivers are asked, and only named once they did deliver. Otherwise it is dropped and
-    # the true record written. The temp object is opened before the barrier is asked for.
-    expected: dict[str, Delivery] = dict.fromkeys(conns.conns, "stream") if streaming else {}
+    # Nearly every mark is delivered as planned: by stream on every server (the agent's), or
+    # by a WAL switch on every server (no receivers: `markship mark` without the agent). The
+    # record saying so is stored (and flushed to disk) from the moment the barrier is
+    # released, while the WAL is delivered, and only named once it was. Otherwise it is
+    # dropped and the true record written. The temp object is opened before the barrier is
+    # asked for.
+    expected: dict[str, Delivery] = (
+        dict.fromkeys(conns.conns, "stream" if streaming else "switch") if switch_wal else {})
     staging = _Staging(repo, record_key) if expected else None
 
     def released(taken: _Taken) -> None:
