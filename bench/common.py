@@ -113,16 +113,18 @@ class Poller(Protocol):
 
 
 def run_timed(argv: Sequence[str], *, poll_rss: bool = False, discard_stdout: bool = False,
-              timeout: float = 3600, poller: Callable[[int], Poller] | None = None) -> Timed:
+              timeout: float = 3600, poller: Callable[[int], Poller] | None = None,
+              env: dict[str, str] | None = None) -> Timed:
     """Run a command to completion; wall time includes process start (fork/exec) and exit.
     `poll_rss`: sample the child's VmHWM (HwmPoller); `poller`: another sampler, made with the
-    child's pid (the caller keeps it for its report)."""
+    child's pid (the caller keeps it for its report); `env`: added to the environment."""
     if poll_rss and poller is None:
         poller = HwmPoller
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdout: Any = subprocess.DEVNULL if discard_stdout else out
         start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=stdout, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(list(argv), stdout=stdout, stderr=err, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **env} if env else None)
         sampler = poller(proc.pid) if poller is not None else None
         if sampler is not None:
             sampler.start()

@@ -19,6 +19,9 @@ Phases (see bench/README.md, "marks_bench.py"):
 
     latency     WAL receivers up; take_mark() in-process at 1 s, then `markship mark --json`,
                 under pgbench load; then receivers down and take_mark() with delivery "switch"
+    cli         `markship mark --json` without an agent (process start included), under pgbench
+                load: the lean path (markship.marks.command: no click, pydantic or psycopg)
+                and the full command line (MARKSHIP_FULL_MARK=1), in turns, same load
     s3          delivery "stream" with the repository in S3 (moto's server on loopback: the
                 receivers write into a local spool, each mark uploads its WAL, see
                 markship.marks.upload) against the directory repository, in turns, idle and
@@ -94,7 +97,7 @@ from markship.pg.scratch import ScratchServer, chown_to, free_port
 from markship.repository.backends import location_of, open_repository
 from moto_server import MotoServer
 
-PHASES = ("latency", "s3", "rpo", "throughput", "failover", "web")
+PHASES = ("latency", "cli", "s3", "rpo", "throughput", "failover", "web")
 GROUP = "bench"
 SCALE = 5
 ACCOUNTS = 100  # per server, for the 2PC transfer workload
@@ -1272,6 +1275,94 @@ class Bench:
 
     # -- 3. throughput cost of marks -------------------------------------------------------------
 
+    # -- 1b. `markship mark` without an agent: the lean path against the full command line -------
+
+    def bench_cli(self) -> None:
+        d = self.duration
+        say(f"== 1b. `markship mark --json` without an agent under pgbench load (-c "
+            f"{self.clients} on each of {self.n_servers} servers), process start included: "
+            f"the lean path and the full command line (MARKSHIP_FULL_MARK=1) in turns, one mark "
+            f"a second for {2 * d} s (at least 10 of each)")
+        self.settle()
+        self.write_config(30)
+        full_env = {"MARKSHIP_FULL_MARK": "1"}
+        for env in (None, full_env):  # the first lean mark after a config change validates it
+            warm = run_timed(self.ms("mark", "--json"), timeout=120, env=env)
+            if warm.code != 0:
+                raise RuntimeError(f"markship mark failed: {warm.err.strip()[-300:]}")
+        idle: dict[str, list[float]] = {"lean": [], "full": []}
+        for _turn in range(8):  # no pgbench yet (other work on the host goes on)
+            for kind, env in (("lean", None), ("full", full_env)):
+                result = run_timed(self.ms("mark", "--json"), timeout=120, env=env)
+                if result.code == 0:
+                    idle[kind].append(result.seconds * 1000)
+            time.sleep(0.5)
+        idle_lean, idle_full = dist(idle["lean"]), dist(idle["full"])
+        say(f"without pgbench (load average {loadavg()}): lean {fmt_dist(idle_lean)}; full "
+            f"{fmt_dist(idle_full)}")
+        procs = self.start_pgbench(3 + 6 * d + 120)
+        time.sleep(3)
+        load_at_start = loadavg()
+        runs: dict[str, list[float]] = {"lean": [], "full": []}
+        failed: dict[str, list[str]] = {"lean": [], "full": []}
+        holds: dict[str, list[float]] = {"lean": [], "full": []}
+        delivery: dict[str, list[float]] = {"lean": [], "full": []}
+        floor: list[float] = []  # the interpreter alone (site included), same load
+        began = time.monotonic()
+        tick = began
+        while (time.monotonic() - began < 2 * d or min(map(len, runs.values())) < 10) and \
+                time.monotonic() - began < 6 * d:
+            for kind, env in (("lean", None), ("full", full_env)):
+                result = run_timed(self.ms("mark", "--json"), timeout=120, env=env)
+                if result.code == 0:
+                    runs[kind].append(result.seconds * 1000)
+                    made = json.loads(result.out)
+                    holds[kind].append(made["barrier_hold_ms"])
+                    delivery[kind].append(made["delivery_ms"])
+                else:
+                    failed[kind].append((result.err or result.out).strip()[-300:])
+                tick += 0.5
+                time.sleep(max(0.0, tick - time.monotonic()))
+            floor.append(run_timed([str(PYTHON), "-c", "pass"]).seconds * 1000)
+        load_at_end = loadavg()
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        self.finish_pgbench(procs, check=False)
+        lean, full = dist(runs["lean"]), dist(runs["full"])
+        ratio = full["p50"] / lean["p50"] if lean["p50"] else float("nan")
+        python = dist(floor)
+        self.results["cli"] = {"lean_ms": lean, "full_ms": full, "samples": runs,
+                               "python_floor_ms": python,
+                               "without_pgbench_ms": {"lean": idle_lean, "full": idle_full},
+                               "barrier_hold_ms": {k: dist(v) for k, v in holds.items()},
+                               "delivery_ms": {k: dist(v) for k, v in delivery.items()},
+                               "failed": failed, "ratio_full_to_lean_p50": ratio,
+                               "loadavg": {"start": load_at_start, "end": load_at_end}}
+        say(f"load average (1/5/15 min) {load_at_start} at start, {load_at_end} at end")
+        say(f"lean `markship mark --json` {fmt_dist(lean)}")
+        say(f"full `markship mark --json` {fmt_dist(full)}")
+        say(f"full / lean at p50: {ratio:.1f}x; barrier held p50 lean "
+            f"{dist(holds['lean'])['p50']:.1f} ms, full {dist(holds['full'])['p50']:.1f} ms; "
+            f"WAL switches (delivery) p50 lean {dist(delivery['lean'])['p50']:.1f} ms, full "
+            f"{dist(delivery['full'])['p50']:.1f} ms")
+        say(f"floor: `python -c pass` {fmt_dist(python)}")
+        if failed["lean"] or failed["full"]:
+            say(f"marks not made: lean {len(failed['lean'])}, full {len(failed['full'])}; "
+                f"first: {(failed['lean'] or failed['full'])[0]}")
+        self.rows += [
+            Row("`markship mark --json`, no agent, lean path, p50", f"{lean['p50']:.0f} ms",
+                f"p95 {lean['p95']:.0f} / p99 {lean['p99']:.0f} ms, n={int(lean['n'])}; "
+                f"`python -c pass` p50 {python['p50']:.0f} ms, WAL switches p50 "
+                f"{dist(delivery['lean'])['p50']:.0f} ms", "< 150 ms", verdict(lean["p50"] < 150)),
+            Row("  (info) lean / full without pgbench, p50",
+                f"{idle_lean['p50']:.0f} / {idle_full['p50']:.0f} ms",
+                f"p95 {idle_lean['p95']:.0f} / {idle_full['p95']:.0f} ms, n={int(idle_lean['n'])}",
+                "-", "info"),
+            Row("  (info) same, full command line, p50", f"{full['p50']:.0f} ms",
+                f"p95 {full['p95']:.0f} / p99 {full['p99']:.0f} ms, n={int(full['n'])}; "
+                f"full / lean {ratio:.1f}x", "-", "info"),
+        ]
+
     def commits_total(self) -> int:
         """Committed transactions so far in database postgres, summed over the servers."""
         total = 0
@@ -1717,9 +1808,9 @@ class Bench:
                 "0.3 s) for barely more commits/s; pass --clients 4 to see it")
         self.setup()
         self.results["foreign_activity"] = [{"at": "start", **foreign_activity(self.root)}]
-        steps = {"latency": self.bench_latency, "s3": self.bench_s3, "rpo": self.bench_rpo,
-                 "throughput": self.bench_throughput, "failover": self.bench_failover,
-                 "web": self.bench_web}
+        steps = {"latency": self.bench_latency, "cli": self.bench_cli, "s3": self.bench_s3,
+                 "rpo": self.bench_rpo, "throughput": self.bench_throughput,
+                 "failover": self.bench_failover, "web": self.bench_web}
         for phase in PHASES:
             if phase in self.phases:
                 steps[phase]()

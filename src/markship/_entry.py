@@ -1,5 +1,6 @@
-"""Console entry point: the WAL commands, and `mark` while the agent runs (it makes the mark),
-take a lean path; everything else loads the full CLI."""
+"""Console entry point: the WAL commands and `mark` take a lean path (a mark is asked of the
+running agent, else made here without click, pydantic or psycopg); everything else, and any
+case the lean paths leave, loads the full CLI."""
 
 from __future__ import annotations
 
@@ -38,6 +39,26 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _mark_here(args: list[str], config: str | None) -> int | None:
+    """`markship mark` on the lean path (markship.marks.command): its exit status, or None
+    for the full CLI. A user's error is one line, as the full CLI prints it."""
+    from markship.errors import MarkshipError
+    from markship.marks import command
+
+    try:
+        return command.main(args, config)
+    except MarkshipError as exc:
+        from markship.agent.log import journal_stream
+
+        # under systemd, the journal gives the line error priority (sd-daemon prefix)
+        prefix = "<3>" if journal_stream() else ""
+        print(f"{prefix}markship: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("markship: interrupted", file=sys.stderr)
+        return 130
+
+
 def main() -> None:
     argv = sys.argv[1:]
     config, rest = _split_global(argv)
@@ -48,6 +69,9 @@ def main() -> None:
 
         code = control.mark_via_agent(rest[1:], config)
         if code is not None:  # the running agent made (or refused) the mark
+            _exit_now(code)
+        code = _mark_here(rest[1:], config)
+        if code is not None:
             _exit_now(code)
     if rest and rest[0] in _LEAN:
         from markship.wal import command

@@ -26,13 +26,14 @@ take part through their own two-phase transaction (`Connection.begin_twophase`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import psycopg
+
+from markship.barrierkey import barrier_key as barrier_key
 
 DECISIONS_TABLE = "markship.decisions"
 
@@ -48,12 +49,6 @@ CREATE TABLE IF NOT EXISTS markship.decisions (
 LOCK_SQL = "SELECT pg_advisory_lock_shared(%s)"
 DECIDE_SQL = f"INSERT INTO {DECISIONS_TABLE} (gid) VALUES (%s)"
 UNLOCK_SQL = "SELECT pg_advisory_unlock_shared(%s)"
-
-
-def barrier_key(group: str) -> int:
-    """The advisory-lock key of a group's barrier (a signed 64-bit integer)."""
-    digest = hashlib.blake2b(f"markship-barrier:{group}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def setup_decisions(conn: Participant) -> None:

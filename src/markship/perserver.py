@@ -9,7 +9,6 @@ server's exception as it is (for calls that catch what they expect themselves).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, overload
 
 from markship.errors import MarkshipError, ServerError, first_line
@@ -39,6 +38,8 @@ def settle(calls: Mapping[str, Callable[[], T]], catch: type[Exception] = Except
     failures: dict[str, Any] = {}  # of type `catch`
     if not calls:
         return results, failures
+    from concurrent.futures import ThreadPoolExecutor  # not on the lean path of marks
+
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="markship-server") as pool:
         futures = {name: pool.submit(call) for name, call in calls.items()}
         for name, future in futures.items():

@@ -51,3 +51,9 @@ def age_seconds(moment: datetime | None, now: datetime | None = None) -> float |
     if moment is None:
         return None
     return ((now or utcnow()) - moment).total_seconds()
+
+
+def as_json(moment: datetime) -> str:
+    """A UTC time as records store it in JSON (pydantic's form: `2026-11-25T19:02:11.123456Z`,
+    without the fraction when it is zero), for records written without the model."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

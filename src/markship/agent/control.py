@@ -17,14 +17,12 @@ way: `{"op": "mark", "config": PATH, "name": ..., "switch_wal": ...}` and
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import stat
-import struct
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # socket and json load only once an agent's socket is there
+    import socket
     from collections.abc import Callable
     from typing import Any
 
@@ -47,6 +45,9 @@ def socket_path(config_path: str, uid: int) -> str:
 
 
 def peer_uid(conn: socket.socket) -> int:
+    import socket
+    import struct
+
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[1])
 
@@ -87,6 +88,9 @@ def ask(config_path: str, os_user: str, request: dict[str, Any]) -> dict[str, An
     if not (_owned_private(spool_top(uid), uid, stat.S_IFDIR)
             and _owned_private(path, uid, stat.S_IFSOCK)):
         return None
+    import json
+    import socket
+
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.settimeout(5.0)
@@ -154,6 +158,8 @@ class Request:
         self.body, self.conn, self.uid = body, conn, uid
 
     def answer(self, code: int, stdout: str = "", stderr: str = "", **extra: object) -> None:
+        import json
+
         reply = {"exit": code, "stdout": stdout, "stderr": stderr, **extra}
         try:
             self.conn.sendall(json.dumps(reply).encode() + b"\n")
@@ -188,6 +194,8 @@ class Listener:
         # One agent per repository (its lock), so a socket here is a dead agent's leftover.
         if os.path.lexists(self.path):
             os.unlink(self.path)
+        import socket
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(self.path)
         os.chmod(self.path, 0o600)
@@ -197,6 +205,8 @@ class Listener:
                          daemon=True).start()
 
     def _accept(self, sock: socket.socket) -> None:
+        import json
+
         while True:
             try:
                 conn, _address = sock.accept()

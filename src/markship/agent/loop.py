@@ -321,7 +321,7 @@ class Agent:
         for server in self.config.servers:
             receiver = self.receivers.get(server.name)
             if receiver is None:
-                conn = self.conns.conns.get(server.name)
+                conn = self.conns.psycopg_conn(server.name)
                 if conn is None or conn.closed:
                     continue  # connected by the next mark
                 try:
@@ -354,7 +354,7 @@ class Agent:
         to a WAL switch, 16 MB each, and nothing else would tell."""
         for name, receiver in self.receivers.items():
             running = receiver.running_seconds()
-            conn = self.conns.conns.get(name)
+            conn = self.conns.psycopg_conn(name)
             if (name in self.receivers_recognised or running is None
                     or running < RECOGNISE_AFTER or conn is None or conn.closed):
                 continue

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported on the lean path of `markship mark`
+    from collections.abc import Callable
+    from concurrent.futures import ThreadPoolExecutor
 
 
 def marking_thread(nice: int, warn: Callable[[str], None]) -> ThreadPoolExecutor:
@@ -32,6 +35,8 @@ def marking_thread(nice: int, warn: Callable[[str], None]) -> ThreadPoolExecutor
     def start() -> None:
         if nice and (problem := set_for_thread(nice)) is not None:
             warn(problem)
+
+    from concurrent.futures import ThreadPoolExecutor
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="markship-marks",
                                   initializer=start)

@@ -41,10 +41,11 @@ from typing import Protocol
 
 from markship.config.model import Config
 from markship.marks import upload
+from markship.marks.delivery import in_place as in_place
 from markship.pg import conninfo as conninfo_mod
-from markship.pg import fanout, programs, sql
+from markship.pg import programs
 from markship.pg.lsn import DEFAULT_SEGMENT_SIZE, parse_segment_name
-from markship.pg.replication import RECEIVER_FLUSHED, RECEIVER_NAME
+from markship.pg.replication import RECEIVER_NAME
 from markship.repository import layout
 from markship.repository.base import Repository
 from markship.repository.fs import FsRepository
@@ -56,37 +57,6 @@ PAD_PREFIX = ".pad-"  # a next segment being laid out (pg_receivewal ignores oth
 # pg_receivewal's complaints that mean the folder cannot be resumed from.
 RESTART_FRESH = ("has already been removed", "timeline", "ahead of the WAL flush position")
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
-
-
-def wait_flushed(conns: dict[str, sql.Connection], lsns: dict[str, int],
-                 timeout: float, first: dict[str, fanout.Rows] | None = None) -> set[str]:
-    """Wait until each server's receiver has flushed WAL up to its `lsns` entry; return the
-    servers where it did. A server without a receiver, or whose receiver did not get there
-    within `timeout` seconds, is left out. Every round asks all waiting servers at once;
-    `first` holds answers to RECEIVER_FLUSHED already asked (the first round is then
-    skipped)."""
-    began = time.monotonic()
-    deadline = began + timeout
-    waiting = dict(lsns)
-    done: set[str] = set()
-    while waiting:
-        answers = first or fanout.fan_out(
-            {server: (conns[server], RECEIVER_FLUSHED, ()) for server in waiting})
-        first = None
-        for server, rows in answers.items():
-            flushed = rows[0][0] if rows else None
-            if flushed is None:
-                del waiting[server]  # no receiver
-            elif int(flushed) >= waiting[server]:
-                del waiting[server]
-                done.add(server)
-        now = time.monotonic()
-        if not waiting or now >= deadline:
-            return done
-        # The receiver usually reports within milliseconds: poll closely at first (each poll
-        # is one small query per server), then back off.
-        time.sleep(0.002 if now - began < 0.2 else 0.02)
-    return done
 
 
 def prune(repo: Repository, server: str) -> int:
@@ -304,12 +274,6 @@ def _first_page_zero(path: Path) -> bool:
             return not any(handle.read(8192))
     except OSError:
         return False
-
-
-def in_place(repo: Repository) -> bool:
-    """Whether the receivers write into the repository itself (a directory), rather than
-    into the spool of markship.marks.upload (object storage)."""
-    return isinstance(repo, FsRepository)
 
 
 def receiver_folder(config: Config, repo: Repository, server: str) -> Path:

@@ -7,26 +7,45 @@ makes three such rounds. Here the statements go out on every connection's libpq 
 then the answers are read in whatever order they arrive: the round costs the slowest server's
 answer and nothing more.
 
-The connections must be idle, autocommit psycopg connections that no other thread uses
-meanwhile (markship.marks.take.GroupConnections).
+The connections must be idle, autocommit connections that no other thread uses meanwhile
+(markship.marks.take.GroupConnections): psycopg's, or markship.pg.libpq's on the lean path of
+`markship mark` (both offer the same low-level calls). Standard library only.
 """
 
 from __future__ import annotations
 
 import select
 import time
-from collections.abc import Callable, Mapping, Sequence
-
-import psycopg
-from psycopg import pq
 
 from markship.errors import first_line
-from markship.perserver import servers_failed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the lean path of `markship mark` (~5-15 ms)
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, Protocol
+
+    class Link(Protocol):
+        """A connection as fan_out uses it: psycopg's Connection or markship.pg.libpq's."""
+
+        @property
+        def pgconn(self) -> Any: ...  # psycopg's pq.PGconn, or markship.pg.libpq.PGconn
+
+        @property
+        def Error(self) -> type[Exception]: ...  # what its pgconn raises
+
+        @property
+        def closed(self) -> bool: ...
+
+        @property
+        def broken(self) -> bool: ...
+
+        def close(self) -> None: ...
 
 Rows = list[tuple[str | None, ...]]
+COMMAND_OK, TUPLES_OK = 1, 2  # libpq's ExecStatusType (psycopg's pq.ExecStatus)
 
 
-def fan_out(calls: Mapping[str, tuple[psycopg.Connection[object], str, Sequence[str]]],
+def fan_out(calls: Mapping[str, tuple[Link, str, Sequence[str]]],
             timeout: float = 30.0, finished: dict[str, float] | None = None,
             on_answer: Callable[[str], None] | None = None) -> dict[str, Rows]:
     """Run `(connection, statement, text parameters)` per server, all at once.
@@ -46,7 +65,7 @@ def fan_out(calls: Mapping[str, tuple[psycopg.Connection[object], str, Sequence[
             else:
                 conn.pgconn.send_query(statement.encode())
             waiting[conn.pgconn.socket] = name
-        except psycopg.Error as exc:
+        except conn.Error as exc:
             failures[name] = first_line(exc)
     results: dict[str, Rows] = {}
     deadline = time.monotonic() + timeout
@@ -60,22 +79,25 @@ def fan_out(calls: Mapping[str, tuple[psycopg.Connection[object], str, Sequence[
             break
         for sock in ready:
             name = waiting[sock]
+            conn = calls[name][0]
             try:
-                if _read(calls[name][0].pgconn, name, results, failures):
+                if _read(conn.pgconn, name, results, failures):
                     del waiting[sock]
                     if finished is not None:
                         finished[name] = time.perf_counter()
                     if on_answer is not None and name not in failures:
                         on_answer(name)
-            except psycopg.Error as exc:
+            except conn.Error as exc:
                 failures[name] = first_line(exc)
                 del waiting[sock]
     if failures:
+        from markship.perserver import servers_failed
+
         raise servers_failed(failures)
     return results
 
 
-def _read(pgconn: pq.abc.PGconn, name: str, results: dict[str, Rows],
+def _read(pgconn: Any, name: str, results: dict[str, Rows],
           failures: dict[str, str]) -> bool:
     """Take in what arrived on one connection; True once its statement is finished."""
     pgconn.consume_input()
@@ -83,12 +105,12 @@ def _read(pgconn: pq.abc.PGconn, name: str, results: dict[str, Rows],
         result = pgconn.get_result()
         if result is None:
             return True
-        if result.status == pq.ExecStatus.TUPLES_OK:
+        if result.status == TUPLES_OK:
             results[name] = [
                 tuple(None if (v := result.get_value(row, col)) is None else bytes(v).decode()
                       for col in range(result.nfields))
                 for row in range(result.ntuples)]
-        elif result.status == pq.ExecStatus.COMMAND_OK:
+        elif result.status == COMMAND_OK:
             results.setdefault(name, [])
         else:
             message = (result.error_message or b"").decode(errors="replace").strip()

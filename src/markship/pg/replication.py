@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import psycopg
 
+from markship.pg.marksql import RECEIVER_FLUSHED as RECEIVER_FLUSHED
+from markship.pg.marksql import RECEIVER_NAME as RECEIVER_NAME
 from markship.pg.sql import Connection
-
-RECEIVER_NAME = "markship-stream"
-"""The application_name markship's WAL receiver connects with; servers list it under it."""
-
-RECEIVER_FLUSHED = ("SELECT max(flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_stat_replication"
-                    f" WHERE application_name = '{RECEIVER_NAME}' AND state = 'streaming'")
-"""How far this server's markship receiver has flushed WAL (NULL with no receiver); asked of
-every server at once by markship.pg.fanout while a mark waits."""
 
 RECEIVERS_LISTED = ("SELECT count(*) AS n FROM pg_stat_replication"
                     f" WHERE application_name = '{RECEIVER_NAME}'")

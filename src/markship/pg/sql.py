@@ -19,7 +19,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from markship.errors import ConfigError, ServerError, first_line
+from markship.errors import ConfigError, MarkshipError, ServerError, first_line
+from markship.pg import marksql
 from markship.pg.conninfo import parse, scrub, secrets_of
 from markship.pg.lsn import parse_lsn
 
@@ -36,14 +37,21 @@ def connect(conninfo: str, server: str, timeout: int = 5) -> Connection:
         return psycopg.connect(conninfo, connect_timeout=timeout, autocommit=True,
                                application_name="markship", row_factory=dict_row)
     except psycopg.Error as exc:
-        try:
-            parse(conninfo)
-        except ConfigError as bad:  # its detail would quote the conninfo
-            raise ConfigError(f"the conninfo of server {server} is not valid libpq syntax",
-                              bad.hint) from None
-        detail = scrub(first_line(exc), secrets_of(conninfo))
-        raise ServerError(f"cannot connect to server {server}: {detail}",
-                          "check that it is running and its conninfo in the config") from None
+        raise connect_error(conninfo, server, first_line(exc)) from None
+
+
+def connect_error(conninfo: str, server: str, message: str) -> MarkshipError:
+    """What a failed connection to `server` raises (`message`: libpq's first line): a
+    ConfigError without detail for a malformed conninfo, else a ServerError with every
+    password scrubbed. Also for markship.pg.libpq's connections (the lean `markship mark`)."""
+    try:
+        parse(conninfo)
+    except ConfigError as bad:  # its detail would quote the conninfo
+        return ConfigError(f"the conninfo of server {server} is not valid libpq syntax",
+                           bad.hint)
+    detail = scrub(message, secrets_of(conninfo))
+    return ServerError(f"cannot connect to server {server}: {detail}",
+                       "check that it is running and its conninfo in the config")
 
 
 def refusal(exc: BaseException) -> str:
@@ -211,37 +219,10 @@ def in_recovery(conn: Connection) -> bool:
     return bool(row and row["r"])
 
 
-def hold_barrier(conn: Connection, key: int, timeout_ms: int) -> bool:
-    """Open a transaction holding the exclusive barrier lock; False when it timed out.
-
-    One round trip (the statements go as one simple query). The lock is transaction-level:
-    COMMIT or ROLLBACK on `conn` releases it.
-    """
-    try:
-        conn.execute(f"BEGIN; SET LOCAL lock_timeout = {int(timeout_ms)};"
-                     f" SELECT pg_advisory_xact_lock({int(key)})")
-    except psycopg.errors.LockNotAvailable:
-        conn.execute("ROLLBACK")
-        return False
-    return True
-
-
-def release_barrier(conn: Connection) -> None:
-    conn.execute("COMMIT")
-
-
-# The mark's statements, run on every server at once by markship.pg.fanout.
-RESTORE_POINT = (
-    "SELECT lsn::text, pg_walfile_name(lsn),"
-    " set_config('synchronous_commit', 'local', true), txid_current()"
-    " FROM pg_create_restore_point($1) AS lsn")
-"""Create a restore point and flush it to disk: (end LSN, WAL file, ...). A restore point
-record alone waits for the WAL writer (up to wal_writer_delay); taking an xid makes the
-statement's commit flush everything before it, so the answer comes once the point is durable
-and WAL receivers can get it. `synchronous_commit = local`: without waiting for synchronous
-standbys."""
-
-SWITCH_WAL = "SELECT pg_switch_wal()"
+# The mark's statements (run on every server at once by markship.pg.fanout) live in
+# markship.pg.marksql, which the lean path of `markship mark` imports without psycopg.
+RESTORE_POINT = marksql.RESTORE_POINT
+SWITCH_WAL = marksql.SWITCH_WAL
 
 
 def switch_wal(conn: Connection) -> None:

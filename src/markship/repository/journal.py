@@ -19,18 +19,15 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
-import pwd
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import Field
 
-from markship.errors import ConflictError, CorruptObject, MarkshipError, ObjectMissing
+from markship.errors import CorruptObject, MarkshipError, ObjectMissing
 from markship.pg.conninfo import redact_text
-from markship.repository import layout, records
+from markship.repository import journalchain, layout, records
 from markship.repository.base import Repository
 from markship.repository.records import Record
 from markship.timefmt import utcnow
@@ -58,19 +55,15 @@ class JournalHead(Record):
     hash: str
 
 
-STORED = "stored-sha256:"
+STORED = journalchain.STORED
+stored_hash = journalchain.stored_hash
+invoking_user = journalchain.invoking_user
 
 
 def entry_hash(entry: JournalEntry) -> str:
     """The chain link of journals written before links hashed the stored bytes."""
     body = json.dumps(entry.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
-
-
-def stored_hash(repo: Repository, seq: int) -> str:
-    """The chain link to entry `seq`: the sha256 of its bytes as stored."""
-    with repo.open_stored(layout.journal_entry_key(seq)) as handle:
-        return STORED + hashlib.sha256(handle.read()).hexdigest()
 
 
 def _link_to(repo: Repository, entry: JournalEntry, link: str) -> str:
@@ -101,23 +94,7 @@ def config_diff(old: str | None, new: str) -> str:
     return "".join(lines)
 
 
-def invoking_user() -> str:
-    """Who runs this process: the real uid's name (LOGNAME and USER can be set to anything),
-    and the user sudo was run by when sudo says so, e.g. `root (sudo from alice)`."""
-    uid = os.getuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = f"uid {uid}"
-    sudo = os.environ.get("SUDO_USER", "").strip()
-    if sudo and sudo != name:
-        return f"{name} (sudo from {sudo})"
-    return name
-
-
-def _entry_names(repo: Repository) -> list[str]:
-    return sorted(n for n in repo.children(layout.JOURNAL)
-                  if n.endswith(".json") and n[:-5].isdigit())
+_entry_names = journalchain.entry_names
 
 
 def last_entry(repo: Repository) -> JournalEntry | None:
@@ -131,10 +108,9 @@ def append(repo: Repository, command: str, outcome: str, *, user: str | None = N
            objects: dict[str, str] | None = None, diff: str | None = None,
            config_text: str | None = None) -> JournalEntry:
     """Add one entry after the newest one (retrying after a concurrent writer)."""
-    return _chain(repo, lambda seq, prev: JournalEntry(
-        seq=seq, time=utcnow(), user=user or invoking_user(), host=socket.gethostname(),
-        command=command, outcome=outcome, objects=objects or {}, diff=diff,
-        config_text=config_text, prev=prev))
+    return _chain(repo, lambda seq, prev: JournalEntry.model_validate(journalchain.entry_body(
+        seq, prev, utcnow(), command, outcome, user=user, objects=objects, diff=diff,
+        config_text=config_text)))
 
 
 def rechain(repo: Repository, entry: JournalEntry, objects: dict[str, str]) -> JournalEntry:
@@ -165,20 +141,11 @@ def fits(repo: Repository, entry: JournalEntry) -> bool:
 
 
 def _chain(repo: Repository, make: Callable[[int, str], JournalEntry]) -> JournalEntry:
-    for _attempt in range(100):
-        names = _entry_names(repo)
-        last = int(names[-1][:-5]) if names else 0
-        entry = make(last + 1, stored_hash(repo, last) if last else "")
-        try:
-            stored = records.write_record(repo, layout.journal_entry_key(entry.seq), entry)
-        except ConflictError:
-            continue  # another writer took this number: chain after its entry
-        records.write_record(repo, layout.JOURNAL_HEAD_KEY,
-                             JournalHead(seq=entry.seq, hash=STORED + stored.sha256),
-                             overwrite=True)
-        return entry
-    raise MarkshipError("the journal is too busy: 100 concurrent appends in a row failed",
-                        "retry; look for a runaway process writing to the repository")
+    def sealed(seq: int, prev: str) -> tuple[JournalEntry, bytes]:
+        entry = make(seq, prev)
+        return entry, records.encode(entry)
+
+    return journalchain.append(repo, sealed)
 
 
 def entries(repo: Repository, since: datetime | None = None) -> list[JournalEntry]:

@@ -20,10 +20,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from markship import names
 from markship.errors import CorruptObject, ObjectMissing
-from markship.repository.base import Repository, StagedObject, Writable
+from markship.repository import envelope as envelope_mod
+from markship.repository.base import Repository, StagedObject
 from markship.repository.objects import StoredObject
 
-FORMAT = 1
+FORMAT = envelope_mod.FORMAT
 
 # Fields that become repository keys or recovery settings: a record carrying anything else
 # fails its model, and is damaged (markship.names).
@@ -46,11 +47,7 @@ R = TypeVar("R", bound=Record)
 
 def encode(record: Record) -> bytes:
     """A record as stored: its JSON body in an envelope carrying the body's checksum."""
-    body = record.model_dump(mode="json")
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    envelope = {"kind": type(record).__name__, "format": FORMAT,
-                "sha256": hashlib.sha256(canonical).hexdigest(), "body": body}
-    return json.dumps(envelope, indent=1, sort_keys=True).encode() + b"\n"
+    return envelope_mod.seal(type(record).__name__, record.model_dump(mode="json"))
 
 
 def decode(data: bytes, cls: type[R], key: str) -> R:
@@ -83,16 +80,8 @@ def write_record(repo: Repository, key: str, record: Record, *,
 
 
 def stage_record(repo: Repository, key: str, content: Callable[[], bytes]) -> StagedObject:
-    """Store a record (`encode()`d) under a temp name, flushed to disk; publish(lambda: name)
-    names it. `content()` is called once the temp object is open: it may wait for the record
-    to be known, or raise to give up (the temp object then goes)."""
-    folder = key.rpartition("/")[0]
-    return repo.stage(folder + "/" if folder else "", lambda sink: _write_all(sink, content()),
-                      metadata=True)
-
-
-def _write_all(sink: Writable, data: bytes) -> None:
-    sink.write(data)
+    """Store a record (`encode()`d) under a temp name (markship.repository.envelope)."""
+    return envelope_mod.stage_sealed(repo, key, content)
 
 
 def read_record(repo: Repository, key: str, cls: type[R]) -> R:

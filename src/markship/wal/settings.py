@@ -62,10 +62,11 @@ class WalSettings:
                 self.endpoint, self.region, self.credentials_file, self.ca_file,
                 self.lease_seconds, self.archive_queue_max, self.copies)
 
-    def open_repository(self, retry: bool = True) -> Repository:
-        """The repository; with `retry` False, a failed S3 request is not tried again."""
+    def open_repository(self, retry: bool = True, make_root: bool = False) -> Repository:
+        """The repository; with `retry` False, a failed S3 request is not tried again;
+        `make_root`: a directory repository's missing folder is created (as by the CLI)."""
         return self._open(self.repository, self.endpoint, self.region, self.credentials_file,
-                          self.ca_file, self.lease_seconds, retry)
+                          self.ca_file, self.lease_seconds, retry, make_root)
 
     def open_copies(self, mode: str | None = None) -> list[Copy]:
         """The [[repository.copy]] repositories in their order (only those of `mode`)."""
@@ -86,7 +87,8 @@ class WalSettings:
         return Fallback(primary, [c.repo for c in self.open_copies()])
 
     def _open(self, location: str, endpoint: str, region: str, credentials_file: str,
-              ca_file: str, lease_seconds: float, retry: bool = True) -> Repository:
+              ca_file: str, lease_seconds: float, retry: bool = True,
+              make_root: bool = False) -> Repository:
         where: str | S3Location = location
         if location.startswith("s3://"):
             from markship.repository.s3 import S3Location
@@ -100,7 +102,7 @@ class WalSettings:
             return open_repository(where, [self.recipient], self.identity_file or None,
                                    self.catalog_key_file or None, strict_catalog=False,
                                    make_root=False)
-        return open_repository(where, make_root=False)
+        return open_repository(where, make_root=make_root)
 
     @classmethod
     def from_config(cls, config: Config) -> WalSettings:

@@ -156,8 +156,8 @@ def forget_except(spool: str, keep: set[str]) -> None:
 _Field = str | int | float | frozenset[str] | tuple[tuple[str | float, ...], ...]
 
 
-def _settings_file(config_path: str) -> str:
-    return os.path.join(os.path.dirname(spool_dir(config_path, "x")), "wal-settings.marshal")
+def _settings_file(config_path: str, kind: str = "wal") -> str:
+    return os.path.join(os.path.dirname(spool_dir(config_path, "x")), f"{kind}-settings.marshal")
 
 
 def _config_signature(config_path: str) -> tuple[int, int, int, int]:
@@ -165,13 +165,14 @@ def _config_signature(config_path: str) -> tuple[int, int, int, int]:
     return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
-def cached_settings(config_path: str) -> tuple[_Field, ...] | None:
+def cached_settings(config_path: str, kind: str = "wal") -> tuple[_Field, ...] | None:
     """The WAL settings parsed from this config file by an earlier call, if the file has not
-    changed since (size, mtime, ctime and inode all equal). Saves the TOML parser's start-up."""
+    changed since (size, mtime, ctime and inode all equal). Saves the TOML parser's start-up.
+    `kind` "mark": those of `markship mark` (markship.marks.settings)."""
     import marshal
 
     try:
-        with open(_settings_file(config_path), "rb") as handle:
+        with open(_settings_file(config_path, kind), "rb") as handle:
             signature, fields = marshal.load(handle)
         if signature == _config_signature(config_path) and _trusted():
             return tuple(fields)
@@ -180,7 +181,7 @@ def cached_settings(config_path: str) -> tuple[_Field, ...] | None:
     return None
 
 
-def cache_settings(config_path: str, fields: tuple[_Field, ...]) -> None:
+def cache_settings(config_path: str, fields: tuple[_Field, ...], kind: str = "wal") -> None:
     """Remember parsed WAL settings for cached_settings(); failures only cost speed."""
     import marshal
 
@@ -190,7 +191,7 @@ def cache_settings(config_path: str, fields: tuple[_Field, ...]) -> None:
             os.makedirs(_top(), mode=0o700, exist_ok=True)
         if not _trusted():
             return
-        target = _settings_file(config_path)
+        target = _settings_file(config_path, kind)
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
         temp = f"{target}.{os.getpid()}"
         with open(temp, "wb") as handle:

@@ -1,0 +1,94 @@
+"""Appending to the journal (markship.repository.journal): the chain link, the next number
+taken with the repository's no-clobber publish, then HEAD. Standard library only, so the lean
+path of `markship mark` journals its mark without the models; the journal module reads,
+verifies and appends through this one implementation."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+from markship.errors import ConflictError, MarkshipError
+from markship.repository import envelope, layout
+from markship.timefmt import as_json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays off the lean path of `markship mark`
+    from collections.abc import Callable
+    from datetime import datetime
+    from typing import TypeVar
+
+    from markship.repository.base import Repository
+
+    T = TypeVar("T")
+
+STORED = "stored-sha256:"
+
+
+def invoking_user() -> str:
+    """Who runs this process: the real uid's name (LOGNAME and USER can be set to anything),
+    and the user sudo was run by when sudo says so, e.g. `root (sudo from alice)`."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER", "").strip()
+    if sudo and sudo != name:
+        return f"{name} (sudo from {sudo})"
+    return name
+
+
+def entry_body(seq: int, prev: str, time: datetime, command: str, outcome: str, *,
+               user: str | None = None, objects: dict[str, str] | None = None,
+               diff: str | None = None, config_text: str | None = None,
+               ) -> dict[str, object]:
+    """A new journal entry in its JSON form (the body of a JournalEntry record)."""
+    return {"seq": seq, "time": as_json(time), "user": user or invoking_user(),
+            "host": os.uname().nodename, "command": command, "outcome": outcome,
+            "objects": dict(objects or {}), "diff": diff, "config_text": config_text,
+            "prev": prev}
+
+
+def entry_names(repo: Repository) -> list[str]:
+    return sorted(n for n in repo.children(layout.JOURNAL)
+                  if n.endswith(".json") and n[:-5].isdigit())
+
+
+def stored_hash(repo: Repository, seq: int) -> str:
+    """The chain link to entry `seq`: the sha256 of its bytes as stored."""
+    with repo.open_stored(layout.journal_entry_key(seq)) as handle:
+        return STORED + envelope.sha256(handle.read()).hexdigest()
+
+
+def append(repo: Repository, make: Callable[[int, str], tuple[T, bytes]]) -> T:
+    """Add the entry `make(seq, prev link)` gives (it and its stored bytes) after the newest
+    one, retrying after a concurrent writer took the number; then point HEAD at it."""
+    for _attempt in range(100):
+        names = entry_names(repo)
+        last = int(names[-1][:-5]) if names else 0
+        seq = last + 1
+        entry, data = make(seq, stored_hash(repo, last) if last else "")
+        try:
+            stored = repo.write_bytes(layout.journal_entry_key(seq), data, overwrite=False,
+                                      metadata=True)
+        except ConflictError:
+            continue  # another writer took this number: chain after its entry
+        head = {"seq": seq, "hash": STORED + stored.sha256}
+        repo.write_bytes(layout.JOURNAL_HEAD_KEY, envelope.seal("JournalHead", head),
+                         overwrite=True, metadata=True)
+        return entry
+    raise MarkshipError("the journal is too busy: 100 concurrent appends in a row failed",
+                        "retry; look for a runaway process writing to the repository")
+
+
+def append_entry(repo: Repository, command: str, outcome: str, *, user: str | None = None,
+                 objects: dict[str, str] | None = None) -> None:
+    """Add one entry without the model (the lean path of `markship mark`)."""
+    from markship.timefmt import utcnow
+
+    def make(seq: int, prev: str) -> tuple[None, bytes]:
+        body = entry_body(seq, prev, utcnow(), command, outcome, user=user, objects=objects)
+        return None, envelope.seal("JournalEntry", body)
+
+    append(repo, make)
