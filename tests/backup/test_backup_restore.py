@@ -114,7 +114,11 @@ def test_killed_backup_leaves_no_complete_set(pg_group: GroupFactory) -> None:
     assert report["temp_objects"], "the partly written backup must be reported"
     assert report["ok"], "an abandoned set is not a damaged repository"
     cleaned = json.loads(group.markship("verify", "--json", "--clean-temp").stdout)
-    assert cleaned["removed_temp"] == report["temp_objects"]
+    removed = set(cleaned["removed_temp"])
+    assert set(report["temp_objects"]) <= removed
+    # Besides: only a WAL push's temp object whose writer died between the two runs (the
+    # live archiver is never stopped in this test).
+    assert all(key.startswith("wal/") for key in removed - set(report["temp_objects"])), removed
     # The backup's partial objects are gone. (The live archiver may be mid-push of a WAL
     # segment right now; verify leaves temp objects of living writers alone on purpose.)
     assert not list(group.repo.glob("backups/**/.tmp~*"))
