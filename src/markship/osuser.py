@@ -13,6 +13,20 @@ import pwd
 from markship.errors import ConfigError
 
 
+def invoking_user() -> str:
+    """Who runs this process: the real uid's name (LOGNAME and USER can be set to anything),
+    and the user sudo was run by when sudo says so, e.g. `root (sudo from alice)`."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER", "").strip()
+    if sudo and sudo != name:
+        return f"{name} (sudo from {sudo})"
+    return name
+
+
 def switch_to(user: str) -> None:
     """Become `user` when running as root; do nothing otherwise.
 

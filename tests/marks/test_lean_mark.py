@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,8 +76,11 @@ def test_a_lean_mark_is_the_full_paths_mark(pg_group: GroupFactory) -> None:
         stored[name] = record
         # Byte for byte what the model writes for this mark, and what the command printed.
         assert records.encode(record) == data
+        # The lean path leaves the WAL switch to a child process it does not wait for.
+        switching = ["alpha", "bravo"] if name == "lean-1" else []
         assert output == record.model_dump(mode="json") | {
-            "delivery_ms": output["delivery_ms"], "taken_by": "command"}
+            "delivery_ms": output["delivery_ms"], "taken_by": "command",
+            "switching": switching}
         assert record.points.keys() == {"alpha", "bravo"}
         assert record.delivery == {"alpha": "switch", "bravo": "switch"}
         assert record.barrier_server == "alpha"
@@ -137,3 +141,71 @@ def test_lean_mark_errors_are_the_full_paths(pg_group: GroupFactory) -> None:
     outcomes = [e.outcome.split(":")[0] for e in _mark_entries(group)]
     # bad name ×2, taken ok, repeated ×2, unreachable ×2, unwritable ×2
     assert outcomes == ["failed"] * 2 + ["ok"] + ["failed"] * 6
+
+
+def _wait_complete(group: Group, name: str, seconds: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + seconds
+    while True:
+        listed = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
+        if listed[name]["complete"] or time.monotonic() > deadline:
+            return listed[name]
+        time.sleep(0.2)
+
+
+@pytest.mark.pg
+def test_the_lean_marks_switch_finishes_after_it_without_noise(pg_group: GroupFactory) -> None:
+    """The lean path hands the WAL switch to a child process and returns: the mark completes
+    on its own, and no server (one reached over its Unix socket) saw its client vanish."""
+    group = pg_group(2)
+    bravo = group.server("bravo")
+    text = group.config_path.read_text()
+    group.config_path.write_text(text.replace(
+        bravo.conninfo(), f"host={bravo.socket_dir} port={bravo.port} user=postgres "
+                          "dbname=postgres"))
+    group.ok("backup")
+    group.ok("mark", "--name", "warm")  # validates the changed config (full model)
+    logged = {s.name: s.log_file.stat().st_size for s in group.servers}
+    names = []
+    for n in range(3):
+        lean = group.markship("mark", "--json", "--name", f"bg-{n}")
+        assert lean.returncode == 0, lean.stderr
+        made = json.loads(lean.stdout)
+        assert made["switching"] == ["alpha", "bravo"]
+        assert made["delivery"] == {"alpha": "switch", "bravo": "switch"}
+        names.append(made["name"])
+    for name in names:
+        assert _wait_complete(group, name)["complete"], name
+    time.sleep(1)  # the children have ended their conversations
+    for server in group.servers:
+        with server.log_file.open("rb") as log:
+            log.seek(logged[server.name])
+            tail = log.read().decode(errors="replace")
+        assert "could not send data to client" not in tail, tail
+        assert "connection to client lost" not in tail, tail
+        assert "unexpected EOF" not in tail, tail
+
+
+@pytest.mark.pg
+def test_mark_wait_returns_once_complete_or_says_what_is_missing(
+        pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    group.ok("backup")
+    waited = group.markship("mark", "--json", "--name", "waited", "--wait", "60")
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout)["switching"] == []  # the full path switched itself
+    listed = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
+    assert listed["waited"]["complete"], listed["waited"]
+
+    bravo = group.server("bravo")
+    bravo.psql("ALTER SYSTEM SET archive_command = 'false'")
+    bravo.psql("SELECT pg_reload_conf()")
+    stuck = group.markship("mark", "--name", "stuck", "--wait", "2")
+    assert stuck.returncode != 0
+    assert len(stuck.stderr.splitlines()) == 1, stuck.stderr
+    assert stuck.stderr.startswith(
+        "markship: error: mark stuck was made, but is not complete after 2 s (bravo: "), \
+        stuck.stderr
+    assert "alpha" not in stuck.stderr.split("(", 1)[1]
+    bravo.psql("ALTER SYSTEM RESET archive_command")
+    bravo.psql("SELECT pg_reload_conf()")
+    assert _wait_complete(group, "stuck")["complete"]

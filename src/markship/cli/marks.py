@@ -13,10 +13,14 @@ from markship.cli.context import Context, journaled, pass_context
 @click.option("--no-switch", is_flag=True,
               help="Neither wait for the WAL receiver nor switch WAL after the mark (it "
                    "completes when its segment is archived).")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Return only once the mark is complete (every server's WAL holding it in "
+                   "the repository), waiting at most SECONDS.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 @journaled("mark")
-def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None:
+def mark(ctx: Context, name: str | None, no_switch: bool, wait_seconds: float | None,
+         as_json: bool) -> None:
     """Lay a group mark: the same restore point on every server, under the barrier.
 
     When the agent (markship run) is running, it makes the mark: the command only asks."""
@@ -36,7 +40,31 @@ def mark(ctx: Context, name: str | None, no_switch: bool, as_json: bool) -> None
     finally:
         conns.close()
     ctx.note(mark=result.record.name)
+    if wait_seconds is not None:
+        _wait_complete(ctx, result.record.name, wait_seconds)
     output.writer(as_json).mark(result)
+
+
+def _wait_complete(ctx: Context, name: str, seconds: float) -> None:
+    """Return once mark `name` is complete; raise MarkshipError after `seconds`."""
+    import time
+
+    from markship.errors import MarkshipError
+    from markship.marks.choose import mark_state
+
+    deadline = time.monotonic() + seconds
+    while True:
+        state = mark_state(ctx.repository(), ctx.config, name)
+        if state.complete:
+            return
+        if state.unrestorable or time.monotonic() >= deadline:
+            waiting = "; ".join(f"{server}: {why}" for server, why in
+                                (state.unrestorable or state.waiting_for).items())
+            raise MarkshipError(
+                f"mark {name} was made, but is not complete after {seconds:g} s ({waiting})",
+                "markship status shows whether each server archives; markship marks shows "
+                "the mark once it is complete")
+        time.sleep(0.1)
 
 
 @click.command()

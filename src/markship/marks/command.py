@@ -20,6 +20,7 @@ FULL_ENV = "MARKSHIP_FULL_MARK"  # set (to anything): `markship mark` always run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from markship.pg import fanout
     from markship.repository.base import Repository
     from markship.wal.settings import WalSettings
 
@@ -50,23 +51,36 @@ def main(args: list[str], config: str | None) -> int | None:
         from markship.marks import priority
 
         priority.set_for_thread(settings.nice)
-    from markship.repository.journalchain import invoking_user
+    from markship import osuser
 
-    user = invoking_user()  # before switching to the repository's OS user
+    user = osuser.invoking_user()  # before switching to the repository's OS user
     repo: Repository | None = None
     try:
-        from markship import names, osuser
-        from markship.marks.take import GroupConnections, result_json, result_line, take_mark
+        from markship import names
 
         name = found.get("--name")
         if name is not None:
             names.check_restore_point(name, "mark name (--name)")
         osuser.switch_to(wal.os_user)
+        # The servers fork and authenticate their backends while the rest loads here.
+        from markship.pg import libpq
+
+        started = libpq.start_all(settings.lean_conninfos())
+        from markship.marks import detach
+        from markship.marks.take import GroupConnections, result_json, result_line, take_mark
+
         repo = wal.open_repository(make_root=True)
-        conns = GroupConnections(settings, lean=True)
+        conns = GroupConnections(settings, lean=True, started=started)
+
+        def hand_off(handed: dict[str, fanout.Link]) -> bool:
+            if not detach.hand_off(handed):
+                return False
+            conns.forget(handed)
+            return True
+
         try:
             result = take_mark(settings, repo, conns, name,
-                               switch_wal="--no-switch" not in flags)
+                               switch_wal="--no-switch" not in flags, hand_off=hand_off)
         finally:
             conns.close()
         if "--json" in flags:

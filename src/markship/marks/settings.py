@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from markship.wal.settings import WalSettings
 
 
+BARRIER = "\0barrier"  # the barrier connection's key among the lean path's connections
+
+
 class MarkSettings:
     """The group, its servers and the [marks] settings a mark is made with."""
 
@@ -34,6 +37,11 @@ class MarkSettings:
 
     def conninfo(self, server: str) -> str:
         return dict(self.servers)[server]
+
+    def lean_conninfos(self) -> dict[str, str]:
+        """The connections a mark opens on the lean path: one per server, and a second one
+        to the barrier server (under the key BARRIER)."""
+        return {**dict(self.servers), BARRIER: self.conninfo(self.barrier_server)}
 
     @classmethod
     def from_config(cls, config: Config) -> MarkSettings:

@@ -33,7 +33,7 @@ from markship import names
 from markship.barrierkey import barrier_key
 from markship.errors import MarkshipError, ServerError, first_line
 from markship.marks import delivery, priority
-from markship.marks.settings import MarkSettings
+from markship.marks.settings import BARRIER, MarkSettings
 from markship.pg import fanout, marksql
 from markship.pg.lsn import parse_lsn, parse_segment_name
 from markship.repository import envelope, layout
@@ -41,12 +41,12 @@ from markship.timefmt import as_json, utcnow
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the lean path of `markship mark` loads neither pydantic, psycopg nor typing
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Literal
 
     from markship.config.model import Config
     from markship.marks import upload
-    from markship.pg import sql
+    from markship.pg import libpq, sql
     from markship.repository.base import Repository, StagedObject
     from markship.repository.catalog import MarkRecord
 
@@ -68,16 +68,15 @@ def settings_of(config: Config | MarkSettings) -> MarkSettings:
     return config if isinstance(config, MarkSettings) else MarkSettings.from_config(config)
 
 
-BARRIER = "\0barrier"  # the barrier connection's key among the lean path's connections
-
-
 class GroupConnections:
     """One autocommit connection per server plus a second one to the barrier server:
     psycopg's, or with `lean` markship.pg.libpq's (the lean path of `markship mark`)."""
 
-    def __init__(self, config: Config | MarkSettings, lean: bool = False) -> None:
+    def __init__(self, config: Config | MarkSettings, lean: bool = False,
+                 started: libpq.Connecting | None = None) -> None:
         self.settings = settings_of(config)
         self.lean = lean
+        self.started = started  # the lean path's connections, begun early (libpq.start_all)
         self.conns: dict[str, fanout.Link] = {}
         self.barrier: fanout.Link | None = None
 
@@ -107,7 +106,14 @@ class GroupConnections:
         barrier = self.settings.barrier_server
         conninfos = {**wanted, **({BARRIER: self.settings.conninfo(barrier)}
                                   if need_barrier else {})}
-        opened, failed = libpq.connect_all(conninfos)
+        started, self.started = self.started, None
+        if started is not None and set(started.pending) | set(started.failed) == set(conninfos):
+            opened, failed = started.finish()
+        else:
+            if started is not None:  # begun for other servers: not ours to use
+                for unused in started.finish()[0].values():
+                    unused.close()
+            opened, failed = libpq.connect_all(conninfos)
         if failed:
             from markship.perserver import servers_failed
             from markship.pg.sql import connect_error  # psycopg only when one failed
@@ -132,11 +138,21 @@ class GroupConnections:
         return self.conns.get(server)  # type: ignore[return-value]
 
     def close(self) -> None:
+        started, self.started = self.started, None
+        if started is not None:  # begun but never used: ended as libpq ends a conversation
+            for unused in started.finish()[0].values():
+                unused.close()
         for conn in [*self.conns.values(), self.barrier]:
             if conn is not None:
                 conn.close()
         self.conns.clear()
         self.barrier = None
+
+    def forget(self, servers: Iterable[str]) -> None:
+        """Leave these servers' connections to whoever took them over (markship.marks.detach):
+        neither used nor closed here again."""
+        for server in servers:
+            self.conns.pop(server, None)
 
     def drop_broken(self) -> None:
         for name, conn in list(self.conns.items()):
@@ -151,9 +167,10 @@ class MarkResult:
     `inspect`, ~10 ms of the lean path's start-up.)"""
 
     def __init__(self, body: dict[str, object], switch_ms: float, prepare_ms: float = 0.0,
-                 record_ms: float = 0.0) -> None:
+                 record_ms: float = 0.0, switching: tuple[str, ...] = ()) -> None:
         self.body = body  # the mark record in its JSON form (MarkRecord's model_dump)
         self.switch_ms = switch_ms  # from releasing the barrier until the WAL was delivered
+        self.switching = switching  # servers whose WAL switch was handed off, still under way
         self.prepare_ms = prepare_ms  # before the barrier: name check, connections
         self.record_ms = record_ms  # writing the mark record (durably) into the repository
 
@@ -182,13 +199,16 @@ def mark_body(name: str, group: str, created_at: datetime, barrier_server: str,
 
 def take_mark(config: Config | MarkSettings, repo: Repository, conns: GroupConnections,
               name: str | None = None, switch_wal: bool = True,
-              uploads: upload.StreamUploads | None = None) -> MarkResult:
+              uploads: upload.StreamUploads | None = None,
+              hand_off: Callable[[dict[str, fanout.Link]], bool] | None = None) -> MarkResult:
     """Make one group mark. Raises BadName (markship.names) for a name no mark can have,
     MarkSkipped when the barrier is busy, ServerError when a server fails (the mark is then
     not recorded anywhere).
 
     `uploads`: the agent's, which hold its receivers' spool; a repository in object storage
-    gets streamed WAL only through them (without, every server's WAL is switched)."""
+    gets streamed WAL only through them (without, every server's WAL is switched).
+    `hand_off`: given the connections whose WAL is to be switched, takes them over and
+    switches it without this call waiting (True), or declines (False: switched here)."""
     start = time.perf_counter()
     settings = settings_of(config)
     now = utcnow()
@@ -222,7 +242,8 @@ def take_mark(config: Config | MarkSettings, repo: Repository, conns: GroupConne
     try:
         taken = _under_barrier(settings, conns, name, streaming, released)
         before = time.perf_counter()
-        delivered = _deliver(settings, conns, taken, streaming, uploads) if switch_wal else {}
+        delivered, switching = (_deliver(settings, conns, taken, streaming, uploads, hand_off)
+                                if switch_wal else ({}, ()))
     except BaseException:
         if staging is not None:
             staging.drop()
@@ -240,7 +261,7 @@ def take_mark(config: Config | MarkSettings, repo: Repository, conns: GroupConne
         envelope.write_sealed(repo, record_key, envelope.seal("MarkRecord", body))
     return MarkResult(body, (writing - before) * 1000,
                       prepare_ms=(taken.began - start) * 1000,
-                      record_ms=(time.perf_counter() - writing) * 1000)
+                      record_ms=(time.perf_counter() - writing) * 1000, switching=switching)
 
 
 def result_line(result: MarkResult) -> str:
@@ -254,6 +275,8 @@ def result_line(result: MarkResult) -> str:
     assert isinstance(points, dict) and isinstance(delivered, dict)
     shown = ", ".join(f"{s} {format_lsn(p['lsn'])}" for s, p in points.items())
     how = ", ".join(sorted(set(delivered.values()))) or "none"
+    if result.switching:
+        how += " (under way: complete once archived, see markship marks)"
     return (f"✓ mark {body['name']} at {show(parse_aware(str(body['created_at'])))}: "
             f"{shown}; barrier held {body['barrier_hold_ms']:.1f} ms; WAL delivered by {how}")
 
@@ -264,7 +287,8 @@ def result_json(result: MarkResult, taken_by: str) -> dict[str, object]:
     from markship.timefmt import parse_aware, show_exact
 
     shown = result.body | {"created_at": show_exact(parse_aware(str(result.body["created_at"])))}
-    return shown | {"delivery_ms": result.switch_ms, "taken_by": taken_by}
+    return shown | {"delivery_ms": result.switch_ms, "taken_by": taken_by,
+                    "switching": sorted(result.switching)}
 
 
 class _Taken:
@@ -335,17 +359,25 @@ def _under_barrier(settings: MarkSettings, conns: GroupConnections, name: str,
 
 
 def _deliver(settings: MarkSettings, conns: GroupConnections, taken: _Taken, streaming: bool,
-             uploads: upload.StreamUploads | None) -> dict[str, Delivery]:
+             uploads: upload.StreamUploads | None,
+             hand_off: Callable[[dict[str, fanout.Link]], bool] | None = None,
+             ) -> tuple[dict[str, Delivery], tuple[str, ...]]:
     """Step 3: the mark's WAL into the repository, by stream where the receiver gets there
-    within `[marks] stream_wait` (and, from a spool, is uploaded), else by a WAL switch."""
+    within `[marks] stream_wait` (and, from a spool, is uploaded), else by a WAL switch
+    (made here, or by `hand_off`): how each server's WAL goes, and the servers whose switch
+    was handed off."""
     lsns = {server: lsn for server, (lsn, _file) in taken.points.items()}
     streamed = (delivery.wait_flushed(conns.conns, lsns, settings.stream_wait,
                                       taken.first_poll) if streaming else set())
     if streamed and uploads is not None:
         streamed = uploads.ship({server: taken.points[server] for server in streamed})
     rest = [server for server in conns.conns if server not in streamed]
+    delivered: dict[str, Delivery] = {**dict.fromkeys(streamed, "stream"),
+                                      **dict.fromkeys(rest, "switch")}
+    if rest and hand_off and hand_off({server: conns.conns[server] for server in rest}):
+        return delivered, tuple(rest)
     fanout.fan_out({server: (conns.conns[server], marksql.SWITCH_WAL, ()) for server in rest})
-    return {**dict.fromkeys(streamed, "stream"), **dict.fromkeys(rest, "switch")}
+    return delivered, ()
 
 
 class _Staging:

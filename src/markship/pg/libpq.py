@@ -179,49 +179,82 @@ class Connection:
         self.pgconn.finish()
 
 
-def connect_all(conninfos: Mapping[str, str], timeout: float = 5.0,
-                ) -> tuple[dict[str, Connection], dict[str, str]]:
-    """Connect to every server at once from this thread: (connections, server → libpq's
-    message for those that failed). Same parameters as markship.pg.sql.connect gives psycopg:
-    the conninfo, then `connect_timeout` and `application_name` over it."""
+class Connecting:
+    """Connections begun by `start_all`, not yet finished: libpq works on them as the
+    caller does something else (the server forks and authenticates a backend meanwhile)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.pending: dict[str, int] = {}  # server → PGconn handle
+        self.wants: dict[str, int] = {}  # server → what PQconnectPoll last asked for
+        self.done: dict[str, Connection] = {}
+        self.failed: dict[str, str] = {}
+
+    def poll(self, wait: float) -> None:
+        """One round: wait at most `wait` seconds for a socket, then advance the ready."""
+        lib = _load()
+        wants = self.wants
+        reading = {lib.PQsocket(self.pending[s]): s for s, w in wants.items()
+                   if w == POLLING_READING}
+        writing = {lib.PQsocket(self.pending[s]): s for s, w in wants.items()
+                   if w == POLLING_WRITING}
+        ready_r, ready_w, _ = select.select(list(reading), list(writing), [], max(wait, 0))
+        for server in [reading[fd] for fd in ready_r] + [writing[fd] for fd in ready_w]:
+            handle = self.pending[server]
+            state = lib.PQconnectPoll(handle)
+            if state == POLLING_OK:
+                self.done[server] = Connection(PGconn(handle))
+                del wants[server]
+            elif state == POLLING_FAILED:
+                self.failed[server] = (lib.PQerrorMessage(handle) or b"").decode(
+                    errors="replace")
+                lib.PQfinish(handle)
+                del wants[server]
+            else:
+                wants[server] = state
+
+    def finish(self) -> tuple[dict[str, Connection], dict[str, str]]:
+        """Wait for every connection: (connections, server → libpq's message for those
+        that failed)."""
+        while self.wants:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                for server in self.wants:
+                    self.failed[server] = "timeout expired"
+                    _load().PQfinish(self.pending[server])
+                self.wants.clear()
+                break
+            self.poll(left)
+        return self.done, self.failed
+
+
+def start_all(conninfos: Mapping[str, str], timeout: float = 5.0) -> Connecting:
+    """Begin connecting to every server at once, without waiting: each server gets the
+    start of the conversation (its startup packet, as far as the socket takes it now).
+    Same parameters as markship.pg.sql.connect gives psycopg: the conninfo, then
+    `connect_timeout` and `application_name` over it."""
     lib = _load()
-    pending: dict[str, int] = {}
-    failed: dict[str, str] = {}
+    started = Connecting(time.monotonic() + timeout)
     keys = (c_char_p * 4)(b"dbname", b"connect_timeout", b"application_name", None)
     for server, conninfo in conninfos.items():
         values = (c_char_p * 4)(conninfo.encode(), str(int(timeout)).encode(), b"markship",
                                 None)
         handle = lib.PQconnectStartParams(keys, values, 1)
         if not handle:
-            failed[server] = "out of memory"
+            started.failed[server] = "out of memory"
         elif lib.PQstatus(handle) == CONNECTION_BAD:
-            failed[server] = (lib.PQerrorMessage(handle) or b"").decode(errors="replace")
+            started.failed[server] = (lib.PQerrorMessage(handle) or b"").decode(
+                errors="replace")
             lib.PQfinish(handle)
         else:
-            pending[server] = handle
-    wants = dict.fromkeys(pending, POLLING_WRITING)
-    done: dict[str, Connection] = {}
-    deadline = time.monotonic() + timeout
-    while wants:
-        reading = {lib.PQsocket(pending[s]): s for s, w in wants.items() if w == POLLING_READING}
-        writing = {lib.PQsocket(pending[s]): s for s, w in wants.items() if w == POLLING_WRITING}
-        left = deadline - time.monotonic()
-        ready_r, ready_w, _ = select.select(list(reading), list(writing), [], max(left, 0))
-        if not ready_r and not ready_w and left <= 0:
-            for server in wants:
-                failed[server] = "timeout expired"
-                lib.PQfinish(pending[server])
-            break
-        for server in [reading[fd] for fd in ready_r] + [writing[fd] for fd in ready_w]:
-            handle = pending[server]
-            state = lib.PQconnectPoll(handle)
-            if state == POLLING_OK:
-                done[server] = Connection(PGconn(handle))
-                del wants[server]
-            elif state == POLLING_FAILED:
-                failed[server] = (lib.PQerrorMessage(handle) or b"").decode(errors="replace")
-                lib.PQfinish(handle)
-                del wants[server]
-            else:
-                wants[server] = state
-    return done, failed
+            started.pending[server] = handle
+            started.wants[server] = POLLING_WRITING
+    started.poll(0)
+    return started
+
+
+def connect_all(conninfos: Mapping[str, str], timeout: float = 5.0,
+                ) -> tuple[dict[str, Connection], dict[str, str]]:
+    """Connect to every server at once from this thread: (connections, server → libpq's
+    message for those that failed)."""
+    return start_all(conninfos, timeout).finish()

@@ -6,9 +6,9 @@ verifies and appends through this one implementation."""
 from __future__ import annotations
 
 import os
-import pwd
 
 from markship.errors import ConflictError, MarkshipError
+from markship.osuser import invoking_user
 from markship.repository import envelope, layout
 from markship.timefmt import as_json
 
@@ -23,20 +23,6 @@ if TYPE_CHECKING:  # typing stays off the lean path of `markship mark`
     T = TypeVar("T")
 
 STORED = "stored-sha256:"
-
-
-def invoking_user() -> str:
-    """Who runs this process: the real uid's name (LOGNAME and USER can be set to anything),
-    and the user sudo was run by when sudo says so, e.g. `root (sudo from alice)`."""
-    uid = os.getuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = f"uid {uid}"
-    sudo = os.environ.get("SUDO_USER", "").strip()
-    if sudo and sudo != name:
-        return f"{name} (sudo from {sudo})"
-    return name
 
 
 def entry_body(seq: int, prev: str, time: datetime, command: str, outcome: str, *,
