@@ -146,7 +146,8 @@ def test_lean_mark_errors_are_the_full_paths(pg_group: GroupFactory) -> None:
 def _wait_complete(group: Group, name: str, seconds: float = 60) -> dict[str, object]:
     deadline = time.monotonic() + seconds
     while True:
-        listed = {m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
+        listed: dict[str, dict[str, object]] = {
+            m["name"]: m for m in json.loads(group.ok("marks", "--json"))}
         if listed[name]["complete"] or time.monotonic() > deadline:
             return listed[name]
         time.sleep(0.2)

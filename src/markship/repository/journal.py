@@ -25,6 +25,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from markship import osuser
 from markship.errors import CorruptObject, MarkshipError, ObjectMissing
 from markship.pg.conninfo import redact_text
 from markship.repository import journalchain, layout, records
@@ -57,7 +58,7 @@ class JournalHead(Record):
 
 STORED = journalchain.STORED
 stored_hash = journalchain.stored_hash
-invoking_user = journalchain.invoking_user
+invoking_user = osuser.invoking_user
 
 
 def entry_hash(entry: JournalEntry) -> str:
