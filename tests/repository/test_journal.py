@@ -114,3 +114,38 @@ def test_a_journal_begun_with_content_links_continues_and_still_names_tampering(
     records.write_record(repo, layout.journal_entry_key(1), forged, overwrite=True)
     assert journal.verify(repo).problem == "entry 1 was altered after it was written " \
                                            "(entry 2 no longer matches it)"
+
+
+def test_an_entry_written_ahead_joins_the_chain_even_after_another_writer(
+        tmp_path: Path) -> None:
+    """journalchain.Ahead (the lean `markship mark`): published as written when nobody
+    appended meanwhile; appended after the other writer's entry when somebody did; discarded
+    without a trace."""
+    from markship.repository import journal, journalchain, layout
+    from markship.repository.backends import open_repository
+
+    repo = open_repository(tmp_path / "repo")
+    journal.append(repo, "backup", "ok")
+    ahead = journalchain.Ahead(repo, "mark", "ok", "alice", {"mark": "m1"})
+    assert [e.seq for e in journal.entries(repo)] == [1]  # nothing visible before publish
+    ahead.publish()
+    listed = journal.entries(repo)
+    assert [(e.seq, e.command, e.objects) for e in listed] == [
+        (1, "backup", {}), (2, "mark", {"mark": "m1"})]
+    assert journal.verify(repo).ok
+
+    late = journalchain.Ahead(repo, "mark", "ok", "alice", {"mark": "m2"})
+    journal.append(repo, "expire", "ok")  # takes number 3 first
+    late.publish()
+    listed = journal.entries(repo)
+    assert [(e.seq, e.command) for e in listed] == [
+        (1, "backup"), (2, "mark"), (3, "expire"), (4, "mark")]
+    assert listed[3].objects == {"mark": "m2"}
+    assert journal.verify(repo).ok
+
+    dropped = journalchain.Ahead(repo, "mark", "ok", "alice", {"mark": "m3"})
+    dropped.discard()
+    assert len(journal.entries(repo)) == 4 and journal.verify(repo).ok
+    folder = tmp_path / "repo" / layout.JOURNAL
+    assert sorted(p.name for p in folder.iterdir()) == [
+        *(f"{n:012d}.json" for n in range(1, 5)), "HEAD.json"]

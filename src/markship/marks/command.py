@@ -20,8 +20,11 @@ FULL_ENV = "MARKSHIP_FULL_MARK"  # set (to anything): `markship mark` always run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import threading
+
     from markship.pg import fanout
     from markship.repository.base import Repository
+    from markship.repository.journalchain import Ahead
     from markship.wal.settings import WalSettings
 
 
@@ -55,6 +58,7 @@ def main(args: list[str], config: str | None) -> int | None:
 
     user = osuser.invoking_user()  # before switching to the repository's OS user
     repo: Repository | None = None
+    ahead = _Ahead()
     try:
         from markship import names
 
@@ -67,9 +71,13 @@ def main(args: list[str], config: str | None) -> int | None:
 
         started = libpq.start_all(settings.lean_conninfos())
         from markship.marks import detach
-        from markship.marks.take import GroupConnections, result_json, result_line, take_mark
+        from markship.marks.take import GroupConnections, mark_name, take_mark
+        from markship.timefmt import utcnow
 
         repo = wal.open_repository(make_root=True)
+        if name is None:
+            name = mark_name(settings.group, utcnow())
+        ahead.begin(repo, user, name)
         conns = GroupConnections(settings, lean=True, started=started)
 
         def hand_off(handed: dict[str, fanout.Link]) -> bool:
@@ -86,18 +94,70 @@ def main(args: list[str], config: str | None) -> int | None:
         if "--json" in flags:
             import json
 
+            from markship.marks.take import result_json
+
             print(json.dumps(result_json(result, "command"), indent=2, sort_keys=True))
         else:
+            from markship.marks.take import result_line
+
             print(result_line(result))
         sys.stdout.flush()
     except MarkshipError as exc:
+        ahead.discard()
         _journal(repo, wal, f"failed: {exc.message}", user, {})
         raise
     except Exception as exc:  # e.g. stdout closed: recorded as the full command line does
+        ahead.discard()
         _journal(repo, wal, f"failed: unexpected {type(exc).__name__}: {exc}"[:500], user, {})
         raise
-    _journal(repo, wal, "ok", user, {"mark": str(result.body["name"])})
+    if not ahead.publish():
+        _journal(repo, wal, "ok", user, {"mark": str(result.body["name"])})
     return 0
+
+
+class _Ahead:
+    """The command's journal entry for success, written ahead in a thread of its own while
+    the mark is made (markship.repository.journalchain.Ahead): afterwards only its renames
+    are left. Anything failing here leaves the entry to the normal append."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.written: Ahead | None = None
+
+    def begin(self, repo: Repository, user: str, name: str) -> None:
+        import threading
+
+        from markship.repository.journalchain import Ahead
+
+        def write() -> None:
+            import contextlib
+
+            with contextlib.suppress(Exception):  # the normal append then says what is wrong
+                self.written = Ahead(repo, "mark", "ok", user, {"mark": name})
+
+        self.thread = threading.Thread(target=write, name="markship-journal", daemon=True)
+        self.thread.start()
+
+    def _join(self) -> Ahead | None:
+        if self.thread is not None:
+            self.thread.join()
+        return self.written
+
+    def publish(self) -> bool:
+        """True once the entry is in the journal; False leaves it to the caller."""
+        written = self._join()
+        if written is None:
+            return False
+        try:
+            written.publish()
+        except MarkshipError as exc:
+            print(f"markship: warning: not recorded in the journal: {exc.one_line()}",
+                  file=sys.stderr)
+        return True
+
+    def discard(self) -> None:
+        if (written := self._join()) is not None:
+            written.discard()
 
 
 def _journal(repo: Repository | None, wal: WalSettings, outcome: str, user: str,

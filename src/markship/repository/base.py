@@ -28,6 +28,10 @@ class StagedObject(Protocol):
     def publish(self, name_for: Callable[[], str], *, overwrite: bool = False
                 ) -> StoredObject: ...
 
+    def stored_sha256(self) -> str:
+        """The sha256 of the bytes as they will be stored (before publish())."""
+        ...
+
     def discard(self) -> None: ...
 
 

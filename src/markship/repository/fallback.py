@@ -257,5 +257,8 @@ class _OwingStage:
             self.fallback._owing(self.writer, self.folder, name_for, overwrite),
             overwrite=overwrite)
 
+    def stored_sha256(self) -> str:
+        return self.staged.stored_sha256()
+
     def discard(self) -> None:
         self.staged.discard()

@@ -432,6 +432,9 @@ class Staged:
         digest = self.sink.digest.hexdigest() if self.sink.hashed else ""
         return StoredObject(self.repo._key(final), self.sink.size, digest)
 
+    def stored_sha256(self) -> str:
+        return str(self.sink.digest.hexdigest())
+
     def discard(self) -> None:
         _unlink(self.temp)
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # typing stays off the lean path of `markship mark`
     from datetime import datetime
     from typing import TypeVar
 
-    from markship.repository.base import Repository
+    from markship.repository.base import Repository, StagedObject
 
     T = TypeVar("T")
 
@@ -78,3 +78,53 @@ def append_entry(repo: Repository, command: str, outcome: str, *, user: str | No
         return None, envelope.seal("JournalEntry", body)
 
     append(repo, make)
+
+
+class Ahead:
+    """A journal entry written ahead of its command's end: the entry and HEAD pointing at it
+    stored under temp names and flushed, while the command works. Once it succeeded,
+    `publish()` names them: two renames, where append() lists the journal, reads its newest
+    entry and writes two objects. If another writer took the number meanwhile, the entry is
+    appended the normal way. Made by `write_ahead` (it raises what a write raises)."""
+
+    def __init__(self, repo: Repository, command: str, outcome: str, user: str,
+                 objects: dict[str, str]) -> None:
+        from markship.timefmt import utcnow
+
+        self.repo, self.command, self.outcome = repo, command, outcome
+        self.user, self.objects = user, objects
+        names = entry_names(repo)
+        last = int(names[-1][:-5]) if names else 0
+        self.seq = last + 1
+        data = envelope.seal("JournalEntry", entry_body(
+            self.seq, stored_hash(repo, last) if last else "", utcnow(), command, outcome,
+            user=user, objects=objects))
+        self.entry: StagedObject = envelope.stage_sealed(
+            repo, layout.journal_entry_key(self.seq), lambda: data)
+        self.head: StagedObject | None = None
+        try:
+            head = {"seq": self.seq, "hash": STORED + self.entry.stored_sha256()}
+            self.head = envelope.stage_sealed(repo, layout.JOURNAL_HEAD_KEY,
+                                              lambda: envelope.seal("JournalHead", head))
+        except BaseException:
+            self.entry.discard()
+            raise
+
+    def publish(self) -> None:
+        assert self.head is not None
+        try:
+            self.entry.publish(lambda: layout.journal_entry_key(self.seq).rpartition("/")[2])
+        except ConflictError:  # another writer took the number: chain after its entry
+            self.head.discard()
+            append_entry(self.repo, self.command, self.outcome, user=self.user,
+                         objects=self.objects)
+            return
+        except BaseException:
+            self.head.discard()
+            raise
+        self.head.publish(lambda: layout.JOURNAL_HEAD_KEY.rpartition("/")[2], overwrite=True)
+
+    def discard(self) -> None:
+        self.entry.discard()
+        if self.head is not None:
+            self.head.discard()

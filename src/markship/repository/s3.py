@@ -444,6 +444,9 @@ class S3Staged:
         digest = self.sink.digest.hexdigest() if self.sink.hashed else ""
         return StoredObject(key, self.sink.size, digest)
 
+    def stored_sha256(self) -> str:
+        return str(self.sink.digest.hexdigest())
+
     def discard(self) -> None:
         self.buffer.close()
 
