@@ -25,8 +25,11 @@ class Writable(Protocol):
 
 
 class StagedObject(Protocol):
-    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False
-                ) -> StoredObject: ...
+    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False,
+                sync: bool = True) -> StoredObject:
+        """Give the object its name. `sync=False`: the name is not yet flushed to disk; the
+        next publish with sync=True in the same folder flushes both (one fsync for two)."""
+        ...
 
     def stored_sha256(self) -> str:
         """The sha256 of the bytes as they will be stored (before publish())."""

@@ -252,10 +252,11 @@ class _OwingStage:
                  staged: StagedObject) -> None:
         self.fallback, self.writer, self.folder, self.staged = fallback, writer, folder, staged
 
-    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
+    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False,
+                sync: bool = True) -> StoredObject:
         return self.staged.publish(
             self.fallback._owing(self.writer, self.folder, name_for, overwrite),
-            overwrite=overwrite)
+            overwrite=overwrite, sync=sync)
 
     def stored_sha256(self) -> str:
         return self.staged.stored_sha256()

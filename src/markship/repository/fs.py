@@ -225,7 +225,7 @@ class FsRepository:
         encrypted repository encrypts them; `metadata` says it is a catalog record)."""
         return fill
 
-    def _publish(self, temp: str, final: str, overwrite: bool) -> None:
+    def _publish(self, temp: str, final: str, overwrite: bool, sync: bool = True) -> None:
         if overwrite:
             os.replace(temp, final)
         else:
@@ -247,7 +247,8 @@ class FsRepository:
                 os.replace(temp, final)
             else:
                 os.unlink(temp)
-        _fsync_dir(os.path.dirname(final))
+        if sync:
+            _fsync_dir(os.path.dirname(final))
 
     def write_bytes(self, key: str, data: bytes, *, overwrite: bool = False,
                     metadata: bool = False) -> StoredObject:
@@ -415,14 +416,15 @@ class Staged:
     def __init__(self, repo: FsRepository, temp: str, sink: Sink) -> None:
         self.repo, self.temp, self.sink = repo, temp, sink
 
-    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
+    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False,
+                sync: bool = True) -> StoredObject:
         """Give the object its name, `name_for()`, next to the temp object. Raises
         ConflictError when that name exists and `overwrite` is false (the temp goes)."""
         final = self.temp
         try:
             final = self.repo._path(self.repo._key(join(os.path.dirname(self.temp),
                                                         name_for())))
-            self.repo._publish(self.temp, final, overwrite)
+            self.repo._publish(self.temp, final, overwrite, sync)
         except OSError as exc:
             _unlink(self.temp)
             raise _os_error(exc, final) from exc

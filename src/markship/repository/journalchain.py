@@ -113,7 +113,10 @@ class Ahead:
     def publish(self) -> None:
         assert self.head is not None
         try:
-            self.entry.publish(lambda: layout.journal_entry_key(self.seq).rpartition("/")[2])
+            # HEAD's publish below flushes the folder for both names: the entry's name is
+            # made first, so no journaling file system keeps HEAD without it.
+            self.entry.publish(lambda: layout.journal_entry_key(self.seq).rpartition("/")[2],
+                               sync=False)
         except ConflictError:  # another writer took the number: chain after its entry
             self.head.discard()
             append_entry(self.repo, self.command, self.outcome, user=self.user,

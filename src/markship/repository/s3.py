@@ -429,8 +429,9 @@ class S3Staged:
     def __init__(self, repo: S3Repository, folder: str, buffer: Any, sink: Sink) -> None:
         self.repo, self.folder, self.buffer, self.sink = repo, folder, buffer, sink
 
-    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False) -> StoredObject:
-        try:
+    def publish(self, name_for: Callable[[], str], *, overwrite: bool = False,
+                sync: bool = True) -> StoredObject:
+        try:  # a put is durable once answered: `sync` has nothing to add
             key = self.folder + name_for()
             self.buffer.seek(0)
             if self.sink.size <= SPOOL_MEMORY:
