@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psycopg
 
-from markship.dr.drill import free_port_range
 from markship.pg.datadir import recovery_end, stop_reason
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port, wait_archived
 from tests.support.servers import OS_USER, PG_BIN, GroupFactory, new_mark, stop_postmaster
@@ -107,26 +106,18 @@ def test_group_paused_at_a_mark_settles_on_resume(pg_group: GroupFactory) -> Non
     for server in group.servers:
         server.psql("UPDATE accounts SET balance = 0")  # after the mark: must not come back
 
-    base = free_port_range(2)
-    handles = {}
-    for offset, server in enumerate(group.servers):
-        handle = ScratchServer(server.name, group.workdir / f"g-{server.name}", base + offset,
-                               os_user=OS_USER)
-        handle.base_dir.mkdir()
-        chown_to(handle.base_dir, OS_USER)
-        group.extra.append(handle)
-        handles[server.name] = handle
-    template = str(group.workdir / "g-{server}" / "data")
+    handles, where = group.group_targets()
+    template = where[-1]
     proc = group.markship("restore", "--group", "--mark", mark, "--action", "pause", "--json",
-                          "--port-base", str(base), "--target-dir", template)
+                          *where)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["action"] == "pause" and report["resolutions"] == []
     for name, handle in handles.items():  # every server paused at the same mark, read-only
         assert handle.psql("SELECT pg_is_in_recovery()") == "t"
         assert handle.psql("SELECT sum(balance) FROM accounts") != "0"
-        where = stop_reason(Path(template.format(server=name)))
-        assert where is not None and where.startswith(f'at restore point "{mark}"'), where
+        stopped = stop_reason(Path(template.format(server=name)))
+        assert stopped is not None and stopped.startswith(f'at restore point "{mark}"'), stopped
 
     resumed = group.markship("restore", "--group", "--resume", "--json", "--target-dir",
                              template)

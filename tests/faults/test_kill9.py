@@ -18,8 +18,6 @@ import pytest
 
 from markship.backup.restore import UNFINISHED
 from markship.client import barrier_key
-from markship.dr.drill import free_port_range
-from markship.pg.scratch import ScratchServer, chown_to
 from tests.support.checks import (
     assert_repository_sound,
     complete_marks,
@@ -257,18 +255,6 @@ def test_mark_killed_at_seeded_delays(pg_group: GroupFactory) -> None:
 # -- restore --group ------------------------------------------------------------------------------
 
 
-def _group_targets(group: Group, tag: str, base: int) -> dict[str, ScratchServer]:
-    handles = {}
-    for offset, server in enumerate(group.servers):
-        handle = ScratchServer(server.name, group.workdir / f"{tag}-{server.name}",
-                               base + offset, os_user=OS_USER)
-        handle.base_dir.mkdir()
-        chown_to(handle.base_dir, OS_USER)
-        group.extra.append(handle)
-        handles[server.name] = handle
-    return handles
-
-
 @pytest.mark.reliability("group restore killed",
                          fault="kill -9 of markship restore --group while the first base backup "
                                "is being unpacked",
@@ -285,10 +271,8 @@ def test_group_restore_killed_then_run_again(pg_group: GroupFactory) -> None:
     mark = new_mark(group)
     ledger.commit(10)
 
-    base = free_port_range(2)
-    first = _group_targets(group, "g1", base)
-    args = ["restore", "--group", "--mark", mark, "--port-base", str(base),
-            "--target-dir", str(group.workdir / "g1-{server}" / "data")]
+    first, where = group.group_targets("g1")
+    args = ["restore", "--group", "--mark", mark, *where]
 
     def unpacking() -> bool:
         return any((h.data_dir / "base").exists() for h in first.values())

@@ -14,8 +14,7 @@ import psycopg
 import pytest
 
 from markship.client import barrier_key, commit_decided
-from markship.dr.drill import free_port_range
-from markship.pg.scratch import ScratchServer, chown_to
+from markship.pg.scratch import chown_to
 from markship.repository import layout
 from tests.support.s3 import ON_FS_AND_S3
 from tests.support.servers import MARKSHIP, OS_USER, GroupFactory
@@ -186,17 +185,8 @@ def test_restore_group_to_a_mark_from_backups(pg_group: GroupFactory) -> None:
         server.psql("UPDATE accounts SET balance = 0")  # after the mark: must not come back
     group.ok("mark")  # a later mark: the named one must still be used
 
-    base = free_port_range(2)
-    handles = {}
-    for offset, server in enumerate(group.servers):
-        handle = ScratchServer(server.name, group.workdir / f"g-{server.name}", base + offset,
-                               os_user=OS_USER)
-        handle.base_dir.mkdir()
-        chown_to(handle.base_dir, OS_USER)
-        group.extra.append(handle)
-        handles[server.name] = handle
-    proc = group.markship("restore", "--group", "--mark", mark, "--json", "--port-base",
-                          str(base), "--target-dir", str(group.workdir / "g-{server}" / "data"))
+    handles, where = group.group_targets()
+    proc = group.markship("restore", "--group", "--mark", mark, "--json", *where)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["mark"] == mark

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from markship.dr.drill import free_port_range
-from markship.pg.scratch import ScratchServer, chown_to
+from markship.pg.scratch import chown_to
 from tests.support.checks import wait_for
 from tests.support.s3 import S3Store
 from tests.support.servers import OS_USER, GroupFactory, running_agent, stop_agent
@@ -101,18 +100,8 @@ def test_streamed_mark_on_s3_restores_the_group_before_its_wal_is_archived(
                              str(group.workdir / "not-fetched"))
     assert partial.returncode == 1 and not (group.workdir / "not-fetched").exists()
 
-    base = free_port_range(2)
-    handles = {}
-    for offset, server in enumerate(group.servers):
-        handle = ScratchServer(server.name, group.workdir / f"g-{server.name}", base + offset,
-                               os_user=OS_USER)
-        handle.base_dir.mkdir()
-        chown_to(handle.base_dir, OS_USER)
-        group.extra.append(handle)
-        handles[server.name] = handle
-    proc = group.markship("restore", "--group", "--mark", mark["name"], "--json",
-                          "--port-base", str(base),
-                          "--target-dir", str(group.workdir / "g-{server}" / "data"))
+    handles, where = group.group_targets()
+    proc = group.markship("restore", "--group", "--mark", mark["name"], "--json", *where)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["mark"] == mark["name"]
     assert handles["alpha"].psql("SELECT array_agg(id ORDER BY id) FROM notes") == "{1}"

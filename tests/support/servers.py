@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from markship.dr.drill import free_port_range
 from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
 
 OS_USER = "postgres"
@@ -128,6 +129,21 @@ class Group:
         chown_to(base, OS_USER)
         self.extra.append(handle)
         return handle
+
+    def group_targets(self, tag: str = "g") -> tuple[dict[str, ScratchServer], list[str]]:
+        """Handles for a `restore --group` of every server into workdir/TAG-<name>/data, on
+        a range of free ports (stopped at teardown), and the restore arguments naming them."""
+        base = free_port_range(len(self.servers))
+        handles = {}
+        for offset, server in enumerate(self.servers):
+            handle = ScratchServer(server.name, self.workdir / f"{tag}-{server.name}",
+                                   base + offset, os_user=OS_USER)
+            handle.base_dir.mkdir()
+            chown_to(handle.base_dir, OS_USER)
+            self.extra.append(handle)
+            handles[server.name] = handle
+        return handles, ["--port-base", str(base),
+                         "--target-dir", str(self.workdir / f"{tag}-{{server}}" / "data")]
 
     def restore(self, name: str, *flags: str) -> ScratchServer:
         """`markship restore ... --start` into a fresh directory; returns the running server."""
