@@ -183,7 +183,7 @@ def refuse_standbys_past(config: Config, mark: MarkRecord,
         try:
             with postgres.connect(standby_conninfo(config, standby.server), standby.server,
                                   timeout=3) as conn:
-                replayed = recovery.replay(conn)
+                replayed = recovery.position(conn)
         except MarkshipError:
             continue  # not running: its restart will tell
         if replayed and replayed.lsn is not None and replayed.timeline == point.timeline and \

@@ -225,7 +225,7 @@ def standby_status(config: Config, repo: Repository) -> list[StandbyStatus]:
         except MarkshipError as exc:
             return StandbyStatus(standby.server, address, False, exc.message, None, None, None,
                                  None, None, None, [])
-        replayed = here.lsn
+        replayed = here.lsn or 0  # none replayed yet: behind every mark
         same_tl = complete_marks(standby.server, here.timeline, replayed)
         reached = [s for s in same_tl if s.record.points[standby.server].lsn <= replayed]
         at = reached[-1] if reached else None

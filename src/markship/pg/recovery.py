@@ -12,10 +12,11 @@ from markship.pg.sql import Connection
 
 @dataclass(frozen=True)
 class Position:
-    """Where a server is: replayed up to `lsn` in recovery, else written up to it."""
+    """Where a server is: replayed up to `lsn` in recovery (None before it replayed any),
+    else written up to it; and its timeline."""
 
     in_recovery: bool
-    lsn: int
+    lsn: int | None
     timeline: int
 
 
@@ -25,24 +26,8 @@ def position(conn: Connection) -> Position:
                        "pg_current_wal_lsn() END::text AS lsn, (SELECT timeline_id "
                        "FROM pg_control_checkpoint()) AS tli").fetchone()
     assert row is not None
-    return Position(in_recovery=bool(row["r"]), lsn=parse_lsn(row["lsn"]), timeline=row["tli"])
-
-
-@dataclass(frozen=True)
-class Replay:
-    """How far a standby has replayed WAL (`lsn` None when it has replayed none), and its
-    timeline."""
-
-    lsn: int | None
-    timeline: int
-
-
-def replay(conn: Connection) -> Replay | None:
-    row = conn.execute("SELECT pg_last_wal_replay_lsn()::text AS lsn, (SELECT "
-                       "timeline_id FROM pg_control_checkpoint()) AS tli").fetchone()
-    if row is None:
-        return None
-    return Replay(lsn=parse_lsn(row["lsn"]) if row["lsn"] else None, timeline=row["tli"])
+    return Position(in_recovery=bool(row["r"]),
+                    lsn=parse_lsn(row["lsn"]) if row["lsn"] else None, timeline=row["tli"])
 
 
 @dataclass(frozen=True)
