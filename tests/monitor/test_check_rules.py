@@ -12,7 +12,7 @@ from markship.backup.status import RepositoryStatus, ServerStatus
 from markship.config.model import Config
 from markship.marks.choose import MarkState
 from markship.monitor.check import evaluate
-from markship.monitor.snapshot import GroupStatus, group_status
+from markship.monitor.snapshot import GroupStatus, Problem, group_status
 from markship.repository.backends import open_repository
 from markship.timefmt import utcnow
 from tests.repository.test_gaps import _backup, _gap, _mark
@@ -68,7 +68,7 @@ def test_a_copy_out_of_reach_is_a_warning_and_the_repository_out_of_reach_unknow
     primary, copy = healthy.repositories
     down = replace(copy, reachable=False, error="connection refused")
     result = evaluate(config, replace(healthy, repositories=[primary, down], problems=[
-        "repository offsite (s3://b/g): connection refused"]))
+        Problem("repository", "repository offsite (s3://b/g): connection refused")]))
     assert (result.state, result.exit_code) == ("warning", 1)
     assert result.plugin_output().startswith(
         "MARKSHIP WARNING - offsite: copy offsite (s3://b/g) cannot be reached: connection "
@@ -78,8 +78,8 @@ def test_a_copy_out_of_reach_is_a_warning_and_the_repository_out_of_reach_unknow
     unreadable = replace(healthy, repositories=[gone, copy], newest=None, servers=[
         replace(healthy.servers[0], last_backup_at=None, last_backup_set=None,
                 archive_lag_bytes=None, repository_error="permission denied")],
-        problems=["alpha: permission denied", "repository primary (/srv/repo): permission "
-                  "denied"])
+        problems=[Problem("server_repository", "alpha: permission denied"),
+                  Problem("repository", "repository primary (/srv/repo): permission denied")])
     result = evaluate(config, unreadable)
     assert (result.state, result.exit_code) == ("unknown", 3), result.findings
     assert "the repository (/srv/repo) cannot be reached: permission denied" in \

@@ -14,7 +14,7 @@ from markship.dr.checklist import Step
 from markship.dr.standby import StandbyStatus
 from markship.marks.choose import MarkState
 from markship.monitor import page, timeline
-from markship.monitor.snapshot import GroupStatus, Snapshot
+from markship.monitor.snapshot import GroupStatus, Problem, Snapshot
 from markship.repository.catalog import GapRecord, MarkPoint, MarkRecord
 from markship.repository.journal import JournalEntry
 from markship.repository.restorable import GapState
@@ -63,7 +63,7 @@ def _mark(at: datetime, complete: bool = True) -> MarkState:
 
 def _snapshot(marks: list[MarkState], server: ServerStatus | None = None,
               journal: list[JournalEntry] | None = None, steps: list[Step] | None = None,
-              problems: list[str] | None = None) -> Snapshot:
+              problems: list[Problem] | None = None) -> Snapshot:
     newest = next((m for m in reversed(marks) if m.complete), None)
     status = GroupStatus([server or _server()], [], [], newest, None, problems or [])
     return Snapshot(NOW, 0.2, status, marks, [], [], steps or [], journal or [])
@@ -77,7 +77,7 @@ def test_repository_text_is_shown_never_run(tmp_path: Path) -> None:
     failing = _server(error=HOSTILE, reachable=False, archive_lag_bytes=None,
                       last_failed_wal=HOSTILE, last_failed_at=NOW - timedelta(minutes=1))
     html = page.render(_snapshot([_mark(NOW - timedelta(seconds=30))], failing, [entry],
-                                 [step], [HOSTILE]), _config(tmp_path))
+                                 [step], [Problem("dropped", HOSTILE)]), _config(tmp_path))
 
     parsed = _Tags()
     parsed.feed(html)

@@ -108,7 +108,7 @@ class TextOutput:
         if status.key_warning:
             click.echo(f"markship: warning: {status.key_warning}", err=True)
         for problem in status.problems:
-            click.echo(f"✗ {problem}")
+            click.echo(f"✗ {problem.text}")
         for gap in status.gaps:
             if gap.healed_by is not None:  # the unhealed ones are among the problems
                 click.echo(f"! {gap.text()}")

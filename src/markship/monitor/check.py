@@ -27,6 +27,8 @@ State = Literal["ok", "warning", "critical", "unknown"]
 EXIT_CODES: dict[State, int] = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 # Which state wins when findings differ: a known problem outranks one that cannot be told.
 _RANK: dict[State, int] = {"ok": 0, "unknown": 1, "warning": 2, "critical": 3}
+# The kinds of status problems reported by findings of their own (server, wal_gap, repository).
+_OWN_FINDINGS = frozenset({"server_repository", "gap", "repository"})
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,6 @@ def evaluate(config: Config, status: GroupStatus,
     perf: list[Perf] = []
     primary = next((r for r in status.repositories if r.mode == "primary"), None)
     repository_down = primary is not None and not primary.reachable
-    explained: set[str] = set()
 
     rpo = health.rpo_thresholds(config)
     newest = status.newest
@@ -143,7 +144,7 @@ def evaluate(config: Config, status: GroupStatus,
             "rpo", "group", health.rpo_level(age, config), _age(age),
             f"RPO {_age(age)} (newest complete mark {newest.record.name}, "
             f"made {show(newest.record.created_at)})"))
-    elif repository_down or any("cannot be told" in p for p in status.problems):
+    elif repository_down or any(p.untold for p in status.problems):
         findings.append(Finding("rpo", "group", "unknown", "-",
                                 "RPO cannot be told: the repository cannot be read"))
     else:
@@ -154,21 +155,16 @@ def evaluate(config: Config, status: GroupStatus,
 
     for server in status.servers:
         findings += _server_findings(server, config, now, repository_down)
-        if server.repository_error:
-            explained.add(f"{server.server}: {server.repository_error}")
         perf += _server_perf(server, config, now)
 
     for gap in status.gaps:
         if gap.healed_by is None:
-            explained.add(gap.text() + " (markship backup; the agent takes one as soon as "
-                          "the repository can be written)")
             findings.append(Finding("wal_gap", gap.record.server, health.WAL_GAP_OPEN, "-",
                                     gap.text() + " (run markship backup)"))
 
     for repo in status.repositories:
         if repo.reachable:
             continue
-        explained.add(f"repository {repo.name} ({repo.location}): {repo.error}")
         state: State = "unknown" if repo.mode == "primary" else health.COPY_UNREACHABLE
         what = "the repository" if repo.mode == "primary" else f"copy {repo.name}"
         findings.append(Finding("repository", repo.name, state, "-",
@@ -179,11 +175,11 @@ def evaluate(config: Config, status: GroupStatus,
                                 status.key_warning))
 
     for problem in status.problems:
-        if problem not in explained:
+        if problem.kind not in _OWN_FINDINGS:
             # WAL given up by pg_wal protection on this host is lost to the repository.
             findings.append(Finding("problem", "group",
-                                    "unknown" if "cannot be told" in problem else "critical",
-                                    "-", problem))
+                                    "unknown" if problem.untold else "critical", "-",
+                                    problem.text))
 
     if config.dr_site is not None:
         if standby_error is not None:

@@ -144,7 +144,7 @@ def _rpo(snapshot: Snapshot, config: Config) -> str:
 
 
 def _problems(snapshot: Snapshot) -> str:
-    lines = [*snapshot.status.problems, *snapshot.problems]
+    lines = [*(p.text for p in snapshot.status.problems), *snapshot.problems]
     if snapshot.status.key_warning:
         lines.append(snapshot.status.key_warning)
     if not lines:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from markship.backup.status import RepositoryStatus, ServerStatus
 from markship.config.model import Config
@@ -32,6 +32,18 @@ WINDOW = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
+class Problem:
+    """One problem `markship status` lists. `kind` says which part of the status it comes
+    from (markship check reports some of them through findings of their own); `untold`: a
+    piece of the state could not be read, so nothing is known about it."""
+
+    kind: Literal["server_repository", "gap", "gaps_untold", "dropped", "newest_untold",
+                  "repository"]
+    text: str
+    untold: bool = False
+
+
+@dataclass(frozen=True)
 class GroupStatus:
     """What `markship status` shows: per server, per repository, the WAL gaps, the newest
     complete mark, the key-backup warning and every problem found on the way."""
@@ -41,7 +53,7 @@ class GroupStatus:
     gaps: list[GapState]
     newest: MarkState | None
     key_warning: str | None
-    problems: list[str]
+    problems: list[Problem]
 
     @property
     def healthy(self) -> bool:
@@ -58,33 +70,39 @@ def group_status(config: Config, repo: Repository, copies: list[Copy]) -> GroupS
     from markship.wal import guard
 
     servers = server_states(config, repo)
-    problems = [f"{s.server}: {s.repository_error}" for s in servers if s.repository_error]
+    problems = [Problem("server_repository", f"{s.server}: {s.repository_error}")
+                for s in servers if s.repository_error]
     try:
         gaps = Gaps(repo).states()
     except RepositoryError as exc:
         gaps = []
-        problems.append(f"WAL gaps cannot be told: {exc.one_line()}")
-    problems += [f"{g.text()} (markship backup; the agent takes one as soon as the "
-                 "repository can be written)" for g in gaps if g.healed_by is None]
+        problems.append(Problem("gaps_untold", f"WAL gaps cannot be told: {exc.one_line()}",
+                                untold=True))
+    problems += [Problem("gap", f"{g.text()} (markship backup; the agent takes one as soon "
+                                "as the repository can be written)")
+                 for g in gaps if g.healed_by is None]
     if config.source is not None:
         waiting = [gap for s in config.servers
                    for gap in guard.unrecorded(str(config.source), s.name)]
-        problems += [f"WAL of server {g['server']} dropped by pg_wal protection on this host: "
-                     f"{g['first_segment']}..{g['last_segment']} ({g['segments']} segments, "
-                     f"written {g['wal_from']} to {g['wal_to']}), not in the repository yet: "
-                     "it cannot be written" for g in waiting]
+        problems += [Problem("dropped",
+                             f"WAL of server {g['server']} dropped by pg_wal protection on "
+                             f"this host: {g['first_segment']}..{g['last_segment']} "
+                             f"({g['segments']} segments, written {g['wal_from']} to "
+                             f"{g['wal_to']}), not in the repository yet: it cannot be "
+                             "written") for g in waiting]
     try:
         newest = newest_complete(repo, config)
     except RepositoryError as exc:  # a server's WAL folder cannot be read
         newest = None
-        problems.append(f"the newest complete mark cannot be told: {exc.one_line()}")
+        problems.append(Problem("newest_untold", "the newest complete mark cannot be told: "
+                                f"{exc.one_line()}", untold=True))
     try:
         key_warning = backup_warning(config, repo)
     except RepositoryError:  # the repository cannot be read: said below
         key_warning = None
     repositories = repository_status(repo, copies)
-    problems += [f"repository {r.name} ({r.location}): {r.error}" for r in repositories
-                 if not r.reachable]
+    problems += [Problem("repository", f"repository {r.name} ({r.location}): {r.error}")
+                 for r in repositories if not r.reachable]
     return GroupStatus(servers, repositories, gaps, newest, key_warning, problems)
 
 
@@ -104,7 +122,7 @@ def status_json(status: GroupStatus) -> dict[str, Any]:
                 "name": newest.record.name, "created_at": newest.record.created_at,
                 "age_seconds": round(newest.age_seconds, 3)},
             "warnings": [status.key_warning] if status.key_warning else [],
-            "problems": status.problems}
+            "problems": [p.text for p in status.problems]}
 
 
 @dataclass(frozen=True)
