@@ -88,9 +88,11 @@ def main(args: list[str], config: str | None) -> int | None:
 
         try:
             result = take_mark(settings, repo, conns, name,
-                               switch_wal="--no-switch" not in flags, hand_off=hand_off)
+                               switch_wal="--no-switch" not in flags, hand_off=hand_off,
+                               flush_record=False)
         finally:
             conns.close()
+        journaled = _settle(repo, ahead)
         if "--json" in flags:
             import json
 
@@ -110,9 +112,36 @@ def main(args: list[str], config: str | None) -> int | None:
         ahead.discard()
         _journal(repo, wal, f"failed: unexpected {type(exc).__name__}: {exc}"[:500], user, {})
         raise
-    if not ahead.publish():
+    if not journaled:
         _journal(repo, wal, "ok", user, {"mark": str(result.body["name"])})
     return 0
+
+
+def _settle(repo: Repository, ahead: _Ahead) -> bool:
+    """Flush the folder holding the new mark record's name while the journal entry written
+    ahead is named (two fsyncs at once; on a journaling file system the record's name, made
+    first, is never lost while the entry's stays). True once the entry is in the journal."""
+    import threading
+
+    from markship.repository import layout
+
+    failed: list[MarkshipError] = []
+
+    def flush() -> None:
+        try:
+            repo.flush(layout.MARKS)
+        except MarkshipError as exc:
+            failed.append(exc)
+
+    flushing = threading.Thread(target=flush, name="markship-flush", daemon=True)
+    flushing.start()
+    try:
+        journaled = ahead.publish()
+    finally:
+        flushing.join()
+    if failed:
+        raise failed[0]
+    return journaled
 
 
 class _Ahead:

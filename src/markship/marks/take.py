@@ -200,7 +200,8 @@ def mark_body(name: str, group: str, created_at: datetime, barrier_server: str,
 def take_mark(config: Config | MarkSettings, repo: Repository, conns: GroupConnections,
               name: str | None = None, switch_wal: bool = True,
               uploads: upload.StreamUploads | None = None,
-              hand_off: Callable[[dict[str, fanout.Link]], bool] | None = None) -> MarkResult:
+              hand_off: Callable[[dict[str, fanout.Link]], bool] | None = None,
+              flush_record: bool = True) -> MarkResult:
     """Make one group mark. Raises BadName (markship.names) for a name no mark can have,
     MarkSkipped when the barrier is busy, ServerError when a server fails (the mark is then
     not recorded anywhere).
@@ -208,7 +209,9 @@ def take_mark(config: Config | MarkSettings, repo: Repository, conns: GroupConne
     `uploads`: the agent's, which hold its receivers' spool; a repository in object storage
     gets streamed WAL only through them (without, every server's WAL is switched).
     `hand_off`: given the connections whose WAL is to be switched, takes them over and
-    switches it without this call waiting (True), or declines (False: switched here)."""
+    switches it without this call waiting (True), or declines (False: switched here).
+    `flush_record=False`: the record's name is left for the caller's repo.flush(layout.MARKS)
+    (done with another flush at once)."""
     start = time.perf_counter()
     settings = settings_of(config)
     now = utcnow()
@@ -253,7 +256,7 @@ def take_mark(config: Config | MarkSettings, repo: Repository, conns: GroupConne
     staged = staging.take() if staging is not None else None
     body = staging.body if staging is not None else None
     if staged is not None and body is not None and delivered == expected:
-        staged.publish(lambda: record_key.rpartition("/")[2])
+        staged.publish(lambda: record_key.rpartition("/")[2], sync=flush_record)
     else:
         if staged is not None:
             staged.discard()

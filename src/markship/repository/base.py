@@ -133,5 +133,10 @@ class Repository(Protocol):
         """Raise RepositoryError naming the problem when objects cannot be written."""
         ...
 
+    def flush(self, folder: str) -> None:
+        """Make durable the names given in `folder` by publish(sync=False) (nothing to do
+        where a write is durable once answered). Raises RepositoryError."""
+        ...
+
 
 __all__ = ["ObjectInfo", "Readable", "Repository", "StoredObject", "TempObject", "Writable"]

@@ -241,6 +241,9 @@ class Fallback:
     def lock_holder(self, name: str) -> str | None:
         return self.writer.lock_holder(name)
 
+    def flush(self, folder: str) -> None:
+        self.writer.flush(folder)
+
     def check_writable(self) -> None:
         self.writer.check_writable()
 

@@ -388,6 +388,13 @@ class FsRepository:
         finally:
             os.close(fd)
 
+    def flush(self, folder: str) -> None:
+        path = self._path(folder.rstrip("/"))
+        try:
+            _fsync_dir(path)
+        except OSError as exc:
+            raise _os_error(exc, path) from exc
+
     def check_writable(self) -> None:
         self._root_present()
         if not os.path.exists(self.root):
