@@ -22,7 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import threading
 
-    from markship.pg import fanout
+    from markship.marks.take import GroupConnections, MarkResult
     from markship.repository.base import Repository
     from markship.repository.journalchain import Ahead
     from markship.wal.settings import WalSettings
@@ -70,7 +70,6 @@ def main(args: list[str], config: str | None) -> int | None:
         from markship.pg import libpq
 
         started = libpq.start_all(settings.lean_conninfos())
-        from markship.marks import detach
         from markship.marks.take import GroupConnections, mark_name, take_mark
         from markship.timefmt import utcnow
 
@@ -79,20 +78,16 @@ def main(args: list[str], config: str | None) -> int | None:
             name = mark_name(settings.group, utcnow())
         ahead.begin(repo, user, name)
         conns = GroupConnections(settings, lean=True, started=started)
-
-        def hand_off(handed: dict[str, fanout.Link]) -> bool:
-            if not detach.hand_off(handed):
-                return False
-            conns.forget(handed)
-            return True
-
         try:
             result = take_mark(settings, repo, conns, name,
-                               switch_wal="--no-switch" not in flags, hand_off=hand_off,
+                               switch_wal="--no-switch" not in flags, switch_later=True,
                                flush_record=False)
+            journaled = _settle(repo, ahead)
+            # Last, so that the servers' writing out their segments does not slow down the
+            # record's and the journal's flushes.
+            _switch(conns, result)
         finally:
             conns.close()
-        journaled = _settle(repo, ahead)
         if "--json" in flags:
             import json
 
@@ -115,6 +110,23 @@ def main(args: list[str], config: str | None) -> int | None:
     if not journaled:
         _journal(repo, wal, "ok", user, {"mark": str(result.body["name"])})
     return 0
+
+
+def _switch(conns: GroupConnections, result: MarkResult) -> None:
+    """Switch WAL where the mark left it to this command: in a child process the command
+    does not wait for (markship.marks.detach), else here."""
+    from markship.marks import detach
+
+    handed = {server: conns.conns[server] for server in result.switching}
+    if not handed:
+        return
+    if detach.hand_off(handed):
+        conns.forget(handed)
+        return
+    from markship.pg import fanout, marksql
+
+    fanout.fan_out({server: (conn, marksql.SWITCH_WAL, ()) for server, conn in handed.items()})
+    result.switching = ()
 
 
 def _settle(repo: Repository, ahead: _Ahead) -> bool:

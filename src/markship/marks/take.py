@@ -170,7 +170,7 @@ class MarkResult:
                  record_ms: float = 0.0, switching: tuple[str, ...] = ()) -> None:
         self.body = body  # the mark record in its JSON form (MarkRecord's model_dump)
         self.switch_ms = switch_ms  # from releasing the barrier until the WAL was delivered
-        self.switching = switching  # servers whose WAL switch was handed off, still under way
+        self.switching = switching  # servers whose WAL switch is left to the caller
         self.prepare_ms = prepare_ms  # before the barrier: name check, connections
         self.record_ms = record_ms  # writing the mark record (durably) into the repository
 
@@ -200,16 +200,15 @@ def mark_body(name: str, group: str, created_at: datetime, barrier_server: str,
 def take_mark(config: Config | MarkSettings, repo: Repository, conns: GroupConnections,
               name: str | None = None, switch_wal: bool = True,
               uploads: upload.StreamUploads | None = None,
-              hand_off: Callable[[dict[str, fanout.Link]], bool] | None = None,
-              flush_record: bool = True) -> MarkResult:
+              switch_later: bool = False, flush_record: bool = True) -> MarkResult:
     """Make one group mark. Raises BadName (markship.names) for a name no mark can have,
     MarkSkipped when the barrier is busy, ServerError when a server fails (the mark is then
     not recorded anywhere).
 
     `uploads`: the agent's, which hold its receivers' spool; a repository in object storage
     gets streamed WAL only through them (without, every server's WAL is switched).
-    `hand_off`: given the connections whose WAL is to be switched, takes them over and
-    switches it without this call waiting (True), or declines (False: switched here).
+    `switch_later`: the servers whose WAL is to be switched are left to the caller
+    (MarkResult.switching; their connections stay open in `conns`), as the record says.
     `flush_record=False`: the record's name is left for the caller's repo.flush(layout.MARKS)
     (done with another flush at once)."""
     start = time.perf_counter()
@@ -245,8 +244,8 @@ def take_mark(config: Config | MarkSettings, repo: Repository, conns: GroupConne
     try:
         taken = _under_barrier(settings, conns, name, streaming, released)
         before = time.perf_counter()
-        delivered, switching = (_deliver(settings, conns, taken, streaming, uploads, hand_off)
-                                if switch_wal else ({}, ()))
+        delivered, switching = (_deliver(settings, conns, taken, streaming, uploads,
+                                         switch_later) if switch_wal else ({}, ()))
     except BaseException:
         if staging is not None:
             staging.drop()
@@ -363,12 +362,11 @@ def _under_barrier(settings: MarkSettings, conns: GroupConnections, name: str,
 
 def _deliver(settings: MarkSettings, conns: GroupConnections, taken: _Taken, streaming: bool,
              uploads: upload.StreamUploads | None,
-             hand_off: Callable[[dict[str, fanout.Link]], bool] | None = None,
-             ) -> tuple[dict[str, Delivery], tuple[str, ...]]:
+             switch_later: bool = False) -> tuple[dict[str, Delivery], tuple[str, ...]]:
     """Step 3: the mark's WAL into the repository, by stream where the receiver gets there
     within `[marks] stream_wait` (and, from a spool, is uploaded), else by a WAL switch
-    (made here, or by `hand_off`): how each server's WAL goes, and the servers whose switch
-    was handed off."""
+    (made here, or left to the caller with `switch_later`): how each server's WAL goes, and
+    the servers whose switch is left to the caller."""
     lsns = {server: lsn for server, (lsn, _file) in taken.points.items()}
     streamed = (delivery.wait_flushed(conns.conns, lsns, settings.stream_wait,
                                       taken.first_poll) if streaming else set())
@@ -377,7 +375,7 @@ def _deliver(settings: MarkSettings, conns: GroupConnections, taken: _Taken, str
     rest = [server for server in conns.conns if server not in streamed]
     delivered: dict[str, Delivery] = {**dict.fromkeys(streamed, "stream"),
                                       **dict.fromkeys(rest, "switch")}
-    if rest and hand_off and hand_off({server: conns.conns[server] for server in rest}):
+    if switch_later:
         return delivered, tuple(rest)
     fanout.fan_out({server: (conns.conns[server], marksql.SWITCH_WAL, ()) for server in rest})
     return delivered, ()

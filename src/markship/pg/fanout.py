@@ -47,14 +47,16 @@ COMMAND_OK, TUPLES_OK = 1, 2  # libpq's ExecStatusType (psycopg's pq.ExecStatus)
 
 def fan_out(calls: Mapping[str, tuple[Link, str, Sequence[str]]],
             timeout: float = 30.0, finished: dict[str, float] | None = None,
-            on_answer: Callable[[str], None] | None = None) -> dict[str, Rows]:
+            on_answer: Callable[[str], None] | None = None,
+            on_sent: Callable[[], None] | None = None) -> dict[str, Rows]:
     """Run `(connection, statement, text parameters)` per server, all at once.
 
     Returns the rows (as text) of each server's last result. Raises ServerError naming every
     server that failed or did not answer within `timeout` seconds; such a connection is
     closed (its statement may still be running), so the caller reconnects it.
     `finished`, when given, gets each server's time.perf_counter() at its answer;
-    `on_answer(server)` is called at each successful answer, while others may still run.
+    `on_answer(server)` is called at each successful answer, while others may still run;
+    `on_sent()` once every statement went out (before any answer is read).
     """
     failures: dict[str, str] = {}
     waiting: dict[int, str] = {}
@@ -67,6 +69,8 @@ def fan_out(calls: Mapping[str, tuple[Link, str, Sequence[str]]],
             waiting[conn.pgconn.socket] = name
         except conn.Error as exc:
             failures[name] = first_line(exc)
+    if on_sent is not None:
+        on_sent()
     results: dict[str, Rows] = {}
     deadline = time.monotonic() + timeout
     while waiting:

@@ -28,7 +28,13 @@ statement's commit flush everything before it, so the answer comes once the poin
 and WAL receivers can get it. `synchronous_commit = local`: without waiting for synchronous
 standbys."""
 
-SWITCH_WAL = "SELECT pg_switch_wal()"
+SWITCH_WAL = ("SELECT pg_switch_wal(), set_config('synchronous_commit', 'local', true),"
+              " txid_current()")
+"""Close the current segment so the archiver takes it now, then commit one xid: its commit
+record, flushed at once, makes the server create the next segment's file (16 MB written and
+flushed when no old segment is there to recycle) here, rather than in the next mark's first
+flush, which runs under the barrier (measured: a barrier held ~70 ms instead of ~5 ms on an
+idle server with fsync on)."""
 
 
 def hold_barrier(link: Link, key: int, timeout_ms: int) -> bool:
