@@ -51,7 +51,7 @@ class JsonOutput(TextOutput):
             "created_at": s.record.created_at, "finished_at": s.record.finished_at,
             "servers": s.record.servers, "problems": s.problems,
             "raw_bytes": sum(b.raw_size for b in s.backups.values()),
-            "stored_bytes": sum(b.archive.size for b in s.backups.values()),
+            "stored_bytes": sum(b.stored_size for b in s.backups.values()),
             "backups": {k: b.model_dump() for k, b in s.backups.items()},
         } for s in states])
 

@@ -86,7 +86,7 @@ def _libc_fallocate() -> Callable[..., int] | None:
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 _fallocate = _libc_fallocate()
