@@ -71,7 +71,13 @@ def test_tablespaces_back_up_and_restore_to_a_mark_in_new_directories(
 
     # One server, its tablespace mapped by name to a new directory; the original runs on.
     moved = _new_dir(group, "moved") / "fast"
-    alone = group.restore("alpha", "--name", mark, "--tablespace-map", f"fast={moved}")
+    alone = group.restored("alpha")
+    proc = group.markship("restore", "--server", "alpha", "--target-dir", str(alone.data_dir),
+                          "--name", mark, "--tablespace-map", f"fast={moved}", "--start",
+                          "--port", str(alone.port), "--json",
+                          "--setting", f"unix_socket_directories={alone.base_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["tablespaces"] == {"fast": str(moved)}
     assert _orders_in(alone) == ("150", str(moved))
     (version_dir,) = moved.iterdir()
     assert version_dir.name.startswith("PG_15_") and any(version_dir.rglob("*"))

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from markship.backup import tablespaces
@@ -56,6 +56,7 @@ class RestoreResult:
     recovery_end_lsn: str | None = None  # where recovery stopped (when started)
     archive_end_lsn: str | None = None  # how far it had to reach: the target, or the archive
     stopped_at: str | None = None  # PostgreSQL's words where it paused or shut down
+    tablespaces: dict[str, str] = field(default_factory=dict)  # name → directory restored to
 
 
 def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
@@ -416,7 +417,8 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
             elif until in ("paused", "shutdown"):
                 stopped = stop_reason(target_dir)
     return RestoreResult(server, backup.set_id, target_dir, target, start, port,
-                         time.monotonic() - began, *reached, stopped_at=stopped)
+                         time.monotonic() - began, *reached, stopped_at=stopped,
+                         tablespaces={p.name: str(p.directory) for p in placements})
 
 
 def check_recovery_end(repo: Repository, server: str, backup: BackupRecord | None,

@@ -155,6 +155,8 @@ class TextOutput:
         click.echo(f"✓ {server} restored from backup set {result.set_id} into "
                    f"{result.target_dir}, recovering to {target.describe()}; {state} in "
                    f"{result.seconds:.1f} s")
+        for name, directory in result.tablespaces.items():
+            click.echo(f"  tablespace {name} in {directory}")
         if result.stopped_at:
             click.echo(f"  recovery stopped {result.stopped_at}")
 
