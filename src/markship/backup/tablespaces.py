@@ -149,7 +149,8 @@ def undo(placements: list[Placement], made: list[Path]) -> None:
 
 def read_map(data_dir: Path, backup: BackupRecord) -> dict[str, str]:
     """The restored `tablespace_map`: OID → location. Raises CorruptObject when it does not
-    list exactly the tablespaces the backup has archives of."""
+    list exactly the tablespaces the backup has archives of, at the locations its record
+    gives."""
     path = data_dir / MAP_FILE
     what = f"the base backup of {backup.server} in set {backup.set_id}"
     listed: dict[str, str] = {}
@@ -172,6 +173,13 @@ def read_map(data_dir: Path, backup: BackupRecord) -> dict[str, str]:
                             f"{MAP_FILE} does not list; nothing was restored",
                             "the repository records were altered: restore from another set "
                             "(--set) after markship verify")
+    for oid, location in listed.items():
+        if os.path.normpath(location) != os.path.normpath(backup.tablespaces[oid].location):
+            raise CorruptObject(f"{what} places tablespace {oid} at {location} in its "
+                                f"{MAP_FILE}, but its record at "
+                                f"{backup.tablespaces[oid].location}; nothing was restored",
+                                "the repository records were altered: restore from another "
+                                "set (--set) after markship verify")
     return listed
 
 
