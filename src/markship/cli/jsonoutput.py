@@ -72,7 +72,10 @@ class JsonOutput(TextOutput):
         emit_json(asdict(report) | {"ok": report.ok})
 
     def restore(self, server: str, target: Target, result: RestoreResult) -> None:
-        emit_json(asdict(result))
+        shown = asdict(result)
+        if result.target.mark is not None:  # a record, which asdict() leaves as it is
+            shown["target"]["mark"] = result.target.mark.model_dump()
+        emit_json(shown)
 
     def restore_paused(self, result: PausedResult) -> None:
         from markship.pg.conninfo import without_secrets

@@ -90,10 +90,18 @@ class BaseBackupProcess:
         self.argv = [pg_basebackup, "-d", self.login.argv, *output, "-Ft", "-X", "none",
                      "--checkpoint=fast", *compress, "--no-manifest",
                      "-l", label, "--progress", "--no-password"]
-        self.spool_dir = spool_dir
         self.level, self.workers, self.server_zstd = level, workers, server_zstd
         self.archive_wait_seconds = archive_wait_seconds
         self.on_progress = on_progress
+        self.spooled = None
+        if spool_dir is not None:
+            from markship.pg.spooled import SpooledArchives, SpoolError
+
+            try:  # watched before pg_basebackup starts, to see every archive it creates
+                self.spooled = SpooledArchives(spool_dir)
+            except SpoolError as exc:
+                self.login.close()
+                raise BackupError(str(exc), "check the temporary directory (TMPDIR)") from None
         self.total_kb = 0
         self.done_kb = 0
         self.lines: list[str] = []
@@ -105,6 +113,8 @@ class BaseBackupProcess:
                                          env=self.login.env)
         except BaseException:
             self.login.close()
+            if self.spooled is not None:
+                self.spooled.close()
             raise
         _RUNNING.add(self.proc)
         assert self.proc.stderr is not None
@@ -124,20 +134,17 @@ class BaseBackupProcess:
         """Each archive as pg_basebackup writes it: "base" (the data directory) or a
         tablespace's OID, and its zstd stream. Read each to its end before asking for the
         next. Raises BackupError for a file in the spool directory that is no archive."""
-        if self.spool_dir is None:
+        if self.spooled is None:
             assert self.proc.stdout is not None
             yield "base", self._compressed(self.proc.stdout)
             return
-        from markship.pg.spooled import SpooledArchives, UnexpectedFile
+        from markship.pg.spooled import SpoolError
 
         try:
-            for name, stream in SpooledArchives(self.spool_dir, self.proc.pid,
-                                                lambda: self.proc.poll() is not None):
+            for name, stream in self.spooled.follow(lambda: self.proc.poll() is not None):
                 yield name.split(".", 1)[0], self._compressed(stream)
-        except UnexpectedFile as exc:
-            raise BackupError(f"pg_basebackup wrote {exc.args[0]!r}, which is none of its "
-                              "tar archives", "report this to the markship developers"
-                              ) from None
+        except SpoolError as exc:
+            raise BackupError(str(exc), "report this to the markship developers") from None
 
     def _watch(self, stream: IO[bytes]) -> None:
         waiting_since: float | None = None
@@ -174,6 +181,8 @@ class BaseBackupProcess:
     def finish(self) -> None:
         """Wait for pg_basebackup; raise BackupError when it did not succeed."""
         code = self.proc.wait()
+        if self.spooled is not None:
+            self.spooled.close()
         _RUNNING.discard(self.proc)
         self.login.close()
         self._watcher.join(timeout=10)
@@ -191,5 +200,7 @@ class BaseBackupProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.spooled is not None:
+            self.spooled.close()
         _RUNNING.discard(self.proc)
         self.login.close()
