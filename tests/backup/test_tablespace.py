@@ -2,7 +2,7 @@
 tablespace, restored to a mark into new tablespace directories (`--tablespace-map`) while the
 original servers keep running, one server alone and the whole group; a tablespace directory
 that is not empty and a damaged tablespace archive are refused before anything is left
-behind, and verify reads the tablespace archives."""
+behind, and verify reads the tablespace archives. Each on a directory and on S3."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from markship.pg.scratch import ScratchServer, chown_to, wait_archived
 from markship.repository.catalog import BackupRecord
 from markship.repository.records import decode, encode
 from tests.support.checks import refused_line
+from tests.support.s3 import ON_FS_AND_S3
 from tests.support.servers import OS_USER, Group, GroupFactory, new_mark
 
 
@@ -47,6 +48,7 @@ def _orders_in(server: ScratchServer) -> tuple[str, str]:
                         "WHERE spcname = 'fast'"))
 
 
+@ON_FS_AND_S3
 def test_tablespaces_back_up_and_restore_to_a_mark_in_new_directories(
         pg_group: GroupFactory) -> None:
     group = pg_group(2)
@@ -105,6 +107,7 @@ def test_tablespaces_back_up_and_restore_to_a_mark_in_new_directories(
         assert _orders_in(handle) == ("150", str(spaces / f"{name}-fast"))
 
 
+@ON_FS_AND_S3
 def test_a_busy_tablespace_directory_or_a_damaged_archive_is_refused(
         pg_group: GroupFactory) -> None:
     group = pg_group(1)
