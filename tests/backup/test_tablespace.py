@@ -156,3 +156,31 @@ def test_a_busy_tablespace_directory_or_a_damaged_archive_is_refused(
     line = refused_line(proc)
     assert f"tablespace fast archive {key}" in line and "nothing was restored" in line, line
     assert not any(target.iterdir()) and not (new / "fast").exists()
+
+
+def test_a_backup_failing_in_a_later_tablespace_leaves_no_archive(
+        pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    alpha = group.servers[0]
+    for name in ("early", "late"):
+        location = group.workdir / f"ts-{name}"
+        location.mkdir()
+        chown_to(location, OS_USER)
+        alpha.psql(f"CREATE TABLESPACE {name} LOCATION '{location}'")
+        alpha.psql(f"CREATE TABLE t_{name} TABLESPACE {name} AS SELECT generate_series(1, 10)")
+    # pg_basebackup sends the tablespaces by OID, the data directory last: a file the server
+    # cannot read in the later tablespace fails the backup after the first one was stored.
+    unreadable = alpha.data_dir / alpha.psql("SELECT pg_relation_filepath('t_late')")
+    alpha.psql("CHECKPOINT")  # nothing left for the backup's checkpoint to write there
+    unreadable.chmod(0)
+
+    proc = group.markship("backup")
+    line = refused_line(proc)
+    assert f'could not open file "{group.workdir / "ts-late"}/' in line, line
+    assert group.store.stored_keys("backups/alpha/") == []
+    assert not any(s["complete"] for s in json.loads(group.ok("list", "--json")))
+
+    unreadable.chmod(0o600)
+    group.ok("backup")
+    assert len([k for k in group.store.stored_keys("backups/alpha/")
+                if k.endswith(".tar.zst")]) == 3

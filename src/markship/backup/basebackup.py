@@ -147,7 +147,7 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
             server_zstd=facts.version_num >= programs.SERVER_ZSTD_FROM, spool_dir=spool_dir,
         )
         stored: dict[str, ObjectRef] = {}
-        written: list[str] = []
+        written = [ref.key for ref in config_refs.values()]  # deleted again on failure
         try:
             for name, stream in proc.archives():
                 key = (layout.base_archive_key(server.name, set_id) if name == "base"

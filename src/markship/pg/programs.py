@@ -85,8 +85,11 @@ class BaseBackupProcess:
         # The password travels in the environment, never on the command line (see conninfo).
         self.login = ProgramConninfo(conninfo)
         # Into a directory, no fsync: the archives are only passing through on their way to
-        # the repository, which makes them durable itself.
-        output = ["-D", "-"] if spool_dir is None else ["-D", str(spool_dir), "--no-sync"]
+        # the repository, which makes them durable itself. No clean-up by pg_basebackup on
+        # failure either: the archives it would delete may be being read (markship removes
+        # the directory).
+        output = (["-D", "-"] if spool_dir is None
+                  else ["-D", str(spool_dir), "--no-sync", "--no-clean"])
         self.argv = [pg_basebackup, "-d", self.login.argv, *output, "-Ft", "-X", "none",
                      "--checkpoint=fast", *compress, "--no-manifest",
                      "-l", label, "--progress", "--no-password"]
@@ -163,6 +166,8 @@ class BaseBackupProcess:
                     if self.on_progress:
                         self.on_progress(self.done_kb, self.total_kb)
                     continue
+                if "not removed at user's request" in line:
+                    continue  # --no-clean: markship removes its spool directory itself
                 self.lines.append(line)
                 if "WAL archiving is not enabled" in line:
                     self.failure = ("WAL archiving is not enabled on the server, so this "

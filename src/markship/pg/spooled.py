@@ -179,7 +179,12 @@ class SpooledArchives:
                     watch.update()
                     return name not in watch.closed
 
-                stream = _Growing(self.directory / name, writing)
+                try:
+                    stream = _Growing(self.directory / name, writing)
+                except FileNotFoundError:
+                    if exited():
+                        return  # its failure is pg_basebackup's to report
+                    raise SpoolError(f"{name} vanished from the spool directory") from None
                 try:
                     yield name, stream
                 finally:
