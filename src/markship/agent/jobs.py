@@ -119,7 +119,7 @@ class Jobs:
             self.journal("backup", f"failed: {exc.message}")
             return
         self.log("backup.ok", set=result.record.id,
-                 stored_bytes=sum(b.archive.size for b in result.backups.values()))
+                 stored_bytes=sum(b.stored_size for b in result.backups.values()))
         self.journal("backup", "ok", set=result.record.id, reason=reason)
         self.warn_key_backup()
         if self.config.schedule.force_full:

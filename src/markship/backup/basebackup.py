@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from markship.pg.commands import archive_command
 from markship.pg.lsn import Segment, parse_lsn, segment_holding_end, segment_of
 from markship.repository import catalog, layout, records
 from markship.repository.base import Repository
-from markship.repository.catalog import BackupRecord, SetRecord
+from markship.repository.catalog import BackupRecord, SetRecord, TablespaceRef
 from markship.repository.records import ObjectRef
 from markship.timefmt import utcnow
 from markship.wal.stored import find_archived, open_archived
@@ -123,16 +125,7 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
                 f"server {server.name} runs PostgreSQL {facts.version}, which markship does "
                 "not support",
                 "markship supports PostgreSQL 13 and later (tested with 15): upgrade the server")
-        spaces = sql.tablespaces(conn)
-        if spaces:
-            # pg_basebackup streams a single tablespace to stdout and fails on the others
-            # half-way through: refuse before anything is written.
-            listed = ", ".join(f"{name} ({where})" for name, where in spaces.items())
-            raise BackupError(
-                f"server {server.name} has tablespaces outside its data directory: {listed}; "
-                "markship backs up the default tablespace only",
-                "move their tables to pg_default (ALTER TABLE … SET TABLESPACE pg_default) "
-                "and drop them, or back this server up with another tool")
+        spaces_before = sql.tablespaces(conn)
         config_refs = capture_config_files(conn, repo, server, set_id, facts.config_files)
     tools = programs.bin_dir(server.bin_dir, facts.version_num)
     label = f"markship:{set_id}:{server.name}"
@@ -142,20 +135,36 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
         if on_progress:
             on_progress(server.name, done_kb * 1024, total_kb * 1024)
 
-    proc = programs.BaseBackupProcess(
-        programs.tool(tools, "pg_basebackup"), server.conninfo, label,
-        level=config.backup.compression_level, workers=config.backup.compress_workers,
-        archive_wait_seconds=config.backup.archive_wait_seconds, on_progress=progress,
-        server_zstd=facts.version_num >= programs.SERVER_ZSTD_FROM,
-    )
-    key = layout.base_archive_key(server.name, set_id)
-    try:
-        stored = repo.write(key, proc.stdout)
-        proc.finish()
-    except BaseException:
-        proc.kill()
-        repo.delete(key)
-        raise
+    with contextlib.ExitStack() as spool:
+        # pg_basebackup writes a server with tablespaces only into a directory (one archive
+        # each); a private one (0700) of the user markship runs as, removed afterwards.
+        spool_dir = (Path(spool.enter_context(tempfile.TemporaryDirectory(
+            prefix=f"markship-backup-{server.name}-"))) if spaces_before else None)
+        proc = programs.BaseBackupProcess(
+            programs.tool(tools, "pg_basebackup"), server.conninfo, label,
+            level=config.backup.compression_level, workers=config.backup.compress_workers,
+            archive_wait_seconds=config.backup.archive_wait_seconds, on_progress=progress,
+            server_zstd=facts.version_num >= programs.SERVER_ZSTD_FROM, spool_dir=spool_dir,
+        )
+        stored: dict[str, ObjectRef] = {}
+        written = [ref.key for ref in config_refs.values()]  # deleted again on failure
+        try:
+            for name, stream in proc.archives():
+                key = (layout.base_archive_key(server.name, set_id) if name == "base"
+                       else layout.tablespace_archive_key(server.name, set_id, name))
+                written.append(key)
+                obj = repo.write(key, stream)
+                stored[name] = ObjectRef(key=obj.key, size=obj.size, sha256=obj.sha256)
+            proc.finish()
+            if "base" not in stored:
+                raise BackupError("pg_basebackup wrote no archive of the data directory",
+                                  "check the server's log and run markship backup again")
+            spaces = _tablespace_refs(server, spaces_before, stored)
+        except BaseException:
+            proc.kill()
+            for key in written:
+                repo.delete(key)
+            raise
     try:
         # pg_basebackup returns once PostgreSQL has archived the backup's last segment, so its
         # WAL is either in the repository within moments or archived somewhere else.
@@ -163,7 +172,8 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
                                        facts.current_lsn, facts.wal_segment_size,
                                        min(config.backup.archive_wait_seconds, 15))
     except BaseException:
-        repo.delete(key)
+        for key in written:
+            repo.delete(key)
         raise
     record = BackupRecord(
         set_id=set_id, server=server.name, label=label, started_at=started_at,
@@ -172,11 +182,32 @@ def backup_server(config: Config, repo: Repository, server: ServerSection, set_i
         wal_segment_size=facts.wal_segment_size, pg_version=facts.version,
         pg_version_num=facts.version_num, system_identifier=facts.system_identifier,
         raw_size=proc.total_kb * 1024,
-        archive=ObjectRef(key=stored.key, size=stored.size, sha256=stored.sha256),
-        config_files=config_refs, markship_version=__version__,
+        archive=stored["base"], config_files=config_refs, markship_version=__version__,
+        tablespaces=spaces,
     )
     records.write_record(repo, layout.backup_record_key(server.name, set_id), record)
     return record
+
+
+def _tablespace_refs(server: ServerSection, before: dict[str, sql.Tablespace],
+                     stored: dict[str, ObjectRef]) -> dict[str, TablespaceRef]:
+    """Name and location of each tablespace whose archive was stored, as listed before the
+    backup or, for one created while it ran, after. Raises BackupError for an archive of a
+    tablespace that is in neither list (dropped again while the backup ran)."""
+    oids = [name for name in stored if name != "base"]
+    known = dict(before)
+    if any(oid not in known for oid in oids):
+        with sql.connect(server.conninfo, server.name) as conn:
+            known.update(sql.tablespaces(conn))
+    refs = {}
+    for oid in oids:
+        if oid not in known:
+            raise BackupError(f"a tablespace (OID {oid}) of server {server.name} was created "
+                              "and dropped while it was being backed up",
+                              "run markship backup again")
+        refs[oid] = TablespaceRef(name=known[oid].name, location=known[oid].location,
+                                  archive=stored[oid])
+    return refs
 
 
 def capture_config_files(conn: sql.Connection,

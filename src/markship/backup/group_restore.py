@@ -34,12 +34,15 @@ class GroupRestoreReport:
 def restore_group(config: Config, repo: Repository, mark_name: str | None, dir_template: str,
                   port_base: int, host: str = "127.0.0.1",
                   on_progress: ProgressFn | None = None,
-                  action: str = "promote") -> GroupRestoreReport:
+                  action: str = "promote",
+                  tablespace_map: dict[str, str] | None = None) -> GroupRestoreReport:
     """Every server restored to the same complete mark, started, promoted, and its prepared
     transactions settled from the decision table (`on_progress`: as restore_server's, per
     server). With `action` "pause" every server is left paused, read-only, at the mark and
     nothing is settled (resume_group does it); with "shutdown" every server stops there.
-    Raises RestoreError naming failed servers."""
+    `tablespace_map`: as restore_server's, its NEW directories with `{server}`; an entry
+    applies to the servers whose backup has that tablespace. Raises RestoreError naming
+    failed servers."""
     import time
 
     if "{server}" not in dir_template:
@@ -57,7 +60,8 @@ def restore_group(config: Config, repo: Repository, mark_name: str | None, dir_t
                               port=ports[server],
                               extra_settings={"listen_addresses": host,
                                               "unix_socket_directories": str(dirs[server])},
-                              on_progress=on_progress)
+                              on_progress=on_progress, tablespace_map=tablespace_map,
+                              partial_map=True)
 
     _, failures = perserver.settle({s.name: partial(one, s.name) for s in config.servers},
                                    MarkshipError)

@@ -15,9 +15,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from markship.backup import tablespaces
 from markship.backup.basebackup import ProgressFn
 from markship.backup.holds import hold
 from markship.backup.restorestate import RestoreState, restored_host, write_state
@@ -39,6 +40,7 @@ from markship.repository import catalog, restorable
 from markship.repository.base import Readable, Repository
 from markship.repository.catalog import BackupRecord
 from markship.repository.hashing import HashingReader
+from markship.repository.records import ObjectRef
 from markship.timefmt import show, utcnow
 
 
@@ -54,6 +56,7 @@ class RestoreResult:
     recovery_end_lsn: str | None = None  # where recovery stopped (when started)
     archive_end_lsn: str | None = None  # how far it had to reach: the target, or the archive
     stopped_at: str | None = None  # PostgreSQL's words where it paused or shut down
+    tablespaces: dict[str, str] = field(default_factory=dict)  # name → directory restored to
 
 
 def refuse_gaps(repo: Repository, server: str, backup: BackupRecord) -> None:
@@ -91,18 +94,28 @@ _TAR = ["tar", "--blocking-factor=2048", "-x", "-f", "-", "-C"]
 def extract(repo: Repository, backup: BackupRecord, target_dir: Path,
             on_progress: ProgressFn | None = None) -> None:
     """Stream the base backup into `target_dir`; remove what was written if it is corrupt.
-    `on_progress` hears (server, stored bytes read, stored size) as the backup is read.
+    `on_progress` hears (server, stored bytes read, stored size of all its archives) as the
+    backup is read.
+    """
+    unpack(repo, backup.archive, target_dir, "base backup",
+           _reporter(on_progress, backup.server, 0, backup.stored_size))
+
+
+def unpack(repo: Repository, archive: ObjectRef, target_dir: Path, what: str,
+           report: Callable[[int], None] | None = None) -> None:
+    """Stream one tar archive of a base backup into `target_dir`; empty it again and raise
+    CorruptObject (naming it as `what`) if the archive fails its checksum or cannot be
+    unpacked. `report` hears the stored bytes read so far.
 
     Reading and hashing happen here; decompression runs in the `zstd` program when it is
     installed (one more process, so reading, decompressing and unpacking use both cores),
     else in-process with python-zstandard.
     """
-    stored = repo.open_stored(backup.archive.key)
+    stored = repo.open_stored(archive.key)
     hashed = HashingReader(stored)  # the checksum covers the stored (maybe encrypted) bytes
-    if on_progress is not None:
-        stored_size = backup.archive.size
-        hashed = _Reported(stored, lambda done: on_progress(backup.server, done, stored_size))
-    source = repo.plaintext(hashed, backup.archive.key)
+    if report is not None:
+        hashed = _Reported(stored, report)
+    source = repo.plaintext(hashed, archive.key)
     zstd = shutil.which("zstd")
     problem: str | None = None
     flusher = _Flusher(target_dir)
@@ -114,7 +127,7 @@ def extract(repo: Repository, backup: BackupRecord, target_dir: Path,
     finally:
         stored.close()
         flusher.stop()
-    if problem is None and hashed.hexdigest() != backup.archive.sha256:
+    if problem is None and hashed.hexdigest() != archive.sha256:
         problem = "fails its checksum"
     if problem is None and tar_code != 0:
         detail = tar_error.splitlines()[-1] if tar_error else "tar failed"
@@ -122,9 +135,41 @@ def extract(repo: Repository, backup: BackupRecord, target_dir: Path,
     if problem is not None:
         _empty(target_dir)
         raise CorruptObject(
-            f"base backup {backup.archive.key} {problem}; nothing was restored",
+            f"{what} {archive.key} {problem}; nothing was restored",
             "run markship verify and restore from another backup set (--set)",
         )
+
+
+def _reporter(on_progress: ProgressFn | None, server: str, before: int,
+              total: int) -> Callable[[int], None] | None:
+    """A `report` for unpack() that tells `on_progress` of all archives read so far."""
+    if on_progress is None:
+        return None
+    return lambda done: on_progress(server, before + done, total)
+
+
+def unpack_tablespaces(repo: Repository, backup: BackupRecord, target_dir: Path,
+                       placements: list[tablespaces.Placement],
+                       on_progress: ProgressFn | None = None) -> None:
+    """After the base backup was unpacked into `target_dir`: each tablespace's archive into
+    its directory, and `tablespace_map` pointed at those. On any failure what was written
+    (here and in `target_dir`) is removed again."""
+    made: list[Path] = []
+    try:
+        tablespaces.read_map(target_dir, backup)
+        made = tablespaces.create(placements, target_dir)
+        done = backup.archive.size
+        for each in placements:
+            archive = backup.tablespaces[each.oid].archive
+            unpack(repo, archive, each.directory, f"tablespace {each.name} archive",
+                   _reporter(on_progress, backup.server, done, backup.stored_size))
+            tablespaces.check_unpacked(each.directory, each.name, archive.key)
+            done += archive.size
+        tablespaces.write_map(target_dir, placements)
+    except BaseException:
+        tablespaces.undo(placements, made)
+        _empty(target_dir)
+        raise
 
 
 class _Reported(HashingReader):
@@ -313,7 +358,9 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
                    target: Target, *, set_id: str | None = None, start: bool = False,
                    port: int | None = None, extra_settings: dict[str, str] | None = None,
                    wait_seconds: float = 600, standby: bool = False,
-                   on_progress: ProgressFn | None = None) -> RestoreResult:
+                   on_progress: ProgressFn | None = None,
+                   tablespace_map: dict[str, str] | None = None,
+                   partial_map: bool = False) -> RestoreResult:
     """Build a new data directory for `server` recovering to `target`; start it if asked and
     wait until it did the target's action (promoted, paused there, or shut down there).
     `on_progress` hears how much of the base backup was read (see extract); recovery after it
@@ -321,6 +368,10 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
 
     With `standby`, the server stays in continuous recovery from the repository, fed only up
     to the newest complete group mark (see wal.fetch.standby_ceiling).
+
+    Tablespaces outside the data directory go where `tablespace_map` (OLD name or location →
+    NEW directory; see backup.tablespaces.place, `partial_map` for a group's) says, else back
+    to their original location; each directory must be absent or empty.
     """
     section = config.server(server)
     began = time.monotonic()
@@ -333,8 +384,11 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
     backup = choose_backup(repo, server, target, set_id)
     if target.kind == "latest":
         refuse_gaps(repo, server, backup)
+    placements = tablespaces.place(backup, tablespace_map or {}, partial=partial_map)
+    tablespaces.check_free(placements, target_dir)
     with claimed_target_dir(target_dir), hold(repo, backup):
         extract(repo, backup, target_dir, on_progress)
+        unpack_tablespaces(repo, backup, target_dir, placements, on_progress)
         if not (target_dir / "postgresql.conf").exists():
             _place_captured_config(repo, backup, target_dir)
         neutralize_paths(target_dir / "postgresql.conf")
@@ -363,7 +417,8 @@ def restore_server(config: Config, repo: Repository, server: str, target_dir: Pa
             elif until in ("paused", "shutdown"):
                 stopped = stop_reason(target_dir)
     return RestoreResult(server, backup.set_id, target_dir, target, start, port,
-                         time.monotonic() - began, *reached, stopped_at=stopped)
+                         time.monotonic() - began, *reached, stopped_at=stopped,
+                         tablespaces={p.name: str(p.directory) for p in placements})
 
 
 def check_recovery_end(repo: Repository, server: str, backup: BackupRecord | None,

@@ -151,7 +151,7 @@ def verify(repo: Repository, set_id: str | None = None, clean_temp: bool = False
                                                                   meter):
             reasons.append(f"bad object {record.config_file.key}")
         for server, backup in checked.items():
-            refs = [backup.archive, *backup.config_files.values()]
+            refs = [*backup.archives, *backup.config_files.values()]
             for ref in refs:
                 if not check_object(repo, ref, report, meter):
                     reasons.append(f"{server}: bad object {ref.key}")
@@ -200,7 +200,7 @@ def _estimate(repo: Repository, states: list[tuple[SetRecord, restorable.SetStat
             total += record.config_file.size
         checked = state.backups if record.status == "done" else state.restorable
         for server, backup in checked.items():
-            total += backup.archive.size + sum(r.size for r in backup.config_files.values())
+            total += backup.stored_size + sum(r.size for r in backup.config_files.values())
             if server not in first or backup.start_segment < first[server]:
                 first[server] = backup.start_segment
     if every_wal:

@@ -152,6 +152,10 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, copy_name: str | 
 @click.option("--setting", "settings", multiple=True, metavar="KEY=VALUE",
               help="Extra server setting for the restored server (repeatable), e.g. "
                    "unix_socket_directories=/tmp on a host lacking production's paths.")
+@click.option("--tablespace-map", "tablespace_map", multiple=True, metavar="OLD=NEW",
+              help="Restore the tablespace OLD (its name or original location) into the "
+                   "new or empty directory NEW (repeatable); with --group NEW contains "
+                   "{server}. Unmapped tablespaces go back to their original location.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 @journaled("restore")
@@ -159,12 +163,14 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
             port_base: int | None, host: str, target_dir: Path, kind: str, at_time: str | None,
             point_name: str | None, lsn: str | None, xid: str | None, immediate: bool,
             exclusive: bool, action: str, resume: bool, advance: bool, set_id: str | None,
-            start: bool, port: int | None, settings: tuple[str, ...], as_json: bool) -> None:
+            start: bool, port: int | None, settings: tuple[str, ...],
+            tablespace_map: tuple[str, ...], as_json: bool) -> None:
     """Restore one server (to the latest point, a time, a name, an LSN, an xid or the
     backup's consistency point) or the group (to a mark); promote a paused one or move it
     on."""
     from markship import names
     from markship.backup.restore import restore_server
+    from markship.backup.tablespaces import parse_mapping
 
     if mark_name is not None:
         names.check_restore_point(mark_name, "mark name (--mark)")
@@ -182,7 +188,8 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
                             "give exactly one of --latest, --time, --name (--mark), --lsn, "
                             "--xid, --immediate")
     if resume:
-        if targets or advance or server or set_id or start or port or settings:
+        if targets or advance or server or set_id or start or port or settings \
+                or tablespace_map:
             raise MarkshipError("--resume takes only --target-dir (and --group, --json)",
                                 "run markship restore --resume --target-dir DIR")
         _resume(ctx, target_dir, whole_group, as_json)
@@ -193,7 +200,9 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
                                    "--action")
         if port_base is None:
             raise click.UsageError("--group needs --port-base")
-        _restore_group(ctx, mark_name, str(target_dir), port_base, host, action, as_json)
+        mapping = parse_mapping(tablespace_map, per_server=True)
+        _restore_group(ctx, mark_name, str(target_dir), port_base, host, action, mapping,
+                       as_json)
         ctx.note(group="all servers", into=target_dir, action=action)
         return
     target = _target(at_time, point_name or mark_name, lsn, xid, immediate, exclusive, action)
@@ -201,7 +210,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
         if not target.stops or target.kind == "immediate":
             raise MarkshipError("--advance-to needs a later target",
                                 "add --time, --name, --mark, --lsn or --xid")
-        if server or set_id or start or port or settings:
+        if server or set_id or start or port or settings or tablespace_map:
             raise MarkshipError("--advance-to takes a target and --target-dir only",
                                 "the server, port and settings are the restore's own")
         _advance(ctx, target_dir, target, as_json)
@@ -214,6 +223,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--setting")
         extra[key.strip()] = value.strip()
+    mapping = parse_mapping(tablespace_map)
     config = ctx.config
     config.server(server)
     repo = ctx.repository(fallback=True)
@@ -221,7 +231,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
     with progress.shown("restore", as_json) as on_progress:
         result = restore_server(config, repo, server, target_dir, target, set_id=set_id,
                                 start=start, port=port, extra_settings=extra,
-                                on_progress=on_progress)
+                                on_progress=on_progress, tablespace_map=mapping)
     ctx.note(server=server, set=result.set_id, target=target.describe(), into=target_dir,
              action=action)
     output.writer(as_json).restore(server, result.target, result)
@@ -293,7 +303,8 @@ def _advance(ctx: Context, target_dir: Path, target: Target, as_json: bool) -> N
 
 
 def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base: int,
-                   host: str, action: str, as_json: bool) -> None:
+                   host: str, action: str, tablespace_map: dict[str, str],
+                   as_json: bool) -> None:
     from markship.backup.group_restore import restore_group
 
     config = ctx.config
@@ -301,7 +312,7 @@ def _restore_group(ctx: Context, mark_name: str | None, template: str, port_base
     _warn_reading_copies(repo)
     with progress.shown("restore", as_json) as on_progress:
         report = restore_group(config, repo, mark_name, template, port_base, host, on_progress,
-                               action)
+                               action, tablespace_map)
     output.writer(as_json).restore_group(report, host)
 
 

@@ -117,7 +117,7 @@ def _story(console: Console, workdir: Path, count: int, command: str,
     console.rule("[bold]2. markship backup: one backup set for the whole group")
     result = run_backup(config, repo, list(config.servers))
     console.print(f"  backup set {result.record.id} complete: " + ", ".join(
-        f"{n} {b.raw_size / 2**20:.0f} MiB → {b.archive.size / 2**20:.1f} MiB"
+        f"{n} {b.raw_size / 2**20:.0f} MiB → {b.stored_size / 2**20:.1f} MiB"
         for n, b in result.backups.items()))
 
     console.rule("[bold]3. one server restored on its own, to its latest archived state")

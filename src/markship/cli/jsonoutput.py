@@ -51,7 +51,7 @@ class JsonOutput(TextOutput):
             "created_at": s.record.created_at, "finished_at": s.record.finished_at,
             "servers": s.record.servers, "problems": s.problems,
             "raw_bytes": sum(b.raw_size for b in s.backups.values()),
-            "stored_bytes": sum(b.archive.size for b in s.backups.values()),
+            "stored_bytes": sum(b.stored_size for b in s.backups.values()),
             "backups": {k: b.model_dump() for k, b in s.backups.items()},
         } for s in states])
 
@@ -72,7 +72,10 @@ class JsonOutput(TextOutput):
         emit_json(asdict(report) | {"ok": report.ok})
 
     def restore(self, server: str, target: Target, result: RestoreResult) -> None:
-        emit_json(asdict(result))
+        shown = asdict(result)
+        if result.target.mark is not None:  # a record, which asdict() leaves as it is
+            shown["target"]["mark"] = result.target.mark.model_dump()
+        emit_json(shown)
 
     def restore_paused(self, result: PausedResult) -> None:
         from markship.pg.conninfo import without_secrets

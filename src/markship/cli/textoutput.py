@@ -54,17 +54,19 @@ class TextOutput:
 
     def backup(self, result: SetResult) -> None:
         for name, rec in result.backups.items():
-            ratio = rec.raw_size / rec.archive.size if rec.archive.size else 0
+            ratio = rec.raw_size / rec.stored_size if rec.stored_size else 0
             seconds = (rec.finished_at - rec.started_at).total_seconds()
-            click.echo(f"✓ {name}: {size(rec.raw_size)} → {size(rec.archive.size)} "
-                       f"({ratio:.1f}×) in {seconds:.1f} s")
+            spaces = (f", {len(rec.tablespaces)} tablespace"
+                      f"{'s' if len(rec.tablespaces) > 1 else ''}" if rec.tablespaces else "")
+            click.echo(f"✓ {name}: {size(rec.raw_size)} → {size(rec.stored_size)} "
+                       f"({ratio:.1f}×) in {seconds:.1f} s{spaces}")
         click.echo(f"backup set {result.record.id} complete")
 
     def list_sets(self, states: list[SetState]) -> None:
         rows = []
         for s in states:
             raw = sum(b.raw_size for b in s.backups.values())
-            stored = sum(b.archive.size for b in s.backups.values())
+            stored = sum(b.stored_size for b in s.backups.values())
             rows.append([s.record.id, show(s.record.created_at), ", ".join(s.record.servers),
                          size(raw), size(stored), f"{raw / stored:.1f}×" if stored else "-",
                          s.label if s.complete else f"{s.label}: {'; '.join(s.problems)}"])
@@ -153,6 +155,8 @@ class TextOutput:
         click.echo(f"✓ {server} restored from backup set {result.set_id} into "
                    f"{result.target_dir}, recovering to {target.describe()}; {state} in "
                    f"{result.seconds:.1f} s")
+        for name, directory in result.tablespaces.items():
+            click.echo(f"  tablespace {name} in {directory}")
         if result.stopped_at:
             click.echo(f"  recovery stopped {result.stopped_at}")
 

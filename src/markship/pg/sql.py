@@ -116,13 +116,20 @@ def facts(conn: Connection) -> ServerFacts:
     )
 
 
-def tablespaces(conn: Connection) -> dict[str, str]:
-    """The server's tablespaces outside its data directory: name → location (pg_default and
-    pg_global live inside it, and so do in-place ones, whose location is relative)."""
-    rows = conn.execute("SELECT spcname, pg_tablespace_location(oid) AS location "
-                        "FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') "
-                        "ORDER BY spcname").fetchall()
-    return {row["spcname"]: row["location"] for row in rows
+@dataclass(frozen=True)
+class Tablespace:
+    name: str
+    location: str
+
+
+def tablespaces(conn: Connection) -> dict[str, Tablespace]:
+    """The server's tablespaces outside its data directory: OID (as text) → name and location
+    (pg_default and pg_global live inside it, and so do in-place ones, whose location is
+    relative)."""
+    rows = conn.execute("SELECT oid::text AS oid, spcname, pg_tablespace_location(oid) AS "
+                        "location FROM pg_tablespace WHERE spcname NOT IN ('pg_default', "
+                        "'pg_global') ORDER BY oid").fetchall()
+    return {row["oid"]: Tablespace(row["spcname"], row["location"]) for row in rows
             if row["location"].startswith("/")}
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from markship import names
 from markship.errors import CorruptObject, ObjectMissing, RepositoryError
@@ -36,6 +36,19 @@ from markship.repository.records import (
     write_record,
 )
 
+# A tablespace's OID as a key of BackupRecord.tablespaces: digits only (it becomes part of a
+# repository key and a line of tablespace_map).
+Oid = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,9}$")]
+
+
+class TablespaceRef(Record):
+    """One tablespace outside the data directory, as it was when backed up, and its archive."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=63,
+                                           pattern=r"^[^\x00-\x1f\x7f]+$")]
+    location: Annotated[str, StringConstraints(pattern=r"^/[^\x00-\x1f\x7f]*$")]
+    archive: ObjectRef
+
 
 class BackupRecord(Record):
     """One server's base backup inside a set; written only once it finished."""
@@ -58,6 +71,20 @@ class BackupRecord(Record):
     # file name in the data directory → object
     config_files: dict[Name, ObjectRef] = Field(default_factory=dict)
     markship_version: str
+    # tablespaces outside the data directory: OID → name, original location, archive
+    tablespaces: dict[Oid, TablespaceRef] = Field(default_factory=dict)
+
+    @property
+    def archives(self) -> list[ObjectRef]:
+        """The base archive, then each tablespace's (by OID)."""
+        return [self.archive, *(self.tablespaces[oid].archive
+                                for oid in sorted(self.tablespaces, key=int))]
+
+    @property
+    def stored_size(self) -> int:
+        """Stored bytes of this backup's archives (base and tablespaces; config files are
+        not counted)."""
+        return sum(ref.size for ref in self.archives)
 
     @property
     def start_segment(self) -> Segment:

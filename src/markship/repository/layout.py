@@ -92,6 +92,11 @@ def base_archive_key(server: str, set_id: str) -> str:
     return backup_prefix(server, set_id) + "base.tar.zst"
 
 
+def tablespace_archive_key(server: str, set_id: str, oid: str) -> str:
+    """The archive of one tablespace outside the data directory (`oid`: its digits)."""
+    return backup_prefix(server, set_id) + f"tablespace-{oid}.tar.zst"
+
+
 def group_config_key(set_id: str) -> str:
     """The markship config file of a set (`_group` cannot be a server name)."""
     return f"{BACKUPS}_group/{set_id}/markship.toml"

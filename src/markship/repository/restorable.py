@@ -135,9 +135,10 @@ def set_state(repo: Repository, record: SetRecord,
             continue
         backups[server] = backup
         usable = True
-        if not repo.exists(backup.archive.key):
-            problems.append(f"{server}: object {backup.archive.key} missing")
-            usable = False
+        for archive in backup.archives:
+            if not repo.exists(archive.key):
+                problems.append(f"{server}: object {archive.key} missing")
+                usable = False
         index = (wal or {}).get(server) or WalIndex(repo, server, backup.wal_segment_size)
         if wal is not None:
             wal[server] = index
