@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from markship.dr.drill import free_port_range
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
 from markship.repository.catalog import BackupRecord
 from markship.repository.records import decode, encode
@@ -88,23 +87,19 @@ def test_tablespaces_back_up_and_restore_to_a_mark_in_new_directories(
 
     # The whole group to the same mark, each server's tablespace (mapped by its original
     # location for alpha, by name for bravo: one entry each) into a directory of its own.
-    base = free_port_range(2)
-    handles = {}
-    for offset, server in enumerate(group.servers):
-        handle = ScratchServer(server.name, group.workdir / f"g-{server.name}", base + offset,
-                               os_user=OS_USER)
-        handle.base_dir.mkdir()
-        chown_to(handle.base_dir, OS_USER)
-        group.extra.append(handle)
-        handles[server.name] = handle
+    handles, where = group.group_targets()
     spaces = _new_dir(group, "group-spaces")
-    proc = group.markship("restore", "--group", "--mark", mark, "--json",
-                          "--port-base", str(base),
-                          "--target-dir", str(group.workdir / "g-{server}" / "data"),
+    proc = group.markship("restore", "--group", "--mark", mark, "--json", *where,
                           "--tablespace-map", f"fast={spaces}/{{server}}-fast")
     assert proc.returncode == 0, proc.stderr
     for name, handle in handles.items():
         assert _orders_in(handle) == ("150", str(spaces / f"{name}-fast"))
+    # An entry naming no tablespace of any server is refused before anything is written.
+    typo = group.markship("restore", "--group", "--mark", mark, *where,
+                          "--tablespace-map", f"fsat={spaces}/{{server}}-x")
+    assert "--tablespace-map 'fsat' names no tablespace of any server's backups" in \
+        refused_line(typo)
+    assert sorted(p.name for p in spaces.iterdir()) == ["alpha-fast", "bravo-fast"]
 
 
 @ON_FS_AND_S3

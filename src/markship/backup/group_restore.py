@@ -11,7 +11,7 @@ from markship import perserver
 from markship.backup.basebackup import ProgressFn
 from markship.backup.paused import PausedResult, resume
 from markship.backup.restore import RestoreResult, restore_server
-from markship.backup.targets import Target
+from markship.backup.targets import Target, complete_backups
 from markship.config.model import Config
 from markship.errors import MarkshipError, RestoreError
 from markship.marks.choose import choose_mark
@@ -29,6 +29,23 @@ class GroupRestoreReport:
     resolutions: list[Resolution] = field(default_factory=list)
     seconds: float = 0.0
     action: str = "promote"  # what the servers did at the mark: promote, pause, shutdown
+
+
+def _check_map_names(repo: Repository, config: Config, mapping: dict[str, str]) -> None:
+    """Refuse a --tablespace-map entry that names no tablespace (by name or original
+    location) of any server's backups: each server's restore skips entries it lacks, so a
+    typo would otherwise put that tablespace back at its original location unnoticed."""
+    known: set[str] = set()
+    for server in config.servers:
+        for backup in complete_backups(repo, server.name):
+            known.update(t for space in backup.tablespaces.values()
+                         for t in (space.name, space.location))
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise RestoreError(f"--tablespace-map {unknown[0]!r} names no tablespace of any "
+                           "server's backups",
+                           "give a tablespace's name or its original location "
+                           "(markship list --json shows them)")
 
 
 def restore_group(config: Config, repo: Repository, mark_name: str | None, dir_template: str,
@@ -50,6 +67,8 @@ def restore_group(config: Config, repo: Repository, mark_name: str | None, dir_t
                            "use e.g. /srv/restore/{server}")
     began = time.monotonic()
     mark = choose_mark(config, repo, mark_name).record
+    if tablespace_map:
+        _check_map_names(repo, config, tablespace_map)
     ports = {s.name: port_base + i for i, s in enumerate(config.servers)}
     dirs = {s.name: Path(dir_template.format(server=s.name)) for s in config.servers}
 
