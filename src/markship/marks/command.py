@@ -122,11 +122,8 @@ def _switch(conns: GroupConnections, result: MarkResult) -> None:
         return
     if detach.hand_off(handed):
         conns.forget(handed)
-        return
-    from markship.pg import fanout, marksql
-
-    fanout.fan_out({server: (conn, marksql.SWITCH_WAL, ()) for server, conn in handed.items()})
-    result.switching = ()
+    else:
+        result.switching = ()  # switched here
 
 
 def _settle(repo: Repository, ahead: _Ahead) -> bool:

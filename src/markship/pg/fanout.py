@@ -47,58 +47,74 @@ COMMAND_OK, TUPLES_OK = 1, 2  # libpq's ExecStatusType (psycopg's pq.ExecStatus)
 
 def fan_out(calls: Mapping[str, tuple[Link, str, Sequence[str]]],
             timeout: float = 30.0, finished: dict[str, float] | None = None,
-            on_answer: Callable[[str], None] | None = None,
-            on_sent: Callable[[], None] | None = None) -> dict[str, Rows]:
+            on_answer: Callable[[str], None] | None = None) -> dict[str, Rows]:
     """Run `(connection, statement, text parameters)` per server, all at once.
 
     Returns the rows (as text) of each server's last result. Raises ServerError naming every
     server that failed or did not answer within `timeout` seconds; such a connection is
     closed (its statement may still be running), so the caller reconnects it.
     `finished`, when given, gets each server's time.perf_counter() at its answer;
-    `on_answer(server)` is called at each successful answer, while others may still run;
-    `on_sent()` once every statement went out (before any answer is read).
+    `on_answer(server)` is called at each successful answer, while others may still run.
     """
-    failures: dict[str, str] = {}
-    waiting: dict[int, str] = {}
+    return send(calls).collect(timeout, finished, on_answer)
+
+
+class Sent:
+    """Statements sent by `send`, their answers not read yet."""
+
+    def __init__(self, calls: Mapping[str, tuple[Link, str, Sequence[str]]]) -> None:
+        self.calls = calls
+        self.waiting: dict[int, str] = {}  # socket → server
+        self.failures: dict[str, str] = {}
+
+    def collect(self, timeout: float = 30.0, finished: dict[str, float] | None = None,
+                on_answer: Callable[[str], None] | None = None) -> dict[str, Rows]:
+        """The answers, as fan_out gives them (it raises what fan_out raises)."""
+        calls, waiting, failures = self.calls, self.waiting, self.failures
+        results: dict[str, Rows] = {}
+        deadline = time.monotonic() + timeout
+        while waiting:
+            left = deadline - time.monotonic()
+            ready = select.select(list(waiting), [], [], max(left, 0))[0] if left > 0 else []
+            if not ready and left <= 0:
+                for name in waiting.values():
+                    failures[name] = f"no answer within {timeout:g} s"
+                    calls[name][0].close()
+                break
+            for sock in ready:
+                name = waiting[sock]
+                conn = calls[name][0]
+                try:
+                    if _read(conn.pgconn, name, results, failures):
+                        del waiting[sock]
+                        if finished is not None:
+                            finished[name] = time.perf_counter()
+                        if on_answer is not None and name not in failures:
+                            on_answer(name)
+                except conn.Error as exc:
+                    failures[name] = first_line(exc)
+                    del waiting[sock]
+        if failures:
+            from markship.perserver import servers_failed
+
+            raise servers_failed(failures)
+        return results
+
+
+def send(calls: Mapping[str, tuple[Link, str, Sequence[str]]]) -> Sent:
+    """Send each server its statement (the first half of fan_out): once this returns, every
+    statement that could be sent is on its way."""
+    sent = Sent(calls)
     for name, (conn, statement, params) in calls.items():
         try:
             if params:
                 conn.pgconn.send_query_params(statement.encode(), [p.encode() for p in params])
             else:
                 conn.pgconn.send_query(statement.encode())
-            waiting[conn.pgconn.socket] = name
+            sent.waiting[conn.pgconn.socket] = name
         except conn.Error as exc:
-            failures[name] = first_line(exc)
-    if on_sent is not None:
-        on_sent()
-    results: dict[str, Rows] = {}
-    deadline = time.monotonic() + timeout
-    while waiting:
-        left = deadline - time.monotonic()
-        ready = select.select(list(waiting), [], [], max(left, 0))[0] if left > 0 else []
-        if not ready and left <= 0:
-            for name in waiting.values():
-                failures[name] = f"no answer within {timeout:g} s"
-                calls[name][0].close()
-            break
-        for sock in ready:
-            name = waiting[sock]
-            conn = calls[name][0]
-            try:
-                if _read(conn.pgconn, name, results, failures):
-                    del waiting[sock]
-                    if finished is not None:
-                        finished[name] = time.perf_counter()
-                    if on_answer is not None and name not in failures:
-                        on_answer(name)
-            except conn.Error as exc:
-                failures[name] = first_line(exc)
-                del waiting[sock]
-    if failures:
-        from markship.perserver import servers_failed
-
-        raise servers_failed(failures)
-    return results
+            sent.failures[name] = first_line(exc)
+    return sent
 
 
 def _read(pgconn: Any, name: str, results: dict[str, Rows],
