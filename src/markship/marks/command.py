@@ -1,7 +1,13 @@
 """`markship mark` made by the command itself on the lean path: no click, no pydantic, no
 psycopg. Started cold, the full command line spent ~0.6 s importing them before its first
 round trip; this path makes the same mark (markship.marks.take, on markship.pg.libpq's
-connections), writes the same record and journal entry, and prints the same output.
+connections), writes the same record and journal entry, and prints the same output, except
+that the WAL switches are still under way when it exits (`switching` in its JSON).
+
+Where its time goes, and what it does about it: the servers are connected while the rest of
+it loads; the journal entry is written ahead while the mark is made, and named while the
+record's folder is flushed; the WAL switches come last and are sent, not waited for
+(markship.marks.detach: a switch answers only once the server wrote out its segment).
 
 Used when no agent answered (markship.agent.control) and the command is a common one: only
 `--name`, `--json` and `--no-switch`, a config whose cached settings (markship.marks.settings)
