@@ -119,12 +119,12 @@ def mark_via_agent(args: list[str], config: str | None) -> int | None:
 
     if os.environ.get(NO_AGENT_ENV):
         return None
-    from markship import argv
+    from markship.marks.command import lean_args
 
-    found, flags, unknown = argv.parse(args, options=("--name",),
-                                       flags=("--json", "--no-switch"))
-    if unknown:
-        return None  # --help, a typo, ...: the full command line handles it
+    parsed = lean_args(args)
+    if parsed is None:
+        return None
+    found, flags = parsed
     name = found.get("--name")
     from markship.config import file as configfile
     from markship.errors import MarkshipError

@@ -52,9 +52,10 @@ def _wait_complete(ctx: Context, name: str, seconds: float) -> None:
     from markship.errors import MarkshipError
     from markship.marks.choose import mark_state
 
+    repo = ctx.repository()
     deadline = time.monotonic() + seconds
     while True:
-        state = mark_state(ctx.repository(), ctx.config, name)
+        state = mark_state(repo, ctx.config, name)
         if state.complete:
             return
         if state.unrestorable or time.monotonic() >= deadline:

@@ -34,6 +34,15 @@ if TYPE_CHECKING:
     from markship.wal.settings import WalSettings
 
 
+def lean_args(args: list[str]) -> tuple[dict[str, str], set[str]] | None:
+    """`markship mark ARGS` as both lean paths take it (this one and the agent's,
+    markship.agent.control): (options, flags), or None for anything else (`--help`,
+    `--wait`, a typo), which the full command line handles."""
+    found, flags, unknown = argv.parse(args, options=("--name",),
+                                       flags=("--json", "--no-switch"))
+    return None if unknown else (found, flags)
+
+
 def main(args: list[str], config: str | None) -> int | None:
     """Make the mark `markship mark ARGS` asks for: the exit status (0 once recorded), or
     None to leave the command to the full command line. Raises the MarkshipError a user
@@ -42,10 +51,10 @@ def main(args: list[str], config: str | None) -> int | None:
 
     if os.environ.get(FULL_ENV):
         return None
-    found, flags, unknown = argv.parse(args, options=("--name",),
-                                       flags=("--json", "--no-switch"))
-    if unknown:
-        return None  # --help, a typo, ...: the full command line handles it
+    parsed = lean_args(args)
+    if parsed is None:
+        return None
+    found, flags = parsed
     from markship.config import file as configfile
     from markship.marks import settings as mark_settings
 

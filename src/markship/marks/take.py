@@ -170,6 +170,7 @@ class MarkResult:
                  record_ms: float = 0.0, switching: tuple[str, ...] = ()) -> None:
         self.body = body  # the mark record in its JSON form (MarkRecord's model_dump)
         self.switch_ms = switch_ms  # from releasing the barrier until the WAL was delivered
+        # (or, for the servers in `switching`, until their switch was left to the caller)
         self.switching = switching  # servers whose WAL switch is left to the caller
         self.prepare_ms = prepare_ms  # before the barrier: name check, connections
         self.record_ms = record_ms  # writing the mark record (durably) into the repository

@@ -51,10 +51,8 @@ def append(repo: Repository, make: Callable[[int, str], tuple[T, bytes]]) -> T:
     """Add the entry `make(seq, prev link)` gives (it and its stored bytes) after the newest
     one, retrying after a concurrent writer took the number; then point HEAD at it."""
     for _attempt in range(100):
-        names = entry_names(repo)
-        last = int(names[-1][:-5]) if names else 0
-        seq = last + 1
-        entry, data = make(seq, stored_hash(repo, last) if last else "")
+        seq, prev = _next(repo)
+        entry, data = make(seq, prev)
         try:
             stored = repo.write_bytes(layout.journal_entry_key(seq), data, overwrite=False,
                                       metadata=True)
@@ -66,6 +64,13 @@ def append(repo: Repository, make: Callable[[int, str], tuple[T, bytes]]) -> T:
         return entry
     raise MarkshipError("the journal is too busy: 100 concurrent appends in a row failed",
                         "retry; look for a runaway process writing to the repository")
+
+
+def _next(repo: Repository) -> tuple[int, str]:
+    """The number the next entry takes, and its link to the newest one."""
+    names = entry_names(repo)
+    last = int(names[-1][:-5]) if names else 0
+    return last + 1, stored_hash(repo, last) if last else ""
 
 
 def append_entry(repo: Repository, command: str, outcome: str, *, user: str | None = None,
@@ -85,7 +90,7 @@ class Ahead:
     stored under temp names and flushed, while the command works. Once it succeeded,
     `publish()` names them: two renames, where append() lists the journal, reads its newest
     entry and writes two objects. If another writer took the number meanwhile, the entry is
-    appended the normal way. Made by `write_ahead` (it raises what a write raises)."""
+    appended the normal way. Making one raises what a write raises."""
 
     def __init__(self, repo: Repository, command: str, outcome: str, user: str,
                  objects: dict[str, str]) -> None:
@@ -93,25 +98,20 @@ class Ahead:
 
         self.repo, self.command, self.outcome = repo, command, outcome
         self.user, self.objects = user, objects
-        names = entry_names(repo)
-        last = int(names[-1][:-5]) if names else 0
-        self.seq = last + 1
+        self.seq, prev = _next(repo)
         data = envelope.seal("JournalEntry", entry_body(
-            self.seq, stored_hash(repo, last) if last else "", utcnow(), command, outcome,
-            user=user, objects=objects))
+            self.seq, prev, utcnow(), command, outcome, user=user, objects=objects))
         self.entry: StagedObject = envelope.stage_sealed(
             repo, layout.journal_entry_key(self.seq), lambda: data)
-        self.head: StagedObject | None = None
         try:
             head = {"seq": self.seq, "hash": STORED + self.entry.stored_sha256()}
-            self.head = envelope.stage_sealed(repo, layout.JOURNAL_HEAD_KEY,
-                                              lambda: envelope.seal("JournalHead", head))
+            self.head: StagedObject = envelope.stage_sealed(
+                repo, layout.JOURNAL_HEAD_KEY, lambda: envelope.seal("JournalHead", head))
         except BaseException:
             self.entry.discard()
             raise
 
     def publish(self) -> None:
-        assert self.head is not None
         try:
             # HEAD's publish below flushes the folder for both names: the entry's name is
             # made first, so no journaling file system keeps HEAD without it.
@@ -129,5 +129,4 @@ class Ahead:
 
     def discard(self) -> None:
         self.entry.discard()
-        if self.head is not None:
-            self.head.discard()
+        self.head.discard()
