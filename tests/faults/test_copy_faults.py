@@ -54,7 +54,7 @@ def test_restore_and_failover_read_the_copy_when_the_repository_is_gone(
     standbys = add_dr_site(group)
     group.ok("standby", "create")
     rows = ledger.commit(30)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     assert complete_marks(group)[-1] == mark
     group.ok("repository", "sync")  # what the agent does every few seconds
 
@@ -179,7 +179,7 @@ def test_what_the_dr_site_wrote_to_the_copy_is_brought_back_to_the_repository(
     ledger.commit(20)
     group.ok("backup")
     rows = ledger.commit(30)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     group.ok("repository", "sync")
 
     # The repository goes away; the DR site restores and drills from the copy meanwhile.

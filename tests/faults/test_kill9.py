@@ -75,7 +75,7 @@ def test_backup_killed_then_run_again(pg_group: GroupFactory, point: str) -> Non
     assert [s["complete"] for s in sets] == [finished_first, True], sets
 
     rows = ledger.commit(30)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     ledger.commit(20)  # after the mark: must not come back
     report = assert_repository_sound(group)
     assert bool(report["incomplete_sets"]) != finished_first and not report["unrestorable_sets"]
@@ -127,7 +127,7 @@ def test_archive_command_killed_while_writing(pg_group: GroupFactory) -> None:
              interval=0.3)
     wait_for(lambda: not ready_files(alpha), "no .ready file left", timeout=60)
     rows = ledger.commit(10)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     report = assert_repository_sound(group)
     # The dead writers' temp objects are reported as such and --clean-temp removes them.
     dead = [t for t in report["temp_objects"] if _writer_pid(Path(t)) in killed]
@@ -173,7 +173,7 @@ def test_wal_push_killed_at_seeded_delays(pg_group: GroupFactory) -> None:
     wait_for(lambda: not ready_files(alpha), "the archiver caught up", timeout=90)
     for name in ready:
         assert len(stored_wal(group, "alpha", name)) == 1, name
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     assert_repository_sound(group)
     _restores_to_mark(group, mark, rows)
 
@@ -201,7 +201,7 @@ def _after_mark_kills(group: Group, ledger: Ledger, before: set[str]) -> None:
         _writer_pid(t) is not None and not alive(_writer_pid(t) or 0)
         for t in temp_objects(group.repo, "marks"))
     rows = ledger.commit(25)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     ledger.commit(25)
     assert mark in complete_marks(group)
     assert_repository_sound(group)
@@ -268,7 +268,7 @@ def test_group_restore_killed_then_run_again(pg_group: GroupFactory) -> None:
     ledger = Ledger(group)
     group.ok("backup")
     rows = ledger.commit(60)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     ledger.commit(10)
 
     first, where = group.group_targets("g1")
@@ -352,7 +352,7 @@ def test_agent_killed_mid_mark(pg_group: GroupFactory) -> None:
         reap(receivers, grace=0)
     assert agent.returncode == 0 and "Traceback" not in log, log
     rows = ledger.commit(1)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     ledger.commit(5)
     assert_repository_sound(group)
     _restores_to_mark(group, mark, rows)

@@ -66,7 +66,7 @@ def test_standby_create_killed_then_run_again(pg_group: GroupFactory) -> None:
     assert rerun.returncode == 0, rerun.stderr
     assert _in_recovery(group) == [True, True]
     rows = ledger.commit(10)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     ledger.commit(10)
     _fail_over(group, standbys, rows, mark)
 
@@ -115,7 +115,7 @@ def test_standby_fetch_killed(pg_group: GroupFactory) -> None:
     assert_repository_sound(group)
 
     rows = ledger.commit(10)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     ledger.commit(10)
     assert complete_marks(group)[-1] == mark
     _fail_over(group, standbys, rows, mark)
@@ -132,7 +132,7 @@ def test_failover_finishes_a_promotion_cut_short(pg_group: GroupFactory) -> None
     group, ledger, standbys = _dr_group(pg_group)
     group.ok("standby", "create")
     rows = ledger.commit(30)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     ledger.commit(10)  # after the mark: lost by the failover, on purpose
     cut = standbys["alpha"]
     cut.kill9()
@@ -150,7 +150,7 @@ def test_failover_killed_then_resumed(pg_group: GroupFactory) -> None:
     group, ledger, standbys = _dr_group(pg_group)
     group.ok("standby", "create")
     rows = ledger.commit(30)
-    mark = new_mark(group)
+    mark = new_mark(group, complete=True)
     ledger.commit(10)  # after the mark: lost by the failover, on purpose
     for server in group.servers:
         server.kill9()

@@ -158,9 +158,12 @@ class Group:
 GroupFactory = Callable[..., Group]
 
 
-def new_mark(group: Group) -> str:
-    """`markship mark` on the group; the new mark's name."""
-    return str(json.loads(group.ok("mark", "--json"))["name"])
+def new_mark(group: Group, complete: bool = False) -> str:
+    """`markship mark` on the group; the new mark's name. `complete`: return once its WAL
+    is in the repository (`--wait`), as a test that kills the servers next needs: the
+    lean `markship mark` returns before the WAL switches it sent have finished."""
+    wait = ["--wait", "120"] if complete else []
+    return str(json.loads(group.ok("mark", "--json", *wait))["name"])
 
 
 def merge_config(text: str, addition: str) -> str:
