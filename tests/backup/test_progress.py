@@ -8,8 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from markship.dr.drill import free_port_range
-from markship.pg.scratch import chown_to
+from markship.pg.scratch import chown_to, free_port_range
 from tests.support.fingerprints import load_pgbench
 from tests.support.servers import (
     OS_USER,

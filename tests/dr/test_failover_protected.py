@@ -15,8 +15,7 @@ from typing import Any
 
 import psycopg
 
-from markship.dr.drill import free_port_range
-from markship.pg.scratch import chown_to
+from markship.pg.scratch import chown_to, free_port_range
 from tests.dr.test_failover import standby_pair
 from tests.support.checks import wait_for
 from tests.support.servers import (

@@ -27,7 +27,7 @@ from tests.support.checks import archiver, switch_wal, wait_for
 from tests.support.servers import Group, GroupFactory, new_mark, running_agent, stop_agent
 
 if TYPE_CHECKING:  # imported by the tests themselves only once a browser is known to be here
-    from playwright.sync_api import Browser, Page, ViewportSize
+    from playwright.sync_api import Browser, Page, Response, ViewportSize
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "status-page"
 PHONE: ViewportSize = {"width": 375, "height": 740}
@@ -237,9 +237,17 @@ def test_the_agents_page_in_a_browser_needs_its_token(pg_group: GroupFactory,
         context = chromium.new_context(viewport=DESKTOP, extra_http_headers={
             "Authorization": f"Bearer {token}"})
         tab = context.new_page()
-        answer = tab.goto(url + "api/status")
-        assert answer is not None and answer.status == 200
-        status = json.loads(answer.text())
+        # With the token the agent answers 503 until its first snapshot of the group exists.
+        answers: list[Response] = []
+
+        def snapshot() -> bool:
+            answer = tab.goto(url + "api/status")
+            assert answer is not None and answer.status in (200, 503), "no answer or not 200/503"
+            answers.append(answer)
+            return answer.status == 200
+        wait_for(snapshot, "the agent's first snapshot on /api/status", timeout=120,
+                 interval=0.5)
+        status = json.loads(answers[-1].text())
         response = tab.goto(url, wait_until="load")
         assert response is not None and response.status == 200
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from markship.dr.drill import free_port_range
-from markship.pg.scratch import ScratchServer, chown_to
+from markship.pg.scratch import ScratchServer, chown_to, free_port_range
 from markship.repository.journal import redact
 from tests.support.checks import marks_of, wait_for
 from tests.support.servers import (

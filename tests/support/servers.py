@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from markship.dr.drill import free_port_range
-from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port
+from markship.pg.scratch import ScratchServer, as_user, chown_to, free_port, free_port_range
 
 OS_USER = "postgres"
 MARKSHIP = Path(sys.executable).parent / "markship"

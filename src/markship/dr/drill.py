@@ -24,7 +24,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -46,6 +45,7 @@ from markship.pg import sql as postgres
 from markship.pg.conninfo import address
 from markship.pg.datadir import in_production, postmaster_status, server_log, stop_immediately
 from markship.pg.lsn import format_lsn
+from markship.pg.scratch import free_port_range
 from markship.repository import layout, records
 from markship.repository.base import Repository
 from markship.repository.records import Record
@@ -227,31 +227,6 @@ def _configured_ports(config: Config) -> set[int]:
     if config.dr_site is not None:
         ports.update(s.port for s in config.dr_site.standbys)
     return ports
-
-
-def free_port_range(count: int, host: str = HOST, avoid: set[int] | None = None) -> int:
-    """The first of `count` consecutive ports nobody listens on (and none in `avoid`)."""
-    from markship.pg.scratch import free_port
-
-    for _attempt in range(100):
-        base = free_port(host)
-        wanted = range(base, base + count)
-        if base + count > 65536 or (avoid and avoid.intersection(wanted)):
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for port in wanted:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(sock)
-                sock.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise MarkshipError(f"no {count} consecutive free ports on {host}",
-                        "free some ports, or drill a smaller group")
 
 
 def _confirm_open(conninfos: dict[str, str]) -> None:

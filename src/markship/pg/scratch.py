@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -38,11 +39,59 @@ def chown_to(path: Path, os_user: str) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+def _listening_ranges() -> list[range]:
+    """Ports a listener may take without racing outgoing connections: those outside the
+    kernel's ephemeral range, from which every connect() draws its local port."""
+    try:
+        low, high = (int(n) for n in
+                     Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    ranges = [range(1024, low), range(high + 1, 65536)]
+    return [r for r in ranges if len(r)] or [range(1024, 65536)]
+
+
+def _bindable(host: str, ports: range) -> bool:
+    """Whether nobody holds any of `ports` on `host` right now."""
+    socks: list[socket.socket] = []
+    try:
+        for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((host, port))
+    except OSError:
+        return False
+    finally:
+        for sock in socks:
+            sock.close()
+    return True
+
+
+def free_port_range(count: int, host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
+    """The first of `count` consecutive ports nobody listens on (and none in `avoid`).
+
+    Chosen at random outside the ephemeral range: a port the kernel hands out for outgoing
+    connections can be taken by one between this probe and the server's start (seen as a
+    drill's "could not create any TCP/IP sockets" while an agent was busy connecting).
+    """
+    ranges = [r for r in _listening_ranges() if len(r) >= count]
+    for _attempt in range(200):
+        if not ranges:
+            break
+        span = random.choice(ranges)
+        base = random.randrange(span.start, span.stop - count + 1)
+        wanted = range(base, base + count)
+        if avoid and avoid.intersection(wanted):
+            continue
+        if _bindable(host, wanted):
+            return base
+    raise MarkshipError(f"no {count} consecutive free ports on {host}",
+                        "free some ports, or use fewer servers")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now on `host`."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now on `host` (outside the ephemeral range)."""
+    return free_port_range(1, host)
 
 
 @dataclass
