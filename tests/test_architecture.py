@@ -16,7 +16,7 @@ LAYERS = ["_entry", "cli", "agent", "monitor", "dr", "backup", "marks", "wal", "
 # Leaves every layer may use: they import only each other (and the standard library or
 # third-party packages). `client` is the applications' 2PC helper, a public import path.
 SHARED = {"__init__", "errors", "timefmt", "osuser", "names", "privatefile", "perserver", "argv",
-          "client", "barrierkey"}
+          "client", "barrierkey", "userspool"}
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC.parent).with_suffix("").parts)

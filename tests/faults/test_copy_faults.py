@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from markship.pg.datadir import stopped_at
 from markship.pg.scratch import as_user, chown_to
-from tests.support.checks import complete_marks
+from tests.support.checks import complete_marks, switch_wal
 from tests.support.fingerprints import Ledger
+from tests.support.netcut import Blackhole, Knocks
 from tests.support.s3 import S3Server, new_store
 from tests.support.servers import (
     MARKSHIP,
@@ -319,3 +323,61 @@ def test_wal_and_a_mark_only_in_the_copy_make_the_repository_whole_again(
                         f"unix_socket_directories={restored.base_dir}")
     assert proc.returncode == 0, proc.stderr
     assert Ledger.count_on(restored) == rows
+
+
+@pytest.mark.s3
+@pytest.mark.reliability("production's repository dropping packets at the DR site",
+                         fault="the S3 endpoint of production's repository answers nothing "
+                               "(a network that drops packets: no refusal, every connection "
+                               "waits for its timeout) while PostgreSQL fetches WAL from the "
+                               "copy, one wal-fetch per segment",
+                         expected="the first wal-fetch waits for the endpoint once and serves "
+                                  "the copy's segment; the next ones, for a minute, read the "
+                                  "copy without trying the endpoint; after that minute one "
+                                  "tries it again")
+def test_wal_fetch_passes_over_a_silent_repository_for_a_minute(
+        pg_group: GroupFactory, own_s3_server: S3Server) -> None:
+    group = pg_group(1)
+    _repository_in_s3(group, own_s3_server)
+    offsite = group.workdir / "offsite"
+    group.config_path.write_text(group.config_path.read_text() + (
+        f'\n[[repository.copy]]\nname = "offsite"\npath = "{offsite}"\n'))
+    group.ok("backup")
+    for _ in range(3):
+        switch_wal(group.servers[0])
+    new_mark(group, complete=True)
+    group.ok("repository", "sync")
+    segments = sorted({p.name[:24] for p in (offsite / "wal" / "alpha").glob("0*/*.zst")
+                       if p.name[24] == "-"})  # segments, not backup history files
+    assert len(segments) >= 3, segments
+
+    def fetch(segment: str) -> None:
+        dest = group.workdir / "fetched"
+        got = run_markship(group.config_path, "wal-fetch", "--server", "alpha", segment,
+                           str(dest), user=OS_USER)  # as PostgreSQL's restore_command runs
+        assert got.returncode == 0 and dest.stat().st_size == 16 << 20, got.stderr
+        dest.unlink()
+
+    with Blackhole() as silent:
+        group.config_path.write_text(group.config_path.read_text().replace(
+            own_s3_server.endpoint, silent.endpoint))
+        fetch(segments[0])  # waits for the silent endpoint, then reads the copy
+        port = silent.port
+    notes = _unreachable_notes(OS_USER)
+    assert any(silent.endpoint in text for text in notes.values()), notes
+
+    with Knocks(port) as knocks:  # the same port now counts who still tries it
+        fetch(segments[1])
+        assert knocks.count == 0  # passed over: the copy was read at once
+        for path, text in notes.items():  # a minute later...
+            if silent.endpoint in text:
+                old = time.time() - 61
+                os.utime(path, (old, old))
+        fetch(segments[2])
+        assert knocks.count >= 1  # ...it is asked again
+
+
+def _unreachable_notes(user: str) -> dict[Path, str]:
+    """The notes of repositories `user`'s commands found unreachable (path → text)."""
+    folder = Path(f"/var/tmp/markship-spool-{pwd.getpwnam(user).pw_uid}") / "~unreachable"
+    return {p: p.read_text() for p in folder.iterdir()} if folder.is_dir() else {}

@@ -1,6 +1,9 @@
-"""A TCP relay a test can cut: markship talks to a server through it, and `cut()` makes the
-server unreachable at once (open connections reset, new ones refused) while the server and
-what it holds live on; `restore()` opens the same port again."""
+"""Network faults on loopback.
+- Relay: markship talks to a server through it, and `cut()` makes the server unreachable at
+  once (open connections reset, new ones refused) while the server and what it holds live
+  on; `restore()` opens the same port again.
+- Blackhole: a port that drops every connection attempt (a client waits for its timeout).
+- Knocks: a port that counts who connects to it."""
 
 from __future__ import annotations
 
@@ -95,3 +98,76 @@ class Relay:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.cut()
+
+
+class Blackhole:
+    """A port on 127.0.0.1 that answers nothing, as a host behind a network that drops
+    packets: its listener never accepts and its queue is full, so the kernel drops every new
+    connection's SYN and a client waits for its connect timeout (nothing is refused)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(0)
+        # one connection fills a queue of length 0; the ones after it are never answered
+        self._filler = socket.create_connection(("127.0.0.1", self.port))
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.settimeout(0.5)
+        try:
+            probe.connect(("127.0.0.1", self.port))
+            raise AssertionError("a connection got through the blackhole")
+        except TimeoutError:
+            pass
+        finally:
+            probe.close()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._filler.close()
+        self._listener.close()
+
+    def __enter__(self) -> Blackhole:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+
+class Knocks:
+    """A port on 127.0.0.1 that counts the connections made to it and closes each at once."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.count = 0
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", port))
+        self._listener.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self.count += 1
+            client.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
+    def __enter__(self) -> Knocks:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()

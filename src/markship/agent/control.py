@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import stat
 
+from markship import userspool
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # socket and json load only once an agent's socket is there
     import socket
@@ -31,17 +33,13 @@ ANSWER_TIMEOUT = 120.0  # a mark waits at most barrier_timeout + stream_wait + a
 NO_AGENT_ENV = "MARKSHIP_NO_AGENT"  # set (to anything) to make marks in the command itself
 
 
-def spool_top(uid: int) -> str:
-    return os.path.join("/var/tmp", f"markship-spool-{uid}")
-
-
 def socket_path(config_path: str, uid: int) -> str:
     try:
         from _blake2 import blake2b  # hashlib would load OpenSSL (~5 ms)
     except ImportError:
         from hashlib import blake2b
     digest = blake2b(os.path.realpath(config_path).encode(), digest_size=8).hexdigest()
-    return os.path.join(spool_top(uid), f"agent-{digest}.sock")
+    return os.path.join(userspool.top(uid), f"agent-{digest}.sock")
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -85,7 +83,7 @@ def ask(config_path: str, os_user: str, request: dict[str, Any]) -> dict[str, An
     except KeyError:
         return None
     path = socket_path(config_path, uid)
-    if not (_owned_private(spool_top(uid), uid, stat.S_IFDIR)
+    if not (_owned_private(userspool.top(uid), uid, stat.S_IFDIR)
             and _owned_private(path, uid, stat.S_IFSOCK)):
         return None
     import json
@@ -184,7 +182,7 @@ class Listener:
         import threading
 
         uid = os.getuid()
-        top = spool_top(uid)
+        top = userspool.top(uid)
         os.makedirs(top, mode=0o700, exist_ok=True)
         info = os.lstat(top)
         if info.st_uid != uid or not stat.S_ISDIR(info.st_mode):

@@ -4,7 +4,9 @@ site restores, fails over and feeds its standbys when production's repository is
 
 Reads:
 - an object (open, open_stored, read_bytes, size): the first repository that has it; an
-  unreachable repository is passed over, for the rest of the command (`passed_over`). A
+  unreachable repository is passed over, for the rest of the command (`passed_over`), and by
+  this user's other commands for a minute (markship.repository.reach: wal-fetch runs once
+  per WAL file, and a repository that drops packets costs each run its timeouts). A
   damaged object (CorruptObject) is raised when no other repository has it intact;
   ObjectMissing only when no reachable repository has it and at least one answered; the
   first error when none could be reached;
@@ -31,7 +33,7 @@ from __future__ import annotations
 import threading
 
 from markship.errors import CorruptObject, ObjectMissing, RepositoryError
-from markship.repository import layout
+from markship.repository import layout, reach
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,8 +56,13 @@ class Fallback:
         self.location = primary.location
         self._writer: Repository | None = None
         self._deciding = threading.Lock()  # parallel restores ask for the writer at once
-        # location → why it could not be reached, for every member passed over so far
+        # location → why it could not be reached, for every member passed over so far; those
+        # another command of this user found unreachable a moment ago are passed over at once
         self.passed_over: dict[str, str] = {}
+        for repo in (primary, *copies):
+            reason = reach.remembered(_identity(repo))
+            if reason is not None:
+                self.passed_over[repo.location] = reason
 
     @property
     def members(self) -> list[Repository]:
@@ -69,6 +76,7 @@ class Fallback:
 
     def _passed_over(self, repo: Repository, exc: RepositoryError) -> None:
         self.passed_over.setdefault(repo.location, exc.one_line())
+        reach.remember(_identity(repo), exc.one_line())
 
     def _first(self, call: Callable[[Repository], T]) -> T:
         missing: ObjectMissing | None = None
@@ -163,7 +171,8 @@ class Fallback:
                         if repo.exists(layout.MARKER_KEY):
                             chosen = repo
                             break
-                    except RepositoryError:
+                    except RepositoryError as exc:
+                        self._passed_over(repo, exc)
                         continue
                 self._writer = chosen
             return self._writer
@@ -246,6 +255,13 @@ class Fallback:
 
     def check_writable(self) -> None:
         self.writer.check_writable()
+
+
+def _identity(repo: Repository) -> str:
+    """What tells this repository apart from any other of the same user: its location, and
+    for S3 the endpoint (one bucket name may exist on two S3 services)."""
+    endpoint = getattr(getattr(repo, "where", None), "endpoint", "")
+    return f"{repo.location} {endpoint}" if endpoint else repo.location
 
 
 class _OwingStage:

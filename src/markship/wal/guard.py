@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 
+from markship import userspool
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the per-segment start-up
     from typing import Any
@@ -76,7 +78,7 @@ def give_up_oldest(config_path: str, server: str, path: str, queue_max: int,
             break
         run.append(other)
         expected = expected.next()
-    if not spool.trusted():
+    if not userspool.ours():
         return []  # a record another user could remove is no record
     directory = os.path.dirname(path)
     try:
@@ -175,7 +177,7 @@ def _records(config_path: str, server: str) -> tuple[str, list[str]] | None:
         files = sorted(f for f in os.listdir(folder) if f.endswith(SUFFIX))
     except FileNotFoundError:
         return None
-    if not spool.trusted():
+    if not userspool.ours():
         return None
     return folder, files
 

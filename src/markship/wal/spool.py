@@ -21,41 +21,19 @@ from __future__ import annotations
 
 import os
 
-
-def _top() -> str:
-    return os.path.join("/var/tmp", f"markship-spool-{os.getuid()}")
+from markship import userspool
 
 
 def spool_dir(config_path: str, server: str) -> str:
     """One spool per (config file, server) and OS user; no config parsing needed."""
     escaped = os.path.abspath(config_path).replace("%", "%25").replace("/", "%2F")
-    return os.path.join(_top(), escaped, server)
+    return os.path.join(userspool.top(), escaped, server)
 
 
 def gap_dir(config_path: str, server: str) -> str:
     """Where wal-push keeps the records of WAL it dropped (markship.wal.guard) until the
     repository takes them; '~' keeps it apart from every server's spool (names.py)."""
     return os.path.join(os.path.dirname(spool_dir(config_path, "x")), "~gaps", server)
-
-
-def trusted() -> bool:
-    """The spool is ours alone (created here when missing): what is kept in it can be
-    relied on."""
-    if not os.path.isdir(_top()):
-        try:
-            os.makedirs(_top(), mode=0o700, exist_ok=True)
-        except OSError:
-            return False
-    return _trusted()
-
-
-def _trusted() -> bool:
-    """The spool is ours alone: a marker planted by another user must never count."""
-    try:
-        stat = os.lstat(_top())
-    except OSError:
-        return False
-    return stat.st_uid == os.getuid() and stat.st_mode & 0o077 == 0 and os.path.isdir(_top())
 
 
 def _signature(wal_path: str) -> str:
@@ -66,15 +44,13 @@ def _signature(wal_path: str) -> str:
 def already_pushed(spool: str, wal_path: str) -> bool:
     try:
         with open(os.path.join(spool, os.path.basename(wal_path))) as handle:
-            return handle.read() == _signature(wal_path) and _trusted()
+            return handle.read() == _signature(wal_path) and userspool.trusted()
     except OSError:
         return False
 
 
 def mark_pushed(spool: str, wal_path: str) -> None:
-    if not os.path.isdir(_top()):
-        os.makedirs(_top(), mode=0o700, exist_ok=True)
-    if not _trusted():
+    if not userspool.ours():
         return  # someone else's directory: never rely on it
     os.makedirs(spool, mode=0o700, exist_ok=True)
     marker = os.path.join(spool, os.path.basename(wal_path))
@@ -94,9 +70,7 @@ def claim(spool: str, name: str) -> int | None:
     lock after its parent closes its own descriptor."""
     import fcntl
 
-    if not os.path.isdir(_top()):
-        os.makedirs(_top(), mode=0o700, exist_ok=True)
-    if not _trusted():
+    if not userspool.ours():
         return None
     os.makedirs(spool, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(spool, name + CLAIM), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
@@ -123,7 +97,7 @@ def pushed_or_waited(spool: str, wal_path: str) -> bool:
     or its pusher let go without a marker: failed or killed)."""
     if already_pushed(spool, wal_path):
         return True
-    if not _trusted():
+    if not userspool.trusted():
         return False
     try:
         fd = os.open(os.path.join(spool, os.path.basename(wal_path) + CLAIM),
@@ -174,7 +148,7 @@ def cached_settings(config_path: str, kind: str = "wal") -> tuple[_Field, ...] |
     try:
         with open(_settings_file(config_path, kind), "rb") as handle:
             signature, fields = marshal.load(handle)
-        if signature == _config_signature(config_path) and _trusted():
+        if signature == _config_signature(config_path) and userspool.trusted():
             return tuple(fields)
     except (OSError, ValueError, EOFError, TypeError):
         pass
@@ -187,9 +161,7 @@ def cache_settings(config_path: str, fields: tuple[_Field, ...], kind: str = "wa
 
     try:
         signature = _config_signature(config_path)
-        if not os.path.isdir(_top()):
-            os.makedirs(_top(), mode=0o700, exist_ok=True)
-        if not _trusted():
+        if not userspool.ours():
             return
         target = _settings_file(config_path, kind)
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
