@@ -17,7 +17,7 @@ import pytest
 
 from markship.pg.datadir import stopped_at
 from markship.pg.scratch import as_user, chown_to
-from tests.support.checks import complete_marks, switch_wal
+from tests.support.checks import complete_marks, switch_wal, wait_for
 from tests.support.fingerprints import Ledger
 from tests.support.netcut import Blackhole, Knocks
 from tests.support.s3 import S3Server, new_store
@@ -333,8 +333,9 @@ def test_wal_and_a_mark_only_in_the_copy_make_the_repository_whole_again(
                                "copy, one wal-fetch per segment",
                          expected="the first wal-fetch waits for the endpoint once and serves "
                                   "the copy's segment; the next ones, for a minute, read the "
-                                  "copy without trying the endpoint; after that minute one "
-                                  "tries it again")
+                                  "copy without trying the endpoint, except one answering "
+                                  "'not archived' (exit 1), which asks it first; after that "
+                                  "minute one tries it again")
 def test_wal_fetch_passes_over_a_silent_repository_for_a_minute(
         pg_group: GroupFactory, own_s3_server: S3Server) -> None:
     group = pg_group(1)
@@ -343,13 +344,16 @@ def test_wal_fetch_passes_over_a_silent_repository_for_a_minute(
     group.config_path.write_text(group.config_path.read_text() + (
         f'\n[[repository.copy]]\nname = "offsite"\npath = "{offsite}"\n'))
     group.ok("backup")
-    for _ in range(3):
-        switch_wal(group.servers[0])
     new_mark(group, complete=True)
-    group.ok("repository", "sync")
-    segments = sorted({p.name[:24] for p in (offsite / "wal" / "alpha").glob("0*/*.zst")
+
+    def in_the_copy() -> list[str]:
+        switch_wal(group.servers[0])
+        group.ok("repository", "sync")  # what the agent does every few seconds
+        return sorted({p.name[:24] for p in (offsite / "wal" / "alpha").glob("0*/*.zst")
                        if p.name[24] == "-"})  # segments, not backup history files
-    assert len(segments) >= 3, segments
+    wait_for(lambda: len(in_the_copy()) >= 4, "four segments archived and in the copy",
+             interval=0.5)
+    segments = in_the_copy()
 
     def fetch(segment: str) -> None:
         dest = group.workdir / "fetched"
@@ -369,12 +373,21 @@ def test_wal_fetch_passes_over_a_silent_repository_for_a_minute(
     with Knocks(port) as knocks:  # the same port now counts who still tries it
         fetch(segments[1])
         assert knocks.count == 0  # passed over: the copy was read at once
+        # "Not archived" (the end of recovery) is answered only once it was asked too.
+        past = run_markship(group.config_path, "wal-fetch", "--server", "alpha",
+                            "0000000100000001000000FF", str(group.workdir / "past"),
+                            user=OS_USER)
+        assert past.returncode == 1, past.stderr
+        assert knocks.count >= 1
+        knocked = knocks.count
+        fetch(segments[2])  # that failed try renewed the notice
+        assert knocks.count == knocked
         for path, text in notes.items():  # a minute later...
             if silent.endpoint in text:
                 old = time.time() - 61
                 os.utime(path, (old, old))
-        fetch(segments[2])
-        assert knocks.count >= 1  # ...it is asked again
+        fetch(segments[3])
+        assert knocks.count > knocked  # ...it is asked again
 
 
 def _unreachable_notes(user: str) -> dict[Path, str]:

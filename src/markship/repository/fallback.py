@@ -6,14 +6,16 @@ Reads:
 - an object (open, open_stored, read_bytes, size): the first repository that has it; an
   unreachable repository is passed over, for the rest of the command (`passed_over`), and by
   this user's other commands for a minute (markship.repository.reach: wal-fetch runs once
-  per WAL file, and a repository that drops packets costs each run its timeouts). A
+  per WAL file, and a repository that drops packets costs each run its timeouts); one passed
+  over on that notice alone is still asked, last, before an object is called missing. A
   damaged object (CorruptObject) is raised when no other repository has it intact;
   ObjectMissing only when no reachable repository has it and at least one answered; the
   first error when none could be reached;
 - exists(): true when any reachable repository has it;
 - listings (children, iter_objects): the union of every reachable repository's listing (a
   WAL file or a mark the primary lacks is found in a copy), primary first; an unreachable
-  repository is passed over unless none answers.
+  repository is passed over unless none answers; one passed over on notice is asked only
+  when the others list nothing.
 
 Writes, deletes and locks go to the primary. Only when the primary is gone — unreachable, or
 without its marker object (an unmounted or renamed directory answers like an empty one) — do
@@ -59,10 +61,12 @@ class Fallback:
         # location → why it could not be reached, for every member passed over so far; those
         # another command of this user found unreachable a moment ago are passed over at once
         self.passed_over: dict[str, str] = {}
+        self._on_notice: set[str] = set()  # of those, the ones not asked in this command yet
         for repo in (primary, *copies):
             reason = reach.remembered(_identity(repo))
             if reason is not None:
                 self.passed_over[repo.location] = reason
+                self._on_notice.add(repo.location)
 
     @property
     def members(self) -> list[Repository]:
@@ -78,20 +82,46 @@ class Fallback:
         self.passed_over.setdefault(repo.location, exc.one_line())
         reach.remember(_identity(repo), exc.one_line())
 
+    def _on_notice_only(self, asked: list[Repository]) -> list[Repository]:
+        """The members passed over on another command's notice alone, not asked yet: asked
+        last, when the others gave nothing. "Not there" (to wal-fetch: the end of the
+        archived WAL) is never answered without asking every member once."""
+        return [r for r in (self.primary, *self.copies)
+                if r.location in self._on_notice and r not in asked]
+
+    def _answered(self, repo: Repository) -> None:
+        """A member passed over on notice answered after all: ask it again from now on."""
+        self._on_notice.discard(repo.location)
+        self.passed_over.pop(repo.location, None)
+        reach.forget(_identity(repo))
+
     def _first(self, call: Callable[[Repository], T]) -> T:
         missing: ObjectMissing | None = None
         damaged: CorruptObject | None = None
         unreachable: RepositoryError | None = None
-        for repo in self.members:
+        asked = self.members
+        later = self._on_notice_only(asked)
+        for repo in (*asked, *later):
+            self._on_notice.discard(repo.location)
             try:
-                return call(repo)
+                found = call(repo)
             except ObjectMissing as exc:
                 missing = missing or exc
+                if repo in later:
+                    self._answered(repo)
+                continue
             except CorruptObject as exc:  # e.g. not encrypted although encryption is on
                 damaged = damaged or exc
+                if repo in later:
+                    self._answered(repo)
+                continue
             except RepositoryError as exc:
                 unreachable = unreachable or exc
                 self._passed_over(repo, exc)
+                continue
+            if repo in later:
+                self._answered(repo)
+            return found
         # A damaged object must never read as a missing one (wal-fetch: the end of WAL).
         if damaged is not None:
             raise damaged
@@ -118,11 +148,18 @@ class Fallback:
     def exists(self, key: str) -> bool:
         unreachable: RepositoryError | None = None
         answered = False
-        for repo in self.members:
+        asked = self.members
+        later = self._on_notice_only(asked)
+        for repo in (*asked, *later):
+            self._on_notice.discard(repo.location)
             try:
                 if repo.exists(key):
+                    if repo in later:
+                        self._answered(repo)
                     return True
                 answered = True
+                if repo in later:
+                    self._answered(repo)
             except RepositoryError as exc:
                 unreachable = unreachable or exc
                 self._passed_over(repo, exc)
@@ -133,9 +170,16 @@ class Fallback:
     def _union(self, listing: Callable[[Repository], list[T]]) -> list[list[T]]:
         found: list[list[T]] = []
         unreachable: RepositoryError | None = None
-        for repo in self.members:
+        asked = self.members
+        later = self._on_notice_only(asked)
+        for repo in (*asked, *later):
+            if repo in later and any(found):
+                break  # the listing is not empty: no need to wait for a silent member
+            self._on_notice.discard(repo.location)
             try:
                 found.append(listing(repo))
+                if repo in later:
+                    self._answered(repo)
             except RepositoryError as exc:
                 unreachable = unreachable or exc
                 self._passed_over(repo, exc)

@@ -67,3 +67,10 @@ def remember(location: str, reason: str) -> None:
         except OSError:
             pass
 
+
+def forget(location: str) -> None:
+    """The repository at `location` answered again: drop its note."""
+    try:  # noqa: SIM105 - as above
+        os.unlink(_note_path(location))
+    except OSError:
+        pass
