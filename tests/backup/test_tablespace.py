@@ -179,3 +179,43 @@ def test_a_backup_failing_in_a_later_tablespace_leaves_no_archive(
     group.ok("backup")
     assert len([k for k in group.store.stored_keys("backups/alpha/")
                 if k.endswith(".tar.zst")]) == 3
+
+
+def test_a_drill_and_every_tablespace_mapped_at_once_beside_the_originals(
+        pg_group: GroupFactory) -> None:
+    group = pg_group(2)
+    oids = _with_tablespace(group)
+    group.ok("backup")
+    for server in group.servers:
+        server.psql("INSERT INTO orders SELECT generate_series(101, 150)")
+    mark = new_mark(group, complete=True)
+    for server in group.servers:
+        server.psql("INSERT INTO orders SELECT generate_series(151, 200)")  # after the mark
+
+    # A drill on this very host: the scratch servers' tablespaces go into its scratch
+    # directory, never to the original places the running servers use.
+    parent = _new_dir(group, "drills")
+    checks = group.workdir / "orders.sql"
+    checks.write_text("[*] SELECT count(*) = 150 FROM orders\n")
+    drill = group.markship("drill", "--mark", mark, "--check-sql", str(checks), "--work-dir",
+                           str(parent), "--json")
+    assert drill.returncode == 0, drill.stderr
+    report = json.loads(drill.stdout)
+    assert report["ok"] and report["checks"] and all(c["ok"] for c in report["checks"]), report
+    assert not any(parent.iterdir())  # the scratch directory, tablespaces included, is gone
+    for server in group.servers:
+        assert _orders_in(server) == ("200", str(group.workdir / f"ts-{server.name}"))
+
+    # `*=NEW` places every tablespace not named otherwise, each by its OID.
+    every = _new_dir(group, "every")
+    alone = group.restored("alpha")
+    proc = group.markship("restore", "--server", "alpha", "--target-dir", str(alone.data_dir),
+                          "--name", mark, "--tablespace-map", f"*={every}/{{oid}}", "--start",
+                          "--port", str(alone.port),
+                          "--setting", f"unix_socket_directories={alone.base_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert _orders_in(alone) == ("150", str(every / oids["alpha"]))
+    proc = group.markship("restore", "--server", "alpha", "--target-dir",
+                          str(group.workdir / "unused"), "--tablespace-map", f"*={every}/x")
+    assert "--tablespace-map '*=" in refused_line(proc) and "no {oid} placeholder" in \
+        refused_line(proc)

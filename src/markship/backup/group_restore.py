@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from markship import perserver
+from markship.backup import tablespaces
 from markship.backup.basebackup import ProgressFn
 from markship.backup.paused import PausedResult, resume
 from markship.backup.restore import RestoreResult, restore_server
@@ -40,7 +41,7 @@ def _check_map_names(repo: Repository, config: Config, mapping: dict[str, str]) 
         for backup in complete_backups(repo, server.name):
             known.update(t for space in backup.tablespaces.values()
                          for t in (space.name, space.location))
-    unknown = sorted(set(mapping) - known)
+    unknown = sorted(set(mapping) - known - {tablespaces.EVERY})
     if unknown:
         raise RestoreError(f"--tablespace-map {unknown[0]!r} names no tablespace of any "
                            "server's backups",

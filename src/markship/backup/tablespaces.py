@@ -1,6 +1,7 @@
 """Tablespaces outside the data directory in a restore: where each goes (`--tablespace-map
-OLD=NEW`, else its original location), checking those directories before anything is
-written, and the `tablespace_map` file of the restored data directory.
+OLD=NEW`; `*=NEW` with `{oid}` for every tablespace not named; else its original
+location), checking those directories before anything is written, and the `tablespace_map`
+file of the restored data directory.
 
 A base backup in tar format holds `tablespace_map` (one line per tablespace: its OID, a
 space, its location); PostgreSQL makes the links in `pg_tblspc/` from it when recovery
@@ -21,14 +22,16 @@ from markship.errors import CorruptObject, RestoreError
 from markship.repository.catalog import BackupRecord
 
 MAP_FILE = "tablespace_map"
+EVERY = "*"  # --tablespace-map *=NEW: every tablespace not named otherwise
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def parse_mapping(items: list[str] | tuple[str, ...], *, per_server: bool = False
                   ) -> dict[str, str]:
-    """`OLD=NEW` options → {OLD: NEW}. OLD is a tablespace's name or original location, NEW an
-    absolute directory (with `per_server`, for a group, it must contain `{server}`). Raises
-    RestoreError in one line for anything else."""
+    """`OLD=NEW` options → {OLD: NEW}. OLD is a tablespace's name or original location, or
+    `*` for every tablespace not named (its NEW must contain `{oid}`, the tablespace's OID);
+    NEW an absolute directory (with `per_server`, for a group, it must contain `{server}`).
+    Raises RestoreError in one line for anything else."""
     mapping: dict[str, str] = {}
     for item in items:
         old, sep, new = item.partition("=")
@@ -45,6 +48,10 @@ def parse_mapping(items: list[str] | tuple[str, ...], *, per_server: bool = Fals
             raise RestoreError(f"--tablespace-map {item!r} has no {{server}} placeholder",
                                "with --group every server needs its own directory: use e.g. "
                                "/srv/fast/{server}")
+        if old == EVERY and "{oid}" not in new:
+            raise RestoreError(f"--tablespace-map {item!r} has no {{oid}} placeholder",
+                               "every tablespace needs its own directory: use e.g. "
+                               "'*=/srv/restored/{oid}'")
         if old in mapping:
             raise RestoreError(f"--tablespace-map {old!r} is given twice",
                                "give each tablespace once")
@@ -63,15 +70,19 @@ def place(backup: BackupRecord, mapping: dict[str, str], *, partial: bool = Fals
           ) -> list[Placement]:
     """Where each tablespace of `backup` goes, by OID. An entry of `mapping` that names no
     tablespace of the backup is refused unless `partial` (a group's map names the
-    tablespaces of every server). Raises RestoreError in one line."""
+    tablespaces of every server); `*` applies to every tablespace not named. Raises
+    RestoreError in one line."""
     placements = []
-    used: set[str] = set()
+    used: set[str] = {EVERY}
     for oid in sorted(backup.tablespaces, key=int):
         space = backup.tablespaces[oid]
         key = space.name if space.name in mapping else space.location
-        new = mapping.get(key, space.location).replace("{server}", backup.server)
         if key in mapping:
             used.add(key)
+        elif EVERY in mapping:
+            key = EVERY
+        new = mapping.get(key, space.location).replace("{server}", backup.server)
+        new = new.replace("{oid}", oid)  # digits: the record's OIDs are checked
         if _UNSAFE_PATH.search(new):  # an original location read from the repository
             raise CorruptObject(f"backup of {backup.server} in set {backup.set_id} names "
                                 f"tablespace {oid} at a path no tablespace can have",

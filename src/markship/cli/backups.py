@@ -154,7 +154,8 @@ def verify(ctx: Context, set_id: str | None, clean_temp: bool, copy_name: str | 
                    "unix_socket_directories=/tmp on a host lacking production's paths.")
 @click.option("--tablespace-map", "tablespace_map", multiple=True, metavar="OLD=NEW",
               help="Restore the tablespace OLD (its name or original location) into the "
-                   "new or empty directory NEW (repeatable); with --group NEW contains "
+                   "new or empty directory NEW (repeatable); OLD '*' maps every tablespace "
+                   "not named, NEW then contains {oid}; with --group NEW contains "
                    "{server}. Unmapped tablespaces go back to their original location.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context

@@ -1,11 +1,12 @@
 """Recovery drills: prove, on scratch servers, that the group can be brought back.
 
 A drill restores the whole group to one complete mark (`backup.group_restore.restore_group`)
-into a temporary directory on free loopback ports, settles prepared transactions as a failover
-would, runs the user's checks, measures RTO and RPO, stores a report (`drills/<id>.json` and
-`.md`) and always removes the scratch servers again. Production servers and DR standbys are never
-contacted: the scratch servers run with `archive_mode = off`, on ports no configured server
-or standby uses, and every process the cleanup stops is found under the drill's own directory.
+into a temporary directory (tablespaces included) on free loopback ports, settles prepared
+transactions as a failover would, runs the user's checks, measures RTO and RPO, stores a
+report (`drills/<id>.json` and `.md`) and always removes the scratch servers again.
+Production servers and DR standbys are never contacted: the scratch servers run with
+`archive_mode = off`, on ports no configured server or standby uses, and every process the
+cleanup stops is found under the drill's own directory.
 
 Check files (`--check-sql`): one check per line; `#` starts a comment line; a line that starts
 with whitespace continues the check above it.
@@ -124,6 +125,7 @@ def run_drill(config: Config, repo: Repository, checks: list[Check], *,
     nothing and propagate.
     """
     from markship.backup.group_restore import restore_group
+    from markship.backup.tablespaces import EVERY
     from markship.marks.choose import choose_mark
 
     say = progress or (lambda _text: None)
@@ -148,8 +150,11 @@ def run_drill(config: Config, repo: Repository, checks: list[Check], *,
         with _sigterm_interrupts():
             try:
                 template = str(temp).replace("{", "{{").replace("}", "}}") + "/{server}"
+                # Tablespaces too go into the scratch directory, never to their original
+                # places (where production's servers use them); '~' is in no server name.
+                spaces = {EVERY: f"{temp}/~tablespaces/{{server}}/{{oid}}"}
                 report = restore_group(config, repo, mark.name, template, port_base, HOST,
-                                       on_progress)
+                                       on_progress, tablespace_map=spaces)
                 resolved = [DrillResolution(server=r.server, database=r.database, gid=r.gid,
                                             action=r.action) for r in report.resolutions]
                 conninfos = {n: info["conninfo"] for n, info in report.servers.items()}
