@@ -19,6 +19,7 @@ from tests.support.checks import wait_for
 from tests.support.fingerprints import load_pgbench
 from tests.support.s3 import (
     ACCESS_KEY_ID,
+    REGION,
     SECRET_ACCESS_KEY,
     S3Store,
     new_store,
@@ -185,6 +186,43 @@ def test_wrong_credentials_stop_recovery(workdir: Path) -> None:
             assert "Traceback" not in pushed.stderr
         assert _stored_segments(store) and not store.stored_keys(
             layout.wal_dir("orders", OTHER) + OTHER)
+    finally:
+        server.stop()
+
+
+@pytest.mark.reliability("S3 keys rotated under a running process",
+                         fault="the credentials file gets a new access key and the old key is "
+                               "deleted, while one repository stays open (as the agent "
+                               "keeps its own)",
+                         expected="within the refresh interval the open repository writes and "
+                                  "reads with the new key, without a restart")
+def test_rotated_credentials_are_taken_without_a_restart(workdir: Path) -> None:
+    from markship.errors import RepositoryError
+    from markship.repository.s3 import CREDENTIALS_REFRESH, S3Location, S3Repository
+
+    server = start_s3_server(workdir / "s3-rotate")
+    try:
+        key_id, secret = require_signatures(server)
+        store = new_store(server, workdir, access_key=key_id, secret=secret)
+        repo = S3Repository(S3Location(store.url, store.endpoint, REGION,
+                                       str(store.credentials_file), retries=0))
+        repo.write_bytes("probe/before", b"old key")
+
+        iam = server.client(key_id, secret, service="iam")
+        new = iam.create_access_key(UserName="markship")["AccessKey"]
+        write_credentials(store.credentials_file, new["AccessKeyId"], new["SecretAccessKey"])
+        iam.delete_access_key(UserName="markship", AccessKeyId=key_id)
+
+        def writes() -> bool:
+            try:
+                repo.write_bytes("probe/after", b"new key", overwrite=True)
+            except RepositoryError:
+                return False  # still the deleted key, until the next read of the file
+            return True
+        wait_for(writes, "the open repository taking the new key",
+                 timeout=CREDENTIALS_REFRESH * 3, interval=0.5)
+        assert repo.read_bytes("probe/before") == b"old key"
+        assert repo.read_bytes("probe/after") == b"new key"
     finally:
         server.stop()
 

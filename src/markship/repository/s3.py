@@ -39,9 +39,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any, BinaryIO
 
+    from obstore.store import S3Credential
+
     from markship.repository.base import Readable, Writable
 
 SPOOL_MEMORY = 32 * 1024 * 1024  # a staged object larger than this goes to a local temp file
+CREDENTIALS_REFRESH = 15.0  # seconds between reads of the credentials file
+# obstore asks its credential provider again once a credential has less than this left
+# (object_store's token cache; measured with 0.12.1: 301 s → asked on every request, 330 s →
+# not for 30 s), so expiries are given as this plus CREDENTIALS_REFRESH
+OBSTORE_MIN_TTL = 300.0
 CREDENTIAL_KEYS = {"aws_access_key_id": "access_key_id",
                    "aws_secret_access_key": "secret_access_key",
                    "aws_session_token": "session_token"}
@@ -118,6 +125,33 @@ def read_credentials(path: str) -> dict[str, str]:
     return found
 
 
+class FileCredentials:
+    """obstore's credential provider for a credentials file, read again every
+    CREDENTIALS_REFRESH seconds: a long-running process (the agent) takes rotated keys and
+    renewed session tokens without a restart. A file that cannot be read then (being
+    rewritten, say) keeps the last good keys, and is read again at the next refresh. The
+    first read happens here: a missing or bad file is a ConfigError at once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.keys = read_credentials(path)
+        self._fresh = True
+
+    def __call__(self) -> S3Credential:
+        from contextlib import suppress
+        from datetime import UTC, datetime, timedelta
+
+        if not self._fresh:
+            with suppress(ConfigError):  # else the last good keys, until the next refresh
+                self.keys = read_credentials(self.path)
+        self._fresh = False
+        return {"access_key_id": self.keys["access_key_id"],
+                "secret_access_key": self.keys["secret_access_key"],
+                "token": self.keys.get("session_token"),
+                "expires_at": datetime.now(UTC) + timedelta(
+                    seconds=OBSTORE_MIN_TTL + CREDENTIALS_REFRESH)}
+
+
 def _first_line(exc: BaseException) -> str:
     """obstore's messages run over many lines (with a debug dump): the first, shortened."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -149,8 +183,9 @@ class S3Repository:
                 config["endpoint"] = self.where.endpoint
             if self.where.region:
                 config["region"] = self.where.region
+            provider = None
             if self.where.credentials_file:
-                config.update(read_credentials(self.where.credentials_file))
+                provider = FileCredentials(self.where.credentials_file)
             client: dict[str, Any] = {"connect_timeout": timedelta(seconds=5),
                                       "timeout": timedelta(seconds=120)}
             if self.where.endpoint.startswith("http://"):
@@ -171,7 +206,8 @@ class S3Repository:
                 self._store = S3Store(bucket, prefix=prefix or None,
                                       config=config,  # type: ignore[arg-type]
                                       client_options=client,  # type: ignore[arg-type]
-                                      retry_config=retry)  # type: ignore[arg-type]
+                                      retry_config=retry,  # type: ignore[arg-type]
+                                      credential_provider=provider)
             except Exception as exc:
                 raise ConfigError(f"[repository] {self.location}: {_first_line(exc)}",
                                   "check url, endpoint and region in the config") from None
