@@ -35,11 +35,16 @@ class ServerStatus:
     repository_error: str | None = None  # this server's part of the repository is unreadable
 
     @property
+    def archiver_failing(self) -> bool:
+        """The archiver failed on its last attempt (a failure newer than the last success in
+        pg_stat_archiver)."""
+        failed, archived = self.last_failed_at, self.last_archived_at
+        return failed is not None and (archived is None or failed > archived)
+
+    @property
     def healthy(self) -> bool:
-        failing = (self.last_failed_at is not None and (
-            self.last_archived_at is None or self.last_failed_at > self.last_archived_at))
-        return (self.reachable and self.last_backup_set is not None and not failing
-                and self.repository_error is None)
+        return (self.reachable and self.last_backup_set is not None
+                and not self.archiver_failing and self.repository_error is None)
 
 
 def _last_backups(repo: Repository) -> dict[str, catalog.BackupRecord]:

@@ -199,7 +199,7 @@ def _server_findings(s: ServerStatus, config: Config, now: datetime,
     if not s.reachable:
         found.append(Finding("server", s.server, health.SERVER_UNREACHABLE, "down",
                              f"cannot be reached: {s.error}"))
-    elif health.archiver_failing(s):
+    elif s.archiver_failing:
         found.append(Finding(
             "archiver", s.server, health.ARCHIVER_FAILING, f"{s.archiver_failed_count} failed",
             f"archiving fails: {s.last_failed_wal} failed at {show(s.last_failed_at)}, "

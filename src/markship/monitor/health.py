@@ -104,13 +104,6 @@ def standby_lag_bytes_thresholds(config: Config) -> Thresholds:
                  config.check.standby_lag_bytes_critical, STANDBY_LAG_BYTES)
 
 
-def archiver_failing(server: ServerStatus) -> bool:
-    """The server's archiver failed on its last attempt (a failure newer than the last
-    success in pg_stat_archiver)."""
-    failed, archived = server.last_failed_at, server.last_archived_at
-    return failed is not None and (archived is None or failed > archived)
-
-
 def archive_lag_level(server: ServerStatus, config: Config) -> Level:
     """The worse of the archive lag in bytes and in seconds (unknown parts count as ok)."""
     levels: list[Level] = []
