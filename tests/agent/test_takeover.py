@@ -1,5 +1,6 @@
-"""A standby agent (`markship run --standby-agent`) waits while the group's agent runs and takes
-over marking when that agent dies, so the group keeps its marks."""
+"""A standby agent (`markship run --standby-agent`) waits while the group's agent runs, its web
+port answering 503, and takes over marking when that agent dies, so the group keeps its
+marks."""
 
 from __future__ import annotations
 
@@ -7,16 +8,28 @@ import json
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
+from markship.pg.scratch import free_port
 from tests.support.checks import marks_of, wait_for
 from tests.support.s3 import ON_FS_AND_S3
-from tests.support.servers import MARKSHIP, Group, GroupFactory, start_agent, stop_agent
+from tests.support.servers import MARKSHIP, GroupFactory, start_agent, stop_agent
 
 
-def _standby(group: Group) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(MARKSHIP), "--config", str(group.config_path), "run",
-                             "--standby-agent"],
+def _standby(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(MARKSHIP), "--config", str(config), "run", "--standby-agent"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _answer(url: str) -> tuple[int, str]:
+    """Status and body of a GET, within 5 s (a port nobody answers on fails the test)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 @ON_FS_AND_S3
@@ -32,9 +45,18 @@ def test_standby_agent_takes_over_when_the_agent_is_killed(pg_group: GroupFactor
                  "the agent's first backup set", timeout=90, interval=0.3)
         wait_for(lambda: any(m["complete"] for m in marks_of(group)), "a first mark",
                  timeout=60, interval=0.3)
-        standby = _standby(group)
+        # The standby agent (another host in real life: here its own config file, the
+        # same group, with a web port of its own) answers its port while it waits.
+        port = free_port()
+        standby_config = group.workdir / "standby-agent.toml"
+        standby_config.write_text(group.config_path.read_text() + (
+            f'\n[web]\nlisten = "127.0.0.1:{port}"\nauth = "none"\nrefresh = 1\n'))
+        standby = _standby(standby_config)
         time.sleep(3)
         assert standby.poll() is None, "the standby agent must wait, not refuse to start"
+        status, body = _answer(f"http://127.0.0.1:{port}/metrics")
+        assert (status, body) == (503, "standby agent: waiting to take over when the "
+                                       "group's agent stops\n")
         ours = {m["name"] for m in marks_of(group)}
 
         first.send_signal(signal.SIGKILL)
@@ -46,6 +68,8 @@ def test_standby_agent_takes_over_when_the_agent_is_killed(pg_group: GroupFactor
         wait_for(lambda: sum(1 for m in marks_of(group)
                              if m["complete"] and m["name"] not in killed) >= 2,
                  "two marks made by the standby agent", timeout=90, interval=0.3)
+        wait_for(lambda: _answer(f"http://127.0.0.1:{port}/metrics")[0] == 200,
+                 "the standby agent's metrics once it took over", timeout=60, interval=0.5)
         log = stop_agent(standby)
     finally:
         for agent in (first, standby):

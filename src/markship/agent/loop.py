@@ -125,6 +125,10 @@ class Agent:
         with contextlib.ExitStack() as locked:
             purpose = f"markship run for group {self.config.group.name}"
             if self.standby:
+                if self.web_server is not None:
+                    self.web_server.serve("standby agent: waiting to take over when the "
+                                          "group's agent stops")
+                    locked.callback(self.web_server.close)
                 self.held = self.wait_for_lock(purpose)
                 if self.held is None:
                     self.log("agent.stop", detail="stopped while waiting as a standby agent")

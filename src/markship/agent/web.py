@@ -194,6 +194,7 @@ def tls_context(web: WebSection) -> ssl.SSLContext | None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     site: WebServer | None = None
+    waiting = b"starting\n"  # the 503's body until the site serves
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went away or spoke no TLS: nothing the operator must act on.
@@ -202,11 +203,31 @@ class _Server(ThreadingHTTPServer):
 
 @dataclass
 class Prepared:
-    """The bound (not yet serving) server and its credentials."""
+    """The bound server and its credentials; it answers only once serving, 503 until the
+    site (WebServer) is there."""
 
     server: _Server
     gate: Gate
     tls: bool
+    serving: threading.Thread | None = None
+
+    def serve(self, waiting: str | None = None) -> None:
+        """Start answering (503, `waiting` as the body, until a site serves): a standby
+        agent answers at once instead of leaving connections unanswered until it takes
+        over."""
+        if waiting is not None:
+            self.server.waiting = waiting.encode() + b"\n"
+        if self.serving is None:
+            self.serving = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                            kwargs={"poll_interval": 0.5}, name="markship-web")
+            self.serving.start()
+
+    def close(self) -> None:
+        """Stop answering and free the port (again: nothing)."""
+        serving, self.serving = self.serving, None
+        if serving is not None:
+            self.server.shutdown()
+        self.server.server_close()
 
 
 def prepare(config: Config) -> Prepared | None:
@@ -290,8 +311,6 @@ class WebServer:
         self.switch_interval = sys.getswitchinterval()  # Python's, restored at close
         self.refresher = threading.Thread(target=self._refresh_loop, daemon=True,
                                           name="markship-web-refresh")
-        self.serving = threading.Thread(target=prepared.server.serve_forever, daemon=True,
-                                        kwargs={"poll_interval": 0.5}, name="markship-web")
         prepared.server.site = self
 
     def view(self) -> metrics.View:
@@ -303,7 +322,7 @@ class WebServer:
     def start(self) -> None:
         sys.setswitchinterval(GIL_SLICE)
         self.refresher.start()
-        self.serving.start()
+        self.prepared.serve()
         host, port = self.prepared.server.server_address[:2]
         self.log("web.listen", address=str(host) + ":" + str(port), auth=self.gate.kind,
                  tls="on" if self.prepared.tls else "off",
@@ -311,9 +330,7 @@ class WebServer:
 
     def close(self) -> None:
         self.stopping.set()
-        if self.serving.is_alive():
-            self.prepared.server.shutdown()
-        self.prepared.server.server_close()
+        self.prepared.close()
         self.refresher.join(timeout=5)
         sys.setswitchinterval(self.switch_interval)
 
@@ -415,7 +432,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         site = self.server.site
         if site is None:
-            self._send(503, "text/plain; charset=utf-8", b"starting\n", head)
+            self._send(503, "text/plain; charset=utf-8", self.server.waiting, head,
+                       extra={"Retry-After": "5"})
             return
         if not site.gate.allows(self.headers.get("Authorization")):
             challenge = ('Basic realm="markship", charset="UTF-8"'
