@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from markship.backup.tablespaces import check_free, parse_mapping, place, read_map
+from markship.backup.tablespaces import check_free, place, read_map
+from markship.config.tablespacemap import parse_mapping
 from markship.errors import CorruptObject, RestoreError
 from markship.repository.catalog import BackupRecord, TablespaceRef
 from markship.repository.records import ObjectRef

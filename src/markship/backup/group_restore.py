@@ -8,12 +8,12 @@ from functools import partial
 from pathlib import Path
 
 from markship import perserver
-from markship.backup import tablespaces
 from markship.backup.basebackup import ProgressFn
 from markship.backup.paused import PausedResult, resume
 from markship.backup.restore import RestoreResult, restore_server
 from markship.backup.targets import Target, complete_backups
 from markship.config.model import Config
+from markship.config.tablespacemap import EVERY
 from markship.errors import MarkshipError, RestoreError
 from markship.marks.choose import choose_mark
 from markship.marks.resolve import Resolution, resolve_in_doubt
@@ -41,7 +41,7 @@ def _check_map_names(repo: Repository, config: Config, mapping: dict[str, str]) 
         for backup in complete_backups(repo, server.name):
             known.update(t for space in backup.tablespaces.values()
                          for t in (space.name, space.location))
-    unknown = sorted(set(mapping) - known - {tablespaces.EVERY})
+    unknown = sorted(set(mapping) - known - {EVERY})
     if unknown:
         raise RestoreError(f"--tablespace-map {unknown[0]!r} names no tablespace of any "
                            "server's backups",

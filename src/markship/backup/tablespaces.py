@@ -18,45 +18,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from markship.config.tablespacemap import EVERY, UNSAFE_PATH
 from markship.errors import CorruptObject, RestoreError
 from markship.repository.catalog import BackupRecord
 
 MAP_FILE = "tablespace_map"
-EVERY = "*"  # --tablespace-map *=NEW: every tablespace not named otherwise
-_UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\\]")
-
-
-def parse_mapping(items: list[str] | tuple[str, ...], *, per_server: bool = False
-                  ) -> dict[str, str]:
-    """`OLD=NEW` options → {OLD: NEW}. OLD is a tablespace's name or original location, or
-    `*` for every tablespace not named (its NEW must contain `{oid}`, the tablespace's OID);
-    NEW an absolute directory (with `per_server`, for a group, it must contain `{server}`).
-    Raises RestoreError in one line for anything else."""
-    mapping: dict[str, str] = {}
-    for item in items:
-        old, sep, new = item.partition("=")
-        old, new = old.strip(), new.strip()
-        if not sep or not old or not new:
-            raise RestoreError(f"--tablespace-map {item!r} is not OLD=NEW",
-                               "give the tablespace's name or original location, '=', and "
-                               "the new directory, e.g. --tablespace-map fast=/srv/fast")
-        if not new.startswith("/") or _UNSAFE_PATH.search(new):
-            raise RestoreError(f"--tablespace-map {item!r}: {new!r} is not an absolute path "
-                               "without control characters or backslashes",
-                               "give the new directory as an absolute path")
-        if per_server and "{server}" not in new:
-            raise RestoreError(f"--tablespace-map {item!r} has no {{server}} placeholder",
-                               "with --group every server needs its own directory: use e.g. "
-                               "/srv/fast/{server}")
-        if old == EVERY and "{oid}" not in new:
-            raise RestoreError(f"--tablespace-map {item!r} has no {{oid}} placeholder",
-                               "every tablespace needs its own directory: use e.g. "
-                               "'*=/srv/restored/{oid}'")
-        if old in mapping:
-            raise RestoreError(f"--tablespace-map {old!r} is given twice",
-                               "give each tablespace once")
-        mapping[old] = new
-    return mapping
 
 
 @dataclass(frozen=True)
@@ -83,7 +49,7 @@ def place(backup: BackupRecord, mapping: dict[str, str], *, partial: bool = Fals
             key = EVERY
         new = mapping.get(key, space.location).replace("{server}", backup.server)
         new = new.replace("{oid}", oid)  # digits: the record's OIDs are checked
-        if _UNSAFE_PATH.search(new):  # an original location read from the repository
+        if UNSAFE_PATH.search(new):  # an original location read from the repository
             raise CorruptObject(f"backup of {backup.server} in set {backup.set_id} names "
                                 f"tablespace {oid} at a path no tablespace can have",
                                 "the repository object was altered")

@@ -171,7 +171,7 @@ def restore(ctx: Context, server: str | None, whole_group: bool, mark_name: str 
     on."""
     from markship import names
     from markship.backup.restore import restore_server
-    from markship.backup.tablespaces import parse_mapping
+    from markship.config.tablespacemap import parse_mapping
 
     if mark_name is not None:
         names.check_restore_point(mark_name, "mark name (--mark)")

@@ -125,7 +125,7 @@ def run_drill(config: Config, repo: Repository, checks: list[Check], *,
     nothing and propagate.
     """
     from markship.backup.group_restore import restore_group
-    from markship.backup.tablespaces import EVERY
+    from markship.config.tablespacemap import EVERY
     from markship.marks.choose import choose_mark
 
     say = progress or (lambda _text: None)
