@@ -12,9 +12,9 @@ from pathlib import Path
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
 from markship.repository.catalog import BackupRecord
 from markship.repository.records import decode, encode
-from tests.support.checks import refused_line
+from tests.support.checks import refused_line, wait_for
 from tests.support.s3 import ON_FS_AND_S3
-from tests.support.servers import OS_USER, Group, GroupFactory, new_mark
+from tests.support.servers import OS_USER, Group, GroupFactory, add_dr_site, new_mark
 
 
 def _with_tablespace(group: Group) -> dict[str, str]:
@@ -219,3 +219,28 @@ def test_a_drill_and_every_tablespace_mapped_at_once_beside_the_originals(
                           str(group.workdir / "unused"), "--tablespace-map", f"*={every}/x")
     assert "--tablespace-map '*=" in refused_line(proc) and "no {oid} placeholder" in \
         refused_line(proc)
+
+
+def test_a_dr_standby_puts_its_tablespaces_where_its_config_says(
+        pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    oid = _with_tablespace(group)["alpha"]
+    group.ok("backup")
+    spaces = _new_dir(group, "dr-spaces")
+    standbys = add_dr_site(group, standby_lines={
+        "alpha": f'tablespace_map = ["*={spaces}/{{oid}}"]\n'})
+    group.ok("standby", "create")  # on this very host: the original place is in use
+    group.servers[0].psql("INSERT INTO orders SELECT generate_series(101, 150)")
+    new_mark(group, complete=True)
+    new_mark(group, complete=True)  # the standby replays up to the segment before it
+    standby = standbys["alpha"]
+    wait_for(lambda: standby.psql("SELECT count(*) FROM orders") == "150",
+             "the standby replaying the rows written in its tablespace", timeout=60,
+             interval=0.5)
+    assert _orders_in(standby) == ("150", str(spaces / oid))
+
+    # A map entry that is no OLD=NEW: the config is refused when read, in one line.
+    good = group.config_path.read_text()
+    group.config_path.write_text(good.replace(f'"*={spaces}/{{oid}}"', '"*=relative/{oid}"'))
+    line = refused_line(group.markship("standby", "status"))
+    assert "tablespace_map entry '*=relative/{oid}'" in line and "absolute path" in line, line

@@ -225,13 +225,16 @@ def write_offline_config(path: Path, repo: Path | RepoStore, server: str = "orde
         'conninfo = "host=127.0.0.1 port=1 user=postgres dbname=postgres"\n' + extra))
 
 
-def add_dr_site(group: Group, extra: str = "") -> dict[str, ScratchServer]:
-    """A [dr_site] standby per server (directories and ports under the group's workdir)."""
+def add_dr_site(group: Group, extra: str = "",
+                standby_lines: dict[str, str] | None = None) -> dict[str, ScratchServer]:
+    """A [dr_site] standby per server (directories and ports under the group's workdir);
+    `standby_lines`: server → more lines of its [[dr_site.standby]] table."""
     standbys = {s.name: group.restored(s.name) for s in group.servers}
     text = "\n[dr_site]\nname = \"dr\"\n"
     for name, sb in standbys.items():
         text += (f'\n[[dr_site.standby]]\nserver = "{name}"\ndata_dir = "{sb.data_dir}"\n'
-                 f'host = "127.0.0.1"\nport = {sb.port}\nsocket_dir = "{sb.base_dir}"\n')
+                 f'host = "127.0.0.1"\nport = {sb.port}\nsocket_dir = "{sb.base_dir}"\n'
+                 + (standby_lines or {}).get(name, ""))
     group.config_path.write_text(group.config_path.read_text() + extra + text)
     return standbys
 

@@ -219,6 +219,27 @@ class StandbySection(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)]
     socket_dir: Path | None = None
+    # Where `standby create` puts the server's tablespaces on this host: "OLD=NEW" entries as
+    # restore's --tablespace-map takes them ("*=/dir/{oid}" for all); else the original places.
+    tablespace_map: list[str] = []
+
+    @field_validator("tablespace_map")
+    @classmethod
+    def _map(cls, value: list[str]) -> list[str]:
+        from markship.config.tablespacemap import parse_mapping
+        from markship.errors import MarkshipError
+
+        try:
+            parse_mapping(value, source="tablespace_map entry")
+        except MarkshipError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    def tablespaces(self) -> dict[str, str]:
+        """The tablespace map as OLD → NEW."""
+        from markship.config.tablespacemap import parse_mapping
+
+        return parse_mapping(self.tablespace_map, source="tablespace_map entry")
 
 
 class SiteSection(_Section):

@@ -54,7 +54,8 @@ def create_standbys(config: Config, repo: Repository, servers: list[str],
         return restore_server(config, repo, server, standby.data_dir, Target("standby"),
                               start=True, port=standby.port,
                               extra_settings=server_settings(standby), standby=True,
-                              on_progress=on_progress)
+                              on_progress=on_progress,
+                              tablespace_map=standby.tablespaces())
 
     results, failures = perserver.settle({s: partial(build, s) for s in servers},
                                          MarkshipError)
