@@ -17,8 +17,9 @@ Reads:
   repository is passed over unless none answers; one passed over on notice is asked only
   when the others list nothing.
 
-Writes, deletes and locks go to the primary. Only when the primary is gone — unreachable, or
-without its marker object (an unmounted or renamed directory answers like an empty one) — do
+Writes, deletes and locks go to the primary. Only when the primary is gone — unreachable (or
+found so by a command of this user less than a minute ago), or without its marker object (an
+unmounted or renamed directory answers like an empty one) — do
 they go to the first copy that holds its marker: a failover, a drill or a restore's hold at
 the DR site is then recorded in the copy. Each object written to a copy that way (except what
 is never copied: locks, holds, the stream folder) is noted as owed back first: an
