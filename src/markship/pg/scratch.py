@@ -40,15 +40,19 @@ def chown_to(path: Path, os_user: str) -> None:
 
 
 def _listening_ranges() -> list[range]:
-    """Ports a listener may take without racing outgoing connections: those outside the
-    kernel's ephemeral range, from which every connect() draws its local port."""
+    """Ports a listener may take without racing outgoing connections: those past the
+    kernel's ephemeral range, from which every connect() draws its local port (on Linux
+    61000-65535, within IANA's dynamic ports: no well-known service expects them); only when
+    that range is too small, the 10000 ports below it."""
     try:
         low, high = (int(n) for n in
                      Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     except (OSError, ValueError):
         low, high = 32768, 60999
-    ranges = [range(1024, low), range(high + 1, 65536)]
-    return [r for r in ranges if len(r)] or [range(1024, 65536)]
+    above = range(high + 1, 65536)
+    if len(above) >= 256:
+        return [above]
+    return [range(max(1024, low - 10000), low)]
 
 
 def _bindable(host: str, ports: range) -> bool:
