@@ -211,14 +211,23 @@ def test_rotated_credentials_are_taken_without_a_restart(workdir: Path) -> None:
         iam = server.client(key_id, secret, service="iam")
         new = iam.create_access_key(UserName="markship")["AccessKey"]
         write_credentials(store.credentials_file, new["AccessKeyId"], new["SecretAccessKey"])
+        store.credentials_file.chmod(0o644)  # a slip: others may read the new secret
         iam.delete_access_key(UserName="markship", AccessKeyId=key_id)
+        refusals: list[str] = []
 
         def writes() -> bool:
             try:
                 repo.write_bytes("probe/after", b"new key", overwrite=True)
-            except RepositoryError:
-                return False  # still the deleted key, until the next read of the file
+            except RepositoryError as exc:
+                refusals.append(exc.one_line())
+                return False  # still the deleted key, until the next good read of the file
             return True
+        # The file is not taken while others may read it; the refusal says why.
+        wait_for(lambda: not writes() and "is readable by other users" in refusals[-1],
+                 "the refusal naming the credentials file's mode",
+                 timeout=CREDENTIALS_REFRESH * 3, interval=0.5)
+        assert new["SecretAccessKey"] not in refusals[-1], refusals[-1]
+        store.credentials_file.chmod(0o600)
         wait_for(writes, "the open repository taking the new key",
                  timeout=CREDENTIALS_REFRESH * 3, interval=0.5)
         assert repo.read_bytes("probe/before") == b"old key"

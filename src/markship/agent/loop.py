@@ -303,16 +303,18 @@ class Agent:
             request.answer(refused.exit_code, stderr=f"markship: error: {refused.one_line()}\n")
             return
         result = self.mark(name, bool(body.get("switch_wal", True)), requested_by=user)
+        # Answered first, journaled right after: the mark record is durable already, and the
+        # journal's append (a listing and fsyncs, ~100 ms under load) would double the wait.
         if isinstance(result, MarkshipError):
-            self.journal("mark", f"failed: {result.message}", as_user=as_user)
             request.answer(result.exit_code, stderr=f"markship: error: {result.one_line()}\n")
+            self.journal("mark", f"failed: {result.message}", as_user=as_user)
             return
-        self.journal("mark", "ok", as_user=as_user, mark=result.record.name)
         if body.get("json"):
             out = json.dumps(result_json(result, "agent"), indent=2, sort_keys=True)
         else:
             out = result_line(result)
         request.answer(0, stdout=out + "\n")
+        self.journal("mark", "ok", as_user=as_user, mark=result.record.name)
 
     def poll_receivers(self) -> None:
         """Keep one WAL receiver per reachable server running (marks use it; see stream)."""

@@ -135,15 +135,18 @@ class FileCredentials:
     def __init__(self, path: str) -> None:
         self.path = path
         self.keys = read_credentials(path)
+        self.problem: str | None = None  # why the last read again failed (None: it did not)
         self._fresh = True
 
     def __call__(self) -> S3Credential:
-        from contextlib import suppress
         from datetime import UTC, datetime, timedelta
 
         if not self._fresh:
-            with suppress(ConfigError):  # else the last good keys, until the next refresh
+            try:
                 self.keys = read_credentials(self.path)
+                self.problem = None
+            except ConfigError as exc:  # the last good keys stay, until the next refresh
+                self.problem = exc.message
         self._fresh = False
         return {"access_key_id": self.keys["access_key_id"],
                 "secret_access_key": self.keys["secret_access_key"],
@@ -167,6 +170,7 @@ class S3Repository:
         self.where = location
         self.location = location.url
         self._store: Any = None
+        self.credentials: FileCredentials | None = None  # with a credentials_file, once used
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -185,7 +189,7 @@ class S3Repository:
                 config["region"] = self.where.region
             provider = None
             if self.where.credentials_file:
-                provider = FileCredentials(self.where.credentials_file)
+                provider = self.credentials = FileCredentials(self.where.credentials_file)
             client: dict[str, Any] = {"connect_timeout": timedelta(seconds=5),
                                       "timeout": timedelta(seconds=120)}
             if self.where.endpoint.startswith("http://"):
@@ -228,8 +232,10 @@ class S3Repository:
             return ConflictError(f"object {key} already exists in the repository")
         if isinstance(exc, (PermissionError, s3errors.PermissionDeniedError,
                             s3errors.UnauthenticatedError)):
+            problem = self.credentials.problem if self.credentials else None
             return RepositoryError(
                 f"S3 refused {doing} {key} in {self.location}: {_first_line(exc)}",
+                f"{problem}: fix it, the keys read before are still in use" if problem else
                 "check the credentials (credentials_file or AWS_* variables) and the "
                 "bucket's policy for this user")
         return RepositoryError(
