@@ -140,16 +140,21 @@ class Blackhole:
 
 
 class Knocks:
-    """A port on 127.0.0.1 that counts the connections made to it and closes each at once."""
+    """A port on 127.0.0.1 that counts the connections made to it and closes each at once,
+    unanswered: every request to it fails, and each try is one connection."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.count = 0
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", port))
+        self._listener.bind(("127.0.0.1", self.port))
         self._listener.listen(64)
         threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def _accept(self) -> None:
         while True:

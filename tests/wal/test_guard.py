@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 from pathlib import Path
 
 from markship.pg.scratch import chown_to
+from tests.support.netcut import Knocks
 from tests.support.s3 import write_credentials
 from tests.support.servers import OS_USER, run_markship, write_offline_config
 
@@ -113,36 +112,12 @@ def test_the_oldest_wal_beyond_the_limit_is_given_up_and_recorded(workdir: Path)
     assert spool == []
 
 
-class _Unanswering:
-    """An S3 endpoint on 127.0.0.1 that takes each connection and closes it unanswered,
-    counting them: every request markship sends fails, and each try is one connection."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.tries = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            self.tries += 1
-            conn.close()
-
-
 def test_while_a_gap_is_open_an_s3_push_is_tried_once(workdir: Path) -> None:
     """Retries only keep WAL waiting in pg_wal once a gap is open (the WAL after it cannot
     be restored before the next full backup): the push fails at its first try."""
     wal = _pg_wal(workdir)
     config = _config(workdir, "32MiB")
-    s3 = _Unanswering()
-    try:
+    with Knocks() as s3:
         credentials = write_credentials(workdir / "s3.env")
         config.write_text(config.read_text().replace(
             f'path = "{workdir / "repo"}"\n',
@@ -152,14 +127,12 @@ def test_while_a_gap_is_open_an_s3_push_is_tried_once(workdir: Path) -> None:
         # allows) before WAL is given up.
         code, stderr = _push(config, wal, SEGMENTS[0])
         assert code == 0 and "3 segments from 000000010000000000000007 on given up" in stderr
-        tried = s3.tries
+        tried = s3.count
         assert 2 <= tried <= 5 and "(retried)" in stderr, (tried, stderr)
         for name in SEGMENTS[1:3]:  # answered from their spool markers, S3 not asked
             assert _push(config, wal, name)[0] == 0
-        assert s3.tries == tried
+        assert s3.count == tried
         _add(wal, SEGMENTS[5:6])
         code, stderr = _push(config, wal, SEGMENTS[3])
         assert code == 0 and "3 segments from 00000001000000000000000A on given up" in stderr
-        assert s3.tries == tried + 1 and "(retried)" not in stderr, stderr
-    finally:
-        s3.listener.close()
+        assert s3.count == tried + 1 and "(retried)" not in stderr, stderr
