@@ -43,7 +43,8 @@ def _listening_ranges() -> list[range]:
     """Ports a listener may take without racing outgoing connections: those past the
     kernel's ephemeral range, from which every connect() draws its local port (on Linux
     61000-65535, within IANA's dynamic ports: no well-known service expects them); only when
-    that range is too small, the 10000 ports below it."""
+    that range is too small, the 10000 ports below it (and when the kernel may hand out
+    every port, any)."""
     try:
         low, high = (int(n) for n in
                      Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
@@ -52,7 +53,8 @@ def _listening_ranges() -> list[range]:
     above = range(high + 1, 65536)
     if len(above) >= 256:
         return [above]
-    return [range(max(1024, low - 10000), low)]
+    below = range(max(1024, low - 10000), low)
+    return [below] if len(below) >= 256 else [range(1024, 65536)]  # all ephemeral: any
 
 
 def _bindable(host: str, ports: range) -> bool:
