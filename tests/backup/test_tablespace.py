@@ -7,6 +7,7 @@ behind, and verify reads the tablespace archives. Each on a directory and on S3.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from markship.pg.scratch import ScratchServer, chown_to, wait_archived
@@ -14,7 +15,14 @@ from markship.repository.catalog import BackupRecord
 from markship.repository.records import decode, encode
 from tests.support.checks import refused_line, wait_for
 from tests.support.s3 import ON_FS_AND_S3
-from tests.support.servers import OS_USER, Group, GroupFactory, add_dr_site, new_mark
+from tests.support.servers import (
+    OS_USER,
+    Group,
+    GroupFactory,
+    add_dr_site,
+    new_mark,
+    run_markship,
+)
 
 
 def _with_tablespace(group: Group) -> dict[str, str]:
@@ -244,3 +252,47 @@ def test_a_dr_standby_puts_its_tablespaces_where_its_config_says(
     group.config_path.write_text(good.replace(f'"*={spaces}/{{oid}}"', '"*=relative/{oid}"'))
     line = refused_line(group.markship("standby", "status"))
     assert "tablespace_map entry '*=relative/{oid}'" in line and "absolute path" in line, line
+
+
+def test_failback_puts_the_tablespaces_back_where_the_old_site_had_them(
+        pg_group: GroupFactory) -> None:
+    group = pg_group(1)
+    alpha = group.servers[0]
+    oid = _with_tablespace(group)["alpha"]
+    home = group.workdir / "ts-alpha"
+    group.ok("backup")
+    spaces = _new_dir(group, "dr-spaces")
+    standby = add_dr_site(group, standby_lines={
+        "alpha": f'tablespace_map = ["*={spaces}/{{oid}}"]\n'})["alpha"]
+    group.ok("standby", "create")
+    alpha.psql("INSERT INTO orders SELECT generate_series(101, 150)")
+    new_mark(group, complete=True)
+    new_mark(group, complete=True)
+    wait_for(lambda: standby.psql("SELECT count(*) FROM orders") == "150",
+             "the standby at the first mark", timeout=60, interval=0.5)
+
+    # The disaster: the old site's server and data directory are gone, its tablespace
+    # directory is left behind (another disk).
+    alpha.kill9()
+    shutil.rmtree(alpha.data_dir)
+    report = json.loads(group.ok("failover", "--json"))
+    new_config = Path(report["new_config"])
+    standby.psql("INSERT INTO orders SELECT generate_series(151, 170)")  # the DR site's work
+
+    # Rebuilding the old site puts the tablespace back at its old place: refused while that
+    # still holds the old timeline, before anything is written.
+    proc = run_markship(new_config, "failback", "prepare", timeout=240)
+    line = refused_line(proc)
+    assert f"old site tablespace directory {home} (tablespace fast of alpha) is not empty" \
+        in line, line
+    shutil.rmtree(home)
+    proc = run_markship(new_config, "failback", "prepare", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    rebuilt = ScratchServer("alpha", alpha.base_dir, alpha.port, os_user=OS_USER)
+    for _ in range(2):  # the standby replays up to the segment before the newest mark
+        marked = run_markship(new_config, "mark", "--wait", "120")
+        assert marked.returncode == 0, marked.stderr
+    wait_for(lambda: rebuilt.psql("SELECT count(*) FROM orders") == "170",
+             "the old site's standby replaying the DR site's rows", timeout=90, interval=0.5)
+    assert _orders_in(rebuilt) == ("170", str(home))
+    assert _orders_in(standby) == ("170", str(spaces / oid))

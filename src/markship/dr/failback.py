@@ -3,7 +3,9 @@
 `markship failover` already made the promoted servers archive into the repository and wrote
 the role-swapped config (the DR site is production in it; the old site is its `[dr_site]`, the
 site to rebuild). `markship failback prepare`, run with that config, takes a fresh backup set of
-the new primaries and builds a standby at each old production data directory; from then on
+the new primaries and builds a standby at each old production data directory, its tablespaces
+back where the old primary had them (unless the standby's `tablespace_map` says otherwise);
+from then on
 `markship failover` with the same config switches the roles back, exactly like the first one.
 
 A failover recorded before failovers wrote the config (or whose promoted servers do not
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from markship.backup.basebackup import run_backup
+from markship.backup.targets import complete_backups
 from markship.config.model import Config
 from markship.dr import history, sites
 from markship.dr.standby import create_standbys
@@ -83,6 +86,23 @@ def push_histories(repo: Repository, config: Config) -> None:
             push_wal(repo, server.name, str(history_file))
 
 
+def _tablespace_homes(repo: Repository, config: Config,
+                      record: history.FailoverRecord) -> dict[str, dict[str, str]]:
+    """server → tablespace name → where the old site kept it: from the server's newest
+    backup taken before the failover (its primary then ran there). A standby whose config
+    has a `tablespace_map` of its own is left to it."""
+    homes: dict[str, dict[str, str]] = {}
+    for standby in config.dr_site.standbys if config.dr_site else []:
+        if standby.tablespace_map:
+            continue
+        before = [b for b in complete_backups(repo, standby.server)
+                  if b.finished_at < record.started_at]
+        if before and before[0].tablespaces:
+            homes[standby.server] = {space.name: space.location
+                                     for space in before[0].tablespaces.values()}
+    return homes
+
+
 def prepare(config: Config, repo: Repository, new_path: Path | None = None) -> FailbackReport:
     """`config`: the role-swapped config the failover wrote; or, with `new_path`, the config
     from before the failover, from which the role-swapped one is written there first."""
@@ -101,13 +121,21 @@ def prepare(config: Config, repo: Repository, new_path: Path | None = None) -> F
         if standby.data_dir.exists() and any(standby.data_dir.iterdir()):
             raise MarkshipError(f"old site directory {standby.data_dir} is not empty",
                                 "move it away (it holds the old timeline) and retry")
+    homes = _tablespace_homes(repo, config, record)
+    for server, spaces in homes.items():
+        for name, location in spaces.items():
+            where = Path(location)
+            if where.exists() and (not where.is_dir() or any(where.iterdir())):
+                raise MarkshipError(f"old site tablespace directory {where} (tablespace "
+                                    f"{name} of {server}) is not empty",
+                                    "move it away (it holds the old timeline) and retry")
     assert config.source is not None
     report = FailbackReport(config=str(config.source))
     report.archiving_enabled = ensure_archiving(config)
     push_histories(repo, config)
     result = run_backup(config, repo, list(config.servers))
     report.backup_set = result.record.id
-    built = create_standbys(config, repo, [s.name for s in config.servers])
+    built = create_standbys(config, repo, [s.name for s in config.servers], homes=homes)
     for name in built:
         sb = config.standby(name)
         report.standbys[name] = f"{sb.host}:{sb.port} in {sb.data_dir}"

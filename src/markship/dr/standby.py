@@ -44,18 +44,23 @@ def server_settings(standby: StandbySection) -> dict[str, str]:
 
 
 def create_standbys(config: Config, repo: Repository, servers: list[str],
-                    on_progress: ProgressFn | None = None) -> dict[str, RestoreResult]:
+                    on_progress: ProgressFn | None = None,
+                    homes: dict[str, dict[str, str]] | None = None
+                    ) -> dict[str, RestoreResult]:
     """Build and start one standby per server, in parallel (`on_progress`: as
-    restore_server's). Raises MarkshipError naming the servers whose standby could not be
-    built."""
+    restore_server's). Each standby's tablespaces go where its `tablespace_map` says, else
+    where `homes` (server → tablespace name → directory) says, else to their original
+    locations. Raises MarkshipError naming the servers whose standby could not be built."""
 
     def build(server: str) -> RestoreResult:
         standby = config.standby(server)
+        own = standby.tablespaces()
         return restore_server(config, repo, server, standby.data_dir, Target("standby"),
                               start=True, port=standby.port,
                               extra_settings=server_settings(standby), standby=True,
                               on_progress=on_progress,
-                              tablespace_map=standby.tablespaces())
+                              tablespace_map=own or (homes or {}).get(server, {}),
+                              partial_map=not own)
 
     results, failures = perserver.settle({s: partial(build, s) for s in servers},
                                          MarkshipError)
