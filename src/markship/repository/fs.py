@@ -208,7 +208,7 @@ class FsRepository:
             raise _os_error(exc, temp) from exc
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
-                sink = Sink(out, hashed, small=metadata)
+                sink = Sink(out, hashed)
                 fill(sink)
                 os.fsync(out.fileno())
         except OSError as exc:
@@ -452,28 +452,20 @@ class Sink:
     """Where a producer writes an object's bytes: counts and hashes them on the way to the
     temp file, and writes each chunk whole."""
 
-    def __init__(self, out: io.FileIO | BinaryIO, hashed: bool = True,
-                 small: bool = False) -> None:
+    def __init__(self, out: io.FileIO | BinaryIO, hashed: bool = True) -> None:
         self.out = out
         self.hashed = hashed
-        self.small = small  # a record: hashed without OpenSSL (same digest)
         self.size = 0
         self._digest: Any = None
 
     @property
     def digest(self) -> Any:
-        """sha256 of the bytes written so far. hashlib loads OpenSSL (~4 ms, the largest
-        import of a lean `markship mark`): it is imported at the first write, so wal-push can
-        load it on its hashing thread meanwhile; a small object uses the built-in sha256."""
+        """sha256 of the bytes written so far. hashlib loads OpenSSL (~4 ms): it is imported
+        at the first write, so wal-push can load it on its hashing thread meanwhile."""
         if self._digest is None:
-            if self.small:
-                from markship.repository.envelope import sha256
+            import hashlib
 
-                self._digest = sha256()
-            else:
-                import hashlib
-
-                self._digest = hashlib.sha256()
+            self._digest = hashlib.sha256()
         return self._digest
 
     def write(self, data: bytes | memoryview, /) -> int:
