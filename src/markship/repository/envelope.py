@@ -5,21 +5,13 @@ record and journal entry in the very bytes the models would."""
 from __future__ import annotations
 
 import json
+from hashlib import sha256 as sha256
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing stays off the lean path of `markship mark`
     from collections.abc import Callable
-    from hashlib import sha256 as sha256
 
     from markship.repository.base import Repository, StagedObject, Writable
-else:  # records are small: the built-in sha256 spares the lean mark loading OpenSSL (~4 ms)
-    try:
-        from _sha256 import sha256  # Python 3.11
-    except ImportError:
-        try:
-            from _sha2 import sha256  # 3.12 and later
-        except ImportError:
-            from hashlib import sha256
 
 FORMAT = 1
 
